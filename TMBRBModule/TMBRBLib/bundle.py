@@ -1,0 +1,263 @@
+"""Model bundles: weights + metadata + checksum, in the MONAI Bundle layout.
+
+    <bundle>/configs/metadata.json   what the model is: architecture, crop policy, cut-offs, hazard ratios,
+                                     training provenance, intended use, version, weights checksum
+    <bundle>/models/model.safetensors  the weights (safetensors: no pickle is ever loaded)
+    <bundle>/docs/README.md          human-readable model card
+
+A bundle whose weights do not match their sha256, or whose format this software does not know, is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .errors import TMBRBBundleError
+from .model import TMBRBNet, build_model
+
+BUNDLE_FORMAT = 1
+METADATA_PATH = Path("configs") / "metadata.json"
+WEIGHTS_PATH = Path("models") / "model.safetensors"
+DEMO_NOTICE = ("DEMO MODEL trained on synthetic phantoms - not for clinical or research conclusions.")
+PLACEHOLDER_NOTICE = ("PLACEHOLDER MODEL with untrained random weights - the score means nothing. "
+                      "Train a model (training/) or use a trained bundle.")
+
+_MODULE_DIR = Path(__file__).resolve().parent
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped with the module (TMBRBModule/Resources/models/tmbrb_demo), or $TMBRB_MODEL."""
+    env = os.environ.get("TMBRB_MODEL")
+    if env:
+        return Path(env)
+    return _MODULE_DIR.parent / "Resources" / "models" / "tmbrb_demo"
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def default_tmbrb_metadata() -> Dict[str, Any]:
+    """The paper's settings; a site may edit these in its bundle's metadata."""
+    return {
+        "bundle_format": BUNDLE_FORMAT,
+        "model_id": "tmbrb-untrained",
+        "demo": True,
+        "placeholder": True,
+        "notice": PLACEHOLDER_NOTICE,
+        "architecture": {"name": "TMBRBNet (MONAI DenseNet, 3D)", "init_features": 32, "growth_rate": 32,
+                         "block_config": [6, 12, 24, 16], "bn_size": 2, "hidden_features": 128,
+                         "num_classes": 2, "n_features": 1020, "dropout_prob": 0.0, "classifier_dropout": 0.0},
+        "preprocessing": {
+            "mode": "box_margin",           # cube around the box centre: max box side + 2*margin, clipped to fov limits
+            "margin_mm": 15.0,              # peritumoral context beyond the box on each side
+            "min_fov_mm": 50.0,             # at least FMCIB's 50 mm cube
+            "max_fov_mm": 160.0,
+            "fov_mm": 64.0,                 # used by mode "fixed_fov"
+            "shape": [64, 64, 64],          # model input (z, y, x)
+            "hu_window": [-1000.0, 400.0],  # clipped then scaled to [0, 1]
+            "pad_hu": -1000.0,              # outside the scan = air
+            "interpolation": "linear",
+            "training_slice_mm_max": 3.0,
+        },
+        "tta": {"n_shifts": 8, "shift_fraction": 0.1, "max_shift_mm": 5.0, "seed": 0},
+        "cam": {"method": "GradCAM", "target_layer": "features.transition2.relu", "class_index": 1},
+        "regions": {"ring_width_mm": 10.0, "tumour_hu_range": [-500.0, 500.0]},
+        "proposal": {"hu_range": [-500.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0, "opening_mm": 1.5},
+        "risk": {
+            "source": "He et al., J Immunother Cancer 2020;8:e000550 (X-tile cut-offs, figure 3; Cox models, figure 4B)",
+            "os": {"cutoff": 0.61, "operator": ">=", "group_if_true": "low", "group_if_false": "high", "hr": 0.54,
+                   "hr_ci95": [0.31, 0.95]},
+            "pfs": {"cutoff": 0.46, "operator": ">", "group_if_true": "high", "group_if_false": "low", "hr": 1.78,
+                    "hr_ci95": [1.07, 2.95]},
+            "ecog_cox": {
+                "os": {"tmbrb_hr": 0.54, "tmbrb_hr_ci95": [0.31, 0.95], "ecog_hr": 2.33, "ecog_hr_ci95": [1.14, 4.77]},
+                "pfs": {"tmbrb_hr": 1.76, "tmbrb_hr_ci95": [1.06, 2.92], "ecog_hr": 1.90, "ecog_hr_ci95": [1.14, 3.19]},
+                "note": "TMBRB enters as the indicator of meeting the endpoint's cut-off rule, ECOG PS as 0/1/2 "
+                        "(per level); relative hazard is against TMBRB not meeting the rule and ECOG 0.",
+            },
+        },
+        "training": {},
+    }
+
+
+def default_metadata(name: str = "TMBRB (untrained placeholder)", version: str = "0.0.1") -> Dict[str, Any]:
+    import monai
+    import numpy
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": version,
+        "changelog": {version: "initial"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "name": name,
+        "task": "Tumour mutational burden (High-TMB >= 10 mut/Mb) from a chest CT around a lung tumour",
+        "description": "3D DenseNet (4 dense blocks, 1020 deep features) + FC 1020-128-2, after He et al. 2020.",
+        "authors": "TMBRB developers",
+        "copyright": "TMBRB developers",
+        "intended_use": "Research use only. Not a medical device; not for diagnosis or treatment decisions.",
+        "references": ["He B, et al. A neural network framework for predicting the tumor mutational burden of "
+                       "non-small-cell lung cancer. J Immunother Cancer 2020;8:e000550."],
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+                                 "spatial_shape": [64, 64, 64], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": True, "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": 2,
+                                 "spatial_shape": [2], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": False, "channel_def": {"0": "Low-TMB", "1": "High-TMB"}}},
+        },
+        "tmbrb": default_tmbrb_metadata(),
+    }
+
+
+class Bundle:
+    """A verified model bundle. `model(device)` gives the network in eval mode (built once per device)."""
+
+    def __init__(self, path: Path, metadata: Dict[str, Any], weights_sha256: str):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.sha256 = weights_sha256
+        self._models: Dict[str, TMBRBNet] = {}
+
+    @property
+    def tmbrb(self) -> Dict[str, Any]:
+        return self.metadata["tmbrb"]
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", self.path.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "?"))
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.tmbrb.get("demo", False)) or bool(self.tmbrb.get("placeholder", False))
+
+    @property
+    def notice(self) -> str:
+        t = self.tmbrb
+        if t.get("placeholder"):
+            return PLACEHOLDER_NOTICE
+        if t.get("demo"):
+            return t.get("notice") or DEMO_NOTICE
+        return t.get("notice", "Research use only.")
+
+    def info(self) -> Dict[str, Any]:
+        return {"name": self.name, "model_id": self.tmbrb.get("model_id"), "version": self.version,
+                "sha256": self.sha256, "metadata_sha256": sha256_json(self.metadata),
+                "path": str(self.path), "demo": self.is_demo, "placeholder": bool(self.tmbrb.get("placeholder")),
+                "notice": self.notice, "intended_use": self.metadata.get("intended_use", "")}
+
+    def model(self, device: Union[str, torch.device] = "cpu") -> TMBRBNet:
+        key = str(device)
+        if key not in self._models:
+            net = build_model(self.tmbrb["architecture"])
+            state = _load_weights(self.path / WEIGHTS_PATH)
+            own = net.state_dict()
+            missing = [k for k in own if k not in state]
+            unexpected = [k for k in state if k not in own]
+            shape_bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+            if missing or unexpected or shape_bad:
+                raise TMBRBBundleError(
+                    f"The weights in '{self.path}' do not fit the architecture in its metadata "
+                    f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shape_bad)} of other shape, "
+                    f"e.g. {(missing + unexpected + shape_bad)[:3]}). The bundle is mismatched: re-export it with "
+                    "`python -m training export` or use the bundle that came with TMBRB.")
+            net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+            net.eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self._models[key] = net.to(device)
+        return self._models[key]
+
+
+def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise TMBRBBundleError(f"The weights file '{path}' cannot be read ({e}). The bundle is corrupt: "
+                               "restore it from its source.") from None
+
+
+def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bundle:
+    """Load and verify a bundle folder. Raises TMBRBBundleError with a clear message when it cannot be used."""
+    p = Path(path) if path is not None else default_bundle_path()
+    if not p.is_dir():
+        raise TMBRBBundleError(f"The model bundle '{p}' is not a folder. Give the folder that holds "
+                               "configs/metadata.json and models/model.safetensors.")
+    meta_path = p / METADATA_PATH
+    if not meta_path.is_file():
+        raise TMBRBBundleError(f"The model bundle '{p}' has no {METADATA_PATH}. It is not a TMBRB bundle.")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TMBRBBundleError(f"The metadata of the model bundle '{p}' is not valid JSON ({e}).") from None
+    t = metadata.get("tmbrb") if isinstance(metadata, dict) else None
+    if not isinstance(t, dict):
+        raise TMBRBBundleError(f"The metadata of '{p}' has no 'tmbrb' section: it is not a TMBRB bundle.")
+    fmt = t.get("bundle_format")
+    if fmt != BUNDLE_FORMAT:
+        raise TMBRBBundleError(f"The model bundle '{p}' has format {fmt!r}; this TMBRB reads format {BUNDLE_FORMAT}. "
+                               "Use a TMBRB version that matches the bundle, or re-export the bundle.")
+    for key in ("architecture", "preprocessing", "risk", "weights"):
+        if key not in t:
+            raise TMBRBBundleError(f"The metadata of '{p}' lacks the '{key}' section. Re-export the bundle.")
+    w = p / WEIGHTS_PATH
+    if not w.is_file():
+        raise TMBRBBundleError(f"The model bundle '{p}' has no weights file {WEIGHTS_PATH}.")
+    digest = sha256_file(w)
+    expected = t["weights"].get("sha256")
+    if verify and digest != expected:
+        raise TMBRBBundleError(f"The weights of the model bundle '{p}' fail their checksum (sha256 {digest[:12]}..., "
+                               f"metadata says {str(expected)[:12]}...). The file is corrupt or was replaced: "
+                               "restore the bundle from its source.")
+    return Bundle(p, metadata, digest)
+
+
+def save_bundle(net: TMBRBNet, path: Union[str, Path], metadata: Dict[str, Any], dtype: str = "float16",
+                model_card: Optional[str] = None) -> Bundle:
+    """Write a bundle: weights (safetensors, floating tensors stored as `dtype`), metadata with their sha256."""
+    from safetensors.torch import save_file
+    p = Path(path)
+    (p / "models").mkdir(parents=True, exist_ok=True)
+    (p / "configs").mkdir(parents=True, exist_ok=True)
+    tdtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    state = {k: (v.detach().to("cpu", tdtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in net.state_dict().items()}
+    save_file(state, str(p / WEIGHTS_PATH))
+    meta = copy.deepcopy(metadata)
+    meta["tmbrb"]["weights"] = {"file": str(WEIGHTS_PATH), "sha256": sha256_file(p / WEIGHTS_PATH), "dtype": dtype}
+    (p / METADATA_PATH).write_text(json.dumps(meta, indent=2) + "\n")
+    if model_card is not None:
+        (p / "docs").mkdir(exist_ok=True)
+        (p / "docs" / "README.md").write_text(model_card)
+    return load_bundle(p)
+
+
+def make_placeholder_bundle(path: Union[str, Path], seed: int = 0) -> Bundle:
+    """An untrained bundle (random weights from a fixed seed): for tests, and loud about what it is."""
+    meta = default_metadata()
+    torch.manual_seed(seed)
+    net = build_model(meta["tmbrb"]["architecture"])
+    meta["tmbrb"]["training"] = {"note": "untrained: random initialisation", "seed": seed}
+    card = "# TMBRB placeholder bundle\n\n" + PLACEHOLDER_NOTICE + "\n"
+    return save_bundle(net, path, meta, model_card=card)

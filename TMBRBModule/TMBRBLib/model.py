@@ -1,0 +1,59 @@
+"""The TMBRB network: a 3D DenseNet (MONAI) with four dense blocks giving 1020 features, then 1020 -> 128 -> 2."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from monai.networks.nets import DenseNet
+
+PAPER_FEATURES = 1020
+
+
+class TMBRBNet(DenseNet):
+    """MONAI DenseNet feature extractor with the paper's fully connected classifier.
+
+    With init_features=32, growth_rate=32 and block_config=(6, 12, 24, 16) the feature vector is exactly 1020 long
+    (32 -> 224/112 -> 496/248 -> 1016/508 -> 1020). Output: logits for (Low-TMB, High-TMB).
+    """
+
+    def __init__(self, *, init_features: int = 32, growth_rate: int = 32,
+                 block_config: Sequence[int] = (6, 12, 24, 16), bn_size: int = 2, hidden_features: int = 128,
+                 dropout_prob: float = 0.0, classifier_dropout: float = 0.0, num_classes: int = 2,
+                 in_channels: int = 1, spatial_dims: int = 3):
+        super().__init__(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                         init_features=init_features, growth_rate=growth_rate, block_config=tuple(block_config),
+                         bn_size=bn_size, dropout_prob=dropout_prob)
+        n_features = self.class_layers.out.in_features
+        self.n_features = n_features
+        self.class_layers.out = nn.Sequential(
+            nn.Linear(n_features, hidden_features), nn.ReLU(), nn.Dropout(classifier_dropout),
+            nn.Linear(hidden_features, num_classes))
+
+    def deep_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled deep-feature vector (1020 long for the paper's configuration)."""
+        h = self.features(x)
+        for name in ("relu", "pool", "flatten"):
+            h = getattr(self.class_layers, name)(h)
+        return h
+
+
+def build_model(architecture: dict) -> TMBRBNet:
+    """Build the network from a bundle's architecture config (the keys of TMBRBNet's keyword arguments)."""
+    cfg = dict(architecture)
+    cfg.pop("name", None)
+    expected = cfg.pop("n_features", None)
+    net = TMBRBNet(**cfg)
+    if expected is not None and net.n_features != expected:
+        raise ValueError(f"architecture gives {net.n_features} features, metadata says {expected}")
+    return net
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """'auto' takes CUDA (then Apple MPS) when available, else the CPU."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(device)

@@ -1,0 +1,167 @@
+"""Files a person or a program reads: result.json, NRRD volumes aligned with the CT, PNG overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .io import write_image
+
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def _plane_grid(center: Sequence[float], view: str, fov_mm: float, n: int) -> Tuple[sitk.Image, Tuple[str, str]]:
+    """A one-voxel-thick grid through `center` in LPS axes, oriented for radiological display.
+
+    axial: columns go to patient Left, rows to Posterior; coronal: columns Left, rows Inferior;
+    sagittal: columns Posterior, rows Inferior. (Patient right is on the viewer's left, as on a scanner console.)
+    """
+    cols, rows = {"axial": (np.array([1.0, 0, 0]), np.array([0, 1.0, 0])),
+                  "coronal": (np.array([1.0, 0, 0]), np.array([0, 0, -1.0])),
+                  "sagittal": (np.array([0, 1.0, 0]), np.array([0, 0, -1.0]))}[view]
+    normal = np.cross(cols, rows)
+    sp = fov_mm / n
+    direction = np.stack([cols, rows, normal], axis=1)  # columns of the direction matrix are the axes
+    origin = np.asarray(center, float) - sp * (n - 1) / 2 * (cols + rows)
+    ref = sitk.Image([n, n, 1], sitk.sitkUInt8)
+    ref.SetSpacing([sp, sp, 1.0])
+    ref.SetDirection(direction.ravel().tolist())
+    ref.SetOrigin(origin.tolist())
+    labels = {"axial": ("R  <->  L", "A  <->  P"), "coronal": ("R  <->  L", "S  <->  I"),
+              "sagittal": ("A  <->  P", "S  <->  I")}[view]
+    return ref, labels
+
+
+def _sample(img: sitk.Image, ref: sitk.Image, interp, default: float) -> np.ndarray:
+    out = sitk.Resample(img, ref, sitk.Transform(), interp, default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)[0]
+
+
+def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_threshold: float = 0.15) -> Dict[str, Path]:
+    """PNG per view through the seed (CT, CAM heat map, tumour/ring outlines, box, score) and a summary figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    out_dir = Path(out_dir)
+    fov = max(1.6 * float(max(result.crop_grid.box.size)), 100.0)
+    n = 384
+    center = result.seed_lps
+    panels = {}
+    for view in VIEWS:
+        ref, labels = _plane_grid(center, view, fov, n)
+        panels[view] = dict(
+            ct=_sample(ct, ref, sitk.sitkLinear, -1000.0),
+            cam=_sample(result.cam, ref, sitk.sitkLinear, 0.0),
+            tumour=_sample(result.tumour_mask, ref, sitk.sitkNearestNeighbor, 0),
+            ring=_sample(result.ring_mask, ref, sitk.sitkNearestNeighbor, 0),
+            ref=ref, labels=labels)
+
+    model = result.model
+    banner = None
+    if model.get("placeholder"):
+        banner = "PLACEHOLDER MODEL (untrained) - SCORE MEANS NOTHING"
+    elif model.get("demo"):
+        banner = "DEMO MODEL (synthetic phantoms) - NOT FOR CLINICAL OR RESEARCH CONCLUSIONS"
+    text = (f"TMBRB {result.score:.3f}  (TTA {result.tta_mean:.3f} ± {result.tta_std:.3f}, n={len(result.tta_scores)})\n"
+            f"OS: {result.risk['os']['group']} risk   PFS: {result.risk['pfs']['group']} risk")
+    if result.risk.get("ecog_combined"):
+        ec = result.risk["ecog_combined"]
+        text += f"\nECOG {result.risk['ecog']}: rel. hazard OS {ec['os']['relative_hazard']:.2f}, PFS {ec['pfs']['relative_hazard']:.2f}"
+    text += f"\nmodel {model.get('name')} v{model.get('version')} ({str(model.get('sha256'))[:10]})"
+
+    def draw(ax, view):
+        p = panels[view]
+        ext = [0, fov, fov, 0]
+        ax.imshow(p["ct"], cmap="gray", vmin=-1350, vmax=150, extent=ext, interpolation="bilinear")
+        cam = np.ma.masked_less(p["cam"], cam_threshold)
+        im = ax.imshow(cam, cmap="inferno", vmin=0, vmax=1, alpha=0.55, extent=ext, interpolation="bilinear")
+        xs = (np.arange(n) + 0.5) * fov / n
+        if p["tumour"].any():
+            ax.contour(xs, xs, p["tumour"], levels=[0.5], colors=["#00ff66"], linewidths=1.2)
+        if p["ring"].any():
+            ax.contour(xs, xs, p["ring"] + p["tumour"], levels=[0.5], colors=["#33ccff"], linewidths=0.9,
+                       linestyles="--")
+        # box rectangle: project the LPS box onto the plane's axes
+        d = np.array(p["ref"].GetDirection()).reshape(3, 3)
+        o = np.array(p["ref"].GetOrigin())
+        sp = fov / n
+        lo, hi = np.asarray(result.box.min), np.asarray(result.box.max)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        uv = (corners - o) @ d[:, :2] + sp / 2
+        ax.add_patch(Rectangle((uv[:, 0].min(), uv[:, 1].min()), np.ptp(uv[:, 0]), np.ptp(uv[:, 1]),
+                               fill=False, ec="#ffd400", lw=1.0, ls=":"))
+        ax.plot([fov / 2], [fov / 2], marker="+", color="#ff3366", ms=10, mew=1.5)
+        ax.set_title(f"{view} through the seed", fontsize=10)
+        ax.set_xlabel(p["labels"][0], fontsize=8)
+        ax.set_ylabel(p["labels"][1], fontsize=8)
+        ax.tick_params(labelsize=7)
+        return im
+
+    written: Dict[str, Path] = {}
+    for view in VIEWS:
+        fig, ax = plt.subplots(figsize=(5.2, 5.6), dpi=110)
+        im = draw(ax, view)
+        ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", ha="left", fontsize=7, color="white",
+                bbox=dict(facecolor="black", alpha=0.6, lw=0))
+        if banner:
+            fig.suptitle(banner, color="#cc0000", fontsize=9, fontweight="bold")
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="Grad-CAM (High-TMB)")
+        path = out_dir / f"overlay_{view}.png"
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        written[f"overlay_{view}"] = path
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.8), dpi=100, gridspec_kw={"width_ratios": [1, 1, 1, 0.9]})
+    for ax, view in zip(axes[:3], VIEWS):
+        im = draw(ax, view)
+    fig.colorbar(im, ax=axes[2], fraction=0.04, pad=0.02, label="Grad-CAM (High-TMB)")
+    axes[3].axis("off")
+    a = result.attention
+    summary = text + (f"\n\nattention: tumour {100 * a['tumour']:.0f}%, ring ({a.get('ring_width_mm', 0):g} mm) "
+                      f"{100 * a['ring']:.0f}%, elsewhere {100 * a['elsewhere']:.0f}%"
+                      "\n\ngreen: tumour   cyan dashed: peritumoral ring\nyellow dotted: box   +: seed")
+    if result.warnings:
+        summary += "\n\nwarnings:\n" + "\n".join("- " + _wrap(w, 60) for w in result.warnings[:6])
+    axes[3].text(0, 1, summary, va="top", ha="left", fontsize=8, family="monospace", transform=axes[3].transAxes)
+    fig.suptitle((banner + "   |   " if banner else "") + "TMBRB - research use only", color="#cc0000" if banner
+                 else "black", fontsize=10, fontweight="bold")
+    path = out_dir / "summary.png"
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    written["summary"] = path
+    return written
+
+
+def _wrap(s: str, width: int) -> str:
+    import textwrap
+    return "\n  ".join(textwrap.wrap(s, width))
+
+
+def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = None, pictures: bool = True,
+                  extra: Optional[Dict] = None) -> Dict[str, Path]:
+    """Write result.json, cam.nrrd, crop.nrrd, tumour.nrrd, ring.nrrd (aligned with the CT) and PNG overlays."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: Dict[str, Path] = {}
+    written["cam"] = write_image(result.cam, out_dir / "cam.nrrd")
+    written["crop"] = write_image(result.crop, out_dir / "crop.nrrd")
+    written["tumour"] = write_image(result.tumour_mask, out_dir / "tumour.nrrd")
+    written["ring"] = write_image(result.ring_mask, out_dir / "ring.nrrd")
+    if pictures and ct is not None:
+        written.update(render_overlays(result, ct, out_dir))
+    d = result.to_dict()
+    if extra:
+        d.update(extra)
+    d["files"] = {k: p.name for k, p in written.items()}
+    d["files"]["result"] = "result.json"
+    tmp = out_dir / "result.json.part"
+    tmp.write_text(json.dumps(d, indent=2) + "\n")
+    tmp.replace(out_dir / "result.json")  # result.json appears last and whole: it marks a finished case
+    written["result"] = out_dir / "result.json"
+    return written

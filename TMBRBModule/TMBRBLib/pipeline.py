@@ -1,0 +1,265 @@
+"""One case, end to end: CT + seed (+ box, mask, ECOG) -> crop -> model -> score, TTA, CAM, regions, risk."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__, RESEARCH_USE_NOTICE
+from .bundle import Bundle, load_bundle
+from .cam import ScoringGradCAM, cam_image, cam_to_reference, normalise_cam
+from .crop import CropGrid, crop_for_model, fraction_outside_scan, shift_offsets
+from .errors import TMBRBCancelled, TMBRBInputError
+from .geometry import Box, box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
+from .io import mask_on_ct_grid, paste_region, validate_ct
+from .model import select_device
+from .proposal import propose_box
+from .regions import attention_shares, region_of_interest, ring_from_tumour, segment_tumour
+from .risk import check_ecog, risk_groups
+
+Progress = Optional[Callable[[float, str], None]]
+
+
+@dataclass
+class CaseResult:
+    score: float
+    tta_mean: float
+    tta_std: float
+    tta_scores: List[float]
+    risk: Dict
+    attention: Dict[str, float]
+    seed_lps: tuple
+    box: Box
+    box_proposed: bool
+    crop_grid: CropGrid
+    cam: sitk.Image
+    tumour_mask: sitk.Image
+    ring_mask: sitk.Image
+    crop: sitk.Image
+    model: Dict
+    warnings: List[str]
+    timings: Dict[str, float]
+    device_used: str
+    ct_info: Dict
+    inputs: Dict = field(default_factory=dict)
+
+    @property
+    def box_lps(self):
+        return (self.box.min, self.box.max)
+
+    def to_dict(self) -> Dict:
+        return {
+            "tmbrb_version": __version__,
+            "notice": RESEARCH_USE_NOTICE,
+            "model": self.model,
+            "score": self.score,
+            "score_definition": "TMBRB = model probability of High-TMB (>= 10 mut/Mb) for the box as given/proposed",
+            "tta": {"mean": self.tta_mean, "std": self.tta_std, "n": len(self.tta_scores), "scores": self.tta_scores},
+            "risk": self.risk,
+            "attention": self.attention,
+            "seed": {"lps": list(self.seed_lps), "ras": list(lps_to_ras(self.seed_lps))},
+            "box": {**self.box.to_dict(), "proposed": self.box_proposed},
+            "crop_grid": self.crop_grid.to_dict(),
+            "coordinates_note": "LPS = ITK/DICOM patient frame; RAS = (-x, -y, z), the frame 3D Slicer shows. mm.",
+            "ct": self.ct_info,
+            "inputs": self.inputs,
+            "device": self.device_used,
+            "timings_s": self.timings,
+            "warnings": self.warnings,
+        }
+
+
+def _report(progress: Progress, cancel, fraction: float, message: str):
+    if cancel is not None and cancel():
+        raise TMBRBCancelled("Cancelled by the user.")
+    if progress is not None:
+        progress(float(fraction), message)
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+    return isinstance(e, oom) or "out of memory" in str(e).lower()
+
+
+class Scorer:
+    """Holds a bundle's model and Grad-CAM hooks on one device; reuse it for many cases."""
+
+    def __init__(self, bundle: Bundle, device: Union[str, torch.device] = "auto"):
+        self.bundle = bundle
+        self.device = select_device(device)
+        self._cams: Dict[str, ScoringGradCAM] = {}
+
+    def _cam(self, device: torch.device) -> ScoringGradCAM:
+        key = str(device)
+        if key not in self._cams:
+            self._cams[key] = ScoringGradCAM(self.bundle.model(device), self.bundle.tmbrb["cam"]["target_layer"])
+        return self._cams[key]
+
+    def run(self, base: np.ndarray, shifted: Sequence[np.ndarray], device: torch.device):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        cls = int(self.bundle.tmbrb["cam"].get("class_index", 1))
+        x = torch.from_numpy(base)[None, None].to(device)
+        t0 = time.perf_counter()
+        logits, cam = self._cam(device).logits_and_map(x, cls)
+        t1 = time.perf_counter()
+        score = torch.softmax(logits.float(), 1)[0, cls].item()
+        tta = []
+        if len(shifted):
+            xs = torch.from_numpy(np.stack(shifted))[:, None].to(device)
+            with torch.no_grad():
+                tta = torch.softmax(self.bundle.model(device)(xs).float(), 1)[:, cls].cpu().tolist()
+        t2 = time.perf_counter()
+        return score, tta, cam[0, 0].cpu().numpy(), {"forward_cam": t1 - t0, "tta_forward": t2 - t1}
+
+    def run_with_fallback(self, base, shifted, warnings: List[str]):
+        try:
+            return self.run(base, shifted, self.device) + (str(self.device),)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if self.device.type == "cpu" or not _is_oom(e):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.append(f"The GPU ({self.device}) ran out of memory; this case was computed on the CPU instead.")
+            cpu = torch.device("cpu")
+            return self.run(base, shifted, cpu) + ("cpu",)
+
+
+def ct_summary(ct: sitk.Image) -> Dict:
+    return {"size_xyz": list(ct.GetSize()), "spacing_mm": [round(v, 6) for v in ct.GetSpacing()],
+            "origin_lps": list(ct.GetOrigin()), "direction": list(ct.GetDirection())}
+
+
+def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_mask: Optional[sitk.Image] = None,
+               ecog=None, bundle: Union[Bundle, str, Path, None] = None, n_shifts: Optional[int] = None,
+               device: Union[str, torch.device] = "auto", progress: Progress = None,
+               cancel: Optional[Callable[[], bool]] = None, ring_width_mm: Optional[float] = None,
+               scorer: Optional[Scorer] = None) -> CaseResult:
+    """Score one case. See the module docstring; all points are LPS mm. Raises TMBRBInputError on bad input."""
+    timings: Dict[str, float] = {}
+    t_start = time.perf_counter()
+    warnings: List[str] = []
+    _report(progress, cancel, 0.02, "checking inputs")
+    warnings += validate_ct(ct)
+    ecog = check_ecog(ecog)
+    if scorer is None:
+        b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        scorer = Scorer(b, device)
+    b = scorer.bundle
+    meta = b.tmbrb
+    pre = meta["preprocessing"]
+    if b.is_demo:
+        warnings.insert(0, b.notice)
+
+    seed = tuple(float(v) for v in seed_lps)
+    if len(seed) != 3 or not np.all(np.isfinite(seed)):
+        raise TMBRBInputError(f"The seed {seed_lps} is not three finite coordinates.", "Give x,y,z in mm.")
+    if not point_inside(ct, seed):
+        ci = physical_to_continuous_index(ct, seed)
+        raise TMBRBInputError(
+            f"The seed (LPS {tuple(round(v, 1) for v in seed)} mm, RAS {tuple(round(v, 1) for v in lps_to_ras(seed))} mm,"
+            f" voxel {tuple(round(float(v), 1) for v in ci)}) lies outside the CT (size {ct.GetSize()}).",
+            "Place the seed on the tumour inside the scan; check RAS vs LPS (Slicer shows RAS).")
+
+    _report(progress, cancel, 0.08, "box")
+    t = time.perf_counter()
+    if box_lps is None:
+        box, w = propose_box(ct, seed, meta.get("proposal"))
+        warnings += w
+        proposed = True
+    else:
+        box = box_lps if isinstance(box_lps, Box) else Box.from_corners(*box_lps)
+        proposed = False
+        inside = box_overlap_fraction(ct, box)
+        if inside <= 0:
+            raise TMBRBInputError(
+                f"The box (LPS {tuple(round(v, 1) for v in box.min)} to {tuple(round(v, 1) for v in box.max)} mm) "
+                "lies wholly outside the CT.", "Draw the box around the tumour inside the scan; check RAS vs LPS.")
+        if inside < 0.999:
+            warnings.append(f"{100 * (1 - inside):.0f}% of the box lies outside the scan; that part is padded with air "
+                            "(-1000 HU). Check the box.")
+        lo, hi = np.asarray(box.min), np.asarray(box.max)
+        if np.any(np.asarray(seed) < lo) or np.any(np.asarray(seed) > hi):
+            warnings.append("The seed lies outside the box; the crop is centred on the box.")
+    timings["box"] = time.perf_counter() - t
+
+    _report(progress, cancel, 0.15, "cropping")
+    t = time.perf_counter()
+    base, crop_img, grid = crop_for_model(ct, box, pre)
+    offsets = shift_offsets(box, meta.get("tta", {}), int(meta.get("tta", {}).get("n_shifts", 8)
+                                                           if n_shifts is None else n_shifts))
+    shifted = [crop_for_model(ct, box.shifted(o), pre)[0] for o in offsets]
+    timings["crop"] = time.perf_counter() - t
+    outside = fraction_outside_scan(ct, grid)
+    if outside > 0.01:
+        warnings.append(f"{100 * outside:.0f}% of the model's field of view lies outside the scan and is padded "
+                        "with air.")
+
+    _report(progress, cancel, 0.3, f"model ({scorer.device.type})")
+    score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings)
+    timings.update(mt)
+    tta_all = [score] + list(tta)
+
+    _report(progress, cancel, 0.75, "regions and CAM on the CT grid")
+    t = time.perf_counter()
+    width = float(meta.get("regions", {}).get("ring_width_mm", 10.0) if ring_width_mm is None else ring_width_mm)
+    if width <= 0:
+        raise TMBRBInputError(f"The ring width {width} mm must be positive.", "Give e.g. 10.")
+    # region of the CT grid that holds the crop and the ring around the tumour
+    roi_box = Box(tuple(np.minimum(grid.box.min, np.asarray(box.min) - width)),
+                  tuple(np.maximum(grid.box.max, np.asarray(box.max) + width)))
+    lo, hi, ref = region_of_interest(ct, roi_box)
+    if tumour_mask is not None:
+        full_mask = mask_on_ct_grid(tumour_mask, ct)
+        tumour_sub = sitk.RegionOfInterest(full_mask, [int(h - l) for l, h in zip(lo, hi)], [int(v) for v in lo])
+        if not sitk.GetArrayViewFromImage(tumour_sub).any():
+            warnings.append("The given segmentation has no voxel near the box; check that it is the tumour's.")
+    else:
+        seg, seg_lo, w = segment_tumour(ct, seed, box, meta.get("regions"))
+        warnings += w
+        tumour_sub_arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+        paste_region(tumour_sub_arr, sitk.GetArrayViewFromImage(seg), np.asarray(seg_lo) - lo)
+        tumour_sub = sitk.GetImageFromArray(tumour_sub_arr)
+        tumour_sub.CopyInformation(ref)
+    ring_sub = ring_from_tumour(tumour_sub, width)
+    cam_sub = cam_to_reference(cam_image(normalise_cam(cam_crop), grid), ref)
+    mx = float(cam_sub.max())
+    if mx > 0:
+        cam_sub = cam_sub / mx
+    else:
+        warnings.append("The class activation map is zero everywhere (the model's evidence for High-TMB is nil "
+                        "at the chosen layer); attention shares are not defined.")
+    shares = attention_shares(cam_sub, sitk.GetArrayViewFromImage(tumour_sub), sitk.GetArrayViewFromImage(ring_sub))
+    shares["ring_width_mm"] = width
+
+    shape = sitk.GetArrayViewFromImage(ct).shape
+    cam_full = np.zeros(shape, np.float32)
+    paste_region(cam_full, cam_sub.astype(np.float32), lo)
+    tum_full = np.zeros(shape, np.uint8)
+    paste_region(tum_full, sitk.GetArrayViewFromImage(tumour_sub), lo)
+    ring_full = np.zeros(shape, np.uint8)
+    paste_region(ring_full, sitk.GetArrayViewFromImage(ring_sub), lo)
+    cam_img = sitk.GetImageFromArray(cam_full)
+    cam_img.CopyInformation(ct)
+    tum_img = sitk.GetImageFromArray(tum_full)
+    tum_img.CopyInformation(ct)
+    ring_img = sitk.GetImageFromArray(ring_full)
+    ring_img.CopyInformation(ct)
+    timings["regions_cam_to_ct"] = time.perf_counter() - t
+
+    risk = risk_groups(score, ecog, meta["risk"])
+    timings["total"] = time.perf_counter() - t_start
+    _report(progress, cancel, 0.95, "done")
+    return CaseResult(
+        score=float(score), tta_mean=float(np.mean(tta_all)), tta_std=float(np.std(tta_all)),
+        tta_scores=[float(v) for v in tta_all], risk=risk, attention=shares, seed_lps=seed, box=box,
+        box_proposed=proposed, crop_grid=grid, cam=cam_img, tumour_mask=tum_img, ring_mask=ring_img, crop=crop_img,
+        model=b.info(), warnings=warnings, timings={k: round(v, 4) for k, v in timings.items()},
+        device_used=dev_used, ct_info=ct_summary(ct),
+        inputs={"segmentation_given": tumour_mask is not None, "n_shifts": len(offsets),
+                "tta_offsets_mm": [list(map(float, o)) for o in offsets]})
