@@ -1,0 +1,263 @@
+"""The `tmbrb` command: score one case, a batch, the demo, bundle checks and the statistics toolkit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+from . import RESEARCH_USE_NOTICE, __version__
+from .errors import TMBRBCancelled, TMBRBError, TMBRBInputError
+
+
+class _Progress:
+    """Progress for people (a line on stderr) or for programs (JSON lines on stdout, as the Slicer module reads)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.t0 = time.perf_counter()
+
+    def __call__(self, fraction: float, message: str):
+        if self.mode == "jsonl":
+            print(json.dumps({"progress": round(fraction, 3), "message": message}), flush=True)
+        elif self.mode == "bar":
+            width = 30
+            done = int(round(fraction * width))
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {100 * fraction:3.0f}% {message:<40}")
+            sys.stderr.flush()
+            if fraction >= 0.95:
+                sys.stderr.write("\n")
+
+    def event(self, **kw):
+        if self.mode == "jsonl":
+            print(json.dumps(kw), flush=True)
+
+
+def _seed_and_box(args, ct):
+    from .geometry import Box, index_to_physical, parse_box, parse_triplet, ras_to_lps, physical_points_to_index
+    import numpy as np
+    given = [a for a in ("seed_ras", "seed_lps", "seed_index") if getattr(args, a)]
+    if len(given) != 1:
+        raise TMBRBInputError("Give the seed exactly once: --seed-ras (as 3D Slicer shows), --seed-lps (as DICOM/ITK) "
+                              "or --seed-index (voxel i,j,k).")
+    if args.seed_ras:
+        seed = ras_to_lps(parse_triplet(args.seed_ras, "--seed-ras"))
+    elif args.seed_lps:
+        seed = parse_triplet(args.seed_lps, "--seed-lps")
+    else:
+        seed = index_to_physical(ct, parse_triplet(args.seed_index, "--seed-index"))
+    boxes = [a for a in ("box_ras", "box_lps", "box_index") if getattr(args, a)]
+    if len(boxes) > 1:
+        raise TMBRBInputError("Give the box at most once (--box-ras, --box-lps or --box-index).")
+    box = None
+    if args.box_ras:
+        box = Box.from_ras_corners(*parse_box(args.box_ras, "--box-ras"))
+    elif args.box_lps:
+        box = Box.from_corners(*parse_box(args.box_lps, "--box-lps"))
+    elif args.box_index:
+        a, b = parse_box(args.box_index, "--box-index")
+        lo, hi = np.minimum(a, b) - 0.5, np.maximum(a, b) + 0.5  # inclusive voxel indices -> outer edges
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        pts = np.array([index_to_physical(ct, c) for c in corners])
+        box = Box(tuple(pts.min(0)), tuple(pts.max(0)))
+    return seed, box
+
+
+def cmd_score(args) -> int:
+    from .io import read_ct, read_mask
+    from .outputs import write_outputs
+    from .pipeline import score_case
+    from .risk import check_ecog
+    prog = _Progress(args.progress)
+    check_ecog(args.ecog)  # fail before any heavy work
+    prog(0.0, "reading the CT")
+    ct, warnings = read_ct(args.ct)
+    seed, box = _seed_and_box(args, ct)
+    mask = read_mask(args.segmentation, ct) if args.segmentation else None
+    result = score_case(ct, seed, box, mask, args.ecog, bundle=args.model, n_shifts=args.shifts, device=args.device,
+                        progress=prog, ring_width_mm=args.ring_mm)
+    result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+    result.inputs["ct_path"] = str(Path(args.ct).resolve())
+    prog(0.96, "writing outputs")
+    written = write_outputs(result, args.out, ct=ct, pictures=not args.no_pictures)
+    prog(1.0, "finished")
+    prog.event(done=True, result=str(written["result"]))
+    if args.progress != "jsonl":
+        _print_result(result, written)
+    return 0
+
+
+def _print_result(result, written) -> None:
+    m = result.model
+    if m.get("placeholder") or m.get("demo"):
+        print("!" * 78 + f"\n!! {m['notice']}\n" + "!" * 78)
+    print(f"TMBRB score (P High-TMB): {result.score:.3f}   TTA mean {result.tta_mean:.3f} ± {result.tta_std:.3f} "
+          f"over {len(result.tta_scores)} boxes")
+    r = result.risk
+    print(f"OS risk group:  {r['os']['group']:<5} ({r['os']['rule']})")
+    print(f"PFS risk group: {r['pfs']['group']:<5} ({r['pfs']['rule']})")
+    if r.get("ecog_combined"):
+        for ep in ("os", "pfs"):
+            e = r["ecog_combined"][ep]
+            print(f"{ep.upper()} with ECOG {r['ecog']}: relative hazard {e['relative_hazard']:.2f} vs {e['reference']}")
+    a = result.attention
+    print(f"Attention (Grad-CAM mass): tumour {100 * a['tumour']:.0f}%, ring {100 * a['ring']:.0f}%, "
+          f"elsewhere {100 * a['elsewhere']:.0f}%")
+    print(f"Box {'proposed from the seed' if result.box_proposed else 'given'}: RAS {result.box.to_dict()['ras_min']} "
+          f"-> {result.box.to_dict()['ras_max']} mm")
+    print(f"Model: {m['name']} v{m['version']} sha256 {m['sha256'][:16]}...  device {result.device_used}  "
+          f"{result.timings.get('total', 0):.2f} s")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    out = Path(written["result"]).parent
+    print(f"Outputs in {out}/: " + ", ".join(sorted(p.name for p in written.values())))
+    if "summary" in written:
+        print(f"Pictures: {written['summary']}")
+    print(RESEARCH_USE_NOTICE)
+
+
+def cmd_batch(args) -> int:
+    from .batch import run_batch
+    path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
+                     pictures=not args.no_pictures, progress_bar=not args.quiet)
+    import csv
+    rows = list(csv.DictReader(open(path)))
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows) - len(failed)} of {len(rows)} cases scored ({sum(r['status'] == 'done-before' for r in rows)} "
+          f"already done); summary: {path}")
+    for r in failed:
+        print(f"failed: {r['case_id']}: {r['error']}")
+    return 0 if not failed else 3
+
+
+def cmd_demo(args) -> int:
+    from .io import write_image
+    from .outputs import write_outputs
+    from .phantom import make_demo_case
+    from .pipeline import score_case
+    out = Path(args.out)
+    prog = _Progress(args.progress)
+    prog(0.0, "generating the demo phantom")
+    t = time.perf_counter()
+    case = make_demo_case()
+    gen_s = time.perf_counter() - t
+    inp = out / "input"
+    write_image(case.ct, inp / "ct.nrrd")
+    write_image(case.tumour, inp / "tumour_truth.nrrd")
+    result = score_case(case.ct, case.seed_lps, None, None, args.ecog, bundle=args.model, n_shifts=args.shifts,
+                        device=args.device, progress=prog)
+    result.inputs.update({"ct_path": str((inp / "ct.nrrd").resolve()), "demo_phantom": True,
+                          "phantom_tmb_mut_per_mb": case.tmb, "phantom_high_tmb": bool(case.high_tmb),
+                          "phantom_generation_s": round(gen_s, 3)})
+    written = write_outputs(result, out, ct=case.ct)
+    _print_result(result, written)
+    print(f"Demo phantom: TMB {case.tmb:.1f} mut/Mb ({'High' if case.high_tmb else 'Low'}-TMB); input CT in {inp}/")
+    print(f"Open the pictures: {', '.join(str(written[k]) for k in ('summary', 'overlay_axial', 'overlay_coronal', 'overlay_sagittal'))}")
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    from .bundle import load_bundle, make_placeholder_bundle
+    if args.action == "placeholder":
+        b = make_placeholder_bundle(args.path)
+        print(f"wrote placeholder bundle {b.path} (sha256 {b.sha256})")
+        return 0
+    b = load_bundle(args.path)
+    b.model("cpu")  # also checks that the weights fit the architecture
+    print(json.dumps(b.info(), indent=2))
+    print("bundle OK: checksum and format verified, weights fit the architecture")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tmbrb", description="TMBRB: CT biomarker of tumour mutational burden "
+                                "(He et al., JITC 2020). " + RESEARCH_USE_NOTICE)
+    p.add_argument("--version", action="version", version=f"tmbrb {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_opts(sp):
+        sp.add_argument("--model", help="model bundle folder (default: the bundled demo model, or $TMBRB_MODEL)")
+        sp.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1 ...")
+        sp.add_argument("--shifts", type=int, default=None, help="test-time box shifts (default from the bundle: 8)")
+
+    s = sub.add_parser("score", help="score one case")
+    s.add_argument("--ct", required=True, help="CT file (NRRD/NIfTI/MHA) or DICOM series folder")
+    s.add_argument("--seed-ras", help="tumour centre x,y,z in RAS mm (what 3D Slicer shows)")
+    s.add_argument("--seed-lps", help="tumour centre x,y,z in LPS mm (DICOM/ITK)")
+    s.add_argument("--seed-index", help="tumour centre as voxel index i,j,k (0-based)")
+    s.add_argument("--box-ras", help="box xmin,ymin,zmin,xmax,ymax,zmax in RAS mm")
+    s.add_argument("--box-lps", help="box in LPS mm")
+    s.add_argument("--box-index", help="box as inclusive voxel indices i0,j0,k0,i1,j1,k1")
+    s.add_argument("--segmentation", help="tumour label map (any non-zero = tumour)")
+    s.add_argument("--ecog", help="ECOG performance status 0, 1 or 2")
+    s.add_argument("--ring-mm", type=float, default=None, help="peritumoral ring width (default from the bundle)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--no-pictures", action="store_true", help="skip the PNG overlays")
+    s.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
+    model_opts(s)
+    s.set_defaults(func=cmd_score)
+
+    b = sub.add_parser("batch", help="score every case of a manifest CSV (resumable)")
+    b.add_argument("manifest", help="CSV: ct, seed_ras or seed_lps, optional case_id, box_ras/box_lps, mask, ecog")
+    b.add_argument("--out", required=True)
+    b.add_argument("--no-pictures", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    model_opts(b)
+    b.set_defaults(func=cmd_batch)
+
+    d = sub.add_parser("demo", help="generate a phantom chest CT and score it with the bundled model")
+    d.add_argument("--out", default="tmbrb-demo-output")
+    d.add_argument("--ecog", default="1")
+    d.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
+    model_opts(d)
+    d.set_defaults(func=cmd_demo)
+
+    bu = sub.add_parser("bundle", help="verify or describe a model bundle")
+    bu.add_argument("action", choices=["verify", "info", "placeholder"])
+    bu.add_argument("path", nargs="?", default=None)
+    bu.set_defaults(func=cmd_bundle)
+
+    try:
+        from .stats.cli import add_analyze_parser
+        add_analyze_parser(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    jsonl = getattr(args, "progress", None) == "jsonl"
+    try:
+        return int(args.func(args) or 0)
+    except TMBRBCancelled as e:
+        _fail(str(e), jsonl)
+        return 130
+    except (TMBRBError, ValueError) as e:
+        if args.debug:
+            traceback.print_exc()
+        _fail(str(e), jsonl)
+        return 2
+    except KeyboardInterrupt:
+        _fail("interrupted", jsonl)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        _fail(f"internal error ({type(e).__name__}: {e}). Please report it with the traceback above.", jsonl)
+        return 1
+
+
+def _fail(message: str, jsonl: bool) -> None:
+    if jsonl:
+        print(json.dumps({"error": message}), flush=True)
+    print(f"tmbrb: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
