@@ -63,7 +63,7 @@ ref$roc_test <- list(rt("s100b", "ndka"), rt("s100b", "wfns"), rt("wfns", "ndka"
 ct <- cor.test(asah$s100b, asah$ndka, method = "spearman", exact = FALSE)
 ref$spearman <- list(rho = unname(ct$estimate), p = ct$p.value)
 asah$y <- as.integer(asah$outcome == "Poor")
-g <- glm(y ~ s100b + wfns, data = asah, family = binomial)
+g <- glm(y ~ s100b + wfns, data = asah, family = binomial, control = glm.control(epsilon = 1e-14, maxit = 100))
 sg <- summary(g)$coefficients
 ref$logistic <- list(terms = rownames(sg), coef = unname(sg[, 1]), se = unname(sg[, 2]), z = unname(sg[, 3]),
                      p = unname(sg[, 4]), auc = as.numeric(auc(roc(asah$y, fitted(g), quiet = TRUE))),

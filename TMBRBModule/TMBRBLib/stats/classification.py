@@ -1,0 +1,276 @@
+"""Decision curves, Spearman correlation, AUC across TMB cut-offs, logistic combination of scores."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from ._input import ArrayLike, binarize_labels, drop_nan_rows, require_columns, to_numeric
+from ._result import Result, jsonable
+from .errors import TMBRBStatsInputError
+from .roc import ROCResult, pd_series_obj, roc_analysis
+
+__all__ = ["DecisionCurveResult", "decision_curve", "SpearmanResult", "spearman", "AUCByCutoffResult",
+           "auc_by_cutoff", "LogisticResult", "logistic_combination"]
+
+
+# ------------------------------------------------------------------------------------------- DCA
+@dataclass
+class DecisionCurveResult(Result):
+    table: pd.DataFrame  # threshold, treat_all, treat_none, one column per model
+    prevalence: float
+    n: int
+    n_dropped: int
+    models: List[str]
+
+    def __str__(self) -> str:
+        sub = self.table.iloc[:: max(1, len(self.table) // 10)]
+        return (f"Decision curve analysis: n={self.n}, prevalence {self.prevalence:.3f}\n"
+                + sub.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+    def to_dict(self) -> dict:
+        return {"prevalence": self.prevalence, "n": self.n, "n_dropped": self.n_dropped, "models": self.models,
+                "table": jsonable(self.table)}
+
+    def plot(self, ax=None, title: str = "Decision curves"):
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 4.5))
+        t = self.table
+        ax.plot(t["threshold"], t["treat_all"], color="grey", lw=1, label="Treat all")
+        ax.plot(t["threshold"], t["treat_none"], color="k", lw=1, label="Treat none")
+        for m in self.models:
+            ax.plot(t["threshold"], t[m], label=m)
+        top = max(self.prevalence, float(np.nanmax(t[self.models].to_numpy()))) if self.models else self.prevalence
+        ax.set_ylim(-0.05 * max(top, 0.1), top * 1.1 + 0.01)
+        ax.set_xlabel("Threshold probability")
+        ax.set_ylabel("Net benefit")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        return ax
+
+
+def decision_curve(y: ArrayLike, models: Mapping[str, ArrayLike], *, thresholds: Optional[Sequence[float]] = None,
+                   positive: Optional[object] = None) -> DecisionCurveResult:
+    """Net benefit (Vickers & Elkin 2006) of each model's predicted probability against treat-all / treat-none.
+
+    A patient is treated when probability >= threshold; net benefit = TP/n - FP/n * pt/(1-pt).
+    """
+    if not models:
+        raise TMBRBStatsInputError("decision curve needs at least one model score column.")
+    thr = np.arange(0.01, 1.0, 0.01) if thresholds is None else np.asarray(thresholds, float)
+    if np.any((thr <= 0) | (thr >= 1)):
+        raise TMBRBStatsInputError("decision-curve thresholds must lie strictly between 0 and 1.")
+    cols = {k: to_numeric(v, k) for k, v in models.items()}
+    cols["__y"] = pd_series_obj(y)
+    cols, dropped = drop_nan_rows(cols)
+    if len(cols["__y"]) == 0:
+        raise TMBRBStatsInputError("no complete rows for the decision curve.")
+    yy = binarize_labels(cols.pop("__y"), "label", positive).y
+    n = len(yy)
+    prev = yy.mean()
+    w = thr / (1 - thr)
+    out = {"threshold": thr, "treat_all": prev - (1 - prev) * w, "treat_none": np.zeros_like(thr)}
+    for name, p in cols.items():
+        if np.any((p < 0) | (p > 1)):
+            raise TMBRBStatsInputError(
+                f"model '{name}' has values outside [0, 1]; decision curves need predicted probabilities. "
+                "Convert the score first (e.g. `tmbrb analyze logistic` gives fitted probabilities).")
+        treat = p[None, :] >= thr[:, None]
+        tp = (treat & (yy[None, :] == 1)).sum(1) / n
+        fp = (treat & (yy[None, :] == 0)).sum(1) / n
+        out[name] = tp - fp * w
+    return DecisionCurveResult(table=pd.DataFrame(out), prevalence=float(prev), n=n, n_dropped=dropped,
+                               models=list(cols.keys()))
+
+
+# ------------------------------------------------------------------------------------------- Spearman
+@dataclass
+class SpearmanResult(Result):
+    rho: float
+    p_value: float
+    n: int
+    n_dropped: int
+    x_name: str = "x"
+    y_name: str = "y"
+    _x: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    _y: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return (f"Spearman correlation {self.x_name} vs {self.y_name}: rho = {self.rho:.4f}, p = {self.p_value:.4g} "
+                f"(n={self.n}" + (f", {self.n_dropped} dropped)" if self.n_dropped else ")"))
+
+    def plot(self, ax=None):
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 4.5))
+        ax.scatter(self._x, self._y, s=12, alpha=0.7)
+        ax.set_xlabel(self.x_name)
+        ax.set_ylabel(self.y_name)
+        ax.set_title(f"Spearman rho = {self.rho:.3f}, p = {self.p_value:.3g}")
+        return ax
+
+
+def spearman(x: ArrayLike, y: ArrayLike, *, x_name: str = "x", y_name: str = "y") -> SpearmanResult:
+    """Spearman's rho with the t-approximation p (scipy; = R's cor.test(method='spearman', exact=FALSE))."""
+    cols, dropped = drop_nan_rows({"x": to_numeric(x, x_name), "y": to_numeric(y, y_name)})
+    if len(cols["x"]) < 3:
+        raise TMBRBStatsInputError(f"Spearman correlation needs at least 3 complete pairs, got {len(cols['x'])}.")
+    if np.ptp(cols["x"]) == 0 or np.ptp(cols["y"]) == 0:
+        raise TMBRBStatsInputError("Spearman correlation is undefined when one variable is constant.")
+    r = sps.spearmanr(cols["x"], cols["y"])
+    return SpearmanResult(float(r.statistic), float(r.pvalue), len(cols["x"]), dropped, x_name, y_name,
+                          cols["x"], cols["y"])
+
+
+# ------------------------------------------------------------------------------------------- AUC by cut-off
+@dataclass
+class AUCByCutoffResult(Result):
+    table: pd.DataFrame  # cutoff, cohort, n_pos, n_neg, auc, ci_low, ci_high
+    difference: pd.DataFrame  # cutoff, auc_<a>, auc_<b>, difference
+    direction: str
+    n_dropped: int
+
+    def __str__(self) -> str:
+        s = "AUC of the score at each cut-off of the target (positive: target >= cut-off)\n"
+        s += self.table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        if len(self.difference):
+            s += "\n" + self.difference.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        return s
+
+    def to_dict(self) -> dict:
+        return {"direction": self.direction, "n_dropped": self.n_dropped, "table": jsonable(self.table),
+                "difference": jsonable(self.difference)}
+
+    def plot(self, axes=None, title: str = "AUC across cut-offs"):
+        import matplotlib.pyplot as plt
+
+        if axes is None:
+            _, axes = plt.subplots(1, 2 if len(self.difference) else 1, figsize=(10 if len(self.difference) else 5.5, 4))
+        axes = np.atleast_1d(axes)
+        ax = axes[0]
+        for c, g in self.table.groupby("cohort", sort=False):
+            ax.errorbar(g["cutoff"], g["auc"], yerr=[g["auc"] - g["ci_low"], g["ci_high"] - g["auc"]], fmt="o-",
+                        capsize=3, label=str(c))
+        ax.axhline(0.5, ls=":", color="grey")
+        ax.set_xlabel("cut-off of target")
+        ax.set_ylabel("AUC (95% CI)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        if len(self.difference) and len(axes) > 1:
+            axes[1].bar(self.difference["cutoff"], self.difference["difference"].abs(), width=0.6)
+            axes[1].set_xlabel("cut-off of target")
+            axes[1].set_ylabel("|AUC difference|")
+            axes[1].set_title("Difference between cohorts")
+        return axes
+
+
+def auc_by_cutoff(score: ArrayLike, target: ArrayLike, cutoffs: Sequence[float], *,
+                  cohort: Optional[ArrayLike] = None, direction: str = "<",
+                  cohort_order: Optional[Sequence[object]] = None) -> AUCByCutoffResult:
+    """AUC (DeLong CI) of ``score`` for ``target >= cutoff`` at each cut-off, per cohort (paper figure 2E/F).
+
+    The direction is fixed ('<': higher score = higher target) so a score that fails at some cut-off shows AUC < 0.5
+    instead of silently flipping. With exactly two cohorts their AUC difference (first minus second) is reported.
+    """
+    cols = {"s": to_numeric(score, "score"), "t": to_numeric(target, "target")}
+    if cohort is not None:
+        cols["c"] = pd_series_obj(cohort)
+    cols, dropped = drop_nan_rows(cols)
+    if len(cols["s"]) == 0:
+        raise TMBRBStatsInputError("no complete rows with score and target.")
+    coh = cols.get("c", np.array(["all"] * len(cols["s"]), dtype=object))
+    levels = list(cohort_order) if cohort_order is not None else list(pd.unique(pd.Series(coh)))
+    rows = []
+    for cut in cutoffs:
+        for lv in levels:
+            m = coh == lv
+            y = (cols["t"][m] >= cut).astype(int)
+            row = {"cutoff": float(cut), "cohort": lv, "n_pos": int(y.sum()), "n_neg": int((1 - y).sum()),
+                   "auc": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+            if 0 < y.sum() < len(y):
+                r = roc_analysis(y, cols["s"][m], direction=direction)
+                row.update(auc=r.auc, ci_low=r.ci_low, ci_high=r.ci_high)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if table["auc"].isna().all():
+        raise TMBRBStatsInputError(
+            "every cut-off leaves a single class in every cohort; choose cut-offs inside the range of the target.")
+    diff = pd.DataFrame()
+    if len(levels) == 2:
+        a = table[table["cohort"] == levels[0]].set_index("cutoff")["auc"]
+        b = table[table["cohort"] == levels[1]].set_index("cutoff")["auc"]
+        diff = pd.DataFrame({"cutoff": a.index, f"auc_{levels[0]}": a.to_numpy(), f"auc_{levels[1]}": b.to_numpy(),
+                             "difference": (a - b).to_numpy()})
+    return AUCByCutoffResult(table=table, difference=diff, direction=direction, n_dropped=dropped)
+
+
+# ------------------------------------------------------------------------------------------- logistic
+@dataclass
+class LogisticResult(Result):
+    table: pd.DataFrame  # term, coef, se, z, p, odds_ratio, or_lower, or_upper
+    loglik: float
+    n: int
+    n_events: int
+    n_dropped: int
+    roc: ROCResult
+    fitted: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def __str__(self) -> str:
+        return (f"Logistic regression (maximum likelihood, no penalty): n={self.n}, events={self.n_events}"
+                + (f", {self.n_dropped} dropped" if self.n_dropped else "") + "\n"
+                + self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+                + f"\nlog-likelihood {self.loglik:.4f}\n{self.roc}")
+
+    def to_dict(self) -> dict:
+        return {"table": jsonable(self.table), "loglik": self.loglik, "n": self.n, "n_events": self.n_events,
+                "n_dropped": self.n_dropped, "roc": self.roc.to_dict()}
+
+
+def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[str], *,
+                         positive: Optional[object] = None, conf_level: float = 0.95) -> LogisticResult:
+    """Unpenalised logistic regression of ``outcome`` on ``predictors`` (R: glm(family=binomial)), with the AUC of
+    the fitted probabilities. Text predictors (e.g. histology) become treatment dummies (first sorted level = reference).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from .cox import _design
+
+    if not predictors:
+        raise TMBRBStatsInputError("logistic regression needs at least one predictor; name them with --predictors.")
+    require_columns(df, [outcome, *predictors], "logistic regression")
+    X = _design(df, predictors)
+    for c in X.columns:
+        X[c] = to_numeric(X[c], c)
+    cols = {c: X[c].to_numpy(float) for c in X.columns}
+    cols["__y"] = df[outcome].to_numpy(dtype=object)
+    cols, dropped = drop_nan_rows(cols)
+    y = binarize_labels(cols.pop("__y"), outcome, positive).y
+    names = list(cols.keys())
+    Xm = np.column_stack([cols[c] for c in names])
+    if np.linalg.matrix_rank(np.column_stack([np.ones(len(y)), Xm])) < Xm.shape[1] + 1:
+        raise TMBRBStatsInputError(f"predictors {names} are collinear (or constant); drop one of them.")
+    model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    model.fit(Xm, y)
+    beta = np.concatenate([model.intercept_, model.coef_.ravel()])
+    A = np.column_stack([np.ones(len(y)), Xm])
+    p = 1 / (1 + np.exp(-(A @ beta)))
+    if np.any(p < 1e-10) or np.any(p > 1 - 1e-10):
+        raise TMBRBStatsInputError("the predictors separate the outcome perfectly (fitted probabilities 0 or 1); "
+                                   "maximum-likelihood estimates do not exist. Use fewer predictors.")
+    cov = np.linalg.inv(A.T @ (A * (p * (1 - p))[:, None]))
+    se = np.sqrt(np.diag(cov))
+    z = beta / se
+    zc = sps.norm.ppf(1 - (1 - conf_level) / 2)
+    table = pd.DataFrame({"term": ["(Intercept)", *names], "coef": beta, "se": se, "z": z,
+                          "p": 2 * sps.norm.sf(np.abs(z)), "odds_ratio": np.exp(beta),
+                          "or_lower": np.exp(beta - zc * se), "or_upper": np.exp(beta + zc * se)})
+    ll = float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    roc = roc_analysis(y, p, direction="<", name="logistic(" + "+".join(predictors) + ")")
+    return LogisticResult(table=table, loglik=ll, n=len(y), n_events=int(y.sum()), n_dropped=dropped, roc=roc,
+                          fitted=p)
