@@ -230,9 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_COORD_FLAGS = {"--seed-ras", "--seed-lps", "--seed-index", "--box-ras", "--box-lps", "--box-index"}
+
+
+def _join_negative_coordinates(argv: List[str]) -> List[str]:
+    """Let `--seed-ras -21.9,120.5,-611.5` work: argparse would take a value starting with '-' for an option."""
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _COORD_FLAGS and i + 1 < len(argv) and argv[i + 1][:2].replace(".", "0")[1:].isdigit() \
+                and argv[i + 1].startswith("-"):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     jsonl = getattr(args, "progress", None) == "jsonl"
     try:
         return int(args.func(args) or 0)

@@ -32,11 +32,17 @@ def _radius_vox(spacing: Sequence[float], mm: float) -> List[int]:
 def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, params: Optional[Dict] = None) -> Grown:
     p = {**DEFAULTS, **(params or {})}
     lo, hi = index_region_of_box(ct, region, pad=0)
+    full = np.array(ct.GetSize())
+    # at least 5 voxels per axis where the scan allows (the smoothing filter needs 4)
+    short = (hi - lo) < 5
+    lo = np.where(short, np.clip((lo + hi) // 2 - 2, 0, np.maximum(full - 5, 0)), lo)
+    hi = np.where(short, np.minimum(lo + 5, full), hi)
     size = [int(h - l) for l, h in zip(lo, hi)]
     sub = sitk.RegionOfInterest(ct, size, [int(v) for v in lo])
     sub = sitk.Cast(sub, sitk.sitkFloat32)
     sigma = min(ct.GetSpacing()) * 0.75
-    sub = sitk.SmoothingRecursiveGaussian(sub, [sigma] * 3)
+    if min(size) >= 4:
+        sub = sitk.SmoothingRecursiveGaussian(sub, [sigma] * 3)
     lo_hu, hi_hu = (float(v) for v in p["hu_range"])
     binary = sitk.BinaryThreshold(sub, lo_hu, hi_hu, 1, 0)
     r = _radius_vox(ct.GetSpacing(), float(p["opening_mm"]))
@@ -65,7 +71,6 @@ def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, param
     comp = sitk.Cast(sitk.Equal(cc, lab), sitk.sitkUInt8)
     carr = sitk.GetArrayViewFromImage(comp)
     # does it reach the search limit (ignoring faces that are the scan's own edge)?
-    full = np.array(ct.GetSize())
     touches = False
     for axis_np, axis_xyz in ((2, 0), (1, 1), (0, 2)):
         if lo[axis_xyz] > 0 and carr.take(0, axis=axis_np).any():

@@ -1,0 +1,44 @@
+"""Shared fixtures: a placeholder model bundle (built once per session) and synthetic CTs with a known tumour."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+for p in (REPO / "TMBRBModule", REPO):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+
+@pytest.fixture(scope="session")
+def placeholder_bundle(tmp_path_factory):
+    from TMBRBLib.bundle import make_placeholder_bundle
+    return make_placeholder_bundle(tmp_path_factory.mktemp("bundle") / "placeholder", seed=0)
+
+
+@pytest.fixture(scope="session")
+def scorer(placeholder_bundle):
+    from TMBRBLib.pipeline import Scorer
+    return Scorer(placeholder_bundle, "cpu")
+
+
+def real_ct_dir() -> Path:
+    return SHARED_DATA / "real_ct"
+
+
+def require_real_ct():
+    d = real_ct_dir()
+    if not (d / "pyradiomics" / "lung1_image.nrrd").is_file():
+        pytest.skip(f"real CTs not found in {d} (../shared/data beside the repository); "
+                    "these tests need the shared data folder")
+    return d
+
+
+@pytest.fixture(scope="session")
+def real_ct_data():
+    """The folder ../shared/data/real_ct; skips the test with a reason when it is absent."""
+    return require_real_ct()

@@ -1,0 +1,157 @@
+"""Each kind of bad input gives a clear message that names the problem (never a deep traceback, never a number)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from TMBRBLib.bundle import load_bundle
+from TMBRBLib.errors import TMBRBBundleError, TMBRBInputError
+from TMBRBLib.geometry import Box, image_bounds_lps
+from TMBRBLib.io import read_ct, validate_ct
+from TMBRBLib.pipeline import score_case
+from TMBRBLib.risk import check_ecog
+
+from .synthetic import make_ct
+
+
+@pytest.fixture(scope="module")
+def ct_and_tumour():
+    ct, _ = make_ct(size=(80, 80, 40), tumour_lps=(10, -20, 30), radius_mm=7)
+    return ct, (10.0, -20.0, 30.0)
+
+
+def test_missing_ct_file(tmp_path):
+    with pytest.raises(TMBRBInputError, match="does not exist"):
+        read_ct(tmp_path / "nope.nrrd")
+
+
+def test_unreadable_ct_file(tmp_path):
+    p = tmp_path / "broken.nrrd"
+    p.write_bytes(b"NRRD0004\nthis is not a header\x00\x01")
+    with pytest.raises(TMBRBInputError, match="Could not read the CT"):
+        read_ct(p)
+
+
+def test_folder_without_dicom(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(TMBRBInputError, match="no DICOM series"):
+        read_ct(tmp_path)
+
+
+def test_2d_image(tmp_path):
+    img = sitk.GetImageFromArray(np.full((64, 64), -800, np.int16))
+    with pytest.raises(TMBRBInputError, match="2D"):
+        validate_ct(img)
+    one_slice = sitk.GetImageFromArray(np.full((1, 64, 64), -800, np.int16))
+    with pytest.raises(TMBRBInputError, match="2D image"):
+        validate_ct(one_slice)
+
+
+def test_mr_like_intensities(ct_and_tumour):
+    ct, _ = ct_and_tumour
+    mr = sitk.Cast(sitk.Abs(ct), sitk.sitkInt16)  # all values >= 0: no air in HU
+    with pytest.raises(TMBRBInputError, match="Hounsfield"):
+        validate_ct(mr)
+
+
+def test_nan_voxels(ct_and_tumour):
+    ct, seed = ct_and_tumour
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    arr[5, 5, 5:9] = np.nan
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(ct)
+    with pytest.raises(TMBRBInputError, match="4 voxels that are NaN"):
+        validate_ct(bad)
+
+
+def test_seed_outside_the_scan(ct_and_tumour, scorer):
+    ct, _ = ct_and_tumour
+    far = np.asarray(image_bounds_lps(ct).max) + 50
+    with pytest.raises(TMBRBInputError, match="seed .* lies outside the CT"):
+        score_case(ct, far, scorer=scorer)
+
+
+def test_box_wholly_outside(ct_and_tumour, scorer):
+    ct, seed = ct_and_tumour
+    far = np.asarray(image_bounds_lps(ct).max) + 100
+    with pytest.raises(TMBRBInputError, match="wholly outside"):
+        score_case(ct, seed, Box.from_center_size(far, (20, 20, 20)), scorer=scorer, n_shifts=0)
+
+
+def test_box_partly_outside_is_padded_with_a_warning(ct_and_tumour, scorer):
+    ct, seed = ct_and_tumour
+    b = image_bounds_lps(ct)
+    box = Box(tuple(np.asarray(seed) - 10), tuple(np.asarray(b.max) + 20))
+    r = score_case(ct, seed, box, scorer=scorer, n_shifts=0)
+    assert any("of the box lies outside the scan" in w for w in r.warnings)
+
+
+@pytest.mark.parametrize("bad", [3, -1, "x", 1.5])
+def test_ecog_outside_0_to_2(bad, ct_and_tumour, scorer):
+    with pytest.raises(TMBRBInputError, match="ECOG"):
+        check_ecog(bad)
+    ct, seed = ct_and_tumour
+    with pytest.raises(TMBRBInputError, match="ECOG"):
+        score_case(ct, seed, ecog=bad, scorer=scorer)
+
+
+def test_ecog_accepts_0_1_2_and_none():
+    assert [check_ecog(v) for v in (0, 1, 2, "2", None, "")] == [0, 1, 2, 2, None, None]
+
+
+@pytest.fixture
+def bundle_copy(placeholder_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(placeholder_bundle.path, dst)
+    return dst
+
+
+def test_bundle_with_tampered_weights_is_refused(bundle_copy):
+    w = bundle_copy / "models" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(TMBRBBundleError, match="checksum"):
+        load_bundle(bundle_copy)
+
+
+def test_bundle_of_another_format_version_is_refused(bundle_copy):
+    m = bundle_copy / "configs" / "metadata.json"
+    meta = json.loads(m.read_text())
+    meta["tmbrb"]["bundle_format"] = 99
+    m.write_text(json.dumps(meta))
+    with pytest.raises(TMBRBBundleError, match="format 99"):
+        load_bundle(bundle_copy)
+
+
+def test_bundle_whose_weights_do_not_fit_the_architecture_is_refused(bundle_copy):
+    m = bundle_copy / "configs" / "metadata.json"
+    meta = json.loads(m.read_text())
+    meta["tmbrb"]["architecture"]["hidden_features"] = 64
+    m.write_text(json.dumps(meta))
+    b = load_bundle(bundle_copy)
+    with pytest.raises(TMBRBBundleError, match="do not fit the architecture"):
+        b.model("cpu")
+
+
+def test_bundle_with_broken_metadata_or_missing_parts(bundle_copy, tmp_path):
+    with pytest.raises(TMBRBBundleError, match="not a folder"):
+        load_bundle(tmp_path / "missing")
+    (bundle_copy / "configs" / "metadata.json").write_text("{not json")
+    with pytest.raises(TMBRBBundleError, match="not valid JSON"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "configs" / "metadata.json").unlink()
+    with pytest.raises(TMBRBBundleError, match="not a TMBRB bundle"):
+        load_bundle(bundle_copy)
+
+
+def test_box_that_clips_a_thin_sliver_of_the_scan_still_works(ct_and_tumour, scorer):
+    ct, seed = ct_and_tumour
+    b = image_bounds_lps(ct)
+    # a box that overlaps the scan by about one voxel along z
+    box = Box((seed[0] - 10, seed[1] - 10, b.max[2] - 0.7), (seed[0] + 10, seed[1] + 10, b.max[2] + 30))
+    r = score_case(ct, seed, box, scorer=scorer, n_shifts=0)
+    assert any("outside the scan" in w for w in r.warnings) and 0 <= r.score <= 1

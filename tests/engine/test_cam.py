@@ -1,0 +1,45 @@
+"""The CAM must be high where the model looked: checked on a small network whose evidence is known."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from TMBRBLib.cam import ScoringGradCAM, normalise_cam
+
+
+class BlobDetector(nn.Module):
+    """High-TMB logit = mean of a positive feature map that responds to bright voxels; Low-TMB = its negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool3d(2))
+        with torch.no_grad():
+            self.features[0].weight.fill_(1.0 / 27)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten())
+
+    def forward(self, x):
+        s = self.head(self.features(x)).mean(1, keepdim=True)
+        return torch.cat([-s, s], 1)
+
+
+def test_grad_cam_peaks_at_the_evidence_and_is_not_inverted():
+    net = BlobDetector().eval()
+    x = torch.zeros(2, 1, 16, 16, 16)
+    x[0, 0, 2:5, 2:5, 2:5] = 1.0       # sample 0: blob near the corner
+    x[1, 0, 10:14, 10:14, 10:14] = 1.0  # sample 1: blob elsewhere (a batch must not mix samples)
+    cam = ScoringGradCAM(net, "features.1")
+    logits, maps = cam.logits_and_map(x, class_idx=1)
+    assert logits.shape == (2, 2) and maps.shape == (2, 1, 16, 16, 16)
+    m0 = normalise_cam(maps[0, 0].numpy())
+    m1 = normalise_cam(maps[1, 0].numpy())
+    assert m0.max() == 1.0 and m0.min() >= 0
+    peak0 = np.unravel_index(np.argmax(m0), m0.shape)
+    peak1 = np.unravel_index(np.argmax(m1), m1.shape)
+    assert all(1 <= p <= 6 for p in peak0), peak0
+    assert all(9 <= p <= 14 for p in peak1), peak1
+    assert m0[3, 3, 3] > 0.5 and m0[12, 12, 12] < 0.1
+
+
+def test_normalise_cam_keeps_an_all_zero_map_zero():
+    assert not normalise_cam(np.zeros((4, 4, 4))).any()
+    assert normalise_cam(np.array([0.0, 2.0, 4.0])).tolist() == [0.0, 0.5, 1.0]
