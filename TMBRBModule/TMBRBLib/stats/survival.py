@@ -260,8 +260,9 @@ def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = N
                 ax_tab.text(tt, yy, str(int(v)), ha="center", va="center", fontsize=8)
         ax_tab.set_yticks(range(len(result.curves)))
         ax_tab.set_yticklabels([str(g) for g in tab.index][::-1], fontsize=8)
+        ax_tab.tick_params(axis="y", length=0, pad=14)
         ax_tab.set_xticks([])
-        for s in ("top", "right", "bottom"):
+        for s in ("top", "right", "bottom", "left"):
             ax_tab.spines[s].set_visible(False)
         ax_tab.set_title("Number at risk", fontsize=9, loc="left")
     return ax
