@@ -1,0 +1,206 @@
+"""`python -m training <command>`: train, export, evaluate, bench, phantoms, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from TMBRBLib.errors import TMBRBError, TMBRBInputError
+
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "TMBRBModule" / "Resources" / "models" / "tmbrb_demo"
+
+
+def _json_arg(text: str, what: str) -> dict:
+    if not text:
+        return {}
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TMBRBInputError(f"--{what} is not valid JSON ({e}).", f"Write it like '{{\"shape\": [32, 32, 32]}}'.") from None
+    if not isinstance(v, dict):
+        raise TMBRBInputError(f"--{what} must be a JSON object.", "Write it like '{\"key\": value}'.")
+    return v
+
+
+def _command_line(argv) -> str:
+    return "python -m training " + " ".join(shlex.quote(a) for a in argv)
+
+
+def add_train_args(p: argparse.ArgumentParser, demo: bool = False):
+    from .trainer import TrainConfig
+    d = TrainConfig(manifest="", out="")
+    if not demo:
+        p.add_argument("--manifest", required=True, help="CSV: case, ct, seed, box, tmb/label, split")
+        p.add_argument("--out", required=True, help="run folder (checkpoints, history.csv/png, train_summary.json)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without a better val AUC")
+    p.add_argument("--min-epochs", type=int, default=d.min_epochs)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--margin-vox", type=int, default=d.margin_vox, help="cached margin around the model grid (voxels)")
+    p.add_argument("--shift-fraction", type=float, default=d.shift_fraction,
+                   help="box shift augmentation: at most this fraction of the box size ...")
+    p.add_argument("--max-shift-mm", type=float, default=d.max_shift_mm, help="... and at most this many mm")
+    p.add_argument("--no-flips", action="store_true", help="no random flips")
+    p.add_argument("--balance", choices=["weighted_loss", "none"], default=d.balance,
+                   help="class imbalance: class-weighted cross-entropy (default) or none")
+    p.add_argument("--cache", choices=["disk", "memory", "none"], default=d.cache)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help="for quick checks")
+    p.add_argument("--tmb-threshold", type=float, default=d.tmb_threshold, help="High-TMB if tmb >= this")
+    p.add_argument("--architecture", default="", help="JSON overrides of the model architecture")
+    p.add_argument("--preprocessing", default="", help="JSON overrides of the crop policy, e.g. the input shape")
+
+
+def config_from_args(a, manifest: str, out: str, command: str):
+    from .trainer import TrainConfig
+    return TrainConfig(
+        manifest=manifest, out=out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        patience=a.patience, min_epochs=a.min_epochs, seed=a.seed, margin_vox=a.margin_vox,
+        shift_fraction=a.shift_fraction, max_shift_mm=a.max_shift_mm, flips=not a.no_flips, balance=a.balance,
+        cache=a.cache, cache_dir=a.cache_dir, device=a.device, threads=a.threads, resume=a.resume,
+        progress=not a.no_progress, max_steps_per_epoch=a.max_steps_per_epoch, tmb_threshold=a.tmb_threshold,
+        architecture=_json_arg(a.architecture, "architecture"), preprocessing=_json_arg(a.preprocessing, "preprocessing"),
+        command=command)
+
+
+def add_export_args(p: argparse.ArgumentParser, demo: bool = False):
+    if not demo:
+        p.add_argument("--run", required=True, help="the training run folder (train --out)")
+        p.add_argument("--bundle", required=True, help="bundle folder to write")
+        p.add_argument("--model-id", default="tmbrb-custom")
+        p.add_argument("--name", default="TMBRB")
+        p.add_argument("--demo", action="store_true", help="mark as a demo model (synthetic data)")
+        p.add_argument("--notice", default=None)
+        p.add_argument("--metrics", default=None, help="metrics.json from `evaluate`, stored in the provenance")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--cam-target-layer", default=None)
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train from a manifest (torchrun --nproc_per_node N -m training train ... "
+                                     "for distributed training)")
+    add_train_args(p)
+
+    p = sub.add_parser("export", help="write the model bundle the engine loads")
+    add_export_args(p)
+
+    p = sub.add_parser("evaluate", help="run a bundle over a split: predictions.csv + metrics.json")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--shifts", type=int, default=None, help="test-time box shifts (default: the bundle's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("bench", help="training samples/s with and without the crop cache")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=16, help="samples per measurement")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--preprocessing", default="")
+    p.add_argument("--architecture", default="")
+
+    p = sub.add_parser("phantoms", help="write a synthetic phantom cohort + manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--signal", default="peritumoral", choices=["peritumoral", "core", "none"])
+    p.add_argument("--strength", type=float, default=None, help="signal strength (default: the generator's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions")
+    p.add_argument("--workers", type=int, default=1)
+
+    p = sub.add_parser("demo", help="re-create the demo model from scratch: phantoms -> train -> export -> evaluate")
+    p.add_argument("--work", default="runs/demo", help="folder for the cohort, run and evaluation")
+    p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="bundle folder to write")
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--signal", default="peritumoral", choices=["peritumoral", "core", "none"])
+    p.add_argument("--strength", type=float, default=None)
+    p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--model-id", default="tmbrb-demo-phantom-peritumoral")
+    add_train_args(p, demo=True)
+    add_export_args(p, demo=True)
+
+    a = ap.parse_args(argv)
+    command = _command_line(argv)
+    try:
+        if a.cmd == "train":
+            from .trainer import train
+            s = train(config_from_args(a, a.manifest, a.out, command))
+            if s.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+                print(json.dumps({k: s[k] for k in ("best_val_auc", "best_epoch", "epochs_run", "wall_s",
+                                                    "world_size", "ranks_in_sync")}))
+        elif a.cmd == "export":
+            from .export import export_bundle
+            metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
+            b = export_bundle(a.run, a.bundle, model_id=a.model_id, name=a.name, version=a.version, demo=a.demo,
+                              notice=a.notice, checkpoint=a.checkpoint, metrics=_test_metrics(metrics),
+                              cam_target_layer=a.cam_target_layer, command=command, dtype=a.dtype)
+            print(json.dumps(b.info()))
+        elif a.cmd == "evaluate":
+            from .evaluate import evaluate
+            _threads(a.threads)
+            m = evaluate(a.bundle, a.manifest, a.out, a.split, a.shifts, a.device, a.limit, not a.no_progress)
+            print(json.dumps({k: m.get(k) for k in ("split", "n", "auc", "spearman_score_tmb", "cam_share_signal",
+                                                    "notice")}, default=str))
+        elif a.cmd == "bench":
+            from .bench import bench
+            _threads(a.threads)
+            print(json.dumps(bench(a.manifest, a.out, a.n, a.batch_size, _json_arg(a.preprocessing, "preprocessing"),
+                                   _json_arg(a.architecture, "architecture"))))
+        elif a.cmd == "phantoms":
+            from .phantoms import write_phantom_cohort
+            print(write_phantom_cohort(a.out, a.n, a.signal, a.strength, a.seed, _fractions(a.split), a.workers))
+        elif a.cmd == "demo":
+            from .demo import run_demo
+            run_demo(a, command)
+    except TMBRBError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _test_metrics(m):
+    """The parts of an evaluate metrics.json worth keeping in the bundle's provenance."""
+    if not m:
+        return None
+    keep = {k: m[k] for k in ("split", "n", "auc", "auc_tta_mean", "spearman_score_tmb", "cam_share_signal",
+                              "attention_tumour", "attention_ring", "mean_tta_std", "manifest_sha256", "n_shifts")
+            if k in m}
+    return {f"{m.get('split', 'test')}": keep}
+
+
+def _threads(n):
+    if n:
+        import torch
+        torch.set_num_threads(int(n))
+
+
+def _fractions(text: str):
+    try:
+        f = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise TMBRBInputError(f"--split '{text}' is not three numbers.", "Give train,val,test fractions, e.g. 0.7,0.1,0.2.") from None
+    if len(f) != 3 or min(f) < 0 or sum(f) <= 0:
+        raise TMBRBInputError(f"--split '{text}' must be three non-negative fractions.", "E.g. 0.7,0.1,0.2.")
+    return f

@@ -1,0 +1,130 @@
+"""Run a bundle over a split through the engine itself (TMBRBLib.pipeline.score_case with one Scorer), so the
+numbers are those a user gets: same crop, same TTA, same Grad-CAM, same mapping back to the CT grid.
+
+Writes predictions.csv (case, tmb, label, score, TTA mean/spread, attention shares, CAM share in the known signal
+region when the manifest has one) and metrics.json (AUC with 95% CI, Spearman with TMB, CAM shares).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from TMBRBLib.bundle import load_bundle
+from TMBRBLib.io import mask_on_ct_grid, read_ct, read_image
+from TMBRBLib.pipeline import Scorer, score_case
+
+from .manifest import file_sha256, read_manifest, select
+
+PRED_COLUMNS = ["case", "split", "tmb", "label", "score", "tta_mean", "tta_std", "tta_n", "attention_tumour",
+                "attention_ring", "attention_elsewhere", "cam_share_signal", "model_id", "model_notice"]
+
+
+def _mask(path, ct: sitk.Image) -> np.ndarray:
+    img, _ = read_image(path, "mask")
+    return sitk.GetArrayViewFromImage(mask_on_ct_grid(img, ct)) > 0
+
+
+def cam_share(cam: sitk.Image, mask: np.ndarray) -> float:
+    c = sitk.GetArrayViewFromImage(cam).astype(np.float64)
+    tot = c.sum()
+    return float(c[mask].sum() / tot) if tot > 0 else float("nan")
+
+
+def auc_with_ci(labels, scores) -> Dict:
+    """AUC with its 95% DeLong CI (TMBRB's statistics toolkit, as pROC), higher score = High-TMB."""
+    y = np.asarray(labels, int)
+    s = np.asarray(scores, float)
+    if len(set(y.tolist())) < 2:
+        return {"auc": None, "ci95": None, "n_high": int(y.sum()), "n_low": int((1 - y).sum()),
+                "note": "only one class present"}
+    from TMBRBLib.stats.roc import roc_analysis
+    r = roc_analysis(y, s, direction="<")
+    return {"auc": r.auc, "ci95": [r.ci_low, r.ci_high], "ci_method": "DeLong", "n_high": int(y.sum()),
+            "n_low": int((1 - y).sum()), "youden_threshold": r.youden_threshold}
+
+
+def spearman(x, y) -> Dict:
+    from scipy.stats import spearmanr
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return {"rho": None, "p": None, "n": int(ok.sum())}
+    r = spearmanr(x[ok], y[ok])
+    # 95% CI by Fisher's z (with the Bonett-Wright variance for Spearman)
+    n = int(ok.sum())
+    rho = float(r.statistic if hasattr(r, "statistic") else r[0])
+    ci = None
+    if n > 3 and abs(rho) < 1:
+        z, se = np.arctanh(rho), np.sqrt((1 + rho ** 2 / 2) / (n - 3))
+        ci = [float(np.tanh(z - 1.96 * se)), float(np.tanh(z + 1.96 * se))]
+    return {"rho": rho, "ci95": ci, "p": float(r.pvalue if hasattr(r, "pvalue") else r[1]), "n": n}
+
+
+def summarise(rows: List[Dict]) -> Dict:
+    y = [r["label"] for r in rows]
+    m = {"n": len(rows), "auc": auc_with_ci(y, [r["score"] for r in rows]),
+         "auc_tta_mean": auc_with_ci(y, [r["tta_mean"] for r in rows]),
+         "mean_tta_std": float(np.mean([r["tta_std"] for r in rows])) if rows else None}
+    tmb = [r["tmb"] for r in rows if r["tmb"] not in (None, "")]
+    if len(tmb) == len(rows):
+        m["spearman_score_tmb"] = spearman([r["score"] for r in rows], tmb)
+    for key in ("attention_tumour", "attention_ring", "cam_share_signal"):
+        v = np.array([r[key] for r in rows if r.get(key) not in (None, "")], float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            m[key] = {"mean": float(v.mean()), "median": float(np.median(v)),
+                      "share_of_cases_ge_0.6": float(np.mean(v >= 0.6)), "n": int(len(v))}
+    return m
+
+
+def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[int] = None, device: str = "cpu",
+             limit: Optional[int] = None, progress: bool = True, tmb_threshold: float = 10.0) -> Dict:
+    b = load_bundle(bundle)
+    cases = select(read_manifest(manifest, tmb_threshold), split)
+    if not cases:
+        from TMBRBLib.errors import TMBRBInputError
+        raise TMBRBInputError(f"The manifest has no '{split}' cases.", "Choose --split train, val or test.")
+    if limit:
+        cases = cases[:limit]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer = Scorer(b, device)
+    rows: List[Dict] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(cases), desc=f"evaluating {split}", leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for c in cases:
+        ct, _ = read_ct(c.ct)
+        tumour = None
+        if c.tumour is not None:
+            tumour, _ = read_image(c.tumour, "tumour mask")
+        res = score_case(ct, c.seed_lps, box_lps=(c.box.min, c.box.max), tumour_mask=tumour, scorer=scorer,
+                         n_shifts=n_shifts)
+        row = {"case": c.case_id, "split": c.split, "tmb": c.tmb, "label": c.label, "score": res.score,
+               "tta_mean": res.tta_mean, "tta_std": res.tta_std, "tta_n": len(res.tta_scores),
+               "attention_tumour": res.attention.get("tumour"), "attention_ring": res.attention.get("ring"),
+               "attention_elsewhere": res.attention.get("elsewhere"),
+               "cam_share_signal": cam_share(res.cam, _mask(c.signal, ct)) if c.signal is not None else None,
+               "model_id": b.tmbrb.get("model_id"), "model_notice": b.notice}
+        rows.append(row)
+        bar and bar.update(1)
+    bar and bar.close()
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PRED_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in PRED_COLUMNS})
+    metrics = {"split": split, "notice": b.notice, "model": b.info(), "manifest_sha256": file_sha256(manifest),
+               "n_shifts": n_shifts, "seconds": round(time.perf_counter() - t0, 1), **summarise(rows)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return metrics
