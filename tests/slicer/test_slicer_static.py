@@ -1,0 +1,173 @@
+"""Static checks of the module that can fail: UI names, parameter bindings, Python 3.9 syntax, packaging."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = REPO / "TMBRBModule"
+TMBRB_PY = MODULE / "TMBRB.py"
+UI = MODULE / "Resources" / "UI" / "TMBRB.ui"
+
+# widget classes parameterNodeWrapper can bind, per parameter type
+BINDABLE = {
+    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyComboBox"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider", "QComboBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox"},
+    "str": {"QLineEdit", "QComboBox", "QTextEdit"},
+}
+
+
+def ui_widgets():
+    root = ET.parse(UI).getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    return root, widgets
+
+
+def parameter_types():
+    """{name: kind} from the annotations of TMBRBParameterNode (parsed, not imported)."""
+    tree = ast.parse(TMBRB_PY.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRBParameterNode")
+    out = {}
+    for st in cls.body:
+        if isinstance(st, ast.AnnAssign):
+            ann = ast.unparse(st.annotation)
+            base = re.sub(r"^Annotated\[([^,\]]+).*$", r"\1", ann).strip()
+            out[st.target.id] = "node" if base.startswith("vtkMRML") else base
+    return out
+
+
+def test_every_ui_name_used_in_code_exists():
+    _, widgets = ui_widgets()
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", TMBRB_PY.read_text()))
+    assert used, "the widget uses no self.ui.<name>: the check would be empty"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"TMBRB.py uses widgets that are not in {UI.name}: {missing}"
+
+
+def test_every_parameter_has_a_bound_widget_of_a_fitting_class():
+    _, widgets = ui_widgets()
+    bound = {}
+    for name, w in widgets.items():
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound.setdefault(prop.find("string").text, []).append((name, w.get("class")))
+    params = parameter_types()
+    assert len(params) >= 11
+    for p, kind in params.items():
+        assert p in bound, f"parameter '{p}' has no widget with SlicerParameterName='{p}' in the .ui"
+        assert len(bound[p]) == 1, f"parameter '{p}' is bound to several widgets: {bound[p]}"
+        widget, klass = bound[p][0]
+        assert klass in BINDABLE[kind], f"'{p}' ({kind}) is bound to {widget} ({klass}), which cannot represent it"
+    stray = set(bound) - set(params)
+    assert not stray, f"widgets bound to parameters that do not exist: {stray}"
+
+
+def test_node_selectors_accept_the_parameter_node_class():
+    _, widgets = ui_widgets()
+    tree = ast.parse(TMBRB_PY.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRBParameterNode")
+    node_types = {st.target.id: ast.unparse(st.annotation) for st in cls.body
+                  if isinstance(st, ast.AnnAssign) and ast.unparse(st.annotation).startswith("vtkMRML")}
+    for w in widgets.values():
+        props = {p.get("name"): p for p in w.findall("property")}
+        if "SlicerParameterName" not in props:
+            continue
+        pname = props["SlicerParameterName"].find("string").text
+        if pname in node_types:
+            types = [s.text for s in props["nodeTypes"].find("stringlist").findall("string")]
+            assert types == [node_types[pname]], f"{w.get('name')} lists {types}, parameter is {node_types[pname]}"
+
+
+def test_mrml_widgets_get_the_scene():
+    root, widgets = ui_widgets()
+    receivers = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"}
+    mrml = {n for n, w in widgets.items() if w.get("class", "").startswith("qMRML") and n != "TMBRB"}
+    assert mrml - receivers == set(), f"MRML widgets without setMRMLScene connection: {mrml - receivers}"
+
+
+@pytest.mark.parametrize("path", [TMBRB_PY, MODULE / "TMBRBLib" / "mrml_adapter.py",
+                                  MODULE / "TMBRBLib" / "slicer_runner.py"])
+def test_python39_syntax(path):
+    src = path.read_text()
+    tree = ast.parse(src, feature_version=(3, 9))  # fails on match statements, parenthesised context managers...
+    # annotations are evaluated by parameterNodeWrapper (get_type_hints) -> no PEP 604 unions in them on 3.9
+    for node in ast.walk(tree):
+        ann = getattr(node, "annotation", None) if isinstance(node, (ast.AnnAssign, ast.arg)) else None
+        if ann is not None and path.name == "TMBRB.py":
+            assert not any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(ann)), \
+                f"{path.name}:{node.lineno}: 'X | Y' annotation fails at runtime on Python 3.9"
+    assert "from __future__ import annotations" in src
+    compile(src, str(path), "exec")
+
+
+def test_core_library_files_import_slicer_only_lazily():
+    for name in ("mrml_adapter.py", "slicer_runner.py"):
+        tree = ast.parse((MODULE / "TMBRBLib" / name).read_text())
+        for node in tree.body:  # module level only
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(m.split(".")[0] in ("slicer", "vtk", "qt", "ctk", "vtkmodules") for m in mods), \
+                    f"{name} imports {mods} at module level"
+    tree = ast.parse((MODULE / "TMBRBLib" / "slicer_runner.py").read_text())
+    assert "slicer" not in {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
+
+
+def test_module_imports_no_torch_at_import_time():
+    """Dependencies are installed on first Apply: TMBRB.py must not import torch/monai at module level."""
+    tree = ast.parse(TMBRB_PY.read_text())
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(m.split(".")[0] in ("torch", "monai", "safetensors") for m in mods), mods
+            assert not any(m in ("TMBRBLib.pipeline", "TMBRBLib.bundle", "TMBRBLib.model") for m in mods), mods
+
+
+def test_cmake_lists_existing_files_and_tests():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "Resources/models/*" in text  # the bundle is installed with the module
+    for res in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/requirements.txt"):
+        assert res in text
+        assert (MODULE / res.replace("${MODULE_NAME}", "TMBRB")).is_file(), res
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"?PyTorch"?\)', top)
+    assert "add_subdirectory(TMBRBModule)" in top
+
+
+def test_extension_descriptions_agree():
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "TMBRB.s4ext").read_text().splitlines()
+                 if line.strip() and not line.startswith("#") and " " in line)
+    catalog = json.loads((REPO / "TMBRB.json").read_text())
+    top = (REPO / "CMakeLists.txt").read_text()
+    category = re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', top).group(1)
+    assert s4ext["category"].strip() == catalog["category"] == category
+    assert s4ext["depends"].strip() == "PyTorch" and catalog["build_dependencies"] == ["PyTorch"]
+    assert s4ext["scmurl"].strip() == catalog["scm_url"]
+    # the catalog schema forbids fields that live only in CMake
+    assert set(catalog) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
+                            "scm_revision", "scm_type", "scm_url", "tier"}
+
+
+def test_requirements_never_replace_slicers_own_packages():
+    import TMBRB  # noqa: F401 - imported via conftest's sys.path
+
+    lines = [l.split("#")[0].strip() for l in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=!~ ]", l)[0].lower() for l in lines if l}
+    assert names and not names & {"numpy", "simpleitk", "vtk", "torch"}
+    assert "monai" in names
+
+
+def test_help_text_has_citation_and_research_use_notice():
+    src = TMBRB_PY.read_text()
+    assert "10.1136/jitc-2020-000550" in src
+    assert "Research use only" in src
