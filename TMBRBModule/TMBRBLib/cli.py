@@ -222,11 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("path", nargs="?", default=None)
     bu.set_defaults(func=cmd_bundle)
 
-    try:
-        from .stats.cli import add_analyze_parser
-        add_analyze_parser(sub)
+    from .stats.cli import add_analyze_parser
+    add_analyze_parser(sub)
+    try:  # the browser viewer is an optional front door (trame-slicer); its parser imports nothing heavy
+        from .viewer.cli import add_viewer_parser
     except ImportError:
-        pass
+        add_viewer_parser = None
+    if add_viewer_parser is not None:
+        add_viewer_parser(sub)
     return p
 
 
