@@ -646,20 +646,37 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
         with open(summary, newline="") as f:
             rows = list(csv.DictReader(f))
         if loadResults:
+            ctPaths = self._manifestCtPaths(manifestCsv)
             for row in rows:
                 if row["status"] in ("ok", "done-before") and row.get("output_dir"):
-                    self.loadCaseResult(row["output_dir"])
+                    self.loadCaseResult(row["output_dir"], ctPaths.get(row["case_id"]))
         return rows
 
-    def loadCaseResult(self, caseDir) -> Dict:
-        """Load one engine output folder (result.json, cam/tumour/ring NRRD and the CT it names) into the scene."""
+    @staticmethod
+    def _manifestCtPaths(manifestCsv) -> Dict[str, str]:
+        """{case_id: CT path} as the engine's batch reads the manifest."""
+        from TMBRBLib.batch import row_to_case
+
+        out = {}
+        with open(manifestCsv, newline="") as f:
+            for number, row in enumerate(csv.DictReader(f), 1):
+                try:
+                    case = row_to_case(row, Path(manifestCsv).parent, number)
+                except TMBRBError:
+                    continue
+                out[case["case_id"]] = str(case["ct"])
+        return out
+
+    def loadCaseResult(self, caseDir, ctPath=None) -> Dict:
+        """Load one engine output folder (result.json, cam/tumour/ring NRRD) and its CT (ctPath, or the path the
+        result names) into the scene, with the same nodes as an interactive run."""
         import SimpleITK as sitk
 
         from TMBRBLib import mrml_adapter as ma
 
         caseDir = Path(caseDir)
         result = json.loads((caseDir / "result.json").read_text())
-        ctPath = result.get("inputs", {}).get("ct_path")
+        ctPath = ctPath or result.get("inputs", {}).get("ct_path")
         if not ctPath or not Path(ctPath).exists():
             raise TMBRBInputError(f"The CT of {caseDir} ('{ctPath}') is not available.", "Keep the CT files in place.")
         from TMBRBLib.io import read_ct

@@ -164,10 +164,11 @@ def create_scene():
 def release_scene(scene) -> None:
     """Drop the logics create_scene() attached to a scene (call before deleting it in long batch runs)."""
     key = scene.GetAddressAsString("")
-    for logic in _SCENE_LOGICS.pop(key, []):
-        logic.SetMRMLScene(None)
     _VR_LOGICS.pop(key, None)
     scene.Clear(True)
+    for obj in _SCENE_LOGICS.pop(key, []):
+        if hasattr(obj, "SetMRMLScene"):
+            obj.SetMRMLScene(None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -453,6 +454,7 @@ def _export_segment(segmentation_node, segment_id: str, reference_volume_node) -
     import vtk
 
     scene = segmentation_node.GetScene()
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     labelmap.SetHideFromEditors(True)
     labelmap.SetSaveWithScene(False)
@@ -465,15 +467,11 @@ def _export_segment(segmentation_node, segment_id: str, reference_volume_node) -
         if not ok or labelmap.GetImageData() is None:
             return None
         return (volume_array(labelmap) != 0).astype(np.uint8)
-    finally:
-        for i in range(labelmap.GetNumberOfDisplayNodes() - 1, -1, -1):
-            dn = labelmap.GetNthDisplayNode(i)
-            if dn is not None:
-                scene.RemoveNode(dn)
-        storage = labelmap.GetStorageNode()
-        scene.RemoveNode(labelmap)
-        if storage is not None:
-            scene.RemoveNode(storage)
+    finally:  # remove the label map and whatever the export added (display, colour table, storage nodes)
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for n in reversed(added):
+            if n is not None and n.GetID() not in before:
+                scene.RemoveNode(n)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
