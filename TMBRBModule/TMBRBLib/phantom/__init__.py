@@ -1,0 +1,32 @@
+"""Deterministic synthetic chest-CT phantoms with a tumour and a TMB-linked imaging signal.
+
+Public API::
+
+    make_phantom(seed, ...) -> PhantomCase     # one case (CT, tumour mask, signal mask, seed, box, TMB)
+    make_demo_case() -> PhantomCase            # the fixed demo case used by ``tmbrb demo``
+    write_case(case, out_dir) -> dict          # NRRD files + JSON, returns a manifest row
+    write_cohort(out_dir, ...) -> Path         # a training cohort split like the paper (236/26/65)
+    read_manifest(path) -> DataFrame           # the manifest with absolute paths
+    achievable_auc(strength), strength_for_auc(auc)
+
+Pure numpy/scipy/SimpleITK; no Slicer, no Qt.
+"""
+
+from .generate import DEMO_SEED, PhantomCase, draw_case_params, make_demo_case, make_phantom
+from .grid import Grid
+from .signal import (
+    DEFAULT_STRENGTH,
+    HIGH_TMB_CUTOFF,
+    SIGNALS,
+    achievable_auc,
+    draw_tmb,
+    signal_amplitude,
+    strength_for_auc,
+)
+from .writer import MANIFEST_COLUMNS, PAPER_SPLIT, read_manifest, split_sizes, write_case, write_cohort
+
+__all__ = [
+    "DEFAULT_STRENGTH", "DEMO_SEED", "HIGH_TMB_CUTOFF", "MANIFEST_COLUMNS", "PAPER_SPLIT", "SIGNALS", "Grid",
+    "PhantomCase", "achievable_auc", "draw_case_params", "draw_tmb", "make_demo_case", "make_phantom",
+    "read_manifest", "signal_amplitude", "split_sizes", "strength_for_auc", "write_case", "write_cohort",
+]

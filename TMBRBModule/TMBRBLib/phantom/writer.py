@@ -1,0 +1,235 @@
+"""Write phantom cases (NRRD + JSON) and whole training cohorts with a manifest CSV.
+
+Cohort layout::
+
+    out_dir/manifest.csv          one row per case (paths relative to out_dir)
+    out_dir/cohort.json           the generation settings (a resume refuses other settings)
+    out_dir/cases/<case_id>/ct.nrrd, tumour.nrrd, signal.nrrd, case.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .generate import PhantomCase, _check_seed, _rng, make_phantom
+from .signal import DEFAULT_STRENGTH, HIGH_TMB_CUTOFF, check_signal, check_strength, draw_tmb
+
+PAPER_SPLIT = {"train": 236, "validation": 26, "test": 65}
+FILES = {"ct": "ct.nrrd", "mask": "tumour.nrrd", "signal_mask": "signal.nrrd", "meta": "case.json"}
+MANIFEST_COLUMNS = [
+    "case_id", "split", "ct", "mask", "signal_mask", "meta",
+    "seed_lps_x", "seed_lps_y", "seed_lps_z",
+    "box_min_x", "box_min_y", "box_min_z", "box_max_x", "box_max_y", "box_max_z",
+    "com_lps_x", "com_lps_y", "com_lps_z",
+    "tmb", "label", "case_seed", "signal", "strength", "signal_amplitude",
+    "diameter_mm", "kind", "spiculated", "side",
+    "spacing_x", "spacing_y", "spacing_z", "size_x", "size_y", "size_z", "direction_kind", "noise_hu",
+]
+_PATH_COLUMNS = ("ct", "mask", "signal_mask", "meta")
+COHORT_VERSION = 1
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _write_image_atomic(img: sitk.Image, path: pathlib.Path) -> None:
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    sitk.WriteImage(img, str(tmp), useCompression=True)
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(text: str, path: pathlib.Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_case(case: PhantomCase, out_dir, *, relative_to=None) -> Dict:
+    """Write ct.nrrd (int16), tumour.nrrd, signal.nrrd (uint8) and case.json into ``out_dir``.
+
+    Returns the manifest row; paths are absolute, or relative to ``relative_to`` when given. Each file is
+    written under a temporary name and renamed, so an interrupted run never leaves a half-written file.
+    """
+    if not isinstance(case, PhantomCase):
+        raise TypeError(f"write_case needs a PhantomCase (from make_phantom), got {type(case).__name__}")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / v for k, v in FILES.items()}
+    _write_image_atomic(case.ct, paths["ct"])
+    _write_image_atomic(case.tumour, paths["mask"])
+    _write_image_atomic(case.signal, paths["signal_mask"])
+    base = pathlib.Path(relative_to).resolve() if relative_to is not None else None
+
+    def rel(p: pathlib.Path) -> str:
+        p = p.resolve()
+        return os.path.relpath(p, base).replace(os.sep, "/") if base is not None else str(p)
+
+    p = case.params
+    (lo, hi) = case.box_lps
+    row = {
+        "case_id": case.case_id,
+        "ct": rel(paths["ct"]), "mask": rel(paths["mask"]), "signal_mask": rel(paths["signal_mask"]),
+        "meta": rel(paths["meta"]),
+        "seed_lps_x": case.seed_lps[0], "seed_lps_y": case.seed_lps[1], "seed_lps_z": case.seed_lps[2],
+        "box_min_x": lo[0], "box_min_y": lo[1], "box_min_z": lo[2],
+        "box_max_x": hi[0], "box_max_y": hi[1], "box_max_z": hi[2],
+        "com_lps_x": case.true_com_lps[0], "com_lps_y": case.true_com_lps[1], "com_lps_z": case.true_com_lps[2],
+        "tmb": case.tmb, "label": int(case.high_tmb), "case_seed": p["seed"],
+        "signal": p["signal"], "strength": p["strength"], "signal_amplitude": p["signal_amplitude"],
+        "diameter_mm": p["diameter_mm"], "kind": p["kind"], "spiculated": p["spiculated"], "side": p["side"],
+        "spacing_x": p["spacing"][0], "spacing_y": p["spacing"][1], "spacing_z": p["spacing"][2],
+        "size_x": p["shape_xyz"][0], "size_y": p["shape_xyz"][1], "size_z": p["shape_xyz"][2],
+        "direction_kind": p["direction_kind"], "noise_hu": p["noise_hu"],
+    }
+    meta = {
+        "case_id": case.case_id,
+        "frame": "LPS millimetres (ITK physical space)",
+        "seed_lps": list(case.seed_lps),
+        "true_com_lps": list(case.true_com_lps),
+        "box_lps": [list(lo), list(hi)],
+        "tmb": case.tmb,
+        "high_tmb": case.high_tmb,
+        "high_tmb_cutoff": HIGH_TMB_CUTOFF,
+        "params": p,
+        "manifest_row": row,
+    }
+    _write_text_atomic(json.dumps(meta, indent=1, default=_json_default), paths["meta"])
+    return row
+
+
+def split_sizes(n_train: int = 236, n_val: int = 26, n_test: int = 65, scale: float = 1.0) -> Dict[str, int]:
+    """Split sizes, scaled (at least 1 case per split)."""
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {n!r}")
+    if not isinstance(scale, (int, float)) or not (0 < float(scale) <= 100):
+        raise ValueError(f"scale must be a number in (0, 100] (1.0 = the paper's 236/26/65), got {scale!r}")
+    return {k: max(1, int(round(n * float(scale)))) for k, n in
+            (("train", n_train), ("validation", n_val), ("test", n_test))}
+
+
+def case_seed(cohort_seed: int, index: int) -> int:
+    """The make_phantom seed of case ``index`` of a cohort."""
+    return int(np.random.SeedSequence([int(cohort_seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _stratified_split(labels: np.ndarray, sizes: Dict[str, int], rng) -> np.ndarray:
+    """Random split keeping the High-TMB share of each split close to the cohort's."""
+    n = len(labels)
+    pos = rng.permutation(np.flatnonzero(labels))
+    neg = rng.permutation(np.flatnonzero(~labels))
+    frac = len(pos) / n
+    out = np.empty(n, dtype=object)
+    order = ("test", "validation", "train")
+    pi = ni = 0
+    for k, name in enumerate(order):
+        m = sizes[name]
+        if k == len(order) - 1:
+            take_p = len(pos) - pi
+        else:
+            take_p = int(min(round(m * frac), len(pos) - pi, m))
+            take_p = max(take_p, m - (len(neg) - ni))
+        take_n = m - take_p
+        out[pos[pi:pi + take_p]] = name
+        out[neg[ni:ni + take_n]] = name
+        pi += take_p
+        ni += take_n
+    return out
+
+
+def write_cohort(
+    out_dir,
+    *,
+    n_train: int = 236,
+    n_val: int = 26,
+    n_test: int = 65,
+    scale: float = 1.0,
+    signal: str = "peritumoral",
+    strength: float = DEFAULT_STRENGTH,
+    seed: int = 0,
+    progress: bool = True,
+    **phantom_kwargs,
+) -> pathlib.Path:
+    """Generate a cohort split like the paper and write ``manifest.csv``; returns its path.
+
+    Resumable: cases whose files are all present are read back, not regenerated. Extra keyword arguments
+    go to :func:`make_phantom` (e.g. ``direction='random'``); ``tmb`` cannot be given (each case draws its own).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    seed = _check_seed(seed)
+    signal = check_signal(signal)
+    strength = check_strength(strength)
+    if "tmb" in phantom_kwargs:
+        raise ValueError("write_cohort draws each case's TMB; do not pass tmb (use make_phantom for a fixed TMB)")
+    sizes = split_sizes(n_train, n_val, n_test, scale)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "version": COHORT_VERSION, "seed": seed, "signal": signal, "strength": strength, "sizes": sizes,
+        "phantom_kwargs": phantom_kwargs,
+    }
+    settings_path = out / "cohort.json"
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text(encoding="utf-8"))
+        if json.loads(json.dumps(settings, default=_json_default)) != old:
+            raise ValueError(
+                f"{out} already holds a cohort made with other settings ({settings_path}: {old}); "
+                "use a new folder or delete the old one to regenerate"
+            )
+    else:
+        _write_text_atomic(json.dumps(settings, indent=1, default=_json_default), settings_path)
+
+    n = sum(sizes.values())
+    seeds = [case_seed(seed, i) for i in range(n)]
+    labels = np.array([draw_tmb(_rng(s, "tmb")) >= HIGH_TMB_CUTOFF for s in seeds])
+    splits = _stratified_split(labels, sizes, np.random.default_rng(np.random.SeedSequence([seed, 0x5B117])))
+    rows = []
+    for i in tqdm(range(n), desc="phantom cohort", unit="case", disable=not progress):
+        cid = f"case_{i:04d}"
+        cdir = out / "cases" / cid
+        if all((cdir / f).exists() for f in FILES.values()):
+            row = json.loads((cdir / FILES["meta"]).read_text(encoding="utf-8"))["manifest_row"]
+        else:
+            case = make_phantom(seeds[i], case_id=cid, signal=signal, strength=strength, **phantom_kwargs)
+            row = write_case(case, cdir, relative_to=out)
+        row["split"] = splits[i]
+        rows.append(row)
+    df = pd.DataFrame(rows)[MANIFEST_COLUMNS]
+    path = out / "manifest.csv"
+    _write_text_atomic(df.to_csv(index=False), path)
+    return path
+
+
+def read_manifest(path):
+    """Read a cohort manifest; path columns become absolute paths (strings)."""
+    import pandas as pd
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path} (write one with write_cohort)")
+    df = pd.read_csv(path)
+    missing = [c for c in ("case_id", "ct", "mask", "tmb", "label", "split") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} is not a phantom manifest: missing columns {missing}")
+    for c in _PATH_COLUMNS:
+        if c in df.columns:
+            df[c] = [str((path.parent / p).resolve()) for p in df[c]]
+    return df
+
+
+def box_from_row(row) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
+    """((xmin, ymin, zmin), (xmax, ymax, zmax)) LPS box of a manifest row."""
+    return ((row["box_min_x"], row["box_min_y"], row["box_min_z"]), (row["box_max_x"], row["box_max_y"], row["box_max_z"]))
