@@ -728,6 +728,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.seedPlaceWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.seedPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        self.ui.seedPlaceWidget.buttonsVisible = False
+        self.ui.seedPlaceWidget.placeButton().show()
         self.ui.resultsCollapsibleButton.collapsed = True
         self.ui.demoBannerLabel.visible = False
         self.ui.progressBar.visible = False

@@ -169,6 +169,9 @@ def test_process_creates_the_nodes_on_the_ct_geometry(scene, logic, real_case):
     assert disp.GetColorNode().GetName() == ma.CAM_COLOR_NODE_NAME and disp.GetApplyThreshold()
     assert comp.GetForegroundVolumeID() == cam.GetID() and comp.GetForegroundOpacity() == pytest.approx(0.4)
     assert comp.GetBackgroundVolumeID() == ct.GetID()
+    assert slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(cam) is not None  # colour legend for the CAM
+    lut = disp.GetColorNode().GetLookupTable()
+    assert disp.GetLowerThreshold() > 0 and lut.GetTableValue(0)[3] == 0.0 and lut.GetTableValue(255)[3] == 1.0
     vr = ma._volume_rendering_logic(scene).GetFirstVolumeRenderingDisplayNode(cam)
     assert vr is not None and vr.GetROINodeID() == roi.GetID() and vr.GetCroppingEnabled()
 
