@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import typing
 import unittest
@@ -70,8 +71,8 @@ except ImportError:  # outside the application: small stand-ins so the Logic sta
 from slicer.util import VTKObservationMixin
 
 MODULE_DIR = Path(__file__).resolve().parent
-if str(MODULE_DIR) not in os.sys.path:
-    os.sys.path.insert(0, str(MODULE_DIR))
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
 
 from TMBRBLib import RESEARCH_USE_NOTICE, __version__  # noqa: E402 - light: no torch/monai
 from TMBRBLib.errors import TMBRBCancelled, TMBRBError, TMBRBInputError  # noqa: E402
@@ -500,10 +501,12 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
             tumArr = ma.image_on_reference_grid(tumourMask, ref, nearest=True).astype("uint8")
             ringArr = ma.image_on_reference_grid(ringMask, ref, nearest=True).astype("uint8")
             base = volumeNode.GetName()
+            outputs = []
             if roiNode is None or not ma.roi_is_defined(roiNode):
                 box = Box(tuple(result["box"]["lps_min"]), tuple(result["box"]["lps_max"]))
                 if roiNode is None:
                     roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName("TMBRB box"))
+                    outputs.append(roiNode)  # a box the module made is filed with the results
                 ma.set_roi_from_box(roiNode, box)
             camNode = ma.add_volume_on_grid(scene, volumeNode, camArr, f"{base} TMBRB CAM", node=existing.get("cam"))
             camNode.SetAttribute("TMBRB.kind", "cam")
@@ -515,7 +518,7 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
             ma.show_cam(camNode, opacity=camOpacity, background_node=volumeNode, legend=showResult)
             if showResult:
                 ma.volume_render_cam(camNode, roiNode)
-            ma.place_in_study(scene, volumeNode, [camNode, regions, table], self.RESULTS_FOLDER)
+            ma.place_in_study(scene, volumeNode, outputs + [camNode, regions, table], self.RESULTS_FOLDER)
             return {"cam": camNode, "regions": regions, "table": table, "roi": roiNode}
         except Exception:
             for i in range(scene.GetNumberOfNodes() - 1, -1, -1):
