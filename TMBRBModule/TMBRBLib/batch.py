@@ -130,6 +130,8 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
                 r = score_case(ct, case["seed_lps"], case["box"], mask, case["ecog"], n_shifts=n_shifts,
                                scorer=scorer)
                 r.warnings[:0] = [w for w in warn if w not in r.warnings]
+                r.inputs.update({"ct_path": str(Path(case["ct"]).resolve()), "case_id": case_id,
+                                 "mask_path": str(Path(case["mask"]).resolve()) if case["mask"] else None})
                 write_outputs(r, case_out, ct=ct, pictures=pictures)
                 summary.append(summary_row(case_id, r.to_dict(), "ok", time.perf_counter() - t0, case_out))
         except TMBRBError as e:
