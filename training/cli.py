@@ -56,6 +56,8 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False):
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="for quick checks")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="leave after this many epochs in this invocation (continue later with --resume)")
     p.add_argument("--tmb-threshold", type=float, default=d.tmb_threshold, help="High-TMB if tmb >= this")
     p.add_argument("--architecture", default="", help="JSON overrides of the model architecture")
     p.add_argument("--preprocessing", default="", help="JSON overrides of the crop policy, e.g. the input shape")
@@ -68,7 +70,7 @@ def config_from_args(a, manifest: str, out: str, command: str):
         patience=a.patience, min_epochs=a.min_epochs, seed=a.seed, margin_vox=a.margin_vox,
         shift_fraction=a.shift_fraction, max_shift_mm=a.max_shift_mm, flips=not a.no_flips, balance=a.balance,
         cache=a.cache, cache_dir=a.cache_dir, device=a.device, threads=a.threads, resume=a.resume,
-        progress=not a.no_progress, max_steps_per_epoch=a.max_steps_per_epoch, tmb_threshold=a.tmb_threshold,
+        progress=not a.no_progress, max_steps_per_epoch=a.max_steps_per_epoch, stop_after=a.stop_after, tmb_threshold=a.tmb_threshold,
         architecture=_json_arg(a.architecture, "architecture"), preprocessing=_json_arg(a.preprocessing, "preprocessing"),
         command=command)
 
@@ -140,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--model-id", default="tmbrb-demo-phantom-peritumoral")
     add_train_args(p, demo=True)
     add_export_args(p, demo=True)
+    from .demo import DEMO_DEFAULTS
+    p.set_defaults(**DEMO_DEFAULTS)
 
     a = ap.parse_args(argv)
     command = _command_line(argv)

@@ -4,8 +4,8 @@ CSV columns (names are case-insensitive; paths may be relative to the manifest's
 
     case      an identifier, unique
     ct        CT file (NRRD/NIfTI/MHA) or DICOM folder
-    seed      "x,y,z" in LPS mm            (or seed_x, seed_y, seed_z; or seed_lps)
-    box       "xmin,ymin,zmin,xmax,ymax,zmax" in LPS mm (or box_xmin ... box_zmax; or box_lps)
+    seed      "x,y,z" in LPS mm            (or seed_x/_y/_z, seed_lps_x/_y/_z; or seed_lps)
+    box       "xmin,ymin,zmin,xmax,ymax,zmax" in LPS mm (or box_xmin ... box_zmax, box_min_x ... box_max_z)
     tmb       mutations/Mb (float)          and/or
     label     1/0, High/Low, true/false     (derived from tmb >= threshold when absent)
     split     train / val / test
@@ -29,6 +29,10 @@ from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.geometry import Box, ras_to_lps
 
 SPLITS = ("train", "val", "test")
+SIGNAL_KINDS = {"peritumoral", "core", "none"}  # a phantom manifest's 'signal' column may name the kind
+SEED_PARTS = (("seed_x", "seed_y", "seed_z"), ("seed_lps_x", "seed_lps_y", "seed_lps_z"))
+BOX_PARTS = (("box_xmin", "box_ymin", "box_zmin", "box_xmax", "box_ymax", "box_zmax"),
+             ("box_min_x", "box_min_y", "box_min_z", "box_max_x", "box_max_y", "box_max_z"))
 SPLIT_ALIASES = {"training": "train", "tr": "train", "valid": "val", "validation": "val", "va": "val",
                  "testing": "test", "te": "test"}
 TRUE_LABELS = {"1", "high", "high-tmb", "high_tmb", "true", "yes", "pos", "positive"}
@@ -69,17 +73,18 @@ def _numbers(text: str, n: int, what: str, where: str) -> List[float]:
     return vals
 
 
-def _get_vector(row: Dict[str, str], name: str, n: int, parts: Sequence[str], where: str) -> Optional[List[float]]:
-    """A vector from one column (name, name_lps, name_ras) or from n part columns (name_x ...)."""
+def _get_vector(row: Dict[str, str], name: str, n: int, parts: Sequence[Sequence[str]], where: str
+                ) -> Optional[List[float]]:
+    """A vector from one column (name, name_lps, name_ras) or from n part columns (e.g. name_x, name_y, name_z)."""
     for col, ras in ((name, False), (f"{name}_lps", False), (f"{name}_ras", True)):
         if row.get(col, "").strip():
             v = _numbers(row[col], n, col, where)
             if ras:
                 v = list(ras_to_lps(v[:3])) + (list(ras_to_lps(v[3:])) if n == 6 else [])
             return v
-    cols = [f"{name}_{p}" for p in parts]
-    if all(row.get(c, "").strip() for c in cols):
-        return _numbers(",".join(row[c] for c in cols), n, "/".join(cols), where)
+    for cols in parts:
+        if all(row.get(c, "").strip() for c in cols):
+            return _numbers(",".join(row[c] for c in cols), n, "/".join(cols), where)
     return None
 
 
@@ -144,8 +149,8 @@ def read_manifest(path, tmb_threshold: float = 10.0, check_files: bool = True) -
         if check_files and not ct.exists():
             raise TMBRBInputError(f"{where}: the CT '{ct}' does not exist.",
                                   "Fix the path (relative paths are read from the manifest's folder).")
-        seed = _get_vector(row, "seed", 3, ("x", "y", "z"), where)
-        box = _get_vector(row, "box", 6, ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax"), where)
+        seed = _get_vector(row, "seed", 3, SEED_PARTS, where)
+        box = _get_vector(row, "box", 6, BOX_PARTS, where)
         if box is None:
             raise TMBRBInputError(f"{where}: no bounding box.",
                                   "Give 'box' as xmin,ymin,zmin,xmax,ymax,zmax in LPS mm (or box_ras in RAS).")
@@ -168,8 +173,8 @@ def read_manifest(path, tmb_threshold: float = 10.0, check_files: bool = True) -
         label = _label(row, tmb, tmb_threshold, where)
         opt = {}
         for key, aliases in (("tumour", ("tumour", "tumor", "tumour_mask", "tumor_mask", "mask")),
-                             ("signal", ("signal", "signal_mask"))):
-            val = next((row[a] for a in aliases if row.get(a)), "")
+                             ("signal", ("signal_mask", "signal"))):
+            val = next((row[a] for a in aliases if row.get(a) and row[a].lower() not in SIGNAL_KINDS), "")
             opt[key] = resolve(val) if val else None
             if check_files and opt[key] is not None and not opt[key].exists():
                 raise TMBRBInputError(f"{where}: the {key} mask '{opt[key]}' does not exist.", "Fix the path.")

@@ -7,6 +7,7 @@ annotator's seed and box in LPS mm, the TMB and a split. Splits are drawn per ca
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,18 +30,30 @@ def _one(args):
     kw["signal"] = signal
     if strength is not None:
         kw["strength"] = strength
-    c = make_phantom(int(phantom_seed), case_id=f"ph{i:04d}", **kw)
-    d = Path(out) / c.case_id
+    d = Path(out) / f"ph{i:04d}"
+    done = d / "row.json"
+    if done.is_file():  # resumable: a finished case is read back
+        return json.loads(done.read_text())
+    for attempt in range(20):  # a drawn anatomy may not fit a drawn tumour: take the next seed, recorded below
+        try:
+            c = make_phantom(int(phantom_seed) + 7919 * attempt, case_id=f"ph{i:04d}", **kw)
+            phantom_seed = int(phantom_seed) + 7919 * attempt
+            break
+        except (RuntimeError, ValueError):
+            if attempt == 19:
+                raise
     d.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(c.ct, str(d / "ct.nrrd"), True)
     sitk.WriteImage(c.tumour, str(d / "tumour.nrrd"), True)
     sitk.WriteImage(c.signal, str(d / "signal.nrrd"), True)
     box = list(c.box_lps[0]) + list(c.box_lps[1])
-    return {"case": c.case_id, "ct": f"{c.case_id}/ct.nrrd", "seed": _fmt(c.seed_lps), "box": _fmt(box),
+    row = {"case": c.case_id, "ct": f"{c.case_id}/ct.nrrd", "seed": _fmt(c.seed_lps), "box": _fmt(box),
             "tmb": f"{c.tmb:.3f}", "label": int(c.high_tmb), "split": split, "tumour": f"{c.case_id}/tumour.nrrd",
             "signal": f"{c.case_id}/signal.nrrd" if signal != "none" else "",
             "diameter_mm": f"{c.params.get('diameter_mm', float('nan')):.2f}", "signal_kind": signal,
             "strength": c.params.get("strength", strength), "phantom_seed": int(phantom_seed)}
+    done.write_text(json.dumps(row))
+    return row
 
 
 def assign_splits(n: int, fractions: Sequence[float], seed: int) -> list:

@@ -61,6 +61,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None   # for quick checks
+    stop_after: Optional[int] = None    # leave after this many epochs in this invocation (time slots); --resume goes on
     tmb_threshold: float = 10.0
     architecture: Dict = field(default_factory=dict)    # overrides of the bundle's architecture
     preprocessing: Dict = field(default_factory=dict)   # overrides of the bundle's preprocessing (crop policy)
@@ -195,6 +196,11 @@ def predict(net, ds: CropDataset, indices: Sequence[int], device, batch_size: in
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def should_stop(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
+    """Early stopping before `epoch`: more than `patience` epochs since the best validation AUC (after min_epochs)."""
+    return best_epoch > 0 and epoch > min_epochs and epoch - best_epoch > patience
+
+
 def _rank_shard(n: int, world: int, rank: int, order: np.ndarray) -> np.ndarray:
     per = math.ceil(n / world)
     padded = np.concatenate([order, order[: per * world - n]]) if per * world > n else order
@@ -266,6 +272,9 @@ def train(cfg: TrainConfig) -> Dict:
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_auc, best_epoch = ck["epoch"] + 1, ck["best_auc"], ck["best_epoch"]
         history = ck["history"]
+        if ck.get("epochs") not in (None, cfg.epochs) and rank == 0:
+            print(f"warning: the run was started with --epochs {ck['epochs']}; resuming with {cfg.epochs} changes "
+                  "the learning-rate schedule", file=sys.stderr)
         if rank == 0:
             print(f"resuming after epoch {ck['epoch']} (best validation AUC {best_auc:.4f} at epoch {best_epoch})",
                   file=sys.stderr)
@@ -278,7 +287,9 @@ def train(cfg: TrainConfig) -> Dict:
     stopped_early = False
     train_samples, train_time = 0, 0.0
     for epoch in range(start_epoch, cfg.epochs + 1):
-        if epoch - best_epoch > cfg.patience and epoch > cfg.min_epochs and best_epoch > 0:
+        if cfg.stop_after and epoch - start_epoch >= cfg.stop_after:
+            break
+        if should_stop(epoch, best_epoch, cfg.patience, cfg.min_epochs):
             stopped_early = True
             break
         t_ep = time.perf_counter()
@@ -338,7 +349,7 @@ def train(cfg: TrainConfig) -> Dict:
                 torch.save({"model": state, "epoch": epoch, "val_auc": va}, ckdir / "best.pt")
             torch.save({"model": state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch, "history": history,
-                        "manifest_sha256": manifest_sha, "seed": cfg.seed}, ckdir / "last.pt.tmp")
+                        "manifest_sha256": manifest_sha, "seed": cfg.seed, "epochs": cfg.epochs}, ckdir / "last.pt.tmp")
             os.replace(ckdir / "last.pt.tmp", last)
             write_history(out, history)
             print(f"epoch {epoch}: train loss {tl:.4f}  val loss {vl:.4f}  val AUC {va:.4f}"

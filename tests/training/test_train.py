@@ -1,0 +1,153 @@
+"""Training end to end on a tiny cohort: reproducible, resumable, distributed in sync, exported bundle scored by
+the engine, and clear messages for bad options."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.cli import main
+from .conftest import train_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args):
+    assert main(args) == 0
+
+
+def _weights(run: Path, name="last"):
+    return torch.load(run / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_command_twice_gives_same_auc_and_weights(tiny_manifest, tmp_path):
+    for name in ("a", "b"):
+        _run(train_args(tiny_manifest, tmp_path / name, "--epochs", "1", "--seed", "3"))
+    sa = json.loads((tmp_path / "a" / "train_summary.json").read_text())
+    sb = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert sa["best_val_auc"] == sb["best_val_auc"]
+    assert _same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    # a different seed gives a different model (the seed is used)
+    _run(train_args(tiny_manifest, tmp_path / "c", "--epochs", "1", "--seed", "4"))
+    assert not _same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
+    # the log: CSV with one row per epoch, a plot, the cache (CT read once per case)
+    rows = list(csv.DictReader(open(tmp_path / "a" / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1"] and {"train_loss", "val_loss", "val_auc"} <= set(rows[0])
+    assert (tmp_path / "a" / "history.png").stat().st_size > 1000
+    assert sa["ct_reads_rank0"] == sa["n_train"] + sa["n_val"]
+
+
+def test_resume_continues_exactly(tiny_manifest, tmp_path):
+    _run(train_args(tiny_manifest, tmp_path / "full", "--epochs", "2"))
+    _run(train_args(tiny_manifest, tmp_path / "part", "--epochs", "2", "--stop-after", "1"))
+    assert len(list(csv.DictReader(open(tmp_path / "part" / "history.csv")))) == 1
+    _run(train_args(tiny_manifest, tmp_path / "part", "--epochs", "2", "--resume"))
+    assert _same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "part"))
+    h_full = list(csv.DictReader(open(tmp_path / "full" / "history.csv")))
+    h_part = list(csv.DictReader(open(tmp_path / "part" / "history.csv")))
+    key = lambda h: [(r["epoch"], r["train_loss"], r["val_auc"]) for r in h]  # noqa: E731
+    assert key(h_full) == key(h_part)
+    # resuming with another seed is refused with a clear message
+    assert main(train_args(tiny_manifest, tmp_path / "part", "--epochs", "3", "--resume", "--seed", "9")) == 2
+
+
+def test_early_stopping_rule():
+    from training.trainer import should_stop
+    assert not should_stop(epoch=5, best_epoch=4, patience=2, min_epochs=1)
+    assert should_stop(epoch=7, best_epoch=4, patience=2, min_epochs=1)
+    assert not should_stop(epoch=7, best_epoch=4, patience=2, min_epochs=8)   # not before min_epochs
+    assert not should_stop(epoch=7, best_epoch=0, patience=2, min_epochs=1)   # no finite AUC yet
+
+
+def test_two_processes_under_torchrun_stay_in_sync(tiny_manifest, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "TMBRBModule"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training",
+           *train_args(tiny_manifest, tmp_path / "ddp", "--epochs", "1", "--max-steps-per-epoch", "2",
+                       "--device", "cpu")]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
+    assert s["world_size"] == 2
+    assert len(s["rank_param_checksums"]) == 2 and s["rank_param_checksums"][0] == s["rank_param_checksums"][1]
+    assert s["ranks_in_sync"] is True
+    # the weights moved (2 steps were taken) and the saved checkpoint is rank 0's
+    from training.trainer import param_checksum, build_metadata, TrainConfig
+    from TMBRBLib.model import build_model
+    net = build_model(s["metadata"]["tmbrb"]["architecture"])
+    torch.manual_seed(0)
+    net.load_state_dict(_weights(tmp_path / "ddp"))
+    assert param_checksum(net) == s["rank_param_checksums"][0]
+
+
+def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest, tmp_path):
+    from TMBRBLib.bundle import load_bundle
+    from TMBRBLib.crop import crop_for_model
+    from TMBRBLib.io import read_ct
+    from TMBRBLib.pipeline import score_case
+    from training.manifest import read_manifest, file_sha256
+    run, bdir = tmp_path / "run", tmp_path / "bundle"
+    _run(train_args(tiny_manifest, run, "--epochs", "2"))
+    _run(["export", "--run", str(run), "--bundle", str(bdir), "--demo", "--model-id", "tiny-test"])
+    b = load_bundle(bdir)
+    t = b.tmbrb
+    assert t["demo"] is True and t["placeholder"] is False and t["model_id"] == "tiny-test"
+    assert "synthetic phantoms" in b.notice and "not for clinical or research conclusions" in b.notice
+    assert t["training"]["manifest_sha256"] == file_sha256(tiny_manifest)
+    assert t["training"]["seed"] == 0 and "python -m training train" in t["training"]["command"]
+    assert t["preprocessing"]["shape"] == [32, 32, 32] and t["risk"]["os"]["cutoff"] == 0.61
+    assert t["training"]["metrics"]["val_auc"] == json.loads((run / "train_summary.json").read_text())["best_val_auc"]
+    # the engine's score for a case is the trained network's output on the training code's validation crop
+    case = read_manifest(tiny_manifest)[0]
+    ct, _ = read_ct(case.ct)
+    res = score_case(ct, case.seed_lps, box_lps=(case.box.min, case.box.max), bundle=b, n_shifts=2, device="cpu")
+    from TMBRBLib.model import build_model
+    net = build_model(t["architecture"])
+    net.load_state_dict(_weights(run, "best"))
+    net.eval()
+    x = torch.from_numpy(crop_for_model(ct, case.box, t["preprocessing"])[0])[None, None]
+    with torch.no_grad():
+        p = torch.softmax(net(x), 1)[0, 1].item()
+    assert abs(res.score - p) < 5e-3  # float16 weights in the bundle
+    assert any("synthetic phantoms" in w for w in res.warnings)
+    # evaluate: predictions CSV for the statistics toolkit, metrics with the notice
+    out = tmp_path / "eval"
+    _run(["evaluate", "--bundle", str(bdir), "--manifest", str(tiny_manifest), "--out", str(out), "--split", "val",
+          "--shifts", "2", "--no-progress"])
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["case"] for r in rows] == ["c6", "c7"]
+    assert {"case", "tmb", "label", "score", "tta_std", "cam_share_signal"} <= set(rows[0])
+    assert all(0 <= float(r["score"]) <= 1 and float(r["tta_std"]) >= 0 for r in rows)
+    assert all(0 <= float(r["cam_share_signal"]) <= 1 for r in rows)
+    assert all("synthetic phantoms" in r["model_notice"] for r in rows)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 2 and "synthetic phantoms" in m["notice"] and m["auc"]["auc"] in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--architecture", "{bad"], "--architecture is not valid JSON"),
+    (["--architecture", '{"colour": 3}'], "a key the model does not know"),
+])
+def test_bad_options_exit_2_with_message(tiny_manifest, tmp_path, capsys, extra, message):
+    assert main(train_args(tiny_manifest, tmp_path / "x", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_manifest_and_unfinished_run(tmp_path, capsys):
+    assert main(["train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path), "--bundle", str(tmp_path / "b")]) == 2
+    assert "not a finished training run" in capsys.readouterr().err
