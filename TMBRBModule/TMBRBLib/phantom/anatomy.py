@@ -182,12 +182,6 @@ def hila(A) -> List[np.ndarray]:
     return [np.array([-(0.24 * a_in + 10.0), -0.02 * b_in, w]), np.array([0.30 * a_in + 10.0, -0.02 * b_in, w - 8.0])]
 
 
-def _perp(d, rng):
-    t = rng.normal(size=3)
-    t -= t.dot(d) * d
-    return t / np.linalg.norm(t)
-
-
 def build_tubes(A, rng: np.random.Generator) -> List[tuple]:
     """Vessel and airway tubes: (p0, p1, r0, r1, hu, mode). mode 'soft' blends only into low density tissue.
 
@@ -204,8 +198,18 @@ def build_tubes(A, rng: np.random.Generator) -> List[tuple]:
     tubes.append((top, carina, 11.5, 11.0, 30.0, "soft"))
     tubes.append((top, carina, 9.5, 9.0, -990.0, "air"))
     trunk = np.array([0.10 * a_in, -0.38 * b_in, A["w_carina"] - 30.0])
-    # live branches: [p, d, r, depth, hilum, kind, max_depth, r_min]
-    live = []
+    # live branches, one row each: start, direction, radius, depth, hilum, airway?, max depth, min radius
+    starts, dirs_all, radii, hil, airway, maxd, rmin = [], [], [], [], [], [], []
+
+    def add(p, d, r, h, is_air, md, rm):
+        starts.append(p)
+        dirs_all.append(d / np.linalg.norm(d))
+        radii.append(r)
+        hil.append(h)
+        airway.append(is_air)
+        maxd.append(md)
+        rmin.append(rm)
+
     for side, h in enumerate(hl):
         sgn = -1.0 if side == 0 else 1.0
         hb = h + np.array([0.0, 8.0, 0.0])
@@ -219,44 +223,47 @@ def build_tubes(A, rng: np.random.Generator) -> List[tuple]:
         hv = h + np.array([0.0, -12.0, -18.0])
         for d in dirs:
             d = d / np.linalg.norm(d)
-            dv = d + rng.normal(0.0, 0.25, 3)
-            live.append([h.copy(), d, rng.uniform(3.5, 5.0), 0, h, "vessel", 9, 0.45])
-            live.append([hv.copy(), dv / np.linalg.norm(dv), rng.uniform(3.5, 5.0), 0, hv, "vessel", 9, 0.45])
+            add(h, d, rng.uniform(3.5, 5.0), h, False, 9, 0.45)  # artery
+            add(hv, d + rng.normal(0.0, 0.25, 3), rng.uniform(3.5, 5.0), hv, False, 9, 0.45)  # vein
         for d in dirs[::2]:
-            live.append([hb.copy(), d / np.linalg.norm(d), 3.2, 0, h, "airway", 2, 1.5])
+            add(hb, d, 3.2, h, True, 2, 1.5)  # airway
 
-    while live:
-        L = np.array([b[2] * rng.uniform(4.0, 7.0) + 2.0 for b in live])
-        P = np.array([b[0] for b in live])
-        D = np.array([b[1] for b in live])
+    P, D, R = np.array(starts), np.array(dirs_all), np.array(radii)
+    H, AIR, MAXD, RMIN = np.array(hil), np.array(airway), np.array(maxd), np.array(rmin)
+    depth = 0
+    while len(P):
+        m = len(P)
+        L = R * rng.uniform(4.0, 7.0, m) + 2.0
         Q = P + D * L[:, None]
-        ok = lung_inside(Q[:, 0], Q[:, 1], Q[:, 2], A)
         Q2 = P + D * (0.5 * L)[:, None]
+        ok = lung_inside(Q[:, 0], Q[:, 1], Q[:, 2], A) | (depth == 0)
         ok2 = lung_inside(Q2[:, 0], Q2[:, 1], Q2[:, 2], A)
-        nxt = []
-        for n, (p, d, r, depth, hilum, kind, max_depth, r_min) in enumerate(live):
-            if ok[n] or depth == 0:
-                q = Q[n]
-            elif ok2[n]:
-                q = Q2[n]
+        keep = ok | ok2
+        Q = np.where(ok[:, None], Q, Q2)
+        for n in np.flatnonzero(keep):
+            if AIR[n]:  # airway: wall then lumen
+                tubes.append((P[n], Q[n], R[n] + 1.0, 0.92 * R[n] + 0.6, 30.0, "soft"))
+                tubes.append((P[n], Q[n], R[n], 0.92 * R[n], -990.0, "air"))
             else:
-                continue
-            r_end = r * 0.92
-            if kind == "vessel":
-                tubes.append((p, q, r, r_end, 40.0, "soft"))
-            else:  # airway: wall then lumen
-                tubes.append((p, q, r + 1.0, r_end + 0.6, 30.0, "soft"))
-                tubes.append((p, q, r, r_end, -990.0, "air"))
-            if r < r_min or depth >= max_depth:
-                continue
-            out = q - hilum
-            out = out / (np.linalg.norm(out) + 1e-9)
-            nrm = _perp(d, rng)
-            for sgn, fr in ((1.0, rng.uniform(0.72, 0.86)), (-1.0, rng.uniform(0.55, 0.75))):
-                ang = np.deg2rad(rng.uniform(18.0, 42.0))
-                dd = np.cos(ang) * d + sgn * np.sin(ang) * nrm + 0.3 * out
-                nxt.append([q, dd / np.linalg.norm(dd), r * fr, depth + 1, hilum, kind, max_depth, r_min])
-        live = nxt
+                tubes.append((P[n], Q[n], R[n], 0.92 * R[n], 40.0, "soft"))
+        g = keep & (R >= RMIN) & (depth < MAXD)
+        P, D, R, H, AIR, MAXD, RMIN, Q = (x[g] for x in (P, D, R, H, AIR, MAXD, RMIN, Q))
+        k = len(P)
+        out = Q - H
+        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-9
+        nrm = rng.normal(size=(k, 3))
+        nrm -= np.sum(nrm * D, axis=1, keepdims=True) * D
+        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+        fr = np.stack([rng.uniform(0.72, 0.86, k), rng.uniform(0.55, 0.75, k)])
+        ang = np.deg2rad(rng.uniform(18.0, 42.0, (2, k)))
+        kids = []
+        for c, sgn in enumerate((1.0, -1.0)):
+            dd = np.cos(ang[c])[:, None] * D + sgn * np.sin(ang[c])[:, None] * nrm + 0.3 * out
+            kids.append(dd / np.linalg.norm(dd, axis=1, keepdims=True))
+        P, H, AIR, MAXD, RMIN = (np.concatenate([x, x]) for x in (Q, H, AIR, MAXD, RMIN))
+        D = np.concatenate(kids)
+        R = np.concatenate([R * fr[0], R * fr[1]])
+        depth += 1
 
     # ascending aorta, arch, descending aorta above the heart, SVC
     asc = np.array([-0.04 * a_in, -0.35 * b_in, A["w_heart"] + 20.0])
@@ -295,17 +302,23 @@ def tube_occupancy(u, v, w, p0, p1, r0, r1, h):
 
 
 def split_long_tubes(tubes, max_len_factor: float = 3.0, min_len: float = 8.0):
-    """Cut long tubes into pieces no longer than max(min_len, factor * radius): smaller boxes to evaluate."""
-    out = []
-    for p0, p1, r0, r1, val, mode in tubes:
-        p0 = np.asarray(p0, dtype=float)
-        p1 = np.asarray(p1, dtype=float)
-        L = float(np.linalg.norm(p1 - p0))
-        n = max(1, int(np.ceil(L / max(min_len, max_len_factor * max(r0, r1)))))
-        for k in range(n):
-            a, b = k / n, (k + 1) / n
-            out.append((p0 + a * (p1 - p0), p0 + b * (p1 - p0), r0 + a * (r1 - r0), r0 + b * (r1 - r0), val, mode))
-    return out
+    """Cut long tubes into pieces no longer than max(min_len, factor * radius): smaller boxes to evaluate.
+
+    Returns arrays (P0, P1, R0, R1, index of the source tube).
+    """
+    P0 = np.array([t[0] for t in tubes], dtype=float).reshape(-1, 3)
+    P1 = np.array([t[1] for t in tubes], dtype=float).reshape(-1, 3)
+    R0 = np.array([t[2] for t in tubes], dtype=float)
+    R1 = np.array([t[3] for t in tubes], dtype=float)
+    L = np.linalg.norm(P1 - P0, axis=1)
+    n = np.maximum(1, np.ceil(L / np.maximum(min_len, max_len_factor * np.maximum(R0, R1)))).astype(int)
+    src = np.repeat(np.arange(len(tubes)), n)
+    k = np.arange(len(src)) - np.repeat(np.cumsum(n) - n, n)
+    a = (k / n[src])[:, None]
+    b = ((k + 1) / n[src])[:, None]
+    d = (P1 - P0)[src]
+    dr = (R1 - R0)[src]
+    return P0[src] + a * d, P0[src] + b * d, R0[src] + a[:, 0] * dr, R0[src] + b[:, 0] * dr, src
 
 
 def render_tubes(hu: np.ndarray, grid: Grid, ref, tubes, h: float) -> None:
@@ -313,24 +326,23 @@ def render_tubes(hu: np.ndarray, grid: Grid, ref, tubes, h: float) -> None:
     if not tubes:
         return
     # soft tissue first, then air lumens, so that no vessel is drawn inside an airway
-    tubes = split_long_tubes([t for t in tubes if t[5] == "soft"] + [t for t in tubes if t[5] != "soft"])
+    tubes = [t for t in tubes if t[5] == "soft"] + [t for t in tubes if t[5] != "soft"]
+    P0, P1, R0, R1, src = split_long_tubes(tubes)
     ref = np.asarray(ref, dtype=float)
-    P0 = np.array([t[0] for t in tubes], dtype=float)
-    P1 = np.array([t[1] for t in tubes], dtype=float)
-    R = np.array([max(t[2], t[3]) for t in tubes]) + h
+    R = np.maximum(R0, R1) + h
     lo = np.minimum(P0, P1) - R[:, None] + ref
     hi = np.maximum(P0, P1) + R[:, None] + ref
-    # index boxes of all tubes at once (8 corners each)
+    # index boxes of all pieces at once (8 corners each)
     sel = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)])
     corners = np.where(sel[None, :, :] == 0, lo[:, None, :], hi[:, None, :])
     idx = (corners - np.asarray(grid.origin)) @ np.linalg.inv(grid.matrix).T
     imin = np.maximum(np.floor(idx.min(axis=1)).astype(int) - 1, 0)
     imax = np.minimum(np.ceil(idx.max(axis=1)).astype(int) + 2, np.asarray(grid.shape_xyz))
     for n in np.flatnonzero(np.all(imax > imin, axis=1)):
-        p0, p1, r0, r1, val, mode = tubes[n]
-        sl = tuple(slice(int(imin[n, a]), int(imax[n, a])) for a in (2, 1, 0))
+        val, mode = tubes[src[n]][4], tubes[src[n]][5]
+        sl = (slice(imin[n, 2], imax[n, 2]), slice(imin[n, 1], imax[n, 1]), slice(imin[n, 0], imax[n, 0]))
         u, v, w = grid.coords(sl, ref)
-        occ = tube_occupancy(u, v, w, p0, p1, r0, r1, h)
+        occ = tube_occupancy(u, v, w, P0[n], P1[n], R0[n], R1[n], h)
         sub = hu[sl]
         occ *= sub < (-30.0 if mode == "soft" else 150.0)  # soft: into lung/fat only; air lumen: all but bone
         occ *= np.float32(val) - sub

@@ -8,6 +8,7 @@ voxels sit. Arrays are in SimpleITK/numpy order ``[k, j, i]`` (z, y, x index), t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -60,10 +61,18 @@ class Grid:
         origin = np.asarray(centre_lps, dtype=float) - m @ half
         return cls(tuple(int(s) for s in shape_xyz), tuple(float(s) for s in spacing), tuple(origin.tolist()), d)
 
-    @property
+    @cached_property
     def matrix(self) -> np.ndarray:
         """index (i, j, k) -> physical offset: ``p = origin + matrix @ idx``."""
         return self.direction @ np.diag(self.spacing)
+
+    @cached_property
+    def _aligned_axis(self):
+        """For each physical axis, the one index axis it depends on (None when the grid is oblique)."""
+        nz = np.abs(self.matrix) > 1e-12
+        if not np.all(nz.sum(axis=1) == 1):
+            return None
+        return [int(np.flatnonzero(row)[0]) for row in nz]
 
     @property
     def shape_kji(self) -> Tuple[int, int, int]:
@@ -96,17 +105,19 @@ class Grid:
         i = np.arange(slices_kji[2].start, slices_kji[2].stop, dtype=np.float64)
         m = self.matrix
         o = np.asarray(self.origin) - np.asarray(ref, dtype=float)
-        aligned = bool(np.all(np.count_nonzero(np.abs(m) > 1e-12, axis=1) == 1))
+        axes = self._aligned_axis if broadcast else None
         out = []
         for a in range(3):
+            if axes is not None:
+                c = axes[a]
+                idx = (i, j, k)[c]
+                t = (o[a] + m[a, c] * idx).astype(np.float32)
+                out.append(t[None, None, :] if c == 0 else (t[None, :, None] if c == 1 else t[:, None, None]))
+                continue
             ti = (o[a] + m[a, 0] * i).astype(np.float32)[None, None, :]
             tj = (m[a, 1] * j).astype(np.float32)[None, :, None]
             tk = (m[a, 2] * k).astype(np.float32)[:, None, None]
-            if broadcast and aligned:
-                c = int(np.flatnonzero(np.abs(m[a]) > 1e-12)[0])
-                out.append(ti if c == 0 else (tj if c == 1 else tk) + np.float32(o[a]))
-            else:
-                out.append(ti + tj + tk)
+            out.append(ti + tj + tk)
         return out
 
     def slices_for_box(self, lo_lps, hi_lps, pad_vox: int = 1) -> Optional[tuple]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import SimpleITK as sitk
