@@ -1,0 +1,678 @@
+"""The browser viewer: a trame-slicer app driving the 3D Slicer module's Logic (TMBRB.TMBRBLogic) on an MRML scene.
+
+Everything the module computes is done by TMBRBLogic (input checks, box proposal, the engine in a background process,
+the output nodes: CAM volume with heat colours and volume rendering, tumour/ring segmentation, results table) and
+the MRML adapter (TMBRBLib.mrml_adapter); this file only builds the page and connects it to them.
+
+Imports trame, trame-slicer and slicer-core; import it only to serve (TMBRBLib.viewer.cli does, lazily).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .. import RESEARCH_USE_NOTICE, __version__
+from ..errors import TMBRBError, TMBRBInputError
+
+log = logging.getLogger("tmbrb.viewer")
+
+SLICE_TAGS = ("Red", "Green", "Yellow")  # axial, coronal, sagittal
+THREED_TAG = "ThreeD"
+POLL_S = 0.2
+NO_SEED_MESSAGE = "Place the seed first: click on the tumour in a slice view (press 'Place seed' to place it again)."
+NO_CT_MESSAGE = "Open a CT first (a file path, an upload, or a DICOM folder)."
+
+
+def configure_rendering() -> None:
+    """Offscreen VTK rendering without an X server: EGL (Mesa or a GPU) unless the user chose otherwise."""
+    if not os.environ.get("DISPLAY") and "VTK_DEFAULT_OPENGL_WINDOW" not in os.environ:
+        os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+
+
+def import_module_logic():
+    """The 3D Slicer module file TMBRBModule/TMBRB.py (beside the TMBRBLib package), imported as `TMBRB`."""
+    import TMBRBLib
+
+    module_dir = Path(TMBRBLib.__file__).resolve().parents[1]
+    if str(module_dir) not in sys.path:
+        sys.path.insert(0, str(module_dir))
+    import TMBRB
+
+    return TMBRB
+
+
+def heat_legend_css(n: int = 11) -> str:
+    """CSS gradient with the CAM colour table's colours (mrml_adapter's heat map) for the page legend."""
+    from .. import mrml_adapter as ma
+
+    stops = []
+    for i in range(n):
+        t = i / (n - 1)
+        r, g, b = ma._heat_rgb(t)
+        stops.append(f"rgb({int(255 * r)},{int(255 * g)},{int(255 * b)}) {int(100 * t)}%")
+    return "linear-gradient(to right, " + ", ".join(stops) + ")"
+
+
+def format_result(result: Dict) -> Dict:
+    """Strings for the side panel from a result dict (result.json)."""
+    risk = result.get("risk", {})
+    tta = result.get("tta", {})
+    model = result.get("model", {})
+    att = result.get("attention", {})
+    out = {
+        "r_score": f"{float(result['score']):.3f}",
+        "r_spread": (f"TTA mean {float(tta.get('mean', float('nan'))):.3f} \u00b1 {float(tta.get('std', float('nan'))):.3f} "
+                     f"over {tta.get('n', '?')} boxes"),
+        "r_os": f"{risk.get('os', {}).get('group', '?')} risk ({risk.get('os', {}).get('rule', '')})",
+        "r_pfs": f"{risk.get('pfs', {}).get('group', '?')} risk ({risk.get('pfs', {}).get('rule', '')})",
+        "r_att": ", ".join((f"{k} {100 * float(att[k]):.0f}%" if att.get(k) is not None else f"{k} n/a")
+                           for k in ("tumour", "ring", "elsewhere")),
+        "r_model": f"{model.get('name', '')} {model.get('version', '')}".strip(),
+        "r_demo": bool(model.get("demo") or model.get("placeholder")),
+        "r_notice": str(model.get("notice") or ""),
+        "r_warnings": list(result.get("warnings", [])),
+    }
+    combined = risk.get("ecog_combined")
+    if combined:
+        parts = []
+        for ep in ("os", "pfs"):
+            c = combined.get(ep)
+            if isinstance(c, dict) and "relative_hazard" in c:
+                parts.append(f"{ep.upper()}: {c.get('group', '')}, relative hazard {float(c['relative_hazard']):.2f} "
+                             f"vs {c.get('reference', '')}")
+        out["r_ecog"] = f"ECOG {risk.get('ecog')}: " + "; ".join(parts)
+    else:
+        out["r_ecog"] = "ECOG not given"
+    return out
+
+
+class TMBRBViewer:
+    """One viewer (one MRML scene, one browser session at a time)."""
+
+    def __init__(self, server=None, bundle=None, device: str = "auto", shifts: int = 8,
+                 out_dir: str = "tmbrb-viewer-output"):
+        configure_rendering()
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+        self.TMBRB = import_module_logic()
+        self.server = server or get_server(None, client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.slicer_app = SlicerApp()
+        self.scene = self.slicer_app.scene
+        register_rca_factories(self.slicer_app.view_manager, self.server,
+                               slice_view_ui_f=self._slice_view_ui, three_d_view_ui_f=self._threed_view_ui)
+        self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
+        axial, coronal = ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view()
+        sagittal, threed = ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.threed_view(name=THREED_TAG)
+        self.layout_manager.register_layout("TMBRB", Layout(LayoutDirection.Horizontal, [
+            Layout(LayoutDirection.Vertical, [axial, coronal]),
+            Layout(LayoutDirection.Vertical, [threed, sagittal])]))
+        self.layout_manager.set_layout("TMBRB")
+
+        self.logic = self.TMBRBLogic = self.TMBRB.TMBRBLogic(self.scene)
+        self.logic.bundle = bundle
+        self.device = device
+        self.shifts = int(shifts)
+        self.out_dir = Path(out_dir)
+        self.work = Path(tempfile.mkdtemp(prefix="tmbrb-viewer-"))
+        self._baseline = self._node_ids()
+        self.volume = self.seed = self.roi = None
+        self.ct_name = ""
+        self.job = None
+        self.last_result: Optional[Dict] = None
+        self.last_out: Optional[Path] = None
+        self._seed_tag = None
+        self._runs = 0
+        self.timings: Dict[str, float] = {}
+        self._init_state()
+        self._build_ui()
+
+    # state ----------------------------------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        s = self.state
+        s.trame__title = "TMBRB viewer"
+        s.update({
+            "ct_path_input": "", "ct_name": "", "has_ct": False, "has_seed": False, "seed_text": "",
+            "box_text": "", "running": False, "progress": 0, "progress_msg": "", "message": "",
+            "message_type": "info", "has_result": False, "ecog": "not given", "cam_opacity": 0.5,
+            "saved_text": "", "goto_ras": "", "placing": False, "r_score": "", "r_spread": "", "r_os": "",
+            "r_pfs": "", "r_ecog": "", "r_att": "", "r_model": "", "r_demo": False, "r_notice": "",
+            "r_warnings": [], "legend_css": heat_legend_css(), "notice": RESEARCH_USE_NOTICE,
+        })
+        s.change("cam_opacity")(self._on_cam_opacity)
+
+    def _say(self, text: str, kind: str = "info") -> None:
+        with self.state:
+            self.state.message = text
+            self.state.message_type = kind
+
+    def _node_ids(self) -> set:
+        return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+    # UI -------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _marker(tag: str) -> None:
+        from trame.widgets import html
+
+        # a hook for tests and people: the view's container is this element's parent
+        html.Div(classes="tmbrb-view-marker", id=f"tmbrb-view-{tag}",
+                 style="position:absolute; right:4px; top:2px; font-size:11px; color:#ddd; pointer-events:none;",
+                 children=[{"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}.get(tag, "3D")])
+
+    def _slice_view_ui(self, server, view_id, view) -> None:
+        from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+        create_vertical_slice_view_gutter_ui(server, view_id, view)
+        self._marker(view.get_singleton_tag())
+
+    def _threed_view_ui(self, server, view_id, view) -> None:
+        from trame_slicer.app.ui import create_vertical_view_gutter_ui
+
+        create_vertical_view_gutter_ui(server, view_id, view)
+        self._marker(view.get_singleton_tag())
+
+    def _build_ui(self) -> None:
+        from trame.ui.vuetify3 import VAppLayout
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+        from trame_slicer.app.ui import LoadVolumeUI
+        from trame_slicer.app.ui.flex_container import FlexContainer
+
+        with VAppLayout(self.server, full_height=True, theme="dark") as self.ui:
+            with v3.VAppBar(density="compact"):
+                v3.VAppBarTitle(f"TMBRB viewer {__version__}")
+                html.Span("{{ notice }}", classes="text-caption text-warning mr-4", id="tmbrb-notice")
+            with v3.VNavigationDrawer(permanent=True, location="left", width=390):
+                with html.Div(classes="pa-3 d-flex flex-column", style="gap: 8px;"):
+                    self._build_input_panel(v3, html, LoadVolumeUI)
+                    self._build_result_panel(v3, html)
+            with v3.VMain():
+                with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
+                    self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _build_input_panel(self, v3, html, LoadVolumeUI) -> None:
+        html.Div("1. CT", classes="text-subtitle-2")
+        with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+            v3.VTextField(v_model=("ct_path_input",), label="CT file or DICOM folder on this computer",
+                          density="compact", hide_details=True, id="tmbrb-ct-path")
+            v3.VBtn("Open", click=self.open_ct_from_field, density="compact", id="tmbrb-open")
+        with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+            html.Span("or upload a file / a DICOM folder:", classes="text-caption")
+            uploads = LoadVolumeUI(id="tmbrb-upload")
+            uploads.on_load_volume.connect(self.on_upload)
+        html.Div("{{ ct_name }}", v_if=("has_ct",), classes="text-caption", id="tmbrb-ct-name")
+        with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+            v3.VTextField(v_model=("goto_ras",), label="Go to point R,A,S (mm)", density="compact",
+                          hide_details=True, id="tmbrb-goto")
+            v3.VBtn("Go", click=self.goto_from_field, density="compact", id="tmbrb-goto-btn")
+        html.Div("2. Seed and box", classes="text-subtitle-2 mt-2")
+        with html.Div(classes="d-flex align-center", style="gap: 4px;"):
+            v3.VBtn("Place seed", click=self.start_placing, density="compact", id="tmbrb-place-seed",
+                    color=("placing ? 'primary' : undefined",))
+            html.Span("{{ placing ? 'click on the tumour in a slice view' : seed_text }}", classes="text-caption",
+                      id="tmbrb-seed-text")
+        html.Div("{{ box_text }}", classes="text-caption", id="tmbrb-box-text")
+        html.Div("3. ECOG performance status", classes="text-subtitle-2 mt-2")
+        with v3.VBtnToggle(v_model=("ecog",), mandatory=True, density="compact", divided=True, id="tmbrb-ecog"):
+            for value in ("not given", "0", "1", "2"):
+                v3.VBtn(value, value=value, id=f"tmbrb-ecog-{value.replace(' ', '-')}", size="small")
+        with html.Div(classes="d-flex align-center mt-2", style="gap: 4px;"):
+            v3.VBtn("Apply", click=self.apply, color="primary", disabled=("running",), id="tmbrb-apply")
+            v3.VBtn("Cancel", click=self.cancel, disabled=("!running",), id="tmbrb-cancel", density="compact")
+        with html.Div(v_if=("running",), id="tmbrb-progress"):
+            v3.VProgressLinear(model_value=("progress",), color="primary", height=8, striped=True)
+            html.Div("{{ progress_msg }}", classes="text-caption")
+        v3.VAlert(v_if=("message",), text=("message",), type=("message_type",), density="compact",
+                  closable=True, click_close="message = ''", id="tmbrb-message")
+
+    def _build_result_panel(self, v3, html) -> None:
+        with v3.VCard(v_if=("has_result",), id="tmbrb-results", variant="outlined", classes="pa-2 mt-2"):
+            v3.VAlert(v_if=("r_demo",), text=("r_notice",), type="warning", density="compact",
+                      id="tmbrb-demo-banner")
+            with html.Div(classes="text-h5 mt-1"):
+                html.Span("TMBRB score ")
+                html.Span("{{ r_score }}", id="tmbrb-score")
+            html.Div("P(High-TMB) for the box itself", classes="text-caption")
+            html.Div("{{ r_spread }}", id="tmbrb-spread", classes="text-body-2")
+            html.Div("OS: {{ r_os }}", id="tmbrb-os", classes="text-body-2")
+            html.Div("PFS: {{ r_pfs }}", id="tmbrb-pfs", classes="text-body-2")
+            html.Div("{{ r_ecog }}", id="tmbrb-ecog-combined", classes="text-body-2")
+            html.Div("Attention (Grad-CAM): {{ r_att }}", id="tmbrb-attention", classes="text-body-2")
+            html.Div("Model: {{ r_model }}", id="tmbrb-model", classes="text-body-2")
+            html.Div("{{ w }}", v_for="w in r_warnings", classes="text-caption text-warning")
+            html.Div("CAM overlay opacity", classes="text-caption mt-2")
+            v3.VSlider(v_model=("cam_opacity",), min=0, max=1, step=0.05, density="compact", hide_details=True,
+                       id="tmbrb-cam-opacity")
+            html.Div(id="tmbrb-legend", style=("{ background: legend_css, height: '12px', borderRadius: '2px' }",))
+            with html.Div(classes="d-flex justify-space-between text-caption"):
+                html.Span("0 (transparent below 0.1)")
+                html.Span("CAM")
+                html.Span("1")
+            html.Div("Tumour outlined yellow, peritumoral ring blue.", classes="text-caption")
+            with html.Div(classes="d-flex mt-2", style="gap: 4px;"):
+                v3.VBtn("Save results", click=self.save_results, density="compact", id="tmbrb-save-results")
+                v3.VBtn("Save scene (.mrb)", click=self.save_scene, density="compact", id="tmbrb-save-scene")
+            html.Div("{{ saved_text }}", classes="text-caption", id="tmbrb-saved", style="word-break: break-all;")
+
+    # CT -------------------------------------------------------------------------------------------------------------
+    def open_ct_from_field(self) -> None:
+        path = (self.state.ct_path_input or "").strip()
+        if not path:
+            self._say("Type the path of a CT file or DICOM folder on this computer, or upload one.", "error")
+            return
+        self._guarded(lambda: self.open_ct(path), "Could not open the CT.")
+
+    def on_upload(self, files: List[dict]) -> None:
+        from trame_slicer.utils import write_client_files_to_dir
+
+        def load():
+            folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.work))
+            written = write_client_files_to_dir(files, folder)
+            if not written:
+                raise TMBRBInputError("The upload held no file.", "Choose a CT file or a DICOM folder.")
+            names = [Path(w).name for w in written]
+            if len(written) == 1:
+                self.open_ct(written[0], name=names[0])
+            else:  # several files: a DICOM series
+                self.open_ct(str(folder), name=f"{len(written)} uploaded DICOM files")
+        self._guarded(load, "Could not open the uploaded CT.")
+
+    def _guarded(self, fn, what: str):
+        """Run a UI action; bad input and failures become a message in the page (the server keeps serving)."""
+        try:
+            return fn()
+        except TMBRBInputError as e:
+            self._say(str(e), "error")
+        except TMBRBError as e:
+            self._say(f"{what} {e}", "error")
+        except Exception as e:  # noqa: BLE001 - an unexpected failure must not stop the server
+            log.error("%s\n%s", what, traceback.format_exc())
+            self._say(f"{what} Unexpected error: {type(e).__name__}: {e}", "error")
+        return None
+
+    def open_ct(self, path: str, name: Optional[str] = None) -> None:
+        from ..io import read_ct
+
+        t0 = time.perf_counter()
+        ct, warnings = read_ct(path)  # raises TMBRBInputError with the problem and the fix
+        self.show_ct(ct, name or Path(path).name, warnings)
+        self.timings["open_ct_s"] = time.perf_counter() - t0
+
+    def _clear_case(self) -> None:
+        if self.job is not None:
+            self.TMBRB.TMBRBLogic.cleanupJob(self.job)
+            self.job = None
+        if self.seed is not None and self._seed_tag is not None:
+            self.seed.RemoveObserver(self._seed_tag)
+        self._seed_tag = None
+        keep = self._baseline
+        for i in range(self.scene.GetNumberOfNodes() - 1, -1, -1):
+            n = self.scene.GetNthNode(i)
+            if n is not None and n.GetID() not in keep and n.GetSingletonTag() is None:
+                self.scene.RemoveNode(n)
+        self.volume = self.seed = self.roi = None
+        self.last_result = self.last_out = None
+
+    def show_ct(self, ct, name: str, warnings: Optional[List[str]] = None) -> None:
+        from .. import mrml_adapter as ma
+
+        self._clear_case()
+        self.volume = ma.add_volume_node_from_sitk(self.scene, ct, name or "CT")
+        display = self.volume.GetDisplayNode()
+        if display is not None:  # a lung-friendly window
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevel(1500, -500)
+        p = self.logic.getParameterNode()
+        p.inputVolume = self.volume
+        self.slicer_app.display_manager.show_volume_in_slice_background(self.volume)
+        self.slicer_app.display_manager.show_volume_in_slice_foreground(None)
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.reset_view()
+            view.get_view_node().SetSliceVisible(True)
+        for view in self.slicer_app.view_manager.get_threed_views():
+            view.reset_view()
+        self.ct_name = name
+        self._new_seed_node()
+        with self.state:
+            self.state.update({"has_ct": True, "ct_name": f"{name}: {ct.GetSize()[0]} x {ct.GetSize()[1]} x "
+                               f"{ct.GetSize()[2]} voxels", "has_result": False, "saved_text": ""})
+        self._say("CT opened. " + " ".join(warnings or []) + " Click on the tumour in a slice view to place the seed.",
+                  "warning" if warnings else "info")
+        self.start_placing()
+
+    def goto_from_field(self) -> None:
+        def go():
+            from ..geometry import parse_triplet
+
+            ras = parse_triplet(self.state.goto_ras or "", "the point (R,A,S)")
+            self.goto_ras(ras)
+        self._guarded(go, "Could not go to the point.")
+
+    def goto_ras(self, ras) -> None:
+        """Centre the three slice views on a RAS point (3D Slicer's 'jump slices')."""
+        import slicer
+
+        if self.volume is None:
+            raise TMBRBInputError("No CT is open.", NO_CT_MESSAGE)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, float(ras[0]), float(ras[1]), float(ras[2]),
+                                              slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+
+    # seed and box ---------------------------------------------------------------------------------------------------
+    def _new_seed_node(self) -> None:
+        import slicer
+
+        self.seed = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "TMBRB seed")
+        self.seed.SetMaximumNumberOfControlPoints(1)
+        self.seed.CreateDefaultDisplayNodes()
+        d = self.seed.GetDisplayNode()
+        if d is not None:
+            d.SetSelectedColor(0.2, 1.0, 0.2)
+            d.SetGlyphScale(2.5)
+        self._hide_label(self.seed)
+        self._seed_tag = self.seed.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                                               self._on_seed_defined)
+        p = self.logic.getParameterNode()
+        p.seedPoint = self.seed
+
+    @staticmethod
+    def _hide_label(markups_node) -> None:
+        d = markups_node.GetDisplayNode() if markups_node is not None else None
+        if d is not None and hasattr(d, "SetPropertiesLabelVisibility"):
+            d.SetPropertiesLabelVisibility(False)
+            d.SetPointLabelsVisibility(False)
+
+    def start_placing(self) -> None:
+        if self.volume is None:
+            self._say(NO_CT_MESSAGE, "error")
+            return
+        if self.seed is None:
+            self._new_seed_node()
+        self.seed.RemoveAllControlPoints()
+        self.slicer_app.markups_logic.place_node(self.seed, False)
+        with self.state:
+            self.state.placing = True
+            self.state.has_seed = False
+
+    def _on_seed_defined(self, caller=None, event=None) -> None:
+        """A seed was clicked: check it and propose the box (TMBRBLogic.proposeBox); problems show in the page."""
+        with self.state:
+            self.state.placing = False
+            self._guarded(self._propose_box, "Could not propose a box.")
+        self.state.flush()
+
+    def _propose_box(self) -> None:
+        from .. import mrml_adapter as ma
+
+        try:
+            warnings = self._propose_box_with_warnings()
+        except TMBRBInputError:
+            self.seed.RemoveAllControlPoints()  # a rejected seed is not kept (Apply then asks for one)
+            self.state.has_seed = False
+            self.slicer_app.markups_logic.place_node(self.seed, False)
+            self.state.placing = True
+            raise
+        self.roi.SetName("TMBRB box")
+        self._hide_label(self.roi)
+        self.logic.getParameterNode().boxRoi = self.roi
+        ras = ma.seed_ras(self.seed)
+        box = ma.box_from_roi(self.roi)
+        rmin, rmax = box.ras_corners()
+        self.state.has_seed = True
+        self.state.seed_text = "seed RAS (" + ", ".join(f"{v:.1f}" for v in ras) + ") mm"
+        self.state.box_text = ("box " + " x ".join(f"{abs(b - a):.0f}" for a, b in zip(rmin, rmax))
+                               + " mm, proposed from the seed; drag its handles to change it")
+        if warnings:  # e.g. a click outside the body: no lesion at the seed
+            self.state.message = " ".join(warnings)
+            self.state.message_type = "warning"
+        else:
+            self.state.message = "Box proposed around the tumour; drag its handles if needed, then Apply."
+            self.state.message_type = "info"
+
+    def _propose_box_with_warnings(self) -> List[str]:
+        """TMBRBLogic.proposeBox, keeping the engine's warnings (it drops them; see notes/requests-viewer.md)."""
+        from .. import mrml_adapter as ma
+        from ..proposal import propose_box
+
+        with_warnings = getattr(self.logic, "proposeBoxWithWarnings", None)
+        if with_warnings is not None:  # the Logic's own, once it exists
+            self.roi, warnings = with_warnings(self.volume, self.seed, self.roi)
+            return list(warnings)
+        inputs = self.logic.validateInputs(self.volume, self.seed)  # the Logic's checks (seed inside the CT...)
+        box, warnings = propose_box(inputs["ct"], inputs["seed_lps"])
+        if self.roi is None:
+            self.roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "TMBRB box")
+        ma.set_roi_from_box(self.roi, box)
+        return list(warnings)
+
+    def place_seed_ras(self, ras) -> None:
+        """Place the seed at a RAS point without a click (the --demo start)."""
+        if self.seed is None:
+            self._new_seed_node()
+        self.slicer_app.markups_logic.disable_place_mode()
+        self.seed.RemoveAllControlPoints()
+        self.seed.AddControlPoint([float(v) for v in ras])  # fires PointPositionDefinedEvent -> box proposal
+
+    # apply ----------------------------------------------------------------------------------------------------------
+    def apply(self) -> None:
+        from .. import mrml_adapter as ma
+
+        if self.job is not None:
+            return
+        if self.volume is None:
+            self._say(NO_CT_MESSAGE, "error")
+            return
+        if self.seed is None or not self._seed_placed():
+            self._say(NO_SEED_MESSAGE, "error")
+            return
+        ecog = self.state.ecog
+
+        def start():
+            self._runs += 1
+            work = self.work / f"run{self._runs}"
+            self.job = self.logic.startBackground(self.volume, self.seed, self.roi if ma.roi_is_defined(self.roi)
+                                                  else None, None, ecog, self.shifts, self.device,
+                                                  workDir=str(work))
+            self.job["t0"] = time.perf_counter()
+            return True
+
+        if not self._guarded(start, "Could not start the model."):
+            return
+        with self.state:
+            self.state.update({"running": True, "progress": 0, "progress_msg": "starting the model",
+                               "message": "", "has_result": False, "saved_text": ""})
+        from trame_server.utils.asynchronous import create_task
+
+        create_task(self._watch_job())
+
+    def _seed_placed(self) -> bool:
+        from .. import mrml_adapter as ma
+
+        try:
+            ma.seed_ras(self.seed)
+            return True
+        except TMBRBInputError:
+            return False
+
+    async def _watch_job(self) -> None:
+        import asyncio
+
+        job = self.job
+        proc = job["process"]
+        while True:
+            proc.poll()
+            if proc.finished:
+                break
+            with self.state:
+                self.state.progress = int(round(100 * proc.progress))
+                self.state.progress_msg = proc.message or "computing"
+            await asyncio.sleep(POLL_S)
+        if self.job is not job:  # cancelled meanwhile
+            return
+        try:
+            outcome = proc.outcome()
+            if outcome == "cancelled":
+                self._say("Cancelled; nothing was added to the scene.", "info")
+                return
+
+            def load():
+                p = self.logic.getParameterNode()
+                result = self.logic.importBackgroundResult(job, camOpacity=float(self.state.cam_opacity),
+                                                           parameterNode=p)
+                self._show_result(result, Path(proc.result_path).parent)
+                return True
+
+            with self.state:
+                self.state.progress = 100
+                self.state.progress_msg = "showing the result"
+            self._guarded(load, "TMBRB could not score this case.")
+            self.timings["apply_s"] = time.perf_counter() - job["t0"]
+        finally:
+            self.job = None
+            with self.state:
+                self.state.running = False
+
+    def cancel(self) -> None:
+        if self.job is None:
+            return
+        self.TMBRB.TMBRBLogic.cleanupJob(self.job)
+        self.job = None
+        with self.state:
+            self.state.running = False
+        self._say("Cancelled; nothing was added to the scene.", "info")
+
+    def _show_result(self, result: Dict, out_dir: Path) -> None:
+        nodes = result.pop("nodes", {})
+        self.last_result, self.last_out = result, out_dir
+        roi = nodes.get("roi")
+        if roi is not None:
+            self.roi = roi
+        with self.state:
+            self.state.update(format_result(result))
+            self.state.has_result = True
+            self.state.message = "Done."
+            self.state.message_type = "success"
+        for view in self.slicer_app.view_manager.get_views():
+            view.schedule_render()
+
+    def _on_cam_opacity(self, cam_opacity, **_):
+        from .. import mrml_adapter as ma
+
+        cam = self.logic.getParameterNode().camVolume if self.volume is not None else None
+        if cam is not None:
+            ma.set_cam_opacity(self.scene, cam, float(cam_opacity))
+
+    # saving ---------------------------------------------------------------------------------------------------------
+    def _case_folder(self) -> Path:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in (self.ct_name or "case"))
+        for suffix in (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd"):
+            if stem.endswith(suffix.replace(".", "_")) or stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+        folder = self.out_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.resolve()
+
+    def snapshot(self, path: Path) -> Path:
+        """A PNG of the four views side by side as the page shows them (axial, coronal / 3D, sagittal)."""
+        import numpy as np
+        from PIL import Image
+        from slicer import vtkMRMLLayerDisplayableManager
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        from vtkmodules.vtkCommonDataModel import vtkImageData
+
+        tiles = {}
+        for view in self.slicer_app.view_manager.get_views():
+            rw = view.render_window()
+            rw.Render()
+            img = vtkImageData()
+            vtkMRMLLayerDisplayableManager.RenderWindowBufferToImage(rw, img)
+            w, h, _ = img.GetDimensions()
+            arr = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3]
+            tiles[view.get_singleton_tag()] = arr
+        order = [["Red", THREED_TAG], ["Green", "Yellow"]]  # columns as laid out in the page
+        cols = []
+        for col in order:
+            parts = [tiles[t] for t in col if t in tiles]
+            if not parts:
+                continue
+            width = max(p.shape[1] for p in parts)
+            parts = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts]
+            cols.append(np.concatenate(parts, axis=0))
+        height = max(c.shape[0] for c in cols)
+        cols = [np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0))) for c in cols]
+        Image.fromarray(np.ascontiguousarray(np.concatenate(cols, axis=1)).astype(np.uint8)).save(path)
+        return path
+
+    def save_results(self) -> Optional[Path]:
+        def save():
+            if self.last_result is None or self.last_out is None:
+                raise TMBRBInputError("There is no result to save yet.", "Press Apply first.")
+            folder = self._case_folder()
+            for f in sorted(self.last_out.iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, folder / f.name)
+            self.snapshot(folder / "snapshot.png")
+            with self.state:
+                self.state.saved_text = (f"Saved result.json, NRRD volumes and PNG pictures (snapshot.png) in "
+                                         f"{folder}")
+            return folder
+        return self._guarded(save, "Could not save the results.")
+
+    def save_scene(self) -> Optional[Path]:
+        def save():
+            if self.volume is None:
+                raise TMBRBInputError("There is nothing to save yet.", NO_CT_MESSAGE)
+            folder = self._case_folder()
+            path = folder / "scene.mrb"
+            if not self.scene.WriteToMRB(str(path)):
+                raise TMBRBError(f"Writing the scene to {path} failed (see the server console).")
+            with self.state:
+                self.state.saved_text = f"Saved the MRML scene {path} (opens in 3D Slicer: File > Add Data)."
+            return path
+        return self._guarded(save, "Could not save the scene.")
+
+
+def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.0.1", port: int = 8080,
+               model: Optional[str] = None, device: str = "auto", shifts: int = 8,
+               out_dir: str = "tmbrb-viewer-output", open_browser: bool = False, debug: bool = False) -> int:
+    """Build the viewer, open the CT (or the demo phantom) and serve until stopped (Ctrl+C / SIGTERM)."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("trame_client", "trame_server", "trame_rca", "wslink", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    os.environ["TRAME_ARGS"] = "--server" if not open_browser else ""  # our own options, not trame's argv parsing
+    from ..bundle import load_bundle
+
+    bundle = load_bundle(model) if model else load_bundle(None)  # fail early with a clear message
+    viewer = TMBRBViewer(bundle=bundle.path, device=device, shifts=shifts, out_dir=out_dir)
+    if ct:
+        viewer.open_ct(ct)
+        viewer.state.ct_path_input = str(ct)
+    elif demo:
+        from ..geometry import lps_to_ras
+        from ..phantom import make_demo_case
+
+        case = make_demo_case()
+        viewer.show_ct(case.ct, "TMBRB demo phantom")
+        viewer.place_seed_ras(lps_to_ras(case.seed_lps))
+        viewer.goto_ras(lps_to_ras(case.seed_lps))
+        viewer.state.message = "Demo phantom with the seed and the proposed box: press Apply."
+    print(f"TMBRB viewer: http://{'[' + host + ']' if ':' in host else host}:{port}/  (pid {os.getpid()}; "
+          f"Ctrl+C stops it)", flush=True)
+    try:
+        viewer.server.start(host=host, port=port, open_browser=open_browser, show_connection_info=False)
+    finally:
+        shutil.rmtree(viewer.work, ignore_errors=True)
+    return 0
