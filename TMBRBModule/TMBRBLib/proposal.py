@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from .geometry import Box, index_region_of_box, index_to_physical_matrix
 
-DEFAULTS = {"hu_range": [-500.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0, "opening_mm": 1.5}
+DEFAULTS = {"hu_range": [-500.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0, "opening_mm": [3.0, 1.5, 0.0]}
 
 
 @dataclass
@@ -27,6 +27,35 @@ class Grown:
 
 def _radius_vox(spacing: Sequence[float], mm: float) -> List[int]:
     return [int(round(mm / s)) for s in spacing]
+
+
+def _component_at(binary: sitk.Image, seed_idx: np.ndarray, sub: sitk.Image, reach_mm: float = 5.0
+                  ) -> Optional[sitk.Image]:
+    """The connected component at the seed, or at the nearest foreground voxel within reach_mm; None if none."""
+    arr = sitk.GetArrayViewFromImage(binary)
+    if not arr.any():
+        return None
+    x, y, z = (int(v) for v in seed_idx)
+    if not arr[z, y, x]:
+        # the seed may sit in a part-solid or cavitated centre: take the nearest soft-tissue voxel within reach
+        sp = np.array(sub.GetSpacing())
+        w = np.ceil(reach_mm / sp).astype(int)
+        lo = np.maximum(seed_idx - w, 0)
+        hi = np.minimum(seed_idx + w + 1, np.array(sub.GetSize()))
+        win = arr[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        zz, yy, xx = np.nonzero(win)
+        if xx.size == 0:
+            return None
+        m, _ = index_to_physical_matrix(sub)
+        d = m @ (np.stack([xx + lo[0], yy + lo[1], zz + lo[2]]) - seed_idx[:, None]).astype(float)
+        dist = np.sqrt((d ** 2).sum(0))
+        k = int(np.argmin(dist))
+        if dist[k] > reach_mm:
+            return None
+        x, y, z = int(xx[k] + lo[0]), int(yy[k] + lo[1]), int(zz[k] + lo[2])
+    cc = sitk.ConnectedComponent(binary)
+    lab = int(sitk.GetArrayViewFromImage(cc)[z, y, x])
+    return sitk.Cast(sitk.Equal(cc, lab), sitk.sitkUInt8)
 
 
 def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, params: Optional[Dict] = None) -> Grown:
@@ -44,31 +73,25 @@ def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, param
     if min(size) >= 4:
         sub = sitk.SmoothingRecursiveGaussian(sub, [sigma] * 3)
     lo_hu, hi_hu = (float(v) for v in p["hu_range"])
-    binary = sitk.BinaryThreshold(sub, lo_hu, hi_hu, 1, 0)
-    r = _radius_vox(ct.GetSpacing(), float(p["opening_mm"]))
-    if any(r):
-        binary = sitk.BinaryMorphologicalOpening(binary, r, sitk.sitkBall)
-    arr = sitk.GetArrayViewFromImage(binary)
+    tissue = sitk.BinaryThreshold(sub, lo_hu, hi_hu, 1, 0)
     ci = np.array(sub.TransformPhysicalPointToContinuousIndex(tuple(map(float, seed_lps))))
     seed_idx = np.clip(np.round(ci).astype(int), 0, np.array(size) - 1)
     empty = sitk.Image(sub.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(sub)
-    if not arr.any():
+    # Open with the largest radius that keeps a lesion at the seed: it cuts the vessels and thin attachments that
+    # touch the tumour, while small nodules survive a smaller radius.
+    radii = p["opening_mm"] if isinstance(p["opening_mm"], (list, tuple)) else [p["opening_mm"]]
+    comp = None
+    for mm in sorted((float(v) for v in radii), reverse=True):
+        r = _radius_vox(ct.GetSpacing(), mm)
+        binary = sitk.BinaryMorphologicalOpening(tissue, r, sitk.sitkBall) if any(r) else tissue
+        comp = _component_at(binary, seed_idx, sub)
+        if comp is not None:
+            if any(r):  # give back the lesion's own edge (within r of the opened core), not the vessels beyond
+                comp = sitk.And(sitk.BinaryDilate(comp, r, sitk.sitkBall), sitk.Cast(tissue, sitk.sitkUInt8))
+            break
+    if comp is None:
         return Grown(empty, lo, False, False)
-    if not arr[seed_idx[2], seed_idx[1], seed_idx[0]]:
-        # the seed may sit in a part-solid or cavitated centre: take the nearest soft-tissue voxel within 5 mm
-        dist = sitk.SignedMaurerDistanceMap(binary, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True)
-        if sitk.GetArrayViewFromImage(dist)[seed_idx[2], seed_idx[1], seed_idx[0]] > 5.0:
-            return Grown(empty, lo, False, False)
-        zz, yy, xx = np.nonzero(arr)
-        m, _ = index_to_physical_matrix(sub)
-        d = (m @ (np.stack([xx, yy, zz]) - seed_idx[:, None]).astype(float))
-        k = int(np.argmin((d ** 2).sum(0)))
-        seed_idx = np.array([xx[k], yy[k], zz[k]])
-    cc = sitk.ConnectedComponent(binary)
-    lab = int(sitk.GetArrayViewFromImage(cc)[seed_idx[2], seed_idx[1], seed_idx[0]])
-    comp = sitk.Cast(sitk.Equal(cc, lab), sitk.sitkUInt8)
     carr = sitk.GetArrayViewFromImage(comp)
     # does it reach the search limit (ignoring faces that are the scan's own edge)?
     touches = False

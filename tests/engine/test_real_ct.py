@@ -45,10 +45,15 @@ def test_given_seed_and_box_crop_holds_the_tumour_and_outputs_align(name, scorer
     for key in ("cam", "tumour", "ring"):
         img = sitk.ReadImage(str(written[key]))
         assert same_grid(img, ct, tol=1e-6)
-    # the tumour grown from the seed inside the box overlaps the expert label
+    # the tumour grown from the seed inside the box covers the soft-tissue part of the expert label (the LIDC masks
+    # are union contours that include some surrounding lung) and stays mostly inside the label
     t = sitk.GetArrayFromImage(r.tumour_mask) > 0
     lab = sitk.GetArrayFromImage(label) > 0
-    assert (t & lab).sum() / lab.sum() > 0.5, name
+    solid = lab & (sitk.GetArrayFromImage(ct) > -400)
+    assert (t & solid).sum() / solid.sum() > 0.8, name
+    # lung2's mass abuts the heart: growing within soft-tissue HU limits cannot separate the two inside the box
+    # (a known limit of the seed segmentation; give --segmentation for such cases)
+    assert (t & lab).sum() / t.sum() > (0.4 if "lung2" in name else 0.6), name
     if name.startswith("lidc_voi"):  # tight VOIs: the field of view reaches beyond the scan, padded with air
         assert any("field of view lies outside the scan" in w for w in r.warnings)
     if meta["spacing_mm"][2] >= 5:
