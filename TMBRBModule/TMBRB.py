@@ -435,16 +435,20 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
 
     def proposeBox(self, volumeNode, seedNode, roiNode=None):
         """Fit the ROI around the tumour at the seed (engine's proposal); creates the ROI node when None."""
+        return self.proposeBoxWithWarnings(volumeNode, seedNode, roiNode)[0]
+
+    def proposeBoxWithWarnings(self, volumeNode, seedNode, roiNode=None):
+        """As proposeBox, and the proposal's warnings (e.g. no lesion at the seed) for the GUI to show."""
         from TMBRBLib import mrml_adapter as ma
         from TMBRBLib.proposal import propose_box
 
         inputs = self.validateInputs(volumeNode, seedNode)
-        box, _warnings = propose_box(inputs["ct"], inputs["seed_lps"])
+        box, warnings = propose_box(inputs["ct"], inputs["seed_lps"])
         scene = volumeNode.GetScene()
         if roiNode is None:
             roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName("TMBRB box"))
         ma.set_roi_from_box(roiNode, box)
-        return roiNode
+        return roiNode, list(warnings)
 
     # one case, in this process --------------------------------------------------------------------------------------
     def process(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None, numberOfShifts: int = 8,
@@ -823,8 +827,9 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p or not p.inputVolume:
             return
         try:
-            p.boxRoi = self.logic.proposeBox(p.inputVolume, p.seedPoint, p.boxRoi)
-            self.ui.statusLabel.text = _("Box proposed around the tumour; drag its handles if needed, then Apply.")
+            p.boxRoi, warnings = self.logic.proposeBoxWithWarnings(p.inputVolume, p.seedPoint, p.boxRoi)
+            self.ui.statusLabel.text = " ".join(warnings) if warnings else _(
+                "Box proposed around the tumour; drag its handles if needed, then Apply.")
         except TMBRBInputError as e:
             self.ui.statusLabel.text = str(e)
 

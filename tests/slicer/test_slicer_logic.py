@@ -120,6 +120,19 @@ def test_box_proposed_from_the_seed_encloses_the_tumour_label(scene, logic, real
     assert (np.array(b[1::2]) - np.array(b[0::2])).max() < 120  # a box around the tumour, not the whole chest
 
 
+def test_proposal_warnings_reach_the_caller_when_no_lesion_is_at_the_seed(scene, logic):
+    ct, _ = oblique_ct()
+    node = add_ct(scene, ct)
+    # a seed in the lung-like background, far from the sphere: no lesion there
+    far = np.array(ct.TransformIndexToPhysicalPoint((40, 6, 30)), float)
+    seed = add_seed(scene, lps_to_ras(far))
+    roi, warnings = logic.proposeBoxWithWarnings(node, seed)
+    assert roi is not None and any("No soft-tissue lesion" in w for w in warnings)
+    tumour_seed = add_seed(scene, lps_to_ras((14.0, -16.0, 33.0)))
+    roi2, warnings2 = logic.proposeBoxWithWarnings(node, tumour_seed)
+    assert warnings2 == [] and roi2 is not roi
+
+
 def test_process_creates_the_nodes_on_the_ct_geometry(scene, logic, real_case):
     import slicer
 
