@@ -155,3 +155,44 @@ def test_box_that_clips_a_thin_sliver_of_the_scan_still_works(ct_and_tumour, sco
     box = Box((seed[0] - 10, seed[1] - 10, b.max[2] - 0.7), (seed[0] + 10, seed[1] + 10, b.max[2] + 30))
     r = score_case(ct, seed, box, scorer=scorer, n_shifts=0)
     assert any("outside the scan" in w for w in r.warnings) and 0 <= r.score <= 1
+
+
+def _write_dicom_series(ct: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", start=0):
+    """Write a CT as a DICOM series (one file per slice, int16 HU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = ct.GetDirection()
+    arr = sitk.GetArrayFromImage(ct)
+    for k in range(arr.shape[0]):
+        sl = sitk.GetImageFromArray(arr[k:k + 1].astype(np.int16))
+        sl.SetSpacing(ct.GetSpacing())
+        sl.SetOrigin(ct.TransformIndexToPhysicalPoint((0, 0, k)))
+        sl.SetDirection(direction)
+        pos = ct.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {"0008|0060": "CT", "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.2",
+                "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in direction[0::3] + direction[1::3]),
+                "0020|0013": str(k + 1), "0018|0050": str(ct.GetSpacing()[2])}
+        for key, val in tags.items():
+            sl.SetMetaData(key, val)
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(folder / f"slice{start + k:04d}.dcm"))
+        w.Execute(sl)
+
+
+def test_dicom_series_folder_is_read_with_its_geometry_and_hu(tmp_path):
+    ct, _ = make_ct(size=(40, 36, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=(10, -20, 30), radius_mm=6)
+    _write_dicom_series(ct, tmp_path / "dicom")
+    img, warnings = read_ct(tmp_path / "dicom")
+    assert img.GetSize() == ct.GetSize() and warnings == []
+    assert np.allclose(img.GetOrigin(), ct.GetOrigin(), atol=1e-3) and np.allclose(img.GetSpacing(), ct.GetSpacing())
+    assert np.array_equal(sitk.GetArrayFromImage(img).astype(np.int16), sitk.GetArrayFromImage(ct))
+
+
+def test_dicom_folder_with_two_series_uses_the_larger_and_says_so(tmp_path):
+    ct, _ = make_ct(size=(32, 32, 10), spacing=(0.8, 0.8, 2.0))
+    small, _ = make_ct(size=(32, 32, 4), spacing=(0.8, 0.8, 2.0))
+    _write_dicom_series(ct, tmp_path / "d", "1.2.826.0.1.3680043.2.1125.10")
+    _write_dicom_series(small, tmp_path / "d", "1.2.826.0.1.3680043.2.1125.11", start=100)
+    img, warnings = read_ct(tmp_path / "d")
+    assert img.GetSize()[2] == 10 and any("2 series" in w for w in warnings)
