@@ -231,7 +231,7 @@ class TMBRBViewer:
             for value in ("not given", "0", "1", "2"):
                 v3.VBtn(value, value=value, id=f"tmbrb-ecog-{value.replace(' ', '-')}", size="small")
         with html.Div(classes="d-flex align-center mt-2", style="gap: 4px;"):
-            v3.VBtn("Apply", click=self.apply, color="primary", disabled=("running",), id="tmbrb-apply")
+            v3.VBtn("Apply", click=(self.apply, "[ecog]"), color="primary", disabled=("running",), id="tmbrb-apply")
             v3.VBtn("Cancel", click=self.cancel, disabled=("!running",), id="tmbrb-cancel", density="compact")
         with html.Div(v_if=("running",), id="tmbrb-progress"):
             v3.VProgressLinear(model_value=("progress",), color="primary", height=8, striped=True)
@@ -467,7 +467,9 @@ class TMBRBViewer:
         self.seed.AddControlPoint([float(v) for v in ras])  # fires PointPositionDefinedEvent -> box proposal
 
     # apply ----------------------------------------------------------------------------------------------------------
-    def apply(self) -> None:
+    def apply(self, ecog=None) -> None:
+        """Score the case in a background engine process. `ecog` comes with the click (the page's value then, not a
+        state update that may still be on its way); None -> the state's."""
         from .. import mrml_adapter as ma
 
         if self.job is not None:
@@ -478,7 +480,7 @@ class TMBRBViewer:
         if self.seed is None or not self._seed_placed():
             self._say(NO_SEED_MESSAGE, "error")
             return
-        ecog = self.state.ecog
+        ecog = self.state.ecog if ecog is None else str(ecog)
 
         def start():
             self._runs += 1

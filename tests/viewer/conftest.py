@@ -1,0 +1,170 @@
+"""Fixtures for the browser viewer tests: a real viewer server process and a real headless Chromium (Playwright).
+
+Skips with a reason when Chromium, Playwright or trame-slicer is missing. The server is started on a free loopback
+port and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "viewer"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# An untrained placeholder whose Grad-CAM is not zero on the demo phantom (seed 0's is zero there), used when the
+# bundled demo model is not installed, so that the CAM overlay has something to show.
+PLACEHOLDER_SEED = 6
+
+
+def chromium_path():
+    for candidate in (os.environ.get("TMBRB_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def require_browser_stack():
+    if importlib.util.find_spec("trame_slicer") is None:
+        pytest.skip('trame-slicer is not installed (pip install "trame-slicer[standalone]")')
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("the Playwright Python package is not installed (pip install playwright)")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def engine_env(bundle: Path) -> dict:
+    env = dict(os.environ)
+    env["TMBRB_MODEL"] = str(bundle)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "TMBRBModule"), str(REPO), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+class ViewerServer:
+    """`python -m TMBRBLib.viewer` in a child process; stop() ends it by its PID."""
+
+    def __init__(self, args, env, cwd: Path, log_path: Path, timeout_s: float = 120.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "TMBRBLib.viewer", "--port", str(self.port), *args],
+                                     env=env, cwd=str(cwd), stdout=self._log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the viewer exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            if self.alive():
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the viewer did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.3)
+
+    def alive(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, n: int = 4000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def viewer_bundle(tmp_path_factory):
+    """The bundled demo model when installed, else a placeholder with a non-zero CAM on the phantom."""
+    from TMBRBLib.bundle import default_bundle_path, make_placeholder_bundle
+
+    bundled = default_bundle_path()
+    if (bundled / "configs" / "metadata.json").is_file():
+        return bundled
+    return make_placeholder_bundle(tmp_path_factory.mktemp("viewer-bundle") / "placeholder",
+                                   seed=PLACEHOLDER_SEED).path
+
+
+@pytest.fixture(scope="session")
+def phantom_files(tmp_path_factory):
+    """The demo phantom written as NRRD files: (ct path, tumour truth path, case)."""
+    import SimpleITK as sitk
+
+    from TMBRBLib.phantom import make_demo_case
+
+    d = tmp_path_factory.mktemp("phantom")
+    case = make_demo_case()
+    ct, tumour = d / "phantom_ct.nrrd", d / "phantom_tumour.nrrd"
+    sitk.WriteImage(case.ct, str(ct), useCompression=True)
+    sitk.WriteImage(case.tumour, str(tumour), useCompression=True)
+    return ct, tumour, case
+
+
+@pytest.fixture(scope="session")
+def browser():
+    path = require_browser_stack()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def viewer_server(browser, viewer_bundle, phantom_files, tmp_path_factory):
+    ct, _tumour, _case = phantom_files
+    work = tmp_path_factory.mktemp("viewer-server")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server = ViewerServer(["--ct", str(ct), "--shifts", "2", "--device", "cpu", "--out", str(work / "out")],
+                          engine_env(viewer_bundle), work, ARTIFACTS / "server.log")
+    server.out = work / "out"
+    yield server
+    server.stop()
+    assert server.proc.returncode is not None
+
+
+@pytest.fixture()
+def page(browser, viewer_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.goto(viewer_server.url)
+    pg.wait_for_function(FIRST_SLICE_JS, timeout=60_000)
+    yield pg
+    context.close()
+
+
+FIRST_SLICE_JS = ("() => { const m = document.querySelector('#tmbrb-view-Red'); const i = m && "
+                  "m.parentElement.querySelector('img'); return !!(i && i.complete && i.naturalWidth > 0); }")
