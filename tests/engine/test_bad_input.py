@@ -196,3 +196,23 @@ def test_dicom_folder_with_two_series_uses_the_larger_and_says_so(tmp_path):
     _write_dicom_series(small, tmp_path / "d", "1.2.826.0.1.3680043.2.1125.11", start=100)
     img, warnings = read_ct(tmp_path / "d")
     assert img.GetSize()[2] == 10 and any("2 series" in w for w in warnings)
+
+
+def test_colour_image_is_refused():
+    rgb = sitk.Image([32, 32, 8], sitk.sitkVectorUInt8, 3)
+    with pytest.raises(TMBRBInputError, match="components per voxel"):
+        validate_ct(rgb)
+
+
+def test_empty_or_foreign_segmentation_is_refused(ct_and_tumour, tmp_path):
+    from TMBRBLib.io import read_mask
+    ct, _ = ct_and_tumour
+    empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(ct)
+    sitk.WriteImage(empty, str(tmp_path / "empty.nrrd"))
+    with pytest.raises(TMBRBInputError, match="segmentation is empty"):
+        read_mask(tmp_path / "empty.nrrd", ct)
+    foreign, _ = make_ct(size=(20, 20, 10), center_lps=(500, 500, 500), background_hu=1)  # another frame entirely
+    sitk.WriteImage(sitk.Cast(foreign > 0, sitk.sitkUInt8), str(tmp_path / "foreign.nrrd"))
+    with pytest.raises(TMBRBInputError, match="belongs to this CT"):
+        read_mask(tmp_path / "foreign.nrrd", ct)
