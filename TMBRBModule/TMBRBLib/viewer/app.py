@@ -370,6 +370,7 @@ class TMBRBViewer:
             raise TMBRBInputError("No CT is open.", NO_CT_MESSAGE)
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, float(ras[0]), float(ras[1]), float(ras[2]),
                                               slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        self._render_all()
 
     # seed and box ---------------------------------------------------------------------------------------------------
     def _new_seed_node(self) -> None:
@@ -567,8 +568,7 @@ class TMBRBViewer:
             self.state.has_result = True
             self.state.message = "Done."
             self.state.message_type = "success"
-        for view in self.slicer_app.view_manager.get_views():
-            view.schedule_render()
+        self._render_all()
 
     def _on_cam_opacity(self, cam_opacity, **_):
         from .. import mrml_adapter as ma
@@ -576,6 +576,11 @@ class TMBRBViewer:
         cam = self.logic.getParameterNode().camVolume if self.volume is not None else None
         if cam is not None:
             ma.set_cam_opacity(self.scene, cam, float(cam_opacity))
+            self._render_all()
+
+    def _render_all(self) -> None:
+        for view in self.slicer_app.view_manager.get_views():
+            view.schedule_render()
 
     # saving ---------------------------------------------------------------------------------------------------------
     def _case_folder(self) -> Path:
