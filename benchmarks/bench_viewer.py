@@ -1,0 +1,99 @@
+"""Browser viewer timings on the 512x512 real CT (../shared/data/real_ct/pyradiomics/lung1_image.nrrd).
+
+Measures, in a real headless Chromium: page open -> first rendered axial slice; Apply -> result shown; and the
+server's resident memory (VmRSS, and its peak VmHWM) after opening the CT and after the result.
+
+    python benchmarks/bench_viewer.py [--ct CT --seed-ras R,A,S] [--shifts 8] [--json out.json]
+
+Needs trame-slicer, playwright and /usr/bin/chromium; the model is $TMBRB_MODEL or the bundled one (a placeholder
+bundle is made when neither exists: timings do not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests" / "viewer"), str(REPO / "TMBRBModule"), str(REPO)]
+
+from conftest import CHROMIUM_ARGS, FIRST_SLICE_JS, ViewerServer, chromium_path, engine_env  # noqa: E402
+
+LUNG1 = REPO / ".." / "shared" / "data" / "real_ct" / "pyradiomics" / "lung1_image.nrrd"
+LUNG1_SEED_RAS = "21.86,120.54,-611.5"  # label centre of mass (Testing/real_ct_cases.json)
+
+
+def rss_mb(pid: int) -> dict:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line.split(":")[0]] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ct", default=str(LUNG1.resolve()))
+    ap.add_argument("--seed-ras", default=LUNG1_SEED_RAS)
+    ap.add_argument("--shifts", type=int, default=8)
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args()
+    if not Path(args.ct).exists():
+        print(f"CT {args.ct} not found (../shared/data beside the repository)", file=sys.stderr)
+        return 2
+    chromium = chromium_path()
+    if chromium is None:
+        print("Chromium not found (apt-get install -y chromium)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    from TMBRBLib.bundle import default_bundle_path, make_placeholder_bundle
+
+    work = Path(tempfile.mkdtemp(prefix="bench-viewer-"))
+    bundle = default_bundle_path()
+    if not (bundle / "configs" / "metadata.json").is_file():
+        bundle = make_placeholder_bundle(work / "bundle", seed=6).path
+    t_start = time.perf_counter()
+    server = ViewerServer(["--ct", args.ct, "--shifts", str(args.shifts), "--device", "cpu", "--out",
+                           str(work / "out")], engine_env(bundle), work, work / "server.log", timeout_s=300)
+    figures = {"ct": args.ct, "shifts": args.shifts, "server_ready_s": round(time.perf_counter() - t_start, 2),
+               "cpu_count": os.cpu_count()}
+    try:
+        figures["rss_after_open_mb"] = rss_mb(server.pid)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            t0 = time.perf_counter()
+            page.goto(server.url)
+            page.wait_for_function(FIRST_SLICE_JS, timeout=120_000)
+            figures["page_open_to_first_slice_s"] = round(time.perf_counter() - t0, 2)
+            page.fill("#tmbrb-goto", args.seed_ras)
+            page.click("#tmbrb-goto-btn")
+            page.click("#tmbrb-place-seed")
+            box = page.locator("#tmbrb-view-Red").locator("xpath=..").bounding_box()
+            t0 = time.perf_counter()
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.locator("#tmbrb-message").filter(has_text="Box proposed").wait_for(timeout=60_000)
+            figures["click_to_box_proposed_s"] = round(time.perf_counter() - t0, 2)
+            t0 = time.perf_counter()
+            page.click("#tmbrb-apply")
+            page.wait_for_selector("#tmbrb-score", state="visible", timeout=600_000)
+            figures["apply_to_result_s"] = round(time.perf_counter() - t0, 2)
+            figures["score_shown"] = page.inner_text("#tmbrb-score")
+            figures["rss_after_result_mb"] = rss_mb(server.pid)
+            browser.close()
+    finally:
+        server.stop()
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
