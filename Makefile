@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.tmbrb-installed
 
+# UTF-8 whatever the machine's locale (outputs and messages use symbols such as ±)
+export PYTHONUTF8 := 1
+
 .PHONY: demo test bench
 
 $(STAMP): pyproject.toml

@@ -256,7 +256,7 @@ def readRequirements(path: Optional[Path] = None) -> List[str]:
     (installed through the PyTorch extension)."""
     path = path or MODULE_DIR / "Resources" / "requirements.txt"
     reqs = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -608,7 +608,7 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
         if outcome != "done":
             raise TMBRBError(proc.failure_message())
         out = Path(proc.result_path).parent
-        result = json.loads(Path(proc.result_path).read_text())
+        result = json.loads(Path(proc.result_path).read_text(encoding="utf-8"))
         result["warnings"][:0] = [w for w in job.get("warnings", []) if w not in result["warnings"]]
         existing = None
         if parameterNode is not None:
@@ -650,7 +650,7 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
         summary = run_batch(manifestCsv, outputDir, bundle=bundle if bundle is not None else self.bundle,
                             device=device, n_shifts=numberOfShifts, pictures=pictures, progress_bar=False,
                             on_case=onCase)
-        with open(summary, newline="") as f:
+        with open(summary, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if loadResults:
             ctPaths = self._manifestCtPaths(manifestCsv)
@@ -665,7 +665,7 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
         from TMBRBLib.batch import row_to_case
 
         out = {}
-        with open(manifestCsv, newline="") as f:
+        with open(manifestCsv, newline="", encoding="utf-8") as f:
             for number, row in enumerate(csv.DictReader(f), 1):
                 try:
                     case = row_to_case(row, Path(manifestCsv).parent, number)
@@ -682,7 +682,7 @@ class TMBRBLogic(ScriptedLoadableModuleLogic):
         from TMBRBLib import mrml_adapter as ma
 
         caseDir = Path(caseDir)
-        result = json.loads((caseDir / "result.json").read_text())
+        result = json.loads((caseDir / "result.json").read_text(encoding="utf-8"))
         ctPath = ctPath or result.get("inputs", {}).get("ct_path")
         if not ctPath or not Path(ctPath).exists():
             raise TMBRBInputError(f"The CT of {caseDir} ('{ctPath}') is not available.", "Keep the CT files in place.")

@@ -92,7 +92,7 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
     manifest = Path(manifest)
     if not manifest.is_file():
         raise TMBRBInputError(f"The manifest '{manifest}' does not exist.", "Give a CSV file with one row per case.")
-    with open(manifest, newline="") as f:
+    with open(manifest, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise TMBRBInputError(f"The manifest '{manifest}' has no rows.", "Add one row per case (columns ct, seed_ras...).")
@@ -122,7 +122,7 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
             case_out = out_dir / case_id
             done = case_out / "result.json"
             if done.is_file():
-                res = json.loads(done.read_text())
+                res = json.loads(done.read_text(encoding="utf-8"))
                 summary.append(summary_row(case_id, res, "done-before", 0.0, case_out))
             else:
                 ct, warn = read_ct(case["ct"])
@@ -141,7 +141,7 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
             summary.append({**{k: "" for k in SUMMARY_FIELDS}, "case_id": case_id, "status": "failed",
                             "error": f"internal error: {type(e).__name__}: {e}",
                             "seconds": round(time.perf_counter() - t0, 2)})
-            (out_dir / f"{case_id}.error.log").write_text(traceback.format_exc())
+            (out_dir / f"{case_id}.error.log").write_text(traceback.format_exc(), encoding="utf-8")
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{case_id}: {summary[-1]['status']}")
@@ -155,7 +155,7 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
 
 def _write_summary(path: Path, rows: List[Dict]) -> None:
     tmp = path.with_suffix(".csv.part")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:

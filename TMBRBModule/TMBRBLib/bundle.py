@@ -209,7 +209,7 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     if not meta_path.is_file():
         raise TMBRBBundleError(f"The model bundle '{p}' has no {METADATA_PATH}. It is not a TMBRB bundle.")
     try:
-        metadata = json.loads(meta_path.read_text())
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TMBRBBundleError(f"The metadata of the model bundle '{p}' is not valid JSON ({e}).") from None
     t = metadata.get("tmbrb") if isinstance(metadata, dict) else None
@@ -247,10 +247,10 @@ def save_bundle(net: TMBRBNet, path: Union[str, Path], metadata: Dict[str, Any],
     save_file(state, str(p / WEIGHTS_PATH))
     meta = copy.deepcopy(metadata)
     meta["tmbrb"]["weights"] = {"file": str(WEIGHTS_PATH), "sha256": sha256_file(p / WEIGHTS_PATH), "dtype": dtype}
-    (p / METADATA_PATH).write_text(json.dumps(meta, indent=2) + "\n")
+    (p / METADATA_PATH).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if model_card is not None:
         (p / "docs").mkdir(exist_ok=True)
-        (p / "docs" / "README.md").write_text(model_card)
+        (p / "docs" / "README.md").write_text(model_card, encoding="utf-8")
     return load_bundle(p)
 
 

@@ -125,7 +125,7 @@ def cmd_batch(args) -> int:
     path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
                      pictures=not args.no_pictures, progress_bar=not args.quiet)
     import csv
-    rows = list(csv.DictReader(open(path)))
+    rows = list(csv.DictReader(open(path, encoding="utf-8")))
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows) - len(failed)} of {len(rows)} cases scored ({sum(r['status'] == 'done-before' for r in rows)} "
           f"already done); summary: {path}")
@@ -252,7 +252,16 @@ def _join_negative_coordinates(argv: List[str]) -> List[str]:
     return out
 
 
+def _safe_streams() -> None:
+    """On a terminal that is not UTF-8, print what it can rather than fail on a '±'."""
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if "utf8" not in enc and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _safe_streams()
     parser = build_parser()
     args = parser.parse_args(_join_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     jsonl = getattr(args, "progress", None) == "jsonl"

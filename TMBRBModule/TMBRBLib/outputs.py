@@ -161,7 +161,7 @@ def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = 
     d["files"] = {k: p.name for k, p in written.items()}
     d["files"]["result"] = "result.json"
     tmp = out_dir / "result.json.part"
-    tmp.write_text(json.dumps(d, indent=2) + "\n")
+    tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out_dir / "result.json")  # result.json appears last and whole: it marks a finished case
     written["result"] = out_dir / "result.json"
     return written

@@ -46,7 +46,7 @@ class Result:
     def save_json(self, path: Union[str, Path]) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_dict(), indent=2))
+        p.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return p
 
     def _summary_lines(self) -> list:

@@ -74,7 +74,7 @@ def _cmd_roc(args) -> int:
                         n_boot=args.n_boot, seed=args.seed, threshold=args.threshold, name=s) for s in args.score]
     for r in res:
         print(r)
-    (out / "roc.json").write_text(json.dumps({r.name: r.to_dict() for r in res}, indent=1))
+    (out / "roc.json").write_text(json.dumps({r.name: r.to_dict() for r in res}, indent=1), encoding="utf-8")
     plot_roc_curves(res)
     plt.gcf().savefig(out / "roc.png", dpi=120, bbox_inches="tight")
     plt.close("all")
@@ -182,7 +182,7 @@ def _cmd_table1(args) -> int:
     out = _out(args)
     r.save_json(out / "table1.json")
     r.table.to_csv(out / "table1.csv", index=False)
-    (out / "table1.html").write_text(r.to_html())
+    (out / "table1.html").write_text(r.to_html(), encoding="utf-8")
     print(r)
     print(f"wrote {out / 'table1.csv'}")
     return 0

@@ -273,7 +273,7 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
         doc.h("Notes")
         doc.parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in doc.notes) + "</ul>")
     doc.results["notes"] = doc.notes
-    (out / "report.json").write_text(json.dumps(jsonable(doc.results), indent=1))
+    (out / "report.json").write_text(json.dumps(jsonable(doc.results), indent=1), encoding="utf-8")
     if fmt == "pdf":
         from matplotlib.backends.backend_pdf import PdfPages
 
@@ -292,7 +292,7 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
                "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
                ".skip{color:#a00}.warn{color:#a60}pre{background:#f6f6f6;padding:6px}")
         path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>"
-                        f"<style>{css}</style></head><body>" + "\n".join(doc.parts) + "</body></html>")
+                        f"<style>{css}</style></head><body>" + "\n".join(doc.parts) + "</body></html>", encoding="utf-8")
     for _, f in doc.figures:
         plt.close(f)
     return path
