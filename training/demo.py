@@ -12,8 +12,8 @@ from .cli import config_from_args
 from .export import DEMO_NOTICE, export_bundle
 from .phantoms import MANIFEST_NAME, write_phantom_cohort
 
-DEMO_DEFAULTS = dict(epochs=20, patience=5, min_epochs=6, batch_size=8, lr=1e-3, threads=2, strength=2.2, n=280,
-                     workers=2)
+DEMO_DEFAULTS = dict(epochs=60, patience=20, min_epochs=20, batch_size=8, lr=3e-4, threads=2, strength=2.2, n=280,
+                     preprocessing='{"shape": [32, 32, 32]}', margin_vox=4, workers=2)
 
 
 def _log(msg: str):
@@ -24,11 +24,8 @@ def run_demo(a, command: str) -> dict:
     t0 = time.perf_counter()
     work = Path(a.work)
     manifest = work / "cohort" / MANIFEST_NAME
-    if manifest.is_file():
-        _log(f"reusing the cohort {manifest} (delete it to regenerate)")
-    else:
-        _log(f"writing {a.n} phantoms ({a.signal}, strength {a.strength}) to {manifest.parent}")
-        write_phantom_cohort(manifest.parent, a.n, a.signal, a.strength, a.cohort_seed, (0.7, 0.1, 0.2), a.workers)
+    _log(f"phantoms: {a.n} cases ({a.signal}, strength {a.strength}) in {manifest.parent} (finished cases are reused)")
+    write_phantom_cohort(manifest.parent, a.n, a.signal, a.strength, a.cohort_seed, (0.7, 0.1, 0.2), a.workers)
     t_cohort = time.perf_counter() - t0
     from .trainer import train
     cfg = config_from_args(a, str(manifest), str(work / "run"), command)

@@ -56,12 +56,18 @@ def _one(args):
     return row
 
 
-def assign_splits(n: int, fractions: Sequence[float], seed: int) -> list:
+def assign_splits(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list:
+    """Random train/val/test split, stratified by label (each split keeps the cohort's High-TMB share)."""
     f = np.asarray(fractions, float) / float(np.sum(fractions))
-    counts = np.floor(f * n).astype(int)
-    counts[0] += n - counts.sum()
-    labels = ["train"] * counts[0] + ["val"] * counts[1] + ["test"] * counts[2]
-    return list(np.random.default_rng([seed, 99]).permutation(labels))
+    labels = np.asarray(labels, int)
+    out = np.empty(len(labels), dtype=object)
+    rng = np.random.default_rng([seed, 99])
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        counts = np.floor(f * len(idx)).astype(int)
+        counts[0] += len(idx) - counts.sum()
+        out[idx] = ["train"] * counts[0] + ["val"] * counts[1] + ["test"] * counts[2]
+    return [str(v) for v in out]
 
 
 def write_phantom_cohort(out_dir, n: int = 300, signal: str = "peritumoral", strength: Optional[float] = None,
@@ -73,14 +79,15 @@ def write_phantom_cohort(out_dir, n: int = 300, signal: str = "peritumoral", str
         raise TMBRBInputError(f"A cohort of {n} cases is too small.", "Give --n 4 or more.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splits = assign_splits(n, fractions, seed)
-    jobs = [(str(out), i, 100000 * seed + i, splits[i], signal, strength, phantom_kwargs) for i in range(n)]
+    jobs = [(str(out), i, 100000 * seed + i, "", signal, strength, phantom_kwargs) for i in range(n)]
     if workers > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(workers) as pool:
             rows = pool.map(_one, jobs, chunksize=4)
     else:
         rows = [_one(j) for j in jobs]
+    for row, split in zip(rows, assign_splits([int(r["label"]) for r in rows], fractions, seed)):
+        row["split"] = split
     path = out / MANIFEST_NAME
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
