@@ -37,6 +37,10 @@ def bench(manifest, out_dir, n: int = 16, batch_size: int = 8, preprocessing: Di
     for c in cases:
         cache.get(c)
     res["cache_fill_s"] = round(time.perf_counter() - t, 2)
+    warm = CropDataset(cases, policy, cache, True)  # one untimed step: thread pools and allocator warm-up
+    x, y = warm.batch(range(min(batch_size, len(cases))))
+    F.cross_entropy(net(x), y).backward()
+    opt.zero_grad()
     for name, ds in (("no_cache", CropDataset(cases, policy, None, True, margin_vox=cfg.margin_vox)),
                      ("cache", CropDataset(cases, policy, cache, True))):
         ds.set_epoch(1)

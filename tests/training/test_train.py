@@ -151,3 +151,14 @@ def test_missing_manifest_and_unfinished_run(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", "--run", str(tmp_path), "--bundle", str(tmp_path / "b")]) == 2
     assert "not a finished training run" in capsys.readouterr().err
+
+
+def test_bench_reports_both_paths(tiny_manifest, tmp_path):
+    from training.bench import bench
+    from .conftest import TINY_ARCH, TINY_PRE
+    r = bench(tiny_manifest, tmp_path, n=4, batch_size=2, preprocessing=json.loads(TINY_PRE),
+              architecture=json.loads(TINY_ARCH))
+    assert r["n_samples"] == 4 and r["input_shape"] == [32, 32, 32]
+    for k in ("no_cache", "cache"):
+        assert r[k]["data_samples_per_s"] > 0 and r[k]["train_samples_per_s"] > 0
+    assert json.loads((tmp_path / "bench.json").read_text()) == r
