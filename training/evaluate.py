@@ -125,6 +125,6 @@ def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in PRED_COLUMNS})
     metrics = {"split": split, "notice": b.notice, "model": b.info(), "manifest_sha256": file_sha256(manifest),
-               "n_shifts": n_shifts, "seconds": round(time.perf_counter() - t0, 1), **summarise(rows)}
+               "n_shifts": (rows[0]["tta_n"] - 1) if rows else n_shifts, "seconds": round(time.perf_counter() - t0, 1), **summarise(rows)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
