@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -118,16 +117,18 @@ def bench_case(label, ct_path, seed, box, scorer, runs, tmp):
                                                       runs)
     # peak RSS of one whole case in a fresh process, as a user runs it (CLI, including writing the outputs)
     out = Path(tmp) / f"out_{label}"
-    cmd = [sys.executable, "-m", "TMBRBLib.cli", "score", "--ct", str(ct_path), "--seed-lps",
+    # the child reports its own peak RSS (RUSAGE_CHILDREN would give the largest of all children so far)
+    probe = ("import resource, sys; from TMBRBLib.cli import main; rc = main(sys.argv[1:]); "
+             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    cmd = [sys.executable, "-c", probe, "score", "--ct", str(ct_path), "--seed-lps",
            ",".join(map(str, seed)), "--box-lps", ",".join(map(str, box.min + box.max)), "--model",
            str(scorer.bundle.path), "--out", str(out), "--progress", "none", "--device", "cpu"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO / "TMBRBModule")})
+    p = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "TMBRBModule")})
     res["cli_case_wall_s"] = time.perf_counter() - t
-    res["cli_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    if res["cli_peak_rss_mb"] <= before / 1024:
-        res["cli_peak_rss_mb_note"] = "not above an earlier child's peak"
+    kb = [int(line.split()[1]) for line in p.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    res["cli_peak_rss_mb"] = kb[-1] / 1024 if kb else float("nan")
     return res
 
 
@@ -149,7 +150,8 @@ def main():
           f"{torch.__version__}, threads {torch.get_num_threads()}; model {bundle.name} ({bundle.sha256[:10]})")
     gf = cpu_conv3d_gflops(args.runs)
     model = bundle.model("cpu")
-    flops = conv3d_flops(model, torch.zeros(1, 1, 64, 64, 64))
+    shape = tuple(int(v) for v in bundle.tmbrb["preprocessing"]["shape"])
+    flops = conv3d_flops(model, torch.zeros(1, 1, *shape))
     results = {"cpu_conv3d_gflops": gf, "model_conv_gflop_per_forward": flops / 1e9}
     cases = []
     if not args.no_large:
@@ -176,7 +178,7 @@ def main():
         r["model_vs_conv3d_throughput"] = r["forward_s"] / (flops / (gf * 1e9))
         rows.append(r)
     results["cases"] = rows
-    print(f"CPU conv3d throughput: {gf:.1f} GFLOP/s; model: {flops / 1e9:.2f} GFLOP (conv) per 64^3 forward "
+    print(f"CPU conv3d throughput: {gf:.1f} GFLOP/s; model: {flops / 1e9:.2f} GFLOP (conv) per {shape} forward "
           f"-> {flops / gf / 1e9:.3f} s at that throughput")
     keys = ["ct_size", "load_ct_s", "crop_s", "whole_ct_resample_then_crop_s", "ratio_whole_vs_crop_first",
             "forward_s", "model_vs_conv3d_throughput", "forward_cam_s", "tta8_crops_s", "tta8_forward_s",

@@ -57,9 +57,9 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
         ref, labels = _plane_grid(center, view, fov, n)
         panels[view] = dict(
             ct=_sample(ct, ref, sitk.sitkLinear, -1000.0),
-            cam=_sample(result.cam, ref, sitk.sitkLinear, 0.0),
-            tumour=_sample(result.tumour_mask, ref, sitk.sitkNearestNeighbor, 0),
-            ring=_sample(result.ring_mask, ref, sitk.sitkNearestNeighbor, 0),
+            cam=_sample(result.cam_region.region_image(), ref, sitk.sitkLinear, 0.0),
+            tumour=_sample(result.tumour_region.region_image(), ref, sitk.sitkNearestNeighbor, 0),
+            ring=_sample(result.ring_region.region_image(), ref, sitk.sitkNearestNeighbor, 0),
             ref=ref, labels=labels)
 
     model = result.model
@@ -149,10 +149,11 @@ def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
-    written["cam"] = write_image(result.cam, out_dir / "cam.nrrd")
+    # full CT-grid volumes written slice by slice from their regions (no full-size copy in memory)
+    written["cam"] = result.cam_region.write_nrrd(out_dir / "cam.nrrd")
     written["crop"] = write_image(result.crop, out_dir / "crop.nrrd")
-    written["tumour"] = write_image(result.tumour_mask, out_dir / "tumour.nrrd")
-    written["ring"] = write_image(result.ring_mask, out_dir / "ring.nrrd")
+    written["tumour"] = result.tumour_region.write_nrrd(out_dir / "tumour.nrrd")
+    written["ring"] = result.ring_region.write_nrrd(out_dir / "ring.nrrd")
     if pictures and ct is not None:
         written.update(render_overlays(result, ct, out_dir))
     d = result.to_dict()

@@ -18,6 +18,7 @@ from .crop import CropGrid, crop_for_model, fraction_outside_scan, shift_offsets
 from .errors import TMBRBCancelled, TMBRBInputError
 from .geometry import Box, box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
 from .io import mask_on_ct_grid, paste_region, validate_ct
+from .volumes import Geometry, RegionVolume
 from .model import select_device
 from .proposal import propose_box
 from .regions import attention_shares, region_of_interest, ring_from_tumour, segment_tumour
@@ -38,9 +39,9 @@ class CaseResult:
     box: Box
     box_proposed: bool
     crop_grid: CropGrid
-    cam: sitk.Image
-    tumour_mask: sitk.Image
-    ring_mask: sitk.Image
+    cam_region: RegionVolume      # float32 in [0, 1], zero outside its region of the CT grid
+    tumour_region: RegionVolume   # uint8
+    ring_region: RegionVolume     # uint8
     crop: sitk.Image
     model: Dict
     warnings: List[str]
@@ -52,6 +53,19 @@ class CaseResult:
     @property
     def box_lps(self):
         return (self.box.min, self.box.max)
+
+    # full-size images on the CT's grid, built on demand (a 512x512x300 float CAM is 300 MB)
+    @property
+    def cam(self) -> sitk.Image:
+        return self.cam_region.full_image()
+
+    @property
+    def tumour_mask(self) -> sitk.Image:
+        return self.tumour_region.full_image()
+
+    @property
+    def ring_mask(self) -> sitk.Image:
+        return self.ring_region.full_image()
 
     def to_dict(self) -> Dict:
         return {
@@ -236,19 +250,11 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     shares = attention_shares(cam_sub, sitk.GetArrayViewFromImage(tumour_sub), sitk.GetArrayViewFromImage(ring_sub))
     shares["ring_width_mm"] = width
 
-    shape = sitk.GetArrayViewFromImage(ct).shape
-    cam_full = np.zeros(shape, np.float32)
-    paste_region(cam_full, cam_sub.astype(np.float32), lo)
-    tum_full = np.zeros(shape, np.uint8)
-    paste_region(tum_full, sitk.GetArrayViewFromImage(tumour_sub), lo)
-    ring_full = np.zeros(shape, np.uint8)
-    paste_region(ring_full, sitk.GetArrayViewFromImage(ring_sub), lo)
-    cam_img = sitk.GetImageFromArray(cam_full)
-    cam_img.CopyInformation(ct)
-    tum_img = sitk.GetImageFromArray(tum_full)
-    tum_img.CopyInformation(ct)
-    ring_img = sitk.GetImageFromArray(ring_full)
-    ring_img.CopyInformation(ct)
+    geometry = Geometry.of(ct)
+    lo3 = tuple(int(v) for v in lo)
+    cam_region = RegionVolume(cam_sub.astype(np.float32), lo3, geometry)
+    tumour_region = RegionVolume(sitk.GetArrayFromImage(tumour_sub).astype(np.uint8), lo3, geometry)
+    ring_region = RegionVolume(sitk.GetArrayFromImage(ring_sub).astype(np.uint8), lo3, geometry)
     timings["regions_cam_to_ct"] = time.perf_counter() - t
 
     risk = risk_groups(score, ecog, meta["risk"])
@@ -257,7 +263,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     return CaseResult(
         score=float(score), tta_mean=float(np.mean(tta_all)), tta_std=float(np.std(tta_all)),
         tta_scores=[float(v) for v in tta_all], risk=risk, attention=shares, seed_lps=seed, box=box,
-        box_proposed=proposed, crop_grid=grid, cam=cam_img, tumour_mask=tum_img, ring_mask=ring_img, crop=crop_img,
+        box_proposed=proposed, crop_grid=grid, cam_region=cam_region, tumour_region=tumour_region,
+        ring_region=ring_region, crop=crop_img,
         model=b.info(), warnings=warnings, timings={k: round(v, 4) for k, v in timings.items()},
         device_used=dev_used, ct_info=ct_summary(ct),
         inputs={"segmentation_given": tumour_mask is not None, "n_shifts": len(offsets),

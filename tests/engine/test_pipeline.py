@@ -97,3 +97,16 @@ def test_cancel_stops_the_run(oblique_case, scorer):
         score_case(ct, tumour, None, scorer=scorer, progress=lambda f, m: seen.append(f),
                    cancel=lambda: len(seen) >= 2)
     assert len(seen) == 2
+
+
+def test_region_volumes_write_full_grid_nrrds_equal_to_the_full_images(oblique_case, scorer, tmp_path):
+    from TMBRBLib.outputs import write_outputs
+    ct, mask, tumour = oblique_case
+    r = score_case(ct, tumour, None, scorer=scorer, n_shifts=0)
+    written = write_outputs(r, tmp_path, ct=ct, pictures=False)
+    for key, full in (("cam", r.cam), ("tumour", r.tumour_mask), ("ring", r.ring_mask)):
+        back = sitk.ReadImage(str(written[key]))
+        assert same_grid(back, ct, tol=1e-9), key
+        assert back.GetPixelID() == full.GetPixelID()
+        assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(full)), key
+    assert sitk.GetArrayFromImage(r.tumour_mask).sum() == r.tumour_region.data.sum() > 0
