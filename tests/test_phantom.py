@@ -280,6 +280,19 @@ def test_rendered_images_carry_the_amplitude():
     assert spearmanr(amps, shell_hu)[0] > 0.8
 
 
+def test_haze_sets_how_plainly_the_shell_carries_the_signal():
+    def shell_minus_lung(haze):
+        case = ph.make_phantom(105, strength=4.0, spacing=(1.0, 1.0, 2.5), haze_hu=haze)
+        ct = arr(case.ct).astype(float)
+        sig = arr(case.signal).astype(bool)
+        lung = arr(case.lung).astype(bool) & ~sig & ~arr(case.tumour).astype(bool)
+        return np.median(ct[sig]) - np.median(ct[lung]), case.params["signal_amplitude"]
+    (weak, amp), (strong, amp2) = shell_minus_lung(0.0), shell_minus_lung(300.0)
+    assert amp == amp2 > 0.2 and strong - weak > 0.5 * 300 * amp
+    with pytest.raises(ValueError, match="haze_hu"):
+        ph.make_phantom(1, haze_hu=-5)
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 

@@ -139,6 +139,9 @@ def main(argv=None) -> int:
     p.add_argument("--strength", type=float, default=None)
     p.add_argument("--cohort-seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--haze-hu", type=float, default=None,
+                   help="peritumoral haze (HU) at full signal amplitude: how plainly the image carries the signal")
+    p.add_argument("--shell-mm", type=float, default=None, help="thickness of the peritumoral signal shell (mm)")
     p.add_argument("--model-id", default="tmbrb-demo-phantom-peritumoral")
     add_train_args(p, demo=True)
     add_export_args(p, demo=True)

@@ -12,8 +12,8 @@ from .cli import config_from_args
 from .export import DEMO_NOTICE, export_bundle
 from .phantoms import MANIFEST_NAME, write_phantom_cohort
 
-DEMO_DEFAULTS = dict(epochs=60, patience=20, min_epochs=20, batch_size=8, lr=3e-4, threads=2, strength=2.2, n=280,
-                     preprocessing='{"shape": [32, 32, 32]}', margin_vox=4, workers=2)
+DEMO_DEFAULTS = dict(epochs=40, patience=12, min_epochs=15, batch_size=8, lr=3e-4, threads=2, strength=2.0, n=280,
+                     preprocessing='{"shape": [64, 64, 64]}', margin_vox=4, workers=2, haze_hu=300.0, shell_mm=8.0)
 
 
 def _log(msg: str):
@@ -25,7 +25,9 @@ def run_demo(a, command: str) -> dict:
     work = Path(a.work)
     manifest = work / "cohort" / MANIFEST_NAME
     _log(f"phantoms: {a.n} cases ({a.signal}, strength {a.strength}) in {manifest.parent} (finished cases are reused)")
-    write_phantom_cohort(manifest.parent, a.n, a.signal, a.strength, a.cohort_seed, (0.7, 0.1, 0.2), a.workers)
+    phantom_kw = {k: getattr(a, k) for k in ("haze_hu", "shell_mm") if getattr(a, k, None) is not None}
+    write_phantom_cohort(manifest.parent, a.n, a.signal, a.strength, a.cohort_seed, (0.7, 0.1, 0.2), a.workers,
+                         **phantom_kw)
     t_cohort = time.perf_counter() - t0
     from .trainer import train
     cfg = config_from_args(a, str(manifest), str(work / "run"), command)
@@ -41,7 +43,8 @@ def run_demo(a, command: str) -> dict:
     from .cli import _test_metrics
     m = evaluate(a.bundle, manifest, work / "eval_test", "test", None, "cpu", None, not a.no_progress)
     metrics = _test_metrics(m)
-    metrics["phantom"] = {"signal": a.signal, "strength": a.strength, "n": a.n, "cohort_seed": a.cohort_seed}
+    metrics["phantom"] = {"signal": a.signal, "strength": a.strength, "n": a.n, "cohort_seed": a.cohort_seed,
+                          **phantom_kw}
     metrics["timing_s"] = {"cohort": round(t_cohort, 1), "train": summary["wall_s"],
                            "total": round(time.perf_counter() - t0, 1)}
     b = export_bundle(work / "run", a.bundle, metrics=metrics, **kw)

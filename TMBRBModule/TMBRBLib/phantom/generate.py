@@ -134,6 +134,7 @@ def draw_case_params(
     fov: Optional[str] = None,
     shell_mm: float = DEFAULT_SHELL_MM,
     noise_hu: Optional[float] = None,
+    haze_hu: float = PERITUMORAL_HAZE_HU,
 ) -> Dict:
     """Everything random about a case, without rendering (cheap). ``make_phantom`` renders exactly this."""
     seed = _check_seed(seed)
@@ -160,6 +161,8 @@ def draw_case_params(
         raise ValueError(f"fov must be one of {FOVS}, got {fov!r}")
     if not (isinstance(shell_mm, (int, float)) and 0.5 <= float(shell_mm) <= 30.0):
         raise ValueError(f"shell_mm (peritumoral shell thickness) must be in [0.5, 30] mm, got {shell_mm!r}")
+    if not (isinstance(haze_hu, (int, float)) and 0.0 <= float(haze_hu) <= 600.0):
+        raise ValueError(f"haze_hu (peritumoral haze at full signal amplitude) must be in [0, 600] HU, got {haze_hu!r}")
     if noise_hu is not None and not (isinstance(noise_hu, (int, float)) and 0.0 <= float(noise_hu) <= 200.0):
         raise ValueError(f"noise_hu must be in [0, 200] HU, got {noise_hu!r}")
     if shape_xyz is not None:
@@ -216,6 +219,7 @@ def draw_case_params(
         "signal": signal,
         "strength": strength,
         "shell_mm": float(shell_mm),
+        "haze_hu": float(haze_hu),
         "tmb": tmb_val,
         "tmb_drawn": tmb_draw,
         "high_tmb": bool(tmb_val >= HIGH_TMB_CUTOFF),
@@ -331,7 +335,8 @@ def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> P
     if p["signal"] == "peritumoral":
         dist = ndimage.distance_transform_edt(~mask_t, sampling=sp[::-1])
         region = (dist > 0) & (dist <= p["shell_mm"]) & lung[sl_t]
-        sub[region] += amp * (np.float32(PERITUMORAL_HAZE_HU) + np.float32(PERITUMORAL_TEXTURE_HU) * tex[region])
+        haze = np.float32(p.get("haze_hu", PERITUMORAL_HAZE_HU))
+        sub[region] += amp * (haze + np.float32(PERITUMORAL_TEXTURE_HU) * tex[region])
         signal[sl_t] = region
     elif p["signal"] == "core":
         sub[mask_t] += amp * (np.float32(CORE_SHIFT_HU) + np.float32(CORE_TEXTURE_HU) * tex[mask_t])
