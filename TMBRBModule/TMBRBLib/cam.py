@@ -29,6 +29,11 @@ class ScoringGradCAM(GradCAM):
         names = dict(model.named_modules())
         if target_layer not in names:
             raise ValueError(f"CAM target layer {target_layer!r} is not a layer of the model")
+        # an in-place ReLU right after the target layer (e.g. after features.norm5) would overwrite the activations
+        # that the backward hook needs; out-of-place gives the same numbers
+        for m in model.modules():
+            if isinstance(m, torch.nn.ReLU) and m.inplace:
+                m.inplace = False
         super().__init__(nn_module=model, target_layers=target_layer, postprocessing=_identity)
 
     def logits_and_map(self, x: torch.Tensor, class_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:

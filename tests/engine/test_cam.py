@@ -43,3 +43,15 @@ def test_grad_cam_peaks_at_the_evidence_and_is_not_inverted():
 def test_normalise_cam_keeps_an_all_zero_map_zero():
     assert not normalise_cam(np.zeros((4, 4, 4))).any()
     assert normalise_cam(np.array([0.0, 2.0, 4.0])).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_every_dense_layer_output_can_be_the_cam_target_including_norm5():
+    from TMBRBLib.model import TMBRBNet
+    torch.manual_seed(0)
+    net = TMBRBNet().eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    for layer in ("features.transition2.relu", "features.norm5"):
+        logits, maps = ScoringGradCAM(net, layer).logits_and_map(x, 1)
+        assert maps.shape == (1, 1, 32, 32, 32) and torch.isfinite(maps).all(), layer
+    with torch.no_grad():
+        assert torch.allclose(net(x), logits)
