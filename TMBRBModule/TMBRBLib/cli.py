@@ -135,6 +135,7 @@ def cmd_batch(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .geometry import Box
     from .io import write_image
     from .outputs import write_outputs
     from .phantom import make_demo_case
@@ -148,7 +149,10 @@ def cmd_demo(args) -> int:
     inp = out / "input"
     write_image(case.ct, inp / "ct.nrrd")
     write_image(case.tumour, inp / "tumour_truth.nrrd")
-    result = score_case(case.ct, case.seed_lps, None, None, args.ecog, bundle=args.model, n_shifts=args.shifts,
+    # the box as the phantom's annotator drew it, as a radiologist would (the demo model was trained on such boxes);
+    # --propose-box shows the box proposed from the seed instead
+    box = None if args.propose_box else Box.from_corners(*case.box_lps)
+    result = score_case(case.ct, case.seed_lps, box, None, args.ecog, bundle=args.model, n_shifts=args.shifts,
                         device=args.device, progress=prog)
     result.inputs.update({"ct_path": str((inp / "ct.nrrd").resolve()), "demo_phantom": True,
                           "phantom_tmb_mut_per_mb": case.tmb, "phantom_high_tmb": bool(case.high_tmb),
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="generate a phantom chest CT and score it with the bundled model")
     d.add_argument("--out", default="tmbrb-demo-output")
     d.add_argument("--ecog", default="1")
+    d.add_argument("--propose-box", action="store_true", help="propose the box from the seed instead of using the "
+                   "phantom annotator's box")
     d.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
     model_opts(d)
     d.set_defaults(func=cmd_demo)

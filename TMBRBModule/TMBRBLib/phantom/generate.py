@@ -398,6 +398,11 @@ DEMO_KWARGS = dict(
     spiculated=True,
     side="right",
     tmb=14.2,
+    # the signal as the bundled demo model was trained on it (python -m training demo: strength 2.0, haze 300 HU,
+    # 8 mm shell), so the demo shows the model on data like its own
+    strength=2.0,
+    haze_hu=300.0,
+    shell_mm=8.0,
     signal="peritumoral",
 )
 
