@@ -78,7 +78,7 @@ def default_tmbrb_metadata() -> Dict[str, Any]:
         "tta": {"n_shifts": 8, "shift_fraction": 0.1, "max_shift_mm": 5.0, "seed": 0},
         "cam": {"method": "GradCAM", "target_layer": "features.transition2.relu", "class_index": 1},
         "regions": {"ring_width_mm": 10.0, "tumour_hu_range": [-500.0, 500.0]},
-        "proposal": {"hu_range": [-500.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0,
+        "proposal": {"hu_range": [-400.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0,
                      "opening_mm": [3.0, 1.5, 0.0]},
         "risk": {
             "source": "He et al., J Immunother Cancer 2020;8:e000550 (X-tile cut-offs, figure 3; Cox models, figure 4B)",

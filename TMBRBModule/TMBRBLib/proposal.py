@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from .geometry import Box, index_region_of_box, index_to_physical_matrix
 
-DEFAULTS = {"hu_range": [-500.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0, "opening_mm": [3.0, 1.5, 0.0]}
+DEFAULTS = {"hu_range": [-400.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0, "opening_mm": [3.0, 1.5, 0.0]}
 
 
 @dataclass
