@@ -117,9 +117,11 @@ def bench_case(label, ct_path, seed, box, scorer, runs, tmp):
                                                       runs)
     # peak RSS of one whole case in a fresh process, as a user runs it (CLI, including writing the outputs)
     out = Path(tmp) / f"out_{label}"
-    # the child reports its own peak RSS (RUSAGE_CHILDREN would give the largest of all children so far)
-    probe = ("import resource, sys; from TMBRBLib.cli import main; rc = main(sys.argv[1:]); "
-             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # the child reports its own peak RSS from /proc (VmHWM starts afresh at exec; ru_maxrss would carry over the
+    # parent's peak at fork time, and RUSAGE_CHILDREN gives the largest of all children so far)
+    probe = ("import sys; from TMBRBLib.cli import main; rc = main(sys.argv[1:]); "
+             "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+             "print('PEAK_RSS_KB', hwm[0], file=sys.stderr); sys.exit(rc)")
     cmd = [sys.executable, "-c", probe, "score", "--ct", str(ct_path), "--seed-lps",
            ",".join(map(str, seed)), "--box-lps", ",".join(map(str, box.min + box.max)), "--model",
            str(scorer.bundle.path), "--out", str(out), "--progress", "none", "--device", "cpu"]
