@@ -293,6 +293,17 @@ def test_haze_sets_how_plainly_the_shell_carries_the_signal():
         ph.make_phantom(1, haze_hu=-5)
 
 
+def test_core_shift_sets_the_tumour_hu_change():
+    def tumour_median(shift):
+        case = ph.make_phantom(7, signal="core", strength=4.0, spacing=(1.0, 1.0, 2.5), core_shift_hu=shift,
+                               kind="solid")
+        return np.median(arr(case.ct)[arr(case.tumour) > 0]), case.params["signal_amplitude"]
+    (a, amp), (b, _) = tumour_median(0.0), tumour_median(-300.0)
+    assert amp > 0.1 and a - b > 0.5 * 300 * amp
+    with pytest.raises(ValueError, match="core_shift_hu"):
+        ph.make_phantom(1, core_shift_hu=1000)
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 

@@ -142,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--haze-hu", type=float, default=None,
                    help="peritumoral haze (HU) at full signal amplitude: how plainly the image carries the signal")
     p.add_argument("--shell-mm", type=float, default=None, help="thickness of the peritumoral signal shell (mm)")
+    p.add_argument("--core-shift-hu", type=float, default=None,
+                   help="HU change inside the tumour at full signal amplitude (signal 'core')")
     p.add_argument("--model-id", default="tmbrb-demo-phantom-peritumoral")
     add_train_args(p, demo=True)
     add_export_args(p, demo=True)

@@ -25,7 +25,7 @@ def run_demo(a, command: str) -> dict:
     work = Path(a.work)
     manifest = work / "cohort" / MANIFEST_NAME
     _log(f"phantoms: {a.n} cases ({a.signal}, strength {a.strength}) in {manifest.parent} (finished cases are reused)")
-    phantom_kw = {k: getattr(a, k) for k in ("haze_hu", "shell_mm") if getattr(a, k, None) is not None}
+    phantom_kw = {k: getattr(a, k) for k in ("haze_hu", "shell_mm", "core_shift_hu") if getattr(a, k, None) is not None}
     write_phantom_cohort(manifest.parent, a.n, a.signal, a.strength, a.cohort_seed, (0.7, 0.1, 0.2), a.workers,
                          **phantom_kw)
     t_cohort = time.perf_counter() - t0

@@ -135,6 +135,7 @@ def draw_case_params(
     shell_mm: float = DEFAULT_SHELL_MM,
     noise_hu: Optional[float] = None,
     haze_hu: float = PERITUMORAL_HAZE_HU,
+    core_shift_hu: float = CORE_SHIFT_HU,
 ) -> Dict:
     """Everything random about a case, without rendering (cheap). ``make_phantom`` renders exactly this."""
     seed = _check_seed(seed)
@@ -163,6 +164,9 @@ def draw_case_params(
         raise ValueError(f"shell_mm (peritumoral shell thickness) must be in [0.5, 30] mm, got {shell_mm!r}")
     if not (isinstance(haze_hu, (int, float)) and 0.0 <= float(haze_hu) <= 600.0):
         raise ValueError(f"haze_hu (peritumoral haze at full signal amplitude) must be in [0, 600] HU, got {haze_hu!r}")
+    if not (isinstance(core_shift_hu, (int, float)) and -600.0 <= float(core_shift_hu) <= 600.0):
+        raise ValueError(f"core_shift_hu (tumour HU change at full signal amplitude) must be in [-600, 600] HU, "
+                         f"got {core_shift_hu!r}")
     if noise_hu is not None and not (isinstance(noise_hu, (int, float)) and 0.0 <= float(noise_hu) <= 200.0):
         raise ValueError(f"noise_hu must be in [0, 200] HU, got {noise_hu!r}")
     if shape_xyz is not None:
@@ -220,6 +224,7 @@ def draw_case_params(
         "strength": strength,
         "shell_mm": float(shell_mm),
         "haze_hu": float(haze_hu),
+        "core_shift_hu": float(core_shift_hu),
         "tmb": tmb_val,
         "tmb_drawn": tmb_draw,
         "high_tmb": bool(tmb_val >= HIGH_TMB_CUTOFF),
@@ -339,7 +344,8 @@ def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> P
         sub[region] += amp * (haze + np.float32(PERITUMORAL_TEXTURE_HU) * tex[region])
         signal[sl_t] = region
     elif p["signal"] == "core":
-        sub[mask_t] += amp * (np.float32(CORE_SHIFT_HU) + np.float32(CORE_TEXTURE_HU) * tex[mask_t])
+        shift = np.float32(p.get("core_shift_hu", CORE_SHIFT_HU))
+        sub[mask_t] += amp * (shift + np.float32(CORE_TEXTURE_HU) * tex[mask_t])
         signal[sl_t] = mask_t
     del lesion, core, het, tex, sub
 
