@@ -177,6 +177,22 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def _add_plugin_commands(sub) -> None:
+    """Front doors installed beside the core (e.g. the browser viewer, package tmbrb_viewer) add their subcommands
+    through the `tmbrb.commands` entry point group; the core knows none of them by name."""
+    try:
+        from importlib.metadata import entry_points
+        eps = entry_points()
+        group = eps.select(group="tmbrb.commands") if hasattr(eps, "select") else eps.get("tmbrb.commands", [])
+    except Exception:  # noqa: BLE001 - no metadata (e.g. inside 3D Slicer): no plugins
+        return
+    for ep in group:
+        try:
+            ep.load()(sub)
+        except ImportError:
+            continue
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmbrb", description="TMBRB: CT biomarker of tumour mutational burden "
                                 "(He et al., JITC 2020). " + RESEARCH_USE_NOTICE)
@@ -230,12 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .stats.cli import add_analyze_parser
     add_analyze_parser(sub)
-    try:  # the browser viewer is an optional front door (trame-slicer); its parser imports nothing heavy
-        from .viewer.cli import add_viewer_parser
-    except ImportError:
-        add_viewer_parser = None
-    if add_viewer_parser is not None:
-        add_viewer_parser(sub)
+    _add_plugin_commands(sub)
     return p
 
 

@@ -62,14 +62,14 @@ def engine_env(bundle: Path) -> dict:
 
 
 class ViewerServer:
-    """`python -m TMBRBLib.viewer` in a child process; stop() ends it by its PID."""
+    """`python -m tmbrb_viewer` in a child process; stop() ends it by its PID."""
 
     def __init__(self, args, env, cwd: Path, log_path: Path, timeout_s: float = 120.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "TMBRBLib.viewer", "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tmbrb_viewer", "--port", str(self.port), *args],
                                      env=env, cwd=str(cwd), stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         deadline = time.monotonic() + timeout_s

@@ -10,7 +10,7 @@ from conftest import REPO
 
 
 def test_add_viewer_parser_registers_a_handler_with_defaults():
-    from TMBRBLib.viewer.cli import add_viewer_parser, cmd_viewer
+    from tmbrb_viewer.cli import add_viewer_parser, cmd_viewer
 
     p = argparse.ArgumentParser(prog="tmbrb")
     add_viewer_parser(p.add_subparsers(dest="command"))
@@ -19,7 +19,7 @@ def test_add_viewer_parser_registers_a_handler_with_defaults():
 
 
 def test_bad_options_give_a_message_and_exit_code_2(tmp_path, capsys):
-    from TMBRBLib.viewer.cli import main
+    from tmbrb_viewer.cli import main
 
     assert main(["--ct", str(tmp_path / "missing.nrrd")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -30,7 +30,7 @@ def test_bad_options_give_a_message_and_exit_code_2(tmp_path, capsys):
 
 
 def test_importing_tmbrblib_and_the_viewer_package_does_not_import_trame_or_slicer():
-    code = ("import sys, TMBRBLib, TMBRBLib.viewer, TMBRBLib.viewer.cli; "
+    code = ("import sys, TMBRBLib, tmbrb_viewer, tmbrb_viewer.cli; "
             "bad = [m for m in ('trame', 'trame_slicer', 'slicer', 'vtk') if m in sys.modules]; "
             "assert not bad, bad")
     env_path = f"{REPO / 'TMBRBModule'}:{REPO}"

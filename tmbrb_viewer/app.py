@@ -4,7 +4,7 @@ Everything the module computes is done by TMBRBLogic (input checks, box proposal
 the output nodes: CAM volume with heat colours and volume rendering, tumour/ring segmentation, results table) and
 the MRML adapter (TMBRBLib.mrml_adapter); this file only builds the page and connects it to them.
 
-Imports trame, trame-slicer and slicer-core; import it only to serve (TMBRBLib.viewer.cli does, lazily).
+Imports trame, trame-slicer and slicer-core; import it only to serve (tmbrb_viewer.cli does, lazily).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .. import RESEARCH_USE_NOTICE, __version__
-from ..errors import TMBRBError, TMBRBInputError
+from TMBRBLib import RESEARCH_USE_NOTICE, __version__
+from TMBRBLib.errors import TMBRBError, TMBRBInputError
 
 log = logging.getLogger("tmbrb.viewer")
 
@@ -52,7 +52,7 @@ def import_module_logic():
 
 def heat_legend_css(n: int = 11) -> str:
     """CSS gradient with the CAM colour table's colours (mrml_adapter's heat map) for the page legend."""
-    from .. import mrml_adapter as ma
+    from TMBRBLib import mrml_adapter as ma
 
     stops = []
     for i in range(n):
@@ -305,7 +305,7 @@ class TMBRBViewer:
         return None
 
     def open_ct(self, path: str, name: Optional[str] = None) -> None:
-        from ..io import read_ct
+        from TMBRBLib.io import read_ct
 
         t0 = time.perf_counter()
         ct, warnings = read_ct(path)  # raises TMBRBInputError with the problem and the fix
@@ -328,7 +328,7 @@ class TMBRBViewer:
         self.last_result = self.last_out = None
 
     def show_ct(self, ct, name: str, warnings: Optional[List[str]] = None) -> None:
-        from .. import mrml_adapter as ma
+        from TMBRBLib import mrml_adapter as ma
 
         self._clear_case()
         self.volume = ma.add_volume_node_from_sitk(self.scene, ct, name or "CT")
@@ -356,7 +356,7 @@ class TMBRBViewer:
 
     def goto_from_field(self) -> None:
         def go():
-            from ..geometry import parse_triplet
+            from TMBRBLib.geometry import parse_triplet
 
             ras = parse_triplet(self.state.goto_ras or "", "the point (R,A,S)")
             self.goto_ras(ras)
@@ -416,7 +416,7 @@ class TMBRBViewer:
         self.state.flush()
 
     def _propose_box(self) -> None:
-        from .. import mrml_adapter as ma
+        from TMBRBLib import mrml_adapter as ma
 
         try:
             warnings = self._propose_box_with_warnings()
@@ -445,8 +445,8 @@ class TMBRBViewer:
 
     def _propose_box_with_warnings(self) -> List[str]:
         """TMBRBLogic.proposeBox, keeping the engine's warnings (it drops them; see notes/requests-viewer.md)."""
-        from .. import mrml_adapter as ma
-        from ..proposal import propose_box
+        from TMBRBLib import mrml_adapter as ma
+        from TMBRBLib.proposal import propose_box
 
         with_warnings = getattr(self.logic, "proposeBoxWithWarnings", None)
         if with_warnings is not None:  # the Logic's own, once it exists
@@ -471,7 +471,7 @@ class TMBRBViewer:
     def apply(self, ecog=None) -> None:
         """Score the case in a background engine process. `ecog` comes with the click (the page's value then, not a
         state update that may still be on its way); None -> the state's."""
-        from .. import mrml_adapter as ma
+        from TMBRBLib import mrml_adapter as ma
 
         if self.job is not None:
             return
@@ -502,7 +502,7 @@ class TMBRBViewer:
         create_task(self._watch_job())
 
     def _seed_placed(self) -> bool:
-        from .. import mrml_adapter as ma
+        from TMBRBLib import mrml_adapter as ma
 
         try:
             ma.seed_ras(self.seed)
@@ -571,7 +571,7 @@ class TMBRBViewer:
         self._render_all()
 
     def _on_cam_opacity(self, cam_opacity, **_):
-        from .. import mrml_adapter as ma
+        from TMBRBLib import mrml_adapter as ma
 
         cam = self.logic.getParameterNode().camVolume if self.volume is not None else None
         if cam is not None:
@@ -660,7 +660,7 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
     for noisy in ("trame_client", "trame_server", "trame_rca", "wslink", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
     os.environ["TRAME_ARGS"] = "--server" if not open_browser else ""  # our own options, not trame's argv parsing
-    from ..bundle import load_bundle
+    from TMBRBLib.bundle import load_bundle
 
     bundle = load_bundle(model) if model else load_bundle(None)  # fail early with a clear message
     viewer = TMBRBViewer(bundle=bundle.path, device=device, shifts=shifts, out_dir=out_dir)
@@ -668,8 +668,8 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
         viewer.open_ct(ct)
         viewer.state.ct_path_input = str(ct)
     elif demo:
-        from ..geometry import lps_to_ras
-        from ..phantom import make_demo_case
+        from TMBRBLib.geometry import lps_to_ras
+        from TMBRBLib.phantom import make_demo_case
 
         case = make_demo_case()
         viewer.show_ct(case.ct, "TMBRB demo phantom")

@@ -1,4 +1,4 @@
-"""`tmbrb viewer` / `python -m TMBRBLib.viewer`: serve the browser viewer.
+"""`tmbrb viewer` / `python -m tmbrb_viewer`: serve the browser viewer.
 
 add_viewer_parser(subparsers) registers the `viewer` subcommand on the `tmbrb` parser; main(argv) runs it alone.
 Nothing here imports trame or slicer; the app module is imported only when the server starts.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .. import RESEARCH_USE_NOTICE
+from TMBRBLib import RESEARCH_USE_NOTICE
 from . import INSTALL_HINT, missing_packages
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -45,7 +45,7 @@ def add_viewer_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m TMBRBLib.viewer",
+    p = argparse.ArgumentParser(prog="python -m tmbrb_viewer",
                                 description="Interactive TMBRB in a web browser. " + RESEARCH_USE_NOTICE)
     _add_arguments(p)
     return p
@@ -76,7 +76,7 @@ def cmd_viewer(args) -> int:
     if args.host not in LOOPBACK_HOSTS:
         print(f"warning: serving on {args.host}: other computers can reach this viewer and the CTs it opens.",
               file=sys.stderr)
-    from ..errors import TMBRBError
+    from TMBRBLib.errors import TMBRBError
     from .app import run_viewer
 
     try:

@@ -1,8 +1,8 @@
 """TMBRB in the browser: a local web app (trame-slicer) on the 3D Slicer module's Logic and MRML nodes.
 
-``tmbrb viewer [--ct CT] [--demo] [--port 8080]`` or ``python -m TMBRBLib.viewer``. Serves on 127.0.0.1 unless
+``tmbrb viewer [--ct CT] [--demo] [--port 8080]`` or ``python -m tmbrb_viewer``. Serves on 127.0.0.1 unless
 ``--host`` asks for another address. trame, trame-slicer and slicer-core are imported only when the viewer starts
-(``TMBRBLib.viewer.app``), so ``import TMBRBLib`` and ``import TMBRBLib.viewer`` never need them.
+(``tmbrb_viewer.app``), so ``import TMBRBLib`` and ``import tmbrb_viewer`` never need them.
 
 Research use only: not a medical device.
 """
