@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -74,7 +73,7 @@ MODULE_DIR = Path(__file__).resolve().parent
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-from TMBRBLib import RESEARCH_USE_NOTICE, __version__  # noqa: E402 - light: no torch/monai
+from TMBRBLib import RESEARCH_USE_NOTICE  # noqa: E402 - light: no torch/monai
 from TMBRBLib.errors import TMBRBCancelled, TMBRBError, TMBRBInputError  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ sys.path[:0] = [str(REPO / "TMBRBModule")]
 
 from TMBRBLib.bundle import load_bundle, make_placeholder_bundle  # noqa: E402
 from TMBRBLib.cam import cam_image, cam_to_reference, normalise_cam  # noqa: E402
-from TMBRBLib.crop import crop_for_model, crop_grid, normalise, shift_offsets  # noqa: E402
+from TMBRBLib.crop import crop_for_model, normalise, shift_offsets  # noqa: E402
 from TMBRBLib.geometry import Box  # noqa: E402
 from TMBRBLib.io import paste_region, read_ct  # noqa: E402
 from TMBRBLib.pipeline import Scorer, score_case  # noqa: E402

@@ -269,7 +269,7 @@ def test_strength_maps_to_a_moderate_achievable_auc():
 
 
 def test_rendered_images_carry_the_amplitude():
-    amps, shell_hu, base_hu = [], [], []
+    amps, shell_hu = [], []
     for s in range(10):
         case = ph.make_phantom(100 + s, strength=4.0, spacing=(1.0, 1.0, 2.5))
         ct = arr(case.ct).astype(float)

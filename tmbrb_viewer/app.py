@@ -9,7 +9,6 @@ Imports trame, trame-slicer and slicer-core; import it only to serve (tmbrb_view
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

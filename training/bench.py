@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

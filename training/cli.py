@@ -19,7 +19,7 @@ def _json_arg(text: str, what: str) -> dict:
     try:
         v = json.loads(text)
     except json.JSONDecodeError as e:
-        raise TMBRBInputError(f"--{what} is not valid JSON ({e}).", f"Write it like '{{\"shape\": [32, 32, 32]}}'.") from None
+        raise TMBRBInputError(f"--{what} is not valid JSON ({e}).", "Write it like '{\"shape\": [32, 32, 32]}'.") from None
     if not isinstance(v, dict):
         raise TMBRBInputError(f"--{what} must be a JSON object.", "Write it like '{\"key\": value}'.")
     return v

@@ -8,7 +8,6 @@ run continues exactly where a stopped one was, and validation AUC does not depen
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from TMBRBLib.bundle import default_metadata
 from TMBRBLib.errors import TMBRBInputError
-from TMBRBLib.model import build_model, select_device
+from TMBRBLib.model import build_model
 
 from .data import CropCache, CropDataset
 from .manifest import check_for_training, file_sha256, read_manifest

@@ -38,7 +38,7 @@ class _Progress:
 
 
 def _seed_and_box(args, ct):
-    from .geometry import Box, index_to_physical, parse_box, parse_triplet, ras_to_lps, physical_points_to_index
+    from .geometry import Box, index_to_physical, parse_box, parse_triplet, ras_to_lps
     import numpy as np
     given = [a for a in ("seed_ras", "seed_lps", "seed_index") if getattr(args, a)]
     if len(given) != 1:

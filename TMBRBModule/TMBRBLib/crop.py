@@ -7,7 +7,7 @@ come from the bundle's `preprocessing` metadata. Outside the scan it is padded w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk

@@ -5,8 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from TMBRBLib.stats import (cox_ph, cox_scan, delong_test, kaplan_meier, logistic_combination, logrank_test,
-                            maxstat_cutpoint, roc_analysis, spearman)
+from TMBRBLib.stats import (cox_ph, cox_scan, delong_test, kaplan_meier, logistic_combination, maxstat_cutpoint, roc_analysis, spearman)
 from TMBRBLib.stats.table1 import categorical_test, fisher_exact_2xc
 
 from _stats_testdata import arr, fixture_csv, reference

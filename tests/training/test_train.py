@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -84,7 +83,7 @@ def test_two_processes_under_torchrun_stay_in_sync(tiny_manifest, tmp_path):
     assert len(s["rank_param_checksums"]) == 2 and s["rank_param_checksums"][0] == s["rank_param_checksums"][1]
     assert s["ranks_in_sync"] is True
     # the weights moved (2 steps were taken) and the saved checkpoint is rank 0's
-    from training.trainer import param_checksum, build_metadata, TrainConfig
+    from training.trainer import param_checksum
     from TMBRBLib.model import build_model
     net = build_model(s["metadata"]["tmbrb"]["architecture"])
     torch.manual_seed(0)

@@ -329,7 +329,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="tmbrb", description="TMBRB statistics toolkit")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs.required = True
-    an = add_analyze_parser(subs)
+    add_analyze_parser(subs)
     args = parser.parse_args(argv)
     func = args.func
     args.func = lambda a: func(a)

@@ -7,7 +7,7 @@ event time) and survival::survdiff (via lifelines' multivariate log-rank test).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
