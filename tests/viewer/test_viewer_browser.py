@@ -45,6 +45,16 @@ def frame_src(page, tag: str = "Red") -> str:
     return page.evaluate(f"() => document.querySelector('#tmbrb-view-{tag}').parentElement.querySelector('img').src")
 
 
+def pixels_before_after_opacity(page, ras, key: str):
+    """Centre the views on `ras`, then the axial view's pixels before and after the CAM opacity slider goes to `key`."""
+    goto(page, ras)
+    before = view_pixels(page)
+    old = frame_src(page)
+    set_cam_opacity(page, key)
+    wait_new_frame(page, old)
+    return before, view_pixels(page)
+
+
 def wait_new_frame(page, old_src: str, tag: str = "Red", timeout_ms: int = 30_000) -> None:
     page.wait_for_function(
         "([tag, old]) => { const i = document.querySelector('#tmbrb-view-' + tag).parentElement.querySelector('img');"
@@ -197,12 +207,7 @@ def test_click_seed_apply_matches_tmbrb_score_and_shows_the_cam(page, viewer_ser
         hot = tuple(candidates[np.argmax(cam[tuple(candidates.T)])])
     else:
         hot = np.unravel_index(np.argmax(cam), cam.shape)
-    goto(page, index_to_ras(cam_img, hot))
-    with_cam = view_pixels(page)
-    old = frame_src(page)
-    set_cam_opacity(page, "Home")
-    wait_new_frame(page, old)
-    without_cam = view_pixels(page)
+    with_cam, without_cam = pixels_before_after_opacity(page, index_to_ras(cam_img, hot), "Home")
     diff_hot = np.abs(centre_patch(with_cam) - centre_patch(without_cam)).mean()
     from PIL import Image
 
@@ -214,12 +219,7 @@ def test_click_seed_apply_matches_tmbrb_score_and_shows_the_cam(page, viewer_ser
     # control: where the CAM is zero, the same opacity change leaves the pixels alone
     cold = np.argwhere((cam == 0) & (ct_arr > -900))
     far = cold[np.argmax(np.linalg.norm(cold - np.array(hot), axis=1))]
-    goto(page, index_to_ras(cam_img, far))
-    off = view_pixels(page)
-    old = frame_src(page)
-    set_cam_opacity(page, "End")
-    wait_new_frame(page, old)
-    on = view_pixels(page)
+    off, on = pixels_before_after_opacity(page, index_to_ras(cam_img, far), "End")
     diff_cold = np.abs(centre_patch(on) - centre_patch(off)).mean()
     assert diff_cold < 8 and diff_cold < diff_hot / 3, (diff_cold, diff_hot)
 
