@@ -86,7 +86,11 @@ def add_export_args(p: argparse.ArgumentParser, demo: bool = False):
         p.add_argument("--metrics", default=None, help="metrics.json from `evaluate`, stored in the provenance")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--cam-target-layer", default=None)
+    p.add_argument("--cam-target-layer", default=None, help="layer for Grad-CAM (default features.transition1.relu)")
+    p.add_argument("--cam-method", default=None, choices=["GradCAM", "GradCAM-IxG"],
+                   help="class activation map written into the bundle (default GradCAM-IxG; see TMBRBLib/cam.py)")
+    p.add_argument("--cam-smooth-mm", type=float, default=None,
+                   help="Gaussian smoothing of input x gradient for GradCAM-IxG, in mm (default 2)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
 
 
@@ -164,7 +168,8 @@ def main(argv=None) -> int:
             metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
             b = export_bundle(a.run, a.bundle, model_id=a.model_id, name=a.name, version=a.version, demo=a.demo,
                               notice=a.notice, checkpoint=a.checkpoint, metrics=_test_metrics(metrics),
-                              cam_target_layer=a.cam_target_layer, command=command, dtype=a.dtype)
+                              cam_target_layer=a.cam_target_layer, cam_method=a.cam_method,
+                              cam_smooth_mm=a.cam_smooth_mm, command=command, dtype=a.dtype)
             print(json.dumps(b.info()))
         elif a.cmd == "evaluate":
             from .evaluate import evaluate

@@ -35,7 +35,8 @@ def run_demo(a, command: str) -> dict:
     summary = train(cfg)
     _log(f"best validation AUC {summary['best_val_auc']:.3f} at epoch {summary['best_epoch']}; exporting")
     kw = dict(model_id=a.model_id, name="TMBRB demo (synthetic phantoms)", version=a.version, demo=True,
-              notice=DEMO_NOTICE, checkpoint=a.checkpoint, cam_target_layer=a.cam_target_layer, command=command,
+              notice=DEMO_NOTICE, checkpoint=a.checkpoint, cam_target_layer=a.cam_target_layer,
+              cam_method=a.cam_method, cam_smooth_mm=a.cam_smooth_mm, command=command,
               dtype=a.dtype)
     export_bundle(work / "run", a.bundle, **kw)
     _log("evaluating on the test split through the engine (score_case)")

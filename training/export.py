@@ -43,13 +43,16 @@ def _model_card(meta: Dict) -> str:
     p = t["preprocessing"]
     lines += ["## Input", "", f"Crop: {p['mode']} (margin {p.get('margin_mm')} mm, field of view "
               f"{p.get('min_fov_mm')}-{p.get('max_fov_mm')} mm), shape {p['shape']}, HU window {p['hu_window']}.",
-              f"Grad-CAM layer: {t['cam']['target_layer']}.", ""]
+              f"Class activation map: {t['cam'].get('method', 'GradCAM')} at {t['cam']['target_layer']}"
+              + (f", smoothed {t['cam'].get('smooth_mm')} mm" if t['cam'].get('method') == 'GradCAM-IxG' else "")
+              + ".", ""]
     return "\n".join(lines)
 
 
 def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str = "TMBRB",
                   version: str = "0.1.0", demo: bool = False, notice: Optional[str] = None,
                   checkpoint: str = "best", metrics: Optional[Dict] = None, cam_target_layer: Optional[str] = None,
+                  cam_method: Optional[str] = None, cam_smooth_mm: Optional[float] = None,
                   command: Optional[str] = None, dtype: str = "float16") -> Bundle:
     """Write a bundle from a training run folder (what `train` wrote). Returns the loaded, verified bundle."""
     run = Path(run_dir)
@@ -80,6 +83,14 @@ def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str
             raise TMBRBInputError(f"The CAM target layer '{cam_target_layer}' is not a layer of the model.",
                                   "Give a module name such as features.transition2.relu or features.denseblock3.")
         t["cam"]["target_layer"] = cam_target_layer
+    if cam_method is not None or cam_smooth_mm is not None:
+        from TMBRBLib.cam import check_cam_settings
+        try:
+            method, smooth = check_cam_settings(cam_method or t["cam"].get("method", "GradCAM"),
+                                                t["cam"].get("smooth_mm", 2.0) if cam_smooth_mm is None else cam_smooth_mm)
+        except ValueError as e:
+            raise TMBRBInputError(str(e) + ".", "Use --cam-method GradCAM or GradCAM-IxG and --cam-smooth-mm 0-20.") from None
+        t["cam"]["method"], t["cam"]["smooth_mm"] = method, smooth
     meta["name"] = name
     meta["version"] = version
     meta["changelog"] = {version: f"trained {summary.get('config', {}).get('command') or ''}".strip()}

@@ -76,7 +76,9 @@ def default_tmbrb_metadata() -> Dict[str, Any]:
             "training_slice_mm_max": 3.0,
         },
         "tta": {"n_shifts": 8, "shift_fraction": 0.1, "max_shift_mm": 5.0, "seed": 0},
-        "cam": {"method": "GradCAM", "target_layer": "features.transition2.relu", "class_index": 1},
+        # Grad-CAM at 16^3 times smoothed input x gradient (TMBRBLib.cam); "GradCAM" alone is the coarse classic
+        "cam": {"method": "GradCAM-IxG", "target_layer": "features.transition1.relu", "smooth_mm": 2.0,
+                "class_index": 1},
         "regions": {"ring_width_mm": 10.0, "tumour_hu_range": [-500.0, 500.0]},
         "proposal": {"hu_range": [-400.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0,
                      "opening_mm": [3.0, 1.5, 0.0]},
@@ -165,7 +167,8 @@ class Bundle:
         return {"name": self.name, "model_id": self.tmbrb.get("model_id"), "version": self.version,
                 "sha256": self.sha256, "metadata_sha256": sha256_json(self.metadata),
                 "path": str(self.path), "demo": self.is_demo, "placeholder": bool(self.tmbrb.get("placeholder")),
-                "notice": self.notice, "intended_use": self.metadata.get("intended_use", "")}
+                "notice": self.notice, "intended_use": self.metadata.get("intended_use", ""),
+                "cam": dict(self.tmbrb.get("cam", {}))}
 
     def model(self, device: Union[str, torch.device] = "cpu") -> TMBRBNet:
         key = str(device)
@@ -222,6 +225,16 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     for key in ("architecture", "preprocessing", "risk", "weights"):
         if key not in t:
             raise TMBRBBundleError(f"The metadata of '{p}' lacks the '{key}' section. Re-export the bundle.")
+    cam = t.get("cam")
+    if not isinstance(cam, dict) or "target_layer" not in cam:
+        raise TMBRBBundleError(f"The metadata of '{p}' lacks the 'cam' section (method, target_layer). "
+                               "Re-export the bundle.")
+    try:
+        from .cam import check_cam_settings
+        check_cam_settings(cam.get("method", "GradCAM"), cam.get("smooth_mm", 2.0))
+    except ValueError as e:
+        raise TMBRBBundleError(f"The 'cam' settings in the metadata of '{p}' cannot be used: {e}. "
+                               "Fix configs/metadata.json or re-export the bundle.") from None
     w = p / WEIGHTS_PATH
     if not w.is_file():
         raise TMBRBBundleError(f"The model bundle '{p}' has no weights file {WEIGHTS_PATH}.")

@@ -103,6 +103,7 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
         ax.tick_params(labelsize=7)
         return im
 
+    cam_label = f"{result.model.get('cam', {}).get('method', 'GradCAM')} (High-TMB)"
     written: Dict[str, Path] = {}
     for view in VIEWS:
         fig, ax = plt.subplots(figsize=(5.2, 5.6), dpi=110)
@@ -111,7 +112,7 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
                 bbox=dict(facecolor="black", alpha=0.6, lw=0))
         if banner:
             fig.suptitle(banner, color="#cc0000", fontsize=9, fontweight="bold")
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="Grad-CAM (High-TMB)")
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=cam_label)
         path = out_dir / f"overlay_{view}.png"
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
@@ -120,7 +121,7 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.8), dpi=100, gridspec_kw={"width_ratios": [1, 1, 1, 0.9]})
     for ax, view in zip(axes[:3], VIEWS):
         im = draw(ax, view)
-    fig.colorbar(im, ax=axes[2], fraction=0.04, pad=0.02, label="Grad-CAM (High-TMB)")
+    fig.colorbar(im, ax=axes[2], fraction=0.04, pad=0.02, label=cam_label)
     axes[3].axis("off")
     a = result.attention
     summary = text + (f"\n\nattention: tumour {100 * a['tumour']:.0f}%, ring ({a.get('ring_width_mm', 0):g} mm) "

@@ -13,7 +13,7 @@ import torch
 
 from . import __version__, RESEARCH_USE_NOTICE
 from .bundle import Bundle, load_bundle
-from .cam import ScoringGradCAM, cam_image, cam_to_reference, normalise_cam
+from .cam import DEFAULT_SMOOTH_MM, ScoringGradCAM, cam_image, cam_to_reference, normalise_cam
 from .crop import CropGrid, crop_for_model, fraction_outside_scan, shift_offsets
 from .errors import TMBRBCancelled, TMBRBInputError
 from .geometry import Box, box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
@@ -112,14 +112,16 @@ class Scorer:
     def _cam(self, device: torch.device) -> ScoringGradCAM:
         key = str(device)
         if key not in self._cams:
-            self._cams[key] = ScoringGradCAM(self.bundle.model(device), self.bundle.tmbrb["cam"]["target_layer"])
+            c = self.bundle.tmbrb["cam"]
+            self._cams[key] = ScoringGradCAM(self.bundle.model(device), c["target_layer"], c.get("method", "GradCAM"),
+                                             c.get("smooth_mm", DEFAULT_SMOOTH_MM))
         return self._cams[key]
 
-    def run(self, base: np.ndarray, shifted: Sequence[np.ndarray], device: torch.device):
+    def run(self, base: np.ndarray, shifted: Sequence[np.ndarray], device: torch.device, spacing_zyx=1.0):
         cls = int(self.bundle.tmbrb["cam"].get("class_index", 1))
         x = torch.from_numpy(base)[None, None].to(device)
         t0 = time.perf_counter()
-        logits, cam = self._cam(device).logits_and_map(x, cls)
+        logits, cam = self._cam(device).logits_and_map(x, cls, spacing_zyx)
         t1 = time.perf_counter()
         score = torch.softmax(logits.float(), 1)[0, cls].item()
         tta = []
@@ -130,9 +132,9 @@ class Scorer:
         t2 = time.perf_counter()
         return score, tta, cam[0, 0].cpu().numpy(), {"forward_cam": t1 - t0, "tta_forward": t2 - t1}
 
-    def run_with_fallback(self, base, shifted, warnings: List[str]):
+    def run_with_fallback(self, base, shifted, warnings: List[str], spacing_zyx=1.0):
         try:
-            return self.run(base, shifted, self.device) + (str(self.device),)
+            return self.run(base, shifted, self.device, spacing_zyx) + (str(self.device),)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
             if self.device.type == "cpu" or not _is_oom(e):
                 raise
@@ -140,7 +142,7 @@ class Scorer:
                 torch.cuda.empty_cache()
             warnings.append(f"The GPU ({self.device}) ran out of memory; this case was computed on the CPU instead.")
             cpu = torch.device("cpu")
-            return self.run(base, shifted, cpu) + ("cpu",)
+            return self.run(base, shifted, cpu, spacing_zyx) + ("cpu",)
 
 
 def ct_summary(ct: sitk.Image) -> Dict:
@@ -214,7 +216,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
                         "with air.")
 
     _report(progress, cancel, 0.3, f"model ({scorer.device.type})")
-    score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings)
+    score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings,
+                                                                   grid.spacing[::-1])
     timings.update(mt)
     tta_all = [score] + list(tta)
 

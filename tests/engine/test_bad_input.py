@@ -216,3 +216,17 @@ def test_empty_or_foreign_segmentation_is_refused(ct_and_tumour, tmp_path):
     sitk.WriteImage(sitk.Cast(foreign > 0, sitk.sitkUInt8), str(tmp_path / "foreign.nrrd"))
     with pytest.raises(TMBRBInputError, match="belongs to this CT"):
         read_mask(tmp_path / "foreign.nrrd", ct)
+
+
+@pytest.mark.parametrize("cam, message", [({"method": "ScoreCAM", "target_layer": "features.transition1.relu"},
+                                           "CAM method 'ScoreCAM' is not known"),
+                                          ({"method": "GradCAM-IxG", "target_layer": "features.transition1.relu",
+                                            "smooth_mm": "wide"}, "smooth_mm must be a number"),
+                                          ({"method": "GradCAM"}, "lacks the 'cam' section")])
+def test_bundle_with_unusable_cam_settings_is_refused(bundle_copy, cam, message):
+    m = bundle_copy / "configs" / "metadata.json"
+    meta = json.loads(m.read_text())
+    meta["tmbrb"]["cam"] = cam
+    m.write_text(json.dumps(meta))
+    with pytest.raises(TMBRBBundleError, match=message):
+        load_bundle(bundle_copy)

@@ -55,3 +55,45 @@ def test_every_dense_layer_output_can_be_the_cam_target_including_norm5():
         assert maps.shape == (1, 1, 32, 32, 32) and torch.isfinite(maps).all(), layer
     with torch.no_grad():
         assert torch.allclose(net(x), logits)
+
+
+def test_gradcam_ixg_is_finer_than_gradcam_and_stays_on_the_evidence():
+    """Grad-CAM x smoothed input-gradient: peaks on the bright blob, is zero in air, puts more mass on the blob."""
+    net = BlobDetector().eval()
+    x = torch.zeros(1, 1, 16, 16, 16)
+    x[0, 0, 2:5, 2:5, 2:5] = 1.0
+    blob = np.zeros((16, 16, 16), bool)
+    blob[2:5, 2:5, 2:5] = True
+    _, coarse = ScoringGradCAM(net, "features.1").logits_and_map(x, 1)
+    logits, fine = ScoringGradCAM(net, "features.1", "GradCAM-IxG", smooth_mm=0.5).logits_and_map(x, 1, 1.0)
+    coarse, fine = coarse[0, 0].numpy(), fine[0, 0].numpy()
+    assert fine.min() >= 0 and np.unravel_index(np.argmax(fine), fine.shape) in {tuple(p) for p in np.argwhere(blob)}
+    assert fine[12, 12, 12] == 0 and fine[8:, 8:, 8:].max() < 1e-6 * fine.max()
+    share = lambda m: m[blob].sum() / m.sum()  # noqa: E731
+    assert share(fine) > 0.8 and share(fine) > share(coarse) + 0.1, (share(fine), share(coarse))
+    # evidence against the class gives no map (positive evidence only)
+    _, against = ScoringGradCAM(net, "features.1", "GradCAM-IxG").logits_and_map(x, 0, 1.0)
+    assert not against.any()
+
+
+def test_smoothing_width_is_set_in_millimetres_per_axis():
+    from TMBRBLib.cam import gaussian_smooth
+    x = torch.zeros(1, 1, 41, 41, 41)
+    x[0, 0, 20, 20, 20] = 1.0
+    # 2 mm on a grid of (2, 1, 0.5) mm voxels = sigma (1, 2, 4) voxels
+    y = gaussian_smooth(x, 2.0 / np.array([2.0, 1.0, 0.5]))[0, 0].numpy()
+    idx = np.arange(41) - 20
+    for axis, want in enumerate((1.0, 2.0, 4.0)):
+        prof = y.sum(axis=tuple(a for a in range(3) if a != axis))
+        sd = np.sqrt((prof * idx ** 2).sum() / prof.sum())
+        assert abs(sd - want) < 0.05, (axis, sd, want)
+    assert abs(y.sum() - 1.0) < 1e-3
+
+
+def test_unknown_cam_method_or_smoothing_is_refused_with_the_choices():
+    import pytest
+    net = BlobDetector().eval()
+    with pytest.raises(ValueError, match="GradCAM-IxG"):
+        ScoringGradCAM(net, "features.1", "ScoreCAM")
+    with pytest.raises(ValueError, match="smooth_mm"):
+        ScoringGradCAM(net, "features.1", "GradCAM-IxG", smooth_mm=-1)

@@ -76,11 +76,11 @@ def test_gpu_out_of_memory_falls_back_to_cpu_and_says_so(oblique_case, placehold
     real_run = Scorer.run
     calls = []
 
-    def run(self, base, shifted, device):
+    def run(self, base, shifted, device, spacing_zyx=1.0):
         calls.append(device.type)
         if device.type == "cuda":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_run(self, base, shifted, device)
+        return real_run(self, base, shifted, device, spacing_zyx)
 
     monkeypatch.setattr(Scorer, "run", run)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
