@@ -96,7 +96,7 @@ def bench_case(label, ct_path, seed, box, scorer, runs, tmp):
         model(x)
         res["forward_s"], _ = median_time(lambda: model(x), runs)
     cam = scorer._cam(torch.device("cpu"))
-    res["forward_cam_s"], (logits, cmap) = median_time(lambda: cam.logits_and_map(x, 1), runs)
+    res["forward_cam_s"], (logits, cmap) = median_time(lambda: cam.logits_and_map(x, 1, grid.spacing[::-1]), runs)
     shifted = [crop_for_model(ct, box.shifted(o), pre)[0] for o in shift_offsets(box, scorer.bundle.tmbrb["tta"], 8)]
     xs = torch.from_numpy(np.stack(shifted))[:, None]
     with torch.no_grad():

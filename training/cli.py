@@ -176,7 +176,7 @@ def main(argv=None) -> int:
             _threads(a.threads)
             m = evaluate(a.bundle, a.manifest, a.out, a.split, a.shifts, a.device, a.limit, not a.no_progress)
             print(json.dumps({k: m.get(k) for k in ("split", "n", "auc", "spearman_score_tmb", "cam_share_signal",
-                                                    "notice")}, default=str))
+                                                    "cam_share_signal_high_tmb", "notice")}, default=str))
         elif a.cmd == "bench":
             from .bench import bench
             _threads(a.threads)
@@ -199,7 +199,9 @@ def _test_metrics(m):
     if not m:
         return None
     keep = {k: m[k] for k in ("split", "n", "auc", "auc_tta_mean", "spearman_score_tmb", "cam_share_signal",
-                              "attention_tumour", "attention_ring", "mean_tta_std", "manifest_sha256", "n_shifts")
+                              "cam_share_signal_high_tmb", "attention_tumour", "attention_ring",
+                              "attention_tumour_high_tmb", "attention_ring_high_tmb", "mean_tta_std",
+                              "manifest_sha256", "n_shifts")
             if k in m}
     return {f"{m.get('split', 'test')}": keep}
 

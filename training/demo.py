@@ -51,6 +51,7 @@ def run_demo(a, command: str) -> dict:
     b = export_bundle(work / "run", a.bundle, metrics=metrics, **kw)
     report = {"bundle": b.info(), "val_auc": summary["best_val_auc"], "test": m.get("auc"),
               "spearman": m.get("spearman_score_tmb"), "cam_share_signal": m.get("cam_share_signal"),
+              "cam_share_signal_high_tmb": m.get("cam_share_signal_high_tmb"),
               "timing_s": metrics["timing_s"]}
     (work / "demo_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     _log(json.dumps(report, default=str))

@@ -75,12 +75,15 @@ def summarise(rows: List[Dict]) -> Dict:
     tmb = [r["tmb"] for r in rows if r["tmb"] not in (None, "")]
     if len(tmb) == len(rows):
         m["spearman_score_tmb"] = spearman([r["score"] for r in rows], tmb)
-    for key in ("attention_tumour", "attention_ring", "cam_share_signal"):
-        v = np.array([r[key] for r in rows if r.get(key) not in (None, "")], float)
-        v = v[np.isfinite(v)]
-        if len(v):
-            m[key] = {"mean": float(v.mean()), "median": float(np.median(v)),
-                      "share_of_cases_ge_0.6": float(np.mean(v >= 0.6)), "n": int(len(v))}
+    # the map is for the High-TMB class: on High-TMB cases it shows the evidence the model found; on Low-TMB cases
+    # there is little to find, so the shares are also given for the High-TMB cases alone
+    for suffix, subset in (("", rows), ("_high_tmb", [r for r in rows if r["label"] == 1])):
+        for key in ("attention_tumour", "attention_ring", "cam_share_signal"):
+            v = np.array([r[key] for r in subset if r.get(key) not in (None, "")], float)
+            v = v[np.isfinite(v)]
+            if len(v):
+                m[key + suffix] = {"mean": float(v.mean()), "median": float(np.median(v)),
+                                   "share_of_cases_ge_0.6": float(np.mean(v >= 0.6)), "n": int(len(v))}
     return m
 
 

@@ -133,6 +133,10 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
     assert all("synthetic phantoms" in r["model_notice"] for r in rows)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 2 and "synthetic phantoms" in m["notice"] and m["auc"]["auc"] in (0.0, 1.0)
+    # CAM shares are also summarised over the High-TMB cases alone (the map is the High-TMB class's)
+    high = [float(r["cam_share_signal"]) for r in rows if r["label"] == "1"]
+    assert m["cam_share_signal_high_tmb"]["n"] == len(high) == 1
+    assert abs(m["cam_share_signal_high_tmb"]["mean"] - high[0]) < 1e-9
 
 
 @pytest.mark.parametrize("extra, message", [
