@@ -328,7 +328,11 @@ def test_write_cohort_split_manifest_and_resume(tmp_path, monkeypatch):
     df = ph.read_manifest(path)
     sizes = ph.split_sizes(scale=0.03)
     assert list(df.columns) == ph.MANIFEST_COLUMNS
-    assert df.split.value_counts().to_dict() == sizes and len(df) == sum(sizes.values())
+    assert len(df) == sum(sizes.values()) and set(df.split) == set(sizes)
+    counts = df.split.value_counts().to_dict()
+    assert all(abs(counts[k] - sizes[k]) <= 2 for k in sizes), (counts, sizes)
+    # case i has seed 100000 * cohort seed + i (no retry was needed here)
+    assert df.case_seed.tolist() == [200000 + i for i in range(len(df))]
     assert df.case_id.is_unique
     assert ((df.tmb >= 10).astype(int) == df.label).all()
     for c in ("ct", "mask", "signal_mask", "meta"):
@@ -362,10 +366,31 @@ def test_full_paper_split_sizes():
     assert ph.split_sizes() == {"train": 236, "validation": 26, "test": 65}
     assert ph.split_sizes(scale=0.5) == {"train": 118, "validation": 13, "test": 32}
     labels = np.array([i % 4 == 0 for i in range(327)])
-    split = phw._stratified_split(labels, ph.split_sizes(), np.random.default_rng(0))
+    split = phw.stratified_split(labels, (236, 26, 65), seed=0)
     for name, n in ph.split_sizes().items():
         sel = split == name
-        assert sel.sum() == n and abs(labels[sel].mean() - 0.25) < 0.06
+        assert abs(sel.sum() - n) <= 2 and abs(labels[sel].mean() - 0.25) < 0.06
+
+
+def test_splits_are_stratified_and_seeded():
+    labels = [0] * 70 + [1] * 30
+    s = phw.stratified_split(labels, (0.7, 0.1, 0.2), seed=1)
+    assert s.tolist() == phw.stratified_split(labels, (0.7, 0.1, 0.2), seed=1).tolist()
+    assert s.tolist() != phw.stratified_split(labels, (0.7, 0.1, 0.2), seed=2).tolist()
+    for split, n_high, n in (("train", 21, 70), ("validation", 3, 10), ("test", 6, 20)):
+        assert sum(1 for x in s if x == split) == n
+        assert sum(1 for x, y in zip(s, labels) if x == split and y == 1) == n_high
+
+
+def test_cohort_in_two_processes_equals_one(tmp_path):
+    one = ph.write_cohort(tmp_path / "one", n=6, fractions=(4, 1, 1), seed=5, progress=False, spacing=(1.0, 1.0, 2.5))
+    two = ph.write_cohort(tmp_path / "two", n=6, fractions=(4, 1, 1), seed=5, workers=2, progress=False,
+                          spacing=(1.0, 1.0, 2.5))
+    assert one.read_text() == two.read_text()
+    for i in (0, 5):
+        a = sitk.ReadImage(str(tmp_path / "one" / "cases" / f"case_{i:04d}" / "ct.nrrd"))
+        b = sitk.ReadImage(str(tmp_path / "two" / "cases" / f"case_{i:04d}" / "ct.nrrd"))
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -408,6 +433,12 @@ def test_bad_writer_arguments_are_rejected_clearly(tmp_path):
         ph.write_case("ct.nrrd", tmp_path)
     with pytest.raises(ValueError, match="tmb"):
         ph.write_cohort(tmp_path, scale=0.01, tmb=5.0, progress=False)
+    with pytest.raises(ValueError, match="n >= 4"):
+        ph.write_cohort(tmp_path, n=2, progress=False)
+    with pytest.raises(ValueError, match="fractions"):
+        ph.write_cohort(tmp_path, n=10, fractions=(0.7, -0.1, 0.4), progress=False)
+    with pytest.raises(ValueError, match="workers"):
+        ph.write_cohort(tmp_path, n=10, workers=0, progress=False)
     with pytest.raises(ValueError, match="n_train"):
         ph.split_sizes(n_train=0)
     with pytest.raises(ValueError, match="scale"):

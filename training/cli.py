@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("demo", help="re-create the demo model from scratch: phantoms -> train -> export -> evaluate")
     p.add_argument("--work", default="runs/demo", help="folder for the cohort, run and evaluation")
@@ -183,8 +184,8 @@ def main(argv=None) -> int:
             print(json.dumps(bench(a.manifest, a.out, a.n, a.batch_size, _json_arg(a.preprocessing, "preprocessing"),
                                    _json_arg(a.architecture, "architecture"))))
         elif a.cmd == "phantoms":
-            from .phantoms import write_phantom_cohort
-            print(write_phantom_cohort(a.out, a.n, a.signal, a.strength, a.seed, _fractions(a.split), a.workers))
+            print(write_phantoms(a.out, a.n, _fractions(a.split), a.signal, a.strength, a.seed, a.workers,
+                                 not a.no_progress))
         elif a.cmd == "demo":
             from .demo import run_demo
             run_demo(a, command)
@@ -192,6 +193,19 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def write_phantoms(out, n, fractions, signal="peritumoral", strength=None, seed=0, workers=1, progress=True,
+                   **phantom_kwargs):
+    """A phantom cohort through the core library's writer (TMBRBLib.phantom.write_cohort); its manifest path."""
+    from TMBRBLib.phantom import DEFAULT_STRENGTH, write_cohort
+    try:
+        return write_cohort(out, n=n, fractions=fractions, signal=signal,
+                            strength=DEFAULT_STRENGTH if strength is None else strength, seed=seed, workers=workers,
+                            progress=progress, **phantom_kwargs)
+    except ValueError as e:
+        raise TMBRBInputError(f"Cannot write the phantom cohort: {e}.",
+                              "Check --n (4 or more), --split, --strength, --workers and the signal settings.") from None
 
 
 def _test_metrics(m):

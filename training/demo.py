@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import config_from_args
+from .cli import config_from_args, write_phantoms
 from .export import DEMO_NOTICE, export_bundle
-from .phantoms import MANIFEST_NAME, write_phantom_cohort
 
 DEMO_DEFAULTS = dict(epochs=40, patience=12, min_epochs=15, batch_size=8, lr=3e-4, threads=2, strength=2.0, n=280,
                      preprocessing='{"shape": [64, 64, 64]}', margin_vox=4, workers=2, haze_hu=300.0, shell_mm=8.0)
@@ -23,11 +22,11 @@ def _log(msg: str):
 def run_demo(a, command: str) -> dict:
     t0 = time.perf_counter()
     work = Path(a.work)
-    manifest = work / "cohort" / MANIFEST_NAME
-    _log(f"phantoms: {a.n} cases ({a.signal}, strength {a.strength}) in {manifest.parent} (finished cases are reused)")
+    cohort = work / "cohort"
+    _log(f"phantoms: {a.n} cases ({a.signal}, strength {a.strength}) in {cohort} (finished cases are reused)")
     phantom_kw = {k: getattr(a, k) for k in ("haze_hu", "shell_mm", "core_shift_hu") if getattr(a, k, None) is not None}
-    write_phantom_cohort(manifest.parent, a.n, a.signal, a.strength, a.cohort_seed, (0.7, 0.1, 0.2), a.workers,
-                         **phantom_kw)
+    manifest = write_phantoms(cohort, a.n, (0.7, 0.1, 0.2), a.signal, a.strength, a.cohort_seed, a.workers,
+                              not a.no_progress, **phantom_kw)
     t_cohort = time.perf_counter() - t0
     from .trainer import train
     cfg = config_from_args(a, str(manifest), str(work / "run"), command)

@@ -37,6 +37,14 @@ def cam_share(cam: sitk.Image, mask: np.ndarray) -> float:
     return float(c[mask].sum() / tot) if tot > 0 else float("nan")
 
 
+def _signal_share(cam: sitk.Image, signal_path, ct: sitk.Image) -> Optional[float]:
+    """CAM share in the case's signal region; None without one (no path, or an empty mask: a 'none' phantom)."""
+    if signal_path is None:
+        return None
+    mask = _mask(signal_path, ct)
+    return cam_share(cam, mask) if mask.any() else None
+
+
 def auc_with_ci(labels, scores) -> Dict:
     """AUC with its 95% DeLong CI (TMBRB's statistics toolkit, as pROC), higher score = High-TMB."""
     y = np.asarray(labels, int)
@@ -116,7 +124,7 @@ def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[
                "tta_mean": res.tta_mean, "tta_std": res.tta_std, "tta_n": len(res.tta_scores),
                "attention_tumour": res.attention.get("tumour"), "attention_ring": res.attention.get("ring"),
                "attention_elsewhere": res.attention.get("elsewhere"),
-               "cam_share_signal": cam_share(res.cam, _mask(c.signal, ct)) if c.signal is not None else None,
+               "cam_share_signal": _signal_share(res.cam, c.signal, ct),
                "model_id": b.tmbrb.get("model_id"), "model_notice": b.notice}
         rows.append(row)
         bar and bar.update(1)

@@ -96,13 +96,3 @@ def test_reads_the_phantom_generators_column_names(tmp_path, ct_file):
     assert (c.case_id, c.split, c.label, c.seed_lps) == ("case_0001", "val", 1, (1.0, 2.0, 3.0))
     assert c.box.max == (4.0, 5.0, 6.0)
     assert c.tumour.name == "t.nrrd" and c.signal.name == "s.nrrd"  # 'signal' names the kind, not a file
-
-
-def test_phantom_splits_are_stratified_and_seeded():
-    from training.phantoms import assign_splits
-    labels = [0] * 70 + [1] * 30
-    s = assign_splits(labels, (0.7, 0.1, 0.2), seed=1)
-    assert s == assign_splits(labels, (0.7, 0.1, 0.2), seed=1) != assign_splits(labels, (0.7, 0.1, 0.2), seed=2)
-    for split, n_high, n in (("train", 21, 70), ("val", 3, 10), ("test", 6, 20)):
-        assert sum(1 for x in s if x == split) == n
-        assert sum(1 for x, y in zip(s, labels) if x == split and y == 1) == n_high

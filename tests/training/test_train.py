@@ -165,3 +165,19 @@ def test_bench_reports_both_paths(tiny_manifest, tmp_path):
     for k in ("no_cache", "cache"):
         assert r[k]["data_samples_per_s"] > 0 and r[k]["train_samples_per_s"] > 0
     assert json.loads((tmp_path / "bench.json").read_text()) == r
+
+
+def test_phantoms_command_writes_a_cohort_that_training_reads(tmp_path, capsys):
+    """`python -m training phantoms` goes through the core library's cohort writer; its manifest reads as is."""
+    from training.manifest import read_manifest
+    assert main(["phantoms", "--out", str(tmp_path / "c"), "--n", "6", "--split", "4,1,1", "--seed", "3",
+                 "--no-progress"]) == 0
+    manifest = Path(capsys.readouterr().out.strip())
+    cases = read_manifest(manifest)
+    assert len(cases) == 6 and {c.split for c in cases} <= {"train", "val", "test"}
+    assert all(c.tumour.is_file() and c.signal.is_file() and c.tmb is not None for c in cases)
+    # bad sizes and fractions: exit code 2 and a message naming the problem
+    assert main(["phantoms", "--out", str(tmp_path / "d"), "--n", "2", "--no-progress"]) == 2
+    assert "n >= 4" in capsys.readouterr().err
+    assert main(["phantoms", "--out", str(tmp_path / "d"), "--n", "8", "--split", "1,-1,1", "--no-progress"]) == 2
+    assert "non-negative fractions" in capsys.readouterr().err

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from .generate import PhantomCase, _check_seed, _rng, make_phantom
-from .signal import DEFAULT_STRENGTH, HIGH_TMB_CUTOFF, check_signal, check_strength, draw_tmb
+from .generate import PhantomCase, _check_seed, make_phantom
+from .signal import DEFAULT_STRENGTH, HIGH_TMB_CUTOFF, check_signal, check_strength
 
 PAPER_SPLIT = {"train": 236, "validation": 26, "test": 65}
 FILES = {"ct": "ct.nrrd", "mask": "tumour.nrrd", "signal_mask": "signal.nrrd", "meta": "case.json"}
@@ -32,7 +32,7 @@ MANIFEST_COLUMNS = [
     "spacing_x", "spacing_y", "spacing_z", "size_x", "size_y", "size_z", "direction_kind", "noise_hu",
 ]
 _PATH_COLUMNS = ("ct", "mask", "signal_mask", "meta")
-COHORT_VERSION = 1
+COHORT_VERSION = 2
 
 
 def _json_default(o):
@@ -119,38 +119,65 @@ def split_sizes(n_train: int = 236, n_val: int = 26, n_test: int = 65, scale: fl
             (("train", n_train), ("validation", n_val), ("test", n_test))}
 
 
+RETRY_STRIDE = 7919  # a case whose tumour cannot be placed in its drawn anatomy takes seed + 7919 * attempt
+MAX_ATTEMPTS = 20
+
+
 def case_seed(cohort_seed: int, index: int) -> int:
-    """The make_phantom seed of case ``index`` of a cohort."""
-    return int(np.random.SeedSequence([int(cohort_seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
+    """The make_phantom seed of case ``index`` of a cohort (before any retry; the manifest records the one used)."""
+    return 100000 * int(cohort_seed) + int(index)
 
 
-def _stratified_split(labels: np.ndarray, sizes: Dict[str, int], rng) -> np.ndarray:
-    """Random split keeping the High-TMB share of each split close to the cohort's."""
-    n = len(labels)
-    pos = rng.permutation(np.flatnonzero(labels))
-    neg = rng.permutation(np.flatnonzero(~labels))
-    frac = len(pos) / n
-    out = np.empty(n, dtype=object)
-    order = ("test", "validation", "train")
-    pi = ni = 0
-    for k, name in enumerate(order):
-        m = sizes[name]
-        if k == len(order) - 1:
-            take_p = len(pos) - pi
-        else:
-            take_p = int(min(round(m * frac), len(pos) - pi, m))
-            take_p = max(take_p, m - (len(neg) - ni))
-        take_n = m - take_p
-        out[pos[pi:pi + take_p]] = name
-        out[neg[ni:ni + take_n]] = name
-        pi += take_p
-        ni += take_n
+def stratified_split(labels, fractions, seed: int) -> np.ndarray:
+    """Random train/validation/test split, stratified by label: each class is split by ``fractions`` (floor, the
+    remainder to train; at least one case of the class in validation and in test while train keeps one), so every
+    split keeps the cohort's High-TMB share. Deterministic in ``seed``."""
+    f = np.asarray(fractions, float)
+    if f.shape != (3,) or not np.all(np.isfinite(f)) or np.any(f < 0) or f.sum() <= 0:
+        raise ValueError(f"fractions must be three numbers >= 0 (train, validation, test), got {fractions!r}")
+    f = f / f.sum()
+    labels = np.asarray(labels, int)
+    out = np.empty(len(labels), dtype=object)
+    rng = np.random.default_rng([int(seed), 99])
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        counts = np.floor(f * len(idx)).astype(int)
+        counts[0] += len(idx) - counts.sum()
+        for k in (1, 2):  # a small cohort still gets each class into validation and test, taken from train
+            if f[k] > 0 and counts[k] == 0 and counts[0] > 1:
+                counts[k], counts[0] = 1, counts[0] - 1
+        out[idx] = ["train"] * counts[0] + ["validation"] * counts[1] + ["test"] * counts[2]
     return out
+
+
+def _round_row(row: Dict) -> Dict:
+    """Seed, box and centre in the manifest to 0.1 micrometre (the CSV stays readable; case.json keeps all digits)."""
+    return {k: (round(float(v), 4) if k.startswith(("seed_lps_", "box_", "com_lps_")) else v) for k, v in row.items()}
+
+
+def _make_and_write(job) -> Dict:
+    """Generate (or read back) one case of a cohort. Module-level so that a process pool can run it."""
+    out, cid, seed0, signal, strength, kwargs = job
+    out = pathlib.Path(out)
+    cdir = out / "cases" / cid
+    if all((cdir / f).exists() for f in FILES.values()):  # resumable: a finished case is read back
+        return json.loads((cdir / FILES["meta"]).read_text(encoding="utf-8"))["manifest_row"]
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            case = make_phantom(seed0 + RETRY_STRIDE * attempt, case_id=cid, signal=signal, strength=strength,
+                                **kwargs)
+            break
+        except RuntimeError:  # the drawn tumour does not fit the drawn lungs: the next seed (recorded as case_seed)
+            if attempt == MAX_ATTEMPTS - 1:
+                raise
+    return write_case(case, cdir, relative_to=out)
 
 
 def write_cohort(
     out_dir,
     *,
+    n: Optional[int] = None,
+    fractions: Optional[Sequence[float]] = None,
     n_train: int = 236,
     n_val: int = 26,
     n_test: int = 65,
@@ -158,15 +185,22 @@ def write_cohort(
     signal: str = "peritumoral",
     strength: float = DEFAULT_STRENGTH,
     seed: int = 0,
+    workers: int = 1,
     progress: bool = True,
     **phantom_kwargs,
 ) -> pathlib.Path:
-    """Generate a cohort split like the paper and write ``manifest.csv``; returns its path.
+    """Generate a cohort and write ``manifest.csv`` (readable by ``python -m training``); returns its path.
 
-    Resumable: cases whose files are all present are read back, not regenerated. Extra keyword arguments
-    go to :func:`make_phantom` (e.g. ``direction='random'``); ``tmb`` cannot be given (each case draws its own).
+    Size and split: ``n`` cases split by ``fractions`` (train, validation, test; default the paper's 236:26:65), or,
+    without ``n``, the paper's split sizes ``n_train/n_val/n_test`` times ``scale``. The split is stratified by label
+    (each class split by the fractions, remainder to train), so the sizes can differ from the requested ones by a
+    case or two. Case i uses phantom seed ``100000 * seed + i`` (the next seed in steps of 7919 if its tumour cannot be
+    placed). ``workers`` > 1 generates in that many processes; the result is the same.
+
+    Resumable: cases whose files are all present are read back, not regenerated; a folder holding a cohort made with
+    other settings is refused. Extra keyword arguments go to :func:`make_phantom` (e.g. ``direction='random'``,
+    ``haze_hu``); ``tmb`` cannot be given (each case draws its own).
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
     seed = _check_seed(seed)
@@ -174,12 +208,21 @@ def write_cohort(
     strength = check_strength(strength)
     if "tmb" in phantom_kwargs:
         raise ValueError("write_cohort draws each case's TMB; do not pass tmb (use make_phantom for a fixed TMB)")
-    sizes = split_sizes(n_train, n_val, n_test, scale)
+    if n is None:
+        sizes = split_sizes(n_train, n_val, n_test, scale)
+        n = sum(sizes.values())
+        fractions = fractions or (sizes["train"], sizes["validation"], sizes["test"])
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
+        raise ValueError(f"a cohort needs n >= 4 cases (whole number), got {n!r}")
+    fractions = tuple(float(v) for v in (fractions or (n_train, n_val, n_test)))
+    stratified_split([0, 1], fractions, 0)  # checks the fractions before any work
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
-        "version": COHORT_VERSION, "seed": seed, "signal": signal, "strength": strength, "sizes": sizes,
-        "phantom_kwargs": phantom_kwargs,
+        "version": COHORT_VERSION, "seed": seed, "n": int(n), "fractions": list(fractions), "signal": signal,
+        "strength": strength, "phantom_kwargs": phantom_kwargs,
     }
     settings_path = out / "cohort.json"
     if settings_path.exists():
@@ -192,22 +235,25 @@ def write_cohort(
     else:
         _write_text_atomic(json.dumps(settings, indent=1, default=_json_default), settings_path)
 
-    n = sum(sizes.values())
-    seeds = [case_seed(seed, i) for i in range(n)]
-    labels = np.array([draw_tmb(_rng(s, "tmb")) >= HIGH_TMB_CUTOFF for s in seeds])
-    splits = _stratified_split(labels, sizes, np.random.default_rng(np.random.SeedSequence([seed, 0x5B117])))
-    rows = []
-    for i in tqdm(range(n), desc="phantom cohort", unit="case", disable=not progress):
-        cid = f"case_{i:04d}"
-        cdir = out / "cases" / cid
-        if all((cdir / f).exists() for f in FILES.values()):
-            row = json.loads((cdir / FILES["meta"]).read_text(encoding="utf-8"))["manifest_row"]
-        else:
-            case = make_phantom(seeds[i], case_id=cid, signal=signal, strength=strength, **phantom_kwargs)
-            row = write_case(case, cdir, relative_to=out)
-        row["split"] = splits[i]
-        rows.append(row)
-    df = pd.DataFrame(rows)[MANIFEST_COLUMNS]
+    jobs = [(str(out), f"case_{i:04d}", case_seed(seed, i), signal, strength, phantom_kwargs) for i in range(n)]
+    bar = tqdm(total=n, desc="phantom cohort", unit="case", disable=not progress)
+    if workers > 1:
+        import multiprocessing as mp
+        rows = []
+        with mp.get_context("spawn").Pool(int(workers)) as pool:
+            for row in pool.imap(_make_and_write, jobs, chunksize=2):
+                rows.append(row)
+                bar.update(1)
+    else:
+        rows = []
+        for job in jobs:
+            rows.append(_make_and_write(job))
+            bar.update(1)
+    bar.close()
+    for row, split in zip(rows, stratified_split([int(r["label"]) for r in rows], fractions, seed)):
+        row["split"] = split
+    import pandas as pd
+    df = pd.DataFrame([_round_row(r) for r in rows])[MANIFEST_COLUMNS]
     path = out / "manifest.csv"
     _write_text_atomic(df.to_csv(index=False), path)
     return path
