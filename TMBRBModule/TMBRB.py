@@ -227,7 +227,7 @@ class TMBRB(ScriptedLoadableModule):
             "<p><b>Research use only - not a medical device; do not use it to guide patient care.</b></p>"
             "<p>TMBRB estimates a CT radiomic biomarker of tumour mutational burden (the probability of High-TMB, "
             "&ge; 10 mut/Mb) for a lung tumour, with overall- and progression-free-survival risk groups (also combined "
-            "with the ECOG performance status) and the model's attention map (Grad-CAM).</p>"
+            "with the ECOG performance status) and the model's class activation map (Grad-CAM based; the model bundle names the method).</p>"
             "<ol><li>Select the CT.</li><li>Place the seed: one click in the centre of the tumour. A box is proposed "
             "around the tumour; drag it if needed.</li><li>Optionally pick a tumour segmentation and the ECOG "
             "status.</li><li>Apply.</li></ol>"

@@ -250,7 +250,7 @@ class TMBRBViewer:
             html.Div("OS: {{ r_os }}", id="tmbrb-os", classes="text-body-2")
             html.Div("PFS: {{ r_pfs }}", id="tmbrb-pfs", classes="text-body-2")
             html.Div("{{ r_ecog }}", id="tmbrb-ecog-combined", classes="text-body-2")
-            html.Div("Attention (Grad-CAM): {{ r_att }}", id="tmbrb-attention", classes="text-body-2")
+            html.Div("Attention (class activation map): {{ r_att }}", id="tmbrb-attention", classes="text-body-2")
             html.Div("Model: {{ r_model }}", id="tmbrb-model", classes="text-body-2")
             html.Div("{{ w }}", v_for="w in r_warnings", classes="text-caption text-warning")
             html.Div("CAM overlay opacity", classes="text-caption mt-2")
