@@ -41,8 +41,10 @@ def _signal_share(cam: sitk.Image, signal_path, ct: sitk.Image) -> Optional[floa
     """CAM share in the case's signal region; None without one (no path, or an empty mask: a 'none' phantom)."""
     if signal_path is None:
         return None
-    mask = _mask(signal_path, ct)
-    return cam_share(cam, mask) if mask.any() else None
+    img, _ = read_image(signal_path, "signal mask")
+    if not sitk.GetArrayViewFromImage(img).any():
+        return None
+    return cam_share(cam, sitk.GetArrayViewFromImage(mask_on_ct_grid(img, ct)) > 0)
 
 
 def auc_with_ci(labels, scores) -> Dict:

@@ -181,3 +181,15 @@ def test_phantoms_command_writes_a_cohort_that_training_reads(tmp_path, capsys):
     assert "n >= 4" in capsys.readouterr().err
     assert main(["phantoms", "--out", str(tmp_path / "d"), "--n", "8", "--split", "1,-1,1", "--no-progress"]) == 2
     assert "non-negative fractions" in capsys.readouterr().err
+
+
+def test_evaluate_on_a_none_phantom_cohort_has_no_signal_share(tmp_path, placeholder_bundle):
+    """A 'none' phantom has an empty signal mask: evaluate must say n/a, not fail and not report 0."""
+    from TMBRBLib.phantom import write_cohort
+    from training.evaluate import evaluate
+    manifest = write_cohort(tmp_path / "c", n=4, fractions=(0, 0, 1), signal="none", seed=4, progress=False,
+                            spacing=(1.0, 1.0, 2.5))
+    m = evaluate(placeholder_bundle.path, manifest, tmp_path / "e", "test", n_shifts=0, limit=1, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "e" / "predictions.csv")))
+    assert len(rows) == 1 and rows[0]["cam_share_signal"] == "" and "cam_share_signal" not in m
+    assert 0 <= float(rows[0]["score"]) <= 1
