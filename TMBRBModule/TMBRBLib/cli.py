@@ -105,7 +105,7 @@ def _print_result(result, written) -> None:
             e = r["ecog_combined"][ep]
             print(f"{ep.upper()} with ECOG {r['ecog']}: relative hazard {e['relative_hazard']:.2f} vs {e['reference']}")
     a = result.attention
-    print(f"Attention (Grad-CAM mass): tumour {100 * a['tumour']:.0f}%, ring {100 * a['ring']:.0f}%, "
+    print(f"Attention (class activation map mass): tumour {100 * a['tumour']:.0f}%, ring {100 * a['ring']:.0f}%, "
           f"elsewhere {100 * a['elsewhere']:.0f}%")
     print(f"Box {'proposed from the seed' if result.box_proposed else 'given'}: RAS {result.box.to_dict()['ras_min']} "
           f"-> {result.box.to_dict()['ras_max']} mm")

@@ -519,7 +519,7 @@ def show_cam(cam_node, opacity: float = 0.5, threshold: float = 0.1, background_
     display.SetInterpolate(True)
     set_cam_opacity(scene, cam_node, opacity, background_node=background_node)
     if legend:
-        add_color_legend(cam_node, title="TMBRB attention (Grad-CAM)")
+        add_color_legend(cam_node, title="TMBRB attention (class activation map)")
     return display
 
 

@@ -103,7 +103,7 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
         ax.tick_params(labelsize=7)
         return im
 
-    cam_label = f"{result.model.get('cam', {}).get('method', 'GradCAM')} (High-TMB)"
+    cam_label = f"CAM for High-TMB ({result.model.get('cam', {}).get('method', 'GradCAM')})"
     written: Dict[str, Path] = {}
     for view in VIEWS:
         fig, ax = plt.subplots(figsize=(5.2, 5.6), dpi=110)
