@@ -26,11 +26,6 @@ PRED_COLUMNS = ["case", "split", "tmb", "label", "score", "tta_mean", "tta_std",
                 "attention_ring", "attention_elsewhere", "cam_share_signal", "model_id", "model_notice"]
 
 
-def _mask(path, ct: sitk.Image) -> np.ndarray:
-    img, _ = read_image(path, "mask")
-    return sitk.GetArrayViewFromImage(mask_on_ct_grid(img, ct)) > 0
-
-
 def cam_share(cam: sitk.Image, mask: np.ndarray) -> float:
     c = sitk.GetArrayViewFromImage(cam).astype(np.float64)
     tot = c.sum()

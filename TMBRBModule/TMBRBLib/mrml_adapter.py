@@ -369,8 +369,6 @@ def choose_tumour_segment(segmentation_node) -> Tuple[str, Optional[str]]:
 def segmentation_to_mask(segmentation_node, reference_volume_node, segment_id: Optional[str] = None
                          ) -> Tuple[sitk.Image, List[str]]:
     """The tumour segment as a uint8 SimpleITK mask on the reference CT's grid (world LPS). Returns (mask, warnings)."""
-    import slicer
-    import vtk
 
     warnings: List[str] = []
     if segment_id is None:
@@ -435,8 +433,6 @@ def regions_segmentation(scene, reference_volume_node, tumour_kji: np.ndarray, r
 
 def segment_array(segmentation_node, segment_name: str, reference_volume_node) -> np.ndarray:
     """A named segment as a [k, j, i] 0/1 array on the reference volume's grid."""
-    import slicer
-    import vtk
 
     sid = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name)
     if not sid:
