@@ -92,27 +92,17 @@ def cmd_score(args) -> int:
 
 
 def _print_result(result, written) -> None:
+    """The result's lines (TMBRBLib.present), then where the files are."""
+    from .present import result_lines
+
     m = result.model
     if m.get("placeholder") or m.get("demo"):
         print("!" * 78 + f"\n!! {m['notice']}\n" + "!" * 78)
-    print(f"TMBRB score (P High-TMB): {result.score:.3f}   TTA mean {result.tta_mean:.3f} ± {result.tta_std:.3f} "
-          f"over {len(result.tta_scores)} boxes")
-    r = result.risk
-    print(f"OS risk group:  {r['os']['group']:<5} ({r['os']['rule']})")
-    print(f"PFS risk group: {r['pfs']['group']:<5} ({r['pfs']['rule']})")
-    if r.get("ecog_combined"):
-        for ep in ("os", "pfs"):
-            e = r["ecog_combined"][ep]
-            print(f"{ep.upper()} with ECOG {r['ecog']}: relative hazard {e['relative_hazard']:.2f} vs {e['reference']}")
-    a = result.attention
-    print(f"Attention (class activation map mass): tumour {100 * a['tumour']:.0f}%, ring {100 * a['ring']:.0f}%, "
-          f"elsewhere {100 * a['elsewhere']:.0f}%")
-    print(f"Box {'proposed from the seed' if result.box_proposed else 'given'}: RAS {result.box.to_dict()['ras_min']} "
-          f"-> {result.box.to_dict()['ras_max']} mm")
-    print(f"Model: {m['name']} v{m['version']} sha256 {m['sha256'][:16]}...  device {result.device_used}  "
-          f"{result.timings.get('total', 0):.2f} s")
-    for w in result.warnings:
-        print(f"warning: {w}")
+    for line in result_lines(result.to_dict()):
+        if line.key == "warning":
+            print(f"warning: {line.value}")
+        elif line.key not in ("notice", "demo"):
+            print(line.text)
     out = Path(written["result"]).parent
     print(f"Outputs in {out}/: " + ", ".join(sorted(p.name for p in written.values())))
     if "summary" in written:

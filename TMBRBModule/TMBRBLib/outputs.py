@@ -62,19 +62,17 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
             ring=_sample(result.ring_region.region_image(), ref, sitk.sitkNearestNeighbor, 0),
             ref=ref, labels=labels)
 
-    model = result.model
-    banner = None
-    if model.get("placeholder"):
-        banner = "PLACEHOLDER MODEL (untrained) - SCORE MEANS NOTHING"
-    elif model.get("demo"):
-        banner = "DEMO MODEL (synthetic phantoms) - NOT FOR CLINICAL OR RESEARCH CONCLUSIONS"
-    text = (f"TMBRB {result.score:.3f}  (TTA {result.tta_mean:.3f} ± {result.tta_std:.3f}, n={len(result.tta_scores)})\n"
-            f"OS: {result.risk['os']['group']} risk   PFS: {result.risk['pfs']['group']} risk")
-    if result.risk.get("ecog_combined"):
-        ec = result.risk["ecog_combined"]
-        text += f"\nECOG {result.risk['ecog']}: rel. hazard OS {ec['os']['relative_hazard']:.2f}, PFS {ec['pfs']['relative_hazard']:.2f}"
-    text += f"\nmodel {model.get('name')} v{model.get('version')} ({str(model.get('sha256'))[:10]})"
+    from .present import by_key, select, result_lines
 
+    lines = result_lines(result.to_dict())
+    banner = None
+    if result.model.get("placeholder"):
+        banner = "PLACEHOLDER MODEL (untrained) - SCORE MEANS NOTHING"
+    elif result.model.get("demo"):
+        banner = "DEMO MODEL (synthetic phantoms) - NOT FOR CLINICAL OR RESEARCH CONCLUSIONS"
+    # on each view: what a reader needs at a glance, as every front end words it
+    text = "\n".join(_wrap(f"{line.label}: {line.value}", 62)
+                     for line in select(lines, ("score", "os", "pfs", "ecog", "os_ecog", "pfs_ecog", "model")))
     def draw(ax, view):
         p = panels[view]
         ext = [0, fov, fov, 0]
@@ -103,7 +101,8 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
         ax.tick_params(labelsize=7)
         return im
 
-    cam_label = f"CAM for High-TMB ({result.model.get('cam', {}).get('method', 'GradCAM')})"
+    cam_line = by_key(lines).get("cam")
+    cam_label = f"CAM for High-TMB ({cam_line.value if cam_line else 'GradCAM'})"
     written: Dict[str, Path] = {}
     for view in VIEWS:
         fig, ax = plt.subplots(figsize=(5.2, 5.6), dpi=110)
@@ -123,12 +122,8 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
         im = draw(ax, view)
     fig.colorbar(im, ax=axes[2], fraction=0.04, pad=0.02, label=cam_label)
     axes[3].axis("off")
-    a = result.attention
-    summary = text + (f"\n\nattention: tumour {100 * a['tumour']:.0f}%, ring ({a.get('ring_width_mm', 0):g} mm) "
-                      f"{100 * a['ring']:.0f}%, elsewhere {100 * a['elsewhere']:.0f}%"
-                      "\n\ngreen: tumour   cyan dashed: peritumoral ring\nyellow dotted: box   +: seed")
-    if result.warnings:
-        summary += "\n\nwarnings:\n" + "\n".join("- " + _wrap(w, 60) for w in result.warnings[:6])
+    summary = "\n".join(_wrap(line.text, 60) for line in lines if line.key not in ("notice", "model_sha256"))
+    summary += "\n\ngreen: tumour   cyan dashed: peritumoral ring\nyellow dotted: box   +: seed"
     axes[3].text(0, 1, summary, va="top", ha="left", fontsize=8, family="monospace", transform=axes[3].transAxes)
     fig.suptitle((banner + "   |   " if banner else "") + "TMBRB - research use only", color="#cc0000" if banner
                  else "black", fontsize=10, fontweight="bold")

@@ -31,7 +31,7 @@ def _meets(score: float, rule: Dict) -> bool:
 def endpoint_group(score: float, rule: Dict) -> Dict:
     meets = _meets(score, rule)
     group = rule["group_if_true"] if meets else rule["group_if_false"]
-    return {"group": group, "cutoff": float(rule["cutoff"]),
+    return {"group": group, "cutoff": float(rule["cutoff"]), "operator": rule["operator"],
             "rule": f"TMBRB {rule['operator']} {rule['cutoff']} -> {rule['group_if_true']} risk",
             "meets_rule": meets, "hr_of_rule": rule.get("hr")}
 

@@ -1,0 +1,225 @@
+"""One result, in words: the labelled lines every front end shows.
+
+The command line, the 3D Slicer results table and panel, the browser viewer's panel and the PNG overlays all show a
+result through :func:`result_lines`, so a score, a risk group or a hazard reads the same everywhere. The input is the
+result dict (``CaseResult.to_dict()``, or a ``result.json`` read back), never the engine's objects, so results saved by
+an earlier run present the same way.
+
+The risk lines state the condition that applies to this score ("TMBRB 0.30 < 0.61"), not the rule of the other group,
+and the ECOG line says in words whom the relative hazard compares this patient with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from . import RESEARCH_USE_NOTICE
+
+# how a cut-off rule reads when the score does not meet it
+_NEGATION = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
+_ENDPOINT = {"os": ("OS", "death"), "pfs": ("PFS", "progression or death")}
+ATTENTION_REGIONS = ("tumour", "ring", "elsewhere")
+
+
+@dataclass(frozen=True)
+class Line:
+    """One labelled line of a result.
+
+    key : a stable identifier that front ends select lines by ("score", "spread", "os", "pfs", "ecog", "os_ecog",
+        "pfs_ecog", "attention", "cam", "box", "model", "model_sha256", "demo", "device", "notice", "warning").
+    label : what the line is, for a person ("OS risk group").
+    value : the value in words, short enough for a table cell ("low risk: TMBRB 0.734 >= 0.61").
+    detail : what the value means or where it comes from (may be empty).
+    """
+
+    key: str
+    label: str
+    value: str
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        """``label: value (detail)``, the line as one sentence."""
+        return f"{self.label}: {self.value}" + (f" ({self.detail})" if self.detail else "")
+
+
+def _number(v, fmt: str = ".3f") -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else format(x, fmt)
+
+
+def _operator(rule: Dict) -> str:
+    op = rule.get("operator")
+    if op in _NEGATION:
+        return op
+    # results written before the operator was stored: "TMBRB >= 0.61 -> low risk"
+    parts = str(rule.get("rule", "")).split()
+    return parts[1] if len(parts) > 1 and parts[1] in _NEGATION else ">="
+
+
+def condition(score: float, rule: Dict) -> str:
+    """The cut-off condition that holds for this score, e.g. ``TMBRB 0.300 < 0.61``.
+
+    >>> condition(0.3, {"cutoff": 0.61, "operator": ">=", "meets_rule": False})
+    'TMBRB 0.300 < 0.61'
+    >>> condition(0.5, {"cutoff": 0.46, "operator": ">", "meets_rule": True})
+    'TMBRB 0.500 > 0.46'
+    """
+    op = _operator(rule)
+    meets = rule.get("meets_rule")
+    if meets is None:
+        meets = {">=": score >= rule["cutoff"], ">": score > rule["cutoff"], "<=": score <= rule["cutoff"],
+                 "<": score < rule["cutoff"]}[op]
+    return f"TMBRB {_number(score)} {op if meets else _NEGATION[op]} {float(rule['cutoff']):g}"
+
+
+def reference_condition(rule: Dict) -> str:
+    """The cut-off condition of the reference group of the ECOG-combined model: the rule NOT met (``TMBRB < 0.61``)."""
+    return f"TMBRB {_NEGATION[_operator(rule)]} {float(rule['cutoff']):g}"
+
+
+def risk_lines(result: Dict) -> List[Line]:
+    """The OS and PFS groups, the ECOG status and, with ECOG, the relative hazard of each endpoint in words."""
+    risk = result.get("risk") or {}
+    score = float(result["score"])
+    lines = []
+    for ep in ("os", "pfs"):
+        r = risk.get(ep)
+        if not r:
+            continue
+        name, _event = _ENDPOINT[ep]
+        hr = r.get("hr_of_rule")
+        op = _operator(r)
+        detail = (f"paper: hazard ratio {float(hr):.2f} for TMBRB {op} {float(r['cutoff']):g} vs "
+                  f"{_NEGATION[op]} {float(r['cutoff']):g}") if hr is not None else ""
+        lines.append(Line(ep, f"{name} risk group", f"{r['group']} risk: {condition(score, r)}", detail))
+    ecog = risk.get("ecog")
+    lines.append(Line("ecog", "ECOG", "not given" if ecog is None else str(ecog),
+                      "" if ecog is not None else "give it for the ECOG-combined hazard"))
+    for ep, c in (risk.get("ecog_combined") or {}).items():
+        if ep not in _ENDPOINT or ep not in risk or not isinstance(c, dict) or "relative_hazard" not in c:
+            continue
+        name, event = _ENDPOINT[ep]
+        value = (f"{float(c['relative_hazard']):.2f} x the hazard of {event} of a patient with "
+                 f"{reference_condition(risk[ep])} and ECOG 0")
+        tmbrb_factor = float(c["tmbrb_hr"]) if risk[ep].get("meets_rule") and "tmbrb_hr" in c else 1.0
+        detail = (f"this patient: {condition(score, risk[ep])} (x {tmbrb_factor:.2f}) and ECOG {ecog} "
+                  f"(x {_number(c.get('ecog_hr'), '.2f')}^{ecog}); hazard ratios of the paper's two-variable Cox model")
+        lines.append(Line(f"{ep}_ecog", f"{name} relative hazard", value, detail))
+    return lines
+
+
+def attention_text(attention: Dict) -> str:
+    """``tumour 45%, ring (10 mm) 30%, elsewhere 25%`` (n/a where the map is empty)."""
+    parts = []
+    for k in ATTENTION_REGIONS:
+        v = attention.get(k)
+        label = f"ring ({float(attention['ring_width_mm']):g} mm)" if k == "ring" and attention.get("ring_width_mm") \
+            else k
+        parts.append(f"{label} {_number(100 * float(v), '.0f')}%" if v is not None else f"{label} n/a")
+    return ", ".join(parts)
+
+
+def _triplet(v) -> str:
+    return "(" + ", ".join(f"{float(x):.1f}" for x in v) + ")" if v else "?"
+
+
+def model_lines(result: Dict) -> List[Line]:
+    """Which model produced the result, whether it is a demo, and its notice."""
+    model = result.get("model") or {}
+    demo = bool(model.get("demo") or model.get("placeholder"))
+    name = f"{model.get('name', '')} {model.get('version', '')}".strip() or "unknown"
+    return [Line("model", "Model", name, str(model.get("model_id") or "")),
+            Line("model_sha256", "Model sha256", str(model.get("sha256", ""))),
+            Line("demo", "Demo model", "yes" if demo else "no",
+                 "synthetic-phantom weights: the score means nothing for a patient" if demo else ""),
+            Line("notice", "Notice", str(model.get("notice") or result.get("notice") or RESEARCH_USE_NOTICE))]
+
+
+def result_lines(result: Dict, digits: int = 3) -> List[Line]:
+    """Every line of a result, in reading order.
+
+    Parameters
+    ----------
+    result : dict
+        A result as ``CaseResult.to_dict()`` gives it or ``result.json`` holds it.
+    digits : int
+        Decimals of the score and its spread (3 for reading; a table that people copy numbers from may want 4).
+
+    Returns
+    -------
+    list of Line
+        score, spread over the shifted boxes, OS and PFS groups, ECOG (and with it the relative hazard per
+        endpoint), attention shares, CAM method, box, model, model sha256, demo flag, device, notice, then one line
+        per warning.
+
+    Examples
+    --------
+    >>> result = {"score": 0.3, "tta": {"mean": 0.31, "std": 0.02, "n": 9},
+    ...           "risk": {"os": {"group": "high", "cutoff": 0.61, "operator": ">=", "meets_rule": False,
+    ...                           "hr_of_rule": 0.54},
+    ...                    "pfs": {"group": "low", "cutoff": 0.46, "operator": ">", "meets_rule": False,
+    ...                            "hr_of_rule": 1.78},
+    ...                    "ecog": 1,
+    ...                    "ecog_combined": {"os": {"relative_hazard": 2.33, "tmbrb_hr": 0.54, "ecog_hr": 2.33}}},
+    ...           "attention": {"tumour": 0.5, "ring": 0.3, "elsewhere": 0.2, "ring_width_mm": 10.0},
+    ...           "model": {"name": "demo", "version": "1", "demo": True}, "warnings": ["check the box"]}
+    >>> for line in result_lines(result)[:5]:
+    ...     print(line.text)
+    TMBRB score: 0.300 (probability of High-TMB, >= 10 mut/Mb)
+    Score spread: mean 0.310 +/- 0.020 over 9 boxes (the box and 8 shifted copies)
+    OS risk group: high risk: TMBRB 0.300 < 0.61 (paper: hazard ratio 0.54 for TMBRB >= 0.61 vs < 0.61)
+    PFS risk group: low risk: TMBRB 0.300 <= 0.46 (paper: hazard ratio 1.78 for TMBRB > 0.46 vs <= 0.46)
+    ECOG: 1
+    >>> print(result_lines(result)[5].value)
+    2.33 x the hazard of death of a patient with TMBRB < 0.61 and ECOG 0
+    >>> [line.value for line in result_lines(result) if line.key == "warning"]
+    ['check the box']
+    """
+    tta = result.get("tta") or {}
+    n = tta.get("n")
+    shifts = f" (the box and {int(n) - 1} shifted copies)" if isinstance(n, int) and n > 1 else ""
+    fmt = f".{int(digits)}f"
+    lines = [Line("score", "TMBRB score", _number(result["score"], fmt), "probability of High-TMB, >= 10 mut/Mb"),
+             Line("spread", "Score spread",
+                  f"mean {_number(tta.get('mean'), fmt)} +/- {_number(tta.get('std'), fmt)} over "
+                  f"{n if n is not None else '?'} boxes", shifts.strip(" ()"))]
+    lines += risk_lines(result)
+    lines.append(Line("attention", "Attention", attention_text(result.get("attention") or {}),
+                      "share of the class activation map's mass"))
+    cam = (result.get("model") or {}).get("cam") or {}
+    if cam:
+        lines.append(Line("cam", "Class activation map", str(cam.get("method", "")),
+                          f"for High-TMB at {cam['target_layer']}" if cam.get("target_layer") else "for High-TMB"))
+    box = result.get("box") or {}
+    if box:
+        lines.append(Line("box", "Box", ("proposed from the seed" if box.get("proposed") else "given")
+                          + f"; RAS {_triplet(box.get('ras_min'))} to {_triplet(box.get('ras_max'))} mm"))
+    lines += model_lines(result)[:3]
+    if result.get("device"):
+        lines.append(Line("device", "Device", str(result["device"])))
+    lines.append(model_lines(result)[3])
+    lines += [Line("warning", f"Warning {i}", str(w)) for i, w in enumerate(result.get("warnings") or [], 1)]
+    return lines
+
+
+def select(lines: Iterable[Line], keys: Sequence[str]) -> List[Line]:
+    """The lines with these keys, in the order of ``keys`` (a key may match several lines, e.g. "warning")."""
+    lines = list(lines)
+    return [line for k in keys for line in lines if line.key == k]
+
+
+def by_key(lines: Iterable[Line]) -> Dict[str, Line]:
+    """{key: line} for the keys that occur once (warnings are left out; take them with :func:`select`)."""
+    return {line.key: line for line in lines if line.key != "warning"}
+
+
+def as_text(lines: Iterable[Line], keys: Optional[Sequence[str]] = None) -> str:
+    """The lines (or those with ``keys``) as plain text, one per line."""
+    chosen = select(lines, keys) if keys is not None else list(lines)
+    return "\n".join(line.text for line in chosen)
