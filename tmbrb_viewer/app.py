@@ -1,8 +1,9 @@
-"""The browser viewer: a trame-slicer app driving the 3D Slicer module's Logic (TMBRB.TMBRBLogic) on an MRML scene.
+"""The browser viewer: a trame-slicer app driving the 3D Slicer module's Logic (TMBRBLib.slicer.logic) on an MRML scene.
 
-Everything the module computes is done by TMBRBLogic (input checks, box proposal, the engine in a background process,
-the output nodes: CAM volume with heat colours and volume rendering, tumour/ring segmentation, results table) and
-the MRML adapter (TMBRBLib.mrml_adapter); this file only builds the page and connects it to them.
+Everything the module computes is done by the scene logic (input checks, box proposal, the engine in a background
+process watched by the same JobWatcher as Slicer's panel, the output nodes: CAM volume with heat colours and volume
+rendering, tumour/ring segmentation, results table) and the MRML adapter (TMBRBLib.slicer.mrml); the result reads as
+everywhere else (TMBRBLib.present). This file only builds the page and connects it to them.
 
 Imports trame, trame-slicer and slicer-core; import it only to serve (tmbrb_viewer.cli does, lazily).
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -37,21 +37,9 @@ def configure_rendering() -> None:
         os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
 
 
-def import_module_logic():
-    """The 3D Slicer module file TMBRBModule/TMBRB.py (beside the TMBRBLib package), imported as `TMBRB`."""
-    import TMBRBLib
-
-    module_dir = Path(TMBRBLib.__file__).resolve().parents[1]
-    if str(module_dir) not in sys.path:
-        sys.path.insert(0, str(module_dir))
-    import TMBRB
-
-    return TMBRB
-
-
 def heat_legend_css(n: int = 11) -> str:
-    """CSS gradient with the CAM colour table's colours (mrml_adapter's heat map) for the page legend."""
-    from TMBRBLib import mrml_adapter as ma
+    """CSS gradient with the CAM colour table's colours (TMBRBLib.slicer.mrml's heat map) for the page legend."""
+    from TMBRBLib.slicer import mrml as ma
 
     stops = []
     for i in range(n):
@@ -62,36 +50,25 @@ def heat_legend_css(n: int = 11) -> str:
 
 
 def format_result(result: Dict) -> Dict:
-    """Strings for the side panel from a result dict (result.json)."""
-    risk = result.get("risk", {})
-    tta = result.get("tta", {})
-    model = result.get("model", {})
-    att = result.get("attention", {})
-    out = {
-        "r_score": f"{float(result['score']):.3f}",
-        "r_spread": (f"TTA mean {float(tta.get('mean', float('nan'))):.3f} \u00b1 {float(tta.get('std', float('nan'))):.3f} "
-                     f"over {tta.get('n', '?')} boxes"),
-        "r_os": f"{risk.get('os', {}).get('group', '?')} risk ({risk.get('os', {}).get('rule', '')})",
-        "r_pfs": f"{risk.get('pfs', {}).get('group', '?')} risk ({risk.get('pfs', {}).get('rule', '')})",
-        "r_att": ", ".join((f"{k} {100 * float(att[k]):.0f}%" if att.get(k) is not None else f"{k} n/a")
-                           for k in ("tumour", "ring", "elsewhere")),
-        "r_model": f"{model.get('name', '')} {model.get('version', '')}".strip(),
-        "r_demo": bool(model.get("demo") or model.get("placeholder")),
-        "r_notice": str(model.get("notice") or ""),
-        "r_warnings": list(result.get("warnings", [])),
+    """The side panel's state from a result dict (result.json): the lines of TMBRBLib.present."""
+    from TMBRBLib.present import by_key, result_lines, select
+
+    lines = result_lines(result)
+    line = by_key(lines)
+    combined = select(lines, ("os_ecog", "pfs_ecog"))
+    ecog = line["ecog"]
+    return {
+        "r_score": line["score"].value,
+        "r_spread": line["spread"].text,
+        "r_os": line["os"].text,
+        "r_pfs": line["pfs"].text,
+        "r_ecog": " ".join(f"{c.label}: {c.value} ({c.detail})." for c in combined) if combined else ecog.text,
+        "r_att": line["attention"].value,
+        "r_model": line["model"].value,
+        "r_demo": line["demo"].value == "yes",
+        "r_notice": line["notice"].value,
+        "r_warnings": [w.value for w in select(lines, ("warning",))],
     }
-    combined = risk.get("ecog_combined")
-    if combined:
-        parts = []
-        for ep in ("os", "pfs"):
-            c = combined.get(ep)
-            if isinstance(c, dict) and "relative_hazard" in c:
-                parts.append(f"{ep.upper()}: {c.get('group', '')}, relative hazard {float(c['relative_hazard']):.2f} "
-                             f"vs {c.get('reference', '')}")
-        out["r_ecog"] = f"ECOG {risk.get('ecog')}: " + "; ".join(parts)
-    else:
-        out["r_ecog"] = "ECOG not given"
-    return out
 
 
 class TMBRBViewer:
@@ -106,7 +83,8 @@ class TMBRBViewer:
         from trame_slicer.rca_view import register_rca_factories
         from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
-        self.TMBRB = import_module_logic()
+        from TMBRBLib.slicer.logic import SceneLogic
+
         self.server = server or get_server(None, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.state, self.ctrl = self.server.state, self.server.controller
@@ -122,7 +100,7 @@ class TMBRBViewer:
             Layout(LayoutDirection.Vertical, [threed, sagittal])]))
         self.layout_manager.set_layout("TMBRB")
 
-        self.logic = self.TMBRBLogic = self.TMBRB.TMBRBLogic(self.scene)
+        self.logic = SceneLogic(self.scene)
         self.logic.bundle = bundle
         self.device = device
         self.shifts = int(shifts)
@@ -131,7 +109,7 @@ class TMBRBViewer:
         self._baseline = self._node_ids()
         self.volume = self.seed = self.roi = None
         self.ct_name = ""
-        self.job = None
+        self.watcher = None  # JobWatcher of the running background job
         self.last_result: Optional[Dict] = None
         self.last_out: Optional[Path] = None
         self._seed_tag = None
@@ -312,9 +290,9 @@ class TMBRBViewer:
         self.timings["open_ct_s"] = time.perf_counter() - t0
 
     def _clear_case(self) -> None:
-        if self.job is not None:
-            self.TMBRB.TMBRBLogic.cleanupJob(self.job)
-            self.job = None
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
         if self.seed is not None and self._seed_tag is not None:
             self.seed.RemoveObserver(self._seed_tag)
         self._seed_tag = None
@@ -327,7 +305,7 @@ class TMBRBViewer:
         self.last_result = self.last_out = None
 
     def show_ct(self, ct, name: str, warnings: Optional[List[str]] = None) -> None:
-        from TMBRBLib import mrml_adapter as ma
+        from TMBRBLib.slicer import mrml as ma
 
         self._clear_case()
         self.volume = ma.add_volume_node_from_sitk(self.scene, ct, name or "CT")
@@ -415,10 +393,10 @@ class TMBRBViewer:
         self.state.flush()
 
     def _propose_box(self) -> None:
-        from TMBRBLib import mrml_adapter as ma
+        from TMBRBLib.slicer import mrml as ma
 
         try:
-            warnings = self._propose_box_with_warnings()
+            self.roi, warnings = self.logic.proposeBoxWithWarnings(self.volume, self.seed, self.roi)
         except TMBRBInputError:
             self.seed.RemoveAllControlPoints()  # a rejected seed is not kept (Apply then asks for one)
             self.state.has_seed = False
@@ -442,22 +420,6 @@ class TMBRBViewer:
             self.state.message = "Box proposed around the tumour; drag its handles if needed, then Apply."
             self.state.message_type = "info"
 
-    def _propose_box_with_warnings(self) -> List[str]:
-        """TMBRBLogic.proposeBox, keeping the engine's warnings (it drops them; see notes/requests-viewer.md)."""
-        from TMBRBLib import mrml_adapter as ma
-        from TMBRBLib.proposal import propose_box
-
-        with_warnings = getattr(self.logic, "proposeBoxWithWarnings", None)
-        if with_warnings is not None:  # the Logic's own, once it exists
-            self.roi, warnings = with_warnings(self.volume, self.seed, self.roi)
-            return list(warnings)
-        inputs = self.logic.validateInputs(self.volume, self.seed)  # the Logic's checks (seed inside the CT...)
-        box, warnings = propose_box(inputs["ct"], inputs["seed_lps"])
-        if self.roi is None:
-            self.roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "TMBRB box")
-        ma.set_roi_from_box(self.roi, box)
-        return list(warnings)
-
     def place_seed_ras(self, ras) -> None:
         """Place the seed at a RAS point without a click (the --demo start)."""
         if self.seed is None:
@@ -470,9 +432,10 @@ class TMBRBViewer:
     def apply(self, ecog=None) -> None:
         """Score the case in a background engine process. `ecog` comes with the click (the page's value then, not a
         state update that may still be on its way); None -> the state's."""
-        from TMBRBLib import mrml_adapter as ma
+        from TMBRBLib.slicer import mrml as ma
+        from TMBRBLib.slicer.logic import JobWatcher
 
-        if self.job is not None:
+        if self.watcher is not None:
             return
         if self.volume is None:
             self._say(NO_CT_MESSAGE, "error")
@@ -484,11 +447,13 @@ class TMBRBViewer:
 
         def start():
             self._runs += 1
-            work = self.work / f"run{self._runs}"
-            self.job = self.logic.startBackground(self.volume, self.seed, self.roi if ma.roi_is_defined(self.roi)
-                                                  else None, None, ecog, self.shifts, self.device,
-                                                  workDir=str(work))
-            self.job["t0"] = time.perf_counter()
+            job = self.logic.startBackground(self.volume, self.seed, self.roi if ma.roi_is_defined(self.roi)
+                                             else None, None, ecog, self.shifts, self.device,
+                                             workDir=str(self.work / f"run{self._runs}"))
+            self.watcher = JobWatcher(self.logic, job, onProgress=self._on_job_progress, onResult=self._on_job_result,
+                                      onError=self._on_job_error, onCancelled=self._on_job_cancelled,
+                                      camOpacity=float(self.state.cam_opacity),
+                                      parameterNode=self.logic.getParameterNode())
             return True
 
         if not self._guarded(start, "Could not start the model."):
@@ -498,10 +463,10 @@ class TMBRBViewer:
                                "message": "", "has_result": False, "saved_text": ""})
         from trame_server.utils.asynchronous import create_task
 
-        create_task(self._watch_job())
+        create_task(self._watch_job(self.watcher))
 
     def _seed_placed(self) -> bool:
-        from TMBRBLib import mrml_adapter as ma
+        from TMBRBLib.slicer import mrml as ma
 
         try:
             ma.seed_ras(self.seed)
@@ -509,68 +474,61 @@ class TMBRBViewer:
         except TMBRBInputError:
             return False
 
-    async def _watch_job(self) -> None:
+    async def _watch_job(self, watcher) -> None:
+        """The JobWatcher's steps on the server's event loop (3D Slicer's panel runs the same steps from a QTimer)."""
         import asyncio
 
-        job = self.job
-        proc = job["process"]
-        while True:
-            proc.poll()
-            if proc.finished:
-                break
-            with self.state:
-                self.state.progress = int(round(100 * proc.progress))
-                self.state.progress_msg = proc.message or "computing"
+        while watcher.step():
             await asyncio.sleep(POLL_S)
-        if self.job is not job:  # cancelled meanwhile
-            return
-        try:
-            outcome = proc.outcome()
-            if outcome == "cancelled":
-                self._say("Cancelled; nothing was added to the scene.", "info")
-                return
 
-            def load():
-                p = self.logic.getParameterNode()
-                result = self.logic.importBackgroundResult(job, camOpacity=float(self.state.cam_opacity),
-                                                           parameterNode=p)
-                self._show_result(result, Path(proc.result_path).parent)
-                return True
+    def _on_job_progress(self, fraction: float, message: str) -> None:
+        with self.state:
+            self.state.progress = int(round(100 * fraction))
+            self.state.progress_msg = message
 
-            with self.state:
-                self.state.progress = 100
-                self.state.progress_msg = "showing the result"
-            self._guarded(load, "TMBRB could not score this case.")
-            self.timings["apply_s"] = time.perf_counter() - job["t0"]
-        finally:
-            self.job = None
-            with self.state:
-                self.state.running = False
-
-    def cancel(self) -> None:
-        if self.job is None:
-            return
-        self.TMBRB.TMBRBLogic.cleanupJob(self.job)
-        self.job = None
+    def _job_ended(self) -> None:
+        self.watcher = None
         with self.state:
             self.state.running = False
+
+    def _on_job_result(self, result) -> None:
+        job = self.watcher.job
+        self._job_ended()
+        with self.state:
+            self.state.progress = 100
+        self._guarded(lambda: self._show_result(result) or True, "TMBRB could not show the result.")
+        self.timings["apply_s"] = job.elapsed
+
+    def _on_job_error(self, error: Exception) -> None:
+        self._job_ended()
+        if isinstance(error, TMBRBInputError):
+            self._say(str(error), "error")
+        else:
+            self._say(f"TMBRB could not score this case. {error}", "error")
+
+    def _on_job_cancelled(self) -> None:
+        self._job_ended()
         self._say("Cancelled; nothing was added to the scene.", "info")
 
-    def _show_result(self, result: Dict, out_dir: Path) -> None:
-        nodes = result.pop("nodes", {})
-        self.last_result, self.last_out = result, out_dir
-        roi = nodes.get("roi")
+    def cancel(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()  # -> _on_job_cancelled
+
+    def _show_result(self, result) -> None:
+        """Show a SceneResult (its nodes are in the scene already) in the side panel."""
+        self.last_result, self.last_out = result.result, result.outputDir
+        roi = result.nodes.get("roi")
         if roi is not None:
             self.roi = roi
         with self.state:
-            self.state.update(format_result(result))
+            self.state.update(format_result(result.result))
             self.state.has_result = True
             self.state.message = "Done."
             self.state.message_type = "success"
         self._render_all()
 
     def _on_cam_opacity(self, cam_opacity, **_):
-        from TMBRBLib import mrml_adapter as ma
+        from TMBRBLib.slicer import mrml as ma
 
         cam = self.logic.getParameterNode().camVolume if self.volume is not None else None
         if cam is not None:

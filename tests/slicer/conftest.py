@@ -38,11 +38,11 @@ TESTING = REPO / "Testing"
 
 @pytest.fixture()
 def scene():
-    from TMBRBLib import mrml_adapter
+    from TMBRBLib.slicer import mrml
 
-    s = mrml_adapter.create_scene()
+    s = mrml.create_scene()
     yield s
-    mrml_adapter.release_scene(s)
+    mrml.release_scene(s)
 
 
 @pytest.fixture()
@@ -59,9 +59,9 @@ def node_ids(scene):
 
 
 def add_ct(scene, image, name="CT"):
-    from TMBRBLib import mrml_adapter
+    from TMBRBLib.slicer import mrml
 
-    return mrml_adapter.add_volume_node_from_sitk(scene, image, name)
+    return mrml.add_volume_node_from_sitk(scene, image, name)
 
 
 def add_seed(scene, ras, name="seed"):

@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from conftest import add_ct, add_seed, label_points_ras, node_ids
 
 import TMBRB
-from TMBRBLib import mrml_adapter as ma
+from TMBRBLib.slicer import dependencies
+from TMBRBLib.slicer import mrml as ma
 from TMBRBLib.errors import TMBRBCancelled, TMBRBInputError
 from TMBRBLib.geometry import Box, lps_to_ras, ras_to_lps
 
@@ -285,7 +286,7 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was(scene, logic):
 
 
 def test_missing_dependencies_declined_gives_a_clear_error(monkeypatch, logic):
-    monkeypatch.setattr(TMBRB, "readRequirements", lambda path=None: ["tmbrb-no-such-package-xyz>=1.0", "numpy"])
+    monkeypatch.setattr(dependencies, "readRequirements", lambda path=None: ["tmbrb-no-such-package-xyz>=1.0", "numpy"])
     installs, asked = [], []
     monkeypatch.setattr(TMBRB.TMBRBLogic, "_pipInstall", staticmethod(lambda reqs: installs.append(reqs)))
     with pytest.raises(TMBRB.TMBRBDependencyError, match="tmbrb-no-such-package-xyz"):
@@ -293,13 +294,13 @@ def test_missing_dependencies_declined_gives_a_clear_error(monkeypatch, logic):
     assert installs == [] and len(asked) == 1 and "tmbrb-no-such-package-xyz" in asked[0]
     with pytest.raises(TMBRB.TMBRBDependencyError, match="Missing Python packages"):
         logic.ensureDependencies(confirm=None)  # batch: no question, a clear exception
-    assert TMBRB.missingRequirements(["numpy>=1.0"]) == []
+    assert dependencies.missingRequirements(["numpy>=1.0"]) == []
 
 
 def test_requirements_file_skips_slicers_own_packages(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("# comment\nmonai>=1.3\nnumpy>=2\nSimpleITK\ntorch>=2\nsafetensors  # weights\n")
-    assert TMBRB.readRequirements(req) == ["monai>=1.3", "safetensors"]
+    assert dependencies.readRequirements(req) == ["monai>=1.3", "safetensors"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -311,14 +312,14 @@ def test_background_run_and_import(scene, logic, tmp_path):
     seed = add_seed(scene, lps_to_ras((14.0, -16.0, 33.0)))
     job = logic.startBackground(ct, seed, None, None, "1", numberOfShifts=1, device="cpu", workDir=tmp_path / "job")
     events = []
-    rc = job["process"].wait(timeout=240, on_event=events.append)
-    assert rc == 0, job["process"].failure_message()
+    rc = job.process.wait(timeout=240, on_event=events.append)
+    assert rc == 0, job.process.failure_message()
     fractions = [e["progress"] for e in events if "progress" in e]
     assert fractions and fractions == sorted(fractions) and any(e.get("done") for e in events)
     result = logic.importBackgroundResult(job, showResult=False)
-    assert np.allclose(ma.ijk_to_ras(result["nodes"]["cam"]), ma.ijk_to_ras(ct))
-    assert result["risk"]["ecog"] == 1
-    assert float(ma.table_rows(result["nodes"]["table"])["TMBRB score"]) == pytest.approx(result["score"], abs=1e-4)
+    assert np.allclose(ma.ijk_to_ras(result.nodes["cam"]), ma.ijk_to_ras(ct))
+    assert result.risk["ecog"] == 1
+    assert float(ma.table_rows(result.nodes["table"])["TMBRB score"]) == pytest.approx(result.score, abs=1e-4)
 
 
 def test_background_cancel_really_stops_the_process(scene, logic, tmp_path):
@@ -326,7 +327,7 @@ def test_background_cancel_really_stops_the_process(scene, logic, tmp_path):
     seed = add_seed(scene, lps_to_ras((14.0, -16.0, 33.0)))
     before = node_ids(scene)
     job = logic.startBackground(ct, seed, device="cpu", numberOfShifts=0, workDir=tmp_path / "job")
-    proc = job["process"]
+    proc = job.process
     proc.cancel()
     proc.wait(timeout=30)
     assert proc.outcome() == "cancelled" and not proc.running
@@ -342,7 +343,7 @@ def test_background_bad_input_is_reported_as_input_error(scene, logic, tmp_path)
     seed = add_seed(scene, lps_to_ras((14.0, -16.0, 33.0)))
     job = logic.startBackground(ct, seed, device="cpu", numberOfShifts=0, workDir=tmp_path / "job",
                                 bundle=tmp_path / "no-such-bundle")
-    job["process"].wait(timeout=120)
+    job.process.wait(timeout=120)
     with pytest.raises(TMBRB.TMBRBError, match="no-such-bundle"):
         logic.importBackgroundResult(job)
 

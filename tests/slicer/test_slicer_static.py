@@ -13,6 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "TMBRBModule"
 TMBRB_PY = MODULE / "TMBRB.py"
+SLICER_PKG = MODULE / "TMBRBLib" / "slicer"
+PARAMETERS_PY = SLICER_PKG / "parameters.py"
 UI = MODULE / "Resources" / "UI" / "TMBRB.ui"
 
 # widget classes parameterNodeWrapper can bind, per parameter type
@@ -33,7 +35,7 @@ def ui_widgets():
 
 def parameter_types():
     """{name: kind} from the annotations of TMBRBParameterNode (parsed, not imported)."""
-    tree = ast.parse(TMBRB_PY.read_text())
+    tree = ast.parse(PARAMETERS_PY.read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRBParameterNode")
     out = {}
     for st in cls.body:
@@ -72,7 +74,7 @@ def test_every_parameter_has_a_bound_widget_of_a_fitting_class():
 
 def test_node_selectors_accept_the_parameter_node_class():
     _, widgets = ui_widgets()
-    tree = ast.parse(TMBRB_PY.read_text())
+    tree = ast.parse(PARAMETERS_PY.read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRBParameterNode")
     node_types = {st.target.id: ast.unparse(st.annotation) for st in cls.body
                   if isinstance(st, ast.AnnAssign) and ast.unparse(st.annotation).startswith("vtkMRML")}
@@ -94,15 +96,14 @@ def test_mrml_widgets_get_the_scene():
     assert mrml - receivers == set(), f"MRML widgets without setMRMLScene connection: {mrml - receivers}"
 
 
-@pytest.mark.parametrize("path", [TMBRB_PY, MODULE / "TMBRBLib" / "mrml_adapter.py",
-                                  MODULE / "TMBRBLib" / "slicer_runner.py"])
+@pytest.mark.parametrize("path", [TMBRB_PY] + sorted(SLICER_PKG.glob("*.py")), ids=lambda p: p.name)
 def test_python39_syntax(path):
     src = path.read_text()
     tree = ast.parse(src, feature_version=(3, 9))  # fails on match statements, parenthesised context managers...
     # annotations are evaluated by parameterNodeWrapper (get_type_hints) -> no PEP 604 unions in them on 3.9
     for node in ast.walk(tree):
         ann = getattr(node, "annotation", None) if isinstance(node, (ast.AnnAssign, ast.arg)) else None
-        if ann is not None and path.name == "TMBRB.py":
+        if ann is not None and path.name in ("TMBRB.py", "parameters.py"):
             assert not any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(ann)), \
                 f"{path.name}:{node.lineno}: 'X | Y' annotation fails at runtime on Python 3.9"
     assert "from __future__ import annotations" in src
@@ -110,25 +111,27 @@ def test_python39_syntax(path):
 
 
 def test_core_library_files_import_slicer_only_lazily():
-    for name in ("mrml_adapter.py", "slicer_runner.py"):
-        tree = ast.parse((MODULE / "TMBRBLib" / name).read_text())
+    for name in ("mrml.py", "runner.py"):
+        tree = ast.parse((SLICER_PKG / name).read_text())
         for node in tree.body:  # module level only
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(m.split(".")[0] in ("slicer", "vtk", "qt", "ctk", "vtkmodules") for m in mods), \
                     f"{name} imports {mods} at module level"
-    tree = ast.parse((MODULE / "TMBRBLib" / "slicer_runner.py").read_text())
+    tree = ast.parse((SLICER_PKG / "runner.py").read_text())
     assert "slicer" not in {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
 
 
-def test_module_imports_no_torch_at_import_time():
-    """Dependencies are installed on first Apply: TMBRB.py must not import torch/monai at module level."""
-    tree = ast.parse(TMBRB_PY.read_text())
+@pytest.mark.parametrize("path", [TMBRB_PY] + sorted(SLICER_PKG.glob("*.py")), ids=lambda p: p.name)
+def test_module_imports_no_torch_at_import_time(path):
+    """Dependencies are installed on first Apply: the module and its MRML side must not import torch/monai at
+    module level."""
+    tree = ast.parse(path.read_text())
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             assert not any(m.split(".")[0] in ("torch", "monai", "safetensors") for m in mods), mods
-            assert not any(m in ("TMBRBLib.pipeline", "TMBRBLib.bundle", "TMBRBLib.model") for m in mods), mods
+            assert not any(m.split(".")[-1] in ("pipeline", "bundle", "model", "cam") for m in mods), mods
 
 
 def test_cmake_lists_existing_files_and_tests():

@@ -1,4 +1,4 @@
-"""MRML <-> engine adapter: the only core-library file that touches 3D Slicer's MRML classes.
+"""MRML <-> engine adapter: volumes, markups, segmentations, tables and display nodes to and from the engine's images.
 
 ``slicer`` and ``vtk`` are imported lazily inside the functions, so importing this module needs neither. It works on
 any ``vtkMRMLScene`` (inside 3D Slicer, in the ``slicer-core`` wheel, in trame-slicer): the scene is always taken
@@ -17,8 +17,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import TMBRBInputError
-from .geometry import Box, lps_to_ras, ras_to_lps
+from ..errors import TMBRBInputError
+from ..geometry import Box, lps_to_ras, ras_to_lps
 
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
@@ -601,21 +601,24 @@ def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: 
 # tables and subject hierarchy
 
 
-def fill_table(scene, rows: Sequence[Tuple[str, str]], name: str = "TMBRB results", node=None):
-    """A two-column (Quantity, Value) string table node."""
+def fill_table(scene, rows: Sequence[Sequence[str]], name: str = "TMBRB results", node=None,
+               columns: Sequence[str] = ("Quantity", "Value", "Note")):
+    """A string table node with the given columns (Quantity, Value, Note): one row per item of ``rows``."""
     import vtk
 
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     table = vtk.vtkTable()
-    q, v = vtk.vtkStringArray(), vtk.vtkStringArray()
-    q.SetName("Quantity")
-    v.SetName("Value")
-    for key, value in rows:
-        q.InsertNextValue(str(key))
-        v.InsertNextValue(str(value))
-    table.AddColumn(q)
-    table.AddColumn(v)
+    arrays = []
+    for title in columns:
+        a = vtk.vtkStringArray()
+        a.SetName(title)
+        arrays.append(a)
+    for row in rows:
+        for i, a in enumerate(arrays):
+            a.InsertNextValue(str(row[i]) if i < len(row) else "")
+    for a in arrays:
+        table.AddColumn(a)
     node.SetAndObserveTable(table)
     node.SetLocked(True)
     return node

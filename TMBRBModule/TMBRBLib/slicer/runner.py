@@ -1,9 +1,10 @@
 """Run the TMBRB engine in a background process and read its JSON-lines progress (no Slicer, no Qt here).
 
 The 3D Slicer module starts ``python -m TMBRBLib.cli score ... --progress jsonl`` through :class:`EngineProcess`, a
-reader thread puts each stdout line on a queue, and the GUI drains the queue from a QTimer (the pattern
+reader thread puts each stdout line on a queue, and the GUI drains the queue from a timer (the pattern
 SlicerMONAIAuto3DSeg uses), so Slicer never freezes. :meth:`EngineProcess.cancel` really stops the computation: it
-kills the whole process group (the engine and anything it started).
+kills the whole process group (the engine and anything it started). :class:`EngineJob` is one such run with what it
+was started from and where it writes.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-MODULE_DIR = Path(__file__).resolve().parent.parent  # TMBRBModule/ (holds TMBRBLib/)
+MODULE_DIR = Path(__file__).resolve().parents[2]  # TMBRBModule/ (holds TMBRBLib/)
 
 # exit codes of TMBRBLib.cli
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -238,3 +240,74 @@ class EngineProcess:
             return self.error
         tail = "\n".join(self.log[-15:])
         return f"The engine process ended with exit code {self.returncode}." + (f"\n{tail}" if tail else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# a job: one background run, what it was started from, where it writes
+
+
+@dataclass
+class JobInputs:
+    """What a background run was started from: the scene's nodes (kept to show the result on them, and to run the
+    same case again) and the engine settings."""
+
+    volume: Any = None
+    seed: Any = None
+    roi: Any = None
+    segmentation: Any = None
+    ecog: Optional[int] = None
+    numberOfShifts: Optional[int] = None
+    device: str = "auto"
+    bundle: Any = None
+    warnings: List[str] = field(default_factory=list)  # found while checking the inputs, shown with the result
+
+
+@dataclass
+class EngineJob:
+    """One background scoring run.
+
+    ``process`` is the engine process; ``workDir`` holds the inputs written for it and ``outputDir`` (inside it)
+    its outputs; ``state`` is 'running' until the process has ended, then its outcome ('done', 'cancelled',
+    'input-error' or 'failed'). ``ownsWorkDir``: the folder was made for this job and is removed by cleanup().
+    """
+
+    process: EngineProcess
+    workDir: Path
+    outputDir: Path
+    inputs: JobInputs
+    ownsWorkDir: bool = False
+    startedAt: float = field(default_factory=time.time)
+    state: str = "running"
+
+    @property
+    def progress(self) -> float:
+        return self.process.progress
+
+    @property
+    def message(self) -> str:
+        return self.process.message
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.startedAt
+
+    @property
+    def resultPath(self) -> Optional[Path]:
+        return Path(self.process.result_path) if self.process.result_path else None
+
+    def poll(self) -> str:
+        """Read what the engine printed so far (never blocks); returns and stores the state."""
+        self.process.poll()
+        self.state = self.process.outcome()
+        return self.state
+
+    def cancel(self) -> None:
+        self.process.cancel()
+        self.state = "cancelled"
+
+    def cleanup(self) -> None:
+        """Stop the process if it still runs; remove the work folder if the job made it."""
+        if self.process.running:
+            self.cancel()
+        if self.ownsWorkDir:
+            shutil.rmtree(self.workDir, ignore_errors=True)

@@ -1,0 +1,606 @@
+"""What the TMBRB module does with a scene, without a GUI: the Logic of the 3D Slicer module.
+
+:class:`SceneLogic` checks the scene's inputs (CT volume, seed point, box ROI, tumour segmentation, ECOG), proposes a
+box from the seed, scores a case in this process (:meth:`SceneLogic.process`) or in a background engine process
+(:meth:`SceneLogic.startBackground` + :class:`JobWatcher`), and shows the result as nodes: the class activation map
+volume, the tumour and ring segmentation, the results table and, when it was proposed, the box. It scores many cases
+from files too (:meth:`SceneLogic.processCases`).
+
+It runs on any MRML scene: inside 3D Slicer (``TMBRB.TMBRBLogic`` adds Slicer's ``ScriptedLoadableModuleLogic``), on
+the ``slicer-core`` wheel (tests, scripts) and in the browser viewer (trame-slicer). It imports no Qt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import slicer
+
+from ..errors import TMBRBCancelled, TMBRBError, TMBRBInputError
+from . import dependencies, mrml
+from .parameters import TMBRBParameterNode, getParameterNode
+from .runner import EngineJob, EngineProcess, JobInputs, score_command
+
+MODULE_NAME = "TMBRB"
+RESULTS_FOLDER = "TMBRB results"
+
+
+@dataclass
+class SceneResult:
+    """A scored case in the scene: what :meth:`SceneLogic.process` and :meth:`SceneLogic.importBackgroundResult` give.
+
+    ``result`` is the result as ``result.json`` holds it; ``nodes`` the nodes made or filled for it ('cam',
+    'regions', 'table', 'roi'; 'volume' when the CT was loaded too); ``case`` the engine's in-memory result
+    (in-process runs only); ``outputDir`` the engine's output folder (runs in the background or loaded from files).
+    """
+
+    result: Dict[str, Any]
+    nodes: Dict[str, Any]
+    case: Any = None
+    outputDir: Optional[Path] = None
+
+    @property
+    def score(self) -> float:
+        return float(self.result["score"])
+
+    @property
+    def risk(self) -> Dict[str, Any]:
+        return self.result["risk"]
+
+    @property
+    def attention(self) -> Dict[str, Any]:
+        return self.result.get("attention", {})
+
+    @property
+    def model(self) -> Dict[str, Any]:
+        return self.result.get("model", {})
+
+    @property
+    def warnings(self) -> List[str]:
+        return self.result.setdefault("warnings", [])
+
+    def _image(self, caseAttribute: str, fileName: str):
+        if self.case is not None:
+            return getattr(self.case, caseAttribute)
+        if self.outputDir is None:
+            raise TMBRBError(f"This result keeps no {fileName}: it was neither computed here nor read from files.")
+        import SimpleITK as sitk
+
+        return sitk.ReadImage(str(self.outputDir / fileName))
+
+    @property
+    def cam(self):
+        """The class activation map on the CT's grid (SimpleITK image)."""
+        return self._image("cam", "cam.nrrd")
+
+    @property
+    def tumour_mask(self):
+        return self._image("tumour_mask", "tumour.nrrd")
+
+    @property
+    def ring_mask(self):
+        return self._image("ring_mask", "ring.nrrd")
+
+    @property
+    def crop(self):
+        """The model's input region in HU, on the model grid."""
+        return self._image("crop", "crop.nrrd")
+
+
+def ecogValue(ecog) -> Optional[int]:
+    """None for 'not given'/None/'', else 0, 1 or 2 (TMBRBInputError otherwise)."""
+    if ecog is None or (isinstance(ecog, str) and ecog.strip().lower() in ("", "not given", "none")):
+        return None
+    from ..risk import check_ecog
+
+    return check_ecog(ecog)
+
+
+def resultRows(result: Dict) -> List[Tuple[str, str, str]]:
+    """(Quantity, Value, Note) rows for the results table, from a result dict (``CaseResult.to_dict()``,
+    result.json): the lines of :func:`TMBRBLib.present.result_lines`, the score to 4 decimals (numbers are copied
+    from tables)."""
+    from ..present import result_lines
+
+    return [(line.label, line.value, line.detail) for line in result_lines(result, digits=4)]
+
+
+class SceneLogic:
+    """Everything the module computes, usable without the GUI.
+
+    ``SceneLogic(scene).process(volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None)`` scores one
+    case and creates the output nodes; ``processCases(manifestCsv, outputDir)`` scores many cases from files. Bad
+    input raises TMBRBInputError (a ValueError with a clear message) before the scene is changed.
+    """
+
+    RESULTS_FOLDER = RESULTS_FOLDER
+
+    def __init__(self, scene=None):
+        self._scene = scene
+        self.bundle = None  # Bundle | path | None (the bundled model)
+        self.interactive = False  # dialogs allowed (set by the widget)
+
+    # scene and parameters -------------------------------------------------------------------------------------------
+    @property
+    def scene(self):
+        if self._scene is None:
+            self._scene = getattr(slicer, "mrmlScene", None)
+        if self._scene is None:
+            self._scene = mrml.create_scene()
+        return self._scene
+
+    def getParameterNode(self, scene=None) -> TMBRBParameterNode:
+        return getParameterNode(scene or self.scene, MODULE_NAME)
+
+    # dependencies ---------------------------------------------------------------------------------------------------
+    _pipInstall = staticmethod(dependencies.pipInstall)
+
+    def ensureDependencies(self, confirm: Optional[Callable[[str], bool]] = None) -> None:
+        """Install what the engine needs, asking first. Raises TMBRBDependencyError when missing and declined.
+
+        confirm(message) -> bool asks the user; None means 'do not install' (batch: a clear exception instead)."""
+        dependencies.ensureDependencies(confirm, pipInstall=self._pipInstall)
+
+    # inputs ---------------------------------------------------------------------------------------------------------
+    ecogValue = staticmethod(ecogValue)
+
+    def validateInputs(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None) -> Dict:
+        """Check every input and convert it for the engine. Raises TMBRBInputError; changes nothing in the scene."""
+        from ..geometry import box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
+        from ..io import validate_ct
+
+        mrml.check_ct_volume_node(volumeNode)
+        ct = mrml.volume_node_to_sitk(volumeNode)
+        warnings = list(validate_ct(ct, name=f"CT '{volumeNode.GetName()}'"))
+        seed = mrml.seed_lps(seedNode)
+        if not point_inside(ct, seed):
+            ci = physical_to_continuous_index(ct, seed)
+            raise TMBRBInputError(
+                f"The seed (RAS {tuple(round(v, 1) for v in lps_to_ras(seed))} mm, voxel "
+                f"{tuple(round(float(v), 1) for v in ci)}) lies outside the CT '{volumeNode.GetName()}' "
+                f"(size {ct.GetSize()}).",
+                "Place the seed on the tumour inside this CT (check that the right CT is selected).")
+        box = None
+        if roiNode is not None and mrml.roi_is_defined(roiNode):
+            box = mrml.box_from_roi(roiNode)
+            if box_overlap_fraction(ct, box) <= 0:
+                raise TMBRBInputError(
+                    f"The box '{roiNode.GetName()}' lies wholly outside the CT '{volumeNode.GetName()}'.",
+                    "Drag the box onto the tumour, or delete it to get a box proposed from the seed.")
+        mask = None
+        if segmentationNode is not None:
+            mask, w = mrml.segmentation_to_mask(segmentationNode, volumeNode)
+            warnings += w
+        return {"ct": ct, "seed_lps": seed, "box": box, "mask": mask, "ecog": ecogValue(ecog),
+                "warnings": warnings}
+
+    def proposeBox(self, volumeNode, seedNode, roiNode=None):
+        """Fit the ROI around the tumour at the seed (engine's proposal); creates the ROI node when None."""
+        return self.proposeBoxWithWarnings(volumeNode, seedNode, roiNode)[0]
+
+    def proposeBoxWithWarnings(self, volumeNode, seedNode, roiNode=None):
+        """As proposeBox, and the proposal's warnings (e.g. no lesion at the seed) for the GUI to show."""
+        from ..proposal import propose_box
+
+        inputs = self.validateInputs(volumeNode, seedNode)
+        box, warnings = propose_box(inputs["ct"], inputs["seed_lps"])
+        scene = volumeNode.GetScene()
+        if roiNode is None:
+            roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName("TMBRB box"))
+        mrml.set_roi_from_box(roiNode, box)
+        return roiNode, list(warnings)
+
+    # one case, in this process --------------------------------------------------------------------------------------
+    def process(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None,
+                numberOfShifts: Optional[int] = None, device: str = "auto", bundle=None, progress=None, cancel=None,
+                showResult: bool = True, camOpacity: float = 0.5,
+                parameterNode: Optional[TMBRBParameterNode] = None) -> SceneResult:
+        """Score one case in this process and show it in the scene.
+
+        Parameters
+        ----------
+        volumeNode : vtkMRMLScalarVolumeNode
+            The chest CT, in HU.
+        seedNode : vtkMRMLMarkupsFiducialNode
+            One point in the centre of the tumour.
+        roiNode : vtkMRMLMarkupsROINode, optional
+            The box around the tumour. None (or an ROI not placed yet): the box is proposed from the seed and an
+            ROI node is made for it (``nodes['roi']``).
+        segmentationNode : vtkMRMLSegmentationNode, optional
+            The tumour; else the tumour is grown from the seed inside the box.
+        ecog : int or str, optional
+            ECOG performance status 0, 1 or 2 ("not given" or None: no ECOG-combined hazard).
+        numberOfShifts : int, optional
+            Test-time box shifts (0 = the box only; None = the bundle's number).
+        device : {"auto", "cpu", "cuda"}
+            "auto" takes the GPU when there is one.
+        bundle : Bundle or path, optional
+            The model; default this logic's ``bundle``, else the bundled demo model.
+        progress : callable(fraction, message), optional
+        cancel : callable() -> bool, optional
+            Polled between steps; True stops the run with TMBRBCancelled before the scene is changed.
+        showResult : bool
+            Show the map in the views (slice overlay, 3D rendering, colour legend).
+        camOpacity : float
+            Opacity of the map over the CT in the slice views.
+        parameterNode : TMBRBParameterNode, optional
+            Reuse its output nodes, and store the new ones in it.
+
+        Returns
+        -------
+        SceneResult
+            ``result`` (as result.json), ``nodes`` and the engine's ``case``.
+
+        Raises
+        ------
+        TMBRBInputError
+            Bad input (no CT, seed outside the CT, box outside the CT, empty segmentation...): nothing is added to
+            the scene.
+        TMBRBCancelled
+            ``cancel()`` returned True.
+        TMBRBBundleError
+            The model bundle cannot be used.
+
+        Examples
+        --------
+        >>> from TMBRBLib.geometry import lps_to_ras
+        >>> from TMBRBLib.phantom import make_phantom
+        >>> from TMBRBLib.slicer import mrml
+        >>> from TMBRBLib.slicer.logic import SceneLogic
+        >>> scene = mrml.create_scene()
+        >>> case = make_phantom(7)  # a small synthetic chest CT with a tumour
+        >>> ct = mrml.add_volume_node_from_sitk(scene, case.ct, "phantom CT")
+        >>> seed = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
+        >>> _ = seed.AddControlPoint(lps_to_ras(case.seed_lps))
+        >>> result = SceneLogic(scene).process(ct, seed, ecog=1, numberOfShifts=0, device="cpu", showResult=False)
+        >>> 0.0 <= result.score <= 1.0, sorted(result.nodes)
+        (True, ['cam', 'regions', 'roi', 'table'])
+        >>> result.nodes["regions"].GetSegmentation().GetNumberOfSegments()
+        2
+        >>> mrml.table_rows(result.nodes["table"])["Demo model"]
+        'yes'
+        """
+        inputs = self.validateInputs(volumeNode, seedNode, roiNode, segmentationNode, ecog)
+        from ..pipeline import score_case
+
+        case = score_case(inputs["ct"], inputs["seed_lps"], inputs["box"], inputs["mask"], inputs["ecog"],
+                          bundle=bundle if bundle is not None else self.bundle, n_shifts=numberOfShifts,
+                          device=device, progress=progress, cancel=cancel)
+        case.warnings[:0] = [w for w in inputs["warnings"] if w not in case.warnings]
+        result = case.to_dict()
+        nodes = self.createOutputNodes(volumeNode, roiNode, result, case.cam, case.tumour_mask, case.ring_mask,
+                                       showResult=showResult, camOpacity=camOpacity,
+                                       existing=self._existingOutputs(parameterNode))
+        if parameterNode is not None:
+            self._storeOutputs(parameterNode, nodes)
+        return SceneResult(result, nodes, case=case)
+
+    @staticmethod
+    def _existingOutputs(parameterNode) -> Optional[Dict]:
+        if parameterNode is None:
+            return None
+        return {"cam": parameterNode.camVolume, "regions": parameterNode.regionsSegmentation,
+                "table": parameterNode.resultTable}
+
+    @staticmethod
+    def _storeOutputs(parameterNode, nodes: Dict) -> None:
+        was = parameterNode.StartModify()
+        try:
+            parameterNode.camVolume = nodes["cam"]
+            parameterNode.regionsSegmentation = nodes["regions"]
+            parameterNode.resultTable = nodes["table"]
+            if parameterNode.boxRoi is None and nodes.get("roi") is not None:
+                parameterNode.boxRoi = nodes["roi"]
+        finally:
+            parameterNode.EndModify(was)
+
+    # output nodes ---------------------------------------------------------------------------------------------------
+    def createOutputNodes(self, volumeNode, roiNode, result: Dict, cam, tumourMask, ringMask, showResult=True,
+                          camOpacity=0.5, existing: Optional[Dict] = None) -> Dict:
+        """CAM volume, tumour/ring segmentation, results table (and the ROI when the box was proposed), filed under
+        the CT's study. On failure, the nodes created here are removed again."""
+        scene = volumeNode.GetScene()
+        existing = existing or {}
+        before = set(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+        try:
+            ref = mrml.volume_node_to_sitk(volumeNode)
+            camArr = mrml.image_on_reference_grid(cam, ref).astype("float32")
+            tumArr = mrml.image_on_reference_grid(tumourMask, ref, nearest=True).astype("uint8")
+            ringArr = mrml.image_on_reference_grid(ringMask, ref, nearest=True).astype("uint8")
+            base = volumeNode.GetName()
+            roiNode, outputs = self._resultRoi(scene, roiNode, result)
+            camNode = mrml.add_volume_on_grid(scene, volumeNode, camArr, f"{base} TMBRB CAM", node=existing.get("cam"))
+            camNode.SetAttribute("TMBRB.kind", "cam")
+            regions = mrml.regions_segmentation(scene, volumeNode, tumArr, ringArr, name=f"{base} TMBRB regions",
+                                                node=existing.get("regions"), show3d=showResult)
+            table = mrml.fill_table(scene, resultRows(result), name=f"{base} TMBRB results",
+                                    node=existing.get("table"))
+            table.SetAttribute("TMBRB.result", json.dumps(result))
+            mrml.show_cam(camNode, opacity=camOpacity, background_node=volumeNode, legend=showResult)
+            if showResult:
+                mrml.volume_render_cam(camNode, roiNode)
+            mrml.place_in_study(scene, volumeNode, outputs + [camNode, regions, table], self.RESULTS_FOLDER)
+            return {"cam": camNode, "regions": regions, "table": table, "roi": roiNode}
+        except Exception:
+            created = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes() - 1, -1, -1)]
+            for n in created:
+                if n is not None and n.GetID() not in before:
+                    scene.RemoveNode(n)
+            raise
+
+    @staticmethod
+    def _resultRoi(scene, roiNode, result: Dict):
+        """The ROI that shows the result's box: the given one, or (box proposed) one set from the result, made when
+        there is none (then filed with the results)."""
+        from ..geometry import Box
+
+        if roiNode is not None and mrml.roi_is_defined(roiNode):
+            return roiNode, []
+        outputs = []
+        if roiNode is None:
+            roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName("TMBRB box"))
+            outputs.append(roiNode)
+        mrml.set_roi_from_box(roiNode, Box(tuple(result["box"]["lps_min"]), tuple(result["box"]["lps_max"])))
+        return roiNode, outputs
+
+    resultRows = staticmethod(resultRows)
+
+    # one case, in a background process ------------------------------------------------------------------------------
+    def startBackground(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None,
+                        numberOfShifts: Optional[int] = None, device: str = "auto", bundle=None,
+                        workDir=None) -> EngineJob:
+        """Check the inputs, write them to a work folder and start the engine process.
+
+        Returns the :class:`EngineJob`; drive it with a :class:`JobWatcher` (or poll it, then call
+        importBackgroundResult(job) and job.cleanup()). Raises TMBRBInputError before anything starts."""
+        import SimpleITK as sitk
+
+        inputs = self.validateInputs(volumeNode, seedNode, roiNode, segmentationNode, ecog)
+        work = Path(workDir) if workDir else Path(tempfile.mkdtemp(prefix="TMBRB-"))
+        work.mkdir(parents=True, exist_ok=True)
+        ctPath = work / "ct.nrrd"
+        sitk.WriteImage(inputs["ct"], str(ctPath), useCompression=False)
+        segPath = None
+        if inputs["mask"] is not None:
+            segPath = work / "tumour_input.nrrd"
+            sitk.WriteImage(inputs["mask"], str(segPath), useCompression=True)
+        bundle = bundle if bundle is not None else self.bundle
+        cmd = score_command(ctPath, inputs["seed_lps"], work / "out", box_lps=inputs["box"],
+                            segmentation_path=segPath, ecog=inputs["ecog"], model=getattr(bundle, "path", bundle),
+                            device=device, shifts=numberOfShifts)
+        jobInputs = JobInputs(volume=volumeNode, seed=seedNode, roi=roiNode, segmentation=segmentationNode,
+                              ecog=inputs["ecog"], numberOfShifts=numberOfShifts, device=device, bundle=bundle,
+                              warnings=inputs["warnings"])
+        return EngineJob(EngineProcess(cmd).start(), work, work / "out", jobInputs, ownsWorkDir=workDir is None)
+
+    def restartOnCpu(self, job: EngineJob) -> EngineJob:
+        """The same case again, on the CPU (after the GPU ran out of memory), in a new work folder."""
+        i = job.inputs
+        return self.startBackground(i.volume, i.seed, i.roi, i.segmentation, i.ecog, i.numberOfShifts, "cpu",
+                                    i.bundle, workDir=None if job.ownsWorkDir else job.workDir / "cpu")
+
+    def importBackgroundResult(self, job: EngineJob, showResult=True, camOpacity=0.5,
+                               parameterNode=None) -> SceneResult:
+        """Read a finished background run's outputs into the scene.
+
+        Raises TMBRBCancelled, TMBRBInputError (the engine refused the input) or TMBRBError (it failed)."""
+        import SimpleITK as sitk
+
+        state = job.poll()
+        if state == "cancelled":
+            raise TMBRBCancelled("Cancelled by the user; nothing was added to the scene.")
+        if state == "input-error":
+            raise TMBRBInputError(job.process.failure_message())
+        if state != "done":
+            raise TMBRBError(job.process.failure_message())
+        out = job.resultPath.parent
+        result = json.loads(job.resultPath.read_text(encoding="utf-8"))
+        result["warnings"][:0] = [w for w in job.inputs.warnings if w not in result["warnings"]]
+        nodes = self.createOutputNodes(job.inputs.volume, job.inputs.roi, result,
+                                       sitk.ReadImage(str(out / "cam.nrrd")), sitk.ReadImage(str(out / "tumour.nrrd")),
+                                       sitk.ReadImage(str(out / "ring.nrrd")), showResult=showResult,
+                                       camOpacity=camOpacity, existing=self._existingOutputs(parameterNode))
+        if parameterNode is not None:
+            self._storeOutputs(parameterNode, nodes)
+        return SceneResult(result, nodes, outputDir=out)
+
+    @staticmethod
+    def cleanupJob(job: Optional[EngineJob]) -> None:
+        if job is not None:
+            job.cleanup()
+
+    # many cases -----------------------------------------------------------------------------------------------------
+    def processCases(self, manifestCsv, outputDir, bundle=None, device: str = "auto", numberOfShifts=None,
+                     progress: Optional[Callable[[int, int, Dict], None]] = None, pictures: bool = False,
+                     loadResults: bool = False) -> List[Dict]:
+        """Score every case of a manifest CSV into ``outputDir/<case_id>/``.
+
+        The engine's resumable batch: finished cases are skipped, a failed case is recorded and does not stop the
+        others.
+
+        Parameters
+        ----------
+        manifestCsv : path
+            The manifest (columns as for ``tmbrb batch``: ct, case_id, seed_ras or seed_lps, box, mask, ecog; paths
+            relative to the manifest's folder).
+        outputDir : path
+            Where each case's folder and summary.csv go.
+        bundle, device, numberOfShifts
+            As for :meth:`process`.
+        progress : callable(done, total, row), optional
+            Called after each case (default: a log line).
+        pictures : bool
+            Also write the PNG overlays of each case.
+        loadResults : bool
+            Also load each scored case (CT, CAM, regions, table) into the scene.
+
+        Returns
+        -------
+        list of dict
+            The rows of ``outputDir/summary.csv``: case_id, status ('ok', 'done-before' or 'failed'), score, error,
+            output_dir, ...
+
+        Raises
+        ------
+        TMBRBInputError
+            The manifest cannot be read or lacks the ct column (a bad *case* is recorded, not raised).
+
+        Examples
+        --------
+        >>> import csv, tempfile
+        >>> from pathlib import Path
+        >>> from TMBRBLib.io import write_image
+        >>> from TMBRBLib.phantom import make_phantom
+        >>> from TMBRBLib.slicer.logic import SceneLogic
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> case = make_phantom(7)  # a small synthetic chest CT with a tumour
+        >>> _ = write_image(case.ct, folder / "ct.nrrd")
+        >>> with open(folder / "manifest.csv", "w", newline="") as f:
+        ...     w = csv.writer(f)
+        ...     w.writerows([["case_id", "ct", "seed_lps"], ["demo", "ct.nrrd", ",".join(map(str, case.seed_lps))],
+        ...                   ["outside", "ct.nrrd", "900,900,900"]])
+        >>> rows = SceneLogic().processCases(folder / "manifest.csv", folder / "out", device="cpu",
+        ...                                  numberOfShifts=0, progress=lambda done, total, row: None)
+        >>> [(r["case_id"], r["status"]) for r in rows]
+        [('demo', 'ok'), ('outside', 'failed')]
+        """
+        from ..batch import run_batch
+
+        def onCase(number, total, row):
+            logging.info(f"TMBRB batch {number}/{total}: {row.get('case_id')} {row.get('status')} "
+                         f"{row.get('error') or ''}".rstrip())
+            if progress is not None:
+                progress(number, total, row)
+
+        summary = run_batch(manifestCsv, outputDir, bundle=bundle if bundle is not None else self.bundle,
+                            device=device, n_shifts=numberOfShifts, pictures=pictures, progress_bar=False,
+                            on_case=onCase)
+        with open(summary, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if loadResults:
+            ctPaths = self._manifestCtPaths(manifestCsv)
+            for row in rows:
+                if row["status"] in ("ok", "done-before") and row.get("output_dir"):
+                    self.loadCaseResult(row["output_dir"], ctPaths.get(row["case_id"]))
+        return rows
+
+    @staticmethod
+    def _manifestCtPaths(manifestCsv) -> Dict[str, str]:
+        """{case_id: CT path} as the engine's batch reads the manifest."""
+        from ..batch import row_to_case
+
+        out = {}
+        with open(manifestCsv, newline="", encoding="utf-8") as f:
+            for number, row in enumerate(csv.DictReader(f), 1):
+                try:
+                    case = row_to_case(row, Path(manifestCsv).parent, number)
+                except TMBRBError:
+                    continue
+                out[case["case_id"]] = str(case["ct"])
+        return out
+
+    def loadCaseResult(self, caseDir, ctPath=None) -> SceneResult:
+        """Load one engine output folder (result.json, cam/tumour/ring NRRD) and its CT (ctPath, or the path the
+        result names) into the scene, with the same nodes as an interactive run ('volume': the CT's node)."""
+        import SimpleITK as sitk
+
+        from ..io import read_ct
+
+        caseDir = Path(caseDir)
+        result = json.loads((caseDir / "result.json").read_text(encoding="utf-8"))
+        ctPath = ctPath or result.get("inputs", {}).get("ct_path")
+        if not ctPath or not Path(ctPath).exists():
+            raise TMBRBInputError(f"The CT of {caseDir} ('{ctPath}') is not available.", "Keep the CT files in place.")
+        ct, _w = read_ct(ctPath)
+        volumeNode = mrml.add_volume_node_from_sitk(self.scene, ct, caseDir.name)
+        nodes = self.createOutputNodes(volumeNode, None, result, sitk.ReadImage(str(caseDir / "cam.nrrd")),
+                                       sitk.ReadImage(str(caseDir / "tumour.nrrd")),
+                                       sitk.ReadImage(str(caseDir / "ring.nrrd")), showResult=False)
+        nodes["volume"] = volumeNode
+        return SceneResult(result, nodes, outputDir=caseDir)
+
+
+class JobWatcher:
+    """The one polling loop for a background job, driven by the caller's timer.
+
+    3D Slicer's widget calls :meth:`step` from a QTimer, the browser viewer from its asyncio loop; each step reads
+    what the engine printed and reports progress, and once the run has ended it finishes the job exactly once:
+
+    - done: the outputs are read into the scene (``logic.importBackgroundResult``) and ``onResult(sceneResult)``
+      is called;
+    - the GPU ran out of memory: the case is started again on the CPU (``onProgress`` says so) and watching goes on;
+    - cancelled: ``onCancelled()``;
+    - refused input or failure, or reading the outputs failed: ``onError(exception)``.
+
+    The job's work folder is cleaned up when it finishes. ``step()`` returns True while there is more to watch.
+    """
+
+    def __init__(self, logic: SceneLogic, job: EngineJob, onProgress: Optional[Callable[[float, str], None]] = None,
+                 onResult: Optional[Callable[[SceneResult], None]] = None,
+                 onError: Optional[Callable[[Exception], None]] = None,
+                 onCancelled: Optional[Callable[[], None]] = None, **importOptions):
+        self.logic, self.job = logic, job
+        self.onProgress, self.onResult, self.onError, self.onCancelled = onProgress, onResult, onError, onCancelled
+        self.importOptions = importOptions  # showResult, camOpacity, parameterNode
+        self.finished = False
+
+    def step(self) -> bool:
+        if self.finished:
+            return False
+        state = self.job.poll()
+        if state == "running":
+            if self.onProgress is not None:
+                self.onProgress(self.job.progress, self.job.message or "computing")
+            return True
+        if state == "failed" and self._outOfMemoryOnGpu():
+            self._restartOnCpu()
+            return not self.finished
+        self._finish(state)
+        return False
+
+    def cancel(self) -> None:
+        """Stop the run; ``onCancelled`` is called at once (nothing is added to the scene)."""
+        if not self.finished:
+            self.job.cancel()
+            self._finish("cancelled")
+
+    def _outOfMemoryOnGpu(self) -> bool:
+        return self.job.inputs.device != "cpu" and "out of memory" in self.job.process.failure_message().lower()
+
+    def _restartOnCpu(self) -> None:
+        old = self.job
+        try:
+            self.job = self.logic.restartOnCpu(old)
+        except Exception as e:  # noqa: BLE001 - reported to the caller, never lost
+            self.finished = True
+            if self.onError is not None:
+                self.onError(e)
+        finally:
+            old.cleanup()
+        if not self.finished and self.onProgress is not None:
+            self.onProgress(0.0, "The GPU ran out of memory; running again on the CPU.")
+
+    def _finish(self, state: str) -> None:
+        self.finished = True
+        try:
+            if state == "cancelled":
+                if self.onCancelled is not None:
+                    self.onCancelled()
+                return
+            try:
+                result = self.logic.importBackgroundResult(self.job, **self.importOptions)
+            except Exception as e:  # noqa: BLE001 - reported to the caller, never lost
+                if self.onError is None:
+                    raise
+                self.onError(e)
+                return
+            if self.onResult is not None:
+                self.onResult(result)
+        finally:
+            self.job.cleanup()
