@@ -61,6 +61,18 @@ def test_a_run_reports_progress_then_its_result_once(scene, logic, tmp_path):
     fractions = [f for f, _ in rec.progress]
     assert fractions == sorted(fractions)
     assert job.state == "done" and not work.exists()  # the job's own temporary folder is removed
+    with pytest.raises(TMBRBError, match="cam.nrrd is no longer in"):
+        result.cam
+
+
+def test_a_run_in_a_given_folder_keeps_its_outputs(scene, logic, tmp_path):
+    ct, seed = case(scene)
+    rec = Recorder()
+    job = logic.startBackground(ct, seed, device="cpu", numberOfShifts=0, workDir=tmp_path / "run")
+    drive(JobWatcher(logic, job, showResult=False, **rec.callbacks()))
+    result = rec.results[0]
+    assert result.outputDir == tmp_path / "run" / "out" and (result.outputDir / "result.json").is_file()
+    assert result.cam.GetSize() == ct.GetImageData().GetDimensions()
 
 
 def test_cancel_reports_cancelled_and_adds_nothing(scene, logic, tmp_path):

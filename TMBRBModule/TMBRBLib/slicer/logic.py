@@ -70,27 +70,18 @@ class SceneResult:
             return getattr(self.case, caseAttribute)
         if self.outputDir is None:
             raise TMBRBError(f"This result keeps no {fileName}: it was neither computed here nor read from files.")
+        if not (self.outputDir / fileName).is_file():
+            raise TMBRBError(f"{fileName} is no longer in {self.outputDir} (a background run's temporary folder is "
+                             "removed once its result is in the scene); use the nodes, or give the run a workDir.")
         import SimpleITK as sitk
 
         return sitk.ReadImage(str(self.outputDir / fileName))
 
-    @property
-    def cam(self):
-        """The class activation map on the CT's grid (SimpleITK image)."""
-        return self._image("cam", "cam.nrrd")
-
-    @property
-    def tumour_mask(self):
-        return self._image("tumour_mask", "tumour.nrrd")
-
-    @property
-    def ring_mask(self):
-        return self._image("ring_mask", "ring.nrrd")
-
-    @property
-    def crop(self):
-        """The model's input region in HU, on the model grid."""
-        return self._image("crop", "crop.nrrd")
+    # the images on the CT's grid (the crop on the model's grid), as the engine gave them or read from its files
+    cam = property(lambda self: self._image("cam", "cam.nrrd"), doc="The class activation map (SimpleITK image).")
+    tumour_mask = property(lambda self: self._image("tumour_mask", "tumour.nrrd"), doc="The tumour mask.")
+    ring_mask = property(lambda self: self._image("ring_mask", "ring.nrrd"), doc="The peritumoral ring mask.")
+    crop = property(lambda self: self._image("crop", "crop.nrrd"), doc="The model's input region in HU.")
 
 
 def ecogValue(ecog) -> Optional[int]:
