@@ -41,85 +41,96 @@ def _sample(img: sitk.Image, ref: sitk.Image, interp, default: float) -> np.ndar
     return sitk.GetArrayFromImage(out)[0]
 
 
-def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_threshold: float = 0.15) -> Dict[str, Path]:
-    """PNG per view through the seed (CT, CAM heat map, tumour/ring outlines, box, score) and a summary figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+OVERLAY_PIXELS = 384  # pixels across each view
+OVERLAY_KEYS = ("score", "os", "pfs", "ecog", "os_ecog", "pfs_ecog", "model")  # the lines written on each view
 
-    out_dir = Path(out_dir)
-    fov = max(1.6 * float(max(result.crop_grid.box.size)), 100.0)
-    n = 384
-    center = result.seed_lps
+
+def _panels(result, ct: sitk.Image, fov: float, n: int) -> Dict[str, Dict]:
+    """For each view: the CT, CAM, tumour and ring sampled on a plane through the seed, its grid and axis labels."""
     panels = {}
     for view in VIEWS:
-        ref, labels = _plane_grid(center, view, fov, n)
+        ref, labels = _plane_grid(result.seed_lps, view, fov, n)
         panels[view] = dict(
             ct=_sample(ct, ref, sitk.sitkLinear, -1000.0),
             cam=_sample(result.cam_region.region_image(), ref, sitk.sitkLinear, 0.0),
             tumour=_sample(result.tumour_region.region_image(), ref, sitk.sitkNearestNeighbor, 0),
             ring=_sample(result.ring_region.region_image(), ref, sitk.sitkNearestNeighbor, 0),
-            ref=ref, labels=labels)
+            ref=ref, labels=labels, view=view)
+    return panels
 
-    from .present import by_key, select, result_lines
 
+def _banner(model: Dict) -> Optional[str]:
+    if model.get("placeholder"):
+        return "PLACEHOLDER MODEL (untrained) - SCORE MEANS NOTHING"
+    if model.get("demo"):
+        return "DEMO MODEL (synthetic phantoms) - NOT FOR CLINICAL OR RESEARCH CONCLUSIONS"
+    return None
+
+
+def _draw_view(ax, panel: Dict, box, fov: float, n: int, cam_threshold: float):
+    """CT (lung window), CAM heat map above the threshold, tumour/ring outlines, the box and the seed."""
+    from matplotlib.patches import Rectangle
+
+    ext = [0, fov, fov, 0]
+    ax.imshow(panel["ct"], cmap="gray", vmin=-1350, vmax=150, extent=ext, interpolation="bilinear")
+    cam = np.ma.masked_less(panel["cam"], cam_threshold)
+    im = ax.imshow(cam, cmap="inferno", vmin=0, vmax=1, alpha=0.55, extent=ext, interpolation="bilinear")
+    xs = (np.arange(n) + 0.5) * fov / n
+    if panel["tumour"].any():
+        ax.contour(xs, xs, panel["tumour"], levels=[0.5], colors=["#00ff66"], linewidths=1.2)
+    if panel["ring"].any():
+        ax.contour(xs, xs, panel["ring"] + panel["tumour"], levels=[0.5], colors=["#33ccff"], linewidths=0.9,
+                   linestyles="--")
+    # box rectangle: project the LPS box onto the plane's axes
+    d = np.array(panel["ref"].GetDirection()).reshape(3, 3)
+    o = np.array(panel["ref"].GetOrigin())
+    lo, hi = np.asarray(box.min), np.asarray(box.max)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    uv = (corners - o) @ d[:, :2] + fov / n / 2
+    ax.add_patch(Rectangle((uv[:, 0].min(), uv[:, 1].min()), np.ptp(uv[:, 0]), np.ptp(uv[:, 1]),
+                           fill=False, ec="#ffd400", lw=1.0, ls=":"))
+    ax.plot([fov / 2], [fov / 2], marker="+", color="#ff3366", ms=10, mew=1.5)
+    ax.set_title(f"{panel['view']} through the seed", fontsize=10)
+    ax.set_xlabel(panel["labels"][0], fontsize=8)
+    ax.set_ylabel(panel["labels"][1], fontsize=8)
+    ax.tick_params(labelsize=7)
+    return im
+
+
+def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_threshold: float = 0.15) -> Dict[str, Path]:
+    """PNG per view through the seed (CT, CAM heat map, tumour/ring outlines, box, score) and a summary figure.
+
+    The words on them are the result's lines (TMBRBLib.present), as every front end shows them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .present import by_key, result_lines, select
+
+    out_dir = Path(out_dir)
+    fov, n = max(1.6 * float(max(result.crop_grid.box.size)), 100.0), OVERLAY_PIXELS
+    panels = _panels(result, ct, fov, n)
     lines = result_lines(result.to_dict())
-    banner = None
-    if result.model.get("placeholder"):
-        banner = "PLACEHOLDER MODEL (untrained) - SCORE MEANS NOTHING"
-    elif result.model.get("demo"):
-        banner = "DEMO MODEL (synthetic phantoms) - NOT FOR CLINICAL OR RESEARCH CONCLUSIONS"
-    # on each view: what a reader needs at a glance, as every front end words it
-    text = "\n".join(_wrap(f"{line.label}: {line.value}", 62)
-                     for line in select(lines, ("score", "os", "pfs", "ecog", "os_ecog", "pfs_ecog", "model")))
-    def draw(ax, view):
-        p = panels[view]
-        ext = [0, fov, fov, 0]
-        ax.imshow(p["ct"], cmap="gray", vmin=-1350, vmax=150, extent=ext, interpolation="bilinear")
-        cam = np.ma.masked_less(p["cam"], cam_threshold)
-        im = ax.imshow(cam, cmap="inferno", vmin=0, vmax=1, alpha=0.55, extent=ext, interpolation="bilinear")
-        xs = (np.arange(n) + 0.5) * fov / n
-        if p["tumour"].any():
-            ax.contour(xs, xs, p["tumour"], levels=[0.5], colors=["#00ff66"], linewidths=1.2)
-        if p["ring"].any():
-            ax.contour(xs, xs, p["ring"] + p["tumour"], levels=[0.5], colors=["#33ccff"], linewidths=0.9,
-                       linestyles="--")
-        # box rectangle: project the LPS box onto the plane's axes
-        d = np.array(p["ref"].GetDirection()).reshape(3, 3)
-        o = np.array(p["ref"].GetOrigin())
-        sp = fov / n
-        lo, hi = np.asarray(result.box.min), np.asarray(result.box.max)
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        uv = (corners - o) @ d[:, :2] + sp / 2
-        ax.add_patch(Rectangle((uv[:, 0].min(), uv[:, 1].min()), np.ptp(uv[:, 0]), np.ptp(uv[:, 1]),
-                               fill=False, ec="#ffd400", lw=1.0, ls=":"))
-        ax.plot([fov / 2], [fov / 2], marker="+", color="#ff3366", ms=10, mew=1.5)
-        ax.set_title(f"{view} through the seed", fontsize=10)
-        ax.set_xlabel(p["labels"][0], fontsize=8)
-        ax.set_ylabel(p["labels"][1], fontsize=8)
-        ax.tick_params(labelsize=7)
-        return im
-
+    banner = _banner(result.model)
+    text = "\n".join(_wrap(f"{line.label}: {line.value}", 62) for line in select(lines, OVERLAY_KEYS))
     cam_line = by_key(lines).get("cam")
     cam_label = f"CAM for High-TMB ({cam_line.value if cam_line else 'GradCAM'})"
     written: Dict[str, Path] = {}
     for view in VIEWS:
         fig, ax = plt.subplots(figsize=(5.2, 5.6), dpi=110)
-        im = draw(ax, view)
+        im = _draw_view(ax, panels[view], result.box, fov, n, cam_threshold)
         ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", ha="left", fontsize=7, color="white",
                 bbox=dict(facecolor="black", alpha=0.6, lw=0))
         if banner:
             fig.suptitle(banner, color="#cc0000", fontsize=9, fontweight="bold")
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=cam_label)
-        path = out_dir / f"overlay_{view}.png"
-        fig.savefig(path, bbox_inches="tight")
+        written[f"overlay_{view}"] = out_dir / f"overlay_{view}.png"
+        fig.savefig(written[f"overlay_{view}"], bbox_inches="tight")
         plt.close(fig)
-        written[f"overlay_{view}"] = path
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.8), dpi=100, gridspec_kw={"width_ratios": [1, 1, 1, 0.9]})
     for ax, view in zip(axes[:3], VIEWS):
-        im = draw(ax, view)
+        im = _draw_view(ax, panels[view], result.box, fov, n, cam_threshold)
     fig.colorbar(im, ax=axes[2], fraction=0.04, pad=0.02, label=cam_label)
     axes[3].axis("off")
     summary = "\n".join(_wrap(line.text, 60) for line in lines if line.key not in ("notice", "model_sha256"))
@@ -127,10 +138,9 @@ def render_overlays(result, ct: sitk.Image, out_dir: Union[str, Path], cam_thres
     axes[3].text(0, 1, summary, va="top", ha="left", fontsize=8, family="monospace", transform=axes[3].transAxes)
     fig.suptitle((banner + "   |   " if banner else "") + "TMBRB - research use only", color="#cc0000" if banner
                  else "black", fontsize=10, fontweight="bold")
-    path = out_dir / "summary.png"
-    fig.savefig(path, bbox_inches="tight")
+    written["summary"] = out_dir / "summary.png"
+    fig.savefig(written["summary"], bbox_inches="tight")
     plt.close(fig)
-    written["summary"] = path
     return written
 
 
