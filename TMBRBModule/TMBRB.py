@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import unittest
-from typing import Optional
 
 import vtk
 
 import slicer
+
+try:  # Qt exists only inside the 3D Slicer application (the widget's timer)
+    import qt
+except ImportError:  # slicer-core wheel, plain Python: the Logic works without it
+    qt = None
 
 try:
     from slicer.ScriptedLoadableModule import (
@@ -48,10 +52,14 @@ except ImportError:  # outside the application (slicer-core wheel): small stand-
 
 from slicer.util import VTKObservationMixin
 
-from TMBRBLib.errors import TMBRBError, TMBRBInputError  # noqa: F401 - TMBRBError: for scripts using the module
-from TMBRBLib.slicer.dependencies import TMBRBDependencyError  # noqa: F401 - for scripts using the module
+from TMBRBLib.errors import TMBRBError, TMBRBInputError
+from TMBRBLib.slicer.dependencies import TMBRBDependencyError
 from TMBRBLib.slicer.logic import JobWatcher, SceneLogic, SceneResult
-from TMBRBLib.slicer.parameters import TMBRBParameterNode  # noqa: F401 - the module's state (parameter node)
+from TMBRBLib.slicer.parameters import TMBRBParameterNode
+
+# what scripts using the module find here (errors and the parameter node are the library's, re-exported)
+__all__ = ["TMBRB", "TMBRBWidget", "TMBRBLogic", "TMBRBTest", "TMBRBParameterNode", "SceneResult", "TMBRBError",
+           "TMBRBInputError", "TMBRBDependencyError"]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Module

@@ -174,3 +174,16 @@ def test_help_text_has_citation_and_research_use_notice():
     src = TMBRB_PY.read_text()
     assert "10.1136/jitc-2020-000550" in src
     assert "Research use only" in src
+
+
+@pytest.mark.parametrize("path", [TMBRB_PY] + sorted(SLICER_PKG.glob("*.py")), ids=lambda p: p.name)
+def test_no_undefined_or_unused_names(path):
+    """The widget and the self-test run only inside the 3D Slicer application, which these machines cannot run:
+    pyflakes catches what running them would (an undefined name such as a missing `import qt`)."""
+    pyflakes_api = pytest.importorskip("pyflakes.api")
+    from pyflakes.reporter import Reporter
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    count = pyflakes_api.check(path.read_text(encoding="utf-8"), str(path), Reporter(out, err))
+    assert count == 0, out.getvalue() + err.getvalue()

@@ -73,11 +73,10 @@ def missingRequirements(requirements: Sequence[str]) -> List[str]:
 
 
 def torchAvailable() -> bool:
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    """Whether PyTorch is installed (found, not imported: importing it takes seconds)."""
+    from importlib.util import find_spec
+
+    return find_spec("torch") is not None
 
 
 def pipInstall(requirements: Sequence[str]) -> None:
