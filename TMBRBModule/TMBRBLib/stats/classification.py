@@ -198,6 +198,16 @@ def spearman(x: ArrayLike, y: ArrayLike, *, x_name: str = "x", y_name: str = "y"
         If a variable has non-numeric entries; the arrays differ in length; there are fewer
         than 3 complete pairs; or one variable is constant.
 
+    See Also
+    --------
+    scipy.stats.spearmanr : The computation used.
+    auc_by_cutoff : How well the score separates TMB at each cut-off.
+
+    References
+    ----------
+    .. [1] C. Spearman, "The proof and measurement of association between two things",
+       American Journal of Psychology 15(1):72-101, 1904.
+
     Examples
     --------
     The ranks differ by 1 in four of five pairs, so rho = 1 - 6 * 4 / (5 * 24) = 0.8:
@@ -306,6 +316,12 @@ def auc_by_cutoff(score: ArrayLike, target: ArrayLike, cutoffs: Sequence[float],
     See Also
     --------
     roc_analysis : One ROC curve.
+
+    References
+    ----------
+    .. [1] E. R. DeLong, D. M. DeLong, D. L. Clarke-Pearson, "Comparing the areas under two or
+       more correlated receiver operating characteristic curves: a nonparametric approach",
+       Biometrics 44(3):837-845, 1988.
 
     Examples
     --------
@@ -425,6 +441,11 @@ def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[st
     See Also
     --------
     roc_analysis, decision_curve
+
+    References
+    ----------
+    .. [1] P. McCullagh, J. A. Nelder, "Generalized Linear Models", 2nd ed., Chapman & Hall,
+       1989 (R's ``glm``).
 
     Examples
     --------

@@ -147,6 +147,18 @@ def table1(df: pd.DataFrame, group: str, *, continuous: Sequence[str] = (), cate
         If a column is missing; no variable is given; a continuous column has non-numeric
         entries; or the group has a single value.
 
+    See Also
+    --------
+    categorical_test : The chi-square / Fisher choice for one contingency table.
+    fisher_exact_2xc : Exact Fisher test of a 2 x c table (R's two-sided rule).
+
+    References
+    ----------
+    .. [1] B. L. Welch, "The generalization of 'Student's' problem when several different
+       population variances are involved", Biometrika 34(1-2):28-35, 1947.
+    .. [2] R. A. Fisher, "On the interpretation of chi-square from contingency tables, and the
+       calculation of P", Journal of the Royal Statistical Society 85(1):87-94, 1922.
+
     Examples
     --------
     Four patients per group; the expected counts of the 2x2 sex table are 2 (< 5), so
