@@ -56,9 +56,63 @@ class DecisionCurveResult(Result):
 
 def decision_curve(y: ArrayLike, models: Mapping[str, ArrayLike], *, thresholds: Optional[Sequence[float]] = None,
                    positive: Optional[object] = None) -> DecisionCurveResult:
-    """Net benefit (Vickers & Elkin 2006) of each model's predicted probability against treat-all / treat-none.
+    """Decision-curve analysis: net benefit of each model against treat-all and treat-none.
 
-    A patient is treated when probability >= threshold; net benefit = TP/n - FP/n * pt/(1-pt).
+    At each threshold probability pt a patient is treated when the model's predicted
+    probability is >= pt; the net benefit is TP/n - FP/n * pt / (1 - pt) (Vickers & Elkin).
+    Treat-all has net benefit prevalence - (1 - prevalence) * pt / (1 - pt), treat-none 0.
+    There is no R reference in the test fixtures (``rmda``/``dcurves`` are not in Debian):
+    the tests check this formula by hand (``tests/stats/test_bad_input_and_delong.py``).
+    Rows with a missing label or model value are dropped and counted.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcome with exactly two distinct values.
+    models : mapping of str to array-like of shape (n,)
+        Model name -> predicted probabilities in [0, 1].
+    thresholds : sequence of float, optional
+        Threshold probabilities, strictly between 0 and 1 (default 0.01, 0.02, ..., 0.99).
+    positive : object, optional
+        Value of ``y`` that is a case (default: the later-sorted value).
+
+    Returns
+    -------
+    DecisionCurveResult
+        Dataclass with fields:
+
+        - ``table`` : DataFrame with ``threshold``, ``treat_all``, ``treat_none`` and one net
+          benefit column per model.
+        - ``prevalence`` : share of cases; ``n`` : complete rows; ``n_dropped`` : rows dropped.
+        - ``models`` : model names.
+
+    Raises
+    ------
+    TMBRBStatsInputError
+        If ``models`` is empty; a threshold is not in (0, 1); a model has non-numeric values or
+        values outside [0, 1]; no row is complete; or ``y`` does not have exactly two classes.
+
+    See Also
+    --------
+    logistic_combination : Turns scores into fitted probabilities.
+
+    References
+    ----------
+    .. [1] A. J. Vickers, E. B. Elkin, "Decision curve analysis: a novel method for
+       evaluating prediction models", Medical Decision Making 26(6):565-574, 2006.
+
+    Examples
+    --------
+    At pt = 0.2 the three patients with probability >= 0.2 are treated: two cases (TP) and one
+    control (FP), so the net benefit is 2/4 - 1/4 * 0.25 = 0.4375; treat-all gives
+    0.5 - 0.5 * 0.25 = 0.375.
+
+    >>> from TMBRBLib.stats import decision_curve
+    >>> r = decision_curve([0, 0, 1, 1], {"score": [0.1, 0.4, 0.35, 0.8]}, thresholds=[0.2, 0.5])
+    >>> for _, row in r.table.iterrows():
+    ...     print(f"pt {row['threshold']:.1f}: score {row['score']:.4f}, treat all {row['treat_all']:.4f}")
+    pt 0.2: score 0.4375, treat all 0.3750
+    pt 0.5: score 0.2500, treat all 0.0000
     """
     if not models:
         raise TMBRBStatsInputError("decision curve needs at least one model score column.")
@@ -117,7 +171,52 @@ class SpearmanResult(Result):
 
 
 def spearman(x: ArrayLike, y: ArrayLike, *, x_name: str = "x", y_name: str = "y") -> SpearmanResult:
-    """Spearman's rho with the t-approximation p (scipy; = R's cor.test(method='spearman', exact=FALSE))."""
+    """Spearman rank correlation with its p value (paper figure 2G: score vs TMB).
+
+    Computes Spearman's rho (Pearson correlation of the mid-ranks) and the two-sided p value
+    from the t approximation (scipy's ``spearmanr``). Checked against R's
+    ``cor.test(x, y, method = "spearman", exact = FALSE)`` to a relative 1e-9 on
+    ``pROC::aSAH``; R's default for n < 1290 without ties is an exact p, which can differ on
+    small samples. Rows with a missing x or y are dropped and counted.
+
+    Parameters
+    ----------
+    x, y : array-like of shape (n,)
+        Numeric variables.
+    x_name, y_name : str, default 'x' and 'y'
+        Names for the printout, the plot and error messages.
+
+    Returns
+    -------
+    SpearmanResult
+        Dataclass with fields ``rho``, ``p_value``, ``n`` (complete pairs), ``n_dropped``,
+        ``x_name`` and ``y_name``; ``plot()`` draws the scatter plot.
+
+    Raises
+    ------
+    TMBRBStatsInputError
+        If a variable has non-numeric entries; the arrays differ in length; there are fewer
+        than 3 complete pairs; or one variable is constant.
+
+    See Also
+    --------
+    scipy.stats.spearmanr : The computation used.
+    auc_by_cutoff : How well the score separates TMB at each cut-off.
+
+    References
+    ----------
+    .. [1] C. Spearman, "The proof and measurement of association between two things",
+       American Journal of Psychology 15(1):72-101, 1904.
+
+    Examples
+    --------
+    The ranks differ by 1 in four of five pairs, so rho = 1 - 6 * 4 / (5 * 24) = 0.8:
+
+    >>> from TMBRBLib.stats import spearman
+    >>> r = spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    >>> print(f"rho = {r.rho:.3f}, p = {r.p_value:.3f}, n = {r.n}")
+    rho = 0.800, p = 0.104, n = 5
+    """
     cols, dropped = drop_nan_rows({"x": to_numeric(x, x_name), "y": to_numeric(y, y_name)})
     if len(cols["x"]) < 3:
         raise TMBRBStatsInputError(f"Spearman correlation needs at least 3 complete pairs, got {len(cols['x'])}.")
@@ -173,10 +272,71 @@ class AUCByCutoffResult(Result):
 def auc_by_cutoff(score: ArrayLike, target: ArrayLike, cutoffs: Sequence[float], *,
                   cohort: Optional[ArrayLike] = None, direction: str = "<",
                   cohort_order: Optional[Sequence[object]] = None) -> AUCByCutoffResult:
-    """AUC (DeLong CI) of ``score`` for ``target >= cutoff`` at each cut-off, per cohort (paper figure 2E/F).
+    """AUC of a score at each cut-off of a continuous target, per cohort (paper figure 2E/F).
 
-    The direction is fixed ('<': higher score = higher target) so a score that fails at some cut-off shows AUC < 0.5
-    instead of silently flipping. With exactly two cohorts their AUC difference (first minus second) is reported.
+    For each cut-off c and cohort, the outcome is ``target >= c`` (High-TMB is TMB >= 10) and
+    the AUC with DeLong CI is computed by :func:`roc_analysis`. The direction is fixed in
+    advance ('<': higher score = higher target) so a cut-off where the score fails shows an
+    AUC below 0.5 instead of flipping. A cut-off that leaves one class in a cohort gives NaN.
+    With exactly two cohorts the difference of their AUCs (first minus second) is reported.
+    Each AUC is pROC's (see :func:`roc_analysis`). Rows with a missing value are dropped.
+
+    Parameters
+    ----------
+    score : array-like of shape (n,)
+        Numeric score.
+    target : array-like of shape (n,)
+        Continuous target (e.g. TMB in mutations/Mb).
+    cutoffs : sequence of float
+        Cut-offs of the target.
+    cohort : array-like of shape (n,), optional
+        Cohort of each row (default: one cohort "all").
+    direction : {'<', '>'}, default '<'
+        Direction of every ROC curve.
+    cohort_order : sequence, optional
+        Cohorts to report, in order (default: order of appearance).
+
+    Returns
+    -------
+    AUCByCutoffResult
+        Dataclass with fields:
+
+        - ``table`` : DataFrame, one row per cut-off and cohort: ``cutoff``, ``cohort``,
+          ``n_pos``, ``n_neg``, ``auc``, ``ci_low``, ``ci_high``.
+        - ``difference`` : DataFrame with ``cutoff``, ``auc_<first>``, ``auc_<second>``,
+          ``difference`` for two cohorts; empty otherwise.
+        - ``direction``, ``n_dropped``.
+
+    Raises
+    ------
+    TMBRBStatsInputError
+        If score or target has non-numeric entries; no row is complete; or every cut-off
+        leaves a single class in every cohort.
+
+    See Also
+    --------
+    roc_analysis : One ROC curve.
+
+    References
+    ----------
+    .. [1] E. R. DeLong, D. M. DeLong, D. L. Clarke-Pearson, "Comparing the areas under two or
+       more correlated receiver operating characteristic curves: a nonparametric approach",
+       Biometrics 44(3):837-845, 1988.
+
+    Examples
+    --------
+    At cut-off 5 the five rows with target >= 5 are cases; 13 of the 15 case-control pairs are
+    ordered correctly (AUC 13/15). No target reaches 20, so that cut-off gives NaN:
+
+    >>> from TMBRBLib.stats import auc_by_cutoff
+    >>> score = [0.1, 0.3, 0.2, 0.6, 0.5, 0.9, 0.4, 0.7]
+    >>> tmb = [2, 4, 6, 8, 12, 15, 3, 11]
+    >>> r = auc_by_cutoff(score, tmb, [5, 10, 20])
+    >>> for _, row in r.table.iterrows():
+    ...     print(f"TMB >= {row['cutoff']:g}: {row['n_pos']} pos / {row['n_neg']} neg, AUC {row['auc']:.4f}")
+    TMB >= 5: 5 pos / 3 neg, AUC 0.8667
+    TMB >= 10: 3 pos / 5 neg, AUC 0.9333
+    TMB >= 20: 0 pos / 8 neg, AUC nan
     """
     cols = {"s": to_numeric(score, "score"), "t": to_numeric(target, "target")}
     if cohort is not None:
@@ -234,8 +394,74 @@ class LogisticResult(Result):
 
 def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[str], *,
                          positive: Optional[object] = None, conf_level: float = 0.95) -> LogisticResult:
-    """Unpenalised logistic regression of ``outcome`` on ``predictors`` (R: glm(family=binomial)), with the AUC of
-    the fitted probabilities. Text predictors (e.g. histology) become treatment dummies (first sorted level = reference).
+    """Logistic regression combining scores and covariates, with the AUC of the fitted probabilities.
+
+    Fits the unpenalised maximum-likelihood logistic regression of ``outcome`` on
+    ``predictors`` (scikit-learn's ``LogisticRegression`` with ``C=inf``; scikit-learn
+    penalises by default, R does not), with Wald SE, z, p and odds ratios with CI from the
+    observed information, and the ROC analysis of the fitted probabilities (paper: TMBRB +
+    histology). Text predictors become treatment dummies named ``column[level]`` (first
+    sorted level = reference, R's default contrasts). Checked against
+    ``glm(outcome ~ ..., family = binomial)`` to a relative 1e-5 (observed ~1e-9) on
+    ``pROC::aSAH`` (``tools/r_reference/make_reference.R``, ``tests/stats/test_r_agreement.py``).
+    Rows with a missing value are dropped and counted.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per subject.
+    outcome : str
+        Column with exactly two distinct values.
+    predictors : sequence of str
+        Predictor columns (numeric, or text with at most 12 levels).
+    positive : object, optional
+        Value of ``outcome`` that is a case (default: the later-sorted value).
+    conf_level : float, default 0.95
+        Level of the odds-ratio intervals.
+
+    Returns
+    -------
+    LogisticResult
+        Dataclass with fields:
+
+        - ``table`` : DataFrame, one row per term including ``(Intercept)``: ``term``,
+          ``coef``, ``se``, ``z``, ``p``, ``odds_ratio``, ``or_lower``, ``or_upper``.
+        - ``loglik`` : log-likelihood at the fit.
+        - ``n``, ``n_events``, ``n_dropped`` : counts.
+        - ``roc`` : :class:`ROCResult` of the fitted probabilities (direction '<').
+        - ``fitted`` : fitted probabilities of the complete rows.
+
+    Raises
+    ------
+    TMBRBStatsInputError
+        If ``predictors`` is empty; a column is missing; a value is non-numeric in a numeric
+        column; the outcome does not have exactly two classes; the predictors are collinear
+        or constant; or they separate the outcome perfectly (no maximum-likelihood estimate).
+
+    See Also
+    --------
+    roc_analysis, decision_curve
+
+    References
+    ----------
+    .. [1] P. McCullagh, J. A. Nelder, "Generalized Linear Models", 2nd ed., Chapman & Hall,
+       1989 (R's ``glm``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from TMBRBLib.stats import logistic_combination
+    >>> df = pd.DataFrame({"high": [0, 0, 0, 1, 1, 1, 0, 1, 0, 1],
+    ...                    "score": [0.1, 0.3, 0.5, 0.4, 0.7, 0.9, 0.6, 0.2, 0.35, 0.8],
+    ...                    "histology": ["a", "s", "a", "a", "s", "a", "s", "s", "a", "a"]})
+    >>> r = logistic_combination(df, "high", ["score", "histology"])
+    >>> for _, row in r.table.iterrows():
+    ...     print(f"{row['term']}: coef {row['coef']:.3f}, p = {row['p']:.3f}")
+    (Intercept): coef -2.209, p = 0.233
+    score: coef 4.379, p = 0.174
+    histology[s]: coef 0.238, p = 0.870
+    >>> print(f"log-likelihood {r.loglik:.3f}, AUC of the fitted probabilities {r.roc.auc:.2f}")
+    log-likelihood -5.769, AUC of the fitted probabilities 0.76
     """
     from sklearn.linear_model import LogisticRegression
 

@@ -210,22 +210,38 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
                                            "(pROC, survival, maxstat). Each writes JSON (+ PNG) into --out.")
     sub = an.add_subparsers(dest="analysis", metavar="ANALYSIS")
     sub.required = True
+    _add_classification_parsers(sub)
+    _add_survival_parsers(sub)
+    _add_table1_parser(sub)
+    _add_report_parser(sub)
+    return an
 
-    def mk(name, help_, func, csv=True):
-        p = sub.add_parser(name, help=help_, description=help_)
-        if csv:
-            p.add_argument("--csv", required=True, help="input CSV file with a header row")
-        p.add_argument("--out", default="analysis", help="output folder for JSON and PNG (default: analysis)")
-        p.set_defaults(func=func)
-        return p
 
-    def lab(p):
-        p.add_argument("--label", default="label", help="binary outcome column (default: label)")
-        p.add_argument("--positive", default=None, help="value of --label that is a case (default: the larger/"
-                                                          "later-sorted value, as R's factor levels)")
+def _subcommand(sub, name: str, help_: str, func, csv: bool = True) -> argparse.ArgumentParser:
+    """One `analyze` sub-command with --out (and --csv unless ``csv`` is False)."""
+    p = sub.add_parser(name, help=help_, description=help_)
+    if csv:
+        p.add_argument("--csv", required=True, help="input CSV file with a header row")
+    p.add_argument("--out", default="analysis", help="output folder for JSON and PNG (default: analysis)")
+    p.set_defaults(func=func)
+    return p
 
-    p = mk("roc", "ROC curve(s): AUC with DeLong (or bootstrap) CI, direction, Youden point", _cmd_roc)
-    lab(p)
+
+def _add_label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label", default="label", help="binary outcome column (default: label)")
+    p.add_argument("--positive", default=None, help="value of --label that is a case (default: the larger/"
+                                                      "later-sorted value, as R's factor levels)")
+
+
+def _add_time_event_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time", default="os_time")
+    p.add_argument("--event", default="os_event")
+
+
+def _add_classification_parsers(sub) -> None:
+    """roc, compare-roc, dca, spearman, auc-by-cutoff, logistic."""
+    p = _subcommand(sub, "roc", "ROC curve(s): AUC with DeLong (or bootstrap) CI, direction, Youden point", _cmd_roc)
+    _add_label_args(p)
     p.add_argument("--score", nargs="+", default=["score"], help="score column(s); several give one plot")
     p.add_argument("--direction", default="auto", choices=["auto", "<", ">"], help="pROC direction (default auto)")
     p.add_argument("--threshold", type=float, default=None, help="also report sensitivity/specificity here")
@@ -233,43 +249,45 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
 
-    p = mk("compare-roc", "paired DeLong test of two correlated ROC curves", _cmd_compare)
-    lab(p)
+    p = _subcommand(sub, "compare-roc", "paired DeLong test of two correlated ROC curves", _cmd_compare)
+    _add_label_args(p)
     p.add_argument("--score1", required=True)
     p.add_argument("--score2", required=True)
 
-    p = mk("dca", "decision curve analysis (net benefit vs treat-all / treat-none)", _cmd_dca)
-    lab(p)
+    p = _subcommand(sub, "dca", "decision curve analysis (net benefit vs treat-all / treat-none)", _cmd_dca)
+    _add_label_args(p)
     p.add_argument("--models", nargs="+", default=["score"], help="predicted-probability column(s)")
     p.add_argument("--min-threshold", type=float, default=0.01)
     p.add_argument("--max-threshold", type=float, default=0.99)
     p.add_argument("--step", type=float, default=0.01)
 
-    p = mk("spearman", "Spearman correlation with a scatter plot", _cmd_spearman)
+    p = _subcommand(sub, "spearman", "Spearman correlation with a scatter plot", _cmd_spearman)
     p.add_argument("--x", default="score")
     p.add_argument("--y", default="TMB")
 
-    p = mk("auc-by-cutoff", "AUC of a score for target >= each cut-off, per cohort, with the difference", _cmd_abc)
+    p = _subcommand(sub, "auc-by-cutoff", "AUC of a score for target >= each cut-off, per cohort, with the difference",
+                    _cmd_abc)
     p.add_argument("--score", default="score")
     p.add_argument("--target", default="TMB")
     p.add_argument("--cohort", default=None, help="cohort/split column (two cohorts give their difference)")
     p.add_argument("--cutoffs", type=float, nargs="+", default=[float(c) for c in range(3, 12)])
     p.add_argument("--direction", default="<", choices=["<", ">"])
 
-    p = mk("logistic", "logistic regression combining scores/covariates, with AUC", _cmd_logistic)
-    lab(p)
+    p = _subcommand(sub, "logistic", "logistic regression combining scores/covariates, with AUC", _cmd_logistic)
+    _add_label_args(p)
     p.add_argument("--predictors", nargs="+", required=True)
 
-    p = mk("cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 p)", _cmd_cutpoint)
-    p.add_argument("--time", default="os_time")
-    p.add_argument("--event", default="os_event")
+
+def _add_survival_parsers(sub) -> None:
+    """cutpoint, km, cox, cox-scan."""
+    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 p)", _cmd_cutpoint)
+    _add_time_event_args(p)
     p.add_argument("--marker", default="score")
     p.add_argument("--minprop", type=float, default=0.1)
     p.add_argument("--maxprop", type=float, default=0.9)
 
-    p = mk("km", "Kaplan-Meier per group, median (CI), numbers at risk, log-rank", _cmd_km)
-    p.add_argument("--time", default="os_time")
-    p.add_argument("--event", default="os_event")
+    p = _subcommand(sub, "km", "Kaplan-Meier per group, median (CI), numbers at risk, log-rank", _cmd_km)
+    _add_time_event_args(p)
     p.add_argument("--group", default=None, help="group column")
     p.add_argument("--marker", default=None, help="or: marker column split at --cutoff")
     p.add_argument("--cutoff", type=float, default=None)
@@ -277,19 +295,21 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
                    help="CI type for survival and the median (R's default: log)")
     p.add_argument("--risk-times", type=float, nargs="+", default=None, help="times for the numbers-at-risk table")
 
-    p = mk("cox", "Cox proportional hazards (Efron ties): HR, CI, Wald p, LR/score tests, concordance", _cmd_cox)
-    p.add_argument("--time", default="os_time")
-    p.add_argument("--event", default="os_event")
+    p = _subcommand(sub, "cox", "Cox proportional hazards (Efron ties): HR, CI, Wald p, LR/score tests, concordance",
+                    _cmd_cox)
+    _add_time_event_args(p)
     p.add_argument("--covariates", nargs="+", required=True)
 
-    p = mk("cox-scan", "paper figure 4: marker + each covariate in two-variable Cox models, forest plot", _cmd_cox_scan)
-    p.add_argument("--time", default="os_time")
-    p.add_argument("--event", default="os_event")
+    p = _subcommand(sub, "cox-scan", "paper figure 4: marker + each covariate in two-variable Cox models, forest plot",
+                    _cmd_cox_scan)
+    _add_time_event_args(p)
     p.add_argument("--marker", default="score")
     p.add_argument("--cutoff", type=float, default=None, help="use the marker as a group (marker > cutoff)")
     p.add_argument("--covariates", nargs="+", required=True)
 
-    p = mk("table1", "cohort characteristics by group with chi-square/Fisher and t-tests", _cmd_table1)
+
+def _add_table1_parser(sub) -> None:
+    p = _subcommand(sub, "table1", "cohort characteristics by group with chi-square/Fisher and t-tests", _cmd_table1)
     p.add_argument("--group", default=None)
     p.add_argument("--marker", default=None)
     p.add_argument("--cutoff", type=float, default=None)
@@ -297,7 +317,10 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--categorical", nargs="*", default=[])
     p.add_argument("--equal-var", action="store_true", help="Student's t-test instead of Welch's")
 
-    p = mk("report", "run the standard set on predictions (+ clinical) CSV; HTML or PDF report", _cmd_report, csv=False)
+
+def _add_report_parser(sub) -> None:
+    p = _subcommand(sub, "report", "run the standard set on predictions (+ clinical) CSV; HTML or PDF report", _cmd_report,
+                    csv=False)
     p.add_argument("--predictions", required=True, help="CSV with case, score, TMB, label, cohort")
     p.add_argument("--clinical", default=None, help="CSV with case, OS/PFS time and event, covariates")
     p.add_argument("--format", default="html", choices=["html", "pdf"])
@@ -311,7 +334,6 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pfs-cutoff", type=float, default=0.46, help="score cut-off for PFS groups (paper: 0.46)")
     p.add_argument("--covariates", nargs="*", default=["ecog", "sex", "smoking", "histology", "stage", "egfr", "age"])
     p.add_argument("--continuous", nargs="*", default=["age"], help="covariates summarised as mean±SD in Table 1")
-    return an
 
 
 def _run(args) -> int:

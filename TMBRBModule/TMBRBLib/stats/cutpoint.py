@@ -86,7 +86,87 @@ class CutpointResult(Result):
 
 def maxstat_cutpoint(time: ArrayLike, event: ArrayLike, x: ArrayLike, *, minprop: float = 0.1,
                      maxprop: float = 0.9) -> CutpointResult:
-    """Cut-point of marker ``x`` that maximises the standardised log-rank statistic (low group: x <= cut)."""
+    """Survival cut-point of a marker by the maximally selected log-rank statistic, with a corrected p.
+
+    For every observed value c of ``x`` between the ``minprop`` and ``maxprop`` quantiles,
+    splits the subjects into low (x <= c) and high (x > c), computes the standardised
+    log-rank statistic of the split from exactRankTests' log-rank scores (tied times get their
+    maximum rank), and returns the cut-point with the largest absolute statistic M. Because
+    the cut-point was searched for, the naive log-rank p of the chosen split is too small;
+    ``p_value`` is Lausen & Schumacher's (1992) approximation for the maximum. This replaces
+    the paper's X-tile search. Checked against
+    ``maxstat::maxstat.test(Surv(time, event) ~ x, smethod = "LogRank", pmethod = "Lau92")``
+    (cut-point, statistic and p to a relative 1e-9 on ``survival::lung``, ``maxstat::DLBCL``;
+    ``tools/r_reference/make_reference.R``, ``tests/stats/test_r_agreement.py``). Rows with a
+    missing time, event or marker are dropped and counted.
+
+    Parameters
+    ----------
+    time : array-like of shape (n,)
+        Follow-up times (>= 0).
+    event : array-like of shape (n,)
+        1 = event, 0 = censored.
+    x : array-like of shape (n,)
+        Continuous marker (e.g. the TMBRB score).
+    minprop, maxprop : float, default 0.1 and 0.9
+        Only cut-points leaving at least ``minprop`` of the subjects at or below them and at
+        most ``maxprop`` are searched (maxstat's arguments of the same name).
+
+    Returns
+    -------
+    CutpointResult
+        Dataclass with fields:
+
+        - ``cutpoint`` : the chosen cut (low group: x <= cutpoint).
+        - ``statistic`` : M, the maximal absolute standardised log-rank statistic.
+        - ``p_value``, ``p_method`` : p corrected for the search ('Lau92').
+        - ``naive_p_value``, ``naive_logrank_chisq`` : log-rank test of the chosen split as if
+          it were fixed in advance (not valid on its own).
+        - ``minprop``, ``maxprop`` : as given.
+        - ``n``, ``n_events``, ``n_low``, ``n_high``, ``n_dropped`` : counts.
+        - ``cuts``, ``stats`` : every searched cut-point and its statistic (``plot()`` draws them).
+        - ``logrank`` : the :class:`LogRankResult` of the chosen split.
+
+    Raises
+    ------
+    TMBRBStatsInputError
+        If not 0 <= ``minprop`` < ``maxprop`` <= 1; an input has non-numeric entries or the
+        arrays differ in length; no row is complete; a time is negative; ``event`` is not 0/1;
+        there are no events; the marker takes a single value; no cut-point lies between the
+        ``minprop`` and ``maxprop`` quantiles; or the log-rank scores have no variance.
+
+    See Also
+    --------
+    logrank_test : Log-rank test of fixed groups.
+    kaplan_meier : Curves of the groups at the chosen cut-point.
+
+    References
+    ----------
+    .. [1] B. Lausen, M. Schumacher, "Maximally selected rank statistics", Biometrics
+       48(1):73-85, 1992.
+    .. [2] T. Hothorn, B. Lausen, "On the exact distribution of maximally selected rank
+       statistics", Computational Statistics & Data Analysis 43(2):121-137, 2003.
+    .. [3] R. L. Camp, M. Dolled-Filhart, D. L. Rimm, "X-tile: a new bio-informatics tool for
+       biomarker assessment and outcome-based cut-point optimization", Clinical Cancer
+       Research 10(21):7252-7259, 2004.
+
+    Examples
+    --------
+    Ten patients; those with a higher marker live longer. Nine cut-points are searched (every
+    distinct value but the largest); the best leaves the four lowest markers in the low group:
+
+    >>> from TMBRBLib.stats import maxstat_cutpoint
+    >>> time = [5, 8, 3, 12, 15, 9, 20, 22, 18, 30]
+    >>> event = [1, 1, 1, 1, 0, 1, 1, 0, 1, 0]
+    >>> x = [0.1, 0.2, 0.3, 0.35, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9]
+    >>> r = maxstat_cutpoint(time, event, x)
+    >>> print(f"cut-point {r.cutpoint:g}: {r.n_low} low, {r.n_high} high, {len(r.cuts)} cut-points searched")
+    cut-point 0.35: 4 low, 6 high, 9 cut-points searched
+    >>> print(f"M = {r.statistic:.3f}, corrected p = {r.p_value:.3f}, naive p = {r.naive_p_value:.4f}")
+    M = 2.182, corrected p = 0.347, naive p = 0.0046
+
+    The naive p ignores the search and would overstate the evidence.
+    """
     if not (0 <= minprop < maxprop <= 1):
         raise TMBRBStatsInputError(f"need 0 <= minprop < maxprop <= 1, got minprop={minprop}, maxprop={maxprop}.")
     cols, dropped = drop_nan_rows({"t": to_numeric(time, "time"), "e": to_numeric(event, "event"),

@@ -104,7 +104,79 @@ def _fmt_p(p: float) -> str:
 
 def table1(df: pd.DataFrame, group: str, *, continuous: Sequence[str] = (), categorical: Sequence[str] = (),
            equal_var: bool = False, group_order: Optional[Sequence[object]] = None) -> Table1Result:
-    """Cohort characteristics by ``group``: mean ± SD / n (%) per group and overall, with p values."""
+    """Table 1: cohort characteristics by group, overall and per group, with the paper's tests.
+
+    Continuous variables: mean±SD, Welch's t-test for two groups (R's ``t.test`` default;
+    ``equal_var=True`` for Student's) or one-way ANOVA for more. Categorical variables: n (%)
+    per level, Pearson's chi-square (Yates-corrected on 2x2, R's ``chisq.test`` default), or
+    Fisher's exact test when an expected count is < 5 (exact for tables with two rows or
+    columns, as R's ``fisher.test``; seeded Monte Carlo for larger tables). Missing values get
+    their own "missing" row; rows with a missing group are left out and counted. The tests
+    are checked against ``chisq.test``, ``fisher.test`` and ``t.test`` on ``survival::lung``
+    (``tools/r_reference/make_reference.R``, ``tests/stats/test_r_agreement.py``).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per subject.
+    group : str
+        Group column (two or more values).
+    continuous : sequence of str
+        Numeric columns summarised as mean±SD.
+    categorical : sequence of str
+        Columns summarised as n (%).
+    equal_var : bool, default False
+        Student's instead of Welch's t-test.
+    group_order : sequence, optional
+        Order of the group columns (default: sorted as text).
+
+    Returns
+    -------
+    Table1Result
+        Dataclass with fields:
+
+        - ``table`` : DataFrame with ``variable``, ``level``, one column per group headed
+          ``"<group> (n=<count>)"`` after ``"All (n=...)"``, ``p``, ``p_text`` (3 decimals,
+          "<0.001") and ``test``.
+        - ``group``, ``groups`` : the group column and its values in order.
+        - ``n_missing_group`` : rows left out for a missing group.
+
+    Raises
+    ------
+    TMBRBStatsInputError
+        If a column is missing; no variable is given; a continuous column has non-numeric
+        entries; or the group has a single value.
+
+    See Also
+    --------
+    categorical_test : The chi-square / Fisher choice for one contingency table.
+    fisher_exact_2xc : Exact Fisher test of a 2 x c table (R's two-sided rule).
+
+    References
+    ----------
+    .. [1] B. L. Welch, "The generalization of 'Student's' problem when several different
+       population variances are involved", Biometrika 34(1-2):28-35, 1947.
+    .. [2] R. A. Fisher, "On the interpretation of chi-square from contingency tables, and the
+       calculation of P", Journal of the Royal Statistical Society 85(1):87-94, 1922.
+
+    Examples
+    --------
+    Four patients per group; the expected counts of the 2x2 sex table are 2 (< 5), so
+    Fisher's exact test is used:
+
+    >>> import pandas as pd
+    >>> from TMBRBLib.stats import table1
+    >>> df = pd.DataFrame({"group": ["high"] * 4 + ["low"] * 4,
+    ...                    "age": [60, 65, 70, 55, 50, 58, 62, 48],
+    ...                    "sex": ["m", "f", "m", "m", "f", "f", "m", "f"]})
+    >>> r = table1(df, "group", continuous=["age"], categorical=["sex"])
+    >>> for _, row in r.table.iterrows():
+    ...     print(" | ".join(str(row[c]) for c in ["variable", "level", "high (n=4)", "low (n=4)", "p_text", "test"]))
+    age | mean±SD | 62.5±6.5 | 54.5±6.6 | 0.134 | Welch t-test
+    sex |  |  |  | 0.486 | Fisher
+    sex | f | 1 (25.0) | 3 (75.0) |  |
+    sex | m | 3 (75.0) | 1 (25.0) |  |
+    """
     require_columns(df, [group, *continuous, *categorical], "Table 1")
     if not continuous and not categorical:
         raise TMBRBStatsInputError("Table 1 needs at least one --continuous or --categorical variable.")
