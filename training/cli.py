@@ -86,11 +86,13 @@ def add_export_args(p: argparse.ArgumentParser, demo: bool = False):
         p.add_argument("--metrics", default=None, help="metrics.json from `evaluate`, stored in the provenance")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--cam-target-layer", default=None, help="layer for Grad-CAM (default features.transition1.relu)")
-    p.add_argument("--cam-method", default=None, choices=["GradCAM", "GradCAM-IxG"],
-                   help="class activation map written into the bundle (default GradCAM-IxG; see TMBRBLib/cam.py)")
+    from TMBRBLib.cam import CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET_LAYER, DEFAULT_SMOOTH_MM
+    p.add_argument("--cam-target-layer", default=None, help=f"layer for Grad-CAM (default {DEFAULT_CAM_TARGET_LAYER})")
+    p.add_argument("--cam-method", default=None, choices=list(CAM_METHODS),
+                   help=f"class activation map written into the bundle (default {DEFAULT_CAM_METHOD}; "
+                        "see TMBRBLib/cam.py)")
     p.add_argument("--cam-smooth-mm", type=float, default=None,
-                   help="Gaussian smoothing of input x gradient for GradCAM-IxG, in mm (default 2)")
+                   help=f"Gaussian smoothing of input x gradient for GradCAM-IxG, in mm (default {DEFAULT_SMOOTH_MM:g})")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
 
 

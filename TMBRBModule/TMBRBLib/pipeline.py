@@ -13,8 +13,8 @@ import torch
 
 from . import __version__, RESEARCH_USE_NOTICE
 from .bundle import Bundle, load_bundle
-from .cam import DEFAULT_SMOOTH_MM, ScoringGradCAM, cam_image, cam_to_reference, normalise_cam
-from .crop import CropGrid, crop_for_model, fraction_outside_scan, shift_offsets
+from .cam import ScoringGradCAM, cam_image, cam_to_reference, make_cam, normalise_cam
+from .crop import CropGrid, crop_for_model, fraction_outside_scan, n_shifts_of, shift_offsets
 from .errors import TMBRBCancelled, TMBRBInputError
 from .geometry import Box, box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
 from .io import mask_on_ct_grid, paste_region, validate_ct
@@ -112,9 +112,7 @@ class Scorer:
     def _cam(self, device: torch.device) -> ScoringGradCAM:
         key = str(device)
         if key not in self._cams:
-            c = self.bundle.tmbrb["cam"]
-            self._cams[key] = ScoringGradCAM(self.bundle.model(device), c["target_layer"], c.get("method", "GradCAM"),
-                                             c.get("smooth_mm", DEFAULT_SMOOTH_MM))
+            self._cams[key] = make_cam(self.bundle.model(device), self.bundle.tmbrb["cam"])
         return self._cams[key]
 
     def run(self, base: np.ndarray, shifted: Sequence[np.ndarray], device: torch.device, spacing_zyx=1.0):
@@ -206,8 +204,7 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     _report(progress, cancel, 0.15, "cropping")
     t = time.perf_counter()
     base, crop_img, grid = crop_for_model(ct, box, pre)
-    offsets = shift_offsets(box, meta.get("tta", {}), int(meta.get("tta", {}).get("n_shifts", 8)
-                                                           if n_shifts is None else n_shifts))
+    offsets = shift_offsets(box, meta.get("tta", {}), n_shifts_of(meta.get("tta", {}), n_shifts))
     shifted = [crop_for_model(ct, box.shifted(o), pre)[0] for o in offsets]
     timings["crop"] = time.perf_counter() - t
     outside = fraction_outside_scan(ct, grid)
