@@ -99,7 +99,7 @@ def bench_case(label, ct_path, seed, box, scorer, runs, tmp):
     res["forward_cam_s"], (logits, cmap) = median_time(lambda: cam.logits_and_map(x, 1, grid.spacing[::-1]), runs)
     res["cam_method"] = f"{cam.method} at {scorer.bundle.tmbrb['cam']['target_layer']}"
     # the same forward with plain Grad-CAM at 8^3 (the first map), measured in the same run for the ratio
-    plain = ScoringGradCAM(model, "features.transition2.relu", "GradCAM")
+    plain = ScoringGradCAM(model, "features.transition2.relu")
     res["forward_plain_gradcam_s"], _ = median_time(lambda: plain.logits_and_map(x, 1), runs)
     res["ratio_cam_method_vs_plain_gradcam"] = res["forward_cam_s"] / res["forward_plain_gradcam_s"]
     shifted = [crop_for_model(ct, box.shifted(o), pre)[0] for o in shift_offsets(box, scorer.bundle.tmbrb["tta"], 8)]

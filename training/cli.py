@@ -86,16 +86,29 @@ def add_export_args(p: argparse.ArgumentParser, demo: bool = False):
         p.add_argument("--metrics", default=None, help="metrics.json from `evaluate`, stored in the provenance")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--cam-target-layer", default=None, help="layer for Grad-CAM (default features.transition1.relu)")
-    p.add_argument("--cam-method", default=None, choices=["GradCAM", "GradCAM-IxG"],
-                   help="class activation map written into the bundle (default GradCAM-IxG; see TMBRBLib/cam.py)")
+    from TMBRBLib.cam import CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET_LAYER, DEFAULT_SMOOTH_MM
+    p.add_argument("--cam-target-layer", default=None, help=f"layer for Grad-CAM (default {DEFAULT_CAM_TARGET_LAYER})")
+    p.add_argument("--cam-method", default=None, choices=list(CAM_METHODS),
+                   help=f"class activation map written into the bundle (default {DEFAULT_CAM_METHOD}; "
+                        "see TMBRBLib/cam.py)")
     p.add_argument("--cam-smooth-mm", type=float, default=None,
-                   help="Gaussian smoothing of input x gradient for GradCAM-IxG, in mm (default 2)")
+                   help=f"Gaussian smoothing of input x gradient for GradCAM-IxG, in mm (default {DEFAULT_SMOOTH_MM:g})")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    try:
+        _run(a, _command_line(argv))
+    except TMBRBError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m training`: one sub-command per step."""
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -154,45 +167,42 @@ def main(argv=None) -> int:
     add_export_args(p, demo=True)
     from .demo import DEMO_DEFAULTS
     p.set_defaults(**DEMO_DEFAULTS)
+    return ap
 
-    a = ap.parse_args(argv)
-    command = _command_line(argv)
-    try:
-        if a.cmd == "train":
-            from .trainer import train
-            s = train(config_from_args(a, a.manifest, a.out, command))
-            if s.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
-                print(json.dumps({k: s[k] for k in ("best_val_auc", "best_epoch", "epochs_run", "wall_s",
-                                                    "world_size", "ranks_in_sync")}))
-        elif a.cmd == "export":
-            from .export import export_bundle
-            metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
-            b = export_bundle(a.run, a.bundle, model_id=a.model_id, name=a.name, version=a.version, demo=a.demo,
-                              notice=a.notice, checkpoint=a.checkpoint, metrics=_test_metrics(metrics),
-                              cam_target_layer=a.cam_target_layer, cam_method=a.cam_method,
-                              cam_smooth_mm=a.cam_smooth_mm, command=command, dtype=a.dtype)
-            print(json.dumps(b.info()))
-        elif a.cmd == "evaluate":
-            from .evaluate import evaluate
-            _threads(a.threads)
-            m = evaluate(a.bundle, a.manifest, a.out, a.split, a.shifts, a.device, a.limit, not a.no_progress)
-            print(json.dumps({k: m.get(k) for k in ("split", "n", "auc", "spearman_score_tmb", "cam_share_signal",
-                                                    "cam_share_signal_high_tmb", "notice")}, default=str))
-        elif a.cmd == "bench":
-            from .bench import bench
-            _threads(a.threads)
-            print(json.dumps(bench(a.manifest, a.out, a.n, a.batch_size, _json_arg(a.preprocessing, "preprocessing"),
-                                   _json_arg(a.architecture, "architecture"))))
-        elif a.cmd == "phantoms":
-            print(write_phantoms(a.out, a.n, _fractions(a.split), a.signal, a.strength, a.seed, a.workers,
-                                 not a.no_progress))
-        elif a.cmd == "demo":
-            from .demo import run_demo
-            run_demo(a, command)
-    except TMBRBError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+def _run(a, command: str) -> None:
+    """Run the sub-command that `a` names; its result is printed as one JSON line."""
+    if a.cmd == "train":
+        from .trainer import train
+        s = train(config_from_args(a, a.manifest, a.out, command))
+        if s.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+            print(json.dumps({k: s[k] for k in ("best_val_auc", "best_epoch", "epochs_run", "wall_s",
+                                                "world_size", "ranks_in_sync")}))
+    elif a.cmd == "export":
+        from .export import export_bundle
+        metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
+        b = export_bundle(a.run, a.bundle, model_id=a.model_id, name=a.name, version=a.version, demo=a.demo,
+                          notice=a.notice, checkpoint=a.checkpoint, metrics=_test_metrics(metrics),
+                          cam_target_layer=a.cam_target_layer, cam_method=a.cam_method,
+                          cam_smooth_mm=a.cam_smooth_mm, command=command, dtype=a.dtype)
+        print(json.dumps(b.info()))
+    elif a.cmd == "evaluate":
+        from .evaluate import evaluate
+        _threads(a.threads)
+        m = evaluate(a.bundle, a.manifest, a.out, a.split, a.shifts, a.device, a.limit, not a.no_progress)
+        print(json.dumps({k: m.get(k) for k in ("split", "n", "auc", "spearman_score_tmb", "cam_share_signal",
+                                                "cam_share_signal_high_tmb", "notice")}, default=str))
+    elif a.cmd == "bench":
+        from .bench import bench
+        _threads(a.threads)
+        print(json.dumps(bench(a.manifest, a.out, a.n, a.batch_size, _json_arg(a.preprocessing, "preprocessing"),
+                               _json_arg(a.architecture, "architecture"))))
+    elif a.cmd == "phantoms":
+        print(write_phantoms(a.out, a.n, _fractions(a.split), a.signal, a.strength, a.seed, a.workers,
+                             not a.no_progress))
+    elif a.cmd == "demo":
+        from .demo import run_demo
+        run_demo(a, command)
 
 
 def write_phantoms(out, n, fractions, signal="peritumoral", strength=None, seed=0, workers=1, progress=True,

@@ -17,6 +17,7 @@ from typing import Dict, Optional
 import torch
 
 from TMBRBLib.bundle import Bundle, save_bundle
+from TMBRBLib.cam import CAM_METHODS, LEGACY_CAM_METHOD, MAX_SMOOTH_MM, cam_settings_of
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.model import build_model
 
@@ -43,10 +44,15 @@ def _model_card(meta: Dict) -> str:
     p = t["preprocessing"]
     lines += ["## Input", "", f"Crop: {p['mode']} (margin {p.get('margin_mm')} mm, field of view "
               f"{p.get('min_fov_mm')}-{p.get('max_fov_mm')} mm), shape {p['shape']}, HU window {p['hu_window']}.",
-              f"Class activation map: {t['cam'].get('method', 'GradCAM')} at {t['cam']['target_layer']}"
-              + (f", smoothed {t['cam'].get('smooth_mm')} mm" if t['cam'].get('method') == 'GradCAM-IxG' else "")
-              + ".", ""]
+              _cam_line(t["cam"]), ""]
     return "\n".join(lines)
+
+
+def _cam_line(cam: Dict) -> str:
+    method = cam.get("method", LEGACY_CAM_METHOD)
+    smoothed = method in CAM_METHODS and CAM_METHODS[method].uses_smoothing
+    return (f"Class activation map: {method} at {cam['target_layer']}"
+            + (f", smoothed {cam.get('smooth_mm')} mm" if smoothed else "") + ".")
 
 
 def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str = "TMBRB",
@@ -84,12 +90,16 @@ def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str
                                   "Give a module name such as features.transition2.relu or features.denseblock3.")
         t["cam"]["target_layer"] = cam_target_layer
     if cam_method is not None or cam_smooth_mm is not None:
-        from TMBRBLib.cam import check_cam_settings
+        settings = dict(t["cam"])
+        if cam_method:
+            settings["method"] = cam_method
+        if cam_smooth_mm is not None:
+            settings["smooth_mm"] = cam_smooth_mm
         try:
-            method, smooth = check_cam_settings(cam_method or t["cam"].get("method", "GradCAM"),
-                                                t["cam"].get("smooth_mm", 2.0) if cam_smooth_mm is None else cam_smooth_mm)
+            method, smooth = cam_settings_of(settings)
         except ValueError as e:
-            raise TMBRBInputError(str(e) + ".", "Use --cam-method GradCAM or GradCAM-IxG and --cam-smooth-mm 0-20.") from None
+            raise TMBRBInputError(str(e) + ".", f"Use --cam-method {' or '.join(CAM_METHODS)} and "
+                                                f"--cam-smooth-mm 0-{MAX_SMOOTH_MM:g}.") from None
         t["cam"]["method"], t["cam"]["smooth_mm"] = method, smooth
     meta["name"] = name
     meta["version"] = version

@@ -19,8 +19,10 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from .cam import DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET_LAYER, DEFAULT_SMOOTH_MM, cam_settings_of
+from .crop import DEFAULT_TTA
 from .errors import TMBRBBundleError
-from .model import TMBRBNet, build_model
+from .model import DEFAULT_ARCHITECTURE, architecture_class, build_model
 
 BUNDLE_FORMAT = 1
 METADATA_PATH = Path("configs") / "metadata.json"
@@ -41,6 +43,7 @@ def default_bundle_path() -> Path:
 
 
 def sha256_file(path: Union[str, Path]) -> str:
+    """The SHA-256 of a file's bytes as 64 hex digits (read in 1 MiB chunks: any size)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -60,7 +63,7 @@ def default_tmbrb_metadata() -> Dict[str, Any]:
         "demo": True,
         "placeholder": True,
         "notice": PLACEHOLDER_NOTICE,
-        "architecture": {"name": "TMBRBNet (MONAI DenseNet, 3D)", "init_features": 32, "growth_rate": 32,
+        "architecture": {"name": DEFAULT_ARCHITECTURE, "init_features": 32, "growth_rate": 32,
                          "block_config": [6, 12, 24, 16], "bn_size": 2, "hidden_features": 128,
                          "num_classes": 2, "n_features": 1020, "dropout_prob": 0.0, "classifier_dropout": 0.0},
         "preprocessing": {
@@ -75,9 +78,9 @@ def default_tmbrb_metadata() -> Dict[str, Any]:
             "interpolation": "linear",
             "training_slice_mm_max": 3.0,
         },
-        "tta": {"n_shifts": 8, "shift_fraction": 0.1, "max_shift_mm": 5.0, "seed": 0},
+        "tta": dict(DEFAULT_TTA),
         # Grad-CAM at 16^3 times smoothed input x gradient (TMBRBLib.cam); "GradCAM" alone is the coarse classic
-        "cam": {"method": "GradCAM-IxG", "target_layer": "features.transition1.relu", "smooth_mm": 2.0,
+        "cam": {"method": DEFAULT_CAM_METHOD, "target_layer": DEFAULT_CAM_TARGET_LAYER, "smooth_mm": DEFAULT_SMOOTH_MM,
                 "class_index": 1},
         "regions": {"ring_width_mm": 10.0, "tumour_hu_range": [-500.0, 500.0]},
         "proposal": {"hu_range": [-400.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0,
@@ -136,7 +139,7 @@ class Bundle:
         self.path = Path(path)
         self.metadata = metadata
         self.sha256 = weights_sha256
-        self._models: Dict[str, TMBRBNet] = {}
+        self._models: Dict[str, torch.nn.Module] = {}
 
     @property
     def tmbrb(self) -> Dict[str, Any]:
@@ -170,27 +173,34 @@ class Bundle:
                 "notice": self.notice, "intended_use": self.metadata.get("intended_use", ""),
                 "cam": dict(self.tmbrb.get("cam", {}))}
 
-    def model(self, device: Union[str, torch.device] = "cpu") -> TMBRBNet:
+    def model(self, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
         key = str(device)
         if key not in self._models:
-            net = build_model(self.tmbrb["architecture"])
+            try:
+                net = build_model(self.tmbrb["architecture"])
+            except ValueError as e:
+                raise TMBRBBundleError(f"The architecture in the metadata of '{self.path}' cannot be built: {e}. "
+                                       "Fix configs/metadata.json or re-export the bundle.") from None
             state = _load_weights(self.path / WEIGHTS_PATH)
             own = net.state_dict()
-            missing = [k for k in own if k not in state]
-            unexpected = [k for k in state if k not in own]
-            shape_bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-            if missing or unexpected or shape_bad:
-                raise TMBRBBundleError(
-                    f"The weights in '{self.path}' do not fit the architecture in its metadata "
-                    f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shape_bad)} of other shape, "
-                    f"e.g. {(missing + unexpected + shape_bad)[:3]}). The bundle is mismatched: re-export it with "
-                    "`python -m training export` or use the bundle that came with TMBRB.")
+            self._check_weights_fit(own, state)
             net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
             net.eval()
             for p in net.parameters():
                 p.requires_grad_(False)
             self._models[key] = net.to(device)
         return self._models[key]
+
+    def _check_weights_fit(self, own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> None:
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shape_bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shape_bad:
+            raise TMBRBBundleError(
+                f"The weights in '{self.path}' do not fit the architecture in its metadata "
+                f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shape_bad)} of other shape, "
+                f"e.g. {(missing + unexpected + shape_bad)[:3]}). The bundle is mismatched: re-export it with "
+                "`python -m training export` or use the bundle that came with TMBRB.")
 
 
 def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
@@ -203,8 +213,59 @@ def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
 
 
 def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bundle:
-    """Load and verify a bundle folder. Raises TMBRBBundleError with a clear message when it cannot be used."""
+    """Load and verify a model bundle folder.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The bundle folder (holding configs/metadata.json and models/model.safetensors). None means
+        ``default_bundle_path()``: $TMBRB_MODEL when set, else the demo bundle shipped with the module.
+    verify : bool, default True
+        Check the weights against the sha256 in the metadata.
+
+    Returns
+    -------
+    Bundle
+        The bundle; ``Bundle.model(device)`` builds the network (once per device), ``Bundle.tmbrb`` is the metadata's
+        ``tmbrb`` section.
+
+    Raises
+    ------
+    TMBRBBundleError
+        With a message that says what is wrong and what to do, when the folder or metadata is missing or broken, the
+        format version is another, a section is missing, the ``cam`` settings or ``architecture.name`` are not known
+        to this TMBRB, or the weights are missing or fail their checksum.
+
+    Examples
+    --------
+    >>> b = load_bundle()  # the demo bundle shipped with TMBRB (when $TMBRB_MODEL is not set)
+    >>> b.is_demo, b.tmbrb["architecture"]["name"], b.tmbrb["cam"]["method"]
+    (True, 'TMBRBNet (MONAI DenseNet, 3D)', 'GradCAM-IxG')
+    >>> len(b.sha256)
+    64
+    >>> load_bundle("no/such/folder")
+    Traceback (most recent call last):
+    ...
+    TMBRBLib.errors.TMBRBBundleError: The model bundle 'no/such/folder' is not a folder. Give the folder that holds ...
+    """
     p = Path(path) if path is not None else default_bundle_path()
+    metadata = _read_metadata(p)
+    t = metadata["tmbrb"]
+    _check_sections(p, t)
+    w = p / WEIGHTS_PATH
+    if not w.is_file():
+        raise TMBRBBundleError(f"The model bundle '{p}' has no weights file {WEIGHTS_PATH}.")
+    digest = sha256_file(w)
+    expected = t["weights"].get("sha256")
+    if verify and digest != expected:
+        raise TMBRBBundleError(f"The weights of the model bundle '{p}' fail their checksum (sha256 {digest[:12]}..., "
+                               f"metadata says {str(expected)[:12]}...). The file is corrupt or was replaced: "
+                               "restore the bundle from its source.")
+    return Bundle(p, metadata, digest)
+
+
+def _read_metadata(p: Path) -> Dict[str, Any]:
+    """The bundle's metadata.json, checked to be a TMBRB bundle of this format."""
     if not p.is_dir():
         raise TMBRBBundleError(f"The model bundle '{p}' is not a folder. Give the folder that holds "
                                "configs/metadata.json and models/model.safetensors.")
@@ -222,32 +283,33 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     if fmt != BUNDLE_FORMAT:
         raise TMBRBBundleError(f"The model bundle '{p}' has format {fmt!r}; this TMBRB reads format {BUNDLE_FORMAT}. "
                                "Use a TMBRB version that matches the bundle, or re-export the bundle.")
+    return metadata
+
+
+def _check_sections(p: Path, t: Dict[str, Any]) -> None:
+    """The sections the engine needs are there, and the architecture and CAM they name are known."""
     for key in ("architecture", "preprocessing", "risk", "weights"):
         if key not in t:
             raise TMBRBBundleError(f"The metadata of '{p}' lacks the '{key}' section. Re-export the bundle.")
+    arch = t["architecture"]
+    try:
+        if isinstance(arch, dict):
+            architecture_class(arch.get("name", DEFAULT_ARCHITECTURE))
+    except ValueError as e:
+        raise TMBRBBundleError(f"The metadata of '{p}' cannot be used: {e}. Use a TMBRB version that has this "
+                               "architecture, or re-export the bundle.") from None
     cam = t.get("cam")
     if not isinstance(cam, dict) or "target_layer" not in cam:
         raise TMBRBBundleError(f"The metadata of '{p}' lacks the 'cam' section (method, target_layer). "
                                "Re-export the bundle.")
     try:
-        from .cam import check_cam_settings
-        check_cam_settings(cam.get("method", "GradCAM"), cam.get("smooth_mm", 2.0))
+        cam_settings_of(cam)
     except ValueError as e:
         raise TMBRBBundleError(f"The 'cam' settings in the metadata of '{p}' cannot be used: {e}. "
                                "Fix configs/metadata.json or re-export the bundle.") from None
-    w = p / WEIGHTS_PATH
-    if not w.is_file():
-        raise TMBRBBundleError(f"The model bundle '{p}' has no weights file {WEIGHTS_PATH}.")
-    digest = sha256_file(w)
-    expected = t["weights"].get("sha256")
-    if verify and digest != expected:
-        raise TMBRBBundleError(f"The weights of the model bundle '{p}' fail their checksum (sha256 {digest[:12]}..., "
-                               f"metadata says {str(expected)[:12]}...). The file is corrupt or was replaced: "
-                               "restore the bundle from its source.")
-    return Bundle(p, metadata, digest)
 
 
-def save_bundle(net: TMBRBNet, path: Union[str, Path], metadata: Dict[str, Any], dtype: str = "float16",
+def save_bundle(net: torch.nn.Module, path: Union[str, Path], metadata: Dict[str, Any], dtype: str = "float16",
                 model_card: Optional[str] = None) -> Bundle:
     """Write a bundle: weights (safetensors, floating tensors stored as `dtype`), metadata with their sha256."""
     from safetensors.torch import save_file

@@ -14,6 +14,13 @@ import SimpleITK as sitk
 
 from .geometry import Box
 
+# Test-time augmentation (a bundle's ``tta`` section): how many shifted boxes are scored besides the box itself,
+# by up to ``shift_fraction`` of the box size per axis, capped at ``max_shift_mm``, drawn from ``seed``.
+# The defaults for new bundles and for a bundle that leaves a key out; this module stays free of torch, so code that
+# must not import torch may import these.
+DEFAULT_N_SHIFTS = 8
+DEFAULT_TTA = {"n_shifts": DEFAULT_N_SHIFTS, "shift_fraction": 0.1, "max_shift_mm": 5.0, "seed": 0}
+
 
 @dataclass(frozen=True)
 class CropGrid:
@@ -87,13 +94,18 @@ def crop_for_model(ct: sitk.Image, box: Box, policy: Dict, center=None) -> Tuple
     return arr, img, grid
 
 
+def n_shifts_of(tta: Dict, n_shifts=None) -> int:
+    """The number of test-time shifts: ``n_shifts`` when given, else the ``tta`` section's, else DEFAULT_N_SHIFTS."""
+    return int(tta.get("n_shifts", DEFAULT_N_SHIFTS) if n_shifts is None else n_shifts)
+
+
 def shift_offsets(box: Box, tta: Dict, n: int) -> List[np.ndarray]:
     """Deterministic box shifts for test-time augmentation (the paper's bounding-box shifts), in mm."""
     if n <= 0:
         return []
-    rng = np.random.default_rng(int(tta.get("seed", 0)))
-    frac = float(tta.get("shift_fraction", 0.1))
-    cap = float(tta.get("max_shift_mm", 5.0))
+    rng = np.random.default_rng(int(tta.get("seed", DEFAULT_TTA["seed"])))
+    frac = float(tta.get("shift_fraction", DEFAULT_TTA["shift_fraction"]))
+    cap = float(tta.get("max_shift_mm", DEFAULT_TTA["max_shift_mm"]))
     amp = np.minimum(np.asarray(box.size) * frac, cap)
     return [rng.uniform(-1, 1, 3) * amp for _ in range(n)]
 

@@ -7,7 +7,7 @@ Inside the engine every physical point is LPS millimetres, the frame of ITK, Sim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -111,6 +111,50 @@ def point_inside(img: sitk.Image, p: Sequence[float]) -> bool:
     ci = physical_to_continuous_index(img, p)
     size = np.array(img.GetSize())
     return bool(np.all(ci >= -0.5) and np.all(ci <= size - 0.5))
+
+
+POINT_OUTSIDE_HINT = "Place the seed on the tumour inside the scan; check RAS vs LPS (Slicer shows RAS)."
+
+
+def require_point_inside(ct: sitk.Image, point_lps: Sequence[float], what: str = "The seed",
+                         ct_name: Optional[str] = None, hint: str = POINT_OUTSIDE_HINT) -> None:
+    """Raise TMBRBInputError unless a point lies inside the CT (within its outer voxel edges).
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The CT.
+    point_lps : sequence of 3 floats
+        The point, LPS mm.
+    what : str, default "The seed"
+        How the message names the point (it starts the message).
+    ct_name : str, optional
+        The CT's name, quoted in the message when given (e.g. the Slicer volume's name).
+    hint : str, default POINT_OUTSIDE_HINT
+        What to do about it; the second part of the message (``TMBRBInputError.hint``).
+
+    Raises
+    ------
+    TMBRBInputError
+        The message gives the point in LPS and RAS mm, its voxel position (continuous index) and the CT's size.
+
+    Examples
+    --------
+    >>> ct = sitk.Image([10, 10, 5], sitk.sitkInt16)
+    >>> require_point_inside(ct, (4.0, 4.0, 2.0))
+    >>> require_point_inside(ct, (4.0, 4.0, 20.0), ct_name="chest")
+    Traceback (most recent call last):
+    ...
+    TMBRBLib.errors.TMBRBInputError: The seed (LPS (4.0, 4.0, 20.0) mm, RAS (-4.0, -4.0, 20.0) mm, voxel (4.0, 4.0, 20.0)) lies outside the CT 'chest' (size (10, 10, 5)). Place the seed on the tumour inside the scan; check RAS vs LPS (Slicer shows RAS).
+    """
+    if point_inside(ct, point_lps):
+        return
+    p = tuple(float(v) for v in point_lps)
+    ci = physical_to_continuous_index(ct, p)
+    named = f" '{ct_name}'" if ct_name else ""
+    raise TMBRBInputError(
+        f"{what} (LPS {tuple(round(v, 1) for v in p)} mm, RAS {tuple(round(v, 1) for v in lps_to_ras(p))} mm,"
+        f" voxel {tuple(round(float(v), 1) for v in ci)}) lies outside the CT{named} (size {ct.GetSize()}).", hint)
 
 
 def box_overlap_fraction(img: sitk.Image, box: Box, samples: int = 9) -> float:

@@ -1,8 +1,19 @@
-"""The TMBRB network: a 3D DenseNet (MONAI) with four dense blocks giving 1020 features, then 1020 -> 128 -> 2."""
+"""The TMBRB network: a 3D DenseNet (MONAI) with four dense blocks giving 1020 features, then 1020 -> 128 -> 2.
+
+A bundle names its network in ``architecture.name``; ``ARCHITECTURES`` maps that name to the class, so a second
+network is one new entry there (its constructor takes the other keys of the ``architecture`` section as keyword
+arguments, and it maps a (B, 1, z, y, x) crop to (B, 2) logits). A section without a name means
+``DEFAULT_ARCHITECTURE``: the only network there was before names were looked up.
+
+>>> sorted(ARCHITECTURES)
+['TMBRBNet (MONAI DenseNet, 3D)']
+>>> architecture_class(DEFAULT_ARCHITECTURE).__name__
+'TMBRBNet'
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Dict, Sequence
 
 import torch
 from torch import nn
@@ -39,14 +50,30 @@ class TMBRBNet(DenseNet):
         return h
 
 
-def build_model(architecture: dict) -> TMBRBNet:
-    """Build the network from a bundle's architecture config (the keys of TMBRBNet's keyword arguments)."""
+DEFAULT_ARCHITECTURE = "TMBRBNet (MONAI DenseNet, 3D)"
+
+# The networks a bundle's ``architecture.name`` may name (the names are in existing bundles: keep them).
+ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {DEFAULT_ARCHITECTURE: TMBRBNet}
+
+
+def architecture_class(name: str) -> Callable[..., nn.Module]:
+    """The class registered as ``name`` in ARCHITECTURES; ValueError naming the known ones when there is none."""
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        known = ", ".join(repr(k) for k in ARCHITECTURES)
+        raise ValueError(f"the architecture {name!r} is not known to this TMBRB (it knows {known})") from None
+
+
+def build_model(architecture: dict) -> nn.Module:
+    """Build the network from a bundle's architecture config: ``name`` (a key of ARCHITECTURES, absent means
+    DEFAULT_ARCHITECTURE), optional ``n_features`` (checked), the rest the network's keyword arguments."""
     cfg = dict(architecture)
-    cfg.pop("name", None)
+    cls = architecture_class(cfg.pop("name", DEFAULT_ARCHITECTURE))
     expected = cfg.pop("n_features", None)
-    net = TMBRBNet(**cfg)
-    if expected is not None and net.n_features != expected:
-        raise ValueError(f"architecture gives {net.n_features} features, metadata says {expected}")
+    net = cls(**cfg)
+    if expected is not None and getattr(net, "n_features", None) != expected:
+        raise ValueError(f"architecture gives {getattr(net, 'n_features', None)} features, metadata says {expected}")
     return net
 
 

@@ -13,10 +13,10 @@ import torch
 
 from . import __version__, RESEARCH_USE_NOTICE
 from .bundle import Bundle, load_bundle
-from .cam import DEFAULT_SMOOTH_MM, ScoringGradCAM, cam_image, cam_to_reference, normalise_cam
-from .crop import CropGrid, crop_for_model, fraction_outside_scan, shift_offsets
+from .cam import ScoringGradCAM, cam_image, cam_to_reference, make_cam, normalise_cam
+from .crop import CropGrid, crop_for_model, fraction_outside_scan, n_shifts_of, shift_offsets
 from .errors import TMBRBCancelled, TMBRBInputError
-from .geometry import Box, box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
+from .geometry import Box, Point, box_overlap_fraction, lps_to_ras, require_point_inside
 from .io import mask_on_ct_grid, paste_region, validate_ct
 from .volumes import Geometry, RegionVolume
 from .model import select_device
@@ -102,7 +102,32 @@ def _is_oom(e: BaseException) -> bool:
 
 
 class Scorer:
-    """Holds a bundle's model and Grad-CAM hooks on one device; reuse it for many cases."""
+    """A bundle's model and its class activation map on one device; reuse it for many cases.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        A loaded bundle (``load_bundle``).
+    device : str or torch.device, default "auto"
+        "auto" takes CUDA when available, else the CPU; or e.g. "cpu", "cuda:0".
+
+    Notes
+    -----
+    The model and the CAM hooks are built on first use, once per device. ``run`` scores one crop and its shifted
+    copies; ``run_with_fallback`` moves a case to the CPU when the GPU runs out of memory. Pass a Scorer to
+    ``score_case(..., scorer=...)`` to score many cases with one model.
+
+    Examples
+    --------
+    >>> from TMBRBLib.bundle import load_bundle
+    >>> scorer = Scorer(load_bundle(), device="cpu")
+    >>> scorer.device.type
+    'cpu'
+    >>> x = np.zeros((64, 64, 64), np.float32)  # one normalised 64^3 crop (all air)
+    >>> score, tta, cam, timings = scorer.run(x, [x, x], scorer.device)
+    >>> 0 <= score <= 1, len(tta), cam.shape
+    (True, 2, (64, 64, 64))
+    """
 
     def __init__(self, bundle: Bundle, device: Union[str, torch.device] = "auto"):
         self.bundle = bundle
@@ -112,9 +137,7 @@ class Scorer:
     def _cam(self, device: torch.device) -> ScoringGradCAM:
         key = str(device)
         if key not in self._cams:
-            c = self.bundle.tmbrb["cam"]
-            self._cams[key] = ScoringGradCAM(self.bundle.model(device), c["target_layer"], c.get("method", "GradCAM"),
-                                             c.get("smooth_mm", DEFAULT_SMOOTH_MM))
+            self._cams[key] = make_cam(self.bundle.model(device), self.bundle.tmbrb["cam"])
         return self._cams[key]
 
     def run(self, base: np.ndarray, shifted: Sequence[np.ndarray], device: torch.device, spacing_zyx=1.0):
@@ -155,93 +178,185 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
                device: Union[str, torch.device] = "auto", progress: Progress = None,
                cancel: Optional[Callable[[], bool]] = None, ring_width_mm: Optional[float] = None,
                scorer: Optional[Scorer] = None) -> CaseResult:
-    """Score one case. See the module docstring; all points are LPS mm. Raises TMBRBInputError on bad input."""
+    """Score one case: the TMBRB score, its test-time spread, risk groups, and the class activation map.
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The chest CT in Hounsfield units, any orientation and spacing.
+    seed_lps : sequence of 3 floats
+        A point on the tumour, LPS mm (3D Slicer shows RAS = (-x, -y, z)).
+    box_lps : Box or (min corner, max corner), optional
+        The tumour's bounding box, LPS mm. None: a box is proposed from the seed.
+    tumour_mask : SimpleITK.Image, optional
+        The tumour's segmentation (any grid that overlaps the CT). None: segmented from the seed.
+    ecog : int, optional
+        ECOG performance status (0, 1 or 2) for the combined risk group.
+    bundle : Bundle, str or Path, optional
+        The model bundle; None means the default bundle (``load_bundle()``). Ignored when ``scorer`` is given.
+    n_shifts : int, optional
+        Test-time box shifts; None means the bundle's ``tta.n_shifts`` (``crop.DEFAULT_N_SHIFTS`` when absent).
+    device : str or torch.device, default "auto"
+        Where the model runs (ignored when ``scorer`` is given). A GPU that runs out of memory falls back to the CPU.
+    progress : callable(fraction, message), optional
+        Called at each step.
+    cancel : callable() -> bool, optional
+        Polled at each step; True raises TMBRBCancelled.
+    ring_width_mm : float, optional
+        Width of the peritumoral ring; None means the bundle's ``regions.ring_width_mm`` (10 mm).
+    scorer : Scorer, optional
+        A Scorer to reuse (its bundle and device) over many cases.
+
+    Returns
+    -------
+    CaseResult
+        ``score`` (model probability of High-TMB for the box), ``tta_mean``/``tta_std``/``tta_scores`` (the box and
+        its shifted copies), ``risk`` (OS/PFS groups), ``attention`` (CAM shares in tumour, ring and elsewhere), the
+        box used, the CAM, tumour and ring on regions of the CT's grid, ``warnings``, ``timings`` and ``model`` (the
+        bundle's identity). ``to_dict()`` gives the JSON report.
+
+    Raises
+    ------
+    TMBRBInputError
+        For a CT, seed, box, mask, ECOG or ring width that cannot be used (the message says which and what to do).
+    TMBRBBundleError
+        When the bundle cannot be loaded.
+    TMBRBCancelled
+        When ``cancel()`` returns True.
+
+    Examples
+    --------
+    >>> from TMBRBLib.phantom import make_phantom
+    >>> case = make_phantom(0)  # a small synthetic CT around a tumour
+    >>> result = score_case(case.ct, case.seed_lps, n_shifts=0, device="cpu")
+    >>> 0 <= result.score <= 1, len(result.tta_scores), result.box_proposed
+    (True, 1, True)
+    >>> result.risk["os"]["group"] in {"low", "high"}, result.model["demo"]
+    (True, True)
+    >>> float(result.cam_region.data.max()), result.cam_region.data.shape == result.tumour_region.data.shape
+    (1.0, True)
+    >>> shares = result.attention  # shares of the CAM's mass, and the ring width used
+    >>> sorted(shares), round(shares["tumour"] + shares["ring"] + shares["elsewhere"], 6)
+    (['elsewhere', 'ring', 'ring_width_mm', 'total_mass', 'tumour'], 1.0)
+    """
     timings: Dict[str, float] = {}
     t_start = time.perf_counter()
     warnings: List[str] = []
     _report(progress, cancel, 0.02, "checking inputs")
     warnings += validate_ct(ct)
     ecog = check_ecog(ecog)
-    if scorer is None:
-        b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        scorer = Scorer(b, device)
-    b = scorer.bundle
-    meta = b.tmbrb
-    pre = meta["preprocessing"]
-    if b.is_demo:
-        warnings.insert(0, b.notice)
-
-    seed = tuple(float(v) for v in seed_lps)
-    if len(seed) != 3 or not np.all(np.isfinite(seed)):
-        raise TMBRBInputError(f"The seed {seed_lps} is not three finite coordinates.", "Give x,y,z in mm.")
-    if not point_inside(ct, seed):
-        ci = physical_to_continuous_index(ct, seed)
-        raise TMBRBInputError(
-            f"The seed (LPS {tuple(round(v, 1) for v in seed)} mm, RAS {tuple(round(v, 1) for v in lps_to_ras(seed))} mm,"
-            f" voxel {tuple(round(float(v), 1) for v in ci)}) lies outside the CT (size {ct.GetSize()}).",
-            "Place the seed on the tumour inside the scan; check RAS vs LPS (Slicer shows RAS).")
+    scorer = scorer if scorer is not None else Scorer(bundle if isinstance(bundle, Bundle) else load_bundle(bundle),
+                                                      device)
+    meta = scorer.bundle.tmbrb
+    if scorer.bundle.is_demo:
+        warnings.insert(0, scorer.bundle.notice)
+    seed = check_seed(ct, seed_lps)
 
     _report(progress, cancel, 0.08, "box")
     t = time.perf_counter()
-    if box_lps is None:
-        box, w = propose_box(ct, seed, meta.get("proposal"))
-        warnings += w
-        proposed = True
-    else:
-        box = box_lps if isinstance(box_lps, Box) else Box.from_corners(*box_lps)
-        proposed = False
-        inside = box_overlap_fraction(ct, box)
-        if inside <= 0:
-            raise TMBRBInputError(
-                f"The box (LPS {tuple(round(v, 1) for v in box.min)} to {tuple(round(v, 1) for v in box.max)} mm) "
-                "lies wholly outside the CT.", "Draw the box around the tumour inside the scan; check RAS vs LPS.")
-        if inside < 0.999:
-            warnings.append(f"{100 * (1 - inside):.0f}% of the box lies outside the scan; that part is padded with air "
-                            "(-1000 HU). Check the box.")
-        lo, hi = np.asarray(box.min), np.asarray(box.max)
-        if np.any(np.asarray(seed) < lo) or np.any(np.asarray(seed) > hi):
-            warnings.append("The seed lies outside the box; the crop is centred on the box.")
+    box, proposed = resolve_box(ct, seed, box_lps, meta.get("proposal"), warnings)
     timings["box"] = time.perf_counter() - t
 
     _report(progress, cancel, 0.15, "cropping")
     t = time.perf_counter()
-    base, crop_img, grid = crop_for_model(ct, box, pre)
-    offsets = shift_offsets(box, meta.get("tta", {}), int(meta.get("tta", {}).get("n_shifts", 8)
-                                                           if n_shifts is None else n_shifts))
-    shifted = [crop_for_model(ct, box.shifted(o), pre)[0] for o in offsets]
+    base, crop_img, grid, offsets, shifted = model_inputs(ct, box, meta, n_shifts)
     timings["crop"] = time.perf_counter() - t
-    outside = fraction_outside_scan(ct, grid)
-    if outside > 0.01:
-        warnings.append(f"{100 * outside:.0f}% of the model's field of view lies outside the scan and is padded "
-                        "with air.")
+    warnings += field_of_view_warnings(ct, grid)
 
     _report(progress, cancel, 0.3, f"model ({scorer.device.type})")
-    score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings,
-                                                                   grid.spacing[::-1])
+    score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings, grid.spacing[::-1])
     timings.update(mt)
     tta_all = [score] + list(tta)
 
     _report(progress, cancel, 0.75, "regions and CAM on the CT grid")
     t = time.perf_counter()
     width = float(meta.get("regions", {}).get("ring_width_mm", 10.0) if ring_width_mm is None else ring_width_mm)
+    cam_region, tumour_region, ring_region, shares = regions_and_cam(ct, seed, box, grid, cam_crop, tumour_mask,
+                                                                     width, meta.get("regions"), warnings)
+    timings["regions_cam_to_ct"] = time.perf_counter() - t
+
+    risk = risk_groups(score, ecog, meta["risk"])
+    timings["total"] = time.perf_counter() - t_start
+    _report(progress, cancel, 0.95, "done")
+    return CaseResult(
+        score=float(score), tta_mean=float(np.mean(tta_all)), tta_std=float(np.std(tta_all)),
+        tta_scores=[float(v) for v in tta_all], risk=risk, attention=shares, seed_lps=seed, box=box,
+        box_proposed=proposed, crop_grid=grid, cam_region=cam_region, tumour_region=tumour_region,
+        ring_region=ring_region, crop=crop_img,
+        model=scorer.bundle.info(), warnings=warnings, timings={k: round(v, 4) for k, v in timings.items()},
+        device_used=dev_used, ct_info=ct_summary(ct),
+        inputs={"segmentation_given": tumour_mask is not None, "n_shifts": len(offsets),
+                "tta_offsets_mm": [list(map(float, o)) for o in offsets]})
+
+
+def check_seed(ct: sitk.Image, seed_lps: Sequence[float]) -> Point:
+    """The seed as three floats (LPS mm); TMBRBInputError unless it is three finite numbers inside the CT."""
+    seed = tuple(float(v) for v in seed_lps)
+    if len(seed) != 3 or not np.all(np.isfinite(seed)):
+        raise TMBRBInputError(f"The seed {seed_lps} is not three finite coordinates.", "Give x,y,z in mm.")
+    require_point_inside(ct, seed)
+    return seed
+
+
+def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], warnings: List[str]):
+    """(box, proposed): the given box, checked against the scan and the seed, or one proposed from the seed.
+
+    A given box wholly outside the CT is refused; one partly outside, or one that does not hold the seed, gives a
+    warning (appended to ``warnings``, as are the proposal's).
+    """
+    if box_lps is None:
+        box, w = propose_box(ct, seed, proposal)
+        warnings += w
+        return box, True
+    box = box_lps if isinstance(box_lps, Box) else Box.from_corners(*box_lps)
+    inside = box_overlap_fraction(ct, box)
+    if inside <= 0:
+        raise TMBRBInputError(
+            f"The box (LPS {tuple(round(v, 1) for v in box.min)} to {tuple(round(v, 1) for v in box.max)} mm) "
+            "lies wholly outside the CT.", "Draw the box around the tumour inside the scan; check RAS vs LPS.")
+    if inside < 0.999:
+        warnings.append(f"{100 * (1 - inside):.0f}% of the box lies outside the scan; that part is padded with air "
+                        "(-1000 HU). Check the box.")
+    lo, hi = np.asarray(box.min), np.asarray(box.max)
+    if np.any(np.asarray(seed) < lo) or np.any(np.asarray(seed) > hi):
+        warnings.append("The seed lies outside the box; the crop is centred on the box.")
+    return box, False
+
+
+def model_inputs(ct: sitk.Image, box: Box, meta: Dict, n_shifts: Optional[int]):
+    """(crop for the model, the crop in HU, its grid, test-time offsets in mm, the shifted crops)."""
+    pre = meta["preprocessing"]
+    tta = meta.get("tta", {})
+    base, crop_img, grid = crop_for_model(ct, box, pre)
+    offsets = shift_offsets(box, tta, n_shifts_of(tta, n_shifts))
+    shifted = [crop_for_model(ct, box.shifted(o), pre)[0] for o in offsets]
+    return base, crop_img, grid, offsets, shifted
+
+
+def field_of_view_warnings(ct: sitk.Image, grid: CropGrid) -> List[str]:
+    outside = fraction_outside_scan(ct, grid)
+    if outside > 0.01:
+        return [f"{100 * outside:.0f}% of the model's field of view lies outside the scan and is padded with air."]
+    return []
+
+
+def regions_and_cam(ct: sitk.Image, seed: Point, box: Box, grid: CropGrid, cam_crop: np.ndarray,
+                    tumour_mask: Optional[sitk.Image], width: float, region_settings: Optional[Dict],
+                    warnings: List[str]):
+    """(cam_region, tumour_region, ring_region, attention shares) on one region of the CT's grid.
+
+    The region holds the crop and a ring of ``width`` mm around the box. The tumour is ``tumour_mask`` when given,
+    else segmented from the seed; the ring surrounds it. The CAM is resampled from the crop grid, scaled to max 1.
+    """
     if width <= 0:
         raise TMBRBInputError(f"The ring width {width} mm must be positive.", "Give e.g. 10.")
-    # region of the CT grid that holds the crop and the ring around the tumour
     roi_box = Box(tuple(np.minimum(grid.box.min, np.asarray(box.min) - width)),
                   tuple(np.maximum(grid.box.max, np.asarray(box.max) + width)))
     lo, hi, ref = region_of_interest(ct, roi_box)
     if tumour_mask is not None:
-        full_mask = mask_on_ct_grid(tumour_mask, ct)
-        tumour_sub = sitk.RegionOfInterest(full_mask, [int(h - l) for l, h in zip(lo, hi)], [int(v) for v in lo])
-        if not sitk.GetArrayViewFromImage(tumour_sub).any():
-            warnings.append("The given segmentation has no voxel near the box; check that it is the tumour's.")
+        tumour_sub = _given_tumour_on_region(ct, tumour_mask, lo, hi, warnings)
     else:
-        seg, seg_lo, w = segment_tumour(ct, seed, box, meta.get("regions"))
-        warnings += w
-        tumour_sub_arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
-        paste_region(tumour_sub_arr, sitk.GetArrayViewFromImage(seg), np.asarray(seg_lo) - lo)
-        tumour_sub = sitk.GetImageFromArray(tumour_sub_arr)
-        tumour_sub.CopyInformation(ref)
+        tumour_sub = _segmented_tumour_on_region(ct, seed, box, region_settings, lo, ref, warnings)
     ring_sub = ring_from_tumour(tumour_sub, width)
     cam_sub = cam_to_reference(cam_image(normalise_cam(cam_crop), grid), ref)
     mx = float(cam_sub.max())
@@ -255,20 +370,27 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
 
     geometry = Geometry.of(ct)
     lo3 = tuple(int(v) for v in lo)
-    cam_region = RegionVolume(cam_sub.astype(np.float32), lo3, geometry)
-    tumour_region = RegionVolume(sitk.GetArrayFromImage(tumour_sub).astype(np.uint8), lo3, geometry)
-    ring_region = RegionVolume(sitk.GetArrayFromImage(ring_sub).astype(np.uint8), lo3, geometry)
-    timings["regions_cam_to_ct"] = time.perf_counter() - t
+    return (RegionVolume(cam_sub.astype(np.float32), lo3, geometry),
+            RegionVolume(sitk.GetArrayFromImage(tumour_sub).astype(np.uint8), lo3, geometry),
+            RegionVolume(sitk.GetArrayFromImage(ring_sub).astype(np.uint8), lo3, geometry), shares)
 
-    risk = risk_groups(score, ecog, meta["risk"])
-    timings["total"] = time.perf_counter() - t_start
-    _report(progress, cancel, 0.95, "done")
-    return CaseResult(
-        score=float(score), tta_mean=float(np.mean(tta_all)), tta_std=float(np.std(tta_all)),
-        tta_scores=[float(v) for v in tta_all], risk=risk, attention=shares, seed_lps=seed, box=box,
-        box_proposed=proposed, crop_grid=grid, cam_region=cam_region, tumour_region=tumour_region,
-        ring_region=ring_region, crop=crop_img,
-        model=b.info(), warnings=warnings, timings={k: round(v, 4) for k, v in timings.items()},
-        device_used=dev_used, ct_info=ct_summary(ct),
-        inputs={"segmentation_given": tumour_mask is not None, "n_shifts": len(offsets),
-                "tta_offsets_mm": [list(map(float, o)) for o in offsets]})
+
+def _given_tumour_on_region(ct: sitk.Image, tumour_mask: sitk.Image, lo, hi, warnings: List[str]) -> sitk.Image:
+    """The given segmentation on the CT's grid, cut to the region [lo, hi)."""
+    full_mask = mask_on_ct_grid(tumour_mask, ct)
+    tumour_sub = sitk.RegionOfInterest(full_mask, [int(h - l) for l, h in zip(lo, hi)], [int(v) for v in lo])
+    if not sitk.GetArrayViewFromImage(tumour_sub).any():
+        warnings.append("The given segmentation has no voxel near the box; check that it is the tumour's.")
+    return tumour_sub
+
+
+def _segmented_tumour_on_region(ct: sitk.Image, seed: Point, box: Box, region_settings: Optional[Dict], lo,
+                                ref: sitk.Image, warnings: List[str]) -> sitk.Image:
+    """The tumour segmented from the seed, pasted into the region ``ref`` (which starts at voxel ``lo``)."""
+    seg, seg_lo, w = segment_tumour(ct, seed, box, region_settings)
+    warnings += w
+    tumour_sub_arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+    paste_region(tumour_sub_arr, sitk.GetArrayViewFromImage(seg), np.asarray(seg_lo) - lo)
+    tumour_sub = sitk.GetImageFromArray(tumour_sub_arr)
+    tumour_sub.CopyInformation(ref)
+    return tumour_sub

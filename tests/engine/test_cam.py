@@ -1,10 +1,11 @@
 """The CAM must be high where the model looked: checked on a small network whose evidence is known."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from TMBRBLib.cam import ScoringGradCAM, normalise_cam
+from TMBRBLib.cam import GradCAMIxG, ScoringGradCAM, make_cam, normalise_cam
 
 
 class BlobDetector(nn.Module):
@@ -65,14 +66,14 @@ def test_gradcam_ixg_is_finer_than_gradcam_and_stays_on_the_evidence():
     blob = np.zeros((16, 16, 16), bool)
     blob[2:5, 2:5, 2:5] = True
     _, coarse = ScoringGradCAM(net, "features.1").logits_and_map(x, 1)
-    logits, fine = ScoringGradCAM(net, "features.1", "GradCAM-IxG", smooth_mm=0.5).logits_and_map(x, 1, 1.0)
+    logits, fine = GradCAMIxG(net, "features.1", smooth_mm=0.5).logits_and_map(x, 1, 1.0)
     coarse, fine = coarse[0, 0].numpy(), fine[0, 0].numpy()
     assert fine.min() >= 0 and np.unravel_index(np.argmax(fine), fine.shape) in {tuple(p) for p in np.argwhere(blob)}
     assert fine[12, 12, 12] == 0 and fine[8:, 8:, 8:].max() < 1e-6 * fine.max()
     share = lambda m: m[blob].sum() / m.sum()  # noqa: E731
     assert share(fine) > 0.8 and share(fine) > share(coarse) + 0.1, (share(fine), share(coarse))
     # evidence against the class gives no map (positive evidence only)
-    _, against = ScoringGradCAM(net, "features.1", "GradCAM-IxG").logits_and_map(x, 0, 1.0)
+    _, against = GradCAMIxG(net, "features.1").logits_and_map(x, 0, 1.0)
     assert not against.any()
 
 
@@ -91,9 +92,26 @@ def test_smoothing_width_is_set_in_millimetres_per_axis():
 
 
 def test_unknown_cam_method_or_smoothing_is_refused_with_the_choices():
-    import pytest
     net = BlobDetector().eval()
     with pytest.raises(ValueError, match="GradCAM-IxG"):
-        ScoringGradCAM(net, "features.1", "ScoreCAM")
+        make_cam(net, {"target_layer": "features.1", "method": "ScoreCAM"})
     with pytest.raises(ValueError, match="smooth_mm"):
-        ScoringGradCAM(net, "features.1", "GradCAM-IxG", smooth_mm=-1)
+        make_cam(net, {"target_layer": "features.1", "method": "GradCAM-IxG", "smooth_mm": -1})
+
+
+def test_make_cam_builds_the_class_the_bundle_names_with_the_legacy_default():
+    from TMBRBLib.cam import CAM_METHODS, DEFAULT_CAM_METHOD, LEGACY_CAM_METHOD
+    from TMBRBLib.bundle import default_tmbrb_metadata
+    net = BlobDetector().eval()
+    assert set(CAM_METHODS) == {"GradCAM", "GradCAM-IxG"}  # the names in existing bundles' metadata
+    assert default_tmbrb_metadata()["cam"]["method"] == DEFAULT_CAM_METHOD == "GradCAM-IxG"
+    # a bundle written before cam.method existed keeps plain Grad-CAM
+    assert LEGACY_CAM_METHOD == "GradCAM" and type(make_cam(net, {"target_layer": "features.1"})) is ScoringGradCAM
+    cam = make_cam(net, {"target_layer": "features.1", "method": "GradCAM-IxG", "smooth_mm": 0.5})
+    assert type(cam) is GradCAMIxG and cam.smooth_mm == 0.5
+    x = torch.zeros(1, 1, 16, 16, 16)
+    x[0, 0, 2:5, 2:5, 2:5] = 1.0
+    same = GradCAMIxG(net, "features.1", smooth_mm=0.5).logits_and_map(x, 1, 1.0)[1]
+    assert torch.equal(cam.logits_and_map(x, 1, 1.0)[1], same)
+    with pytest.raises(ValueError, match="not a layer of the model"):
+        make_cam(net, {"target_layer": "features.9"})

@@ -87,3 +87,21 @@ def test_crop_pads_outside_the_scan_with_air():
     hu = sitk.GetArrayFromImage(crop_img)
     assert hu.min() == -1000 and (hu == -1000).mean() > 0.7
     assert point_inside(ct, b.center) and not point_inside(ct, np.asarray(b.max) + 1)
+
+
+def test_require_point_inside_names_the_point_the_ct_and_the_fix():
+    from TMBRBLib.errors import TMBRBInputError
+    from TMBRBLib.geometry import POINT_OUTSIDE_HINT, require_point_inside
+    ct, _ = make_ct(size=(20, 20, 10), spacing=(1.0, 1.0, 2.0), center_lps=(0.0, 0.0, 0.0))
+    require_point_inside(ct, (0.0, 0.0, 0.0))
+    require_point_inside(ct, (9.4, -9.4, 9.9))  # inside the outer voxel edges
+    with pytest.raises(TMBRBInputError) as e:
+        require_point_inside(ct, (0.0, 0.0, 30.0))
+    assert e.value.problem == ("The seed (LPS (0.0, 0.0, 30.0) mm, RAS (-0.0, -0.0, 30.0) mm, voxel (9.5, 9.5, 19.5)) "
+                               "lies outside the CT (size (20, 20, 10)).")
+    assert e.value.hint == POINT_OUTSIDE_HINT and str(e.value).endswith(POINT_OUTSIDE_HINT)
+    hint = "Place the seed on the tumour inside this CT (check that the right CT is selected)."
+    with pytest.raises(TMBRBInputError, match=r"^The target \(LPS .*\) lies outside the CT 'chest' \(size .*\)\. "
+                                              r"Place the seed on the tumour inside this CT") as e:
+        require_point_inside(ct, (50.0, 0.0, 0.0), what="The target", ct_name="chest", hint=hint)
+    assert e.value.hint == hint
