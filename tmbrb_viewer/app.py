@@ -74,7 +74,7 @@ def format_result(result: Dict) -> Dict:
 class TMBRBViewer:
     """One viewer (one MRML scene, one browser session at a time)."""
 
-    def __init__(self, server=None, bundle=None, device: str = "auto", shifts: int = 8,
+    def __init__(self, server=None, bundle=None, device: str = "auto", shifts: Optional[int] = None,
                  out_dir: str = "tmbrb-viewer-output"):
         configure_rendering()
         from trame.app import get_server
@@ -103,7 +103,7 @@ class TMBRBViewer:
         self.logic = SceneLogic(self.scene)
         self.logic.bundle = bundle
         self.device = device
-        self.shifts = int(shifts)
+        self.shifts = None if shifts is None else int(shifts)  # None: the bundle's number
         self.out_dir = Path(out_dir)
         self.work = Path(tempfile.mkdtemp(prefix="tmbrb-viewer-"))
         self._baseline = self._node_ids()
@@ -610,7 +610,7 @@ class TMBRBViewer:
 
 
 def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.0.1", port: int = 8080,
-               model: Optional[str] = None, device: str = "auto", shifts: int = 8,
+               model: Optional[str] = None, device: str = "auto", shifts: Optional[int] = None,
                out_dir: str = "tmbrb-viewer-output", open_browser: bool = False, debug: bool = False) -> int:
     """Build the viewer, open the CT (or the demo phantom) and serve until stopped (Ctrl+C / SIGTERM)."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from TMBRBLib import RESEARCH_USE_NOTICE
+from TMBRBLib.crop import DEFAULT_N_SHIFTS, MAX_SHIFTS
 from . import INSTALL_HINT, missing_packages
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -27,7 +28,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "viewer, and the CTs it opens, reachable from the network; give it only when needed")
     p.add_argument("--model", help="model bundle folder (default: the bundled demo model, or $TMBRB_MODEL)")
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda ...")
-    p.add_argument("--shifts", type=int, default=8, help="test-time box shifts (default 8; 0 = the box only)")
+    p.add_argument("--shifts", type=int, default=None,
+                   help=f"test-time box shifts (default from the bundle: {DEFAULT_N_SHIFTS}; 0 = the box only)")
     p.add_argument("--out", default="tmbrb-viewer-output",
                    help="folder where 'Save results' and 'Save scene' write (default ./tmbrb-viewer-output)")
     p.add_argument("--open-browser", action="store_true", help="open the page in the default web browser")
@@ -56,8 +58,8 @@ def _check_args(args) -> Optional[str]:
         return "Give either --ct or --demo, not both."
     if not (0 <= args.port <= 65535):
         return f"--port {args.port} is not a TCP port (0-65535)."
-    if not (0 <= args.shifts <= 26):
-        return f"--shifts {args.shifts} is out of range; give 0 to 26."
+    if args.shifts is not None and not (0 <= args.shifts <= MAX_SHIFTS):
+        return f"--shifts {args.shifts} is out of range; give 0 to {MAX_SHIFTS}."
     if args.ct and not Path(args.ct).exists():
         return f"The CT '{args.ct}' does not exist. Check the path (a CT file or a DICOM series folder)."
     return None

@@ -20,6 +20,7 @@ from .geometry import Box
 # must not import torch may import these.
 DEFAULT_N_SHIFTS = 8
 DEFAULT_TTA = {"n_shifts": DEFAULT_N_SHIFTS, "shift_fraction": 0.1, "max_shift_mm": 5.0, "seed": 0}
+MAX_SHIFTS = 26  # the most shifts the interactive front ends offer (Slicer's panel, the browser viewer)
 
 
 @dataclass(frozen=True)

@@ -143,20 +143,15 @@ class SceneLogic:
 
     def validateInputs(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None) -> Dict:
         """Check every input and convert it for the engine. Raises TMBRBInputError; changes nothing in the scene."""
-        from ..geometry import box_overlap_fraction, lps_to_ras, physical_to_continuous_index, point_inside
+        from ..geometry import box_overlap_fraction, require_point_inside
         from ..io import validate_ct
 
         mrml.check_ct_volume_node(volumeNode)
         ct = mrml.volume_node_to_sitk(volumeNode)
         warnings = list(validate_ct(ct, name=f"CT '{volumeNode.GetName()}'"))
         seed = mrml.seed_lps(seedNode)
-        if not point_inside(ct, seed):
-            ci = physical_to_continuous_index(ct, seed)
-            raise TMBRBInputError(
-                f"The seed (RAS {tuple(round(v, 1) for v in lps_to_ras(seed))} mm, voxel "
-                f"{tuple(round(float(v), 1) for v in ci)}) lies outside the CT '{volumeNode.GetName()}' "
-                f"(size {ct.GetSize()}).",
-                "Place the seed on the tumour inside this CT (check that the right CT is selected).")
+        require_point_inside(ct, seed, ct_name=volumeNode.GetName(),
+                             hint="Place the seed on the tumour inside this CT (check that the right CT is selected).")
         box = None
         if roiNode is not None and mrml.roi_is_defined(roiNode):
             box = mrml.box_from_roi(roiNode)

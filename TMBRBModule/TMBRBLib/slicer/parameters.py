@@ -19,8 +19,9 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
+from ..crop import DEFAULT_N_SHIFTS, MAX_SHIFTS
+
 ECOG_CHOICES = ("not given", "0", "1", "2")
-MAX_SHIFTS = 26  # test-time box shifts the panel offers (0 = the box only)
 
 try:
     from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -137,7 +138,7 @@ class TMBRBParameterNode:
     tumourSegmentation: vtkMRMLSegmentationNode
     ecog: Annotated[str, Choice(ECOG_CHOICES)] = "not given"
     forceCpu: bool = False
-    numberOfShifts: Annotated[int, WithinRange(0, MAX_SHIFTS)] = 8
+    numberOfShifts: Annotated[int, WithinRange(0, MAX_SHIFTS)] = DEFAULT_N_SHIFTS
     camOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     camVolume: vtkMRMLScalarVolumeNode
     regionsSegmentation: vtkMRMLSegmentationNode
