@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from TMBRBLib.bundle import default_metadata
+from TMBRBLib.bundle import default_metadata, sha256_file
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.model import build_model
 
 from .data import CropCache, CropDataset
-from .manifest import check_for_training, file_sha256, read_manifest
+from .manifest import check_for_training, read_manifest
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_CSV = "history.csv"
@@ -223,7 +223,7 @@ def train(cfg: TrainConfig) -> Dict:
 
     cases = read_manifest(cfg.manifest, cfg.tmb_threshold)
     train_cases, val_cases = check_for_training(cases)
-    manifest_sha = file_sha256(cfg.manifest)
+    manifest_sha = sha256_file(cfg.manifest)
     meta = build_metadata(cfg)
     policy = meta["tmbrb"]["preprocessing"]
 
