@@ -114,7 +114,7 @@ def make_immunotherapy_cohort(
     import pandas as pd
     from scipy import stats
 
-    from .phantom.signal import HIGH_TMB_CUTOFF, draw_tmb, standardised_log_tmb
+    from .signal import HIGH_TMB_CUTOFF, draw_tmb, standardised_log_tmb
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n (number of patients) must be a whole number >= 2, got {n!r}")
