@@ -209,8 +209,8 @@ def _rank_shard(n: int, world: int, rank: int, order: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class TrainingData:
-    """The cases of a run and their crops: what `prepare_data` hands to the training loop."""
+class _TrainingData:
+    """The cases of a run and their crops: what `_prepare_data` hands to the training loop."""
     train_cases: List[Case]
     val_cases: List[Case]
     manifest_sha256: str
@@ -222,7 +222,7 @@ class TrainingData:
 
 
 @dataclass
-class TrainState:
+class _TrainState:
     """What a run carries from one epoch to the next, and what ``last.pt`` restores on ``--resume``."""
     start_epoch: int = 1
     best_auc: float = -1.0
@@ -238,7 +238,7 @@ class TrainState:
 
 
 @dataclass
-class EpochMetrics:
+class _EpochMetrics:
     """One epoch's numbers over all processes."""
     train_loss: float
     val_loss: float
@@ -246,7 +246,7 @@ class EpochMetrics:
     train_seen: int     # training samples seen by all processes together
 
 
-def setup_torch(cfg: TrainConfig):
+def _setup_torch(cfg: TrainConfig):
     """Process group, device, thread count and deterministic algorithms; returns (rank, world size, device)."""
     rank, world, device = setup_distributed(cfg.device)
     if cfg.threads:
@@ -257,7 +257,7 @@ def setup_torch(cfg: TrainConfig):
     return rank, world, device
 
 
-def warm_cache(cache: CropCache, cases: Sequence[Case], rank: int, world: int, progress: bool) -> None:
+def _warm_cache(cache: CropCache, cases: Sequence[Case], rank: int, world: int, progress: bool) -> None:
     """Fill the crop cache: each rank prepares its share of the disk cache, then everyone loads all it needs."""
     mine = cases[rank::world] if (world > 1 and cache.cache_dir) else cases
     bar = _progress_bar(len(mine), "caching crops", progress and rank == 0)
@@ -269,7 +269,7 @@ def warm_cache(cache: CropCache, cases: Sequence[Case], rank: int, world: int, p
         dist.barrier()
 
 
-def prepare_data(cfg: TrainConfig, out: Path, rank: int, world: int) -> TrainingData:
+def _prepare_data(cfg: TrainConfig, out: Path, rank: int, world: int) -> _TrainingData:
     """Read and check the manifest, build the metadata, the crop cache and the two datasets, and warm the cache."""
     cases = read_manifest(cfg.manifest, cfg.tmb_threshold)
     train_cases, val_cases = check_for_training(cases)
@@ -286,12 +286,12 @@ def prepare_data(cfg: TrainConfig, out: Path, rank: int, world: int) -> Training
     val_ds = CropDataset(val_cases, policy, cache, train=False, **aug)
     t0 = time.perf_counter()
     if cache is not None:
-        warm_cache(cache, train_cases + val_cases, rank, world, cfg.progress)
-    return TrainingData(train_cases, val_cases, manifest_sha, meta, cache, train_ds, val_ds,
+        _warm_cache(cache, train_cases + val_cases, rank, world, cfg.progress)
+    return _TrainingData(train_cases, val_cases, manifest_sha, meta, cache, train_ds, val_ds,
                         time.perf_counter() - t0)
 
 
-def resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, rank: int) -> TrainState:
+def _resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, rank: int) -> _TrainState:
     """Restore the network, optimiser, scheduler and run state from ``ckdir/last.pt``.
 
     Parameters
@@ -309,7 +309,7 @@ def resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, ra
 
     Returns
     -------
-    TrainState
+    _TrainState
         The state after the checkpoint's epoch; a fresh state (start at epoch 1) when there is no checkpoint.
 
     Raises
@@ -321,7 +321,7 @@ def resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, ra
     if not last.is_file():
         if rank == 0:
             print(f"no checkpoint in {ckdir}; starting from scratch", file=sys.stderr)
-        return TrainState()
+        return _TrainState()
     ck = torch.load(last, map_location="cpu", weights_only=True)
     if ck["manifest_sha256"] != manifest_sha or ck["seed"] != cfg.seed:
         raise TMBRBInputError(
@@ -331,7 +331,7 @@ def resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, ra
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
-    state = TrainState(ck["epoch"] + 1, ck["best_auc"], ck["best_epoch"], ck["history"])
+    state = _TrainState(ck["epoch"] + 1, ck["best_auc"], ck["best_epoch"], ck["history"])
     if ck.get("epochs") not in (None, cfg.epochs) and rank == 0:
         print(f"warning: the run was started with --epochs {ck['epochs']}; resuming with {cfg.epochs} changes "
               "the learning-rate schedule", file=sys.stderr)
@@ -341,7 +341,7 @@ def resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, ra
     return state
 
 
-def epoch_batches(cfg: TrainConfig, train_ds: CropDataset, epoch: int, rank: int, world: int) -> List[np.ndarray]:
+def _epoch_batches(cfg: TrainConfig, train_ds: CropDataset, epoch: int, rank: int, world: int) -> List[np.ndarray]:
     """This rank's batches of training-case indices for `epoch`, seeding the dataset and torch for that epoch."""
     n_train = len(train_ds)
     train_ds.set_epoch(epoch)
@@ -354,7 +354,7 @@ def epoch_batches(cfg: TrainConfig, train_ds: CropDataset, epoch: int, rank: int
     return batches
 
 
-def train_one_epoch(model, net, train_ds: CropDataset, batches: Sequence[np.ndarray], opt, weights, device,
+def _train_one_epoch(model, net, train_ds: CropDataset, batches: Sequence[np.ndarray], opt, weights, device,
                     world: int, bar=None):
     """One pass over `batches` (one optimiser step each); returns (summed loss, samples seen) of this rank.
 
@@ -382,12 +382,12 @@ def train_one_epoch(model, net, train_ds: CropDataset, batches: Sequence[np.ndar
     return loss_sum, n_seen
 
 
-def validate(net, val_ds: CropDataset, device, batch_size: int, rank: int, world: int, loss_sum: float,
-             n_seen: int) -> EpochMetrics:
+def _validate(net, val_ds: CropDataset, device, batch_size: int, rank: int, world: int, loss_sum: float,
+             n_seen: int) -> _EpochMetrics:
     """Score the validation cases and compute the epoch's metrics over all processes.
 
     Each rank scores its share of the validation cases; one exchange gathers everyone's scores together with
-    everyone's training loss sums (`loss_sum`, `n_seen` are this rank's, from `train_one_epoch`).
+    everyone's training loss sums (`loss_sum`, `n_seen` are this rank's, from `_train_one_epoch`).
     """
     mine = np.arange(len(val_ds))[rank::world]
     scores = predict(net, val_ds, mine, device, batch_size)
@@ -399,19 +399,19 @@ def validate(net, val_ds: CropDataset, device, batch_size: int, rank: int, world
     yv = val_ds.labels()
     p = np.clip(all_scores, 1e-7, 1 - 1e-7)
     vl = float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p)))
-    return EpochMetrics(tl, vl, auc(yv, all_scores), sum(pp[3] for pp in parts))
+    return _EpochMetrics(tl, vl, auc(yv, all_scores), sum(pp[3] for pp in parts))
 
 
-def history_row(epoch: int, m: EpochMetrics, lr: float, epoch_s: float, train_s: float, improved: bool) -> Dict:
+def _history_row(epoch: int, m: _EpochMetrics, lr: float, epoch_s: float, train_s: float, improved: bool) -> Dict:
     """The history.csv row of one epoch."""
     return {"epoch": epoch, "train_loss": round(m.train_loss, 6), "val_loss": round(m.val_loss, 6),
             "val_auc": round(m.val_auc, 6), "lr": lr, "epoch_s": round(epoch_s, 2),
             "train_samples_per_s": round(m.train_seen / max(train_s, 1e-9), 3), "best": int(improved)}
 
 
-def save_checkpoints(ckdir: Path, net, opt, sched, state: TrainState, epoch: int, val_auc: float, improved: bool,
+def _save_checkpoints(ckdir: Path, net, opt, sched, state: _TrainState, epoch: int, val_auc: float, improved: bool,
                      manifest_sha: str, cfg: TrainConfig) -> None:
-    """Write ``best.pt`` (weights, when `epoch` improved) and ``last.pt`` (everything `resume` needs, atomically)."""
+    """Write ``best.pt`` (weights, when `epoch` improved) and ``last.pt`` (everything `_resume` needs, atomically)."""
     weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     if improved:
         torch.save({"model": weights, "epoch": epoch, "val_auc": val_auc}, ckdir / BEST_CHECKPOINT)
@@ -422,7 +422,7 @@ def save_checkpoints(ckdir: Path, net, opt, sched, state: TrainState, epoch: int
     os.replace(tmp, ckdir / LAST_CHECKPOINT)
 
 
-def run_summary(cfg: TrainConfig, data: TrainingData, state: TrainState, stopped_early: bool, world: int, device,
+def _run_summary(cfg: TrainConfig, data: _TrainingData, state: _TrainState, stopped_early: bool, world: int, device,
                 checksums: List[str], train_samples: int, train_time: float, t_wall: float) -> Dict:
     """The content of train_summary.json (and `train`'s return value)."""
     return {
@@ -468,22 +468,42 @@ def train(cfg: TrainConfig) -> Dict:
         an unknown architecture key, or a ``--resume`` from a run with another manifest or seed.
     RuntimeError
         Distributed training ended with different weights on different processes.
+
+    Examples
+    --------
+    Two epochs of a tiny network on 12 phantoms at 32^3 (seconds on a CPU; the epoch log goes to stderr):
+
+    >>> import shutil, tempfile
+    >>> from pathlib import Path
+    >>> from TMBRBLib.phantom import write_cohort
+    >>> from training.trainer import TrainConfig, train
+    >>> work = Path(tempfile.mkdtemp())
+    >>> manifest = write_cohort(work / "cohort", n=12, fractions=(0.5, 0.5, 0.0), seed=3, progress=False)
+    >>> tiny = {"block_config": [1, 1, 1, 1], "init_features": 4, "growth_rate": 4, "hidden_features": 8}
+    >>> cfg = TrainConfig(manifest=str(manifest), out=str(work / "run"), epochs=2, batch_size=3, margin_vox=3,
+    ...                   threads=1, progress=False, architecture=tiny, preprocessing={"shape": [32, 32, 32]})
+    >>> summary = train(cfg)
+    >>> summary["epochs_run"], summary["n_train"], summary["n_val"], summary["ranks_in_sync"]
+    (2, 6, 6, True)
+    >>> sorted(p.name for p in (work / "run" / "checkpoints").iterdir())
+    ['best.pt', 'last.pt']
+    >>> shutil.rmtree(work)
     """
     cfg.validate()
     t_wall = time.perf_counter()
-    rank, world, device = setup_torch(cfg)
+    rank, world, device = _setup_torch(cfg)
     out = Path(cfg.out)
     ckdir = out / CHECKPOINT_DIR
     if rank == 0:
         ckdir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg, out, rank, world)
+    data = _prepare_data(cfg, out, rank, world)
 
     torch.manual_seed(cfg.seed)
     net = build_model(data.meta["tmbrb"]["architecture"]).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     weights = class_weights(data.train_ds.labels()).to(device) if cfg.balance == "weighted_loss" else None
-    state = resume(cfg, ckdir, data.manifest_sha256, net, opt, sched, rank) if cfg.resume else TrainState()
+    state = _resume(cfg, ckdir, data.manifest_sha256, net, opt, sched, rank) if cfg.resume else _TrainState()
 
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     stopped_early = False
@@ -495,25 +515,25 @@ def train(cfg: TrainConfig) -> Dict:
             stopped_early = True
             break
         t_ep = time.perf_counter()
-        batches = epoch_batches(cfg, data.train_ds, epoch, rank, world)
+        batches = _epoch_batches(cfg, data.train_ds, epoch, rank, world)
         bar = _progress_bar(len(batches), f"epoch {epoch}/{cfg.epochs}", cfg.progress and rank == 0)
-        loss_sum, n_seen = train_one_epoch(model, net, data.train_ds, batches, opt, weights, device, world, bar)
+        loss_sum, n_seen = _train_one_epoch(model, net, data.train_ds, batches, opt, weights, device, world, bar)
         sched.step()
         t_train = time.perf_counter() - t_ep
-        m = validate(net, data.val_ds, device, cfg.batch_size, rank, world, loss_sum, n_seen)
+        m = _validate(net, data.val_ds, device, cfg.batch_size, rank, world, loss_sum, n_seen)
         train_samples += m.train_seen
         train_time += t_train
         improved = state.update_best(epoch, m.val_auc)
-        row = history_row(epoch, m, opt.param_groups[0]["lr"], time.perf_counter() - t_ep, t_train, improved)
+        row = _history_row(epoch, m, opt.param_groups[0]["lr"], time.perf_counter() - t_ep, t_train, improved)
         state.history.append(row)
         if rank == 0:
-            save_checkpoints(ckdir, net, opt, sched, state, epoch, m.val_auc, improved, data.manifest_sha256, cfg)
+            _save_checkpoints(ckdir, net, opt, sched, state, epoch, m.val_auc, improved, data.manifest_sha256, cfg)
             write_history(out, state.history)
             print(f"epoch {epoch}: train loss {m.train_loss:.4f}  val loss {m.val_loss:.4f}  val AUC {m.val_auc:.4f}"
                   f"{'  (best)' if improved else ''}  [{row['epoch_s']} s]", file=sys.stderr, flush=True)
 
     checksums = all_gather_objects(param_checksum(net), world)
-    summary = run_summary(cfg, data, state, stopped_early, world, device, checksums, train_samples, train_time,
+    summary = _run_summary(cfg, data, state, stopped_early, world, device, checksums, train_samples, train_time,
                           t_wall)
     if rank == 0:
         (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n")
