@@ -10,7 +10,7 @@ import pytest
 from lifelines import CoxPHFitter
 from scipy.stats import spearmanr
 
-from TMBRBLib.cohort import PAPER_HR, make_immunotherapy_cohort, write_immunotherapy_cohort
+from TMBRBLib.phantom import PAPER_HR, make_immunotherapy_cohort, write_immunotherapy_cohort
 
 
 @pytest.fixture(scope="module")

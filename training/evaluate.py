@@ -16,11 +16,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from TMBRBLib.bundle import load_bundle
+from TMBRBLib.bundle import load_bundle, sha256_file
 from TMBRBLib.io import mask_on_ct_grid, read_ct, read_image
 from TMBRBLib.pipeline import Scorer, score_case
 
-from .manifest import file_sha256, read_manifest, select
+from .manifest import read_manifest, select
 
 PRED_COLUMNS = ["case", "split", "tmb", "label", "score", "tta_mean", "tta_std", "tta_n", "attention_tumour",
                 "attention_ring", "attention_elsewhere", "cam_share_signal", "model_id", "model_notice"]
@@ -131,7 +131,7 @@ def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in PRED_COLUMNS})
-    metrics = {"split": split, "notice": b.notice, "model": b.info(), "manifest_sha256": file_sha256(manifest),
+    metrics = {"split": split, "notice": b.notice, "model": b.info(), "manifest_sha256": sha256_file(manifest),
                "n_shifts": (rows[0]["tta_n"] - 1) if rows else n_shifts, "seconds": round(time.perf_counter() - t0, 1), **summarise(rows)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics

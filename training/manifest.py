@@ -18,7 +18,6 @@ RAS coordinates can be given instead as seed_ras / box_ras (converted to LPS her
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -51,14 +50,6 @@ class Case:
     tumour: Optional[Path] = None
     signal: Optional[Path] = None
     extra: Dict[str, str] = field(default_factory=dict)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _numbers(text: str, n: int, what: str, where: str) -> List[float]:

@@ -24,14 +24,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from TMBRBLib.bundle import default_metadata
+from TMBRBLib.bundle import default_metadata, sha256_file
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.model import build_model
 
 from .data import CropCache, CropDataset
-from .manifest import check_for_training, file_sha256, read_manifest
+from .manifest import Case, check_for_training, read_manifest
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
 HISTORY_CSV = "history.csv"
 HISTORY_PNG = "history.png"
 SUMMARY_JSON = "train_summary.json"
@@ -206,27 +208,74 @@ def _rank_shard(n: int, world: int, rank: int, order: np.ndarray) -> np.ndarray:
     return padded[rank: per * world: world]
 
 
-def train(cfg: TrainConfig) -> Dict:
-    """Train from a manifest; writes checkpoints, history.csv/png and train_summary.json under cfg.out."""
-    cfg.validate()
-    t_wall = time.perf_counter()
+@dataclass
+class _TrainingData:
+    """The cases of a run and their crops: what `_prepare_data` hands to the training loop."""
+    train_cases: List[Case]
+    val_cases: List[Case]
+    manifest_sha256: str
+    meta: Dict
+    cache: Optional[CropCache]
+    train_ds: CropDataset
+    val_ds: CropDataset
+    cache_s: float
+
+
+@dataclass
+class _TrainState:
+    """What a run carries from one epoch to the next, and what ``last.pt`` restores on ``--resume``."""
+    start_epoch: int = 1
+    best_auc: float = -1.0
+    best_epoch: int = 0
+    history: List[Dict] = field(default_factory=list)
+
+    def update_best(self, epoch: int, val_auc: float) -> bool:
+        """Record `epoch`'s validation AUC; True when it beats the best so far (NaN never does)."""
+        improved = np.isfinite(val_auc) and val_auc > self.best_auc
+        if improved:
+            self.best_auc, self.best_epoch = val_auc, epoch
+        return improved
+
+
+@dataclass
+class _EpochMetrics:
+    """One epoch's numbers over all processes."""
+    train_loss: float
+    val_loss: float
+    val_auc: float
+    train_seen: int     # training samples seen by all processes together
+
+
+def _setup_torch(cfg: TrainConfig):
+    """Process group, device, thread count and deterministic algorithms; returns (rank, world size, device)."""
     rank, world, device = setup_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
-    out = Path(cfg.out)
-    ckdir = out / CHECKPOINT_DIR
-    if rank == 0:
-        ckdir.mkdir(parents=True, exist_ok=True)
+    return rank, world, device
 
+
+def _warm_cache(cache: CropCache, cases: Sequence[Case], rank: int, world: int, progress: bool) -> None:
+    """Fill the crop cache: each rank prepares its share of the disk cache, then everyone loads all it needs."""
+    mine = cases[rank::world] if (world > 1 and cache.cache_dir) else cases
+    bar = _progress_bar(len(mine), "caching crops", progress and rank == 0)
+    for c in mine:
+        cache.get(c)
+        bar and bar.update(1)
+    bar and bar.close()
+    if world > 1:
+        dist.barrier()
+
+
+def _prepare_data(cfg: TrainConfig, out: Path, rank: int, world: int) -> _TrainingData:
+    """Read and check the manifest, build the metadata, the crop cache and the two datasets, and warm the cache."""
     cases = read_manifest(cfg.manifest, cfg.tmb_threshold)
     train_cases, val_cases = check_for_training(cases)
-    manifest_sha = file_sha256(cfg.manifest)
+    manifest_sha = sha256_file(cfg.manifest)
     meta = build_metadata(cfg)
     policy = meta["tmbrb"]["preprocessing"]
-
     cache = None
     if cfg.cache != "none":
         cache = CropCache(policy, cfg.margin_vox,
@@ -235,146 +284,263 @@ def train(cfg: TrainConfig) -> Dict:
                max_shift_mm=cfg.max_shift_mm, flips=cfg.flips)
     train_ds = CropDataset(train_cases, policy, cache, train=True, **aug)
     val_ds = CropDataset(val_cases, policy, cache, train=False, **aug)
-
-    # warm the cache: each rank prepares its share of the disk cache, then everyone loads all it needs
     t0 = time.perf_counter()
     if cache is not None:
-        todo = train_cases + val_cases
-        mine = todo[rank::world] if (world > 1 and cache.cache_dir) else todo
-        bar = _progress_bar(len(mine), "caching crops", cfg.progress and rank == 0)
-        for c in mine:
-            cache.get(c)
-            bar and bar.update(1)
-        bar and bar.close()
-        if world > 1:
-            dist.barrier()
-    cache_s = time.perf_counter() - t0
+        _warm_cache(cache, train_cases + val_cases, rank, world, cfg.progress)
+    return _TrainingData(train_cases, val_cases, manifest_sha, meta, cache, train_ds, val_ds,
+                        time.perf_counter() - t0)
 
-    torch.manual_seed(cfg.seed)
-    net = build_model(meta["tmbrb"]["architecture"]).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    weights = class_weights(train_ds.labels()).to(device) if cfg.balance == "weighted_loss" else None
 
-    history: List[Dict] = []
-    start_epoch, best_auc, best_epoch = 1, -1.0, 0
-    last = ckdir / "last.pt"
-    if cfg.resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck["manifest_sha256"] != manifest_sha or ck["seed"] != cfg.seed:
-            raise TMBRBInputError(
-                f"Cannot resume from '{last}': it was trained on another manifest or seed "
-                f"(manifest sha256 {ck['manifest_sha256'][:12]} vs {manifest_sha[:12]}, seed {ck['seed']} vs {cfg.seed}).",
-                "Resume with the same manifest and seed, or train into a new --out folder.")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best_auc, best_epoch = ck["epoch"] + 1, ck["best_auc"], ck["best_epoch"]
-        history = ck["history"]
-        if ck.get("epochs") not in (None, cfg.epochs) and rank == 0:
-            print(f"warning: the run was started with --epochs {ck['epochs']}; resuming with {cfg.epochs} changes "
-                  "the learning-rate schedule", file=sys.stderr)
+def _resume(cfg: TrainConfig, ckdir: Path, manifest_sha: str, net, opt, sched, rank: int) -> _TrainState:
+    """Restore the network, optimiser, scheduler and run state from ``ckdir/last.pt``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The run's settings; its seed and epochs are compared with the checkpoint's.
+    ckdir : Path
+        The run's checkpoint folder.
+    manifest_sha : str
+        SHA-256 of the manifest this run trains on.
+    net, opt, sched : torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler
+        Loaded in place from the checkpoint.
+    rank : int
+        This process's rank (only rank 0 prints).
+
+    Returns
+    -------
+    _TrainState
+        The state after the checkpoint's epoch; a fresh state (start at epoch 1) when there is no checkpoint.
+
+    Raises
+    ------
+    TMBRBInputError
+        The checkpoint was trained on another manifest or with another seed.
+    """
+    last = ckdir / LAST_CHECKPOINT
+    if not last.is_file():
         if rank == 0:
-            print(f"resuming after epoch {ck['epoch']} (best validation AUC {best_auc:.4f} at epoch {best_epoch})",
-                  file=sys.stderr)
-    elif cfg.resume and rank == 0:
-        print(f"no checkpoint in {ckdir}; starting from scratch", file=sys.stderr)
+            print(f"no checkpoint in {ckdir}; starting from scratch", file=sys.stderr)
+        return _TrainState()
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    if ck["manifest_sha256"] != manifest_sha or ck["seed"] != cfg.seed:
+        raise TMBRBInputError(
+            f"Cannot resume from '{last}': it was trained on another manifest or seed "
+            f"(manifest sha256 {ck['manifest_sha256'][:12]} vs {manifest_sha[:12]}, seed {ck['seed']} vs {cfg.seed}).",
+            "Resume with the same manifest and seed, or train into a new --out folder.")
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    state = _TrainState(ck["epoch"] + 1, ck["best_auc"], ck["best_epoch"], ck["history"])
+    if ck.get("epochs") not in (None, cfg.epochs) and rank == 0:
+        print(f"warning: the run was started with --epochs {ck['epochs']}; resuming with {cfg.epochs} changes "
+              "the learning-rate schedule", file=sys.stderr)
+    if rank == 0:
+        print(f"resuming after epoch {ck['epoch']} (best validation AUC {state.best_auc:.4f} at epoch "
+              f"{state.best_epoch})", file=sys.stderr)
+    return state
 
-    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+
+def _epoch_batches(cfg: TrainConfig, train_ds: CropDataset, epoch: int, rank: int, world: int) -> List[np.ndarray]:
+    """This rank's batches of training-case indices for `epoch`, seeding the dataset and torch for that epoch."""
     n_train = len(train_ds)
-    val_idx = np.arange(len(val_ds))
-    stopped_early = False
-    train_samples, train_time = 0, 0.0
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if cfg.stop_after and epoch - start_epoch >= cfg.stop_after:
-            break
-        if should_stop(epoch, best_epoch, cfg.patience, cfg.min_epochs):
-            stopped_early = True
-            break
-        t_ep = time.perf_counter()
-        train_ds.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 100003 + epoch)
-        order = np.random.default_rng([cfg.seed, epoch, 1]).permutation(n_train)
-        shard = _rank_shard(n_train, world, rank, order)
-        batches = [shard[s:s + cfg.batch_size] for s in range(0, len(shard), cfg.batch_size)]
-        if cfg.max_steps_per_epoch:
-            batches = batches[: cfg.max_steps_per_epoch]
-        model.train()
-        loss_sum, n_seen = 0.0, 0
-        bar = _progress_bar(len(batches), f"epoch {epoch}/{cfg.epochs}", cfg.progress and rank == 0)
-        for b in batches:
-            x, y = train_ds.batch(b)
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x).float(), y, weight=weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.item()) * len(b)
-            n_seen += len(b)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar and bar.close()
-        if world > 1:  # BatchNorm running statistics are per process: take rank 0's everywhere
-            for buf in net.buffers():
-                dist.broadcast(buf, 0)
-        sched.step()
-        t_train = time.perf_counter() - t_ep
-        # validation: each rank scores its share of the validation cases, everyone gathers all scores
-        mine = val_idx[rank::world]
-        scores = predict(net, val_ds, mine, device, cfg.batch_size)
-        parts = all_gather_objects((mine.tolist(), scores.tolist(), loss_sum, n_seen), world)
-        all_scores = np.zeros(len(val_ds))
-        for idx, sc, _, _ in parts:
-            all_scores[idx] = sc
-        tl = sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
-        yv = val_ds.labels()
-        p = np.clip(all_scores, 1e-7, 1 - 1e-7)
-        vl = float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p)))
-        va = auc(yv, all_scores)
-        seen_all = sum(pp[3] for pp in parts)
-        train_samples += seen_all
-        train_time += t_train
-        improved = np.isfinite(va) and va > best_auc
-        if improved:
-            best_auc, best_epoch = va, epoch
-        row = {"epoch": epoch, "train_loss": round(tl, 6), "val_loss": round(vl, 6), "val_auc": round(va, 6),
-               "lr": opt.param_groups[0]["lr"], "epoch_s": round(time.perf_counter() - t_ep, 2),
-               "train_samples_per_s": round(seen_all / max(t_train, 1e-9), 3), "best": int(improved)}
-        history.append(row)
-        if rank == 0:
-            state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            if improved:
-                torch.save({"model": state, "epoch": epoch, "val_auc": va}, ckdir / "best.pt")
-            torch.save({"model": state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch, "history": history,
-                        "manifest_sha256": manifest_sha, "seed": cfg.seed, "epochs": cfg.epochs}, ckdir / "last.pt.tmp")
-            os.replace(ckdir / "last.pt.tmp", last)
-            write_history(out, history)
-            print(f"epoch {epoch}: train loss {tl:.4f}  val loss {vl:.4f}  val AUC {va:.4f}"
-                  f"{'  (best)' if improved else ''}  [{row['epoch_s']} s]", file=sys.stderr, flush=True)
+    train_ds.set_epoch(epoch)
+    torch.manual_seed(cfg.seed * 100003 + epoch)
+    order = np.random.default_rng([cfg.seed, epoch, 1]).permutation(n_train)
+    shard = _rank_shard(n_train, world, rank, order)
+    batches = [shard[s:s + cfg.batch_size] for s in range(0, len(shard), cfg.batch_size)]
+    if cfg.max_steps_per_epoch:
+        batches = batches[: cfg.max_steps_per_epoch]
+    return batches
 
-    checksums = all_gather_objects(param_checksum(net), world)
-    in_sync = len(set(checksums)) == 1
-    summary = {
-        "best_val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": len(history),
-        "stopped_early": stopped_early, "last_epoch": history[-1]["epoch"] if history else 0,
-        "world_size": world, "device": str(device), "rank_param_checksums": checksums, "ranks_in_sync": in_sync,
-        "n_train": len(train_cases), "n_val": len(val_cases),
-        "n_train_high": int(train_ds.labels().sum()), "n_val_high": int(val_ds.labels().sum()),
-        "manifest": str(Path(cfg.manifest).resolve()), "manifest_sha256": manifest_sha,
-        "config": asdict(cfg), "metadata": meta, "cache_s": round(cache_s, 2),
-        "ct_reads_rank0": cache.ct_reads if cache is not None else None,
+
+def _train_one_epoch(model, net, train_ds: CropDataset, batches: Sequence[np.ndarray], opt, weights, device,
+                    world: int, bar=None):
+    """One pass over `batches` (one optimiser step each); returns (summed loss, samples seen) of this rank.
+
+    `model` is what is trained (`net`, or its DistributedDataParallel wrapper); after the pass every rank takes
+    rank 0's BatchNorm running statistics, which are per process.
+    """
+    model.train()
+    loss_sum, n_seen = 0.0, 0
+    for b in batches:
+        x, y = train_ds.batch(b)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x).float(), y, weight=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += float(loss.item()) * len(b)
+        n_seen += len(b)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar and bar.close()
+    if world > 1:
+        for buf in net.buffers():
+            dist.broadcast(buf, 0)
+    return loss_sum, n_seen
+
+
+def _validate(net, val_ds: CropDataset, device, batch_size: int, rank: int, world: int, loss_sum: float,
+             n_seen: int) -> _EpochMetrics:
+    """Score the validation cases and compute the epoch's metrics over all processes.
+
+    Each rank scores its share of the validation cases; one exchange gathers everyone's scores together with
+    everyone's training loss sums (`loss_sum`, `n_seen` are this rank's, from `_train_one_epoch`).
+    """
+    mine = np.arange(len(val_ds))[rank::world]
+    scores = predict(net, val_ds, mine, device, batch_size)
+    parts = all_gather_objects((mine.tolist(), scores.tolist(), loss_sum, n_seen), world)
+    all_scores = np.zeros(len(val_ds))
+    for idx, sc, _, _ in parts:
+        all_scores[idx] = sc
+    tl = sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
+    yv = val_ds.labels()
+    p = np.clip(all_scores, 1e-7, 1 - 1e-7)
+    vl = float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p)))
+    return _EpochMetrics(tl, vl, auc(yv, all_scores), sum(pp[3] for pp in parts))
+
+
+def _history_row(epoch: int, m: _EpochMetrics, lr: float, epoch_s: float, train_s: float, improved: bool) -> Dict:
+    """The history.csv row of one epoch."""
+    return {"epoch": epoch, "train_loss": round(m.train_loss, 6), "val_loss": round(m.val_loss, 6),
+            "val_auc": round(m.val_auc, 6), "lr": lr, "epoch_s": round(epoch_s, 2),
+            "train_samples_per_s": round(m.train_seen / max(train_s, 1e-9), 3), "best": int(improved)}
+
+
+def _save_checkpoints(ckdir: Path, net, opt, sched, state: _TrainState, epoch: int, val_auc: float, improved: bool,
+                     manifest_sha: str, cfg: TrainConfig) -> None:
+    """Write ``best.pt`` (weights, when `epoch` improved) and ``last.pt`` (everything `_resume` needs, atomically)."""
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    if improved:
+        torch.save({"model": weights, "epoch": epoch, "val_auc": val_auc}, ckdir / BEST_CHECKPOINT)
+    tmp = ckdir / (LAST_CHECKPOINT + ".tmp")
+    torch.save({"model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch, "best_auc": state.best_auc, "best_epoch": state.best_epoch, "history": state.history,
+                "manifest_sha256": manifest_sha, "seed": cfg.seed, "epochs": cfg.epochs}, tmp)
+    os.replace(tmp, ckdir / LAST_CHECKPOINT)
+
+
+def _run_summary(cfg: TrainConfig, data: _TrainingData, state: _TrainState, stopped_early: bool, world: int, device,
+                checksums: List[str], train_samples: int, train_time: float, t_wall: float) -> Dict:
+    """The content of train_summary.json (and `train`'s return value)."""
+    return {
+        "best_val_auc": state.best_auc, "best_epoch": state.best_epoch, "epochs_run": len(state.history),
+        "stopped_early": stopped_early, "last_epoch": state.history[-1]["epoch"] if state.history else 0,
+        "world_size": world, "device": str(device), "rank_param_checksums": checksums,
+        "ranks_in_sync": len(set(checksums)) == 1,
+        "n_train": len(data.train_cases), "n_val": len(data.val_cases),
+        "n_train_high": int(data.train_ds.labels().sum()), "n_val_high": int(data.val_ds.labels().sum()),
+        "manifest": str(Path(cfg.manifest).resolve()), "manifest_sha256": data.manifest_sha256,
+        "config": asdict(cfg), "metadata": data.meta, "cache_s": round(data.cache_s, 2),
+        "ct_reads_rank0": data.cache.ct_reads if data.cache is not None else None,
         "train_samples_per_s": round(train_samples / max(train_time, 1e-9), 3),
         "wall_s": round(time.perf_counter() - t_wall, 1),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
     }
+
+
+def train(cfg: TrainConfig) -> Dict:
+    """Train a TMBRB network from a manifest, on one process or on each process started by torchrun.
+
+    Each epoch trains on a seeded shuffle of the training cases (box shifts and flips from (seed, epoch, case)),
+    scores the validation cases, keeps the best validation AUC in ``checkpoints/best.pt`` and everything needed to
+    go on in ``checkpoints/last.pt``, and logs ``history.csv``/``history.png``; the run ends after ``cfg.epochs``,
+    after ``cfg.stop_after`` epochs of this invocation, or by early stopping (`should_stop`).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The run's settings: manifest, output folder, epochs, optimiser, augmentation, cache, device, resume.
+
+    Returns
+    -------
+    dict
+        The run summary, also written to ``<cfg.out>/train_summary.json``: best validation AUC and epoch, epochs
+        run, whether it stopped early, case counts, the manifest's SHA-256, the bundle metadata, each rank's
+        parameter checksum, timings.
+
+    Raises
+    ------
+    TMBRBInputError
+        A bad option, a manifest that cannot be trained on (missing file, bad row, a split without both classes),
+        an unknown architecture key, or a ``--resume`` from a run with another manifest or seed.
+    RuntimeError
+        Distributed training ended with different weights on different processes.
+
+    Examples
+    --------
+    Two epochs of a tiny network on 12 phantoms at 32^3 (seconds on a CPU; the epoch log goes to stderr):
+
+    >>> import shutil, tempfile
+    >>> from pathlib import Path
+    >>> from TMBRBLib.phantom import write_cohort
+    >>> from training.trainer import TrainConfig, train
+    >>> work = Path(tempfile.mkdtemp())
+    >>> manifest = write_cohort(work / "cohort", n=12, fractions=(0.5, 0.5, 0.0), seed=3, progress=False)
+    >>> tiny = {"block_config": [1, 1, 1, 1], "init_features": 4, "growth_rate": 4, "hidden_features": 8}
+    >>> cfg = TrainConfig(manifest=str(manifest), out=str(work / "run"), epochs=2, batch_size=3, margin_vox=3,
+    ...                   threads=1, progress=False, architecture=tiny, preprocessing={"shape": [32, 32, 32]})
+    >>> summary = train(cfg)
+    >>> summary["epochs_run"], summary["n_train"], summary["n_val"], summary["ranks_in_sync"]
+    (2, 6, 6, True)
+    >>> sorted(p.name for p in (work / "run" / "checkpoints").iterdir())
+    ['best.pt', 'last.pt']
+    >>> shutil.rmtree(work)
+    """
+    cfg.validate()
+    t_wall = time.perf_counter()
+    rank, world, device = _setup_torch(cfg)
+    out = Path(cfg.out)
+    ckdir = out / CHECKPOINT_DIR
+    if rank == 0:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    data = _prepare_data(cfg, out, rank, world)
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(data.meta["tmbrb"]["architecture"]).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    weights = class_weights(data.train_ds.labels()).to(device) if cfg.balance == "weighted_loss" else None
+    state = _resume(cfg, ckdir, data.manifest_sha256, net, opt, sched, rank) if cfg.resume else _TrainState()
+
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    stopped_early = False
+    train_samples, train_time = 0, 0.0
+    for epoch in range(state.start_epoch, cfg.epochs + 1):
+        if cfg.stop_after and epoch - state.start_epoch >= cfg.stop_after:
+            break
+        if should_stop(epoch, state.best_epoch, cfg.patience, cfg.min_epochs):
+            stopped_early = True
+            break
+        t_ep = time.perf_counter()
+        batches = _epoch_batches(cfg, data.train_ds, epoch, rank, world)
+        bar = _progress_bar(len(batches), f"epoch {epoch}/{cfg.epochs}", cfg.progress and rank == 0)
+        loss_sum, n_seen = _train_one_epoch(model, net, data.train_ds, batches, opt, weights, device, world, bar)
+        sched.step()
+        t_train = time.perf_counter() - t_ep
+        m = _validate(net, data.val_ds, device, cfg.batch_size, rank, world, loss_sum, n_seen)
+        train_samples += m.train_seen
+        train_time += t_train
+        improved = state.update_best(epoch, m.val_auc)
+        row = _history_row(epoch, m, opt.param_groups[0]["lr"], time.perf_counter() - t_ep, t_train, improved)
+        state.history.append(row)
+        if rank == 0:
+            _save_checkpoints(ckdir, net, opt, sched, state, epoch, m.val_auc, improved, data.manifest_sha256, cfg)
+            write_history(out, state.history)
+            print(f"epoch {epoch}: train loss {m.train_loss:.4f}  val loss {m.val_loss:.4f}  val AUC {m.val_auc:.4f}"
+                  f"{'  (best)' if improved else ''}  [{row['epoch_s']} s]", file=sys.stderr, flush=True)
+
+    checksums = all_gather_objects(param_checksum(net), world)
+    summary = _run_summary(cfg, data, state, stopped_early, world, device, checksums, train_samples, train_time,
+                          t_wall)
     if rank == 0:
         (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    if not in_sync:
+    if not summary["ranks_in_sync"]:
         raise RuntimeError(f"The {world} processes ended with different weights ({checksums}); "
                            "distributed training went out of sync.")
     return summary

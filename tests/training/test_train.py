@@ -96,7 +96,8 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
     from TMBRBLib.crop import crop_for_model
     from TMBRBLib.io import read_ct
     from TMBRBLib.pipeline import score_case
-    from training.manifest import read_manifest, file_sha256
+    from TMBRBLib.bundle import sha256_file
+    from training.manifest import read_manifest
     run, bdir = tmp_path / "run", tmp_path / "bundle"
     _run(train_args(tiny_manifest, run, "--epochs", "2"))
     _run(["export", "--run", str(run), "--bundle", str(bdir), "--demo", "--model-id", "tiny-test"])
@@ -104,7 +105,7 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
     t = b.tmbrb
     assert t["demo"] is True and t["placeholder"] is False and t["model_id"] == "tiny-test"
     assert "synthetic phantoms" in b.notice and "not for clinical or research conclusions" in b.notice
-    assert t["training"]["manifest_sha256"] == file_sha256(tiny_manifest)
+    assert t["training"]["manifest_sha256"] == sha256_file(tiny_manifest)
     assert t["training"]["seed"] == 0 and "python -m training train" in t["training"]["command"]
     assert t["preprocessing"]["shape"] == [32, 32, 32] and t["risk"]["os"]["cutoff"] == 0.61
     assert t["training"]["metrics"]["val_auc"] == json.loads((run / "train_summary.json").read_text())["best_val_auc"]

@@ -8,6 +8,8 @@ Public API::
     write_cohort(out_dir, ...) -> Path         # a training cohort split like the paper (236/26/65)
     read_manifest(path) -> DataFrame           # the manifest with absolute paths
     achievable_auc(strength), strength_for_auc(auc)
+    make_immunotherapy_cohort(n, seed, hr) -> DataFrame   # the paper's immunotherapy cohort (Table 1, OS/PFS)
+    write_immunotherapy_cohort(path, ...) -> Path         # that cohort as CSV + truth JSON (module ``cohort``)
 
 Everything is built in physical (LPS mm) space and sampled through the grid's index->physical mapping,
 so identity, flipped and oblique direction matrices show the same anatomy at the same place. Each random
@@ -20,9 +22,10 @@ Cost (2-core shared machine, CPU time): a cohort case (~160x160x24..157 voxels) 
 at most ~0.65 s (0.6 mm slices); the demo case (384x384x96) ~1.0 s; a 512x512x300 case ~9 s wall and
 ~0.9 GB peak memory.
 
-Pure numpy/scipy/SimpleITK; no Slicer, no Qt.
+Pure numpy/scipy/SimpleITK (pandas for the immunotherapy cohort); no Slicer, no Qt.
 """
 
+from .cohort import PAPER_HR, make_immunotherapy_cohort, write_immunotherapy_cohort
 from .generate import DEMO_SEED, PhantomCase, draw_case_params, make_demo_case, make_phantom
 from .grid import Grid
 from .signal import (
@@ -37,7 +40,8 @@ from .signal import (
 from .writer import MANIFEST_COLUMNS, PAPER_SPLIT, read_manifest, split_sizes, write_case, write_cohort
 
 __all__ = [
-    "DEFAULT_STRENGTH", "DEMO_SEED", "HIGH_TMB_CUTOFF", "MANIFEST_COLUMNS", "PAPER_SPLIT", "SIGNALS", "Grid",
-    "PhantomCase", "achievable_auc", "draw_case_params", "draw_tmb", "make_demo_case", "make_phantom",
-    "read_manifest", "signal_amplitude", "split_sizes", "strength_for_auc", "write_case", "write_cohort",
+    "DEFAULT_STRENGTH", "DEMO_SEED", "HIGH_TMB_CUTOFF", "MANIFEST_COLUMNS", "PAPER_HR", "PAPER_SPLIT", "SIGNALS",
+    "Grid", "PhantomCase", "achievable_auc", "draw_case_params", "draw_tmb", "make_demo_case",
+    "make_immunotherapy_cohort", "make_phantom", "read_manifest", "signal_amplitude", "split_sizes",
+    "strength_for_auc", "write_case", "write_cohort", "write_immunotherapy_cohort",
 ]
