@@ -174,13 +174,19 @@ def build_metadata(cfg: TrainConfig) -> Dict:
     t = meta["tmbrb"]
     if cfg.architecture:
         t["architecture"].update(cfg.architecture)
-        if "n_features" not in cfg.architecture:
-            arch = {k: v for k, v in t["architecture"].items() if k != "n_features"}
-            try:
-                t["architecture"]["n_features"] = build_model(arch).n_features
-            except TypeError as e:
-                raise TMBRBInputError(f"--architecture has a key the model does not know ({e}).",
-                                      "Use the keys of TMBRBLib.model.TMBRBNet (e.g. block_config, growth_rate).") from None
+        arch = {k: v for k, v in t["architecture"].items() if k != "n_features"}
+        try:
+            n_features = build_model(arch).n_features
+        except TypeError as e:
+            raise TMBRBInputError(f"--architecture has a key the model does not know ({e}).",
+                                  "Use the keys of TMBRBLib.model.TMBRBNet (e.g. block_config, growth_rate).") from None
+        except ValueError as e:  # e.g. a name that is not in TMBRBLib.model.ARCHITECTURES
+            raise TMBRBInputError(f"--architecture cannot be built: {e}.",
+                                  "Give a registered architecture name, or leave 'name' out.") from None
+        if cfg.architecture.get("n_features", n_features) != n_features:
+            raise TMBRBInputError(f"--architecture says n_features {cfg.architecture['n_features']}, but the network "
+                                  f"it describes gives {n_features}.", "Leave n_features out; it is computed.")
+        t["architecture"]["n_features"] = n_features
     t["preprocessing"].update(cfg.preprocessing)
     shape = [int(v) for v in t["preprocessing"]["shape"]]
     meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = shape

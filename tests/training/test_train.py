@@ -144,6 +144,8 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
     (["--epochs", "0"], "epochs must be >= 1"),
     (["--architecture", "{bad"], "--architecture is not valid JSON"),
     (["--architecture", '{"colour": 3}'], "a key the model does not know"),
+    (["--architecture", '{"name": "ResNet-3D"}'], "'ResNet-3D' is not known"),
+    (["--architecture", '{"n_features": 7}'], "says n_features 7, but the network it describes gives 1020"),
 ])
 def test_bad_options_exit_2_with_message(tiny_manifest, tmp_path, capsys, extra, message):
     assert main(train_args(tiny_manifest, tmp_path / "x", *extra)) == 2
