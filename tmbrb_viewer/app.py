@@ -60,8 +60,8 @@ def format_result(result: Dict) -> Dict:
     return {
         "r_score": line["score"].value,
         "r_spread": line["spread"].text,
-        "r_os": line["os"].text,
-        "r_pfs": line["pfs"].text,
+        "r_os": line["os"].explained,  # the page labels them "OS:" and "PFS:"
+        "r_pfs": line["pfs"].explained,
         "r_ecog": " ".join(f"{c.label}: {c.value} ({c.detail})." for c in combined) if combined else ecog.text,
         "r_att": line["attention"].value,
         "r_model": line["model"].value,

@@ -42,7 +42,12 @@ class Line:
     @property
     def text(self) -> str:
         """``label: value (detail)``, the line as one sentence."""
-        return f"{self.label}: {self.value}" + (f" ({self.detail})" if self.detail else "")
+        return f"{self.label}: {self.explained}"
+
+    @property
+    def explained(self) -> str:
+        """``value (detail)``, for a place that shows the label itself."""
+        return self.value + (f" ({self.detail})" if self.detail else "")
 
 
 def _number(v, fmt: str = ".3f") -> str:
