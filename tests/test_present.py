@@ -66,6 +66,16 @@ def test_ecog_line_says_whom_the_relative_hazard_compares_with(score, ecog):
         assert f"ECOG {ecog}" in line.detail and CONDITION.search(line.detail)
 
 
+@pytest.mark.parametrize("score", SCORES)
+def test_a_note_says_why_os_and_pfs_groups_differ(score):
+    lines = by_key(result_lines(result_for(score)))
+    differ = lines["os"].value.split()[0] != lines["pfs"].value.split()[0]
+    assert ("risk_note" in lines) == differ
+    if differ:  # the paper: a higher score went with longer OS (low risk) but shorter PFS (high risk)
+        assert "a higher TMBRB means low risk for overall survival but high risk for progression-free" \
+            in lines["risk_note"].value
+
+
 def test_no_ecog_gives_no_hazard_line_and_says_so():
     lines = result_lines(result_for(0.7))
     assert not select(lines, ("os_ecog", "pfs_ecog"))

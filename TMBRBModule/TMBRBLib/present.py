@@ -103,6 +103,9 @@ def risk_lines(result: Dict) -> List[Line]:
         detail = (f"paper: hazard ratio {float(hr):.2f} for TMBRB {op} {float(r['cutoff']):g} vs "
                   f"{_NEGATION[op]} {float(r['cutoff']):g}") if hr is not None else ""
         lines.append(Line(ep, f"{name} risk group", f"{r['group']} risk: {condition(score, r)}", detail))
+    note = _opposite_rules_note(risk)
+    if note:
+        lines.append(note)
     ecog = risk.get("ecog")
     lines.append(Line("ecog", "ECOG", "not given" if ecog is None else str(ecog),
                       "" if ecog is not None else "give it for the ECOG-combined hazard"))
@@ -117,6 +120,29 @@ def risk_lines(result: Dict) -> List[Line]:
                   f"(x {_number(c.get('ecog_hr'), '.2f')}^{ecog}); hazard ratios of the paper's two-variable Cox model")
         lines.append(Line(f"{ep}_ecog", f"{name} relative hazard", value, detail))
     return lines
+
+
+def _other(group: str) -> str:
+    return {"low": "high", "high": "low"}.get(group, group)
+
+
+def _higher_score_group(rule: Dict) -> str:
+    """The group a score above the cut-off falls in under this endpoint's rule."""
+    group_if_met = rule["group"] if rule.get("meets_rule") else _other(rule["group"])
+    return group_if_met if _operator(rule) in (">", ">=") else _other(group_if_met)
+
+
+def _opposite_rules_note(risk: Dict) -> Optional[Line]:
+    """When the OS and PFS groups differ, say why (the paper's two rules point in opposite directions)."""
+    os_, pfs = risk.get("os"), risk.get("pfs")
+    if not os_ or not pfs or os_.get("group") == pfs.get("group"):
+        return None
+    up_os, up_pfs = _higher_score_group(os_), _higher_score_group(pfs)
+    if up_os == up_pfs:
+        return Line("risk_note", "Why OS and PFS differ", "the score lies between the two rules' cut-offs")
+    return Line("risk_note", "Why OS and PFS differ",
+                f"the paper's two rules point in opposite directions: a higher TMBRB means {up_os} risk for "
+                f"overall survival but {up_pfs} risk for progression-free survival")
 
 
 def attention_text(attention: Dict) -> str:
@@ -165,6 +191,8 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
 
     Examples
     --------
+    (run with doctest's NORMALIZE_WHITESPACE: a long line is wrapped)
+
     >>> result = {"score": 0.3, "tta": {"mean": 0.31, "std": 0.02, "n": 9},
     ...           "risk": {"os": {"group": "high", "cutoff": 0.61, "operator": ">=", "meets_rule": False,
     ...                           "hr_of_rule": 0.54},
@@ -174,14 +202,16 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     ...                    "ecog_combined": {"os": {"relative_hazard": 2.33, "tmbrb_hr": 0.54, "ecog_hr": 2.33}}},
     ...           "attention": {"tumour": 0.5, "ring": 0.3, "elsewhere": 0.2, "ring_width_mm": 10.0},
     ...           "model": {"name": "demo", "version": "1", "demo": True}, "warnings": ["check the box"]}
-    >>> for line in result_lines(result)[:5]:
+    >>> for line in result_lines(result)[:6]:
     ...     print(line.text)
     TMBRB score: 0.300 (probability of High-TMB, >= 10 mut/Mb)
     Score spread: mean 0.310 +/- 0.020 over 9 boxes (the box and 8 shifted copies)
     OS risk group: high risk: TMBRB 0.300 < 0.61 (paper: hazard ratio 0.54 for TMBRB >= 0.61 vs < 0.61)
     PFS risk group: low risk: TMBRB 0.300 <= 0.46 (paper: hazard ratio 1.78 for TMBRB > 0.46 vs <= 0.46)
+    Why OS and PFS differ: the paper's two rules point in opposite directions: a higher TMBRB means low risk for
+    overall survival but high risk for progression-free survival
     ECOG: 1
-    >>> print(result_lines(result)[5].value)
+    >>> print(by_key(result_lines(result))["os_ecog"].value)
     2.33 x the hazard of death of a patient with TMBRB < 0.61 and ECOG 0
     >>> [line.value for line in result_lines(result) if line.key == "warning"]
     ['check the box']
