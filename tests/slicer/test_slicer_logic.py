@@ -187,7 +187,8 @@ def test_process_creates_the_nodes_on_the_ct_geometry(scene, logic, real_case):
     lut = disp.GetColorNode().GetLookupTable()
     assert disp.GetLowerThreshold() > 0 and lut.GetTableValue(0)[3] == 0.0 and lut.GetTableValue(255)[3] == 1.0
     vr = ma._volume_rendering_logic(scene).GetFirstVolumeRenderingDisplayNode(cam)
-    assert vr is not None and vr.GetROINodeID() == roi.GetID() and vr.GetCroppingEnabled()
+    # 3D: cropped to the map's own region (tumour and ring), never to the bare box (tests/slicer/test_cam_display.py)
+    assert vr is not None and vr.GetCroppingEnabled() and vr.GetROINodeID() == nodes["camRegion"].GetID() != roi.GetID()
 
     # everything under the CT's study, and recorded in the parameter node
     for n in (cam, nodes["regions"], nodes["table"]):

@@ -309,10 +309,14 @@ class SceneLogic:
                                     node=existing.get("table"))
             table.SetAttribute("TMBRB.result", json.dumps(result))
             mrml.show_cam(camNode, opacity=camOpacity, background_node=volumeNode, legend=showResult)
-            if showResult:
-                mrml.volume_render_cam(camNode, roiNode)
+            nodes = {"cam": camNode, "regions": regions, "table": table, "roi": roiNode}
+            if showResult:  # in 3D over the tumour and its ring: cropped to the map's own region, not the box
+                _vr, region = mrml.show_cam_in_3d(camNode)
+                if region is not None:
+                    nodes["camRegion"] = region
+                    outputs.append(region)
             mrml.place_in_study(scene, volumeNode, outputs + [camNode, regions, table], self.RESULTS_FOLDER)
-            return {"cam": camNode, "regions": regions, "table": table, "roi": roiNode}
+            return nodes
         except Exception:
             created = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes() - 1, -1, -1)]
             for n in created:

@@ -11,6 +11,7 @@ world coordinates; outputs are put on the CT's own (local) grid under the same p
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -27,6 +28,10 @@ TUMOUR_SEGMENT_NAME = "Tumour"
 RING_SEGMENT_NAME = "Peritumoral ring"
 TUMOUR_COLOR = (0.95, 0.85, 0.15)
 RING_COLOR = (0.15, 0.75, 1.0)
+TUMOUR_OPACITY_3D = 0.3
+CAM_THRESHOLD = 0.1  # the CAM below this is transparent, in the slice views and in 3D alike
+CAM_REGION_ROI_NAME = "TMBRB CAM region"
+RING_OPACITY_3D = 0.15
 _TUMOUR_NAME_RE = re.compile(r"tumou?r|lesion|nodule|mass|gtv|cancer", re.IGNORECASE)
 
 
@@ -423,9 +428,11 @@ def regions_segmentation(scene, reference_volume_node, tumour_kji: np.ndarray, r
     if display is not None:
         display.SetVisibility2DFill(False)
         display.SetVisibility2DOutline(True)
-        ring_id = node.GetSegmentation().GetSegmentIdBySegmentName(RING_SEGMENT_NAME)
-        if ring_id:
-            display.SetSegmentOpacity3D(ring_id, 0.25)
+        # translucent in 3D, so the map inside the tumour and over the ring stays visible
+        for seg_name, opacity in ((TUMOUR_SEGMENT_NAME, TUMOUR_OPACITY_3D), (RING_SEGMENT_NAME, RING_OPACITY_3D)):
+            seg_id = node.GetSegmentation().GetSegmentIdBySegmentName(seg_name)
+            if seg_id:
+                display.SetSegmentOpacity3D(seg_id, opacity)
     if show3d:
         node.CreateClosedSurfaceRepresentation()
     return node
@@ -499,7 +506,8 @@ def cam_color_node(scene, n: int = 256):
     return node
 
 
-def show_cam(cam_node, opacity: float = 0.5, threshold: float = 0.1, background_node=None, legend: bool = True):
+def show_cam(cam_node, opacity: float = 0.5, threshold: float = CAM_THRESHOLD, background_node=None,
+             legend: bool = True):
     """Heat colours, values below `threshold` transparent; foreground in every slice view at `opacity`."""
     scene = cam_node.GetScene()
     if cam_node.GetDisplayNode() is None:
@@ -533,12 +541,20 @@ def set_cam_opacity(scene, cam_node, opacity: float, background_node=None) -> in
     return n
 
 
+_LEGEND_FAILURE_LOGGED: List[bool] = []
+
+
 def add_color_legend(displayable_node, title: str = ""):
+    """A colour legend for the node in every view (slice and 3D), or None (logged once) where the scene cannot."""
     import slicer
 
     try:
         legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(displayable_node)
-    except Exception:  # colour legend classes not registered in this scene
+    except Exception as e:  # colour legend classes not registered in this scene
+        if not _LEGEND_FAILURE_LOGGED:
+            _LEGEND_FAILURE_LOGGED.append(True)
+            logging.getLogger("tmbrb").warning("No colour legend for the class activation map: this scene cannot "
+                                               "create colour legend nodes (%s). Said once.", e)
         return None
     if legend is not None:
         legend.SetTitleText(title)
@@ -565,10 +581,51 @@ def _volume_rendering_logic(scene):
 _VR_LOGICS: Dict[str, object] = {}
 
 
-def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: float = 0.1):
-    """Volume-render the CAM in 3D with the heat colours, cropped to the box. Returns the VR display node."""
+def set_cam_transfer_functions(prop_node, threshold: float = CAM_THRESHOLD, opacity: float = 0.6) -> None:
+    """Heat colours of the 2D overlay, transparent below ``threshold``, through the MRML volume property node's own
+    API (SetColor/SetScalarOpacity), so the node is modified and every 3D view showing it renders again."""
     import vtk
 
+    color = vtk.vtkColorTransferFunction()
+    for t in np.linspace(0.0, 1.0, 11):
+        color.AddRGBPoint(float(t), *_heat_rgb(float(t)))
+    scalar_opacity = vtk.vtkPiecewiseFunction()
+    scalar_opacity.AddPoint(0.0, 0.0)
+    scalar_opacity.AddPoint(float(threshold), 0.0)
+    scalar_opacity.AddPoint(1.0, float(opacity))
+    prop_node.SetColor(color)
+    prop_node.SetScalarOpacity(scalar_opacity)
+    prop = prop_node.GetVolumeProperty()
+    prop.ShadeOff()
+    prop.SetInterpolationTypeToLinear()
+
+
+def cam_region_roi(cam_node, node=None, margin_vox: int = 1):
+    """A hidden ROI around the CAM's non-zero voxels (the map over the tumour AND its peritumoral ring), for cropping
+    its 3D rendering; None when the map is empty. Reuses ``node``."""
+    arr = volume_array(cam_node)
+    nz = np.argwhere(arr > 0)
+    if not len(nz):
+        return None
+    lo = np.maximum(nz.min(0) - margin_vox, 0) - 0.5
+    hi = np.minimum(nz.max(0) + margin_vox, np.array(arr.shape) - 1) + 0.5
+    m = ijk_to_ras(cam_node)
+    corners = np.array([[i, j, k, 1.0] for k in (lo[0], hi[0]) for j in (lo[1], hi[1]) for i in (lo[2], hi[2])])
+    lps = (corners @ m.T)[:, :3] * np.array([-1.0, -1.0, 1.0])
+    scene = cam_node.GetScene()
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", CAM_REGION_ROI_NAME)
+    set_roi_from_box(node, Box(tuple(lps.min(0)), tuple(lps.max(0))))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetVisibility(False)
+    node.SetAttribute("TMBRB.kind", "cam-region")
+    return node
+
+
+def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: float = CAM_THRESHOLD):
+    """Volume-render the CAM in 3D with the heat colours, cropped to ``roi_node`` (give the CAM's own region,
+    :func:`cam_region_roi`, never the bare box: the ring lies outside it). Returns the VR display node."""
     scene = cam_node.GetScene()
     logic = _volume_rendering_logic(scene)
     vr = logic.GetFirstVolumeRenderingDisplayNode(cam_node)
@@ -578,23 +635,25 @@ def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: 
         return None
     prop_node = vr.GetVolumePropertyNode()
     if prop_node is not None:
-        prop = prop_node.GetVolumeProperty()
-        color = vtk.vtkColorTransferFunction()
-        scalar_opacity = vtk.vtkPiecewiseFunction()
-        for t in np.linspace(0.0, 1.0, 11):
-            color.AddRGBPoint(float(t), *_heat_rgb(float(t)))
-        scalar_opacity.AddPoint(0.0, 0.0)
-        scalar_opacity.AddPoint(float(threshold), 0.0)
-        scalar_opacity.AddPoint(1.0, float(opacity))
-        prop.SetColor(color)
-        prop.SetScalarOpacity(scalar_opacity)
-        prop.ShadeOff()
-        prop.SetInterpolationTypeToLinear()
+        set_cam_transfer_functions(prop_node, threshold, opacity)
     if roi_node is not None:
         vr.SetAndObserveROINodeID(roi_node.GetID())
         vr.SetCroppingEnabled(True)
+    else:
+        vr.SetCroppingEnabled(False)
     vr.SetVisibility(True)
     return vr
+
+
+def show_cam_in_3d(cam_node, opacity: float = 0.6, threshold: float = CAM_THRESHOLD):
+    """The CAM volume-rendered in 3D over the tumour and its ring, cropped to its own non-zero region (an ROI that is
+    reused on the next run). Returns (volume rendering display node, region ROI)."""
+    logic = _volume_rendering_logic(cam_node.GetScene())
+    vr = logic.GetFirstVolumeRenderingDisplayNode(cam_node)
+    old = vr.GetROINode() if vr is not None else None
+    region = cam_region_roi(cam_node, node=old if old is not None and old.GetAttribute("TMBRB.kind") == "cam-region"
+                            else None)
+    return volume_render_cam(cam_node, region, opacity=opacity, threshold=threshold), region
 
 
 # ----------------------------------------------------------------------------------------------------------------------

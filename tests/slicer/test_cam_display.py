@@ -1,0 +1,90 @@
+"""The class activation map in 3D (issue 11): over the tumour AND its ring, transfer functions through the MRML
+volume property node, tumour and ring translucent so the map inside them stays visible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import add_ct, add_seed
+from test_slicer_logic import oblique_ct
+
+from TMBRBLib.geometry import Box, lps_to_ras
+from TMBRBLib.slicer import mrml as ma
+
+SEED_LPS = (14.0, -16.0, 33.0)
+
+
+def voxel_centres_ras(volume_node, mask_kji):
+    kji = np.argwhere(mask_kji)
+    ijk1 = np.c_[kji[:, ::-1], np.ones(len(kji))]
+    return (ijk1 @ ma.ijk_to_ras(volume_node).T)[:, :3]
+
+
+def inside_roi(roi, pts_ras, tol=1e-3):
+    c, size = np.array(roi.GetCenter()), np.array(roi.GetSize())
+    return np.all(np.abs(pts_ras - c) <= size / 2 + tol, axis=1)
+
+
+@pytest.fixture()
+def scored(scene, logic):
+    ct = add_ct(scene, oblique_ct()[0])
+    seed = add_seed(scene, lps_to_ras(SEED_LPS))
+    box = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "tight box")
+    ma.set_roi_from_box(box, Box.from_center_size(SEED_LPS, (16.0, 16.0, 16.0)))  # about the tumour, no ring
+    result = logic.process(ct, seed, box, numberOfShifts=0, device="cpu")
+    return ct, box, result
+
+
+def test_3d_rendering_covers_the_map_and_the_ring_not_just_the_box(scored):
+    ct, box, result = scored
+    nodes = result.nodes
+    region = nodes["camRegion"]
+    vr = ma._volume_rendering_logic(ct.GetScene()).GetFirstVolumeRenderingDisplayNode(nodes["cam"])
+    assert vr.GetVisibility() and vr.GetCroppingEnabled() and vr.GetROINodeID() == region.GetID()
+    assert not region.GetDisplayNode().GetVisibility()  # a cropping region, not another box on screen
+    cam = ma.volume_array(nodes["cam"])
+    ring = ma.segment_array(nodes["regions"], "Peritumoral ring", ct) > 0
+    mapped = voxel_centres_ras(nodes["cam"], cam > 0)
+    assert inside_roi(region, mapped).all()  # every voxel the map covers is rendered ...
+    assert inside_roi(region, voxel_centres_ras(ct, ring & (cam > 0))).all()  # ... the map over the ring included
+    # the bare box would cut part of the map off (the map reaches beyond it, where the peritumoral ring lies)
+    assert not inside_roi(box, mapped).all() and inside_roi(region, mapped).sum() > inside_roi(box, mapped).sum()
+
+
+def test_transfer_functions_live_on_the_volume_property_node(scored):
+    ct, _box, result = scored
+    vr = ma._volume_rendering_logic(ct.GetScene()).GetFirstVolumeRenderingDisplayNode(result.nodes["cam"])
+    prop_node = vr.GetVolumePropertyNode()
+    opacity = prop_node.GetScalarOpacity()
+    assert opacity.GetValue(ma.CAM_THRESHOLD * 0.5) == 0.0 and opacity.GetValue(1.0) > 0.5
+    assert np.allclose(prop_node.GetColor().GetColor(1.0), ma._heat_rgb(1.0), atol=1e-6)
+    seen = []
+    tag = prop_node.AddObserver("ModifiedEvent", lambda caller, event: seen.append(event))
+    try:
+        ma.set_cam_transfer_functions(prop_node, threshold=0.5, opacity=0.3)
+    finally:
+        prop_node.RemoveObserver(tag)
+    assert seen, "editing the transfer functions must modify the node (the 3D views listen to it)"
+    assert prop_node.GetScalarOpacity().GetValue(0.45) == 0.0
+    assert prop_node.GetScalarOpacity().GetValue(1.0) == pytest.approx(0.3)
+
+
+def test_tumour_and_ring_are_translucent_in_3d(scored):
+    _ct, _box, result = scored
+    regions = result.nodes["regions"]
+    display, seg = regions.GetDisplayNode(), regions.GetSegmentation()
+    tumour = display.GetSegmentOpacity3D(seg.GetSegmentIdBySegmentName("Tumour"))
+    ring = display.GetSegmentOpacity3D(seg.GetSegmentIdBySegmentName("Peritumoral ring"))
+    assert 0 < ring < tumour < 1
+
+
+def test_the_region_is_reused_on_the_next_run(scene, logic):
+    ct = add_ct(scene, oblique_ct()[0])
+    seed = add_seed(scene, lps_to_ras(SEED_LPS))
+    p = logic.getParameterNode()
+    first = logic.process(ct, seed, numberOfShifts=0, device="cpu", parameterNode=p)
+    second = logic.process(ct, seed, numberOfShifts=0, device="cpu", parameterNode=p)
+    assert second.nodes["camRegion"] is first.nodes["camRegion"]
+    assert len([n for n in scene.GetNodesByClass("vtkMRMLMarkupsROINode")
+                if n.GetAttribute("TMBRB.kind") == "cam-region"]) == 1
