@@ -373,3 +373,23 @@ def test_process_cases_skips_finished_and_records_failures(scene, logic, tmp_pat
     loaded = scene.GetFirstNodeByName("good TMBRB results")
     assert loaded is not None and float(ma.table_rows(loaded)["TMBRB score"]) == pytest.approx(
         float(status["good"]["score"]), abs=1e-4)
+
+
+def test_seed_outside_the_box_is_refused(scene, logic):
+    """Scoring a box that does not hold the seed gave a number (0.001) and 'Done'; now Apply says what to fix."""
+    ct = add_ct(scene, oblique_ct()[0])
+    seed = add_seed(scene, lps_to_ras((14.0, -16.0, 33.0)))
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box beside")
+    ma.set_roi_from_box(roi, Box((-6.0, -36.0, 13.0), (4.0, -26.0, 23.0)))  # inside the CT, 10+ mm off the seed
+    _bad(logic, scene, "The seed lies outside the box 'box beside'", ct, seed, roi)
+
+
+def test_box_mostly_outside_the_scan_is_refused(scene, logic):
+    ct_img = oblique_ct()[0]
+    ct = add_ct(scene, ct_img)
+    seed_lps = (14.0, -16.0, 33.0)
+    seed = add_seed(scene, lps_to_ras(seed_lps))
+    # a box around the seed that reaches far past the scan's edge: most of it is air the scan never saw
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "huge box")
+    ma.set_roi_from_box(roi, Box.from_center_size(seed_lps, (200.0, 200.0, 200.0)))
+    _bad(logic, scene, r"% of the box 'huge box' lies outside the CT", ct, seed, roi)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import slicer
 
 from ..errors import TMBRBCancelled, TMBRBError, TMBRBInputError
@@ -29,6 +30,7 @@ from .runner import EngineJob, EngineProcess, JobInputs, score_command
 
 MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
+MAX_BOX_OUTSIDE_FRACTION = 0.25  # Apply refuses a box with more of it outside the scan
 
 
 @dataclass
@@ -143,7 +145,7 @@ class SceneLogic:
 
     def validateInputs(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None) -> Dict:
         """Check every input and convert it for the engine. Raises TMBRBInputError; changes nothing in the scene."""
-        from ..geometry import box_overlap_fraction, require_point_inside
+        from ..geometry import require_point_inside
         from ..io import validate_ct
 
         mrml.check_ct_volume_node(volumeNode)
@@ -155,16 +157,33 @@ class SceneLogic:
         box = None
         if roiNode is not None and mrml.roi_is_defined(roiNode):
             box = mrml.box_from_roi(roiNode)
-            if box_overlap_fraction(ct, box) <= 0:
-                raise TMBRBInputError(
-                    f"The box '{roiNode.GetName()}' lies wholly outside the CT '{volumeNode.GetName()}'.",
-                    "Drag the box onto the tumour, or delete it to get a box proposed from the seed.")
+            self._checkBox(ct, seed, box, roiNode.GetName(), volumeNode.GetName())
         mask = None
         if segmentationNode is not None:
             mask, w = mrml.segmentation_to_mask(segmentationNode, volumeNode)
             warnings += w
         return {"ct": ct, "seed_lps": seed, "box": box, "mask": mask, "ecog": ecogValue(ecog),
                 "warnings": warnings}
+
+    @staticmethod
+    def _checkBox(ct, seed, box, boxName: str, ctName: str) -> None:
+        """A box the engine would score without complaint but whose score would mean little is refused here, where a
+        person can fix it: wholly or mostly outside the scan, or not holding the seed."""
+        from ..geometry import box_overlap_fraction
+
+        inside = box_overlap_fraction(ct, box)
+        if inside <= 0:
+            raise TMBRBInputError(f"The box '{boxName}' lies wholly outside the CT '{ctName}'.",
+                                  "Drag the box onto the tumour, or delete it to get a box proposed from the seed.")
+        if 1 - inside > MAX_BOX_OUTSIDE_FRACTION:
+            raise TMBRBInputError(
+                f"{100 * (1 - inside):.0f}% of the box '{boxName}' lies outside the CT '{ctName}' (at most "
+                f"{100 * MAX_BOX_OUTSIDE_FRACTION:.0f}% is accepted: the model would see air where the scan ends).",
+                "Drag the box inside the scan, or delete it to get a box proposed from the seed.")
+        if np.any(np.asarray(seed) < np.asarray(box.min)) or np.any(np.asarray(seed) > np.asarray(box.max)):
+            raise TMBRBInputError(f"The seed lies outside the box '{boxName}'.",
+                                  "Put the seed on the tumour inside the box, move the box over the seed, or delete "
+                                  "the box to get one proposed from the seed.")
 
     def proposeBox(self, volumeNode, seedNode, roiNode=None):
         """Fit the ROI around the tumour at the seed (engine's proposal); creates the ROI node when None."""
