@@ -29,6 +29,8 @@ THREED_TAG = "ThreeD"
 POLL_S = 0.2
 NO_SEED_MESSAGE = "Place the seed first: click on the tumour in a slice view (press 'Place seed' to place it again)."
 NO_CT_MESSAGE = "Open a CT first (a file path, an upload, or a DICOM folder)."
+STALE_MESSAGE = ("Outdated: the seed, box or ECOG changed since this result was computed. Press Apply to score the "
+                 "case as it is now.")
 
 
 def configure_rendering() -> None:
@@ -113,6 +115,7 @@ class TMBRBViewer:
         self.last_result: Optional[Dict] = None
         self.last_out: Optional[Path] = None
         self._seed_tag = None
+        self._roi_watched = None
         self._runs = 0
         self.timings: Dict[str, float] = {}
         self._init_state()
@@ -125,12 +128,13 @@ class TMBRBViewer:
         s.update({
             "ct_path_input": "", "ct_name": "", "has_ct": False, "has_seed": False, "seed_text": "",
             "box_text": "", "running": False, "progress": 0, "progress_msg": "", "message": "",
-            "message_type": "info", "has_result": False, "ecog": "not given", "cam_opacity": 0.5,
+            "message_type": "info", "has_result": False, "stale": False, "ecog": "not given", "cam_opacity": 0.5,
             "saved_text": "", "goto_ras": "", "placing": False, "r_score": "", "r_spread": "", "r_os": "",
             "r_pfs": "", "r_ecog": "", "r_att": "", "r_model": "", "r_demo": False, "r_notice": "",
             "r_warnings": [], "legend_css": heat_legend_css(), "notice": RESEARCH_USE_NOTICE,
         })
         s.change("cam_opacity")(self._on_cam_opacity)
+        s.change("ecog")(self._on_inputs_changed)
 
     def _say(self, text: str, kind: str = "info") -> None:
         with self.state:
@@ -217,7 +221,9 @@ class TMBRBViewer:
                   closable=True, click_close="message = ''", id="tmbrb-message")
 
     def _build_result_panel(self, v3, html) -> None:
-        with v3.VCard(v_if=("has_result",), id="tmbrb-results", variant="outlined", classes="pa-2 mt-2"):
+        with v3.VCard(v_if=("has_result",), id="tmbrb-results", variant="outlined", classes="pa-2 mt-2",
+                      style=("stale ? 'opacity: 0.5' : ''",)):
+            v3.VAlert(v_if=("stale",), text=STALE_MESSAGE, type="warning", density="compact", id="tmbrb-stale")
             v3.VAlert(v_if=("r_demo",), text=("r_notice",), type="warning", density="compact",
                       id="tmbrb-demo-banner")
             with html.Div(classes="text-h5 mt-1"):
@@ -296,6 +302,7 @@ class TMBRBViewer:
         if self.seed is not None and self._seed_tag is not None:
             self.seed.RemoveObserver(self._seed_tag)
         self._seed_tag = None
+        self._roi_watched = None
         keep = self._baseline
         for i in range(self.scene.GetNumberOfNodes() - 1, -1, -1):
             n = self.scene.GetNthNode(i)
@@ -325,8 +332,10 @@ class TMBRBViewer:
         self.ct_name = name
         self._new_seed_node()
         with self.state:
+            # a new case: nothing of the previous one stays on the page
             self.state.update({"has_ct": True, "ct_name": f"{name}: {ct.GetSize()[0]} x {ct.GetSize()[1]} x "
-                               f"{ct.GetSize()[2]} voxels", "has_result": False, "saved_text": ""})
+                               f"{ct.GetSize()[2]} voxels", "has_result": False, "stale": False, "saved_text": "",
+                               "ecog": "not given", "seed_text": "", "box_text": "", "ct_path_input": ""})
         self._say("CT opened. " + " ".join(warnings or []) + " Click on the tumour in a slice view to place the seed.",
                   "warning" if warnings else "info")
         self.start_placing()
@@ -390,6 +399,7 @@ class TMBRBViewer:
         with self.state:
             self.state.placing = False
             self._guarded(self._propose_box, "Could not propose a box.")
+            self._update_stale()
         self.state.flush()
 
     def _propose_box(self) -> None:
@@ -520,12 +530,35 @@ class TMBRBViewer:
         roi = result.nodes.get("roi")
         if roi is not None:
             self.roi = roi
+        self._watch_roi()
         with self.state:
             self.state.update(format_result(result.result))
             self.state.has_result = True
+            self.state.stale = False
             self.state.message = "Done."
             self.state.message_type = "success"
         self._render_all()
+
+    # outdated results ------------------------------------------------------------------------------------------------
+    def _watch_roi(self) -> None:
+        """Dragging the box's handles after a result makes the result outdated."""
+        import slicer
+
+        if self.roi is not None and self._roi_watched is not self.roi:
+            self.roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._on_inputs_changed)
+            self._roi_watched = self.roi
+
+    def _on_inputs_changed(self, *args, **kwargs) -> None:
+        with self.state:
+            self._update_stale()
+
+    def _update_stale(self) -> None:
+        """Mark the shown result outdated when the seed, box or ECOG no longer are those it was computed for."""
+        if not self.state.has_result or self.volume is None:
+            return
+        p = self.logic.getParameterNode()
+        self.state.stale = not self.logic.isResultCurrent(p.resultTable, self.volume, self.seed, self.roi, None,
+                                                          self.state.ecog)
 
     def _on_cam_opacity(self, cam_opacity, **_):
         from TMBRBLib.slicer import mrml as ma

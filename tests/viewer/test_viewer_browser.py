@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -48,11 +49,26 @@ def frame_src(page, tag: str = "Red") -> str:
 def pixels_before_after_opacity(page, ras, key: str):
     """Centre the views on `ras`, then the axial view's pixels before and after the CAM opacity slider goes to `key`."""
     goto(page, ras)
-    before = view_pixels(page)
+    before = settled_pixels(page)
     old = frame_src(page)
     set_cam_opacity(page, key)
     wait_new_frame(page, old)
-    return before, view_pixels(page)
+    return before, settled_pixels(page)
+
+
+def settled_pixels(page, tag: str = "Red", timeout_s: float = 10.0) -> np.ndarray:
+    """The view's pixels once the streamed picture stops changing (two screenshots 0.3 s apart agree): a view may
+    send a quick frame first and a finished one after it, and comparing a quick frame with a finished one measures
+    the stream, not the overlay."""
+    deadline = time.time() + timeout_s
+    last = view_pixels(page, tag)
+    while time.time() < deadline:
+        page.wait_for_timeout(300)
+        now = view_pixels(page, tag)
+        if np.array_equal(now, last):
+            return now
+        last = now
+    return last
 
 
 def wait_new_frame(page, old_src: str, tag: str = "Red", timeout_ms: int = 30_000) -> None:
@@ -232,6 +248,16 @@ def test_click_seed_apply_matches_tmbrb_score_and_shows_the_cam(page, viewer_ser
         assert mrml, z.namelist()
         text = z.read(mrml[0]).decode("utf-8", "replace")
     assert "TMBRB CAM" in text and "TMBRB seed" in text and "TMBRB box" in text
+
+    # no stale result: another ECOG marks the shown result outdated; going back to the scored inputs clears it
+    from playwright.sync_api import expect
+
+    expect(page.locator("#tmbrb-stale")).to_have_count(0)
+    page.click("#tmbrb-ecog-2")
+    expect(page.locator("#tmbrb-stale")).to_be_visible(timeout=15_000)
+    assert "Outdated" in page.inner_text("#tmbrb-stale")
+    page.click("#tmbrb-ecog-1")
+    expect(page.locator("#tmbrb-stale")).to_have_count(0, timeout=15_000)
     assert viewer_server.alive()
 
 

@@ -31,6 +31,7 @@ from .runner import EngineJob, EngineProcess, JobInputs, score_command
 MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
 MAX_BOX_OUTSIDE_FRACTION = 0.25  # Apply refuses a box with more of it outside the scan
+INPUTS_KEY_ATTRIBUTE = "TMBRB.inputsKey"  # on the results table: the fingerprint of the inputs of its result
 
 
 @dataclass
@@ -282,9 +283,57 @@ class SceneLogic:
         nodes = self.createOutputNodes(volumeNode, roiNode, result, case.cam, case.tumour_mask, case.ring_mask,
                                        showResult=showResult, camOpacity=camOpacity,
                                        existing=self._existingOutputs(parameterNode))
+        self._recordInputs(nodes, volumeNode, seedNode, segmentationNode, ecog)
         if parameterNode is not None:
             self._storeOutputs(parameterNode, nodes)
         return SceneResult(result, nodes, case=case)
+
+    # is the shown result still the result of the inputs? ---------------------------------------------------------------
+    @staticmethod
+    def inputsKey(volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None) -> str:
+        """A fingerprint of what a result depends on in the scene: the CT (node, voxels' modification time,
+        geometry), the seed and the box (positions to 0.01 mm), the tumour segmentation (node and modification
+        time) and ECOG. Equal keys: the result shown is the result of these inputs."""
+        import hashlib
+
+        def node_state(node, data=None):
+            if node is None:
+                return None
+            return [node.GetID(), int(data.GetMTime()) if data is not None else None]
+
+        try:
+            seed = [round(float(v), 2) for v in mrml.seed_ras(seedNode)]
+        except TMBRBInputError:
+            seed = None
+        box = None
+        if roiNode is not None and mrml.roi_is_defined(roiNode):
+            b = mrml.box_from_roi(roiNode)
+            box = [round(float(v), 2) for v in list(b.min) + list(b.max)]
+        try:
+            ecog = ecogValue(ecog)
+        except TMBRBInputError:
+            ecog = f"invalid {ecog!r}"
+        volume = None
+        if volumeNode is not None:
+            volume = node_state(volumeNode, volumeNode.GetImageData()) + [
+                [round(float(v), 6) for v in mrml.ijk_to_ras(volumeNode).ravel()]]
+        segmentation = node_state(segmentationNode, segmentationNode.GetSegmentation()) if segmentationNode else None
+        state = {"volume": volume, "seed": seed, "box": box, "segmentation": segmentation, "ecog": ecog}
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+    def _recordInputs(self, nodes: Dict, volumeNode, seedNode, segmentationNode, ecog) -> None:
+        """Remember on the results table which inputs the result belongs to (the box as the result shows it)."""
+        nodes["table"].SetAttribute(INPUTS_KEY_ATTRIBUTE, self.inputsKey(volumeNode, seedNode, nodes.get("roi"),
+                                                                          segmentationNode, ecog))
+
+    def isResultCurrent(self, tableNode, volumeNode, seedNode, roiNode=None, segmentationNode=None,
+                        ecog=None) -> bool:
+        """False once the CT, seed, box, segmentation or ECOG changed since the result in ``tableNode`` was made:
+        the front end then shows the result as outdated until Apply runs again."""
+        if tableNode is None or not tableNode.GetAttribute(INPUTS_KEY_ATTRIBUTE):
+            return False
+        return tableNode.GetAttribute(INPUTS_KEY_ATTRIBUTE) == self.inputsKey(volumeNode, seedNode, roiNode,
+                                                                              segmentationNode, ecog)
 
     @staticmethod
     def _existingOutputs(parameterNode) -> Optional[Dict]:
@@ -415,6 +464,8 @@ class SceneLogic:
                                        sitk.ReadImage(str(out / "cam.nrrd")), sitk.ReadImage(str(out / "tumour.nrrd")),
                                        sitk.ReadImage(str(out / "ring.nrrd")), showResult=showResult,
                                        camOpacity=camOpacity, existing=self._existingOutputs(parameterNode))
+        i = job.inputs
+        self._recordInputs(nodes, i.volume, i.seed, i.segmentation, i.ecog)
         if parameterNode is not None:
             self._storeOutputs(parameterNode, nodes)
         return SceneResult(result, nodes, outputDir=out)

@@ -1,0 +1,47 @@
+"""A shown result is marked outdated once its inputs change (issue 11, 'no stale results'), on the scene logic."""
+
+from __future__ import annotations
+
+from conftest import add_ct, add_seed
+from test_slicer_logic import oblique_ct
+
+from TMBRBLib.geometry import Box, lps_to_ras
+from TMBRBLib.slicer import mrml as ma
+
+SEED_LPS = (14.0, -16.0, 33.0)
+
+
+def test_the_result_is_current_until_an_input_changes(scene, logic):
+    ct = add_ct(scene, oblique_ct()[0])
+    seed = add_seed(scene, lps_to_ras(SEED_LPS))
+    result = logic.process(ct, seed, None, None, "1", numberOfShifts=0, device="cpu", showResult=False)
+    table, roi = result.nodes["table"], result.nodes["roi"]  # the box was proposed: the shown ROI is its box
+
+    def current(ecog="1", box=roi):
+        return logic.isResultCurrent(table, ct, seed, box, None, ecog)
+
+    assert current() and current(ecog=1)  # "1" from the panel and 1 from a script are the same ECOG
+    assert not current(ecog="2") and not current(ecog="not given")
+
+    seed.SetNthControlPointPosition(0, *lps_to_ras((15.0, -16.0, 33.0)))  # the seed moved by 1 mm
+    assert not current()
+    seed.SetNthControlPointPosition(0, *lps_to_ras(SEED_LPS))
+    assert current()
+
+    old = ma.box_from_roi(roi)
+    ma.set_roi_from_box(roi, Box(old.min, tuple(v + 2.0 for v in old.max)))  # a handle dragged
+    assert not current()
+    ma.set_roi_from_box(roi, old)
+    assert current()
+
+    arr = ma.volume_array(ct).copy()
+    arr[0, 0, 0] += 100  # the CT's voxels edited
+    ma.set_volume_from_array(ct, arr, ma.ijk_to_ras(ct, world=False))
+    assert not current()
+
+
+def test_a_table_without_a_recorded_result_is_never_current(scene, logic):
+    ct = add_ct(scene, oblique_ct()[0])
+    seed = add_seed(scene, lps_to_ras(SEED_LPS))
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "someone else's table")
+    assert not logic.isResultCurrent(table, ct, seed) and not logic.isResultCurrent(None, ct, seed)
