@@ -118,26 +118,9 @@ def _draw_acquisition(rng) -> Dict:
     }
 
 
-def draw_case_params(
-    seed: int = 0,
-    *,
-    shape_xyz=None,
-    spacing=None,
-    direction=None,
-    tmb: Optional[float] = None,
-    signal: str = "peritumoral",
-    strength: float = DEFAULT_STRENGTH,
-    diameter_mm: Optional[float] = None,
-    kind: Optional[str] = None,
-    spiculated: Optional[bool] = None,
-    side: Optional[str] = None,
-    fov: Optional[str] = None,
-    shell_mm: float = DEFAULT_SHELL_MM,
-    noise_hu: Optional[float] = None,
-    haze_hu: float = PERITUMORAL_HAZE_HU,
-    core_shift_hu: float = CORE_SHIFT_HU,
-) -> Dict:
-    """Everything random about a case, without rendering (cheap). ``make_phantom`` renders exactly this."""
+def _check_case_args(seed, signal, strength, diameter_mm, kind, tmb, fov, shell_mm, haze_hu, core_shift_hu,
+                     noise_hu, shape_xyz, spacing) -> tuple:
+    """Check draw_case_params' arguments (in this order); returns (seed, signal, strength, shape_xyz, spacing)."""
     seed = _check_seed(seed)
     signal = check_signal(signal)
     strength = check_strength(strength)
@@ -173,21 +156,32 @@ def draw_case_params(
         shape_xyz = _check_triplet("shape_xyz", shape_xyz, int, 16, 2048)
     if spacing is not None:
         spacing = _check_triplet("spacing", spacing, float, 0.05, 20.0)
+    return seed, signal, strength, shape_xyz, spacing
 
-    A = _anat.draw_anatomy(_rng(seed, "anatomy"))
-    T = _tum.draw_tumour(_rng(seed, "tumour"), diameter_mm, kind, spiculated)
-    P = _tum.place_tumour(A, T, _rng(seed, "placement"), side=side)
-    acq = _draw_acquisition(_rng(seed, "acquisition"))
-    tmb_rng = _rng(seed, "tmb")
-    tmb_draw = draw_tmb(tmb_rng)
-    latent_e = float(tmb_rng.normal())
+
+def _draw_tmb(rng) -> tuple:
+    """The TMB stream: the paper-like TMB draw, then the latent noise ``e`` of the signal model."""
+    tmb_draw = draw_tmb(rng)
+    latent_e = float(rng.normal())
+    return tmb_draw, latent_e
+
+
+def _tmb_params(tmb, tmb_draw: float, latent_e: float, signal: str, strength: float) -> Dict:
+    """The case's TMB (the given one, else the drawn one), its class and the signal amplitude it sets."""
     tmb_val = float(tmb) if tmb is not None else tmb_draw
+    return {
+        "tmb": tmb_val,
+        "tmb_drawn": tmb_draw,
+        "high_tmb": bool(tmb_val >= HIGH_TMB_CUTOFF),
+        "latent_noise": latent_e,
+        "signal_amplitude": float(signal_amplitude(tmb_val, strength, latent_e)) if signal != "none" else 0.0,
+    }
 
-    spacing = list(spacing) if spacing is not None else list(acq["spacing_draw"])
-    dmat, dkind = _direction(direction, acq)
-    fov = fov or ("chest" if shape_xyz is not None else "tumour")
+
+def _field_centre(A, P, acq, fov: str, shape_xyz, spacing, reach: float) -> tuple:
+    """Centre of the field of view (relative mm) and its shape: around the tumour, shifted a quarter of the way to
+    its hilum (at most 25 mm), or the whole chest at the tumour's height; both moved by the drawn FOV jitter."""
     c_t = np.asarray(P["centre_rel"])
-    reach = _tum.bounding_radius(T) + float(shell_mm) + 2.0 * max(spacing)
     jit = np.asarray(acq["fov_jitter_mm"])
     if fov == "tumour":
         off = 0.25 * (_anat.hila(A)[0 if P["side"] == "right" else 1] - c_t)
@@ -205,7 +199,11 @@ def draw_case_params(
         centre_rel = np.array([jit[0], jit[1], c_t[2] + jit[2]])
         if shape_xyz is None:
             shape_xyz = (512, 512, int(np.clip(round(300.0 / spacing[2]), 60, 300)))
-    c0 = np.asarray(A["centre_lps"])
+    return centre_rel, shape_xyz
+
+
+def _fit_grid(c0, centre_rel, c_t, shape_xyz, spacing, dmat, reach: float, shell_mm) -> Grid:
+    """The voxel grid centred on the field, else on the tumour; it must hold the tumour and its shell."""
     grid = Grid.centred(c0 + centre_rel, shape_xyz, spacing, dmat)
     lo, hi = c0 + c_t - reach, c0 + c_t + reach
     if not grid.contains_box(lo, hi):
@@ -217,7 +215,99 @@ def draw_case_params(
                 f"its {shell_mm:g} mm shell ({2 * reach:.0f} mm across); enlarge shape_xyz or spacing, or pass a "
                 "smaller diameter_mm"
             )
-    amp = float(signal_amplitude(tmb_val, strength, latent_e)) if signal != "none" else 0.0
+    return grid
+
+
+def _grid_params(grid: Grid) -> Dict:
+    return {
+        "shape_xyz": [int(s) for s in grid.shape_xyz],
+        "spacing": [float(s) for s in grid.spacing],
+        "origin": [float(o) for o in grid.origin],
+        "direction": [float(x) for x in grid.direction.ravel()],
+    }
+
+
+def draw_case_params(
+    seed: int = 0,
+    *,
+    shape_xyz=None,
+    spacing=None,
+    direction=None,
+    tmb: Optional[float] = None,
+    signal: str = "peritumoral",
+    strength: float = DEFAULT_STRENGTH,
+    diameter_mm: Optional[float] = None,
+    kind: Optional[str] = None,
+    spiculated: Optional[bool] = None,
+    side: Optional[str] = None,
+    fov: Optional[str] = None,
+    shell_mm: float = DEFAULT_SHELL_MM,
+    noise_hu: Optional[float] = None,
+    haze_hu: float = PERITUMORAL_HAZE_HU,
+    core_shift_hu: float = CORE_SHIFT_HU,
+) -> Dict:
+    """Everything random about a case, without rendering (cheap); :func:`make_phantom` renders exactly this.
+
+    Each random component draws from its own stream of ``seed`` (anatomy, tumour, placement, acquisition, TMB),
+    always in full, so an override (e.g. ``tmb`` or ``diameter_mm``) never changes the other components.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative case seed.
+    shape_xyz, spacing : 3 numbers, optional
+        Grid size in voxels (16-2048 each) and voxel size in mm (0.05-20). Default: ``spacing`` drawn (in-plane
+        0.6-1.0 mm, slices 0.6/1/1.25/2/3/5 mm); ``shape_xyz`` a field of about 160x160x(24..120) voxels around
+        the tumour, or 512x512x(60..300) for ``fov='chest'``.
+    direction : str or 3x3 array, optional
+        'identity' (default), 'flip_xy', 'flip_z', 'oblique', 'random' (drawn) or a direction matrix.
+    tmb : float, optional
+        TMB in mut/Mb (>= 0); default drawn like the paper's cohort.
+    signal : {'peritumoral', 'core', 'none'}
+        Where the TMB signal lives.
+    strength : float
+        Signal strength (>= 0); see ``signal.achievable_auc``.
+    diameter_mm, kind, spiculated, side : optional
+        Tumour overrides: diameter 8-60 mm, 'solid' or 'part-solid', spicules or not, 'right' or 'left' lung.
+    fov : {'tumour', 'chest'}, optional
+        Field of view; default 'tumour', or 'chest' when ``shape_xyz`` is given.
+    shell_mm, haze_hu, core_shift_hu : float
+        Peritumoral shell thickness (0.5-30 mm), its haze (0-600 HU) and the tumour's HU change for
+        ``signal='core'`` (-600..600 HU), both at full amplitude.
+    noise_hu : float, optional
+        Image noise SD (0-200 HU); default drawn (10-20 HU).
+
+    Returns
+    -------
+    dict
+        The case's parameters: the arguments as used, ``tmb``, ``high_tmb``, ``signal_amplitude``, the tumour's
+        ``diameter_mm``/``kind``/``spiculated``/``side``/``tumour_centre_lps``, the grid (``shape_xyz``,
+        ``spacing``, ``origin``, ``direction``, ``direction_kind``), ``noise_hu``, ``psf_mm`` and the drawn
+        ``anatomy`` and ``tumour`` descriptions.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, or the field of view cannot hold the tumour and its shell.
+    RuntimeError
+        If the drawn tumour cannot be placed inside the drawn lungs.
+    """
+    seed, signal, strength, shape_xyz, spacing = _check_case_args(
+        seed, signal, strength, diameter_mm, kind, tmb, fov, shell_mm, haze_hu, core_shift_hu, noise_hu, shape_xyz,
+        spacing)
+    A = _anat.draw_anatomy(_rng(seed, "anatomy"))
+    T = _tum.draw_tumour(_rng(seed, "tumour"), diameter_mm, kind, spiculated)
+    P = _tum.place_tumour(A, T, _rng(seed, "placement"), side=side)
+    acq = _draw_acquisition(_rng(seed, "acquisition"))
+    tmb_draw, latent_e = _draw_tmb(_rng(seed, "tmb"))
+
+    spacing = list(spacing) if spacing is not None else list(acq["spacing_draw"])
+    dmat, dkind = _direction(direction, acq)
+    fov = fov or ("chest" if shape_xyz is not None else "tumour")
+    reach = _tum.bounding_radius(T) + float(shell_mm) + 2.0 * max(spacing)
+    centre_rel, shape_xyz = _field_centre(A, P, acq, fov, shape_xyz, spacing, reach)
+    c0, c_t = np.asarray(A["centre_lps"]), np.asarray(P["centre_rel"])
+    grid = _fit_grid(c0, centre_rel, c_t, shape_xyz, spacing, dmat, reach, shell_mm)
     return {
         "seed": seed,
         "signal": signal,
@@ -225,21 +315,14 @@ def draw_case_params(
         "shell_mm": float(shell_mm),
         "haze_hu": float(haze_hu),
         "core_shift_hu": float(core_shift_hu),
-        "tmb": tmb_val,
-        "tmb_drawn": tmb_draw,
-        "high_tmb": bool(tmb_val >= HIGH_TMB_CUTOFF),
-        "latent_noise": latent_e,
-        "signal_amplitude": amp,
+        **_tmb_params(tmb, tmb_draw, latent_e, signal, strength),
         "diameter_mm": T["diameter_mm"],
         "kind": T["kind"],
         "spiculated": T["spiculated"],
         "side": P["side"],
         "tumour_centre_lps": (c0 + c_t).tolist(),
         "fov": fov,
-        "shape_xyz": [int(s) for s in grid.shape_xyz],
-        "spacing": [float(s) for s in grid.spacing],
-        "origin": [float(o) for o in grid.origin],
-        "direction": [float(x) for x in grid.direction.ravel()],
+        **_grid_params(grid),
         "direction_kind": dkind,
         "noise_hu": float(noise_hu) if noise_hu is not None else acq["noise_hu"],
         "psf_mm": acq["psf_mm"],
