@@ -182,35 +182,32 @@ def hila(A) -> List[np.ndarray]:
     return [np.array([-(0.24 * a_in + 10.0), -0.02 * b_in, w]), np.array([0.30 * a_in + 10.0, -0.02 * b_in, w - 8.0])]
 
 
-def build_tubes(A, rng: np.random.Generator) -> List[tuple]:
-    """Vessel and airway tubes: (p0, p1, r0, r1, hu, mode). mode 'soft' blends only into low density tissue.
+def _carina(A) -> np.ndarray:
+    return np.array([0.0, 0.12 * A["b_in"], A["w_carina"]])
 
-    Pulmonary arteries and veins branch from each hilum (radius ~5 mm) down to ~0.5 mm at the periphery,
-    grown breadth-first so that each generation is checked against the lungs in one vectorised call.
+
+def _central_tubes(A) -> List[tuple]:
+    """Trachea (wall, lumen) from above the apex to the carina."""
+    top, carina = np.array([0.0, 0.05 * A["b_in"], A["w_apex"] + 60.0]), _carina(A)
+    return [(top, carina, 11.5, 11.0, 30.0, "soft"), (top, carina, 9.5, 9.0, -990.0, "air")]
+
+
+def _hilar_tubes(A, rng: np.random.Generator) -> tuple:
+    """Main bronchi and pulmonary arteries to each hilum, and the branches that start there.
+
+    Returns (tubes, branches): branches is a dict of arrays, one row per live branch: start ``P``, unit direction
+    ``D``, radius ``R``, hilum ``H``, airway? ``AIR``, max depth ``MAXD`` and min radius ``RMIN``.
     """
     tubes: List[tuple] = []
     a_in, b_in = A["a_in"], A["b_in"]
-    carina = np.array([0.0, 0.12 * b_in, A["w_carina"]])
-    top = np.array([0.0, 0.05 * b_in, A["w_apex"] + 60.0])
-    hl = hila(A)
-
-    # trachea and main bronchi, pulmonary arteries from the trunk to each hilum
-    tubes.append((top, carina, 11.5, 11.0, 30.0, "soft"))
-    tubes.append((top, carina, 9.5, 9.0, -990.0, "air"))
+    carina = _carina(A)
     trunk = np.array([0.10 * a_in, -0.38 * b_in, A["w_carina"] - 30.0])
-    # live branches, one row each: start, direction, radius, depth, hilum, airway?, max depth, min radius
-    starts, dirs_all, radii, hil, airway, maxd, rmin = [], [], [], [], [], [], []
+    rows = []  # (start, direction, radius, hilum, airway?, max depth, min radius)
 
     def add(p, d, r, h, is_air, md, rm):
-        starts.append(p)
-        dirs_all.append(d / np.linalg.norm(d))
-        radii.append(r)
-        hil.append(h)
-        airway.append(is_air)
-        maxd.append(md)
-        rmin.append(rm)
+        rows.append((p, d / np.linalg.norm(d), r, h, is_air, md, rm))
 
-    for side, h in enumerate(hl):
+    for side, h in enumerate(hila(A)):
         sgn = -1.0 if side == 0 else 1.0
         hb = h + np.array([0.0, 8.0, 0.0])
         tubes.append((carina, hb, 8.0, 6.5, 30.0, "soft"))
@@ -227,53 +224,81 @@ def build_tubes(A, rng: np.random.Generator) -> List[tuple]:
             add(hv, d + rng.normal(0.0, 0.25, 3), rng.uniform(3.5, 5.0), hv, False, 9, 0.45)  # vein
         for d in dirs[::2]:
             add(hb, d, 3.2, h, True, 2, 1.5)  # airway
+    branches = {k: np.array([r[i] for r in rows]) for i, k in enumerate(("P", "D", "R", "H", "AIR", "MAXD", "RMIN"))}
+    return tubes, branches
 
-    P, D, R = np.array(starts), np.array(dirs_all), np.array(radii)
-    H, AIR, MAXD, RMIN = np.array(hil), np.array(airway), np.array(maxd), np.array(rmin)
-    depth = 0
-    while len(P):
-        m = len(P)
-        L = R * rng.uniform(4.0, 7.0, m) + 2.0
-        Q = P + D * L[:, None]
-        Q2 = P + D * (0.5 * L)[:, None]
-        ok = lung_inside(Q[:, 0], Q[:, 1], Q[:, 2], A) | (depth == 0)
-        ok2 = lung_inside(Q2[:, 0], Q2[:, 1], Q2[:, 2], A)
-        keep = ok | ok2
-        Q = np.where(ok[:, None], Q, Q2)
-        for n in np.flatnonzero(keep):
-            if AIR[n]:  # airway: wall then lumen
-                tubes.append((P[n], Q[n], R[n] + 1.0, 0.92 * R[n] + 0.6, 30.0, "soft"))
-                tubes.append((P[n], Q[n], R[n], 0.92 * R[n], -990.0, "air"))
-            else:
-                tubes.append((P[n], Q[n], R[n], 0.92 * R[n], 40.0, "soft"))
-        g = keep & (R >= RMIN) & (depth < MAXD)
-        P, D, R, H, AIR, MAXD, RMIN, Q = (x[g] for x in (P, D, R, H, AIR, MAXD, RMIN, Q))
-        k = len(P)
-        out = Q - H
-        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-9
-        nrm = rng.normal(size=(k, 3))
-        nrm -= np.sum(nrm * D, axis=1, keepdims=True) * D
-        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-        fr = np.stack([rng.uniform(0.72, 0.86, k), rng.uniform(0.55, 0.75, k)])
-        ang = np.deg2rad(rng.uniform(18.0, 42.0, (2, k)))
-        kids = []
-        for c, sgn in enumerate((1.0, -1.0)):
-            dd = np.cos(ang[c])[:, None] * D + sgn * np.sin(ang[c])[:, None] * nrm + 0.3 * out
-            kids.append(dd / np.linalg.norm(dd, axis=1, keepdims=True))
-        P, H, AIR, MAXD, RMIN = (np.concatenate([x, x]) for x in (Q, H, AIR, MAXD, RMIN))
-        D = np.concatenate(kids)
-        R = np.concatenate([R * fr[0], R * fr[1]])
-        depth += 1
 
-    # ascending aorta, arch, descending aorta above the heart, SVC
+def _grow_segments(br, depth: int, A, rng: np.random.Generator, tubes: List[tuple]) -> tuple:
+    """Each live branch grows one segment (4-7 radii long; cut to half where its end leaves the lungs, dropped
+    where both leave), appended to ``tubes``. Returns (end points, kept?)."""
+    P, D, R = br["P"], br["D"], br["R"]
+    L = R * rng.uniform(4.0, 7.0, len(P)) + 2.0
+    Q = P + D * L[:, None]
+    Q2 = P + D * (0.5 * L)[:, None]
+    ok = lung_inside(Q[:, 0], Q[:, 1], Q[:, 2], A) | (depth == 0)
+    ok2 = lung_inside(Q2[:, 0], Q2[:, 1], Q2[:, 2], A)
+    keep = ok | ok2
+    Q = np.where(ok[:, None], Q, Q2)
+    for n in np.flatnonzero(keep):
+        if br["AIR"][n]:  # airway: wall then lumen
+            tubes.append((P[n], Q[n], R[n] + 1.0, 0.92 * R[n] + 0.6, 30.0, "soft"))
+            tubes.append((P[n], Q[n], R[n], 0.92 * R[n], -990.0, "air"))
+        else:
+            tubes.append((P[n], Q[n], R[n], 0.92 * R[n], 40.0, "soft"))
+    return Q, keep
+
+
+def _bifurcate(br, Q, rng: np.random.Generator) -> Dict:
+    """Two children at each end point ``Q`` of the branches ``br``: thinner (72-86% and 55-75% of the radius),
+    18-42 degrees either side of the parent in a random plane, bent away from their hilum."""
+    D, R, H = br["D"], br["R"], br["H"]
+    k = len(D)
+    out = Q - H
+    out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-9
+    nrm = rng.normal(size=(k, 3))
+    nrm -= np.sum(nrm * D, axis=1, keepdims=True) * D
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    fr = np.stack([rng.uniform(0.72, 0.86, k), rng.uniform(0.55, 0.75, k)])
+    ang = np.deg2rad(rng.uniform(18.0, 42.0, (2, k)))
+    kids = []
+    for c, sgn in enumerate((1.0, -1.0)):
+        dd = np.cos(ang[c])[:, None] * D + sgn * np.sin(ang[c])[:, None] * nrm + 0.3 * out
+        kids.append(dd / np.linalg.norm(dd, axis=1, keepdims=True))
+    children = {key: np.concatenate([br[key], br[key]]) for key in ("H", "AIR", "MAXD", "RMIN")}
+    children.update(P=np.concatenate([Q, Q]), D=np.concatenate(kids), R=np.concatenate([R * fr[0], R * fr[1]]))
+    return children
+
+
+def _great_vessels(A) -> List[tuple]:
+    """Ascending aorta, arch, descending aorta above the heart, SVC."""
+    a_in, b_in = A["a_in"], A["b_in"]
     asc = np.array([-0.04 * a_in, -0.35 * b_in, A["w_heart"] + 20.0])
     arch_top = np.array([0.0, -0.05 * b_in, A["w_carina"] + 35.0])
     desc_top = np.array([24.0, _spine_centre(A)[1] - 20.0, A["w_carina"] + 20.0])
-    tubes.append((asc, arch_top, 15.0, 13.0, 45.0, "soft"))
-    tubes.append((arch_top, desc_top, 13.0, 12.0, 45.0, "soft"))
-    tubes.append((np.array([-0.17 * a_in, -0.22 * b_in, A["w_heart"] + 25.0]),
-                  np.array([-0.16 * a_in, -0.2 * b_in, A["w_apex"] + 30.0]), 9.0, 9.0, 40.0, "soft"))
-    return tubes
+    return [
+        (asc, arch_top, 15.0, 13.0, 45.0, "soft"),
+        (arch_top, desc_top, 13.0, 12.0, 45.0, "soft"),
+        (np.array([-0.17 * a_in, -0.22 * b_in, A["w_heart"] + 25.0]),
+         np.array([-0.16 * a_in, -0.2 * b_in, A["w_apex"] + 30.0]), 9.0, 9.0, 40.0, "soft"),
+    ]
+
+
+def build_tubes(A, rng: np.random.Generator) -> List[tuple]:
+    """Vessel and airway tubes: (p0, p1, r0, r1, hu, mode). mode 'soft' blends only into low density tissue.
+
+    Pulmonary arteries and veins branch from each hilum (radius ~5 mm) down to ~0.5 mm at the periphery,
+    grown breadth-first so that each generation is checked against the lungs in one vectorised call.
+    """
+    tubes = _central_tubes(A)
+    hilar, br = _hilar_tubes(A, rng)
+    tubes += hilar
+    depth = 0
+    while len(br["P"]):
+        Q, keep = _grow_segments(br, depth, A, rng, tubes)
+        g = keep & (br["R"] >= br["RMIN"]) & (depth < br["MAXD"])
+        br = _bifurcate({k: v[g] for k, v in br.items()}, Q[g], rng)
+        depth += 1
+    return tubes + _great_vessels(A)
 
 
 def tube_occupancy(u, v, w, p0, p1, r0, r1, h):

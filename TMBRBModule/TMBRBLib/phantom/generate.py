@@ -118,26 +118,9 @@ def _draw_acquisition(rng) -> Dict:
     }
 
 
-def draw_case_params(
-    seed: int = 0,
-    *,
-    shape_xyz=None,
-    spacing=None,
-    direction=None,
-    tmb: Optional[float] = None,
-    signal: str = "peritumoral",
-    strength: float = DEFAULT_STRENGTH,
-    diameter_mm: Optional[float] = None,
-    kind: Optional[str] = None,
-    spiculated: Optional[bool] = None,
-    side: Optional[str] = None,
-    fov: Optional[str] = None,
-    shell_mm: float = DEFAULT_SHELL_MM,
-    noise_hu: Optional[float] = None,
-    haze_hu: float = PERITUMORAL_HAZE_HU,
-    core_shift_hu: float = CORE_SHIFT_HU,
-) -> Dict:
-    """Everything random about a case, without rendering (cheap). ``make_phantom`` renders exactly this."""
+def _check_case_args(seed, signal, strength, diameter_mm, kind, tmb, fov, shell_mm, haze_hu, core_shift_hu,
+                     noise_hu, shape_xyz, spacing) -> tuple:
+    """Check draw_case_params' arguments (in this order); returns (seed, signal, strength, shape_xyz, spacing)."""
     seed = _check_seed(seed)
     signal = check_signal(signal)
     strength = check_strength(strength)
@@ -173,21 +156,32 @@ def draw_case_params(
         shape_xyz = _check_triplet("shape_xyz", shape_xyz, int, 16, 2048)
     if spacing is not None:
         spacing = _check_triplet("spacing", spacing, float, 0.05, 20.0)
+    return seed, signal, strength, shape_xyz, spacing
 
-    A = _anat.draw_anatomy(_rng(seed, "anatomy"))
-    T = _tum.draw_tumour(_rng(seed, "tumour"), diameter_mm, kind, spiculated)
-    P = _tum.place_tumour(A, T, _rng(seed, "placement"), side=side)
-    acq = _draw_acquisition(_rng(seed, "acquisition"))
-    tmb_rng = _rng(seed, "tmb")
-    tmb_draw = draw_tmb(tmb_rng)
-    latent_e = float(tmb_rng.normal())
+
+def _draw_tmb(rng) -> tuple:
+    """The TMB stream: the paper-like TMB draw, then the latent noise ``e`` of the signal model."""
+    tmb_draw = draw_tmb(rng)
+    latent_e = float(rng.normal())
+    return tmb_draw, latent_e
+
+
+def _tmb_params(tmb, tmb_draw: float, latent_e: float, signal: str, strength: float) -> Dict:
+    """The case's TMB (the given one, else the drawn one), its class and the signal amplitude it sets."""
     tmb_val = float(tmb) if tmb is not None else tmb_draw
+    return {
+        "tmb": tmb_val,
+        "tmb_drawn": tmb_draw,
+        "high_tmb": bool(tmb_val >= HIGH_TMB_CUTOFF),
+        "latent_noise": latent_e,
+        "signal_amplitude": float(signal_amplitude(tmb_val, strength, latent_e)) if signal != "none" else 0.0,
+    }
 
-    spacing = list(spacing) if spacing is not None else list(acq["spacing_draw"])
-    dmat, dkind = _direction(direction, acq)
-    fov = fov or ("chest" if shape_xyz is not None else "tumour")
+
+def _field_centre(A, P, acq, fov: str, shape_xyz, spacing, reach: float) -> tuple:
+    """Centre of the field of view (relative mm) and its shape: around the tumour, shifted a quarter of the way to
+    its hilum (at most 25 mm), or the whole chest at the tumour's height; both moved by the drawn FOV jitter."""
     c_t = np.asarray(P["centre_rel"])
-    reach = _tum.bounding_radius(T) + float(shell_mm) + 2.0 * max(spacing)
     jit = np.asarray(acq["fov_jitter_mm"])
     if fov == "tumour":
         off = 0.25 * (_anat.hila(A)[0 if P["side"] == "right" else 1] - c_t)
@@ -205,7 +199,11 @@ def draw_case_params(
         centre_rel = np.array([jit[0], jit[1], c_t[2] + jit[2]])
         if shape_xyz is None:
             shape_xyz = (512, 512, int(np.clip(round(300.0 / spacing[2]), 60, 300)))
-    c0 = np.asarray(A["centre_lps"])
+    return centre_rel, shape_xyz
+
+
+def _fit_grid(c0, centre_rel, c_t, shape_xyz, spacing, dmat, reach: float, shell_mm) -> Grid:
+    """The voxel grid centred on the field, else on the tumour; it must hold the tumour and its shell."""
     grid = Grid.centred(c0 + centre_rel, shape_xyz, spacing, dmat)
     lo, hi = c0 + c_t - reach, c0 + c_t + reach
     if not grid.contains_box(lo, hi):
@@ -217,7 +215,99 @@ def draw_case_params(
                 f"its {shell_mm:g} mm shell ({2 * reach:.0f} mm across); enlarge shape_xyz or spacing, or pass a "
                 "smaller diameter_mm"
             )
-    amp = float(signal_amplitude(tmb_val, strength, latent_e)) if signal != "none" else 0.0
+    return grid
+
+
+def _grid_params(grid: Grid) -> Dict:
+    return {
+        "shape_xyz": [int(s) for s in grid.shape_xyz],
+        "spacing": [float(s) for s in grid.spacing],
+        "origin": [float(o) for o in grid.origin],
+        "direction": [float(x) for x in grid.direction.ravel()],
+    }
+
+
+def draw_case_params(
+    seed: int = 0,
+    *,
+    shape_xyz=None,
+    spacing=None,
+    direction=None,
+    tmb: Optional[float] = None,
+    signal: str = "peritumoral",
+    strength: float = DEFAULT_STRENGTH,
+    diameter_mm: Optional[float] = None,
+    kind: Optional[str] = None,
+    spiculated: Optional[bool] = None,
+    side: Optional[str] = None,
+    fov: Optional[str] = None,
+    shell_mm: float = DEFAULT_SHELL_MM,
+    noise_hu: Optional[float] = None,
+    haze_hu: float = PERITUMORAL_HAZE_HU,
+    core_shift_hu: float = CORE_SHIFT_HU,
+) -> Dict:
+    """Everything random about a case, without rendering (cheap); :func:`make_phantom` renders exactly this.
+
+    Each random component draws from its own stream of ``seed`` (anatomy, tumour, placement, acquisition, TMB),
+    always in full, so an override (e.g. ``tmb`` or ``diameter_mm``) never changes the other components.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative case seed.
+    shape_xyz, spacing : 3 numbers, optional
+        Grid size in voxels (16-2048 each) and voxel size in mm (0.05-20). Default: ``spacing`` drawn (in-plane
+        0.6-1.0 mm, slices 0.6/1/1.25/2/3/5 mm); ``shape_xyz`` a field of about 160x160x(24..120) voxels around
+        the tumour, or 512x512x(60..300) for ``fov='chest'``.
+    direction : str or 3x3 array, optional
+        'identity' (default), 'flip_xy', 'flip_z', 'oblique', 'random' (drawn) or a direction matrix.
+    tmb : float, optional
+        TMB in mut/Mb (>= 0); default drawn like the paper's cohort.
+    signal : {'peritumoral', 'core', 'none'}
+        Where the TMB signal lives.
+    strength : float
+        Signal strength (>= 0); see ``signal.achievable_auc``.
+    diameter_mm, kind, spiculated, side : optional
+        Tumour overrides: diameter 8-60 mm, 'solid' or 'part-solid', spicules or not, 'right' or 'left' lung.
+    fov : {'tumour', 'chest'}, optional
+        Field of view; default 'tumour', or 'chest' when ``shape_xyz`` is given.
+    shell_mm, haze_hu, core_shift_hu : float
+        Peritumoral shell thickness (0.5-30 mm), its haze (0-600 HU) and the tumour's HU change for
+        ``signal='core'`` (-600..600 HU), both at full amplitude.
+    noise_hu : float, optional
+        Image noise SD (0-200 HU); default drawn (10-20 HU).
+
+    Returns
+    -------
+    dict
+        The case's parameters: the arguments as used, ``tmb``, ``high_tmb``, ``signal_amplitude``, the tumour's
+        ``diameter_mm``/``kind``/``spiculated``/``side``/``tumour_centre_lps``, the grid (``shape_xyz``,
+        ``spacing``, ``origin``, ``direction``, ``direction_kind``), ``noise_hu``, ``psf_mm`` and the drawn
+        ``anatomy`` and ``tumour`` descriptions.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, or the field of view cannot hold the tumour and its shell.
+    RuntimeError
+        If the drawn tumour cannot be placed inside the drawn lungs.
+    """
+    seed, signal, strength, shape_xyz, spacing = _check_case_args(
+        seed, signal, strength, diameter_mm, kind, tmb, fov, shell_mm, haze_hu, core_shift_hu, noise_hu, shape_xyz,
+        spacing)
+    A = _anat.draw_anatomy(_rng(seed, "anatomy"))
+    T = _tum.draw_tumour(_rng(seed, "tumour"), diameter_mm, kind, spiculated)
+    P = _tum.place_tumour(A, T, _rng(seed, "placement"), side=side)
+    acq = _draw_acquisition(_rng(seed, "acquisition"))
+    tmb_draw, latent_e = _draw_tmb(_rng(seed, "tmb"))
+
+    spacing = list(spacing) if spacing is not None else list(acq["spacing_draw"])
+    dmat, dkind = _direction(direction, acq)
+    fov = fov or ("chest" if shape_xyz is not None else "tumour")
+    reach = _tum.bounding_radius(T) + float(shell_mm) + 2.0 * max(spacing)
+    centre_rel, shape_xyz = _field_centre(A, P, acq, fov, shape_xyz, spacing, reach)
+    c0, c_t = np.asarray(A["centre_lps"]), np.asarray(P["centre_rel"])
+    grid = _fit_grid(c0, centre_rel, c_t, shape_xyz, spacing, dmat, reach, shell_mm)
     return {
         "seed": seed,
         "signal": signal,
@@ -225,21 +315,14 @@ def draw_case_params(
         "shell_mm": float(shell_mm),
         "haze_hu": float(haze_hu),
         "core_shift_hu": float(core_shift_hu),
-        "tmb": tmb_val,
-        "tmb_drawn": tmb_draw,
-        "high_tmb": bool(tmb_val >= HIGH_TMB_CUTOFF),
-        "latent_noise": latent_e,
-        "signal_amplitude": amp,
+        **_tmb_params(tmb, tmb_draw, latent_e, signal, strength),
         "diameter_mm": T["diameter_mm"],
         "kind": T["kind"],
         "spiculated": T["spiculated"],
         "side": P["side"],
         "tumour_centre_lps": (c0 + c_t).tolist(),
         "fov": fov,
-        "shape_xyz": [int(s) for s in grid.shape_xyz],
-        "spacing": [float(s) for s in grid.spacing],
-        "origin": [float(o) for o in grid.origin],
-        "direction": [float(x) for x in grid.direction.ravel()],
+        **_grid_params(grid),
         "direction_kind": dkind,
         "noise_hu": float(noise_hu) if noise_hu is not None else acq["noise_hu"],
         "psf_mm": acq["psf_mm"],
@@ -281,45 +364,31 @@ def _true_com(T, centre_rel, c0, reach) -> tuple:
     return tuple(com.tolist()), float(m.sum() * hs ** 3)
 
 
-def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> PhantomCase:
-    """Generate one case. Same arguments -> bit-identical arrays.
-
-    Keyword arguments are those of :func:`draw_case_params`: ``shape_xyz`` (default: a ~160x160x(24..120)
-    field around the tumour and towards the hilum; with a shape given, a whole-chest field), ``spacing``
-    (default drawn: in-plane 0.6-1.0 mm, slices 0.6/1/1.25/2/3/5 mm), ``direction`` ('identity' default,
-    'flip_xy', 'flip_z', 'oblique', 'random' or a 3x3 matrix), ``tmb`` (default drawn like the paper),
-    ``signal`` ('peritumoral', 'core' or 'none'), ``strength`` (see ``signal.achievable_auc``),
-    ``diameter_mm`` (8-60), ``kind`` ('solid'/'part-solid'), ``spiculated``, ``side`` ('right'/'left'),
-    ``fov`` ('tumour'/'chest'), ``shell_mm``, ``noise_hu``.
-    """
-    p = draw_case_params(seed, **kwargs)
-    seed = p["seed"]
-    A, T = p["anatomy"], p["tumour"]
-    grid = _grid_of(p)
-    c0 = np.asarray(A["centre_lps"])
-    c_t = np.asarray(p["tumour_centre_lps"]) - c0
-    sp = np.asarray(grid.spacing)
-    h = float(np.prod(sp) ** (1.0 / 3.0))
-    nk, nj, ni = grid.shape_kji
-
-    # 1) anatomy, slab by slab
-    hu = np.empty((nk, nj, ni), dtype=np.float32)
-    lung = np.empty((nk, nj, ni), dtype=bool)
+def _slabs(nk: int, nj: int, ni: int):
+    """Slices along k of about 2 M voxels each: the slabs in which the big arrays are filled."""
     step = max(1, (1 << 21) // (nj * ni))
     for k0 in range(0, nk, step):
-        sl = (slice(k0, min(nk, k0 + step)), slice(0, nj), slice(0, ni))
+        yield slice(k0, min(nk, k0 + step))
+
+
+def _render_body(grid: Grid, A, c0) -> tuple:
+    """HU (float32, [k, j, i]) and lung mask of the analytic anatomy, sampled slab by slab."""
+    nk, nj, ni = grid.shape_kji
+    hu = np.empty((nk, nj, ni), dtype=np.float32)
+    lung = np.empty((nk, nj, ni), dtype=bool)
+    for sk in _slabs(nk, nj, ni):
+        sl = (sk, slice(0, nj), slice(0, ni))
         u, v, w = grid.coords(sl, ref=c0, broadcast=True)
         hu[sl], lung[sl] = _anat.render_anatomy(u, v, w, A)
         del u, v, w
+    return hu, lung
 
-    # 2) vessels and airways
-    _anat.render_tubes(hu, grid, c0, _anat.build_tubes(A, _rng(seed, "vessels")), h)
 
-    # 3) tumour
-    reach = _tum.bounding_radius(T) + p["shell_mm"] + 2.0 * float(sp.max())
-    sl_t = grid.slices_for_box(c0 + c_t - reach, c0 + c_t + reach)
+def _render_tumour(hu, grid: Grid, T, c0, c_t, sl_t, tex_rng, h: float) -> np.ndarray:
+    """Blend the tumour into ``hu`` (in place) inside the box ``sl_t``: the solid core with a smooth
+    heterogeneity from ``tex_rng``, a ground-glass rim for part-solid tumours. Returns the tumour mask on the box."""
+    sp = np.asarray(grid.spacing)
     lesion, core = _tum.occupancy(T, grid, sl_t, c0, c_t, h)
-    tex_rng = _rng(seed, "texture")
     het = _smooth_noise(tex_rng, lesion.shape, 2.5 / sp[::-1])
     sub = hu[sl_t]
     solid_hu = np.float32(T["hu_solid"]) + np.float32(T["hu_heterogeneity"]) * het
@@ -330,44 +399,60 @@ def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> P
     mask_t = lesion >= 0.5
     if not mask_t.any():
         raise ValueError("the tumour is smaller than one voxel on this grid; use a finer spacing or a larger diameter")
-    tumour = np.zeros((nk, nj, ni), dtype=np.uint8)
-    tumour[sl_t] = mask_t
+    return mask_t
 
-    # 4) TMB signal
-    signal = np.zeros((nk, nj, ni), dtype=np.uint8)
+
+def _render_signal(hu, lung, grid: Grid, p, sl_t, mask_t, tex_rng) -> np.ndarray:
+    """Add the TMB signal (fine texture from ``tex_rng``, scaled by the case's amplitude) to ``hu`` in place:
+    haze in the lung shell around the tumour ('peritumoral') or a shift of the tumour's HU ('core'); nothing for
+    'none'. Returns the region that carries it, on the box ``sl_t``."""
+    sp = np.asarray(grid.spacing)
+    sub = hu[sl_t]
     amp = np.float32(p["signal_amplitude"])
-    tex = _smooth_noise(tex_rng, lesion.shape, 0.6 / sp[::-1])
+    tex = _smooth_noise(tex_rng, mask_t.shape, 0.6 / sp[::-1])
+    region = np.zeros(mask_t.shape, dtype=bool)
     if p["signal"] == "peritumoral":
         dist = ndimage.distance_transform_edt(~mask_t, sampling=sp[::-1])
         region = (dist > 0) & (dist <= p["shell_mm"]) & lung[sl_t]
         haze = np.float32(p.get("haze_hu", PERITUMORAL_HAZE_HU))
         sub[region] += amp * (haze + np.float32(PERITUMORAL_TEXTURE_HU) * tex[region])
-        signal[sl_t] = region
     elif p["signal"] == "core":
         shift = np.float32(p.get("core_shift_hu", CORE_SHIFT_HU))
         sub[mask_t] += amp * (shift + np.float32(CORE_TEXTURE_HU) * tex[mask_t])
-        signal[sl_t] = mask_t
-    del lesion, core, het, tex, sub
+        region = mask_t
+    return region
 
-    # 5) quantum noise (before the PSF, so it is correlated like CT noise) and blur
+
+def _psf_sigma_vox(p, sp) -> np.ndarray:
+    """The scanner's PSF as Gaussian sigmas in voxels, [k, j, i]; the slice profile widens it along z."""
     sig_mm = np.array([p["psf_mm"], p["psf_mm"], math.sqrt(p["psf_mm"] ** 2 + (sp[2] / 2.355) ** 2)])
-    sig_vox_kji = (sig_mm / sp)[::-1]
+    return (sig_mm / sp)[::-1]
+
+
+def _add_quantum_noise(hu, p, sig_vox_kji, noise_rng) -> None:
+    """White noise, added in place before the PSF (so that it ends up correlated like CT noise), scaled so that
+    its SD after the blur is ``p['noise_hu']``."""
     gain = math.sqrt(np.prod([_kernel_energy(s) for s in sig_vox_kji]))
     sd_pre = np.float32(p["noise_hu"] / gain)
-    noise_rng = _rng(seed, "noise")
-    for k0 in range(0, nk, step):
-        sl = slice(k0, min(nk, k0 + step))
+    for sl in _slabs(*hu.shape):
         hu[sl] += sd_pre * noise_rng.standard_normal(hu[sl].shape, dtype=np.float32)
-    out = ndimage.gaussian_filter(hu, sig_vox_kji, mode="nearest", truncate=3.0)
-    del hu
+
+
+def _blur(hu, sig_vox_kji) -> np.ndarray:
+    return ndimage.gaussian_filter(hu, sig_vox_kji, mode="nearest", truncate=3.0)
+
+
+def _to_int16_hu(out) -> np.ndarray:
+    """Round and clip (in place) to the int16 HU range of a CT."""
     np.rint(out, out=out)
     np.clip(out, -1024, 3071, out=out)
-    ct = out.astype(np.int16)
-    del out
+    return out.astype(np.int16)
 
-    # 6) truth and annotator
+
+def _annotate(T, grid: Grid, mask_t, sl_t, c_t, c0, ann) -> tuple:
+    """What an annotator gives: the seed (true centre of mass + noise) and a box around the tumour voxels with
+    random margins, both from the ``ann`` stream. Returns (true_com, volume_mm3, seed_lps, box_lo, box_hi)."""
     true_com, volume = _true_com(T, c_t, c0, _tum.bounding_radius(T) + 1.0)
-    ann = _rng(seed, "annotator")
     d = T["diameter_mm"]
     seed_lps = np.asarray(true_com) + ann.normal(0.0, 1.0 + 0.03 * d, 3)
     pts = grid.mask_points_lps(mask_t, tuple(s.start for s in sl_t))
@@ -375,7 +460,85 @@ def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> P
     margins = ann.uniform(1.0, 3.0, 6) + np.abs(ann.normal(0.0, 0.05 * d, 6))
     box_lo = pts.min(axis=0) - half - margins[:3]
     box_hi = pts.max(axis=0) + half + margins[3:]
+    return true_com, volume, seed_lps, box_lo, box_hi
 
+
+def _on_grid(grid: Grid, sl_t, box_mask) -> np.ndarray:
+    """A uint8 mask on the whole grid from a mask on the box ``sl_t``."""
+    full = np.zeros(grid.shape_kji, dtype=np.uint8)
+    full[sl_t] = box_mask
+    return full
+
+
+def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> PhantomCase:
+    """Generate one chest-CT-like case with a tumour, a TMB and a TMB-linked signal.
+
+    Same arguments, bit-identical arrays. The steps: draw the parameters (:func:`draw_case_params`), place the
+    voxel grid, sample the anatomy, add vessels and airways, the tumour, the TMB signal, quantum noise and the
+    scanner's blur, then the annotator's seed and box.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative case seed.
+    case_id : str, optional
+        The case's name; default ``phantom_<seed:06d>``.
+    **kwargs
+        Those of :func:`draw_case_params` (``shape_xyz``, ``spacing``, ``direction``, ``tmb``, ``signal``,
+        ``strength``, ``diameter_mm``, ``kind``, ``spiculated``, ``side``, ``fov``, ``shell_mm``, ``haze_hu``,
+        ``core_shift_hu``, ``noise_hu``), documented there.
+
+    Returns
+    -------
+    PhantomCase
+        The int16 CT, the tumour and signal masks (uint8, same grid), the lung mask, the annotator's seed and box,
+        the true centre of mass (all LPS mm), the TMB, its class and the parameters (those of
+        :func:`draw_case_params` plus ``volume_mm3``, ``equivalent_diameter_mm`` and ``mask_voxels``).
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, the field of view cannot hold the tumour and its shell, or the tumour
+        is smaller than one voxel on the grid.
+    RuntimeError
+        If the drawn tumour cannot be placed inside the drawn lungs (``write_cohort`` then takes another seed).
+
+    Examples
+    --------
+    >>> case = make_phantom(7, spacing=(1.0, 1.0, 2.0), signal="core", tmb=14.2)
+    >>> case.ct.GetSize(), case.ct.GetPixelIDTypeAsString()
+    ((160, 160, 54), '16-bit signed integer')
+    >>> idx = case.ct.TransformPhysicalPointToIndex(case.seed_lps)
+    >>> all(0 <= i < n for i, n in zip(idx, case.ct.GetSize()))  # the annotator's seed lies inside the CT
+    True
+    >>> case.tmb, case.high_tmb, case.params["signal"]
+    (14.2, True, 'core')
+    """
+    p = draw_case_params(seed, **kwargs)
+    seed = p["seed"]
+    A, T = p["anatomy"], p["tumour"]
+    grid = _grid_of(p)
+    c0 = np.asarray(A["centre_lps"])
+    c_t = np.asarray(p["tumour_centre_lps"]) - c0
+    sp = np.asarray(grid.spacing)
+    h = float(np.prod(sp) ** (1.0 / 3.0))
+
+    hu, lung = _render_body(grid, A, c0)
+    _anat.render_tubes(hu, grid, c0, _anat.build_tubes(A, _rng(seed, "vessels")), h)
+    reach = _tum.bounding_radius(T) + p["shell_mm"] + 2.0 * float(sp.max())
+    sl_t = grid.slices_for_box(c0 + c_t - reach, c0 + c_t + reach)
+    tex_rng = _rng(seed, "texture")  # the tumour's heterogeneity, then the signal's texture
+    mask_t = _render_tumour(hu, grid, T, c0, c_t, sl_t, tex_rng, h)
+    region = _render_signal(hu, lung, grid, p, sl_t, mask_t, tex_rng)
+
+    sig_vox_kji = _psf_sigma_vox(p, sp)
+    _add_quantum_noise(hu, p, sig_vox_kji, _rng(seed, "noise"))
+    blurred = _blur(hu, sig_vox_kji)
+    del hu
+    ct = _to_int16_hu(blurred)
+    del blurred
+
+    true_com, volume, seed_lps, box_lo, box_hi = _annotate(T, grid, mask_t, sl_t, c_t, c0, _rng(seed, "annotator"))
     p = dict(p)
     p["volume_mm3"] = volume
     p["equivalent_diameter_mm"] = float((6.0 * volume / math.pi) ** (1.0 / 3.0))
@@ -383,8 +546,8 @@ def make_phantom(seed: int = 0, *, case_id: Optional[str] = None, **kwargs) -> P
     return PhantomCase(
         case_id=case_id or f"phantom_{seed:06d}",
         ct=grid.to_image(ct),
-        tumour=grid.to_image(tumour),
-        signal=grid.to_image(signal),
+        tumour=grid.to_image(_on_grid(grid, sl_t, mask_t)),
+        signal=grid.to_image(_on_grid(grid, sl_t, region)),
         seed_lps=tuple(float(x) for x in seed_lps),
         true_com_lps=tuple(float(x) for x in true_com),
         box_lps=(tuple(float(x) for x in box_lo), tuple(float(x) for x in box_hi)),
@@ -414,5 +577,14 @@ DEMO_KWARGS = dict(
 
 
 def make_demo_case() -> PhantomCase:
-    """The fixed demo case: whole-chest field, 30 mm spiculated solid tumour in the right lung, High-TMB."""
+    """The fixed demo case: whole-chest field, 30 mm spiculated solid tumour in the right lung, High-TMB.
+
+    ``make_phantom(DEMO_SEED, case_id="tmbrb_demo", **DEMO_KWARGS)``: 384x384x96 voxels of 0.9x0.9x2.5 mm,
+    TMB 14.2 and the peritumoral signal as the bundled demo model was trained on it.
+
+    Returns
+    -------
+    PhantomCase
+        The demo case, bit-identical on every call.
+    """
     return make_phantom(DEMO_SEED, case_id="tmbrb_demo", **DEMO_KWARGS)

@@ -173,6 +173,74 @@ def _make_and_write(job) -> Dict:
     return write_case(case, cdir, relative_to=out)
 
 
+def _check_cohort_args(n, fractions, n_train, n_val, n_test, scale, signal, strength, seed, workers,
+                       phantom_kwargs) -> tuple:
+    """Check write_cohort's arguments before any work; returns (seed, signal, strength, n, fractions)."""
+    seed = _check_seed(seed)
+    signal = check_signal(signal)
+    strength = check_strength(strength)
+    if "tmb" in phantom_kwargs:
+        raise ValueError("write_cohort draws each case's TMB; do not pass tmb (use make_phantom for a fixed TMB)")
+    if n is None:
+        sizes = split_sizes(n_train, n_val, n_test, scale)
+        n = sum(sizes.values())
+        fractions = fractions or (sizes["train"], sizes["validation"], sizes["test"])
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
+        raise ValueError(f"a cohort needs n >= 4 cases (whole number), got {n!r}")
+    fractions = tuple(float(v) for v in (fractions or (n_train, n_val, n_test)))
+    stratified_split([0, 1], fractions, 0)  # checks the fractions
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    return seed, signal, strength, n, fractions
+
+
+def _claim_folder(out: pathlib.Path, settings: Dict) -> None:
+    """Record the cohort's settings in ``out/cohort.json``; refuse a folder that holds a cohort of other settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "cohort.json"
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text(encoding="utf-8"))
+        if json.loads(json.dumps(settings, default=_json_default)) != old:
+            raise ValueError(
+                f"{out} already holds a cohort made with other settings ({settings_path}: {old}); "
+                "use a new folder or delete the old one to regenerate"
+            )
+    else:
+        _write_text_atomic(json.dumps(settings, indent=1, default=_json_default), settings_path)
+
+
+def _run_jobs(jobs, workers: int, progress: bool) -> list:
+    """Manifest rows of the jobs, in job order: in this process, or in a pool of ``workers`` spawned processes."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    bar = tqdm(total=len(jobs), desc="phantom cohort", unit="case", disable=not progress)
+    if workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(int(workers)) as pool:
+            for row in pool.imap(_make_and_write, jobs, chunksize=2):
+                rows.append(row)
+                bar.update(1)
+    else:
+        for job in jobs:
+            rows.append(_make_and_write(job))
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+def _write_manifest(out: pathlib.Path, rows, fractions, seed: int) -> pathlib.Path:
+    """Split the cases (stratified by label) and write ``out/manifest.csv``."""
+    import pandas as pd
+
+    for row, split in zip(rows, stratified_split([int(r["label"]) for r in rows], fractions, seed)):
+        row["split"] = split
+    df = pd.DataFrame([_round_row(r) for r in rows])[MANIFEST_COLUMNS]
+    path = out / "manifest.csv"
+    _write_text_atomic(df.to_csv(index=False), path)
+    return path
+
+
 def write_cohort(
     out_dir,
     *,
@@ -189,74 +257,59 @@ def write_cohort(
     progress: bool = True,
     **phantom_kwargs,
 ) -> pathlib.Path:
-    """Generate a cohort and write ``manifest.csv`` (readable by ``python -m training``); returns its path.
+    """Generate a cohort of phantom cases and write ``manifest.csv`` (readable by ``python -m training``).
 
-    Size and split: ``n`` cases split by ``fractions`` (train, validation, test; default the paper's 236:26:65), or,
-    without ``n``, the paper's split sizes ``n_train/n_val/n_test`` times ``scale``. The split is stratified by label
-    (each class split by the fractions, remainder to train), so the sizes can differ from the requested ones by a
-    case or two. Case i uses phantom seed ``100000 * seed + i`` (the next seed in steps of 7919 if its tumour cannot be
-    placed). ``workers`` > 1 generates in that many processes; the result is the same.
+    Case i uses phantom seed ``100000 * seed + i`` (the next seed in steps of 7919 if its tumour cannot be
+    placed). The split is stratified by label (each class split by the fractions, remainder to train), so the
+    sizes can differ from the requested ones by a case or two. Resumable: cases whose files are all present are
+    read back, not regenerated.
 
-    Resumable: cases whose files are all present are read back, not regenerated; a folder holding a cohort made with
-    other settings is refused. Extra keyword arguments go to :func:`make_phantom` (e.g. ``direction='random'``,
-    ``haze_hu``); ``tmb`` cannot be given (each case draws its own).
+    Parameters
+    ----------
+    out_dir : str or path
+        The cohort's folder (created); see the module docstring for its layout.
+    n : int, optional
+        Number of cases (>= 4), split by ``fractions``.
+    fractions : 3 numbers, optional
+        Train, validation, test proportions; default the paper's 236:26:65.
+    n_train, n_val, n_test : int
+        Without ``n``: the split sizes (default the paper's), times ``scale``.
+    scale : float
+        Factor on ``n_train/n_val/n_test`` (0-100].
+    signal, strength
+        As in :func:`make_phantom`.
+    seed : int
+        Cohort seed (>= 0).
+    workers : int
+        Processes that generate cases (>= 1); the result is the same for any number.
+    progress : bool
+        Show a progress bar.
+    **phantom_kwargs
+        Passed to :func:`make_phantom` (e.g. ``direction='random'``, ``haze_hu``); not ``tmb`` (each case draws
+        its own).
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest's path (``out_dir/manifest.csv``).
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, ``tmb`` is given, or ``out_dir`` holds a cohort made with other settings.
+    RuntimeError
+        If a case's tumour cannot be placed in 20 attempts.
     """
-    from tqdm.auto import tqdm
-
-    seed = _check_seed(seed)
-    signal = check_signal(signal)
-    strength = check_strength(strength)
-    if "tmb" in phantom_kwargs:
-        raise ValueError("write_cohort draws each case's TMB; do not pass tmb (use make_phantom for a fixed TMB)")
-    if n is None:
-        sizes = split_sizes(n_train, n_val, n_test, scale)
-        n = sum(sizes.values())
-        fractions = fractions or (sizes["train"], sizes["validation"], sizes["test"])
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
-        raise ValueError(f"a cohort needs n >= 4 cases (whole number), got {n!r}")
-    fractions = tuple(float(v) for v in (fractions or (n_train, n_val, n_test)))
-    stratified_split([0, 1], fractions, 0)  # checks the fractions before any work
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    seed, signal, strength, n, fractions = _check_cohort_args(
+        n, fractions, n_train, n_val, n_test, scale, signal, strength, seed, workers, phantom_kwargs)
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {
+    _claim_folder(out, {
         "version": COHORT_VERSION, "seed": seed, "n": int(n), "fractions": list(fractions), "signal": signal,
         "strength": strength, "phantom_kwargs": phantom_kwargs,
-    }
-    settings_path = out / "cohort.json"
-    if settings_path.exists():
-        old = json.loads(settings_path.read_text(encoding="utf-8"))
-        if json.loads(json.dumps(settings, default=_json_default)) != old:
-            raise ValueError(
-                f"{out} already holds a cohort made with other settings ({settings_path}: {old}); "
-                "use a new folder or delete the old one to regenerate"
-            )
-    else:
-        _write_text_atomic(json.dumps(settings, indent=1, default=_json_default), settings_path)
-
+    })
     jobs = [(str(out), f"case_{i:04d}", case_seed(seed, i), signal, strength, phantom_kwargs) for i in range(n)]
-    bar = tqdm(total=n, desc="phantom cohort", unit="case", disable=not progress)
-    if workers > 1:
-        import multiprocessing as mp
-        rows = []
-        with mp.get_context("spawn").Pool(int(workers)) as pool:
-            for row in pool.imap(_make_and_write, jobs, chunksize=2):
-                rows.append(row)
-                bar.update(1)
-    else:
-        rows = []
-        for job in jobs:
-            rows.append(_make_and_write(job))
-            bar.update(1)
-    bar.close()
-    for row, split in zip(rows, stratified_split([int(r["label"]) for r in rows], fractions, seed)):
-        row["split"] = split
-    import pandas as pd
-    df = pd.DataFrame([_round_row(r) for r in rows])[MANIFEST_COLUMNS]
-    path = out / "manifest.csv"
-    _write_text_atomic(df.to_csv(index=False), path)
-    return path
+    rows = _run_jobs(jobs, workers, progress)
+    return _write_manifest(out, rows, fractions, seed)
 
 
 def read_manifest(path):
