@@ -111,14 +111,28 @@ def _print_result(result, written) -> None:
 
 
 def cmd_batch(args) -> int:
-    from .batch import run_batch
-    path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
-                     pictures=not args.no_pictures, progress_bar=not args.quiet)
+    """`tmbrb batch`: exit 0 when every case scored (or was done before), 3 when some failed.
+
+    Under torchrun each process scores its share; only process 0 (which merges the summary) prints it and reports
+    failures in its exit code, so that the launcher does not stop the others when one process's case failed.
+    """
     import csv
-    rows = list(csv.DictReader(open(path, encoding="utf-8")))
+
+    from .batch import DEFAULT_WAIT_S, dist_env, run_batch
+    rank, world, _ = dist_env()
+    path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
+                     pictures=not args.no_pictures, progress_bar=not args.quiet, ring_width_mm=args.ring_mm,
+                     wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     failed = [r for r in rows if r["status"] == "failed"]
+    if rank != 0:
+        print(f"process {rank} of {world}: {len(rows) - len(failed)} of {len(rows)} cases of its share scored; "
+              f"partial summary: {path}")
+        return 0
+    rescored = sum(r["note"].startswith("re-scored") and r["status"] == "ok" for r in rows)
     print(f"{len(rows) - len(failed)} of {len(rows)} cases scored ({sum(r['status'] == 'done-before' for r in rows)} "
-          f"already done); summary: {path}")
+          f"already done, {rescored} re-scored because their inputs changed); summary: {path}")
     for r in failed:
         print(f"failed: {r['case_id']}: {r['error']}")
     return 0 if not failed else 3
@@ -212,11 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(s)
     s.set_defaults(func=cmd_score)
 
-    b = sub.add_parser("batch", help="score every case of a manifest CSV (resumable)")
+    b = sub.add_parser("batch", help="score every case of a manifest CSV (resumable on the inputs; several processes under torchrun)")
     b.add_argument("manifest", help="CSV: ct, seed_ras or seed_lps, optional case_id, box_ras/box_lps, mask, ecog")
     b.add_argument("--out", required=True)
     b.add_argument("--no-pictures", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ring-mm", type=float, default=None, help="peritumoral ring width (default from the bundle)")
+    b.add_argument("--wait-timeout", type=float, default=None, metavar="S",
+                   help="under torchrun/srun: process 0 stops waiting for the others after S seconds without news "
+                        "from any of them (default 1800); their unfinished rows are failed in summary.csv")
     model_opts(b)
     b.set_defaults(func=cmd_batch)
 
