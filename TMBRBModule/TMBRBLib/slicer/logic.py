@@ -118,6 +118,7 @@ class SceneLogic:
         self.interactive = False  # dialogs allowed (set by the widget)
         self.useWorker = True  # background runs go to the warm engine worker; False: a new process per case
         self.caseTimeoutS: Optional[float] = 600.0  # a worker case running longer fails and the worker is killed
+        # (None: the worker's own default)
         self._worker: Optional[EngineWorker] = None
         self._ownsWorker = False
         self._ctFiles: Dict[str, Tuple[Any, Path]] = {}  # volume node ID -> (its state when written, CT file)

@@ -488,6 +488,9 @@ class EngineWorker:
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """End the worker: ask it to stop, kill it if it has not ended within timeout_s. Safe to call twice."""
+        if self._atexit:
+            atexit.unregister(self.shutdown)
+            self._atexit = False
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
