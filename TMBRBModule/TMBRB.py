@@ -172,6 +172,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        if self.logic is not None:
+            self.logic.shutdown()  # the engine worker
 
     def enter(self) -> None:
         self.initializeParameterNode()

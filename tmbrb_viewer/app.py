@@ -666,10 +666,12 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
         viewer.place_seed_ras(lps_to_ras(case.seed_lps))
         viewer.goto_ras(lps_to_ras(case.seed_lps))
         viewer.state.message = "Demo phantom with the seed and the proposed box: press Apply."
+    viewer.logic.engineWorker().start()  # torch and MONAI load while the page opens: the first Apply is quicker
     print(f"TMBRB viewer: http://{'[' + host + ']' if ':' in host else host}:{port}/  (pid {os.getpid()}; "
           f"Ctrl+C stops it)", flush=True)
     try:
         viewer.server.start(host=host, port=port, open_browser=open_browser, show_connection_info=False)
     finally:
+        viewer.logic.shutdown()  # the engine worker
         shutil.rmtree(viewer.work, ignore_errors=True)
     return 0

@@ -68,23 +68,18 @@ def _seed_and_box(args, ct):
 
 
 def cmd_score(args) -> int:
-    from .io import read_ct, read_mask
-    from .outputs import write_outputs
-    from .pipeline import score_case
+    from .io import read_ct
+    from .pipeline import score_to_folder
     from .risk import check_ecog
     prog = _Progress(args.progress)
     check_ecog(args.ecog)  # fail before any heavy work
     prog(0.0, "reading the CT")
     ct, warnings = read_ct(args.ct)
     seed, box = _seed_and_box(args, ct)
-    mask = read_mask(args.segmentation, ct) if args.segmentation else None
-    result = score_case(ct, seed, box, mask, args.ecog, bundle=args.model, n_shifts=args.shifts, device=args.device,
-                        progress=prog, ring_width_mm=args.ring_mm)
-    result.warnings[:0] = [w for w in warnings if w not in result.warnings]
-    result.inputs["ct_path"] = str(Path(args.ct).resolve())
-    prog(0.96, "writing outputs")
-    written = write_outputs(result, args.out, ct=ct, pictures=not args.no_pictures)
-    prog(1.0, "finished")
+    result, written = score_to_folder(ct, seed, args.out, box, args.segmentation, args.ecog, ct_path=args.ct,
+                                      ct_warnings=warnings, pictures=not args.no_pictures, progress=prog,
+                                      bundle=args.model, n_shifts=args.shifts, device=args.device,
+                                      ring_width_mm=args.ring_mm)
     prog.event(done=True, result=str(written["result"]))
     if args.progress != "jsonl":
         _print_result(result, written)

@@ -289,6 +289,53 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
                 "tta_offsets_mm": [list(map(float, o)) for o in offsets]})
 
 
+def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[str, Path], box_lps=None,
+                    mask_path: Union[str, Path, None] = None, ecog=None, ct_path: Union[str, Path, None] = None,
+                    ct_warnings: Sequence[str] = (), pictures: bool = True, progress: Progress = None,
+                    cancel: Optional[Callable[[], bool]] = None, **score_options):
+    """Score one case and write its outputs: what ``tmbrb score`` and the engine worker do after reading the CT.
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The CT as ``io.read_ct`` gave it.
+    seed_lps, box_lps, ecog
+        As for :func:`score_case`.
+    out_dir : str or Path
+        The output folder (result.json, cam.nrrd, crop.nrrd, tumour.nrrd, ring.nrrd, PNG overlays).
+    mask_path : str or Path, optional
+        The tumour segmentation file (``io.read_mask``); None: segmented from the seed.
+    ct_path : str or Path, optional
+        The CT's file, recorded in result.json (``inputs.ct_path``).
+    ct_warnings : sequence of str
+        Warnings from reading the CT, put first among the result's.
+    pictures : bool
+        Also write the PNG overlays.
+    progress, cancel
+        As for :func:`score_case`; ``cancel`` is polled once more before the files are written.
+    **score_options
+        bundle, scorer, n_shifts, device, ring_width_mm: passed to :func:`score_case`.
+
+    Returns
+    -------
+    (CaseResult, dict)
+        The result and the files written (``outputs.write_outputs``).
+    """
+    from .io import read_mask
+    from .outputs import write_outputs
+
+    mask = read_mask(mask_path, ct) if mask_path else None
+    result = score_case(ct, seed_lps, box_lps, mask, ecog, progress=progress, cancel=cancel, **score_options)
+    result.warnings[:0] = [w for w in ct_warnings if w not in result.warnings]
+    if ct_path is not None:
+        result.inputs["ct_path"] = str(Path(ct_path).resolve())
+    _report(progress, cancel, 0.96, "writing outputs")
+    written = write_outputs(result, out_dir, ct=ct, pictures=pictures)
+    if progress is not None:
+        progress(1.0, "finished")
+    return result, written
+
+
 def check_seed(ct: sitk.Image, seed_lps: Sequence[float]) -> Point:
     """The seed as three floats (LPS mm); TMBRBInputError unless it is three finite numbers inside the CT."""
     seed = tuple(float(v) for v in seed_lps)

@@ -51,7 +51,8 @@ def logic(scene, placeholder_bundle):
 
     lg = TMBRB.TMBRBLogic(scene)
     lg.bundle = placeholder_bundle
-    return lg
+    yield lg
+    lg.shutdown()  # the engine worker, when a background run started one
 
 
 def node_ids(scene):

@@ -327,7 +327,7 @@ def test_background_cancel_really_stops_the_process(scene, logic, tmp_path):
     ct = add_ct(scene, oblique_ct()[0])
     seed = add_seed(scene, lps_to_ras((14.0, -16.0, 33.0)))
     before = node_ids(scene)
-    job = logic.startBackground(ct, seed, device="cpu", numberOfShifts=0, workDir=tmp_path / "job")
+    job = logic.startBackground(ct, seed, device="cpu", numberOfShifts=0, workDir=tmp_path / "job", useWorker=False)
     proc = job.process
     proc.cancel()
     proc.wait(timeout=30)

@@ -26,7 +26,7 @@ import slicer
 from ..errors import TMBRBCancelled, TMBRBError, TMBRBInputError
 from . import dependencies, mrml
 from .parameters import TMBRBParameterNode, getParameterNode
-from .runner import EngineJob, EngineProcess, JobInputs, score_command
+from .runner import EngineJob, EngineProcess, EngineWorker, JobInputs, score_command
 
 MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
@@ -119,6 +119,14 @@ class SceneLogic:
         self._scene = scene
         self.bundle = None  # Bundle | path | None (the bundled model)
         self.interactive = False  # dialogs allowed (set by the widget)
+        self.useWorker = True  # background runs go to the warm engine worker; False: a new process per case
+        self.caseTimeoutS: Optional[float] = 600.0  # a worker case running longer fails and the worker is killed
+        # (None: the worker's own default)
+        self._worker: Optional[EngineWorker] = None
+        self._ownsWorker = False
+        self._ctFiles: Dict[str, Tuple[Any, Path]] = {}  # volume node ID -> (its state when written, CT file)
+        self._ctDir: Optional[Path] = None
+        self.ctFilesWritten = 0
 
     # scene and parameters -------------------------------------------------------------------------------------------
     @property
@@ -412,30 +420,115 @@ class SceneLogic:
     # one case, in a background process ------------------------------------------------------------------------------
     def startBackground(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None,
                         numberOfShifts: Optional[int] = None, device: str = "auto", bundle=None,
-                        workDir=None) -> EngineJob:
-        """Check the inputs, write them to a work folder and start the engine process.
+                        workDir=None, useWorker: Optional[bool] = None) -> EngineJob:
+        """Check the inputs, write them to a work folder and start the case in the background.
 
-        Returns the :class:`EngineJob`; drive it with a :class:`JobWatcher` (or poll it, then call
-        importBackgroundResult(job) and job.cleanup()). Raises TMBRBInputError before anything starts."""
+        Parameters
+        ----------
+        volumeNode, seedNode, roiNode, segmentationNode, ecog, numberOfShifts, device, bundle
+            As for :meth:`process`.
+        workDir : path, optional
+            Where the inputs written for the run and its outputs (``out/``) go; default a temporary folder that
+            the job removes when it is cleaned up.
+        useWorker : bool, optional
+            True: the warm engine worker (:meth:`engineWorker`; the model stays loaded between cases, the CT file
+            is written once per volume state); False: a new engine process for this case. Default ``useWorker``.
+
+        Returns
+        -------
+        EngineJob
+            Drive it with a :class:`JobWatcher` (or poll it, then call importBackgroundResult(job) and
+            job.cleanup()).
+
+        Raises
+        ------
+        TMBRBInputError
+            Bad input, before anything starts.
+        """
         import SimpleITK as sitk
 
         inputs = self.validateInputs(volumeNode, seedNode, roiNode, segmentationNode, ecog)
         work = Path(workDir) if workDir else Path(tempfile.mkdtemp(prefix="TMBRB-"))
         work.mkdir(parents=True, exist_ok=True)
-        ctPath = work / "ct.nrrd"
-        sitk.WriteImage(inputs["ct"], str(ctPath), useCompression=False)
+        useWorker = self.useWorker if useWorker is None else useWorker
+        ctPath = self._ctFile(volumeNode, inputs["ct"]) if useWorker else work / "ct.nrrd"
+        if not useWorker:
+            sitk.WriteImage(inputs["ct"], str(ctPath), useCompression=False)
         segPath = None
         if inputs["mask"] is not None:
             segPath = work / "tumour_input.nrrd"
             sitk.WriteImage(inputs["mask"], str(segPath), useCompression=True)
         bundle = bundle if bundle is not None else self.bundle
-        cmd = score_command(ctPath, inputs["seed_lps"], work / "out", box_lps=inputs["box"],
-                            segmentation_path=segPath, ecog=inputs["ecog"], model=getattr(bundle, "path", bundle),
-                            device=device, shifts=numberOfShifts)
+        model = getattr(bundle, "path", bundle)
+        if useWorker:
+            box = inputs["box"]
+            process = self.engineWorker().submit({
+                "ct": str(ctPath), "seed_lps": list(inputs["seed_lps"]), "out": str((work / "out").resolve()),
+                "box_lps": None if box is None else [list(box.min), list(box.max)],
+                "segmentation": None if segPath is None else str(segPath.resolve()), "ecog": inputs["ecog"],
+                "shifts": numberOfShifts, "model": None if model is None else str(model), "device": device},
+                timeout_s=self.caseTimeoutS)
+        else:
+            process = EngineProcess(score_command(ctPath, inputs["seed_lps"], work / "out", box_lps=inputs["box"],
+                                                  segmentation_path=segPath, ecog=inputs["ecog"], model=model,
+                                                  device=device, shifts=numberOfShifts)).start()
         jobInputs = JobInputs(volume=volumeNode, seed=seedNode, roi=roiNode, segmentation=segmentationNode,
                               ecog=inputs["ecog"], numberOfShifts=numberOfShifts, device=device, bundle=bundle,
                               warnings=inputs["warnings"])
-        return EngineJob(EngineProcess(cmd).start(), work, work / "out", jobInputs, ownsWorkDir=workDir is None)
+        return EngineJob(process, work, work / "out", jobInputs, ownsWorkDir=workDir is None)
+
+    # the warm engine ------------------------------------------------------------------------------------------------
+    def engineWorker(self) -> EngineWorker:
+        """The engine worker of this logic (made on first use; its process starts with the first case)."""
+        if self._worker is None:
+            self._worker = EngineWorker(timeout_s=self.caseTimeoutS)
+            self._ownsWorker = True
+        return self._worker
+
+    def useEngineWorker(self, worker: EngineWorker) -> None:
+        """Send this logic's background cases to ``worker`` (e.g. one shared by several logics); :meth:`shutdown`
+        then leaves it running: its owner ends it."""
+        self._worker, self._ownsWorker = worker, False
+
+    @staticmethod
+    def _volumeState(volumeNode, ct) -> Tuple:
+        """What the CT file written for a volume depends on: its voxels (image data modification time) and its
+        physical grid in the world (parent transforms included)."""
+        imageData = volumeNode.GetImageData()
+        return (imageData.GetMTime() if imageData is not None else None, tuple(ct.GetOrigin()),
+                tuple(ct.GetSpacing()), tuple(ct.GetDirection()), tuple(ct.GetSize()))
+
+    def _ctFile(self, volumeNode, ct) -> Path:
+        """The CT file of this volume for the worker: written once per volume state, then reused."""
+        import SimpleITK as sitk
+
+        key = volumeNode.GetID()
+        state = self._volumeState(volumeNode, ct)
+        known = self._ctFiles.get(key)
+        if known is not None and known[0] == state and known[1].is_file():
+            return known[1]
+        if self._ctDir is None or not self._ctDir.is_dir():
+            self._ctDir = Path(tempfile.mkdtemp(prefix="TMBRB-volumes-"))
+        self.ctFilesWritten += 1
+        path = self._ctDir / f"ct{self.ctFilesWritten}.nrrd"  # a new name and time: the worker reads it again
+        sitk.WriteImage(ct, str(path), useCompression=False)
+        if known is not None:
+            try:
+                known[1].unlink()
+            except OSError:
+                pass
+        self._ctFiles[key] = (state, path)
+        return path
+
+    def shutdown(self) -> None:
+        """End the engine worker and remove the CT files written for it (when the module or the viewer ends)."""
+        import shutil
+
+        if self._worker is not None and self._ownsWorker:
+            self._worker.shutdown()
+        if self._ctDir is not None:
+            shutil.rmtree(self._ctDir, ignore_errors=True)
+        self._ctDir, self._ctFiles = None, {}
 
     def restartOnCpu(self, job: EngineJob) -> EngineJob:
         """The same case again, on the CPU (after the GPU ran out of memory), in a new work folder."""

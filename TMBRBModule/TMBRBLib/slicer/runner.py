@@ -9,6 +9,7 @@ was started from and where it writes.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -78,16 +79,61 @@ def engine_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]
     return env
 
 
-class EngineProcess:
-    """A background engine run. start(), then call poll() from a timer until finished; cancel() stops it."""
+def signal_process_tree(proc: subprocess.Popen, sig) -> None:
+    """Send sig to a process started in its own process group (session) and to everything it started; on Windows
+    kill them (sig is ignored). psutil, when installed, also finds children that left the group."""
+    try:
+        import psutil  # optional
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - psutil missing or process gone
+        children = []
+    if os.name == "nt":
+        for c in children:
+            try:
+                c.kill()
+            except Exception:  # noqa: BLE001
+                pass
+        proc.kill()
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    for c in children:
+        try:
+            c.send_signal(sig)
+        except Exception:  # noqa: BLE001
+            pass
 
-    def __init__(self, cmd: Sequence[str], env: Optional[Dict[str, str]] = None, cwd=None):
-        self.cmd = list(cmd)
-        self.env = env if env is not None else engine_environment()
-        self.cwd = cwd
-        self.proc: Optional[subprocess.Popen] = None
+
+def _session_kwargs() -> Dict[str, Any]:
+    """Popen arguments that put the child in its own process group, so that it can be stopped with its children."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+    return {"start_new_session": True}
+
+
+def _parse_line(text: str) -> Dict:
+    """One line the engine printed, as an event: its JSON object, or {'log': text}."""
+    if text.startswith("{"):
+        try:
+            event = json.loads(text)
+            if isinstance(event, dict):
+                return event
+        except ValueError:
+            pass
+    return {"log": text}
+
+
+class EngineRun:
+    """What a background run reports, read from its JSON-lines events: progress, message, result path, error, log.
+
+    Subclasses fill ``_queue`` with events (from a reader thread) and say when they are ``finished`` and with what
+    ``returncode``; :meth:`poll` drains the events from a timer and :meth:`wait` blocks (scripts and tests).
+    """
+
+    def __init__(self):
         self._queue: "queue.Queue[Dict]" = queue.Queue()
-        self._thread: Optional[threading.Thread] = None
         self.cancelled = False
         self.result_path: Optional[str] = None
         self.error: Optional[str] = None
@@ -96,54 +142,25 @@ class EngineProcess:
         self.message = ""
         self.started_at: Optional[float] = None
 
-    # lifecycle -------------------------------------------------------------------------------------------------------
-    def start(self) -> "EngineProcess":
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True  # own process group: cancel() kills the engine and its children
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace",
-                                     bufsize=1, **kwargs)
-        self.started_at = time.time()
-        self._thread = threading.Thread(target=self._read, name="TMBRB engine output", daemon=True)
-        self._thread.start()
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            text = line.rstrip("\r\n")
-            if not text:
-                continue
-            event: Dict
-            if text.startswith("{"):
-                try:
-                    event = json.loads(text)
-                    if not isinstance(event, dict):
-                        event = {"log": text}
-                except ValueError:
-                    event = {"log": text}
-            else:
-                event = {"log": text}
-            self._queue.put(event)
-        self.proc.wait()
-        self._queue.put({"exit": self.proc.returncode})
+    @property
+    def finished(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def returncode(self) -> Optional[int]:  # pragma: no cover - overridden
+        raise NotImplementedError
 
-    @property
-    def returncode(self) -> Optional[int]:
-        return None if self.proc is None else self.proc.poll()
-
-    @property
-    def finished(self) -> bool:
-        """True once the process has ended and all its output has been read."""
-        return self.proc is not None and self.proc.poll() is not None and \
-            (self._thread is None or not self._thread.is_alive()) and self._queue.empty()
+    def outcome(self) -> str:
+        """'running', 'done', 'cancelled', 'input-error' or 'failed'."""
+        if not self.finished:
+            return "running"
+        if self.cancelled or self.returncode == EXIT_CANCELLED:
+            return "cancelled"
+        if self.returncode == EXIT_OK and self.result_path:
+            return "done"
+        if self.returncode == EXIT_INPUT:
+            return "input-error"
+        return "failed"
 
     def poll(self) -> List[Dict]:
         """Drain the output read so far; update progress/message/result_path/error. Never blocks."""
@@ -170,7 +187,7 @@ class EngineProcess:
         return events
 
     def wait(self, timeout: Optional[float] = None, on_event=None) -> int:
-        """Block until the process ends (for scripts and tests); on_event(event) sees every event."""
+        """Block until the run ends (for scripts and tests); on_event(event) sees every event."""
         deadline = None if timeout is None else time.time() + timeout
         while True:
             for ev in self.poll():
@@ -184,6 +201,52 @@ class EngineProcess:
             if deadline is not None and time.time() > deadline:
                 raise TimeoutError(f"the engine did not finish within {timeout} s")
             time.sleep(0.05)
+
+
+class EngineProcess(EngineRun):
+    """A background engine run. start(), then call poll() from a timer until finished; cancel() stops it."""
+
+    def __init__(self, cmd: Sequence[str], env: Optional[Dict[str, str]] = None, cwd=None):
+        super().__init__()
+        self.cmd = list(cmd)
+        self.env = env if env is not None else engine_environment()
+        self.cwd = cwd
+        self.proc: Optional[subprocess.Popen] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # lifecycle -------------------------------------------------------------------------------------------------------
+    def start(self) -> "EngineProcess":
+        # own process group: cancel() kills the engine and its children
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace",
+                                     bufsize=1, **_session_kwargs())
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._read, name="TMBRB engine output", daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            text = line.rstrip("\r\n")
+            if text:
+                self._queue.put(_parse_line(text))
+        self.proc.wait()
+        self._queue.put({"exit": self.proc.returncode})
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return None if self.proc is None else self.proc.poll()
+
+    @property
+    def finished(self) -> bool:
+        """True once the process has ended and all its output has been read."""
+        return self.proc is not None and self.proc.poll() is not None and \
+            (self._thread is None or not self._thread.is_alive()) and self._queue.empty()
 
     def cancel(self, grace_s: float = 3.0) -> None:
         """Stop the run: terminate the process group, kill it if it does not end within grace_s."""
@@ -199,47 +262,248 @@ class EngineProcess:
 
     def _signal(self, sig) -> None:
         assert self.proc is not None
-        try:
-            import psutil  # optional: also catches children that left the process group
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-        except Exception:  # noqa: BLE001 - psutil missing or process gone
-            children = []
-        if os.name == "nt":
-            for c in children:
-                try:
-                    c.kill()
-                except Exception:  # noqa: BLE001
-                    pass
-            self.proc.kill()
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        for c in children:
-            try:
-                c.send_signal(sig)
-            except Exception:  # noqa: BLE001
-                pass
-
-    # outcome ---------------------------------------------------------------------------------------------------------
-    def outcome(self) -> str:
-        """'running', 'done', 'cancelled', 'input-error' or 'failed'."""
-        if not self.finished:
-            return "running"
-        if self.cancelled or self.returncode == EXIT_CANCELLED:
-            return "cancelled"
-        if self.returncode == EXIT_OK and self.result_path:
-            return "done"
-        if self.returncode == EXIT_INPUT:
-            return "input-error"
-        return "failed"
+        signal_process_tree(self.proc, sig)
 
     def failure_message(self) -> str:
         if self.error:
             return self.error
         tail = "\n".join(self.log[-15:])
         return f"The engine process ended with exit code {self.returncode}." + (f"\n{tail}" if tail else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the warm engine: one long-lived worker process (TMBRBLib.worker) that keeps the model loaded
+
+
+class WorkerRequest(EngineRun):
+    """One case sent to an :class:`EngineWorker`; reads like an :class:`EngineProcess` (poll, outcome,
+    failure_message, cancel, wait), so an :class:`EngineJob` and the JobWatcher drive it the same way."""
+
+    def __init__(self, worker: "EngineWorker", rid: str, timeout_s: Optional[float]):
+        super().__init__()
+        self.worker, self.id, self.timeout_s = worker, rid, timeout_s
+        self.proc = worker.proc  # the worker process that serves it
+        self.started_at = time.time()
+        self._ended = threading.Event()  # set by the worker's reader thread at the request's last answer
+        self._returncode: Optional[int] = None
+
+    def _answer(self, event: Dict) -> None:
+        """An answer of the worker (reader thread)."""
+        self._queue.put(event)
+        if event.get("done") or "error" in event or event.get("cancelled"):
+            self._end(EXIT_OK if event.get("done") else EXIT_CANCELLED if event.get("cancelled")
+                      else EXIT_INPUT if event.get("kind") == "input" else EXIT_INTERNAL)
+
+    def _end(self, code: int, error: Optional[str] = None) -> None:
+        if self._ended.is_set():
+            return
+        if error is not None:
+            self._queue.put({"error": error})
+        self._returncode = code
+        self._ended.set()
+
+    @property
+    def running(self) -> bool:
+        """True until the worker has answered this request for the last time (or was stopped)."""
+        return not self._ended.is_set()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """As a process's exit code: 0 done, 2 refused input, 130 cancelled, 1 failed; None while running."""
+        return self._returncode
+
+    @property
+    def finished(self) -> bool:
+        return self._ended.is_set() and self._queue.empty()
+
+    def poll(self) -> List[Dict]:
+        """As :meth:`EngineRun.poll`; also fails the case (and stops the worker) once it has run past its timeout."""
+        if self.running and self.timeout_s is not None and time.time() - self.started_at > self.timeout_s:
+            self.worker.kill(f"the case did not finish within {self.timeout_s:g} s")
+        return super().poll()
+
+    def cancel(self, grace_s: Optional[float] = None) -> None:
+        """Stop this case; the worker stays alive unless it does not answer within grace_s (then it is killed)."""
+        self.cancelled = True
+        if self.running:
+            self.worker.cancel(self, grace_s)
+
+    def failure_message(self) -> str:
+        if self.error:
+            return self.error
+        tail = "\n".join(self.log[-15:])
+        return f"The engine worker gave no result (code {self.returncode})." + (f"\n{tail}" if tail else "")
+
+
+class EngineWorker:
+    """The warm engine: one long-lived ``python -m TMBRBLib.worker`` process that keeps the model loaded.
+
+    :meth:`submit` starts it on first use (and again after it ended: crashed, killed, timed out), sends one case as a
+    JSON line and gives a :class:`WorkerRequest`. A reader thread puts the worker's answers on each request's queue.
+    Cancel asks the worker to stop the case at its next step; a worker that does not answer within ``grace_s`` is
+    killed with its process tree. :meth:`shutdown` (also registered with atexit) ends it.
+
+    Parameters
+    ----------
+    python : str, optional
+        The interpreter (default :func:`python_executable`: PythonSlicer inside 3D Slicer).
+    env : dict, optional
+        The worker's environment (default :func:`engine_environment`).
+    grace_s : float
+        How long a cancelled case may take to stop before the worker is killed.
+    timeout_s : float or None
+        Default time limit of one case (from its submission); past it the case fails and the worker is killed.
+    """
+
+    def __init__(self, python: Optional[str] = None, env: Optional[Dict[str, str]] = None, grace_s: float = 5.0,
+                 timeout_s: Optional[float] = 600.0):
+        self.python = python
+        self.env = env
+        self.grace_s, self.timeout_s = grace_s, timeout_s
+        self.proc: Optional[subprocess.Popen] = None
+        self.log: List[str] = []  # the worker's stderr (last lines) and what it printed that was not an answer
+        self.starts = 0
+        self._requests: Dict[str, WorkerRequest] = {}
+        self._lock = threading.Lock()
+        self._stop_reason: Optional[str] = None  # why the worker was stopped, said to the next request
+        self._counter = 0
+        self._atexit = False
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self.proc is None else self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> "EngineWorker":
+        """Start the worker process unless it runs (it imports torch while the first request is on its way)."""
+        if self.alive:
+            return self
+        self.proc = subprocess.Popen([self.python or python_executable(), "-m", "TMBRBLib.worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=self.env if self.env is not None else engine_environment(), text=True,
+                                     encoding="utf-8", errors="replace", bufsize=1, **_session_kwargs())
+        self.starts += 1
+        self._stop_reason = None
+        for target, stream in ((self._read_answers, self.proc.stdout), (self._read_log, self.proc.stderr)):
+            threading.Thread(target=target, args=(self.proc, stream), name="TMBRB worker output", daemon=True).start()
+        if not self._atexit:
+            atexit.register(self.shutdown)
+            self._atexit = True
+        return self
+
+    def _read_answers(self, proc: subprocess.Popen, stream) -> None:
+        for line in stream:
+            text = line.rstrip("\r\n")
+            if not text:
+                continue
+            event = _parse_line(text)
+            with self._lock:
+                request = self._requests.get(str(event.get("id")))
+            if request is not None:
+                request._answer(event)
+            elif "log" in event:
+                self._log(event["log"])
+        proc.wait()
+        self._ended(proc)
+
+    def _read_log(self, proc: subprocess.Popen, stream) -> None:
+        for line in stream:
+            self._log(line.rstrip("\r\n"))
+
+    def _log(self, text: str) -> None:
+        with self._lock:
+            self.log.append(text)
+            del self.log[:-200]
+
+    def _ended(self, proc: subprocess.Popen) -> None:
+        """A worker process has ended: every case it still had fails, saying why."""
+        with self._lock:
+            current = proc is self.proc
+            if current and self._stop_reason is None:
+                self._stop_reason = f"the engine worker ended unexpectedly (exit code {proc.returncode})"
+            reason = self._stop_reason if current else "the engine worker was replaced"
+            mine = [r for r in self._requests.values() if r.proc is proc]
+            for r in mine:
+                del self._requests[r.id]
+            tail = "\n".join(self.log[-15:])
+        for request in mine:
+            if request.cancelled:
+                request._end(EXIT_CANCELLED)
+            elif request.running:
+                message = f"The case was stopped: {reason}. The engine starts again on the next Apply."
+                request._end(EXIT_INTERNAL, message + (f"\n{tail}" if tail and "unexpectedly" in reason else ""))
+
+    def submit(self, request: Dict[str, Any], timeout_s: Optional[float] = None) -> WorkerRequest:
+        """Send one case (the fields of a TMBRBLib.worker 'score' request, without 'id'); start the worker first
+        when it does not run. ``timeout_s`` (default the worker's) limits the case."""
+        message = "queued"
+        if not self.alive:
+            message = "starting the engine"
+            if self.starts:
+                message = f"The engine had stopped ({self._stop_reason or 'it ended'}); starting it again."
+            self.start()
+        self._counter += 1
+        run = WorkerRequest(self, f"{os.getpid()}-{self._counter}", self.timeout_s if timeout_s is None else timeout_s)
+        run.message = message
+        if self.starts > 1 and message != "queued":
+            run.log.append(message)
+        with self._lock:
+            self._requests[run.id] = run
+        self._send(dict(request, op="score", id=run.id))
+        return run
+
+    def _send(self, message: Dict) -> bool:
+        try:
+            assert self.proc is not None and self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError, AssertionError):  # the worker is gone: its reader thread fails the request
+            return False
+
+    def cancel(self, run: WorkerRequest, grace_s: Optional[float] = None) -> None:
+        """Ask the worker to stop the case; kill the worker when it does not answer within grace_s."""
+        grace = self.grace_s if grace_s is None else grace_s
+        if self._send({"op": "cancel", "id": run.id}) and run._ended.wait(grace):
+            return
+        self.kill(f"it did not stop within {grace:g} s of Cancel")
+
+    def kill(self, reason: str) -> None:
+        """Stop the worker and everything it started (its cases fail, saying ``reason``); the next submit starts a
+        new one."""
+        with self._lock:
+            self._stop_reason = reason
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            signal_process_tree(proc, signal.SIGKILL if os.name != "nt" else None)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
+                pass
+        if proc is not None:
+            self._ended(proc)  # at once, not only when the reader thread gets there
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """End the worker: ask it to stop, kill it if it has not ended within timeout_s. Safe to call twice."""
+        if self._atexit:
+            atexit.unregister(self.shutdown)
+            self._atexit = False
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        self._stop_reason = "the engine was shut down"
+        self._send({"op": "shutdown"})
+        try:
+            proc.stdin.close()
+        except (OSError, AttributeError):
+            pass
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill("the engine was shut down")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

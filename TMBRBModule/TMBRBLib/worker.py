@@ -1,0 +1,240 @@
+"""A long-lived engine process: the model loaded once, cases served as JSON lines (``python -m TMBRBLib.worker``).
+
+The 3D Slicer module and the browser viewer keep scoring in a separate process (a crash or an out-of-memory there
+cannot take the application down), but starting a process per case costs the import of torch and MONAI and the
+loading of the model, each time. This worker pays that once and then serves requests, one JSON object per line on
+stdin; it answers one JSON object per line on stdout, each carrying the request's ``id``:
+
+- ``{"op": "score", "id": "r1", "ct": "ct.nrrd", "seed_lps": [x, y, z], "out": "folder", "box_lps": [[min], [max]],
+  "segmentation": "mask.nrrd", "ecog": 1, "shifts": 8, "model": "bundle folder", "device": "auto",
+  "ring_mm": 10, "pictures": false}`` (only ``id``, ``ct``, ``seed_lps`` and ``out`` are required) scores one case
+  with the same steps as ``tmbrb score`` (:func:`TMBRBLib.pipeline.score_to_folder`) and writes the same files.
+  Answers: ``{"id", "progress", "message"}`` lines, then ``{"id", "done": true, "result": ".../result.json"}``, or
+  ``{"id", "error": message, "kind": "input"|"internal"}``, or ``{"id", "cancelled": true}``.
+- ``{"op": "cancel", "id": "r1"}`` stops that request at its next step (a reader thread sets the flag that
+  ``score_case`` polls); the worker stays alive.
+- ``{"op": "shutdown"}`` (or the end of stdin) ends the worker.
+
+The loaded model is kept per (bundle folder, device): a request for another bundle or device loads that one instead.
+The CT is kept per (file, modification time, size): a front end writes a volume once and sends the same file again.
+On start the worker prints ``{"ready": true, "pid": ...}``. Everything else the process prints (library warnings,
+tracebacks) goes to stderr, so stdout carries only the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Set, TextIO, Tuple
+
+from .errors import TMBRBCancelled, TMBRBError, TMBRBInputError
+
+REQUIRED_FIELDS = ("id", "ct", "seed_lps", "out")
+
+
+class CtCache:
+    """The CTs read last, keyed by (resolved path, modification time, size): a changed file is read again."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: Dict[Tuple[str, int, int], Tuple[Any, list]] = {}
+        self.reads = 0
+
+    def get(self, path) -> Tuple[Any, list]:
+        """(CT image, reading warnings), from the cache when the file has not changed."""
+        from .io import read_ct
+
+        p = Path(path).resolve()
+        try:
+            st = p.stat()
+        except OSError:
+            raise TMBRBInputError(f"The CT file '{path}' does not exist.", "Give an existing CT file.") from None
+        key = (str(p), st.st_mtime_ns, st.st_size)
+        if key not in self._items:
+            ct, warnings = read_ct(p)
+            self.reads += 1
+            self._items[key] = (ct, list(warnings))
+            while len(self._items) > self.size:
+                del self._items[next(iter(self._items))]
+        return self._items[key]
+
+
+class ScorerCache:
+    """One loaded model (a :class:`TMBRBLib.pipeline.Scorer`), kept while requests name the same bundle and device."""
+
+    def __init__(self):
+        self.key: Optional[Tuple[str, str]] = None
+        self.scorer = None
+        self.loads = 0
+
+    def get(self, model, device: str):
+        from .bundle import default_bundle_path, load_bundle
+        from .pipeline import Scorer
+
+        path = Path(model) if model else default_bundle_path()
+        key = (str(path.resolve()) if path.exists() else str(path), str(device))
+        if key != self.key:
+            self.key, self.scorer = None, None  # the old model is freed before the new one loads
+            self.scorer = Scorer(load_bundle(model), device)
+            self.key = key
+            self.loads += 1
+        return self.scorer
+
+
+def _box(value):
+    if value is None:
+        return None
+    try:
+        lo, hi = value
+        return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
+    except (TypeError, ValueError):
+        raise TMBRBInputError(f"The box {value!r} is not two corners of three numbers.",
+                              "Send box_lps as [[xmin, ymin, zmin], [xmax, ymax, zmax]].") from None
+
+
+class Worker:
+    """Serves score requests read from ``inp`` and writes answers to ``out`` (both text streams of JSON lines).
+
+    The reader thread reads every line as it comes: 'cancel' and 'shutdown' act at once, 'score' requests wait in a
+    queue and the main thread (:meth:`serve`) scores them one at a time.
+    """
+
+    def __init__(self, inp: TextIO, out: TextIO):
+        self.inp, self.out = inp, out
+        self._lock = threading.Lock()
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()  # ids of score requests, in order
+        self._pending: Dict[str, Dict] = {}  # requests read and not started yet
+        self._current: Optional[str] = None  # the request being scored
+        self._cancelled: Set[str] = set()
+        self.cts = CtCache()
+        self.scorers = ScorerCache()
+
+    def send(self, **event) -> None:
+        line = json.dumps(event)
+        with self._lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def _read(self) -> None:
+        for line in self.inp:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self.send(error=f"The worker could not read the request line {line[:200]!r} (one JSON object per "
+                          "line is expected).", kind="internal")
+                continue
+            op = request.get("op", "score")
+            if op == "shutdown":
+                break
+            if op == "cancel":
+                self._cancel(str(request.get("id")))
+            else:
+                rid = str(request.get("id"))
+                with self._lock:
+                    self._pending[rid] = request
+                self._queue.put(rid)
+        self._queue.put(None)
+
+    def _cancel(self, rid: str) -> None:
+        """A request not started yet is dropped and answered at once; the running one stops at its next step."""
+        with self._lock:
+            dropped = self._pending.pop(rid, None) is not None
+            if not dropped and rid == self._current:
+                self._cancelled.add(rid)
+        if dropped:
+            self.send(id=rid, cancelled=True)
+
+    def serve(self) -> int:
+        """Announce readiness, then score requests until 'shutdown' or the end of the input. Returns 0."""
+        threading.Thread(target=self._read, name="TMBRB worker requests", daemon=True).start()
+        self.send(ready=True, pid=os.getpid())
+        from . import pipeline  # noqa: F401 - torch and MONAI, imported while the first request may be on its way
+
+        while True:
+            rid = self._queue.get()
+            if rid is None:
+                return 0
+            with self._lock:
+                request = self._pending.pop(rid, None)
+                self._current = rid if request is not None else None
+            if request is not None:  # else: cancelled before it started (answered already)
+                self.handle(request)
+                with self._lock:
+                    self._current = None
+
+    def handle(self, request: Dict) -> None:
+        """Score one request and answer done, error or cancelled (never raises)."""
+        rid = str(request.get("id"))
+        cancel: Callable[[], bool] = lambda: rid in self._cancelled  # noqa: E731 - read by score_case at each step
+        try:
+            if request.get("op", "score") != "score":
+                raise TMBRBInputError(f"Unknown request '{request.get('op')}'.", "Send op 'score' or 'cancel'.")
+            missing = [k for k in REQUIRED_FIELDS if request.get(k) in (None, "")]
+            if missing:
+                raise TMBRBInputError(f"The request lacks {', '.join(missing)}.", "Send every required field.")
+            written = self._score(request, rid, cancel)
+            self.send(id=rid, done=True, result=str(written["result"]))
+        except TMBRBCancelled:
+            self.send(id=rid, cancelled=True)
+        except (TMBRBError, ValueError) as e:
+            self.send(id=rid, error=str(e), kind="input")
+        except Exception as e:  # noqa: BLE001 - reported on the request; the worker serves the next one
+            traceback.print_exc(file=sys.stderr)
+            self.send(id=rid, error=f"internal error ({type(e).__name__}: {e}).", kind="internal")
+        finally:
+            with self._lock:
+                self._cancelled.discard(rid)
+
+    def _score(self, request: Dict, rid: str, cancel: Callable[[], bool]) -> Dict:
+        from .pipeline import score_to_folder
+        from .risk import check_ecog
+
+        def progress(fraction: float, message: str) -> None:
+            self.send(id=rid, progress=round(float(fraction), 3), message=message)
+
+        if cancel():
+            raise TMBRBCancelled("Cancelled by the user.")
+        ecog = check_ecog(request.get("ecog"))
+        progress(0.0, "reading the CT")
+        ct, warnings = self.cts.get(request["ct"])
+        progress(0.01, "loading the model")
+        scorer = self.scorers.get(request.get("model"), request.get("device") or "auto")
+        shifts = request.get("shifts")
+        _, written = score_to_folder(
+            ct, request["seed_lps"], request["out"], _box(request.get("box_lps")), request.get("segmentation"),
+            ecog, ct_path=request["ct"], ct_warnings=warnings, pictures=bool(request.get("pictures", False)),
+            progress=progress, cancel=cancel, scorer=scorer, n_shifts=None if shifts is None else int(shifts),
+            ring_width_mm=request.get("ring_mm"))
+        return written
+
+
+def protocol_streams() -> Tuple[TextIO, TextIO]:
+    """(requests, answers): this process's stdin, and its stdout kept for the protocol alone; whatever else writes
+    to stdout (Python or C libraries) goes to stderr from now on."""
+    import io
+
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8"), answers
+
+
+def main() -> int:
+    """Run the worker on this process's stdin/stdout (``python -m TMBRBLib.worker``)."""
+    inp, out = protocol_streams()
+    return Worker(inp, out).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

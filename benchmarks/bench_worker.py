@@ -1,0 +1,138 @@
+"""Apply -> result with and without the warm engine worker (not a test; prints medians).
+
+For each case (lung1 from ../shared/data/real_ct with the seed of Testing/real_ct_cases.json, and the demo phantom)
+the Logic scores the case on a slicer-core MRML scene as the Slicer panel and the viewer do: ``startBackground`` and
+a ``JobWatcher`` stepped every ``--poll`` s until the result's nodes are in the scene. Measured:
+
+- cold: a new engine process per Apply (``useWorker=False``: python start, torch/MONAI import, model load, CT read);
+- warm: the next Apply on the worker (model loaded, the CT file written and read once for the volume);
+- in process: ``score_case`` alone with a loaded model (the work itself, no files, no scene).
+
+    python benchmarks/bench_worker.py [--runs 5] [--shifts 8] [--device cpu] [--model BUNDLE] [--poll 0.05]
+
+The model is $TMBRB_MODEL or the bundled one (timings do not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "TMBRBModule"), str(REPO)]
+
+REAL_CT = REPO / ".." / "shared" / "data" / "real_ct"
+
+
+def cases():
+    """(name, SimpleITK CT, seed LPS) for lung1 (when the shared data is there) and the demo phantom."""
+    import SimpleITK as sitk
+
+    from TMBRBLib.geometry import ras_to_lps
+    from TMBRBLib.phantom import make_demo_case
+
+    out = []
+    lung1 = json.loads((REPO / "Testing" / "real_ct_cases.json").read_text())["lung1"]
+    if (REAL_CT / lung1["ct"]).is_file():
+        out.append(("lung1", sitk.ReadImage(str(REAL_CT / lung1["ct"])), ras_to_lps(lung1["seed_ras_mm"])))
+    else:
+        print(f"lung1 skipped: {REAL_CT / lung1['ct']} not found")
+    demo = make_demo_case()
+    out.append(("demo phantom", demo.ct, tuple(demo.seed_lps)))
+    return out
+
+
+def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
+    """One Apply driven to the result as the panel does; returns its wall time and the engine's own total."""
+    from TMBRBLib.slicer.logic import JobWatcher
+
+    got = {}
+    t = time.perf_counter()
+    job = logic.startBackground(volume, seed, None, None, "1", numberOfShifts=args.shifts, device=args.device,
+                                useWorker=useWorker)
+    watcher = JobWatcher(logic, job, showResult=False, onResult=lambda r: got.update(result=r),
+                         onError=lambda e: got.update(error=e))
+    while watcher.step():
+        time.sleep(args.poll)
+    wall = time.perf_counter() - t
+    if "error" in got:
+        raise RuntimeError(f"the Apply failed: {got['error']}")
+    return {"wall": wall, "engine_total": got["result"].result["timings_s"]["total"],
+            "score": got["result"].score}
+
+
+def median(values):
+    return round(statistics.median(values), 3)
+
+
+def bench_case(name, ct, seed_lps, args, bundle) -> dict:
+    from TMBRBLib.geometry import lps_to_ras
+    from TMBRBLib.pipeline import Scorer, score_case
+    from TMBRBLib.slicer import mrml
+    from TMBRBLib.slicer.logic import SceneLogic
+
+    scene = mrml.create_scene()
+    logic = SceneLogic(scene)
+    logic.bundle = bundle
+    volume = mrml.add_volume_node_from_sitk(scene, ct, name)
+    seed = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
+    seed.AddControlPoint(lps_to_ras(seed_lps))
+    try:
+        cold = [apply_once(logic, volume, seed, args, useWorker=False) for _ in range(args.runs)]
+        first = apply_once(logic, volume, seed, args, useWorker=True)  # starts the worker, loads the model
+        warm = [apply_once(logic, volume, seed, args, useWorker=True) for _ in range(args.runs)]
+        pid = logic.engineWorker().pid
+    finally:
+        logic.shutdown()
+        mrml.release_scene(scene)
+    scorer = Scorer(bundle, args.device)
+    score_case(ct, seed_lps, None, None, 1, n_shifts=args.shifts, scorer=scorer)  # model built, caches warm
+    inproc = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        score_case(ct, seed_lps, None, None, 1, n_shifts=args.shifts, scorer=scorer)
+        inproc.append(time.perf_counter() - t)
+    assert len({r["score"] for r in cold + warm + [first]}) == 1, "cold and warm runs must give the same score"
+    return {"case": name, "ct_size": list(ct.GetSize()), "cold_s": median([r["wall"] for r in cold]),
+            "first_worker_apply_s": round(first["wall"], 3), "warm_s": median([r["wall"] for r in warm]),
+            "warm_engine_total_s": median([r["engine_total"] for r in warm]),
+            "in_process_s": median(inproc), "warm_runs_s": [round(r["wall"], 3) for r in warm],
+            "cold_runs_s": [round(r["wall"], 3) for r in cold], "worker_pid": pid, "score": cold[0]["score"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per measure (median; default 3)")
+    ap.add_argument("--shifts", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None, help="bundle (default $TMBRB_MODEL or the bundled one)")
+    ap.add_argument("--poll", type=float, default=0.05, help="JobWatcher step interval in s (panel: 0.2)")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+    from TMBRBLib.bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+          f"device {args.device}; {args.shifts} shifts; median of {args.runs}; poll {args.poll} s; "
+          f"model {bundle.name}")
+    rows = [bench_case(name, ct, seed, args, bundle) for name, ct, seed in cases()]
+    print(f"{'case':<14}{'cold Apply':>12}{'1st worker':>12}{'warm Apply':>12}{'warm engine':>13}"
+          f"{'in process':>12}")
+    for r in rows:
+        print(f"{r['case']:<14}{r['cold_s']:>11.2f}s{r['first_worker_apply_s']:>11.2f}s{r['warm_s']:>11.2f}s"
+              f"{r['warm_engine_total_s']:>12.2f}s{r['in_process_s']:>11.2f}s")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    print(json.dumps(rows, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

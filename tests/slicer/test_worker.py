@@ -1,0 +1,182 @@
+"""The warm engine (TMBRBLib.worker behind runner.EngineWorker) as the Logic drives it on real MRML scenes: one
+process for many Apply, the same score as the one-process-per-case path, cancel, a killed or timed-out worker,
+refused input, and the CT file written once per volume state. The engine runs for real with the placeholder bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import add_ct, add_seed, node_ids
+from test_job_watcher import Recorder, drive
+from test_slicer_logic import oblique_ct
+
+import TMBRB
+from TMBRBLib.errors import TMBRBInputError
+from TMBRBLib.geometry import lps_to_ras
+from TMBRBLib.slicer import mrml as ma
+from TMBRBLib.slicer.logic import JobWatcher
+from TMBRBLib.slicer.runner import EXIT_CANCELLED, EngineJob, EngineWorker, JobInputs
+
+SEED_LPS = (14.0, -16.0, 33.0)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One worker for this module's tests (starting one costs the import of torch): the tests check its pid."""
+    w = EngineWorker(timeout_s=600.0)
+    yield w
+    w.shutdown()
+    assert not w.alive
+
+
+@pytest.fixture()
+def wlogic(scene, placeholder_bundle, worker):
+    lg = TMBRB.TMBRBLogic(scene)
+    lg.bundle = placeholder_bundle
+    lg.useEngineWorker(worker)
+    yield lg
+    lg.shutdown()
+
+
+def case(scene, ct=None):
+    return add_ct(scene, ct if ct is not None else oblique_ct()[0]), add_seed(scene, lps_to_ras(SEED_LPS))
+
+
+def apply(logic, ct, seed, timeout=300.0, **options):
+    """What Apply does: start the case in the background and let a JobWatcher drive it to the end."""
+    rec = Recorder()
+    options = dict({"device": "cpu", "numberOfShifts": 1}, **options)
+    watcher = JobWatcher(logic, logic.startBackground(ct, seed, None, None, "1", **options), showResult=False,
+                         **rec.callbacks())
+    drive(watcher, timeout=timeout)
+    return rec, watcher.job
+
+
+def test_two_applies_reuse_one_worker_and_give_the_cold_score(scene, wlogic, worker):
+    ct, seed = case(scene)
+    first, job1 = apply(wlogic, ct, seed)
+    pid = worker.pid
+    second, job2 = apply(wlogic, ct, seed)
+    assert first.errors == [] and second.errors == [] and len(first.results) == len(second.results) == 1
+    assert worker.alive and worker.pid == pid, "the second Apply must reuse the worker process"
+    assert job1.process.proc is job2.process.proc
+    cold, job3 = apply(wlogic, ct, seed, useWorker=False)
+    assert cold.errors == [] and type(job3.process).__name__ == "EngineProcess"
+    warm1, warm2, cold1 = (r.results[0].result for r in (first, second, cold))
+    assert warm1["score"] == warm2["score"] == cold1["score"]
+    assert warm1["tta"] == cold1["tta"] and warm1["attention"] == cold1["attention"]
+    assert float(ma.table_rows(second.results[0].nodes["table"])["TMBRB score"]) == pytest.approx(warm2["score"],
+                                                                                                  abs=1e-4)
+
+
+def test_cancel_mid_case_then_a_good_case_on_the_same_worker(scene, wlogic, worker, tmp_path):
+    ct, seed = case(scene)
+    apply(wlogic, ct, seed)  # the worker is warm
+    pid = worker.pid
+    before = node_ids(scene)
+    rec = Recorder()
+    job = wlogic.startBackground(ct, seed, device="cpu", numberOfShifts=8, workDir=tmp_path / "cancelled")
+    watcher = JobWatcher(wlogic, job, **rec.callbacks())
+    deadline = time.time() + 120
+    while not any(m.startswith("model") for _, m in rec.progress):  # the worker is inside the case
+        assert watcher.step() and time.time() < deadline, "the case never reached the model"
+        time.sleep(0.01)
+    job.process.cancel(grace_s=120)  # generous: a loaded machine must not turn this into a kill
+    watcher.cancel()
+    assert rec.cancelled == 1 and rec.results == [] and node_ids(scene) == before
+    assert job.process.returncode == EXIT_CANCELLED, "the worker itself answered 'cancelled'"
+    assert not (tmp_path / "cancelled" / "out" / "result.json").exists()
+    assert worker.alive and worker.pid == pid
+    good, _ = apply(wlogic, ct, seed)
+    assert good.errors == [] and len(good.results) == 1 and worker.pid == pid
+
+
+def test_a_killed_worker_fails_its_case_and_is_restarted_with_a_message(scene, wlogic, worker):
+    ct, seed = case(scene)
+    apply(wlogic, ct, seed)
+    pid, starts = worker.pid, worker.starts
+    rec = Recorder()
+    watcher = JobWatcher(wlogic, wlogic.startBackground(ct, seed, device="cpu", numberOfShifts=8),
+                         **rec.callbacks())
+    os.kill(pid, signal.SIGKILL)
+    drive(watcher)
+    assert len(rec.errors) == 1 and rec.results == []
+    assert "engine worker ended unexpectedly" in str(rec.errors[0]) and "next Apply" in str(rec.errors[0])
+    again, job = apply(wlogic, ct, seed)
+    assert again.errors == [] and len(again.results) == 1
+    assert worker.starts == starts + 1 and worker.pid != pid and worker.alive
+    restart = [m for _, m in again.progress if "starting it again" in m]
+    assert restart and "ended unexpectedly" in restart[0], again.progress[:3]
+
+
+def test_a_case_past_its_timeout_fails_clearly_and_the_worker_is_replaced(scene, wlogic, worker):
+    ct, seed = case(scene)
+    apply(wlogic, ct, seed)
+    pid = worker.pid
+    wlogic.caseTimeoutS = 0.001
+    timed_out, _ = apply(wlogic, ct, seed)
+    assert len(timed_out.errors) == 1 and timed_out.results == []
+    message = str(timed_out.errors[0])
+    assert "did not finish within 0.001 s" in message and "starts again on the next Apply" in message
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the worker was killed (and reaped), not left running the case
+    wlogic.caseTimeoutS = 600.0
+    again, _ = apply(wlogic, ct, seed)
+    assert again.errors == [] and len(again.results) == 1 and worker.pid != pid
+
+
+def test_bad_input_is_an_input_error_and_the_worker_stays(scene, wlogic, worker, tmp_path):
+    ct, seed = case(scene)
+    apply(wlogic, ct, seed)
+    pid = worker.pid
+    ct_file = tmp_path / "ct.nrrd"
+    sitk.WriteImage(oblique_ct()[0], str(ct_file))
+    run = worker.submit({"ct": str(ct_file), "seed_lps": [900.0, 900.0, 900.0], "out": str(tmp_path / "out"),
+                         "device": "cpu", "shifts": 0, "model": str(wlogic.bundle.path)})
+    rec = Recorder()
+    drive(JobWatcher(wlogic, EngineJob(run, tmp_path, tmp_path / "out", JobInputs(volume=ct, seed=seed,
+                                                                                    device="cpu")),
+                     **rec.callbacks()))
+    assert run.outcome() == "input-error" and len(rec.errors) == 1
+    assert isinstance(rec.errors[0], TMBRBInputError) and "lies outside the CT" in str(rec.errors[0])
+    missing = worker.submit({"ct": str(tmp_path / "no-such-ct.nrrd"), "seed_lps": list(SEED_LPS),
+                             "out": str(tmp_path / "out2")})
+    missing.wait(timeout=120)
+    assert missing.outcome() == "input-error" and "does not exist" in missing.failure_message()
+    assert worker.alive and worker.pid == pid
+    good, _ = apply(wlogic, ct, seed)
+    assert good.errors == [] and len(good.results) == 1 and worker.pid == pid
+
+
+def test_the_ct_file_is_written_once_per_volume_state(scene, wlogic, worker, tmp_path):
+    ct, seed = case(scene)
+    apply(wlogic, ct, seed, workDir=tmp_path / "a")
+    path = wlogic._ctFiles[ct.GetID()][1]
+    written = path.stat().st_mtime_ns
+    apply(wlogic, ct, seed, workDir=tmp_path / "b")
+    assert wlogic.ctFilesWritten == 1 and path.stat().st_mtime_ns == written
+    # change the voxels in place, as slicer.util.arrayFromVolumeModified does (the scalars are marked modified)
+    scalars = ct.GetImageData().GetPointData().GetScalars()
+    values = ma._numpy_support().vtk_to_numpy(scalars)
+    values += 200
+    scalars.Modified()
+    rec, _ = apply(wlogic, ct, seed, workDir=tmp_path / "c")
+    assert rec.errors == [] and wlogic.ctFilesWritten == 2 and not path.exists()
+    crop_before = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "out" / "crop.nrrd")))
+    crop_after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "c" / "out" / "crop.nrrd")))
+    inside = crop_before > -990  # the crop is padded with air outside the scan
+    assert inside.any()
+    assert float(np.median(crop_after[inside] - crop_before[inside])) == pytest.approx(200, abs=5), \
+        "the worker scored the changed volume"
+    inputs = json.loads((tmp_path / "c" / "out" / "result.json").read_text())["inputs"]
+    assert inputs["ct_path"] == str(wlogic._ctFiles[ct.GetID()][1].resolve())
+    wlogic.shutdown()
+    assert not wlogic._ctFiles and not path.parent.exists() and worker.alive  # a shared worker is left running
+    assert np.isfinite(rec.results[0].score)
