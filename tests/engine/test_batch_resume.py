@@ -168,10 +168,15 @@ def test_a_case_id_cannot_leave_the_output_folder(ct_master, placeholder_bundle,
 
 
 # ------------------------------------------------------------------------------------------------ several processes
-def _mixed_manifest(tmp_path, ct_master):
-    rows = _cases(tmp_path, ct_master, ["p1", "p2", "p3"])
+@pytest.fixture(scope="module")
+def mixed(ct_master, placeholder_bundle, tmp_path_factory):
+    """A manifest with three good rows, a failing one and a duplicate, and its single-process summary."""
+    d = tmp_path_factory.mktemp("mixed")
+    rows = _cases(d, ct_master, ["p1", "p2", "p3"])
     rows += [["outside", "cts/p1.nrrd", "900,900,900", ""], ["p1", "cts/p2.nrrd", SEED, ""]]  # failed, duplicate
-    return _manifest(tmp_path / "m.csv", rows)
+    man = _manifest(d / "m.csv", rows)
+    run_batch(man, d / "one", bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
+    return man, _compared(d / "one")
 
 
 def _compared(out):
@@ -179,9 +184,8 @@ def _compared(out):
         return [{k: r[k] for k in COMPARED} for r in csv.DictReader(f)]
 
 
-def test_ranks_merge_into_the_single_process_summary(ct_master, placeholder_bundle, tmp_path, monkeypatch, capsys):
-    man = _mixed_manifest(tmp_path, ct_master)
-    assert _batch(man, tmp_path / "one", placeholder_bundle) == 3
+def test_ranks_merge_into_the_single_process_summary(mixed, placeholder_bundle, tmp_path, monkeypatch, capsys):
+    man, one = mixed
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("TMBRB_RUN_ID", "run-a")
     monkeypatch.setenv("RANK", "1")
@@ -194,8 +198,8 @@ def test_ranks_merge_into_the_single_process_summary(ct_master, placeholder_bund
     monkeypatch.setenv("RANK", "0")
     assert _batch(man, tmp_path / "two", placeholder_bundle, quiet=False) == 3
     assert "TMBRB batch" in capsys.readouterr().err  # process 0's bar
-    assert _compared(tmp_path / "two") == _compared(tmp_path / "one")
-    assert [r["status"] for r in _compared(tmp_path / "two")] == ["ok", "ok", "ok", "failed", "failed"]
+    assert _compared(tmp_path / "two") == one
+    assert [r["status"] for r in one] == ["ok", "ok", "ok", "failed", "failed"]
 
 
 def test_process_0_stops_waiting_and_says_which_rows_were_not_scored(ct_master, placeholder_bundle, tmp_path,
@@ -231,9 +235,8 @@ def test_bad_process_environment_is_a_clear_error(env, message, ct_master, place
     assert not (tmp_path / "out" / "a").exists()
 
 
-def test_two_processes_under_torchrun_give_the_single_process_summary(ct_master, placeholder_bundle, tmp_path):
-    man = _mixed_manifest(tmp_path, ct_master)
-    assert _batch(man, tmp_path / "one", placeholder_bundle) == 3
+def test_two_processes_under_torchrun_give_the_single_process_summary(mixed, placeholder_bundle, tmp_path):
+    man, one = mixed
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TMBRB_RUN_ID")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "TMBRBModule"), str(REPO),
                                                                    os.environ.get("PYTHONPATH", "")]))
@@ -244,6 +247,6 @@ def test_two_processes_under_torchrun_give_the_single_process_summary(ct_master,
     # process 0 exits 3 (two rows failed), which torchrun reports as a failed worker
     assert r.returncode != 0 and "3 of 5 cases scored" in r.stdout, r.stderr[-3000:]
     assert "process 1 of 2: 1 of 2 cases of its share scored" in r.stdout
-    assert _compared(tmp_path / "two") == _compared(tmp_path / "one")
+    assert _compared(tmp_path / "two") == one
     states = [json.loads((tmp_path / "two" / f"summary.rank{k}.json").read_text()) for k in (0, 1)]
     assert all(s["finished"] and s["run"].startswith("torchrun:") for s in states)
