@@ -192,6 +192,7 @@ class EngineRun:
         self.progress = 0.0
         self.message = ""
         self.started_at: Optional[float] = None
+        self.answer: Optional[Dict] = None  # the last 'done' event (a worker's answer to a device or case request)
 
     @property
     def finished(self) -> bool:  # pragma: no cover - overridden
@@ -207,7 +208,7 @@ class EngineRun:
             return "running"
         if self.cancelled or self.returncode == EXIT_CANCELLED:
             return "cancelled"
-        if self.returncode == EXIT_OK and self.result_path:
+        if self.returncode == EXIT_OK and (self.result_path or self.answer is not None):
             return "done"
         if self.returncode == EXIT_INPUT:
             return "input-error"
@@ -229,6 +230,7 @@ class EngineRun:
                 self.message = str(ev.get("message", ""))
             if ev.get("done"):
                 self.result_path = ev.get("result")
+                self.answer = ev
             if "error" in ev:
                 self.error = str(ev["error"])
             if "log" in ev:
@@ -478,9 +480,10 @@ class EngineWorker:
                 message = f"The case was stopped: {reason}. The engine starts again on the next Apply."
                 request._end(EXIT_INTERNAL, message + (f"\n{tail}" if tail and "unexpectedly" in reason else ""))
 
-    def submit(self, request: Dict[str, Any], timeout_s: Optional[float] = None) -> WorkerRequest:
-        """Send one case (the fields of a TMBRBLib.worker 'score' request, without 'id'); start the worker first
-        when it does not run. ``timeout_s`` (default the worker's) limits the case."""
+    def submit(self, request: Dict[str, Any], timeout_s: Optional[float] = None, op: str = "score") -> WorkerRequest:
+        """Send one request (the fields of a TMBRBLib.worker request of kind ``op``: 'score', 'case' or 'device';
+        without 'id'); start the worker first when it does not run. ``timeout_s`` (default the worker's) limits
+        it."""
         message = "queued"
         if not self.alive:
             message = "starting the engine"
@@ -494,7 +497,7 @@ class EngineWorker:
             run.log.append(message)
         with self._lock:
             self._requests[run.id] = run
-        self._send(dict(request, op="score", id=run.id))
+        self._send(dict(request, op=op, id=run.id))
         return run
 
     def _send(self, message: Dict) -> bool:
