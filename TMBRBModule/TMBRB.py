@@ -54,7 +54,7 @@ from slicer.util import VTKObservationMixin
 
 from TMBRBLib.errors import TMBRBError, TMBRBInputError
 from TMBRBLib.slicer import mrml
-from TMBRBLib.slicer.dependencies import TMBRBDependencyError, torchAvailable
+from TMBRBLib.slicer.dependencies import TMBRBDependencyError, installPlan
 from TMBRBLib.slicer.logic import JobWatcher, SceneLogic, SceneResult
 from TMBRBLib.slicer.parameters import TMBRBParameterNode
 
@@ -198,7 +198,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self.updateDevice()
+        if not self._deviceShown:
+            self.updateDevice()  # starts the engine worker when the dependencies are there
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -292,8 +293,12 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         when it answers (onPollDevice)."""
         if self._deviceTimer is None or self._watcher is not None:
             return
-        if not torchAvailable():
-            self.ui.deviceLabel.text = _("Device: PyTorch is not installed yet (installed on the first Apply).")
+        try:
+            missing = not installPlan().empty  # from the packages' metadata: nothing is imported
+        except TMBRBError:
+            missing = True
+        if missing:
+            self.ui.deviceLabel.text = _("Device: not known yet (PyTorch/MONAI are installed on the first Apply).")
             return
         try:
             self._deviceRequest = self.logic.requestDeviceInfo()

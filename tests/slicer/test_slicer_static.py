@@ -302,3 +302,18 @@ def test_the_dialog_check_catches_a_broken_widget(breakage):
     assert broken != src, "the breakage did not apply: update the test to the widget's code"
     bad, _entries, _visited = dialogs_while_polling(broken)
     assert bad, f"the check missed a dialog in the polling path ({breakage})"
+
+
+def test_cleanup_stops_every_timer_and_the_module_declares_its_dependencies():
+    tree = ast.parse(TMBRB_PY.read_text())
+    methods = _widget_methods(tree)
+    timers = {ast.unparse(n.targets[0]) for n in ast.walk(methods["setup"])
+              if isinstance(n, ast.Assign) and ast.unparse(n.value) == "qt.QTimer()"}
+    assert {"self._timer", "self._deviceTimer"} <= timers
+    cleanup = ast.unparse(methods["cleanup"])
+    for timer in timers:  # stopped by name or in a loop over the timers
+        assert f"{timer}.stop()" in cleanup or (timer in cleanup and "timer.stop()" in cleanup), timer
+    module = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRB")
+    deps = next(n.value for n in ast.walk(module) if isinstance(n, ast.Assign)
+                and ast.unparse(n.targets[0]) == "self.parent.dependencies")
+    assert set(ast.literal_eval(deps)) == {"Markups", "Segmentations", "VolumeRendering", "Colors"}
