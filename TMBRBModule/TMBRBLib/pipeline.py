@@ -17,7 +17,7 @@ from .cam import ScoringGradCAM, cam_image, cam_to_reference, make_cam, normalis
 from .crop import CropGrid, crop_for_model, fraction_outside_scan, n_shifts_of, shift_offsets
 from .errors import TMBRBCancelled, TMBRBInputError
 from .geometry import Box, Point, box_overlap_fraction, lps_to_ras, require_point_inside
-from .io import mask_on_ct_grid, paste_region, validate_ct
+from .io import mask_on_ct_grid, validate_ct
 from .volumes import Geometry, RegionVolume
 from .model import select_device
 from .proposal import DEFAULTS as PROPOSAL_DEFAULTS, SeedSegmentation, mask_extent_lps, segment_from_seed
@@ -411,7 +411,8 @@ def regions_and_cam(ct: sitk.Image, seed: Point, box: Box, grid: CropGrid, cam_c
     """(cam_region, tumour_region, ring_region, attention shares) on one region of the CT's grid.
 
     The region holds the crop and a ring of ``width`` mm around the box. The tumour is ``tumour_mask`` when given,
-    else ``seg`` (the segmentation from the seed); the ring surrounds it. The CAM is resampled from the crop grid, scaled to max 1.
+    else ``seg`` (the segmentation from the seed); the ring surrounds it. The CAM is resampled from the crop grid,
+    scaled to max 1.
     """
     if width <= 0:
         raise TMBRBInputError(f"The ring width {width} mm must be positive.", "Give e.g. 10.")
@@ -452,8 +453,18 @@ def _given_tumour_on_region(ct: sitk.Image, tumour_mask: sitk.Image, lo, hi, war
 def _segmented_tumour_on_region(seg: SeedSegmentation, lo, ref: sitk.Image) -> sitk.Image:
     """The tumour segmented from the seed, pasted into the region ``ref`` (which starts at voxel ``lo``)."""
     tumour_sub_arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
-    paste_region(tumour_sub_arr, sitk.GetArrayViewFromImage(seg.mask), np.asarray(seg.lo) - np.asarray(lo))
+    _paste_clipped(tumour_sub_arr, sitk.GetArrayViewFromImage(seg.mask), np.asarray(seg.lo) - np.asarray(lo))
     tumour_sub = sitk.GetImageFromArray(tumour_sub_arr)
     tumour_sub.CopyInformation(ref)
     return tumour_sub
 
+
+def _paste_clipped(dst: np.ndarray, src: np.ndarray, offset_xyz) -> None:
+    """Write src (z, y, x) into dst at index offset (x, y, z), dropping what falls outside dst."""
+    off = np.asarray(offset_xyz, int)[::-1]
+    a = np.maximum(off, 0)
+    b = np.minimum(off + np.array(src.shape), np.array(dst.shape))
+    if np.any(b <= a):
+        return
+    dst[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = src[a[0] - off[0]:b[0] - off[0], a[1] - off[1]:b[1] - off[1],
+                                                a[2] - off[2]:b[2] - off[2]]

@@ -36,7 +36,10 @@ DEFAULTS = {
     "edge_mm": 0.5, "edge_hu": -600.0,  # partial-volume rim given back at the lesion's edge
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
     "min_lung_contact": 0.3,       # share of the mask's surroundings that is lung, below this: uncertain
-    "bone_hu": 300.0,              # smoothed HU at the seed above this: the seed lies in bone or calcium
+    "bone_hu": 200.0,              # smoothed HU at the seed above this: the seed lies in bone or calcium
+    "ground_glass_hu": -700.0,     # part-solid lesions: ground glass is above this (lung parenchyma below)
+    "ground_glass_share": 0.5,     # share of ground glass around the solid part above this: segment it with it
+    "ground_glass_max_ratio": 20.0,  # ... unless that makes the mask more than this times the solid part
 }
 UNCERTAIN = "Tumour mask uncertain: review it"
 
@@ -53,6 +56,9 @@ class Grown:
     lung_contact: float = float("nan")   # share of a 2 mm shell around the mask that is below the tissue range
     volume_ml: float = 0.0
     faces: Optional[np.ndarray] = None   # [low, high] x (x, y, z): the region's faces the mask reaches
+    ground_glass: float = 0.0            # share of the non-tissue shell around the mask that is ground glass
+    part_solid: bool = False             # segmented with its ground glass (tissue down to ``ground_glass_hu``)
+    ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
 
 
 @dataclass
@@ -107,8 +113,11 @@ def _component_at(binary: sitk.Image, at: Tuple[int, ...]) -> Optional[sitk.Imag
 
 
 def _distance(binary: sitk.Image) -> sitk.Image:
-    """Signed distance (mm, positive inside the set voxels)."""
-    return sitk.SignedMaurerDistanceMap(binary, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    """Signed distance (mm, positive inside the set voxels); the image's border counts as outside (a mask with no
+    unset voxel would otherwise get unbounded distances)."""
+    padded = sitk.ConstantPad(binary, [1, 1, 1], [1, 1, 1], 0)
+    d = sitk.SignedMaurerDistanceMap(padded, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    return sitk.Crop(d, [1, 1, 1], [1, 1, 1])
 
 
 def _inscribed_mm(mask: sitk.Image) -> float:
@@ -175,16 +184,24 @@ def _crop_around(images: Sequence[sitk.Image], first, last, pad_mm: float) -> Tu
     return [sitk.RegionOfInterest(im, [int(v) for v in b - a], [int(v) for v in a]) for im in images], a
 
 
-def _measure(comp: sitk.Image, smoothed: sitk.Image, lo_hu: float, inscribed: float) -> Dict:
-    """Volume, equivalent radius, and the share of a 2 mm shell around the mask that is lung/air."""
+def _measure(comp: sitk.Image, smoothed: sitk.Image, lo_hu: float, inscribed: float, ggo_hu: float) -> Dict:
+    """Volume, equivalent radius, the share of a 2 mm shell around the mask that is lung/air (below ``lo_hu``) and
+    the share of that lung that is ground glass (at or above ``ggo_hu``)."""
     sp = comp.GetSpacing()
     n = int(sitk.GetArrayViewFromImage(comp).sum())
     vol = n * float(np.prod(sp))
     shell = sitk.And(sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(sp, 2.0)], sitk.sitkBall),
                      sitk.Not(comp))
     s = sitk.GetArrayViewFromImage(shell) > 0
-    lung = float((sitk.GetArrayViewFromImage(smoothed)[s] < lo_hu).mean()) if s.any() else float("nan")
-    return {"volume_ml": vol / 1000.0, "inscribed_mm": inscribed,
+    hu = sitk.GetArrayViewFromImage(smoothed)[s]
+    lung = float((hu < lo_hu).mean()) if s.any() else float("nan")
+    # ground glass is looked for 1.5 to 4 mm out: the first voxels beyond the edge are its partial-volume blur
+    inner = sitk.BinaryDilate(comp, _radius_vox(sp, 1.5), sitk.sitkBall)
+    outer = sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(sp, 4.0)], sitk.sitkBall)
+    far = sitk.GetArrayViewFromImage(sitk.And(outer, sitk.Not(inner))) > 0
+    hu_far = sitk.GetArrayViewFromImage(smoothed)[far]
+    ggo = float((hu_far[hu_far < lo_hu] >= ggo_hu).mean()) if (hu_far < lo_hu).any() else 0.0
+    return {"volume_ml": vol / 1000.0, "inscribed_mm": inscribed, "ground_glass": ggo,
             "equivalent_mm": float((3 * vol / (4 * np.pi)) ** (1 / 3)), "lung_contact": lung}
 
 
@@ -225,7 +242,7 @@ def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, param
 
 def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.ndarray, p: Dict) -> Grown:
     """:func:`grow_from_seed` on the CT's index region [lo, hi)."""
-    size = [int(h - l) for l, h in zip(lo, hi)]
+    size = [int(v) for v in np.asarray(hi) - np.asarray(lo)]
     sub = sitk.Cast(sitk.RegionOfInterest(ct, size, [int(v) for v in lo]), sitk.sitkFloat32)
     if min(size) >= 4:
         sub = sitk.SmoothingRecursiveGaussian(sub, [min(ct.GetSpacing()) * 0.75] * 3)
@@ -235,6 +252,10 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     seed_idx = np.clip(np.round(ci).astype(int), 0, np.array(size) - 1)
     seed_hu = float(sitk.GetArrayViewFromImage(sub)[seed_idx[2], seed_idx[1], seed_idx[0]])
     at = _nearest_on(sitk.GetArrayViewFromImage(tissue), seed_idx, sub, 5.0)
+    ggo_hu = float(p["ground_glass_hu"])
+    part_solid = lo_hu <= ggo_hu
+    if at is None and not part_solid and seed_hu >= ggo_hu:  # a seed in pure ground glass
+        return _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu]})
     if at is None:
         empty = sitk.Image(sub.GetSize(), sitk.sitkUInt8)
         empty.CopyInformation(sub)
@@ -254,7 +275,17 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     origin = np.asarray(lo) + off
     first, last = _bounds(sitk.GetArrayViewFromImage(comp))
     faces = _touches(first + origin, last + origin, lo, hi, np.array(ct.GetSize()))
-    return Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, **_measure(comp, sub, lo_hu, inscribed))
+    g = Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, part_solid=part_solid,
+              **_measure(comp, sub, lo_hu, inscribed, ggo_hu))
+    if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
+        # ground glass around the solid part: a part-solid lesion, segmented with its ground glass unless that runs
+        # far beyond the solid part (into partial-volume lung); then the solid part stays, flagged
+        gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu]})
+        if gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
+                                                                                    not g.touches_limit):
+            return gg
+        g.ground_glass_unclear = True
+    return g
 
 
 def mask_extent_lps(mask: sitk.Image) -> Optional[Box]:
@@ -286,6 +317,8 @@ def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
     if seen > 0 and g.equivalent_mm > float(p["leak_ratio"]) * seen:
         reasons.append(f"the mask ({g.volume_ml:.1f} mL) is much larger than the lesion visible at the seed "
                        f"(a ball of {2 * seen:.0f} mm): it may have leaked along vessels or tissue")
+    if g.ground_glass_unclear:
+        reasons.append("ground glass around the solid part could not be delimited and is left out of the mask")
     if np.isfinite(g.lung_contact) and g.lung_contact < float(p["min_lung_contact"]):
         reasons.append(f"only {100 * g.lung_contact:.0f}% of the mask's surroundings is lung: the seed may lie in the "
                        "heart, mediastinum or chest wall rather than on a lung tumour")
@@ -317,6 +350,28 @@ def _grow_with_limit(ct: sitk.Image, seed: Sequence[float], p: Dict) -> Tuple[Gr
         if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
             return g, _region_box(ct, lo, hi), True
         lo, hi = new_lo, new_hi
+
+
+def _grow_in_box(ct: sitk.Image, seed: Sequence[float], box: Box, p: Dict) -> Grown:
+    """Grow with 10 mm of context around the user's box (so the shape split sees the same blobs as without a box),
+    then keep the part inside the box; the mask "reaches the limit" when the lesion runs on past the box."""
+    context = Box(tuple(np.asarray(box.min) - 10.0), tuple(np.asarray(box.max) + 10.0))
+    g = grow_from_seed(ct, seed, context, p)
+    if not g.found:
+        return g
+    lo_b, hi_b = _sub_region(ct, box)
+    arr = sitk.GetArrayFromImage(g.mask)
+    a = np.clip(lo_b - g.lo, 0, None)[::-1]
+    b = np.clip(hi_b - g.lo, 0, None)[::-1]
+    kept = np.zeros_like(arr)
+    kept[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = arr[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+    if not kept.any():  # the seed's lesion lies outside the box: nothing of it inside
+        g.found = False
+    g.touches_limit = bool(g.touches_limit or kept.sum() < arr.sum())
+    mask = sitk.GetImageFromArray(kept)
+    mask.CopyInformation(g.mask)
+    g.mask = mask
+    return g
 
 
 def _sphere_mask(ref: sitk.Image, seed_lps: Sequence[float], radius_mm: float) -> sitk.Image:
@@ -373,7 +428,7 @@ def segment_from_seed(ct: sitk.Image, seed_lps: Sequence[float], box: Optional[B
         g, limit, _ = _grow_with_limit(ct, seed, p)
         limit_words = f"the search limit ({float(p['max_search_half_mm']):g} mm around the seed)"
     else:
-        g, limit = grow_from_seed(ct, seed, box, p), box
+        g, limit = _grow_in_box(ct, seed, box, p), box
         limit_words = "the edge of the given box"
     reasons = _reasons(g, p, limit_words)
     warnings: List[str] = []
@@ -393,7 +448,8 @@ def segment_from_seed(ct: sitk.Image, seed_lps: Sequence[float], box: Optional[B
             "volume_ml": round(float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(ct.GetSpacing()))
                                / 1000.0, 3),
             "search_box_mm": [round(float(v), 1) for v in limit.size], "inscribed_radius_mm": round(g.inscribed_mm, 2),
-            "lung_contact": None if not np.isfinite(g.lung_contact) else round(g.lung_contact, 3)}
+            "lung_contact": None if not np.isfinite(g.lung_contact) else round(g.lung_contact, 3),
+            "part_solid": g.part_solid}
     return SeedSegmentation(box, mask, np.asarray(g.lo), g.found, reasons, warnings, info)
 
 

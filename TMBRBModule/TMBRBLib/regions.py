@@ -18,10 +18,8 @@ def segment_tumour(ct: sitk.Image, seed_lps: Sequence[float], box: Box, params: 
 
     Parameters
     ----------
-    ct : SimpleITK.Image
-        The CT in HU.
-    seed_lps : 3 floats
-        The seed, LPS mm.
+    ct, seed_lps
+        The CT (HU) and the seed on the tumour (LPS mm).
     box : Box
         The box the tumour is looked for in.
     params : dict, optional
