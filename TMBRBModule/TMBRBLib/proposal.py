@@ -263,7 +263,11 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     comp = _component_at(_basin_at(sub, tissue, at, p), at)
     # the rest works on the lesion's own bounding box (plus room for the opening, the rim and the shell)
     first, last = _bounds(sitk.GetArrayViewFromImage(comp))
-    (comp, sub), off = _crop_around([comp, sub], first, last, 3.0 + float(p["edge_mm"]) + 2.0)
+    if p.get("_stop_at_faces"):  # the search will widen anyway: skip the finishing steps
+        faces = _touches(first + lo, last + lo, lo, hi, np.array(ct.GetSize()))
+        if faces.any():
+            return Grown(comp, np.asarray(lo), True, True, seed_hu, faces=faces)
+    (comp, sub), off = _crop_around([comp, sub], first, last, 3.0 + float(p["edge_mm"]) + 4.0)
     at = tuple(int(v) for v in np.asarray(at) - off)
     inscribed = _inscribed_mm(comp)
     comp = _cut_attachments(comp, at, inscribed, p)
@@ -280,7 +284,7 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
         # ground glass around the solid part: a part-solid lesion, segmented with its ground glass unless that runs
         # far beyond the solid part (into partial-volume lung); then the solid part stays, flagged
-        gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu]})
+        gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu], "_stop_at_faces": False})
         if gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
                                                                                     not g.touches_limit):
             return gg
@@ -342,13 +346,13 @@ def _grow_with_limit(ct: sitk.Image, seed: Sequence[float], p: Dict) -> Tuple[Gr
     tlo, thi = index_region_of_box(ct, Box.from_center_size(seed, [2 * top] * 3), pad=0)
     step = np.ceil(0.5 * half / np.array(ct.GetSpacing())).astype(int)
     while True:
-        g = _grow_in(ct, seed, lo, hi, p)
+        g = _grow_in(ct, seed, lo, hi, {**p, "_stop_at_faces": True})
         if not (g.found and g.touches_limit):
             return g, _region_box(ct, lo, hi), False
         new_lo = np.where(g.faces[0], np.maximum(lo - step, np.minimum(tlo, lo)), lo)
         new_hi = np.where(g.faces[1], np.minimum(hi + step, np.maximum(thi, hi)), hi)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
-            return g, _region_box(ct, lo, hi), True
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):  # at the maximum: finish this one
+            return _grow_in(ct, seed, lo, hi, p), _region_box(ct, lo, hi), True
         lo, hi = new_lo, new_hi
 
 
