@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import List, Tuple, Union
 
@@ -32,21 +33,78 @@ def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
     return reader.Execute(), warnings
 
 
+_ITK_OBJECT = re.compile(r"^\w+\(0x[0-9a-fA-F]+\):\s*")
+_NRRD_DETAIL = re.compile(r"^\[\w+\]\s*\w+:\s*")
+
+
+def itk_reason(error: Exception, path: PathLike) -> str:
+    """The reason in an ITK/SimpleITK error, not its source location; the path shown as its file name.
+
+    >>> itk_reason(RuntimeError('Exception thrown in ReadImage: /src/a.cxx:99:\\nsitk::ERROR: Unable to '
+    ...                         'determine ImageIO reader for "/tmp/x/up.txt"'), "/tmp/x/up.txt")
+    'Unable to determine ImageIO reader for "up.txt"'
+    """
+    lines = [ln.strip() for ln in str(error).replace(str(path), Path(path).name).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "ERROR:" in ln:
+            reason = _ITK_OBJECT.sub("", ln.split("ERROR:", 1)[1].strip())
+            if i < len(lines) - 1:  # the library's last line says what was wrong (e.g. NRRD's header check)
+                reason = reason.rstrip(":") + f": {_NRRD_DETAIL.sub('', lines[-1])}"
+            return reason
+    useful = [ln for ln in lines if not ln.startswith("Exception thrown")]
+    return (useful or lines or ["unknown reason"])[-1]
+
+
+MAX_VOXELS = 2**30  # 1.07e9 voxels (2 GiB as int16): 512 x 512 x 4096, far above any chest CT
+
+
+def check_declared_size(path: PathLike, what: str = "CT") -> None:
+    """Refuse a file whose header declares an image too large to read, before reading its voxels.
+
+    Parameters
+    ----------
+    path : path-like
+        An image file SimpleITK reads.
+    what : str
+        The name used in the message ("CT", "segmentation").
+
+    Raises
+    ------
+    TMBRBInputError
+        When the declared voxel count (times components) exceeds MAX_VOXELS.
+    RuntimeError
+        From SimpleITK when the header cannot be read (read_image turns it into a message).
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = tuple(int(v) for v in reader.GetSize())
+    n = int(np.prod(size, dtype=np.float64)) * max(1, int(reader.GetNumberOfComponents()))
+    if n > MAX_VOXELS:
+        raise TMBRBInputError(
+            f"The {what} '{Path(path).name}' declares {' x '.join(map(str, size))} voxels "
+            f"({n / 1e9:.1f} billion values); the limit is {MAX_VOXELS / 1e9:.2f} billion.",
+            "Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
 def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]:
     """Read an image file or a DICOM folder. Raises TMBRBInputError with a clear message on failure."""
     p = Path(path)
     if not p.exists():
         raise TMBRBInputError(f"The {what} '{p}' does not exist.", "Check the path.")
+    if not (p.is_dir() or p.is_file()):  # a FIFO or a device would block or never end
+        raise TMBRBInputError(f"The {what} '{p}' is not a regular file or folder (a pipe, socket or device).",
+                              "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
     try:
         if p.is_dir():
             return _read_dicom_series(p)
+        check_declared_size(p, what)
         return sitk.ReadImage(str(p)), []
     except TMBRBInputError:
         raise
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unknown reason"
         raise TMBRBInputError(
-            f"Could not read the {what} '{p}' ({first[:200]}).",
+            f"Could not read the {what} '{p}' ({itk_reason(e, p)}).",
             "Give a NRRD, NIfTI (.nii/.nii.gz), MHA file or a DICOM series folder that is not damaged.") from None
 
 

@@ -230,3 +230,40 @@ def test_bundle_with_unusable_cam_settings_is_refused(bundle_copy, cam, message)
     m.write_text(json.dumps(meta))
     with pytest.raises(TMBRBBundleError, match=message):
         load_bundle(bundle_copy)
+
+
+# ---------------------------------------------------------------------------------------- limits and clean errors
+
+
+def test_header_declaring_a_huge_image_is_refused_before_reading(tmp_path):
+    """A 100-byte NRRD header that declares 1200^3 voxels: refused from the header (it used to allocate 3.9 GB)."""
+    p = tmp_path / "huge.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 1200 1200 1200\nendian: little\nencoding: raw\n\n")
+    with pytest.raises(TMBRBInputError, match=r"declares 1200 x 1200 x 1200 voxels"):
+        read_ct(p)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_device_as_the_ct_is_refused_not_read(tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        p = tmp_path / "ct.nrrd"
+        os.mkfifo(p)  # reading it would block for ever
+    else:
+        p = "/dev/zero"  # reading it would never end
+    with pytest.raises(TMBRBInputError, match="not a regular file or folder"):
+        read_ct(p)
+
+
+def test_itk_errors_give_the_reason_not_a_source_location(tmp_path):
+    p = tmp_path / "noendian.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n" + b"\0" * 128)
+    with pytest.raises(TMBRBInputError) as e:
+        read_ct(p)
+    text = str(e.value)
+    assert "endian" in text and ".cxx" not in text and "Exception thrown" not in text, text
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(TMBRBInputError, match=r"Unable to determine ImageIO reader for \"notes.txt\""):
+        read_ct(txt)
