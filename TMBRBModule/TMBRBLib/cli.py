@@ -69,10 +69,12 @@ def _seed_and_box(args, ct):
 
 def cmd_score(args) -> int:
     from .io import read_ct
+    from .outputs import check_out_dir
     from .pipeline import score_to_folder
     from .risk import check_ecog
     prog = _Progress(args.progress)
     check_ecog(args.ecog)  # fail before any heavy work
+    check_out_dir(args.out, [args.ct, args.segmentation])
     prog(0.0, "reading the CT")
     ct, warnings = read_ct(args.ct)
     seed, box = _seed_and_box(args, ct)
@@ -113,8 +115,10 @@ def cmd_batch(args) -> int:
     """
     import csv
 
-    from .batch import DEFAULT_WAIT_S, dist_env, run_batch
+    from .batch import DEFAULT_WAIT_S, dist_env, run_batch, summary_names
+    from .outputs import check_out_dir
     rank, world, _ = dist_env()
+    check_out_dir(args.out, [args.manifest], names=summary_names(world))
     path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
                      pictures=not args.no_pictures, progress_bar=not args.quiet, ring_width_mm=args.ring_mm,
                      wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout)
@@ -137,9 +141,10 @@ def cmd_demo(args) -> int:
     from .geometry import Box
     from .io import write_image
     from .outputs import write_outputs
+    from .outputs import check_out_dir
     from .phantom import make_demo_case
     from .pipeline import score_case
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     prog = _Progress(args.progress)
     prog(0.0, "generating the demo phantom")
     t = time.perf_counter()
@@ -166,6 +171,13 @@ def cmd_demo(args) -> int:
 def cmd_bundle(args) -> int:
     from .bundle import load_bundle, make_placeholder_bundle
     if args.action == "placeholder":
+        if not args.path:
+            raise TMBRBInputError("bundle placeholder needs the folder to write.", "Give it: tmbrb bundle placeholder DIR.")
+        if Path(args.path).exists() and any(Path(args.path).iterdir() if Path(args.path).is_dir() else [1]) \
+                and not args.force:
+            raise TMBRBInputError(
+                f"'{args.path}' already exists and is not empty (it may hold a trained bundle): a placeholder "
+                "would replace its weights with random ones.", "Give a new folder, or --force to replace it.")
         b = make_placeholder_bundle(args.path)
         print(f"wrote placeholder bundle {b.path} (sha256 {b.sha256})")
         return 0
@@ -245,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     bu = sub.add_parser("bundle", help="verify or describe a model bundle")
     bu.add_argument("action", choices=["verify", "info", "placeholder"])
     bu.add_argument("path", nargs="?", default=None)
+    bu.add_argument("--force", action="store_true", help="placeholder: replace an existing bundle")
     bu.set_defaults(func=cmd_bundle)
 
     from .stats.cli import add_analyze_parser

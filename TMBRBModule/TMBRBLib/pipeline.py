@@ -322,8 +322,9 @@ def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[st
         The result and the files written (``outputs.write_outputs``).
     """
     from .io import read_mask
-    from .outputs import write_outputs
+    from .outputs import check_out_dir, write_outputs
 
+    check_out_dir(out_dir, [ct_path, mask_path])  # before computing: never replace an input
     mask = read_mask(mask_path, ct) if mask_path else None
     result = score_case(ct, seed_lps, box_lps, mask, ecog, progress=progress, cancel=cancel, **score_options)
     result.warnings[:0] = [w for w in ct_warnings if w not in result.warnings]
