@@ -89,10 +89,12 @@ def cmd_viewer(args) -> int:
     if args.host not in LOOPBACK_HOSTS:
         print(f"warning: serving on {args.host}: other computers can reach this viewer and the CTs it opens.",
               file=sys.stderr)
+    from TMBRBLib.cli import check_device
     from TMBRBLib.errors import TMBRBError
     from .app import run_viewer
 
     try:
+        check_device(args.device)
         return run_viewer(ct=args.ct, demo=args.demo, host=args.host, port=args.port, model=args.model,
                           device=args.device, shifts=args.shifts, out_dir=args.out, open_browser=args.open_browser,
                           debug=args.debug, data_dir=args.data_dir, max_upload_mb=args.max_upload_mb)

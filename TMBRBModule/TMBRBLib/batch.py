@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 
-from .errors import TMBRBError, TMBRBInputError
+from .errors import TMBRBError, TMBRBInputError, csv_cell
 from .geometry import Box, parse_box, parse_triplet, ras_to_lps
 
 SUMMARY_FIELDS = ["row", "case_id", "status", "score", "tta_mean", "tta_std", "os_group", "pfs_group",
@@ -365,7 +365,7 @@ def read_manifest(manifest: Union[str, Path]) -> List[Dict[str, str]]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise TMBRBInputError(f"The manifest '{manifest}' does not exist.", "Give a CSV file with one row per case.")
-    with open(manifest, newline="", encoding="utf-8") as f:
+    with open(manifest, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark is not a name
         rows = list(csv.DictReader(f))
     if not rows:
         raise TMBRBInputError(f"The manifest '{manifest}' has no rows.", "Add one row per case (columns ct, seed_ras...).")
@@ -648,5 +648,5 @@ def _write_summary(path: Path, rows: List[Dict]) -> None:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_FIELDS})
+            w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in SUMMARY_FIELDS})
     tmp.replace(path)

@@ -293,12 +293,73 @@ def _safe_streams() -> None:
             stream.reconfigure(errors="replace")
 
 
+MAX_RING_MM = 50.0
+
+
+def check_device(device: Optional[str]) -> None:
+    """Refuse a --device that torch does not know or that this computer does not have (before any work).
+
+    Parameters
+    ----------
+    device : str or None
+        auto (None), cpu, cuda, cuda:N or mps.
+
+    Raises
+    ------
+    TMBRBInputError
+        For a name torch does not parse (e.g. "tpu"), a GPU number this computer lacks, or a device type it lacks.
+    """
+    import torch
+
+    text = (device or "auto").strip()
+    if text == "auto":
+        return
+    hint = "Give auto, cpu, cuda or cuda:N (a GPU number), or mps on a Mac."
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise TMBRBInputError(f"--device '{text}' is not a device name.", hint) from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise TMBRBInputError(f"--device {text}: this computer has no CUDA GPU that torch can use.",
+                                  "Give --device cpu (or auto).")
+        if dev.index is not None and dev.index >= n:
+            raise TMBRBInputError(f"--device {text}: this computer has {n} CUDA GPU(s), numbered 0 to {n - 1}.",
+                                  hint)
+        return
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return
+    raise TMBRBInputError(f"--device {text}: not available on this computer.", hint)
+
+
+def check_options(args) -> None:
+    """Options shared by score, batch and demo, checked before any work: --shifts, --ring-mm, --device."""
+    import math
+
+    from .crop import MAX_SHIFTS
+
+    shifts = getattr(args, "shifts", None)
+    if shifts is not None and not 0 <= shifts <= MAX_SHIFTS:
+        raise TMBRBInputError(f"--shifts {shifts} is out of range.", f"Give 0 to {MAX_SHIFTS} (0 = the box only).")
+    ring = getattr(args, "ring_mm", None)
+    if ring is not None and not (math.isfinite(ring) and 0 < ring <= MAX_RING_MM):
+        raise TMBRBInputError(f"--ring-mm {ring} is not a ring width.",
+                              f"Give a width in mm above 0 and at most {MAX_RING_MM:g} (the bundle's default: 10).")
+    if hasattr(args, "device"):
+        check_device(args.device)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     _safe_streams()
     parser = build_parser()
     args = parser.parse_args(_join_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     jsonl = getattr(args, "progress", None) == "jsonl"
     try:
+        if getattr(args, "command", None) in ("score", "batch", "demo"):
+            check_options(args)
         return int(args.func(args) or 0)
     except TMBRBCancelled as e:
         _fail(str(e), jsonl)

@@ -10,7 +10,7 @@ from typing import List, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import TMBRBInputError
+from .errors import TMBRBInputError, numbers_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,6 +55,7 @@ def itk_reason(error: Exception, path: PathLike) -> str:
     return (useful or lines or ["unknown reason"])[-1]
 
 
+MIN_SPACING_MM = 0.1  # no clinical CT has finer voxels; a header in cm or m gives 0.05 or 0.0005
 MAX_VOXELS = 2**30  # 1.07e9 voxels (2 GiB as int16): 512 x 512 x 4096, far above any chest CT
 
 
@@ -123,7 +124,7 @@ def validate_ct(ct: sitk.Image, name: str = "CT") -> List[str]:
                               "Load the whole CT series (all slices), not a single image.")
     spacing = np.array(ct.GetSpacing())
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
-        raise TMBRBInputError(f"The {name} has an invalid voxel spacing {tuple(spacing)}.", "Fix the file's header.")
+        raise TMBRBInputError(f"The {name} has an invalid voxel spacing {numbers_text(spacing)}.", "Fix the file's header.")
     arr = sitk.GetArrayViewFromImage(ct)
     if np.issubdtype(arr.dtype, np.floating):
         n_bad = int(np.count_nonzero(~np.isfinite(arr)))
@@ -139,11 +140,16 @@ def validate_ct(ct: sitk.Image, name: str = "CT") -> List[str]:
             f"The {name}'s intensities do not look like CT Hounsfield units (0.5th percentile {lo:.0f}, 99.5th {hi:.0f}; "
             "a chest CT has air near -1000 HU).",
             "Use a CT in HU: an MR image cannot be scored, and raw CT values need the DICOM rescale slope/intercept applied.")
+    if spacing.min() < MIN_SPACING_MM:
+        raise TMBRBInputError(
+            f"The {name}'s voxel spacing {numbers_text(spacing, 3)} mm is too fine for a CT "
+            f"(under {MIN_SPACING_MM} mm): the header is probably in centimetres or metres.",
+            "Fix the spacing in the file's header (a chest CT has 0.5-1 mm pixels and 0.6-5 mm slices).")
     if spacing.max() > 3.0:
         warnings.append(f"{spacing.max():g} mm slices: outside the training range of most models (0.6-3 mm); "
                         "the score is less reliable.")
     if spacing.max() > 10:
-        raise TMBRBInputError(f"The {name}'s voxel spacing {tuple(np.round(spacing, 2))} mm is too coarse for a 3D model.",
+        raise TMBRBInputError(f"The {name}'s voxel spacing {numbers_text(spacing, 3)} mm is too coarse for a 3D model.",
                               "Use a reconstruction with slices of 5 mm or thinner.")
     return warnings
 

@@ -431,3 +431,77 @@ def test_bundle_placeholder_never_replaces_an_existing_bundle_without_force(bund
     assert {p: p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()} == weights
     assert main(["bundle", "placeholder", str(tmp_path / "new")]) == 0
     assert main(["bundle", "placeholder", str(bundle_copy), "--force"]) == 0
+
+
+@pytest.mark.parametrize("spacing", [(1e-9, 1e-9, 1e-9), (0.0007, 0.0007, 0.002), (0.07, 0.07, 0.25)],
+                         ids=["1e-9", "metres", "centimetres"])
+def test_spacing_far_too_fine_is_refused(ct_and_tumour, spacing):
+    ct, _ = ct_and_tumour
+    bad = sitk.Image(ct)
+    bad.SetSpacing(spacing)
+    with pytest.raises(TMBRBInputError, match="too fine for a CT.*centimetres or metres"):
+        validate_ct(bad)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--ring-mm", "nan", "--ring-mm nan is not a ring width"),
+    ("--ring-mm", "inf", "is not a ring width"),
+    ("--ring-mm", "-3", "is not a ring width"),
+    ("--ring-mm", "0", "is not a ring width"),
+    ("--device", "tpu", "'tpu' is not a device name"),
+    ("--device", "cuda:7", "--device cuda:7"),
+    ("--device", "banana:0", "is not a device name"),
+    ("--shifts", "1000", "--shifts 1000 is out of range"),
+    ("--shifts", "-1", "--shifts -1 is out of range"),
+])
+@pytest.mark.parametrize("command", ["score", "batch"])
+def test_bad_options_exit_2_before_any_work(case_folder, placeholder_bundle, tmp_path, capsys, option, value,
+                                            message, command):
+    from TMBRBLib.cli import main
+
+    d, seed = case_folder
+    man = tmp_path / "m.csv"
+    man.write_text(f"case_id,ct,seed_lps\nc1,{d / 'ct.nrrd'},\"{','.join(map(str, seed))}\"\n")
+    where = (["score", "--ct", str(d / "ct.nrrd"), "--seed-lps", ",".join(map(str, seed)), "--progress", "none"]
+             if command == "score" else ["batch", str(man), "--quiet"])
+    rc = main([*where, "--out", str(tmp_path / "out"), "--model", str(placeholder_bundle.path), "--no-pictures",
+               f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+# ------------------------------------------------------------------------------------------- what the user reads
+
+
+def test_messages_show_plain_numbers_not_numpy_reprs(ct_and_tumour, scorer):
+    ct, seed = ct_and_tumour
+    coarse = sitk.Image(ct)
+    coarse.SetSpacing((0.7, 0.7, 12.0))
+    with pytest.raises(TMBRBInputError) as e:
+        validate_ct(coarse)
+    assert "(0.7, 0.7, 12) mm" in str(e.value) and "np." not in str(e.value)
+    far = np.asarray(image_bounds_lps(ct).max) + 100
+    with pytest.raises(TMBRBInputError) as e:
+        score_case(ct, seed, Box(tuple(far), tuple(far + 10)), scorer=scorer)
+    assert "wholly outside" in str(e.value) and "np." not in str(e.value)
+
+
+def test_batch_manifest_with_a_byte_order_mark_and_formula_text(case_folder, placeholder_bundle, tmp_path,
+                                                                monkeypatch):
+    import csv
+
+    d, seed = case_folder
+    man = tmp_path / "excel.csv"
+    seed_text = ",".join(map(str, seed))
+    man.write_text(f"case_id,ct,seed_lps\nLUNG1-001,{d / 'ct.nrrd'},\"{seed_text}\"\n"
+                   f"@SUM(1),{tmp_path / 'missing.nrrd'},\"{seed_text}\"\n", encoding="utf-8-sig")  # as Excel saves
+    monkeypatch.chdir(tmp_path)
+    assert _batch(man, "=out", placeholder_bundle) == 3  # a relative --out: its text starts output_dir's cells
+    rows = list(csv.reader(open(tmp_path / "=out" / "summary.csv", encoding="utf-8")))
+    header, body = rows[0], rows[1:]
+    assert [r[header.index("case_id")] for r in body] == ["LUNG1-001", "_SUM_1_"]  # the first column kept its name
+    assert body[0][header.index("status")] == "ok"
+    cells = [c for r in body for c in r]
+    assert not [c for c in cells if c[:1] in ("=", "+", "@")], cells
+    assert body[0][header.index("output_dir")] == "'=out/LUNG1-001"
