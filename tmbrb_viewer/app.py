@@ -509,25 +509,48 @@ class TMBRBViewer:
 
     # CT -------------------------------------------------------------------------------------------------------------
     def open_ct_from_field(self) -> None:
+        """Open the typed path: only inside the data folder given with --data-dir (tmbrb_viewer.file_access)."""
+        from .file_access import resolve_in_data_dir
+
         path = (self.state.ct_path_input or "").strip()
         if not path:
-            self._say("Type the path of a CT file or DICOM folder on this computer, or upload one.", "error")
+            self._say("Type the path of a CT file or DICOM folder in the viewer's data folder, or upload one.",
+                      "error")
             return
-        self._guarded(lambda: self.open_ct(path), "Could not open the CT.")
+        data_dir = getattr(self, "data_dir", None)
+        self._guarded(lambda: self.open_ct(str(resolve_in_data_dir(path, data_dir)), name=Path(path).name),
+                      "Could not open the CT.")
 
     def on_upload(self, files: List[dict]) -> None:
-        from trame_slicer.utils import write_client_files_to_dir
+        """Write the uploaded files under generated names in this viewer's temporary folder, read them, remove them.
+
+        The user's file names are shown, never used as paths; the total size is capped (--max-upload-mb)."""
+        from . import file_access as fa
 
         def load():
-            folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.work))
-            written = write_client_files_to_dir(files, folder)
-            if not written:
+            given = [f for f in (files or []) if f]
+            if not given:
                 raise TMBRBInputError("The upload held no file.", "Choose a CT file or a DICOM folder.")
-            names = [Path(w).name for w in written]
-            if len(written) == 1:
-                self.open_ct(written[0], name=names[0])
-            else:  # several files: a DICOM series
-                self.open_ct(str(folder), name=f"{len(written)} uploaded DICOM files")
+            fa.check_upload_size(fa.upload_size(given), getattr(self, "max_upload_bytes",
+                                                               fa.DEFAULT_MAX_UPLOAD_MB * 2**20))
+            folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.work))
+            try:
+                written = []
+                for i, f in enumerate(given):
+                    content = f.get("content") or b""
+                    target = folder / fa.upload_file_name(i, f.get("name", ""))
+                    target.write_bytes(b"".join(content) if isinstance(content, (list, tuple)) else content)
+                    written.append(target)
+                shown = (fa.display_name(given[0].get("name", "")) if len(written) == 1
+                         else f"{len(written)} uploaded DICOM files")
+                try:
+                    self.open_ct(str(written[0] if len(written) == 1 else folder), name=shown)
+                except TMBRBInputError as e:  # name the user's file, not the server's temporary path
+                    text = str(e).replace(str(written[0]), shown).replace(str(folder), "the uploaded folder")
+                    text = text.replace(written[0].name, shown)  # ITK's reason names the file
+                    raise TMBRBInputError(text) from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # the CT is in memory now
         self._guarded(load, "Could not open the uploaded CT.")
 
     def _guarded(self, fn, what: str):
@@ -922,18 +945,89 @@ class TMBRBViewer:
         return self._guarded(save, "Could not save the scene.")
 
 
+def _cap_upload_chunks(viewer, max_bytes: int) -> None:
+    """Refuse an upload once its chunks pass `max_bytes`, before the rest is held in memory.
+
+    trame-slicer's upload buttons gather every chunk, then call on_upload: the cap is checked there too, but a
+    client could send far more before that. This wraps the buttons' chunk triggers (found by their method)."""
+    from trame_slicer.app.ui.load_volume_ui import LoadVolumeButton
+
+    from .file_access import check_upload_size, upload_size
+
+    triggers = viewer.server.controller._triggers
+    for name, fn in list(triggers.items()):
+        button = getattr(fn, "__self__", None)
+        if not (isinstance(button, LoadVolumeButton) and getattr(fn, "__func__", None) is LoadVolumeButton.load_chunk):
+            continue
+
+        async def capped(files, _button=button, _fn=fn):
+            if files and upload_size(_button.files) + upload_size(files) > max_bytes:
+                total = upload_size(_button.files) + upload_size(files)
+                _button.files = []
+                viewer._guarded(lambda: check_upload_size(total, max_bytes), "Could not open the uploaded CT.")
+                return None
+            return await _fn(files)
+        triggers[name] = capped
+
+
+def _origin_middleware():
+    """aiohttp middleware: a websocket upgrade whose Origin is not the page's own gets 403 (file_access)."""
+    from aiohttp import web
+
+    from .file_access import origin_allowed
+
+    @web.middleware
+    async def check_origin(request, handler):
+        if request.headers.get("Upgrade", "").lower() == "websocket" and not origin_allowed(
+                request.headers.get("Origin"), request.headers.get("Host")):
+            log.warning("refused a websocket from origin %r", request.headers.get("Origin"))
+            raise web.HTTPForbidden(text="origin not allowed")
+        return await handler(request)
+    return check_origin
+
+
 def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.0.1", port: int = 8080,
                model: Optional[str] = None, device: str = "auto", shifts: Optional[int] = None,
-               out_dir: str = "tmbrb-viewer-output", open_browser: bool = False, debug: bool = False) -> int:
-    """Build the viewer, open the CT (or the demo phantom) and serve until stopped (Ctrl+C / SIGTERM)."""
+               out_dir: str = "tmbrb-viewer-output", open_browser: bool = False, debug: bool = False,
+               data_dir: Optional[str] = None, max_upload_mb: float = 2048, secret: Optional[str] = None) -> int:
+    """Build the viewer, open the CT (or the demo phantom) and serve until stopped (Ctrl+C / SIGTERM).
+
+    Parameters
+    ----------
+    ct, demo, host, port, model, device, shifts, out_dir, open_browser, debug
+        As the `viewer` command's options (tmbrb_viewer.cli).
+    data_dir : str, optional
+        The folder whose files the page may open by path; None: the page may only upload.
+    max_upload_mb : float
+        The cap on one upload's total size.
+    secret : str, optional
+        The websocket secret (the `secret` URL parameter); a new random one when None.
+
+    Returns
+    -------
+    int
+        0 once the server stopped.
+    """
+    import webbrowser
+
+    from .file_access import new_secret
+
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("trame_client", "trame_server", "trame_rca", "wslink", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
-    os.environ["TRAME_ARGS"] = "--server" if not open_browser else ""  # our own options, not trame's argv parsing
     from TMBRBLib.bundle import load_bundle
 
     bundle = load_bundle(model) if model else load_bundle(None)  # fail early with a clear message
     viewer = TMBRBViewer(bundle=bundle.path, device=device, shifts=shifts, out_dir=out_dir)
+    viewer.data_dir = Path(data_dir).resolve() if data_dir else None
+    viewer.max_upload_bytes = int(max_upload_mb * 2**20)
+    secret = secret or new_secret()
+    key_file = viewer.work / "secret"  # the framework reads the secret from a file: not in argv or the environment
+    key_file.touch(mode=0o600)
+    key_file.write_text(secret)
+    os.environ["TRAME_ARGS"] = f"--server --authKeyFile {key_file}"  # our own options, not trame's argv parsing
+    _cap_upload_chunks(viewer, viewer.max_upload_bytes)
+    viewer.ctrl.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.append(_origin_middleware()))
     if ct:
         viewer.open_ct(ct)
         viewer.state.ct_path_input = str(ct)
@@ -947,10 +1041,13 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
         viewer.goto_ras(lps_to_ras(case.seed_lps))
         viewer.state.message = "Demo phantom with the seed and the proposed box: press Apply."
     viewer.logic.engineWorker().start()  # torch and MONAI load while the page opens: the first Apply is quicker
-    print(f"TMBRB viewer: http://{'[' + host + ']' if ':' in host else host}:{port}/  (pid {os.getpid()}; "
-          f"Ctrl+C stops it)", flush=True)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/?secret={secret}"
+    print(f"TMBRB viewer: {url}  (pid {os.getpid()}; open this address, the secret included; Ctrl+C stops it)",
+          flush=True)
+    if open_browser:
+        viewer.ctrl.on_server_ready.add(lambda **_: webbrowser.open(url))
     try:
-        viewer.server.start(host=host, port=port, open_browser=open_browser, show_connection_info=False)
+        viewer.server.start(host=host, port=port, open_browser=False, show_connection_info=False)
     finally:
         viewer.logic.shutdown()  # the engine worker
         shutil.rmtree(viewer.work, ignore_errors=True)

@@ -14,6 +14,7 @@ from typing import List, Optional
 from TMBRBLib import RESEARCH_USE_NOTICE
 from TMBRBLib.crop import DEFAULT_N_SHIFTS, MAX_SHIFTS
 from . import INSTALL_HINT, missing_packages
+from .file_access import DEFAULT_MAX_UPLOAD_MB, check_data_dir
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -32,6 +33,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"test-time box shifts (default from the bundle: {DEFAULT_N_SHIFTS}; 0 = the box only)")
     p.add_argument("--out", default="tmbrb-viewer-output",
                    help="folder where 'Save results' and 'Save scene' write (default ./tmbrb-viewer-output)")
+    p.add_argument("--data-dir",
+                   help="folder whose CTs the page may open by typing a path (inside it only; symlinks and '..' "
+                        "that lead out are refused). Without it the page can only upload")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help=f"largest upload accepted, all files together (default {DEFAULT_MAX_UPLOAD_MB} MB)")
     p.add_argument("--open-browser", action="store_true", help="open the page in the default web browser")
     p.add_argument("--debug", action="store_true", help="log tracebacks on the console")
 
@@ -60,6 +66,11 @@ def _check_args(args) -> Optional[str]:
         return f"--port {args.port} is not a TCP port (0-65535)."
     if args.shifts is not None and not (0 <= args.shifts <= MAX_SHIFTS):
         return f"--shifts {args.shifts} is out of range; give 0 to {MAX_SHIFTS}."
+    if not (args.max_upload_mb > 0 and args.max_upload_mb < 2**30):  # also refuses nan
+        return f"--max-upload-mb {args.max_upload_mb} must be a positive number of megabytes."
+    data_dir_problem = check_data_dir(args.data_dir)
+    if data_dir_problem:
+        return data_dir_problem
     if args.ct and not Path(args.ct).exists():
         return f"The CT '{args.ct}' does not exist. Check the path (a CT file or a DICOM series folder)."
     return None
@@ -78,13 +89,15 @@ def cmd_viewer(args) -> int:
     if args.host not in LOOPBACK_HOSTS:
         print(f"warning: serving on {args.host}: other computers can reach this viewer and the CTs it opens.",
               file=sys.stderr)
+    from TMBRBLib.cli import check_device
     from TMBRBLib.errors import TMBRBError
     from .app import run_viewer
 
     try:
+        check_device(args.device)
         return run_viewer(ct=args.ct, demo=args.demo, host=args.host, port=args.port, model=args.model,
                           device=args.device, shifts=args.shifts, out_dir=args.out, open_browser=args.open_browser,
-                          debug=args.debug)
+                          debug=args.debug, data_dir=args.data_dir, max_upload_mb=args.max_upload_mb)
     except TMBRBError as e:  # bad CT, missing/corrupt model bundle: the message names the fix
         print(f"error: {e}", file=sys.stderr)
         return 2

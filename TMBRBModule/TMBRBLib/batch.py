@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 
-from .errors import TMBRBError, TMBRBInputError
+from .errors import TMBRBError, TMBRBInputError, csv_cell
 from .geometry import Box, parse_box, parse_triplet, ras_to_lps
 
 SUMMARY_FIELDS = ["row", "case_id", "status", "score", "tta_mean", "tta_std", "os_group", "pfs_group",
@@ -48,10 +48,47 @@ def _triplet_cols(row, prefix) -> Optional[tuple]:
     return None
 
 
+MAX_CASE_ID = 120  # characters of a case folder's name (file systems allow 255 bytes)
+
+
 def _case_id(row: Dict[str, str], number: int) -> str:
     """The row's case id as a safe folder name (no path separators, no leading dot, never '.' or '..')."""
     raw = _get(row, "case_id", "case", "id") or ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).lstrip(".") or f"case{number:04d}"
+
+
+def summary_names(world: int = 1) -> List[str]:
+    """The files a batch writes beside the case folders (summary.csv and each process's partial summary)."""
+    return ["summary.csv", "summary.csv.part"] + [f"summary.rank{k}.{ext}" for k in range(max(1, world))
+                                                  for ext in ("csv", "json", "csv.part", "json.part")]
+
+
+def reserved_case_id(case_id: str) -> Optional[str]:
+    """Why a (safe) case id cannot be a case folder's name, or None: the batch's own files, over-long names.
+
+    >>> reserved_case_id("summary.csv") is not None, reserved_case_id("x.error.log") is not None
+    (True, True)
+    >>> reserved_case_id("LUNG1-001") is None
+    True
+    """
+    low = case_id.lower()
+    if low.startswith("summary") and low.endswith((".csv", ".json", ".part")) or low.endswith(".error.log"):
+        return (f"The case id '{case_id}' is the name of a file the batch writes in the output folder "
+                "(summary*.csv/json, <case>.error.log); rename the case.")
+    if len(case_id) > MAX_CASE_ID:
+        return f"The case id '{case_id[:40]}...' is {len(case_id)} characters long; use at most {MAX_CASE_ID}."
+    return None
+
+
+def _inputs_inside(case: Dict, case_out: Path) -> Optional[str]:
+    """A message when the case's CT or mask lies in its own output folder (replacing the folder would delete it)."""
+    root = case_out.resolve()
+    for key in ("ct", "mask"):
+        p = case.get(key)
+        if p and (Path(p).resolve() == root or root in Path(p).resolve().parents):
+            return (f"The case's {key} '{p}' lies in its output folder '{case_out}', which the batch replaces. "
+                    "Keep inputs outside --out.")
+    return None
 
 
 def row_to_case(row: Dict[str, str], base: Path, number: int) -> Dict:
@@ -305,6 +342,9 @@ def _run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bund
         keyed = case_inputs(case, bundle, n_shifts, ring_width_mm)
         key = inputs_key(keyed)
         case_out = out_dir / case_id
+        inside = _inputs_inside(case, case_out)
+        if inside:
+            raise TMBRBInputError(inside)
         old, note = resume_decision(case_out, key, keyed)
         if old is not None:
             return summary_row(case_id, old, "done-before", 0.0, case_out)
@@ -325,7 +365,7 @@ def read_manifest(manifest: Union[str, Path]) -> List[Dict[str, str]]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise TMBRBInputError(f"The manifest '{manifest}' does not exist.", "Give a CSV file with one row per case.")
-    with open(manifest, newline="", encoding="utf-8") as f:
+    with open(manifest, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark is not a name
         rows = list(csv.DictReader(f))
     if not rows:
         raise TMBRBInputError(f"The manifest '{manifest}' has no rows.", "Add one row per case (columns ct, seed_ras...).")
@@ -349,11 +389,15 @@ def plan_cases(rows: List[Dict[str, str]], base: Path) -> List[Tuple[Optional[Di
         except TMBRBError as e:
             plans.append((None, case_id, str(e)))
             continue
-        if case_id in seen:
-            plans.append((None, case_id, str(TMBRBInputError(
-                f"The case id '{case_id}' appears twice in the manifest.", "Make case ids unique."))))
+        if reserved_case_id(case_id):
+            plans.append((None, case_id, reserved_case_id(case_id)))
             continue
-        seen.add(case_id)
+        if case_id.lower() in seen:  # 'A' and 'a' are one folder on macOS and Windows
+            plans.append((None, case_id, str(TMBRBInputError(
+                f"The case id '{case_id}' appears twice in the manifest (as a folder name, ignoring case and the "
+                "characters replaced by '_').", "Make case ids unique."))))
+            continue
+        seen.add(case_id.lower())
         plans.append((case, case_id, ""))
     return plans
 
@@ -604,5 +648,5 @@ def _write_summary(path: Path, rows: List[Dict]) -> None:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_FIELDS})
+            w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in SUMMARY_FIELDS})
     tmp.replace(path)

@@ -69,10 +69,12 @@ def _seed_and_box(args, ct):
 
 def cmd_score(args) -> int:
     from .io import read_ct
+    from .outputs import check_out_dir
     from .pipeline import score_to_folder
     from .risk import check_ecog
     prog = _Progress(args.progress)
     check_ecog(args.ecog)  # fail before any heavy work
+    check_out_dir(args.out, [args.ct, args.segmentation])
     prog(0.0, "reading the CT")
     ct, warnings = read_ct(args.ct)
     seed, box = _seed_and_box(args, ct)
@@ -113,8 +115,10 @@ def cmd_batch(args) -> int:
     """
     import csv
 
-    from .batch import DEFAULT_WAIT_S, dist_env, run_batch
+    from .batch import DEFAULT_WAIT_S, dist_env, run_batch, summary_names
+    from .outputs import check_out_dir
     rank, world, _ = dist_env()
+    check_out_dir(args.out, [args.manifest], names=summary_names(world))
     path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
                      pictures=not args.no_pictures, progress_bar=not args.quiet, ring_width_mm=args.ring_mm,
                      wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout)
@@ -137,9 +141,10 @@ def cmd_demo(args) -> int:
     from .geometry import Box
     from .io import write_image
     from .outputs import write_outputs
+    from .outputs import check_out_dir
     from .phantom import make_demo_case
     from .pipeline import score_case
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     prog = _Progress(args.progress)
     prog(0.0, "generating the demo phantom")
     t = time.perf_counter()
@@ -166,6 +171,13 @@ def cmd_demo(args) -> int:
 def cmd_bundle(args) -> int:
     from .bundle import load_bundle, make_placeholder_bundle
     if args.action == "placeholder":
+        if not args.path:
+            raise TMBRBInputError("bundle placeholder needs the folder to write.", "Give it: tmbrb bundle placeholder DIR.")
+        if Path(args.path).exists() and any(Path(args.path).iterdir() if Path(args.path).is_dir() else [1]) \
+                and not args.force:
+            raise TMBRBInputError(
+                f"'{args.path}' already exists and is not empty (it may hold a trained bundle): a placeholder "
+                "would replace its weights with random ones.", "Give a new folder, or --force to replace it.")
         b = make_placeholder_bundle(args.path)
         print(f"wrote placeholder bundle {b.path} (sha256 {b.sha256})")
         return 0
@@ -245,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     bu = sub.add_parser("bundle", help="verify or describe a model bundle")
     bu.add_argument("action", choices=["verify", "info", "placeholder"])
     bu.add_argument("path", nargs="?", default=None)
+    bu.add_argument("--force", action="store_true", help="placeholder: replace an existing bundle")
     bu.set_defaults(func=cmd_bundle)
 
     from .stats.cli import add_analyze_parser
@@ -280,12 +293,73 @@ def _safe_streams() -> None:
             stream.reconfigure(errors="replace")
 
 
+MAX_RING_MM = 50.0
+
+
+def check_device(device: Optional[str]) -> None:
+    """Refuse a --device that torch does not know or that this computer does not have (before any work).
+
+    Parameters
+    ----------
+    device : str or None
+        auto (None), cpu, cuda, cuda:N or mps.
+
+    Raises
+    ------
+    TMBRBInputError
+        For a name torch does not parse (e.g. "tpu"), a GPU number this computer lacks, or a device type it lacks.
+    """
+    import torch
+
+    text = (device or "auto").strip()
+    if text == "auto":
+        return
+    hint = "Give auto, cpu, cuda or cuda:N (a GPU number), or mps on a Mac."
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise TMBRBInputError(f"--device '{text}' is not a device name.", hint) from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise TMBRBInputError(f"--device {text}: this computer has no CUDA GPU that torch can use.",
+                                  "Give --device cpu (or auto).")
+        if dev.index is not None and dev.index >= n:
+            raise TMBRBInputError(f"--device {text}: this computer has {n} CUDA GPU(s), numbered 0 to {n - 1}.",
+                                  hint)
+        return
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return
+    raise TMBRBInputError(f"--device {text}: not available on this computer.", hint)
+
+
+def check_options(args) -> None:
+    """Options shared by score, batch and demo, checked before any work: --shifts, --ring-mm, --device."""
+    import math
+
+    from .crop import MAX_SHIFTS
+
+    shifts = getattr(args, "shifts", None)
+    if shifts is not None and not 0 <= shifts <= MAX_SHIFTS:
+        raise TMBRBInputError(f"--shifts {shifts} is out of range.", f"Give 0 to {MAX_SHIFTS} (0 = the box only).")
+    ring = getattr(args, "ring_mm", None)
+    if ring is not None and not (math.isfinite(ring) and 0 < ring <= MAX_RING_MM):
+        raise TMBRBInputError(f"--ring-mm {ring} is not a ring width.",
+                              f"Give a width in mm above 0 and at most {MAX_RING_MM:g} (the bundle's default: 10).")
+    if hasattr(args, "device"):
+        check_device(args.device)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     _safe_streams()
     parser = build_parser()
     args = parser.parse_args(_join_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     jsonl = getattr(args, "progress", None) == "jsonl"
     try:
+        if getattr(args, "command", None) in ("score", "batch", "demo"):
+            check_options(args)
         return int(args.func(args) or 0)
     except TMBRBCancelled as e:
         _fail(str(e), jsonl)

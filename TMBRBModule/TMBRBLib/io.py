@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import List, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import TMBRBInputError
+from .errors import TMBRBInputError, numbers_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -32,21 +33,79 @@ def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
     return reader.Execute(), warnings
 
 
+_ITK_OBJECT = re.compile(r"^\w+\(0x[0-9a-fA-F]+\):\s*")
+_NRRD_DETAIL = re.compile(r"^\[\w+\]\s*\w+:\s*")
+
+
+def itk_reason(error: Exception, path: PathLike) -> str:
+    """The reason in an ITK/SimpleITK error, not its source location; the path shown as its file name.
+
+    >>> itk_reason(RuntimeError('Exception thrown in ReadImage: /src/a.cxx:99:\\nsitk::ERROR: Unable to '
+    ...                         'determine ImageIO reader for "/tmp/x/up.txt"'), "/tmp/x/up.txt")
+    'Unable to determine ImageIO reader for "up.txt"'
+    """
+    lines = [ln.strip() for ln in str(error).replace(str(path), Path(path).name).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "ERROR:" in ln:
+            reason = _ITK_OBJECT.sub("", ln.split("ERROR:", 1)[1].strip())
+            if i < len(lines) - 1:  # the library's last line says what was wrong (e.g. NRRD's header check)
+                reason = reason.rstrip(":") + f": {_NRRD_DETAIL.sub('', lines[-1])}"
+            return reason
+    useful = [ln for ln in lines if not ln.startswith("Exception thrown")]
+    return (useful or lines or ["unknown reason"])[-1]
+
+
+MIN_SPACING_MM = 0.1  # no clinical CT has finer voxels; a header in cm or m gives 0.05 or 0.0005
+MAX_VOXELS = 2**30  # 1.07e9 voxels (2 GiB as int16): 512 x 512 x 4096, far above any chest CT
+
+
+def check_declared_size(path: PathLike, what: str = "CT") -> None:
+    """Refuse a file whose header declares an image too large to read, before reading its voxels.
+
+    Parameters
+    ----------
+    path : path-like
+        An image file SimpleITK reads.
+    what : str
+        The name used in the message ("CT", "segmentation").
+
+    Raises
+    ------
+    TMBRBInputError
+        When the declared voxel count (times components) exceeds MAX_VOXELS.
+    RuntimeError
+        From SimpleITK when the header cannot be read (read_image turns it into a message).
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = tuple(int(v) for v in reader.GetSize())
+    n = int(np.prod(size, dtype=np.float64)) * max(1, int(reader.GetNumberOfComponents()))
+    if n > MAX_VOXELS:
+        raise TMBRBInputError(
+            f"The {what} '{Path(path).name}' declares {' x '.join(map(str, size))} voxels "
+            f"({n / 1e9:.1f} billion values); the limit is {MAX_VOXELS / 1e9:.2f} billion.",
+            "Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
 def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]:
     """Read an image file or a DICOM folder. Raises TMBRBInputError with a clear message on failure."""
     p = Path(path)
     if not p.exists():
         raise TMBRBInputError(f"The {what} '{p}' does not exist.", "Check the path.")
+    if not (p.is_dir() or p.is_file()):  # a FIFO or a device would block or never end
+        raise TMBRBInputError(f"The {what} '{p}' is not a regular file or folder (a pipe, socket or device).",
+                              "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
     try:
         if p.is_dir():
             return _read_dicom_series(p)
+        check_declared_size(p, what)
         return sitk.ReadImage(str(p)), []
     except TMBRBInputError:
         raise
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unknown reason"
         raise TMBRBInputError(
-            f"Could not read the {what} '{p}' ({first[:200]}).",
+            f"Could not read the {what} '{p}' ({itk_reason(e, p)}).",
             "Give a NRRD, NIfTI (.nii/.nii.gz), MHA file or a DICOM series folder that is not damaged.") from None
 
 
@@ -65,7 +124,7 @@ def validate_ct(ct: sitk.Image, name: str = "CT") -> List[str]:
                               "Load the whole CT series (all slices), not a single image.")
     spacing = np.array(ct.GetSpacing())
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
-        raise TMBRBInputError(f"The {name} has an invalid voxel spacing {tuple(spacing)}.", "Fix the file's header.")
+        raise TMBRBInputError(f"The {name} has an invalid voxel spacing {numbers_text(spacing)}.", "Fix the file's header.")
     arr = sitk.GetArrayViewFromImage(ct)
     if np.issubdtype(arr.dtype, np.floating):
         n_bad = int(np.count_nonzero(~np.isfinite(arr)))
@@ -81,11 +140,16 @@ def validate_ct(ct: sitk.Image, name: str = "CT") -> List[str]:
             f"The {name}'s intensities do not look like CT Hounsfield units (0.5th percentile {lo:.0f}, 99.5th {hi:.0f}; "
             "a chest CT has air near -1000 HU).",
             "Use a CT in HU: an MR image cannot be scored, and raw CT values need the DICOM rescale slope/intercept applied.")
+    if spacing.min() < MIN_SPACING_MM:
+        raise TMBRBInputError(
+            f"The {name}'s voxel spacing {numbers_text(spacing, 3)} mm is too fine for a CT "
+            f"(under {MIN_SPACING_MM} mm): the header is probably in centimetres or metres.",
+            "Fix the spacing in the file's header (a chest CT has 0.5-1 mm pixels and 0.6-5 mm slices).")
     if spacing.max() > 3.0:
         warnings.append(f"{spacing.max():g} mm slices: outside the training range of most models (0.6-3 mm); "
                         "the score is less reliable.")
     if spacing.max() > 10:
-        raise TMBRBInputError(f"The {name}'s voxel spacing {tuple(np.round(spacing, 2))} mm is too coarse for a 3D model.",
+        raise TMBRBInputError(f"The {name}'s voxel spacing {numbers_text(spacing, 3)} mm is too coarse for a 3D model.",
                               "Use a reconstruction with slices of 5 mm or thinner.")
     return warnings
 

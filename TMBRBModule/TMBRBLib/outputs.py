@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import TMBRBInputError
 from .io import write_image
 
 VIEWS = ("axial", "coronal", "sagittal")
@@ -149,11 +151,88 @@ def _wrap(s: str, width: int) -> str:
     return "\n  ".join(textwrap.wrap(s, width))
 
 
+OUTPUT_NAMES = ("result.json", "result.json.part", "cam.nrrd", "crop.nrrd", "tumour.nrrd", "ring.nrrd",
+                "summary.png") + tuple(f"overlay_{v}.png" for v in VIEWS)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (tried: root passes permission bits, not read-only mounts)."""
+    import tempfile
+
+    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_out_dir(out_dir: Union[str, Path], inputs: Sequence[Union[str, Path, None]] = (),
+                  names: Sequence[str] = OUTPUT_NAMES, option: str = "--out") -> Path:
+    """Refuse, before any computing, an output folder that cannot be written or whose outputs would replace an input.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The output folder (created later when missing).
+    inputs : sequence of paths
+        The run's input files or folders (None entries are skipped).
+    names : sequence of str
+        The file names the run writes in `out_dir`.
+    option : str
+        The option's name, for the messages.
+
+    Returns
+    -------
+    Path
+        `out_dir` as a Path.
+
+    Raises
+    ------
+    TMBRBInputError
+        `out_dir` is an existing file, lies in a folder this user cannot write, or one of `names` in it is an input
+        (the same file, through any path or link) or a file inside an input folder (e.g. a DICOM folder).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TMBRBInputError(f"{option} '{out}' is an existing file, not a folder.",
+                              f"Give {option} a folder (it is created when missing).")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not _can_write_in(probe):
+        raise TMBRBInputError(f"Cannot write in {option} '{out}' ('{probe}' is read-only for this user).",
+                              f"Give {option} a folder you can write in.")
+    given = [Path(p) for p in inputs if p]
+    for name in names:
+        target = out / name
+        if not (target.exists() or target.is_symlink()):
+            continue
+        for inp in given:
+            inside = inp.is_dir() and target.resolve().parent == inp.resolve()
+            if inside or _same_file(target, inp):
+                raise TMBRBInputError(
+                    f"{option} '{out}' would replace the input '{inp}' with the output {name}.",
+                    f"Give {option} another folder (outputs never overwrite a run's inputs).")
+    return out
+
+
 def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = None, pictures: bool = True,
                   extra: Optional[Dict] = None) -> Dict[str, Path]:
     """Write result.json, cam.nrrd, crop.nrrd, tumour.nrrd, ring.nrrd (aligned with the CT) and PNG overlays."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_NAMES:  # a link planted under an output's name would send the write outside the folder
+        if (out_dir / name).is_symlink():
+            (out_dir / name).unlink()
     written: Dict[str, Path] = {}
     # full CT-grid volumes written slice by slice from their regions (no full-size copy in memory)
     written["cam"] = result.cam_region.write_nrrd(out_dir / "cam.nrrd")

@@ -15,7 +15,7 @@ from . import __version__, RESEARCH_USE_NOTICE
 from .bundle import Bundle, load_bundle
 from .cam import ScoringGradCAM, cam_image, cam_to_reference, make_cam, normalise_cam
 from .crop import CropGrid, crop_for_model, fraction_outside_scan, n_shifts_of, shift_offsets
-from .errors import TMBRBCancelled, TMBRBInputError
+from .errors import TMBRBCancelled, TMBRBInputError, numbers_text
 from .geometry import Box, Point, box_overlap_fraction, lps_to_ras, require_point_inside
 from .io import mask_on_ct_grid, validate_ct
 from .volumes import Geometry, RegionVolume
@@ -332,8 +332,9 @@ def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[st
         The result and the files written (``outputs.write_outputs``).
     """
     from .io import read_mask
-    from .outputs import write_outputs
+    from .outputs import check_out_dir, write_outputs
 
+    check_out_dir(out_dir, [ct_path, mask_path])  # before computing: never replace an input
     mask = read_mask(mask_path, ct) if mask_path else None
     result = score_case(ct, seed_lps, box_lps, mask, ecog, progress=progress, cancel=cancel, **score_options)
     result.warnings[:0] = [w for w in ct_warnings if w not in result.warnings]
@@ -377,7 +378,7 @@ def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], 
     inside = box_overlap_fraction(ct, box)
     if inside <= 0:
         raise TMBRBInputError(
-            f"The box (LPS {tuple(round(v, 1) for v in box.min)} to {tuple(round(v, 1) for v in box.max)} mm) "
+            f"The box (LPS {numbers_text(box.min, 5)} to {numbers_text(box.max, 5)} mm) "
             "lies wholly outside the CT.", "Draw the box around the tumour inside the scan; check RAS vs LPS.")
     if inside < 0.999:
         warnings.append(f"{100 * (1 - inside):.0f}% of the box lies outside the scan; that part is padded with air "

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,277 @@ def test_bundle_with_unusable_cam_settings_is_refused(bundle_copy, cam, message)
     m.write_text(json.dumps(meta))
     with pytest.raises(TMBRBBundleError, match=message):
         load_bundle(bundle_copy)
+
+
+# ---------------------------------------------------------------------------------------- limits and clean errors
+
+
+def test_header_declaring_a_huge_image_is_refused_before_reading(tmp_path):
+    """A 100-byte NRRD header that declares 1200^3 voxels: refused from the header (it used to allocate 3.9 GB)."""
+    p = tmp_path / "huge.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 1200 1200 1200\nendian: little\nencoding: raw\n\n")
+    with pytest.raises(TMBRBInputError, match=r"declares 1200 x 1200 x 1200 voxels"):
+        read_ct(p)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_device_as_the_ct_is_refused_not_read(tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        p = tmp_path / "ct.nrrd"
+        os.mkfifo(p)  # reading it would block for ever
+    else:
+        p = "/dev/zero"  # reading it would never end
+    with pytest.raises(TMBRBInputError, match="not a regular file or folder"):
+        read_ct(p)
+
+
+def test_itk_errors_give_the_reason_not_a_source_location(tmp_path):
+    p = tmp_path / "noendian.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n" + b"\0" * 128)
+    with pytest.raises(TMBRBInputError) as e:
+        read_ct(p)
+    text = str(e.value)
+    assert "endian" in text and ".cxx" not in text and "Exception thrown" not in text, text
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(TMBRBInputError, match=r"Unable to determine ImageIO reader for \"notes.txt\""):
+        read_ct(txt)
+
+
+# ------------------------------------------------------------------------------- outputs that overwrite or escape
+
+
+@pytest.fixture()
+def case_folder(tmp_path, ct_and_tumour):
+    """A case folder as a hospital keeps it: the CT and its tumour segmentation side by side."""
+    ct, seed = ct_and_tumour
+    d = tmp_path / "case"
+    d.mkdir()
+    sitk.WriteImage(ct, str(d / "ct.nrrd"), True)
+    mask = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(ct)
+    idx = ct.TransformPhysicalPointToIndex(seed)
+    for dz in range(-2, 3):
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                mask[idx[0] + dx, idx[1] + dy, idx[2] + dz] = 1
+    sitk.WriteImage(mask, str(d / "tumour.nrrd"), True)
+    return d, seed
+
+
+def _score(args, bundle):
+    from TMBRBLib.cli import main
+
+    return main(["score", "--model", str(bundle.path), "--shifts", "0", "--no-pictures", "--progress", "none",
+                 *args])
+
+
+@pytest.mark.parametrize("how", ["same folder", "symlinked output", "hard-linked output"])
+def test_out_never_overwrites_an_input(case_folder, placeholder_bundle, tmp_path, capsys, how):
+    import os
+
+    d, seed = case_folder
+    mask = d / "tumour.nrrd"
+    before = mask.read_bytes()
+    out = d
+    if how != "same folder":
+        out = tmp_path / "out"
+        out.mkdir()
+        (os.symlink if how == "symlinked output" else os.link)(mask, out / "tumour.nrrd")
+    rc = _score(["--ct", str(d / "ct.nrrd"), "--segmentation", str(mask), "--seed-lps",
+                 ",".join(map(str, seed)), "--out", str(out)], placeholder_bundle)
+    err = capsys.readouterr().err
+    assert rc == 2 and "would replace the input" in err and "Traceback" not in err, err
+    assert mask.read_bytes() == before
+    assert not (out / "result.json").exists()
+
+
+def test_a_link_planted_under_an_output_name_is_not_followed(case_folder, placeholder_bundle, tmp_path):
+    import os
+
+    d, seed = case_folder
+    from TMBRBLib.outputs import OUTPUT_NAMES
+
+    out = tmp_path / "out"
+    out.mkdir()
+    victims = {}
+    for name in OUTPUT_NAMES:
+        victims[name] = tmp_path / f"elsewhere-{name}"
+        victims[name].write_text("not yours\n")
+        os.symlink(victims[name], out / name)
+    assert _score(["--ct", str(d / "ct.nrrd"), "--seed-lps", ",".join(map(str, seed)), "--out", str(out)],
+                  placeholder_bundle) == 0
+    assert all(v.read_text() == "not yours\n" for v in victims.values())
+    assert (out / "crop.nrrd").is_file() and not (out / "crop.nrrd").is_symlink()
+
+
+def test_out_that_is_a_file_or_read_only_is_refused_before_computing(case_folder, placeholder_bundle, tmp_path,
+                                                                      capsys):
+    import os
+
+    d, seed = case_folder
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("x")
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    outs = [(a_file, "is an existing file")]
+    if os.geteuid() != 0:
+        outs.append((read_only / "out", "read-only"))
+    elif Path("/sys/class").is_dir():
+        outs.append((Path("/sys/tmbrb-out"), "read-only"))  # root ignores permission bits, not sysfs
+    for out, message in outs:
+        rc = _score(["--ct", str(d / "ct.nrrd"), "--seed-lps", ",".join(map(str, seed)), "--out", str(out)],
+                    placeholder_bundle)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, (out, err)
+    assert a_file.read_text() == "x"
+
+
+def _batch(manifest, out, bundle):
+    from TMBRBLib.cli import main
+
+    return main(["batch", str(manifest), "--out", str(out), "--model", str(bundle.path), "--shifts", "0",
+                 "--no-pictures", "--quiet"])
+
+
+def test_batch_case_ids_are_always_distinct_children_of_out(case_folder, placeholder_bundle, tmp_path):
+    import csv
+
+    d, seed = case_folder
+    ids = ["..", ".", "/abs/path", "a/../../b", "..\\..\\c", "summary.csv", "summary.rank0.json", "x.error.log",
+           "Case", "case", "ok"]
+    man = tmp_path / "manifest.csv"
+    with open(man, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "ct", "seed_lps"])
+        for i in ids:
+            w.writerow([i, str(d / "ct.nrrd"), ",".join(map(str, seed))])
+    out = tmp_path / "batch"
+    for _ in range(2):  # and again: a re-run must not crash on what the first left
+        assert _batch(man, out, placeholder_bundle) == 3
+        rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
+        assert len(rows) == len(ids)
+    assert (out / "summary.csv").is_file()
+    assert {p.name for p in tmp_path.iterdir()} == {"case", "manifest.csv", "batch"}  # nothing beside --out
+    folders = [p for p in out.iterdir() if p.is_dir()]
+    assert all(p.parent == out and (p / "result.json").is_file() for p in folders)
+    assert len({p.name.lower() for p in folders}) == len(folders)
+    by_status = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r)
+    failed = {r["case_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert set(failed) == {"summary.csv", "summary.rank0.json", "x.error.log", "case"}, failed
+    assert "name of a file the batch writes" in failed["summary.csv"] and "appears twice" in failed["case"]
+
+
+def test_batch_input_inside_its_own_case_folder_is_not_deleted(case_folder, placeholder_bundle, tmp_path):
+    import csv
+
+    d, seed = case_folder
+    out = tmp_path / "batch"
+    (out / "c1").mkdir(parents=True)
+    ct = out / "c1" / "ct.nrrd"
+    ct.write_bytes((d / "ct.nrrd").read_bytes())
+    man = tmp_path / "manifest.csv"
+    man.write_text(f"case_id,ct,seed_lps\nc1,{ct},\"{','.join(map(str, seed))}\"\n")
+    assert _batch(man, out, placeholder_bundle) == 3
+    rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
+    assert "lies in its output folder" in rows[0]["error"] and ct.is_file()
+
+
+def test_batch_summary_never_replaces_the_manifest(case_folder, placeholder_bundle, tmp_path, capsys):
+    d, seed = case_folder
+    out = tmp_path / "batch"
+    out.mkdir()
+    man = out / "summary.csv"
+    text = f"case_id,ct,seed_lps\nc1,{d / 'ct.nrrd'},\"{','.join(map(str, seed))}\"\n"
+    man.write_text(text)
+    assert _batch(man, out, placeholder_bundle) == 2
+    assert "would replace the input" in capsys.readouterr().err and man.read_text() == text
+
+
+def test_bundle_placeholder_never_replaces_an_existing_bundle_without_force(bundle_copy, tmp_path, capsys):
+    from TMBRBLib.cli import main
+
+    weights = {p: p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()}
+    assert main(["bundle", "placeholder", str(bundle_copy)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()} == weights
+    assert main(["bundle", "placeholder", str(tmp_path / "new")]) == 0
+    assert main(["bundle", "placeholder", str(bundle_copy), "--force"]) == 0
+
+
+@pytest.mark.parametrize("spacing", [(1e-9, 1e-9, 1e-9), (0.0007, 0.0007, 0.002), (0.07, 0.07, 0.25)],
+                         ids=["1e-9", "metres", "centimetres"])
+def test_spacing_far_too_fine_is_refused(ct_and_tumour, spacing):
+    ct, _ = ct_and_tumour
+    bad = sitk.Image(ct)
+    bad.SetSpacing(spacing)
+    with pytest.raises(TMBRBInputError, match="too fine for a CT.*centimetres or metres"):
+        validate_ct(bad)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--ring-mm", "nan", "--ring-mm nan is not a ring width"),
+    ("--ring-mm", "inf", "is not a ring width"),
+    ("--ring-mm", "-3", "is not a ring width"),
+    ("--ring-mm", "0", "is not a ring width"),
+    ("--device", "tpu", "'tpu' is not a device name"),
+    ("--device", "cuda:7", "--device cuda:7"),
+    ("--device", "banana:0", "is not a device name"),
+    ("--shifts", "1000", "--shifts 1000 is out of range"),
+    ("--shifts", "-1", "--shifts -1 is out of range"),
+])
+@pytest.mark.parametrize("command", ["score", "batch"])
+def test_bad_options_exit_2_before_any_work(case_folder, placeholder_bundle, tmp_path, capsys, option, value,
+                                            message, command):
+    from TMBRBLib.cli import main
+
+    d, seed = case_folder
+    man = tmp_path / "m.csv"
+    man.write_text(f"case_id,ct,seed_lps\nc1,{d / 'ct.nrrd'},\"{','.join(map(str, seed))}\"\n")
+    where = (["score", "--ct", str(d / "ct.nrrd"), "--seed-lps", ",".join(map(str, seed)), "--progress", "none"]
+             if command == "score" else ["batch", str(man), "--quiet"])
+    rc = main([*where, "--out", str(tmp_path / "out"), "--model", str(placeholder_bundle.path), "--no-pictures",
+               f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+# ------------------------------------------------------------------------------------------- what the user reads
+
+
+def test_messages_show_plain_numbers_not_numpy_reprs(ct_and_tumour, scorer):
+    ct, seed = ct_and_tumour
+    coarse = sitk.Image(ct)
+    coarse.SetSpacing((0.7, 0.7, 12.0))
+    with pytest.raises(TMBRBInputError) as e:
+        validate_ct(coarse)
+    assert "(0.7, 0.7, 12) mm" in str(e.value) and "np." not in str(e.value)
+    far = np.asarray(image_bounds_lps(ct).max) + 100
+    with pytest.raises(TMBRBInputError) as e:
+        score_case(ct, seed, Box(tuple(far), tuple(far + 10)), scorer=scorer)
+    assert "wholly outside" in str(e.value) and "np." not in str(e.value)
+
+
+def test_batch_manifest_with_a_byte_order_mark_and_formula_text(case_folder, placeholder_bundle, tmp_path,
+                                                                monkeypatch):
+    import csv
+
+    d, seed = case_folder
+    man = tmp_path / "excel.csv"
+    seed_text = ",".join(map(str, seed))
+    man.write_text(f"case_id,ct,seed_lps\nLUNG1-001,{d / 'ct.nrrd'},\"{seed_text}\"\n"
+                   f"@SUM(1),{tmp_path / 'missing.nrrd'},\"{seed_text}\"\n", encoding="utf-8-sig")  # as Excel saves
+    monkeypatch.chdir(tmp_path)
+    assert _batch(man, "=out", placeholder_bundle) == 3  # a relative --out: its text starts output_dir's cells
+    rows = list(csv.reader(open(tmp_path / "=out" / "summary.csv", encoding="utf-8")))
+    header, body = rows[0], rows[1:]
+    assert [r[header.index("case_id")] for r in body] == ["LUNG1-001", "_SUM_1_"]  # the first column kept its name
+    assert body[0][header.index("status")] == "ok"
+    cells = [c for r in body for c in r]
+    assert not [c for c in cells if c[:1] in ("=", "+", "@")], cells
+    assert body[0][header.index("output_dir")] == "'=out/LUNG1-001"

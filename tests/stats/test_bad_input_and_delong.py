@@ -150,3 +150,91 @@ def test_bootstrap_ci_brackets_auc():
     r = roc_analysis(d["outcome"], d["s100b"], ci_method="bootstrap", n_boot=300, seed=1)
     assert r.ci_low < r.auc < r.ci_high
     assert r.ci_method == "bootstrap"
+
+
+# ------------------------------------------------------------ command lines that used to end in a traceback (exit 1)
+def _cohort_files(tmp_path):
+    from _stats_testdata import FIXTURES, synthetic_cohort
+
+    pred, clin = synthetic_cohort()
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    clin.assign(score=0.5).to_csv(tmp_path / "clin_with_score.csv", index=False)
+    asah = fixture_csv("asah.csv").assign(p=lambda d: d["s100b"].clip(0, 1))
+    asah.to_csv(tmp_path / "asah_p.csv", index=False)
+    return {"asah": str(FIXTURES / "asah.csv"), "asah_p": str(tmp_path / "asah_p.csv"),
+            "lung": str(FIXTURES / "lung.csv"), "pred": str(tmp_path / "pred.csv"),
+            "clin": str(tmp_path / "clin_with_score.csv")}
+
+
+BAD_COMMAND_LINES = [
+    (["dca", "--csv", "{asah_p}", "--label", "outcome", "--models", "p", "--step", "0"], "0 < --step < 1"),
+    (["dca", "--csv", "{asah_p}", "--label", "outcome", "--models", "p", "--step", "nan"], "0 < --step < 1"),
+    (["dca", "--csv", "{asah_p}", "--label", "outcome", "--models", "p", "--min-threshold", "0.9",
+      "--max-threshold", "0.1"], "--min-threshold <= --max-threshold"),
+    (["cutpoint", "--csv", "{lung}", "--time", "time", "--event", "status", "--marker", "age", "--minprop", "0",
+      "--maxprop", "1"], "need 0 < minprop < maxprop < 1"),
+    (["cutpoint", "--csv", "{lung}", "--time", "time", "--event", "status", "--marker", "age", "--minprop", "nan"],
+     "need 0 < minprop < maxprop < 1"),
+    (["roc", "--csv", "{asah}", "--label", "outcome", "--score", "s100b", "--ci", "bootstrap", "--n-boot", "0"],
+     "n_boot must be a whole number of at least"),
+    (["roc", "--csv", "{asah}", "--label", "outcome", "--score", "s100b", "--ci", "bootstrap", "--n-boot", "-5"],
+     "n_boot must be a whole number of at least"),
+    (["report", "--predictions", "{pred}", "--clinical", "{clin}"], "clinical CSV also has a 'score' column"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_COMMAND_LINES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_COMMAND_LINES])
+def test_bad_command_lines_exit_2_with_the_reason(tmp_path, capsys, argv, message):
+    from TMBRBLib.stats.cli import main
+
+    files = _cohort_files(tmp_path)
+    rc = main(["analyze", *[a.format(**files) for a in argv], "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+def test_decision_curve_needs_a_threshold():
+    with pytest.raises(TMBRBStatsInputError, match="at least one threshold"):
+        decision_curve([0, 1, 0, 1], {"s": [0.1, 0.9, 0.2, 0.8]}, thresholds=[])
+
+
+# ---------------------------------------------------------------------------------------------- statistics inputs
+@pytest.mark.parametrize("which", ["clinical", "predictions"])
+def test_report_refuses_duplicated_patient_ids(tmp_path, which):
+    from _stats_testdata import synthetic_cohort
+    from TMBRBLib.stats.report import build_report
+
+    pred, clin = synthetic_cohort()
+    if which == "clinical":
+        clin = pd.concat([clin, clin.iloc[:2]], ignore_index=True)  # two patients entered twice
+    else:
+        pred = pd.concat([pred, pred.iloc[[5]]], ignore_index=True)
+    with pytest.raises(TMBRBStatsInputError, match=rf"{which} CSV: \d case id\(s\) appear on several rows"):
+        build_report(pred, clin, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_table1_csv_never_starts_a_cell_with_a_formula(tmp_path):
+    import csv
+
+    from TMBRBLib.stats.cli import main
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"arm": rng.choice(["=1+1", "@SUM(A1)", "control"], 60),
+                       "smoking": rng.choice(["+cmd|' /C calc'!A0", "-2+3", "never"], 60),
+                       "age": rng.normal(60, 8, 60).round()})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert main(["analyze", "table1", "--csv", str(tmp_path / "t.csv"), "--group", "arm", "--categorical",
+                 "smoking", "--continuous", "age", "--out", str(tmp_path / "o")]) == 0
+    cells = [c for row in csv.reader(open(tmp_path / "o" / "table1.csv", encoding="utf-8")) for c in row]
+    risky = [c for c in cells if c[:1] in ("=", "+", "@") or (c[:1] == "-" and not _is_number(c))]
+    assert not risky, risky
+    assert any(c.startswith("'=1+1") for c in cells) and any(c.startswith("'-2+3") for c in cells)
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

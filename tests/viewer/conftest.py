@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -82,6 +83,13 @@ class ViewerServer:
                 self.stop()
                 raise RuntimeError(f"the viewer did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
             time.sleep(0.3)
+        # the page's address with the per-launch websocket secret, as the CLI prints it
+        found = re.search(r"TMBRB viewer: (\S+\?secret=(\S+))", self.log_tail(100_000))
+        if not found:
+            self.stop()
+            raise RuntimeError(f"the viewer printed no address with a secret:\n{self.log_tail()}")
+        self.secret = found.group(2)
+        self.url = f"http://127.0.0.1:{self.port}/?secret={self.secret}"
 
     def alive(self) -> bool:
         try:

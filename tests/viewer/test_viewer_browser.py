@@ -147,10 +147,10 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(page, viewer_ser
     text = expect_message(page, "Could not read the CT")
     assert "notes.txt" in text
 
-    # a path that does not exist, typed
-    page.fill("#tmbrb-ct-path", str(tmp_path / "missing.nrrd"))
+    # a typed path: this server was started without --data-dir, so the page cannot open server files
+    page.fill("#tmbrb-ct-path", str(_ct))
     page.click("#tmbrb-open")
-    expect_message(page, "does not exist")
+    expect_message(page, "without --data-dir")
 
     # still serving: HTTP answers, the page still acts, and the CT opened at start is still there
     assert viewer_server.proc.poll() is None and viewer_server.alive()

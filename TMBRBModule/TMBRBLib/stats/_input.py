@@ -36,6 +36,23 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str = "input
         )
 
 
+def require_unique(df: pd.DataFrame, column: str, what: str = "input") -> None:
+    """Refuse a table where an id appears on several rows (a patient would count twice).
+
+    >>> require_unique(pd.DataFrame({"case": ["a", "b", "a"]}), "case", "clinical CSV")
+    Traceback (most recent call last):
+        ...
+    TMBRBLib.stats.errors.TMBRBStatsInputError: clinical CSV: 1 case id(s) appear on several rows ('a' 2 times); ...
+    """
+    counts = df[column].astype(str).str.strip().value_counts()
+    dup = counts[counts > 1]
+    if len(dup):
+        shown = ", ".join(f"{k!r} {v} times" for k, v in list(dup.items())[:5]) + (", ..." if len(dup) > 5 else "")
+        raise TMBRBStatsInputError(
+            f"{what}: {len(dup)} {column} id(s) appear on several rows ({shown}); each patient must appear once, "
+            "or they would be counted twice. Keep one row per patient.")
+
+
 def to_numeric(values: ArrayLike, name: str) -> np.ndarray:
     """Convert to float; non-numeric entries (other than empty/NaN) are an error that lists examples."""
     s = pd.Series(values)

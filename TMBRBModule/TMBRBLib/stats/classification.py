@@ -117,7 +117,9 @@ def decision_curve(y: ArrayLike, models: Mapping[str, ArrayLike], *, thresholds:
     if not models:
         raise TMBRBStatsInputError("decision curve needs at least one model score column.")
     thr = np.arange(0.01, 1.0, 0.01) if thresholds is None else np.asarray(thresholds, float)
-    if np.any((thr <= 0) | (thr >= 1)):
+    if thr.ndim != 1 or thr.size == 0:
+        raise TMBRBStatsInputError("decision curve needs at least one threshold probability (e.g. 0.01 to 0.99).")
+    if not np.all(np.isfinite(thr)) or np.any((thr <= 0) | (thr >= 1)):
         raise TMBRBStatsInputError("decision-curve thresholds must lie strictly between 0 and 1.")
     cols = {k: to_numeric(v, k) for k, v in models.items()}
     cols["__y"] = pd_series_obj(y)

@@ -95,6 +95,10 @@ def _cmd_compare(args) -> int:
 def _cmd_dca(args) -> int:
     from .classification import decision_curve
 
+    if not (0 < args.min_threshold <= args.max_threshold < 1 and 0 < args.step < 1):  # also refuses NaN
+        raise TMBRBStatsInputError(
+            f"need 0 < --min-threshold <= --max-threshold < 1 and 0 < --step < 1; got {args.min_threshold:g}, "
+            f"{args.max_threshold:g} and {args.step:g}. The defaults are 0.01, 0.99 and 0.01.")
     df = _load(args, [args.label, *args.models])
     thr = np.arange(args.min_threshold, args.max_threshold + 1e-12, args.step)
     r = decision_curve(df[args.label], {m: df[m] for m in args.models}, thresholds=thr, positive=args.positive)
@@ -171,6 +175,7 @@ def _cmd_cox_scan(args) -> int:
 
 
 def _cmd_table1(args) -> int:
+    from ..errors import csv_cell
     from .table1 import table1
 
     df = _load(args, [args.group, args.marker, *args.continuous, *args.categorical])
@@ -181,7 +186,7 @@ def _cmd_table1(args) -> int:
     r = table1(df, "__group", continuous=args.continuous, categorical=args.categorical, equal_var=args.equal_var)
     out = _out(args)
     r.save_json(out / "table1.json")
-    r.table.to_csv(out / "table1.csv", index=False)
+    r.table.map(csv_cell).rename(columns=csv_cell).to_csv(out / "table1.csv", index=False)
     (out / "table1.html").write_text(r.to_html(), encoding="utf-8")
     print(r)
     print(f"wrote {out / 'table1.csv'}")

@@ -130,7 +130,7 @@ def maxstat_cutpoint(time: ArrayLike, event: ArrayLike, x: ArrayLike, *, minprop
     Raises
     ------
     TMBRBStatsInputError
-        If not 0 <= ``minprop`` < ``maxprop`` <= 1; an input has non-numeric entries or the
+        If not 0 < ``minprop`` < ``maxprop`` < 1; an input has non-numeric entries or the
         arrays differ in length; no row is complete; a time is negative; ``event`` is not 0/1;
         there are no events; the marker takes a single value; no cut-point lies between the
         ``minprop`` and ``maxprop`` quantiles; or the log-rank scores have no variance.
@@ -167,8 +167,10 @@ def maxstat_cutpoint(time: ArrayLike, event: ArrayLike, x: ArrayLike, *, minprop
 
     The naive p ignores the search and would overstate the evidence.
     """
-    if not (0 <= minprop < maxprop <= 1):
-        raise TMBRBStatsInputError(f"need 0 <= minprop < maxprop <= 1, got minprop={minprop}, maxprop={maxprop}.")
+    if not (0 < minprop < maxprop < 1):  # Lausen-Schumacher's p needs both bounds inside (0, 1); also refuses NaN
+        raise TMBRBStatsInputError(
+            f"need 0 < minprop < maxprop < 1, got minprop={minprop:g}, maxprop={maxprop:g}: the search's p-value "
+            "(Lausen and Schumacher 1992) is defined only for quantiles inside (0, 1). Use e.g. 0.1 and 0.9.")
     cols, dropped = drop_nan_rows({"t": to_numeric(time, "time"), "e": to_numeric(event, "event"),
                                    "x": to_numeric(x, "marker")})
     if len(cols["t"]) == 0:
@@ -183,15 +185,12 @@ def maxstat_cutpoint(time: ArrayLike, event: ArrayLike, x: ArrayLike, *, minprop
     ys, xs = y[o], xv[o]
     first = np.concatenate([[True], xs[1:] != xs[:-1]])
     m = np.flatnonzero(first)  # number of observations strictly below each distinct value
-    if minprop == 0 and maxprop == 1:
-        m = m[1:]
-    else:
-        if np.all(m < np.floor(n * minprop)):
-            raise TMBRBStatsInputError(f"minprop={minprop} too large: no cut-point leaves that share below it.")
-        if np.all(m > np.floor(n * maxprop)):
-            raise TMBRBStatsInputError(f"maxprop={maxprop} too small: no cut-point leaves that share above it.")
-        m = m[m >= max(1, np.floor(n * minprop))]
-        m = m[m <= np.floor(n * maxprop)]
+    if np.all(m < np.floor(n * minprop)):
+        raise TMBRBStatsInputError(f"minprop={minprop} too large: no cut-point leaves that share below it.")
+    if np.all(m > np.floor(n * maxprop)):
+        raise TMBRBStatsInputError(f"maxprop={maxprop} too small: no cut-point leaves that share above it.")
+    m = m[m >= max(1, np.floor(n * minprop))]
+    m = m[m <= np.floor(n * maxprop)]
     if len(m) < 1:
         raise TMBRBStatsInputError(
             f"no cut-point between the {minprop} and {maxprop} quantiles (the marker has too few distinct values); "

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._input import require_columns
+from ._input import require_columns, require_unique
 from ._result import jsonable
 from .classification import auc_by_cutoff, decision_curve, spearman
 from .cox import cox_ph, cox_scan
@@ -124,6 +124,10 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     require_columns(predictions, [cfg.case, cfg.score], "predictions CSV")
+    require_unique(predictions, cfg.case, "predictions CSV")
+    if clinical is not None:  # before any output: a bad clinical CSV must not leave half a report
+        require_columns(clinical, [cfg.case], "clinical CSV")
+        require_unique(clinical, cfg.case, "clinical CSV")
     doc = _Doc()
     pred, cohorts = _prepare_predictions(predictions, cfg, doc)
     doc.h(cfg.title, 1)
@@ -237,6 +241,11 @@ def _auc_by_cutoff_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: Re
 def _survival_sections(doc: _Doc, pred: pd.DataFrame, clinical: pd.DataFrame, cfg: ReportConfig) -> None:
     """Clinical cohort: for OS and PFS the cut-point, Kaplan-Meier/Cox and Cox scan sections, then Table 1 by group."""
     require_columns(clinical, [cfg.case], "clinical CSV")
+    require_unique(clinical, cfg.case, "clinical CSV")
+    if cfg.score in clinical.columns:
+        raise TMBRBStatsInputError(
+            f"the clinical CSV also has a '{cfg.score}' column; the score comes from the predictions CSV. "
+            f"Remove or rename that column in the clinical CSV.")
     merged = clinical.merge(pred[[cfg.case, cfg.score]], on=cfg.case, how="inner")
     n_unmatched = len(clinical) - len(merged)
     doc.h("Immunotherapy cohort: survival")

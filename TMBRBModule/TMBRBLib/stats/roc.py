@@ -126,6 +126,9 @@ class ROCResult(Result):
         return plot_roc_curves([self], ax=ax, **kwargs)
 
 
+MIN_BOOT = 10  # fewer draws cannot give a percentile interval
+
+
 def _bootstrap_ci(cases: np.ndarray, controls: np.ndarray, n_boot: int, conf_level: float, seed: int):
     rng = np.random.default_rng(seed)
     m, n = len(cases), len(controls)
@@ -289,6 +292,9 @@ def roc_analysis(
         z = sps.norm.ppf(1 - (1 - conf_level) / 2)
         lo, hi = max(0.0, auc - z * np.sqrt(var)), min(1.0, auc + z * np.sqrt(var))
     elif ci_method == "bootstrap":
+        if not isinstance(n_boot, (int, np.integer)) or n_boot < MIN_BOOT:
+            raise TMBRBStatsInputError(f"n_boot must be a whole number of at least {MIN_BOOT} bootstrap draws, got "
+                                       f"{n_boot}; 2000 is usual.")
         lo, hi = _bootstrap_ci(cases, controls, n_boot, conf_level, seed)
     else:
         raise TMBRBStatsInputError(f"ci_method must be 'delong' or 'bootstrap', not {ci_method!r}.")
