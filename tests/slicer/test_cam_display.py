@@ -155,3 +155,16 @@ def test_the_box_moves_only_by_its_handles_in_the_slice_views(scored):
     assert main.IsDisplayableInView(red.GetID()) and not main.IsDisplayableInView(threed.GetID())
     assert outline.IsDisplayableInView(threed.GetID()) and not outline.IsDisplayableInView(red.GetID())
     assert not outline.GetHandlesInteractive() and outline.GetVisibility()
+
+
+def test_no_3d_legend_is_said_once(scene, logic, caplog):
+    import logging
+
+    ct = add_ct(scene, oblique_ct()[0])
+    cam = ma.add_volume_on_grid(scene, ct, (ma.volume_array(ct) > 0).astype("float32"), "map")
+    ma._LEGEND_3D_LOGGED.clear()
+    with caplog.at_level(logging.INFO, logger="tmbrb"):
+        ma.show_cam_in_3d(cam)
+        ma.show_cam_in_3d(cam)
+    said = [r for r in caplog.records if "not drawn for volumes in 3D views" in r.getMessage()]
+    assert len(said) == 1

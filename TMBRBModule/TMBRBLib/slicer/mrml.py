@@ -780,9 +780,23 @@ def volume_render_cam(cam_node, roi_node=None, opacity: Optional[float] = None, 
     return vr
 
 
+def _say_no_legend_in_3d() -> None:
+    """The MRML colour legend is drawn for a volume in the slice views only (Slicer's colour legend displayable
+    manager shows no volume's legend in 3D views), so the 3D rendering has none: said once in the log."""
+    if not _LEGEND_3D_LOGGED:
+        _LEGEND_3D_LOGGED.append(True)
+        logging.getLogger("tmbrb").info("The class activation map's colour legend shows in the slice views, not in the "
+                                        "3D view: 3D Slicer's colour legend is not drawn for volumes in 3D views. The "
+                                        "3D rendering uses the same heat colours. Said once.")
+
+
+_LEGEND_3D_LOGGED: List[bool] = []
+
+
 def show_cam_in_3d(cam_node, opacity: Optional[float] = None, threshold: Optional[float] = None):
     """The CAM volume-rendered in 3D over the tumour and its ring, cropped to its own non-zero region (an ROI that is
     reused on the next run). Returns (volume rendering display node, region ROI)."""
+    _say_no_legend_in_3d()
     vr = cam_volume_rendering_node(cam_node)
     old = vr.GetROINode() if vr is not None else None
     region = cam_region_roi(cam_node, node=old if old is not None and old.GetAttribute("TMBRB.kind") == "cam-region"
