@@ -172,7 +172,7 @@ class TMBRBViewer:
     # 3D -------------------------------------------------------------------------------------------------------------
     def _use_app_volume_rendering(self) -> None:
         """The module's display code renders volumes through trame-slicer's volume rendering logic (the one its 3D
-        views' displayable manager uses; a rendering made with another logic instance is never drawn)."""
+        views' displayable manager and its volume property tools use), not one of its own."""
         from TMBRBLib.slicer import mrml as ma
 
         ma.set_volume_rendering_logic(self.scene, self.slicer_app.app_logic.GetModuleLogic("VolumeRendering"))

@@ -168,3 +168,19 @@ def test_no_3d_legend_is_said_once(scene, logic, caplog):
         ma.show_cam_in_3d(cam)
     said = [r for r in caplog.records if "not drawn for volumes in 3D views" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_the_display_code_uses_the_volume_rendering_logic_it_is_given(scene):
+    import slicer
+
+    given = slicer.vtkSlicerVolumeRenderingLogic()
+    given.SetMRMLScene(scene)
+    ma.set_volume_rendering_logic(scene, given)
+    try:
+        assert ma._volume_rendering_logic(scene) is given
+        ct = add_ct(scene, oblique_ct()[0])
+        cam = ma.add_volume_on_grid(scene, ct, (ma.volume_array(ct) > 0).astype("float32"), "map")
+        vr, _region = ma.show_cam_in_3d(cam)
+        assert vr is not None and given.GetFirstVolumeRenderingDisplayNode(cam) is vr
+    finally:
+        given.SetMRMLScene(None)

@@ -4,7 +4,7 @@ over the ring outside it; none at 3D opacity 0, with the 3D toggle off, or befor
 
 Two scenes: the module's own (mrml.create_scene, a 3D view from Slicer's displayable manager factory) and an
 application's whose volume rendering logic the module does not know in advance (trame-slicer's SlicerApp and
-ThreeDView, as the browser viewer has them): the rendering shows only through that logic. Depth peeling is off in
+ThreeDView, as the browser viewer has them): the rendering is made through that logic. Depth peeling is off in
 both views, as in the viewer: with it, software GL (llvmpipe) draws neither the volume nor the translucent surfaces."""
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def test_cam_is_visible_in_a_3d_view_of_the_module_scene(scene, logic, mapping_b
 
 
 def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_bundle):
-    """trame-slicer registers its own volume rendering logic; the module's display code must render through it
-    (a rendering made with any other logic instance is never drawn)."""
+    """trame-slicer registers its own volume rendering logic; the module's display code renders through it (the
+    factory's application logic is found without being told) and the map is visible in trame-slicer's 3D view."""
     pytest.importorskip("trame_slicer", reason="trame-slicer is not installed")
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import ThreeDView
@@ -191,6 +191,8 @@ def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_
     logic = SceneLogic(app.scene)
     ct, result = scored(app.scene, logic, mapping_bundle)
     try:
+        app_vr = app.app_logic.GetModuleLogic("VolumeRendering")
+        assert ma._volume_rendering_logic(app.scene).GetAddressAsString("") == app_vr.GetAddressAsString("")
         vr = ma.cam_volume_rendering_node(result.nodes["cam"])
         assert vr is not None and app.volume_rendering.get_vr_display_node(result.nodes["cam"]) is vr
         ma.centre_views_on_result(app.scene, ma.seed_ras(app.scene.GetFirstNodeByName("seed")), result.nodes["roi"])

@@ -612,7 +612,8 @@ def add_color_legend(displayable_node, title: str = ""):
 def set_volume_rendering_logic(scene, logic) -> None:
     """Render this scene's volumes with ``logic``: the vtkSlicerVolumeRenderingLogic that the 3D views' volume
     rendering displayable manager uses (the one registered as "VolumeRendering" in the application logic, e.g.
-    trame-slicer's ``SlicerApp.volume_rendering``). A rendering made through another logic instance is never drawn.
+    trame-slicer's ``SlicerApp.volume_rendering``), so the rendering's nodes, method and presets are those of the
+    logic the views and the application work with.
     Inside 3D Slicer nothing needs setting: ``slicer.modules.volumerendering.logic()`` is used."""
     _VR_LOGICS[scene.GetAddressAsString("")] = logic
 
