@@ -53,7 +53,8 @@ except ImportError:  # outside the application (slicer-core wheel): small stand-
 from slicer.util import VTKObservationMixin
 
 from TMBRBLib.errors import TMBRBError, TMBRBInputError
-from TMBRBLib.slicer.dependencies import TMBRBDependencyError
+from TMBRBLib.slicer import mrml
+from TMBRBLib.slicer.dependencies import TMBRBDependencyError, installPlan
 from TMBRBLib.slicer.logic import JobWatcher, SceneLogic, SceneResult
 from TMBRBLib.slicer.parameters import TMBRBParameterNode
 
@@ -77,7 +78,7 @@ class TMBRB(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("TMBRB")
         self.parent.categories = [_("Quantification")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Markups", "Segmentations", "VolumeRendering", "Colors"]
         self.parent.contributors = ["TMBRB contributors"]
         self.parent.helpText = _(
             "<p><b>Research use only - not a medical device; do not use it to guide patient care.</b></p>"
@@ -117,9 +118,19 @@ class TMBRBLogic(SceneLogic, ScriptedLoadableModuleLogic):
 
 
 class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel. Inference runs in a background process polled by a QTimer."""
+    """The module panel. Inference runs in the engine worker, polled by a QTimer.
+
+    The timer's path (onPollJob and the JobWatcher callbacks) opens no dialog while the timer runs: a modal dialog
+    runs a nested event loop in which the timer would fire again (tests/slicer/test_slicer_static.py checks it);
+    engine errors go to the status line and the log.
+    """
 
     POLL_MS = 200
+    # the input nodes' events after which a shown result may be outdated
+    INPUT_EVENTS = {"inputVolume": ("ImageDataModifiedEvent", "TransformModifiedEvent"),
+                    "seedPoint": ("PointModifiedEvent", "PointPositionDefinedEvent", "PointRemovedEvent"),
+                    "boxRoi": ("PointModifiedEvent", "ModifiedEvent"),
+                    "tumourSegmentation": ("ModifiedEvent", "vtkSegmentation.SegmentModified")}
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -130,6 +141,10 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._watcher = None  # JobWatcher of the background run, if one runs
         self._timer = None
         self._observedSeed = None
+        self._deviceTimer = None  # polls the engine worker's answer about its device
+        self._deviceRequest = None
+        self._deviceShown = False  # the engine has told its device once
+        self._observedInputs = []  # (node, event name) observed for the outdated-result mark
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -162,13 +177,19 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
         self._timer.connect("timeout()", self.onPollJob)
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(self.POLL_MS)
+        self._deviceTimer.connect("timeout()", self.onPollDevice)
+        self.ui.outdatedLabel.visible = False
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
-        if self._timer is not None:
-            self._timer.stop()
+        for timer in (self._timer, self._deviceTimer):
+            if timer is not None:
+                timer.stop()
+        self._deviceRequest = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -177,6 +198,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if not self._deviceShown:
+            self.updateDevice()  # starts the engine worker when the dependencies are there
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -187,6 +210,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancelButton()
         self.setParameterNode(None)
+        self._observeInputs()  # no parameter node: stop observing the old scene's input nodes
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -222,6 +246,86 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.proposeBoxButton.enabled = bool(p and p.inputVolume and p.seedPoint and not running)
         if p and p.seedPoint is not self._observedSeed:
             self.onSeedNodeChanged(p.seedPoint)
+        if p and not running and self.logic.setDeviceSelection(p.gpuIndex, p.forceCpu):
+            self._deviceShown = False
+            self.updateDevice()
+        self._observeInputs()
+        self.updateResultState()
+
+    # a shown result is marked outdated once its inputs change --------------------------------------------------------
+    def _observeInputs(self) -> None:
+        """Observe the nodes the shown result depends on (CT, seed, box, segmentation); ECOG is in the parameter
+        node, which is observed already."""
+        p = self._parameterNode
+        wanted = []
+        if p:
+            for name, events in self.INPUT_EVENTS.items():
+                node = getattr(p, name)
+                if node is not None:
+                    wanted += [(node, e) for e in events if self._eventId(node, e) is not None]
+        if [(n.GetID(), e) for n, e in wanted] == [(n.GetID(), e) for n, e in self._observedInputs]:
+            return
+        for node, event in self._observedInputs:
+            self.removeObserver(node, self._eventId(node, event), self.updateResultState)
+        for node, event in wanted:
+            self.addObserver(node, self._eventId(node, event), self.updateResultState)
+        self._observedInputs = wanted
+
+    @staticmethod
+    def _eventId(node, name: str):
+        """The event ID of 'EventName' (the node's class) or 'vtkClass.EventName' (forwarded by the node)."""
+        owner, _dot, event = name.rpartition(".")
+        return getattr(getattr(slicer, owner, None) if owner else node, event, None)
+
+    def updateResultState(self, caller=None, event=None) -> None:
+        """Grey the shown result and say so when it no longer belongs to the inputs (SceneLogic.resultState)."""
+        state = self.logic.resultState(self._parameterNode) if self._watcher is None else "none"
+        outdated = state == "outdated"
+        self.ui.outdatedLabel.visible = outdated
+        self.ui.resultsCollapsibleButton.enabled = not outdated
+        if outdated:
+            self.ui.outdatedLabel.text = _("Outdated: the CT, seed, box, segmentation or ECOG changed after this "
+                                           "result. Apply again to score the case as it is now.")
+
+    # the device the engine computes on -------------------------------------------------------------------------------
+    def updateDevice(self) -> None:
+        """Ask the engine worker what it computes on (it has PyTorch; this process never imports it) and show it
+        when it answers (onPollDevice)."""
+        if self._deviceTimer is None or self._watcher is not None:
+            return
+        try:
+            missing = not installPlan().empty  # from the packages' metadata: nothing is imported
+        except TMBRBError:
+            missing = True
+        if missing:
+            self.ui.deviceLabel.text = _("Device: not known yet (PyTorch/MONAI are installed on the first Apply).")
+            return
+        try:
+            self._deviceRequest = self.logic.requestDeviceInfo()
+        except TMBRBError as e:
+            self.ui.deviceLabel.text = _("Device: {error}").format(error=str(e))
+            return
+        self.ui.deviceLabel.text = _("Device: asking the engine...")
+        self._deviceTimer.start()
+
+    def onPollDevice(self) -> None:
+        if self._deviceRequest is None:
+            self._deviceTimer.stop()
+            return
+        try:
+            info = self.logic.deviceInfoOf(self._deviceRequest)
+        except TMBRBError as e:
+            self._deviceTimer.stop()
+            self._deviceRequest = None
+            self.ui.deviceLabel.text = _("Device: unknown ({error})").format(error=str(e).splitlines()[0])
+            return
+        if info is None:
+            return
+        self._deviceTimer.stop()
+        self._deviceRequest = None
+        self._deviceShown = True
+        self.ui.deviceLabel.text = _("Device: {device}").format(device=self.logic.deviceText(info))
+        self.ui.deviceLabel.toolTip = _("GPUs the engine sees: {gpus}").format(gpus=", ".join(info["gpus"]) or "none")
 
     # seed -> proposed box -------------------------------------------------------------------------------------------
     def onSeedNodeChanged(self, node) -> None:
@@ -238,6 +342,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if not p or not p.inputVolume:
             return
+        mrml.keep_last_seed_point(p.seedPoint)  # single-place mode adds a point per click: keep the last one
         try:
             p.boxRoi, warnings = self.logic.proposeBoxWithWarnings(p.inputVolume, p.seedPoint, p.boxRoi)
             self.ui.statusLabel.text = " ".join(warnings) if warnings else _(
@@ -253,8 +358,10 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # run ------------------------------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         p = self._parameterNode
+        self._deviceTimer.stop()  # no timer runs while Apply may ask (dialogs) or install
         with slicer.util.tryWithErrorDisplay(_("TMBRB could not score this case."), waitCursor=True):
             self.logic.ensureDependencies(confirm=lambda message: slicer.util.confirmOkCancelDisplay(message))
+            self.logic.setDeviceSelection(p.gpuIndex, p.forceCpu)
             device = "cpu" if p.forceCpu else "auto"
             job = self.logic.startBackground(p.inputVolume, p.seedPoint, p.boxRoi, p.tumourSegmentation,
                                              p.ecog, p.numberOfShifts, device)
@@ -265,6 +372,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = 0
             self.ui.cancelButton.enabled = True
             self.ui.statusLabel.text = _("Starting the model...")
+            self.ui.statusLabel.styleSheet = ""
             self._checkCanApply()
             self._timer.start()
 
@@ -290,9 +398,11 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
 
     def onJobError(self, error: Exception) -> None:
-        self._finishJob()  # a modal dialog runs a nested event loop: the timer must be stopped first
-        self.ui.statusLabel.text = str(error)
-        slicer.util.errorDisplay(_("TMBRB could not score this case.") + "\n\n" + str(error))
+        """Shown in the panel's status line (red) and the log, not in a modal dialog (the panel stays usable)."""
+        self._finishJob()
+        self.ui.statusLabel.text = _("TMBRB could not score this case.") + "\n" + str(error)
+        self.ui.statusLabel.styleSheet = "color: #b00020;"
+        logging.error("TMBRB could not score this case: %s", error)
 
     def _finishJob(self) -> None:
         if self._timer is not None:
@@ -303,6 +413,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = False
         self.ui.cancelButton.enabled = False
         self._checkCanApply()
+        if not self._deviceShown:
+            self.updateDevice()
 
     # results --------------------------------------------------------------------------------------------------------
     def showResult(self, result: SceneResult) -> None:
@@ -333,8 +445,6 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCamOpacityChanged(self, value) -> None:
         p = self._parameterNode
         if p and p.camVolume:
-            from TMBRBLib.slicer import mrml
-
             mrml.set_cam_opacity(slicer.mrmlScene, p.camVolume, value)
 
 

@@ -128,6 +128,29 @@ def test_the_command_line_prints_the_lines_of_its_own_result_json(tmp_path, caps
         if line.key not in ("notice", "demo", "warning"):
             assert line.text in printed, line.text
     assert sum(p.startswith("warning: ") for p in printed) == len(res["warnings"])
+    assert res["tumour_mask"]["source"] == "proposed" and by_key(result_lines(res))["mask"].text in printed
+
+
+@pytest.mark.parametrize("source, words", [("given", "given"), ("proposed", "proposed from the seed"),
+                                           ("proposed_edited", "proposed from the seed, then edited")])
+@pytest.mark.parametrize("uncertain", [False, True])
+def test_mask_line_says_where_the_mask_comes_from_and_when_to_review_it(source, words, uncertain):
+    res = result_for(0.4)
+    reasons = ["the mask reaches the search limit (120 mm around the seed)"] if uncertain else []
+    res["tumour_mask"] = {"source": source, "uncertain": uncertain, "reasons": reasons}
+    lines = result_lines(res)
+    keys = [line.key for line in lines]
+    assert keys[keys.index("attention") + 1] == "mask"  # next to the attention figures
+    line = by_key(lines)["mask"]
+    if uncertain:
+        assert line.value == "tumour mask uncertain: review it"
+        assert words in line.detail and reasons[0] in line.detail
+    else:
+        assert line.value == words and "uncertain" not in line.text
+
+
+def test_a_result_json_written_before_the_mask_was_recorded_has_no_mask_line():
+    assert "mask" not in by_key(result_lines(result_for(0.4)))
 
 
 def test_examples_in_the_docstrings_run():

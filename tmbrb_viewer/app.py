@@ -26,6 +26,14 @@ log = logging.getLogger("tmbrb.viewer")
 
 SLICE_TAGS = ("Red", "Green", "Yellow")  # axial, coronal, sagittal
 THREED_TAG = "ThreeD"
+VIEW_LABELS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal", THREED_TAG: "3D"}
+LAYOUT_COLUMNS = (("Red", "Green"), (THREED_TAG, "Yellow"))  # the page's views, column by column (and the snapshot's)
+# CT window/level presets (window, level) in HU, as in 3D Slicer's volume display presets
+WL_PRESETS = {"Lung": (1500.0, -600.0), "Mediastinum": (350.0, 50.0), "Soft tissue": (400.0, 40.0)}
+BOX_HANDLE_SCALE = 1.5  # the box's handles in the slice views (3D Slicer's default is 3)
+LABEL_STYLE = ("position:absolute; font-size:12px; color:#fff; background:rgba(0,0,0,0.6); padding:0 4px; "
+               "border-radius:3px; text-shadow:0 0 2px #000, 1px 1px 1px #000; pointer-events:none; "
+               "line-height:1.35; z-index:2;")
 POLL_S = 0.2
 NO_SEED_MESSAGE = "Place the seed first: click on the tumour in a slice view (press 'Place seed' to place it again)."
 NO_CT_MESSAGE = "Open a CT first (a file path, an upload, or a DICOM folder)."
@@ -73,6 +81,83 @@ def format_result(result: Dict) -> Dict:
     }
 
 
+def style_box_display(roi_node, handle_scale: float = BOX_HANDLE_SCALE) -> None:
+    """Draw the box (a markups ROI) as an outline with small handles: no fill over the tumour in the slice views or
+    in 3D, so that the CT, the seed and the CAM inside the box stay readable.
+
+    Parameters
+    ----------
+    roi_node : vtkMRMLMarkupsROINode or None
+        The box; its display node is created when missing. None does nothing.
+    handle_scale : float
+        Size of the interaction handles (3D Slicer's default is 3).
+    """
+    if roi_node is None:
+        return
+    display = roi_node.GetDisplayNode()
+    if display is None:
+        roi_node.CreateDefaultDisplayNodes()
+        display = roi_node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetFillVisibility(False)
+    display.SetFillOpacity(0.0)
+    display.SetOutlineVisibility(True)
+    display.SetOutlineOpacity(1.0)
+    display.SetInteractionHandleScale(float(handle_scale))
+
+
+def direction_letter(vector) -> str:
+    """The patient direction (R/L, A/P, S/I) a RAS vector points to most."""
+    components = [float(c) for c in vector[:3]]
+    axis = max(range(3), key=lambda i: abs(components[i]))
+    return ("RAS" if components[axis] > 0 else "LPI")[axis]
+
+
+def orientation_letters(slice_to_ras) -> Dict[str, str]:
+    """The letters at a slice view's edges (l, r, t, b) from its slice node's SliceToRAS matrix (vtkMatrix4x4):
+    the view's x axis points right, its y axis up."""
+    x = [slice_to_ras.GetElement(i, 0) for i in range(3)]
+    y = [slice_to_ras.GetElement(i, 1) for i in range(3)]
+    return {"l": direction_letter([-c for c in x]), "r": direction_letter(x),
+            "t": direction_letter(y), "b": direction_letter([-c for c in y])}
+
+
+def slice_position_text(slice_to_ras) -> str:
+    """The slice position as 3D Slicer writes it: the axis the slice normal follows and the RAS coordinate (mm)."""
+    normal = [slice_to_ras.GetElement(i, 2) for i in range(3)]
+    axis = max(range(3), key=lambda i: abs(normal[i]))
+    return f"{'RAS'[axis]}: {slice_to_ras.GetElement(axis, 3):.1f} mm"
+
+
+def label_tile(tile, text: str):
+    """A copy of an RGB tile (numpy, h x w x 3) with `text` written in its top-left corner, white on a dark box."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(np.ascontiguousarray(tile).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    size = max(12, min(img.size) // 22)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    left, top, right, bottom = draw.textbbox((6, 4), text, font=font)
+    draw.rectangle((left - 4, top - 3, right + 4, bottom + 3), fill=(0, 0, 0))
+    draw.text((6, 4), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
+
+
+async def _session_config(request):
+    """The trame client asks the launcher (POST <page>/paraview/) where its websocket is before connecting; without a
+    launcher that request answers 405 on every page load. Answer it with the server's own websocket address."""
+    from aiohttp import web
+
+    prefix = request.path[: -len("paraview/")] if request.path.endswith("paraview/") else "/"
+    scheme = "wss" if request.secure else "ws"
+    return web.json_response({"sessionURL": f"{scheme}://USE_HOST{prefix}ws"})
+
+
 class TMBRBViewer:
     """One viewer (one MRML scene, one browser session at a time)."""
 
@@ -96,11 +181,11 @@ class TMBRBViewer:
         register_rca_factories(self.slicer_app.view_manager, self.server,
                                slice_view_ui_f=self._slice_view_ui, three_d_view_ui_f=self._threed_view_ui)
         self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
-        axial, coronal = ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view()
-        sagittal, threed = ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.threed_view(name=THREED_TAG)
+        views = {"Red": ViewLayoutDefinition.axial_view(), "Green": ViewLayoutDefinition.coronal_view(),
+                 "Yellow": ViewLayoutDefinition.sagittal_view(), THREED_TAG: ViewLayoutDefinition.threed_view(
+                     name=THREED_TAG)}
         self.layout_manager.register_layout("TMBRB", Layout(LayoutDirection.Horizontal, [
-            Layout(LayoutDirection.Vertical, [axial, coronal]),
-            Layout(LayoutDirection.Vertical, [threed, sagittal])]))
+            Layout(LayoutDirection.Vertical, [views[tag] for tag in column]) for column in LAYOUT_COLUMNS]))
         self.layout_manager.set_layout("TMBRB")
 
         self.logic = SceneLogic(self.scene)
@@ -120,6 +205,7 @@ class TMBRBViewer:
         self._runs = 0
         self.timings: Dict[str, float] = {}
         self._init_state()
+        self._init_2d()
         self._build_ui()
 
     # state ----------------------------------------------------------------------------------------------------------
@@ -146,21 +232,190 @@ class TMBRBViewer:
     def _node_ids(self) -> set:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
 
+    # 2D reading view: window/level, orientation, slice position, CT value under the pointer ------------------------
+    def _init_2d(self) -> None:
+        s = self.state
+        for tag in SLICE_TAGS:
+            s[f"orient_{tag}"] = {"l": "", "r": "", "t": "", "b": ""}
+            s[f"pos_{tag}"] = ""
+            s[f"hu_{tag}"] = ""
+        s.update({"wl_preset": "", "wl_drag": False, "wl_text": ""})
+        self._wl_drag_start = None
+        self._case_dir: Optional[Path] = None
+        self.ctrl.on_server_bind.add(self._bind_routes)
+
+    @staticmethod
+    def _bind_routes(wslink_server) -> None:
+        wslink_server.app.router.add_post("/paraview/", _session_config)
+
+    def _build_window_level_panel(self, v3, html) -> None:
+        html.Div("Window / level", classes="text-subtitle-2 mt-2")
+        with html.Div(classes="d-flex align-center flex-wrap", style="gap: 4px;"):
+            for name in WL_PRESETS:
+                v3.VBtn(name, click=(self.set_window_level, f"['{name}']"), density="compact", size="small",
+                        id=f"tmbrb-wl-{name.lower().replace(' ', '-')}",
+                        color=(f"wl_preset === '{name}' ? 'primary' : undefined",))
+            v3.VBtn("Drag W/L", click=self.toggle_window_level_drag, density="compact", size="small",
+                    id="tmbrb-wl-drag", color=("wl_drag ? 'primary' : undefined",))
+        html.Div("{{ wl_text }}{{ wl_drag ? ' - drag in a slice view: left/right = window, up/down = level' : '' }}",
+                 classes="text-caption", id="tmbrb-wl-text")
+
+    def set_window_level(self, name: str) -> None:
+        """Apply a window/level preset (WL_PRESETS) to the CT in the slice views."""
+        if self.volume is None:
+            self._say(NO_CT_MESSAGE, "error")
+            return
+        if name not in WL_PRESETS:
+            self._say(f"Unknown window/level preset '{name}'; use one of {', '.join(WL_PRESETS)}.", "error")
+            return
+        from trame_slicer.core import VolumeWindowLevel
+
+        VolumeWindowLevel.set_volume_node_window_level(self.volume, *WL_PRESETS[name])
+        with self.state:
+            self.state.wl_preset = name
+        self._render_all()
+
+    def toggle_window_level_drag(self) -> None:
+        """Left-drag in a slice view adjusts window/level (right = wider window, up = higher level) until pressed
+        again; placing the seed stops it."""
+        drag = not bool(self.state.wl_drag)
+        if drag and self.state.placing:
+            self.slicer_app.markups_logic.disable_place_mode()
+        with self.state:
+            self.state.wl_drag = drag
+            if drag:
+                self.state.placing = False
+
+    def _on_wl_drag_event(self, view, iren, event: str, tag: int) -> None:
+        """A left press/move/release in a slice view while W/L drag is on: W/L follows the pointer, and the event
+        goes no further (no panning, no markups)."""
+        if not self.state.wl_drag or self.volume is None or self.volume.GetDisplayNode() is None:
+            self._wl_drag_start = None
+            return
+        x, y = iren.GetEventPosition()
+        display = self.volume.GetDisplayNode()
+        if event == "LeftButtonPressEvent":
+            self._wl_drag_start = (x, y, display.GetWindow(), display.GetLevel())
+        elif self._wl_drag_start is None:
+            return  # a plain pointer move
+        elif event == "LeftButtonReleaseEvent":
+            self._wl_drag_start = None
+        else:
+            x0, y0, window, level = self._wl_drag_start
+            lo, hi = self.volume.GetImageData().GetScalarRange()
+            per_pixel = max(hi - lo, 1.0) / max(view.render_window().GetSize()[0], 1)
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevel(max(1.0, window + (x - x0) * per_pixel), level + (y - y0) * per_pixel)
+            self._render_all()
+        iren.GetCommand(tag).SetAbortFlag(1)
+
+    def _show_ct_window(self) -> None:
+        """The new CT in the lung window; the page follows its window/level (presets and drags)."""
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self.set_window_level("Lung")
+        display = self.volume.GetDisplayNode()
+        if display is not None:
+            display.AddObserver(vtkCommand.ModifiedEvent, self._on_ct_display_modified)
+            self._on_ct_display_modified(display)
+
+    def _on_ct_display_modified(self, display, event=None) -> None:
+        window, level = display.GetWindow(), display.GetLevel()
+        text = f"W {window:.0f} / L {level:.0f} HU"
+        if text == self.state.wl_text:
+            return
+        preset = next((n for n, wl in WL_PRESETS.items() if abs(wl[0] - window) < 0.5 and abs(wl[1] - level) < 0.5),
+                      "")
+        with self.state:
+            self.state.wl_text = text
+            self.state.wl_preset = preset
+
+    def _watch_slice_view(self, view) -> None:
+        """Follow a slice view: its slice node (orientation letters, position) and the pointer (CT value)."""
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        tag = view.get_singleton_tag()
+        node = view.get_view_node()
+        node.AddObserver(vtkCommand.ModifiedEvent, lambda caller, event: self._update_slice_labels(tag, caller))
+        # before the slice view's own interaction (priority): a pointer move is read, never consumed
+        iren = view.interactor()
+        iren.AddObserver(vtkCommand.MouseMoveEvent, lambda caller, event: self._update_pointer_value(view), 100.0)
+        for name in ("LeftButtonPressEvent", "MouseMoveEvent", "LeftButtonReleaseEvent"):
+            tags = []
+            tags.append(iren.AddObserver(getattr(vtkCommand, name), lambda caller, event, tags=tags, name=name:
+                                         self._on_wl_drag_event(view, caller, name, tags[0]), 90.0))
+        self._update_slice_labels(tag, node)
+
+    def _update_slice_labels(self, tag: str, node) -> None:
+        m = node.GetSliceToRAS()
+        letters, position = orientation_letters(m), slice_position_text(m)
+        if self.state[f"orient_{tag}"] == letters and self.state[f"pos_{tag}"] == position:
+            return
+        with self.state:
+            self.state[f"orient_{tag}"] = letters
+            self.state[f"pos_{tag}"] = position
+
+    def ct_value_at(self, view, x: float, y: float):
+        """The CT value (HU) at pixel (x, y) of a slice view (VTK's display coordinates, origin bottom left) and the
+        RAS point there; the value is None outside the CT or with no CT open."""
+        from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+        ras = view.get_view_node().GetXYToRAS().MultiplyPoint((float(x), float(y), 0.0, 1.0))[:3]
+        image = self.volume.GetImageData() if self.volume is not None else None
+        if image is None:
+            return None, ras
+        ras_to_ijk = vtkMatrix4x4()
+        self.volume.GetRASToIJKMatrix(ras_to_ijk)
+        ijk = [int(round(c)) for c in ras_to_ijk.MultiplyPoint((*ras, 1.0))[:3]]
+        dims = image.GetDimensions()
+        if any(i < 0 or i >= d for i, d in zip(ijk, dims)):
+            return None, ras
+        return image.GetScalarComponentAsDouble(ijk[0], ijk[1], ijk[2], 0), ras
+
+    def _update_pointer_value(self, view) -> None:
+        tag = view.get_singleton_tag()
+        if self.volume is None:
+            text = ""
+        else:
+            x, y = view.interactor().GetEventPosition()
+            value, _ras = self.ct_value_at(view, x, y)
+            text = "outside the CT" if value is None else f"{value:.0f} HU"
+        if text != self.state[f"hu_{tag}"]:
+            with self.state:
+                self.state[f"hu_{tag}"] = text
+
+
     # UI -------------------------------------------------------------------------------------------------------------
     @staticmethod
     def _marker(tag: str) -> None:
         from trame.widgets import html
 
         # a hook for tests and people: the view's container is this element's parent
-        html.Div(classes="tmbrb-view-marker", id=f"tmbrb-view-{tag}",
-                 style="position:absolute; right:4px; top:2px; font-size:11px; color:#ddd; pointer-events:none;",
-                 children=[{"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}.get(tag, "3D")])
+        html.Div(classes="tmbrb-view-marker", id=f"tmbrb-view-{tag}", style=LABEL_STYLE + "right:4px; top:2px;",
+                 children=[VIEW_LABELS.get(tag, "3D")])
+
+    @staticmethod
+    def _slice_overlay(tag: str) -> None:
+        """Orientation letters at the view's edges; slice position and the CT value under the pointer."""
+        from trame.widgets import html
+
+        where = {"l": "left:40px; top:50%;", "r": "right:4px; top:50%;", "t": "top:2px; left:50%;",
+                 "b": "bottom:40px; left:50%;"}
+        for edge, place in where.items():
+            html.Div(f"{{{{ orient_{tag}.{edge} }}}}", classes="tmbrb-orient", id=f"tmbrb-orient-{tag}-{edge}",
+                     style=LABEL_STYLE + place + "font-weight:bold;")
+        with html.Div(classes="tmbrb-view-info", id=f"tmbrb-info-{tag}", style=LABEL_STYLE + "right:4px; top:24px;"):
+            html.Div(f"{{{{ pos_{tag} }}}}", id=f"tmbrb-pos-{tag}")
+            html.Div(f"{{{{ hu_{tag} }}}}", id=f"tmbrb-hu-{tag}")
 
     def _slice_view_ui(self, server, view_id, view) -> None:
         from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
 
         create_vertical_slice_view_gutter_ui(server, view_id, view)
-        self._marker(view.get_singleton_tag())
+        tag = view.get_singleton_tag()
+        self._marker(tag)
+        self._slice_overlay(tag)
+        self._watch_slice_view(view)
 
     def _threed_view_ui(self, server, view_id, view) -> None:
         from trame_slicer.app.ui import create_vertical_view_gutter_ui
@@ -251,6 +506,7 @@ class TMBRBViewer:
             with v3.VNavigationDrawer(permanent=True, location="left", width=390):
                 with html.Div(classes="pa-3 d-flex flex-column", style="gap: 8px;"):
                     self._build_input_panel(v3, html, LoadVolumeUI)
+                    self._build_window_level_panel(v3, html)
                     self._build_result_panel(v3, html)
             with v3.VMain():
                 with FlexContainer(row=True, fill_height=True, style="height: calc(100vh - 48px);"):
@@ -310,8 +566,8 @@ class TMBRBViewer:
             html.Div("{{ w }}", v_for="w in r_warnings", classes="text-caption text-warning")
             self._build_cam_controls(v3, html)
             with html.Div(classes="d-flex mt-2", style="gap: 4px;"):
-                v3.VBtn("Save results", click=self.save_results, density="compact", id="tmbrb-save-results")
-                v3.VBtn("Save scene (.mrb)", click=self.save_scene, density="compact", id="tmbrb-save-scene")
+                v3.VBtn("Save results", click=self.on_save_results, density="compact", id="tmbrb-save-results")
+                v3.VBtn("Save scene (.mrb)", click=self.on_save_scene, density="compact", id="tmbrb-save-scene")
             html.Div("{{ saved_text }}", classes="text-caption", id="tmbrb-saved", style="word-break: break-all;")
         v3.VCheckbox(v_model=("slices_3d",), label="Slice planes in 3D", density="compact", hide_details=True,
                      id="tmbrb-slices-3d", v_if=("has_ct",))
@@ -398,16 +654,14 @@ class TMBRBViewer:
                 self.scene.RemoveNode(n)
         self.volume = self.seed = self.roi = None
         self.last_result = self.last_out = None
+        self._case_dir = None  # the next save starts this case's folder
 
     def show_ct(self, ct, name: str, warnings: Optional[List[str]] = None) -> None:
         from TMBRBLib.slicer import mrml as ma
 
         self._clear_case()
         self.volume = ma.add_volume_node_from_sitk(self.scene, ct, name or "CT")
-        display = self.volume.GetDisplayNode()
-        if display is not None:  # a lung-friendly window
-            display.SetAutoWindowLevel(False)
-            display.SetWindowLevel(1500, -500)
+        self._show_ct_window()
         p = self.logic.getParameterNode()
         p.inputVolume = self.volume
         self.slicer_app.display_manager.show_volume_in_slice_background(self.volume)
@@ -481,6 +735,7 @@ class TMBRBViewer:
         with self.state:
             self.state.placing = True
             self.state.has_seed = False
+            self.state.wl_drag = False  # a left click places the seed again
 
     def _on_seed_defined(self, caller=None, event=None) -> None:
         """A seed was clicked: check it and propose the box (TMBRBLogic.proposeBox); problems show in the page."""
@@ -503,6 +758,7 @@ class TMBRBViewer:
             raise
         self.roi.SetName("TMBRB box")
         self._hide_label(self.roi)
+        style_box_display(self.roi)
         self._box_outline_in_3d()
         self.logic.getParameterNode().boxRoi = self.roi
         ras = ma.seed_ras(self.seed)
@@ -637,6 +893,7 @@ class TMBRBViewer:
         import slicer
 
         if self.roi is not None and self._roi_watched is not self.roi:
+            style_box_display(self.roi)
             self.roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._on_inputs_changed)
             self._roi_watched = self.roi
 
@@ -668,18 +925,26 @@ class TMBRBViewer:
 
     # saving ---------------------------------------------------------------------------------------------------------
     def _case_folder(self) -> Path:
+        """This case's output folder: made at the first save after a CT opens, then reused by every save (results
+        and scene) until another CT opens."""
+        if self._case_dir is not None and self._case_dir.is_dir():
+            return self._case_dir
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in (self.ct_name or "case"))
         for suffix in (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd"):
             if stem.endswith(suffix.replace(".", "_")) or stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
         folder = self.out_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder.resolve()
+        n = 1
+        while folder.exists():  # another case opened within the same second: never mix two cases
+            n += 1
+            folder = self.out_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        folder.mkdir(parents=True)
+        self._case_dir = folder.resolve()
+        return self._case_dir
 
-    def snapshot(self, path: Path) -> Path:
-        """A PNG of the four views side by side as the page shows them (axial, coronal / 3D, sagittal)."""
+    def _view_tiles(self) -> Dict:
+        """Each view's current picture (RGB numpy array, top row first) by its tag."""
         import numpy as np
-        from PIL import Image
         from slicer import vtkMRMLLayerDisplayableManager
         from vtkmodules.util.numpy_support import vtk_to_numpy
         from vtkmodules.vtkCommonDataModel import vtkImageData
@@ -692,11 +957,18 @@ class TMBRBViewer:
             vtkMRMLLayerDisplayableManager.RenderWindowBufferToImage(rw, img)
             w, h, _ = img.GetDimensions()
             arr = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3]
-            tiles[view.get_singleton_tag()] = arr
-        order = [["Red", THREED_TAG], ["Green", "Yellow"]]  # columns as laid out in the page
+            tiles[view.get_singleton_tag()] = np.ascontiguousarray(arr)
+        return tiles
+
+    def snapshot(self, path: Path) -> Path:
+        """A PNG of the views laid out as in the page (LAYOUT_COLUMNS), each tile labelled (Axial, Coronal, ...)."""
+        import numpy as np
+        from PIL import Image
+
+        tiles = self._view_tiles()
         cols = []
-        for col in order:
-            parts = [tiles[t] for t in col if t in tiles]
+        for column in LAYOUT_COLUMNS:
+            parts = [label_tile(tiles[t], VIEW_LABELS[t]) for t in column if t in tiles]
             if not parts:
                 continue
             width = max(p.shape[1] for p in parts)
@@ -706,6 +978,14 @@ class TMBRBViewer:
         cols = [np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0))) for c in cols]
         Image.fromarray(np.ascontiguousarray(np.concatenate(cols, axis=1)).astype(np.uint8)).save(path)
         return path
+
+    def on_save_results(self) -> None:
+        """The page's Save results button (a click handler returns nothing: its result goes back to the browser)."""
+        self.save_results()
+
+    def on_save_scene(self) -> None:
+        """The page's Save scene button."""
+        self.save_scene()
 
     def save_results(self) -> Optional[Path]:
         def save():

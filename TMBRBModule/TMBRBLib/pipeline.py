@@ -17,11 +17,11 @@ from .cam import ScoringGradCAM, cam_image, cam_to_reference, make_cam, normalis
 from .crop import CropGrid, crop_for_model, fraction_outside_scan, n_shifts_of, shift_offsets
 from .errors import TMBRBCancelled, TMBRBInputError
 from .geometry import Box, Point, box_overlap_fraction, lps_to_ras, require_point_inside
-from .io import mask_on_ct_grid, paste_region, validate_ct
+from .io import mask_on_ct_grid, validate_ct
 from .volumes import Geometry, RegionVolume
 from .model import select_device
-from .proposal import propose_box
-from .regions import attention_shares, region_of_interest, ring_from_tumour, segment_tumour
+from .proposal import DEFAULTS as PROPOSAL_DEFAULTS, SeedSegmentation, mask_extent_lps, segment_from_seed
+from .regions import attention_shares, region_of_interest, ring_from_tumour
 from .risk import check_ecog, risk_groups
 
 Progress = Optional[Callable[[float, str], None]]
@@ -49,6 +49,7 @@ class CaseResult:
     device_used: str
     ct_info: Dict
     inputs: Dict = field(default_factory=dict)
+    tumour_mask_info: Dict = field(default_factory=dict)  # source (given/proposed/proposed_edited), uncertain, why
 
     @property
     def box_lps(self):
@@ -77,6 +78,7 @@ class CaseResult:
             "tta": {"mean": self.tta_mean, "std": self.tta_std, "n": len(self.tta_scores), "scores": self.tta_scores},
             "risk": self.risk,
             "attention": self.attention,
+            "tumour_mask": self.tumour_mask_info,
             "seed": {"lps": list(self.seed_lps), "ras": list(lps_to_ras(self.seed_lps))},
             "box": {**self.box.to_dict(), "proposed": self.box_proposed},
             "crop_grid": self.crop_grid.to_dict(),
@@ -177,7 +179,7 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
                ecog=None, bundle: Union[Bundle, str, Path, None] = None, n_shifts: Optional[int] = None,
                device: Union[str, torch.device] = "auto", progress: Progress = None,
                cancel: Optional[Callable[[], bool]] = None, ring_width_mm: Optional[float] = None,
-               scorer: Optional[Scorer] = None) -> CaseResult:
+               scorer: Optional[Scorer] = None, mask_source: Optional[str] = None) -> CaseResult:
     """Score one case: the TMBRB score, its test-time spread, risk groups, and the class activation map.
 
     Parameters
@@ -206,6 +208,9 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
         Width of the peritumoral ring; None means the bundle's ``regions.ring_width_mm`` (10 mm).
     scorer : Scorer, optional
         A Scorer to reuse (its bundle and device) over many cases.
+    mask_source : {"given", "proposed_edited"}, optional
+        What ``tumour_mask`` is, for result.json's ``tumour_mask.source``: a segmentation given by the user (the
+        default) or the proposed one after the user edited it. Without ``tumour_mask`` the source is "proposed".
 
     Returns
     -------
@@ -254,7 +259,7 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
 
     _report(progress, cancel, 0.08, "box")
     t = time.perf_counter()
-    box, proposed = resolve_box(ct, seed, box_lps, meta.get("proposal"), warnings)
+    box, proposed, seg = resolve_box(ct, seed, box_lps, meta.get("proposal"), warnings, tumour_mask)
     timings["box"] = time.perf_counter() - t
 
     _report(progress, cancel, 0.15, "cropping")
@@ -271,8 +276,13 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     _report(progress, cancel, 0.75, "regions and CAM on the CT grid")
     t = time.perf_counter()
     width = float(meta.get("regions", {}).get("ring_width_mm", 10.0) if ring_width_mm is None else ring_width_mm)
+    if tumour_mask is None and seg is None:  # a given box: the tumour is segmented inside it
+        seg = segment_from_seed(ct, seed, box, meta.get("proposal"), meta.get("regions"))
+        warnings += seg.warnings
     cam_region, tumour_region, ring_region, shares = regions_and_cam(ct, seed, box, grid, cam_crop, tumour_mask,
-                                                                     width, meta.get("regions"), warnings)
+                                                                     width, meta.get("regions"), warnings, seg)
+    mask_info = dict(seg.info) if tumour_mask is None else {"source": mask_source or "given", "uncertain": False,
+                                                            "reasons": []}
     timings["regions_cam_to_ct"] = time.perf_counter() - t
 
     risk = risk_groups(score, ecog, meta["risk"])
@@ -284,7 +294,7 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
         box_proposed=proposed, crop_grid=grid, cam_region=cam_region, tumour_region=tumour_region,
         ring_region=ring_region, crop=crop_img,
         model=scorer.bundle.info(), warnings=warnings, timings={k: round(v, 4) for k, v in timings.items()},
-        device_used=dev_used, ct_info=ct_summary(ct),
+        device_used=dev_used, ct_info=ct_summary(ct), tumour_mask_info=mask_info,
         inputs={"segmentation_given": tumour_mask is not None, "n_shifts": len(offsets),
                 "tta_offsets_mm": [list(map(float, o)) for o in offsets]})
 
@@ -345,16 +355,24 @@ def check_seed(ct: sitk.Image, seed_lps: Sequence[float]) -> Point:
     return seed
 
 
-def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], warnings: List[str]):
-    """(box, proposed): the given box, checked against the scan and the seed, or one proposed from the seed.
+def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], warnings: List[str],
+                tumour_mask: Optional[sitk.Image] = None):
+    """(box, proposed, segmentation): the given box, checked against the scan and the seed, or one proposed.
 
+    With no box, the box follows the given tumour mask (its extent plus the proposal's margin) or, with no mask, the
+    tumour segmented from the seed (``proposal.segment_from_seed``, returned as the third item; None otherwise).
     A given box wholly outside the CT is refused; one partly outside, or one that does not hold the seed, gives a
-    warning (appended to ``warnings``, as are the proposal's).
+    warning (appended to ``warnings``, as are the segmentation's).
     """
+    if box_lps is None and tumour_mask is not None:
+        ext = mask_extent_lps(tumour_mask)
+        if ext is not None:
+            margin = float({**PROPOSAL_DEFAULTS, **(proposal or {})}["margin_mm"])
+            return Box(tuple(np.asarray(ext.min) - margin), tuple(np.asarray(ext.max) + margin)), True, None
     if box_lps is None:
-        box, w = propose_box(ct, seed, proposal)
-        warnings += w
-        return box, True
+        seg = segment_from_seed(ct, seed, None, proposal)
+        warnings += seg.warnings
+        return seg.box, True, seg
     box = box_lps if isinstance(box_lps, Box) else Box.from_corners(*box_lps)
     inside = box_overlap_fraction(ct, box)
     if inside <= 0:
@@ -367,7 +385,7 @@ def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], 
     lo, hi = np.asarray(box.min), np.asarray(box.max)
     if np.any(np.asarray(seed) < lo) or np.any(np.asarray(seed) > hi):
         warnings.append("The seed lies outside the box; the crop is centred on the box.")
-    return box, False
+    return box, False, None
 
 
 def model_inputs(ct: sitk.Image, box: Box, meta: Dict, n_shifts: Optional[int]):
@@ -389,11 +407,12 @@ def field_of_view_warnings(ct: sitk.Image, grid: CropGrid) -> List[str]:
 
 def regions_and_cam(ct: sitk.Image, seed: Point, box: Box, grid: CropGrid, cam_crop: np.ndarray,
                     tumour_mask: Optional[sitk.Image], width: float, region_settings: Optional[Dict],
-                    warnings: List[str]):
+                    warnings: List[str], seg: Optional[SeedSegmentation] = None):
     """(cam_region, tumour_region, ring_region, attention shares) on one region of the CT's grid.
 
     The region holds the crop and a ring of ``width`` mm around the box. The tumour is ``tumour_mask`` when given,
-    else segmented from the seed; the ring surrounds it. The CAM is resampled from the crop grid, scaled to max 1.
+    else ``seg`` (the segmentation from the seed); the ring surrounds it. The CAM is resampled from the crop grid,
+    scaled to max 1.
     """
     if width <= 0:
         raise TMBRBInputError(f"The ring width {width} mm must be positive.", "Give e.g. 10.")
@@ -403,7 +422,7 @@ def regions_and_cam(ct: sitk.Image, seed: Point, box: Box, grid: CropGrid, cam_c
     if tumour_mask is not None:
         tumour_sub = _given_tumour_on_region(ct, tumour_mask, lo, hi, warnings)
     else:
-        tumour_sub = _segmented_tumour_on_region(ct, seed, box, region_settings, lo, ref, warnings)
+        tumour_sub = _segmented_tumour_on_region(seg, lo, ref)
     ring_sub = ring_from_tumour(tumour_sub, width)
     cam_sub = cam_to_reference(cam_image(normalise_cam(cam_crop), grid), ref)
     mx = float(cam_sub.max())
@@ -431,13 +450,21 @@ def _given_tumour_on_region(ct: sitk.Image, tumour_mask: sitk.Image, lo, hi, war
     return tumour_sub
 
 
-def _segmented_tumour_on_region(ct: sitk.Image, seed: Point, box: Box, region_settings: Optional[Dict], lo,
-                                ref: sitk.Image, warnings: List[str]) -> sitk.Image:
+def _segmented_tumour_on_region(seg: SeedSegmentation, lo, ref: sitk.Image) -> sitk.Image:
     """The tumour segmented from the seed, pasted into the region ``ref`` (which starts at voxel ``lo``)."""
-    seg, seg_lo, w = segment_tumour(ct, seed, box, region_settings)
-    warnings += w
     tumour_sub_arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
-    paste_region(tumour_sub_arr, sitk.GetArrayViewFromImage(seg), np.asarray(seg_lo) - lo)
+    _paste_clipped(tumour_sub_arr, sitk.GetArrayViewFromImage(seg.mask), np.asarray(seg.lo) - np.asarray(lo))
     tumour_sub = sitk.GetImageFromArray(tumour_sub_arr)
     tumour_sub.CopyInformation(ref)
     return tumour_sub
+
+
+def _paste_clipped(dst: np.ndarray, src: np.ndarray, offset_xyz) -> None:
+    """Write src (z, y, x) into dst at index offset (x, y, z), dropping what falls outside dst."""
+    off = np.asarray(offset_xyz, int)[::-1]
+    a = np.maximum(off, 0)
+    b = np.minimum(off + np.array(src.shape), np.array(dst.shape))
+    if np.any(b <= a):
+        return
+    dst[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = src[a[0] - off[0]:b[0] - off[0], a[1] - off[1]:b[1] - off[1],
+                                                a[2] - off[2]:b[2] - off[2]]

@@ -28,7 +28,8 @@ class Line:
     """One labelled line of a result.
 
     key : a stable identifier that front ends select lines by ("score", "spread", "os", "pfs", "ecog", "os_ecog",
-        "pfs_ecog", "attention", "cam", "box", "model", "model_sha256", "demo", "device", "notice", "warning").
+        "pfs_ecog", "attention", "mask", "cam", "box", "model", "model_sha256", "demo", "device", "notice",
+        "warning").
     label : what the line is, for a person ("OS risk group").
     value : the value in words, short enough for a table cell ("low risk: TMBRB 0.734 >= 0.61").
     detail : what the value means or where it comes from (may be empty).
@@ -156,6 +157,32 @@ def attention_text(attention: Dict) -> str:
     return ", ".join(parts)
 
 
+_MASK_SOURCE = {"given": "given", "proposed": "proposed from the seed",
+                "proposed_edited": "proposed from the seed, then edited"}
+MASK_UNCERTAIN = "tumour mask uncertain: review it"
+
+
+def mask_line(result: Dict) -> Optional[Line]:
+    """Where the tumour mask behind the attention shares comes from, and whether a reader should review it.
+
+    None for a result written before the mask was recorded.
+
+    >>> print(mask_line({"tumour_mask": {"source": "proposed", "uncertain": True,
+    ...                                  "reasons": ["the mask reaches the search limit"]}}).text)
+    Tumour mask: tumour mask uncertain: review it (proposed from the seed; the mask reaches the search limit)
+    >>> print(mask_line({"tumour_mask": {"source": "given", "uncertain": False}}).text)
+    Tumour mask: given
+    """
+    info = result.get("tumour_mask")
+    if not isinstance(info, dict) or not info:
+        return None
+    source = _MASK_SOURCE.get(str(info.get("source")), str(info.get("source", "unknown")))
+    if info.get("uncertain"):
+        return Line("mask", "Tumour mask", MASK_UNCERTAIN, "; ".join([source] + [str(r) for r in
+                                                                              info.get("reasons") or []]))
+    return Line("mask", "Tumour mask", source)
+
+
 def _triplet(v) -> str:
     return "(" + ", ".join(f"{float(x):.1f}" for x in v) + ")" if v else "?"
 
@@ -186,8 +213,8 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     -------
     list of Line
         score, spread over the shifted boxes, OS and PFS groups, ECOG (and with it the relative hazard per
-        endpoint), attention shares, CAM method, box, model, model sha256, demo flag, device, notice, then one line
-        per warning.
+        endpoint), attention shares, the tumour mask's source (and "uncertain: review it" when it is), CAM method,
+        box, model, model sha256, demo flag, device, notice, then one line per warning.
 
     Examples
     --------
@@ -227,6 +254,9 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     lines += risk_lines(result)
     lines.append(Line("attention", "Attention", attention_text(result.get("attention") or {}),
                       "share of the class activation map's mass"))
+    mask = mask_line(result)
+    if mask is not None:
+        lines.append(mask)
     cam = (result.get("model") or {}).get("cam") or {}
     if cam:
         lines.append(Line("cam", "Class activation map", str(cam.get("method", "")),

@@ -1,12 +1,22 @@
-"""From a seed to a tumour: region growing within HU limits, for the box proposal and the tumour mask.
+"""From a seed to a tumour: the tumour mask and the proposed box that every attention figure rests on.
 
-Deliberately simple and predictable (a radiologist checks and drags the proposed box): smooth lightly, threshold to
-soft tissue, open to cut thin attachments (vessels), keep the component at the seed, take its extent plus a margin.
+The lesion at the seed is told apart from the heart, mediastinum, chest wall and vessels by its shape, not by its
+density (they share soft-tissue HU). Steps (all SimpleITK): smooth lightly, threshold to soft tissue, take the distance
+map of that tissue (at about 1 mm in-plane) and split it with a morphological watershed: each convex blob of tissue
+(the lesion, the heart, a rib's muscle) becomes its own basin, cut at the narrowest neck between them. The lesion is the
+basin at the seed; an opening scaled to the lesion's own size then cuts vessels and strands that run into it, and a
+thin partial-volume rim is given back at the edge. The search region starts as a cube around the seed and grows while
+the lesion reaches its faces (those faces move out), up to ``max_search_half_mm``; a box given by the user bounds it
+instead.
+
+The result says when the mask is uncertain (it reaches the search limit, is much larger than the lesion visible at the
+seed, is hardly in contact with lung, or the seed lies in bone or air), so a reader reviews it before trusting the
+tumour/ring attention shares. Measured on the shared real CTs by ``benchmarks/bench_seed_segmentation.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,7 +24,24 @@ import SimpleITK as sitk
 
 from .geometry import Box, index_region_of_box, index_to_physical_matrix
 
-DEFAULTS = {"hu_range": [-400.0, 500.0], "max_half_size_mm": 40.0, "margin_mm": 3.0, "opening_mm": [3.0, 1.5, 0.0]}
+DEFAULTS = {
+    "hu_range": [-400.0, 500.0],   # soft tissue (smoothed HU) that the lesion is made of
+    "max_half_size_mm": 40.0,      # first search cube: seed +/- this
+    "max_search_half_mm": 120.0,   # faces the lesion reaches move out (20 mm steps), up to seed +/- this
+    "margin_mm": 3.0,              # proposed box = the mask's extent + this
+    "opening_mm": [3.0, 1.5, 0.0],  # bounds of the opening that cuts vessels: 0.18 x the lesion's inscribed radius
+    "opening_fraction": 0.18,
+    "split_level_mm": 1.0,         # watershed depth (mm of distance) below which two blobs are one
+    "split_spacing_mm": 2.0,       # the watershed runs on voxels bin-shrunk up to this size (speed)
+    "edge_mm": 0.5, "edge_hu": -600.0,  # partial-volume rim given back at the lesion's edge
+    "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
+    "min_lung_contact": 0.3,       # share of the mask's surroundings that is lung, below this: uncertain
+    "bone_hu": 200.0,              # smoothed HU at the seed above this: the seed lies in bone or calcium
+    "ground_glass_hu": -700.0,     # part-solid lesions: ground glass is above this (lung parenchyma below)
+    "ground_glass_share": 0.5,     # share of ground glass around the solid part above this: segment it with it
+    "ground_glass_max_ratio": 20.0,  # ... unless that makes the mask more than this times the solid part
+}
+UNCERTAIN = "Tumour mask uncertain: review it"
 
 
 @dataclass
@@ -22,85 +49,247 @@ class Grown:
     mask: sitk.Image           # uint8 sub-image of the CT grid (region lo..hi)
     lo: np.ndarray             # index offset of the sub-image in the CT (x, y, z)
     found: bool                # a component was found at the seed
-    touches_limit: bool        # the component reaches the search limit (it leaked into neighbours)
+    touches_limit: bool        # the component reaches the search limit (faces that are not the scan's edge)
+    seed_hu: float = float("nan")        # smoothed HU at the seed
+    inscribed_mm: float = 0.0            # radius of the largest ball inside the mask
+    equivalent_mm: float = 0.0           # radius of the ball of the mask's volume
+    lung_contact: float = float("nan")   # share of a 2 mm shell around the mask that is below the tissue range
+    volume_ml: float = 0.0
+    faces: Optional[np.ndarray] = None   # [low, high] x (x, y, z): the region's faces the mask reaches
+    ground_glass: float = 0.0            # share of the non-tissue shell around the mask that is ground glass
+    part_solid: bool = False             # segmented with its ground glass (tissue down to ``ground_glass_hu``)
+    ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
+
+
+@dataclass
+class SeedSegmentation:
+    """The tumour at the seed: mask (sub-image of the CT grid at ``lo``), the box around it, and how sure it is.
+
+    ``uncertain`` lists the reasons to review the mask (empty when none); ``warnings`` holds the sentences for the
+    result; ``info`` is what result.json records under ``tumour_mask``.
+    """
+
+    box: Box
+    mask: sitk.Image
+    lo: np.ndarray
+    found: bool
+    uncertain: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    info: Dict = field(default_factory=dict)
 
 
 def _radius_vox(spacing: Sequence[float], mm: float) -> List[int]:
     return [int(round(mm / s)) for s in spacing]
 
 
-def _component_at(binary: sitk.Image, seed_idx: np.ndarray, sub: sitk.Image, reach_mm: float = 5.0
-                  ) -> Optional[sitk.Image]:
-    """The connected component at the seed, or at the nearest foreground voxel within reach_mm; None if none."""
-    arr = sitk.GetArrayViewFromImage(binary)
-    if not arr.any():
-        return None
+def _nearest_on(arr: np.ndarray, seed_idx: np.ndarray, sub: sitk.Image, reach_mm: float) -> Optional[Tuple[int, ...]]:
+    """(x, y, z) of the seed when ``arr`` is set there, else of the nearest set voxel within reach_mm; None if none."""
     x, y, z = (int(v) for v in seed_idx)
-    if not arr[z, y, x]:
-        # the seed may sit in a part-solid or cavitated centre: take the nearest soft-tissue voxel within reach
-        sp = np.array(sub.GetSpacing())
-        w = np.ceil(reach_mm / sp).astype(int)
-        lo = np.maximum(seed_idx - w, 0)
-        hi = np.minimum(seed_idx + w + 1, np.array(sub.GetSize()))
-        win = arr[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
-        zz, yy, xx = np.nonzero(win)
-        if xx.size == 0:
-            return None
-        m, _ = index_to_physical_matrix(sub)
-        d = m @ (np.stack([xx + lo[0], yy + lo[1], zz + lo[2]]) - seed_idx[:, None]).astype(float)
-        dist = np.sqrt((d ** 2).sum(0))
-        k = int(np.argmin(dist))
-        if dist[k] > reach_mm:
-            return None
-        x, y, z = int(xx[k] + lo[0]), int(yy[k] + lo[1]), int(zz[k] + lo[2])
+    if arr[z, y, x]:
+        return x, y, z
+    # the seed may sit in a part-solid or cavitated centre: take the nearest soft-tissue voxel within reach
+    w = np.ceil(reach_mm / np.array(sub.GetSpacing())).astype(int)
+    lo = np.maximum(seed_idx - w, 0)
+    hi = np.minimum(seed_idx + w + 1, np.array(sub.GetSize()))
+    zz, yy, xx = np.nonzero(arr[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]])
+    if xx.size == 0:
+        return None
+    m, _ = index_to_physical_matrix(sub)
+    d = m @ (np.stack([xx + lo[0], yy + lo[1], zz + lo[2]]) - seed_idx[:, None]).astype(float)
+    dist = np.sqrt((d ** 2).sum(0))
+    k = int(np.argmin(dist))
+    if dist[k] > reach_mm:
+        return None
+    return int(xx[k] + lo[0]), int(yy[k] + lo[1]), int(zz[k] + lo[2])
+
+
+def _component_at(binary: sitk.Image, at: Tuple[int, ...]) -> Optional[sitk.Image]:
+    """The connected component of ``binary`` that holds voxel ``at`` (x, y, z); None if that voxel is unset."""
+    x, y, z = at
+    if not sitk.GetArrayViewFromImage(binary)[z, y, x]:
+        return None
     cc = sitk.ConnectedComponent(binary)
-    lab = int(sitk.GetArrayViewFromImage(cc)[z, y, x])
-    return sitk.Cast(sitk.Equal(cc, lab), sitk.sitkUInt8)
+    return sitk.Cast(sitk.Equal(cc, int(sitk.GetArrayViewFromImage(cc)[z, y, x])), sitk.sitkUInt8)
 
 
-def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, params: Optional[Dict] = None) -> Grown:
-    p = {**DEFAULTS, **(params or {})}
+def _distance(binary: sitk.Image) -> sitk.Image:
+    """Signed distance (mm, positive inside the set voxels); the image's border counts as outside (a mask with no
+    unset voxel would otherwise get unbounded distances)."""
+    padded = sitk.ConstantPad(binary, [1, 1, 1], [1, 1, 1], 0)
+    d = sitk.SignedMaurerDistanceMap(padded, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    return sitk.Crop(d, [1, 1, 1], [1, 1, 1])
+
+
+def _inscribed_mm(mask: sitk.Image) -> float:
+    """Radius (mm) of the largest ball inside the mask (the distance map is kept alive while read)."""
+    d = _distance(mask)
+    return float(sitk.GetArrayViewFromImage(d).max())
+
+
+def _basin_at(smoothed: sitk.Image, tissue: sitk.Image, at: Tuple[int, ...], p: Dict) -> sitk.Image:
+    """The tissue of the watershed basin (on the tissue's distance map) that holds voxel ``at``.
+
+    The distance map and watershed run on voxels bin-shrunk to at most ``split_spacing_mm``: 4x cheaper on a thin-pixel
+    CT; the basin is mapped back to the full grid and cut to the full-resolution tissue.
+    """
+    lo_hu, hi_hu = (float(v) for v in p["hu_range"])
+    shrink = [max(1, int(float(p["split_spacing_mm"]) / s)) for s in smoothed.GetSpacing()]
+    small = sitk.BinShrink(smoothed, shrink) if max(shrink) > 1 else smoothed
+    basins = sitk.MorphologicalWatershed(-_distance(sitk.BinaryThreshold(small, lo_hu, hi_hu, 1, 0)),
+                                         level=float(p["split_level_mm"]), markWatershedLine=False,
+                                         fullyConnected=True)
+    basins = sitk.Resample(basins, smoothed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, basins.GetPixelID(),
+                           True)
+    x, y, z = at
+    label = int(sitk.GetArrayViewFromImage(basins)[z, y, x])
+    return sitk.And(sitk.Cast(sitk.Equal(basins, label), sitk.sitkUInt8), tissue)
+
+
+def _cut_attachments(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict) -> sitk.Image:
+    """Open the lesion with a ball scaled to its own size (``inscribed``: the radius of the largest ball inside it) so
+    that vessels and strands thinner than that ball are cut, keep the part at the seed and give back its edge within
+    the ball's radius; a smaller ball when the seed's part vanishes."""
+    bounds = [float(v) for v in (p["opening_mm"] if isinstance(p["opening_mm"], (list, tuple)) else [p["opening_mm"]])]
+    positive = [v for v in bounds if v > 0] or [0.0]
+    first = float(np.clip(float(p["opening_fraction"]) * inscribed, min(positive), max(positive)))
+    for mm in [first] + sorted((v for v in bounds if v < first), reverse=True):
+        r = _radius_vox(comp.GetSpacing(), mm)
+        if not any(r):
+            return comp
+        core = _component_at(sitk.BinaryMorphologicalOpening(comp, r, sitk.sitkBall), at)
+        if core is not None:
+            return sitk.And(sitk.BinaryDilate(core, r, sitk.sitkBall), comp)
+    return comp
+
+
+def _bounds(arr: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Index bounds [first, last] (x, y, z) of the set voxels of a (z, y, x) array; None when none is set."""
+    nz = [np.flatnonzero(arr.any(axis=a)) for a in ((0, 1), (0, 2), (1, 2))]
+    if any(v.size == 0 for v in nz):
+        return None
+    return np.array([v[0] for v in nz]), np.array([v[-1] for v in nz])
+
+
+def _touches(first, last, lo, hi, full) -> np.ndarray:
+    """Which faces ([low, high] x (x, y, z)) of the region [lo, hi) that are not the scan's own edge does a mask with
+    CT index bounds [first, last] reach?"""
+    return np.array([(first <= lo) & (lo > 0), (last >= hi - 1) & (hi < full)])
+
+
+def _crop_around(images: Sequence[sitk.Image], first, last, pad_mm: float) -> Tuple[List[sitk.Image], np.ndarray]:
+    """The images cut to the index box [first, last] grown by pad_mm (clipped); and the cut's offset."""
+    size = np.array(images[0].GetSize())
+    pad = np.ceil(pad_mm / np.array(images[0].GetSpacing())).astype(int) + 1
+    a, b = np.maximum(first - pad, 0), np.minimum(last + pad + 1, size)
+    return [sitk.RegionOfInterest(im, [int(v) for v in b - a], [int(v) for v in a]) for im in images], a
+
+
+def _measure(comp: sitk.Image, smoothed: sitk.Image, lo_hu: float, inscribed: float, ggo_hu: float) -> Dict:
+    """Volume, equivalent radius, the share of a 2 mm shell around the mask that is lung/air (below ``lo_hu``) and
+    the share of that lung that is ground glass (at or above ``ggo_hu``)."""
+    sp = comp.GetSpacing()
+    n = int(sitk.GetArrayViewFromImage(comp).sum())
+    vol = n * float(np.prod(sp))
+    shell = sitk.And(sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(sp, 2.0)], sitk.sitkBall),
+                     sitk.Not(comp))
+    s = sitk.GetArrayViewFromImage(shell) > 0
+    hu = sitk.GetArrayViewFromImage(smoothed)[s]
+    lung = float((hu < lo_hu).mean()) if s.any() else float("nan")
+    # ground glass is looked for 1.5 to 4 mm out: the first voxels beyond the edge are its partial-volume blur
+    inner = sitk.BinaryDilate(comp, _radius_vox(sp, 1.5), sitk.sitkBall)
+    outer = sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(sp, 4.0)], sitk.sitkBall)
+    far = sitk.GetArrayViewFromImage(sitk.And(outer, sitk.Not(inner))) > 0
+    hu_far = sitk.GetArrayViewFromImage(smoothed)[far]
+    ggo = float((hu_far[hu_far < lo_hu] >= ggo_hu).mean()) if (hu_far < lo_hu).any() else 0.0
+    return {"volume_ml": vol / 1000.0, "inscribed_mm": inscribed, "ground_glass": ggo,
+            "equivalent_mm": float((3 * vol / (4 * np.pi)) ** (1 / 3)), "lung_contact": lung}
+
+
+def _sub_region(ct: sitk.Image, region: Box) -> Tuple[np.ndarray, np.ndarray]:
     lo, hi = index_region_of_box(ct, region, pad=0)
     full = np.array(ct.GetSize())
     # at least 5 voxels per axis where the scan allows (the smoothing filter needs 4)
     short = (hi - lo) < 5
     lo = np.where(short, np.clip((lo + hi) // 2 - 2, 0, np.maximum(full - 5, 0)), lo)
     hi = np.where(short, np.minimum(lo + 5, full), hi)
-    size = [int(h - l) for l, h in zip(lo, hi)]
-    sub = sitk.RegionOfInterest(ct, size, [int(v) for v in lo])
-    sub = sitk.Cast(sub, sitk.sitkFloat32)
-    sigma = min(ct.GetSpacing()) * 0.75
+    return lo, hi
+
+
+def grow_from_seed(ct: sitk.Image, seed_lps: Sequence[float], region: Box, params: Optional[Dict] = None) -> Grown:
+    """The lesion at the seed inside ``region`` (see the module's description) and its measures.
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The CT in HU.
+    seed_lps : 3 floats
+        The seed, LPS mm.
+    region : Box
+        Where to look (the search cube or the user's box), LPS mm.
+    params : dict, optional
+        Overrides of :data:`DEFAULTS`.
+
+    Returns
+    -------
+    Grown
+        The mask on the region's part of the CT grid, whether a lesion was found, whether it reaches the region's
+        faces, and its measures.
+    """
+    p = {**DEFAULTS, **(params or {})}
+    lo, hi = _sub_region(ct, region)
+    return _grow_in(ct, seed_lps, lo, hi, p)
+
+
+def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.ndarray, p: Dict) -> Grown:
+    """:func:`grow_from_seed` on the CT's index region [lo, hi)."""
+    size = [int(v) for v in np.asarray(hi) - np.asarray(lo)]
+    sub = sitk.Cast(sitk.RegionOfInterest(ct, size, [int(v) for v in lo]), sitk.sitkFloat32)
     if min(size) >= 4:
-        sub = sitk.SmoothingRecursiveGaussian(sub, [sigma] * 3)
+        sub = sitk.SmoothingRecursiveGaussian(sub, [min(ct.GetSpacing()) * 0.75] * 3)
     lo_hu, hi_hu = (float(v) for v in p["hu_range"])
     tissue = sitk.BinaryThreshold(sub, lo_hu, hi_hu, 1, 0)
     ci = np.array(sub.TransformPhysicalPointToContinuousIndex(tuple(map(float, seed_lps))))
     seed_idx = np.clip(np.round(ci).astype(int), 0, np.array(size) - 1)
-    empty = sitk.Image(sub.GetSize(), sitk.sitkUInt8)
-    empty.CopyInformation(sub)
-    # Open with the largest radius that keeps a lesion at the seed: it cuts the vessels and thin attachments that
-    # touch the tumour, while small nodules survive a smaller radius.
-    radii = p["opening_mm"] if isinstance(p["opening_mm"], (list, tuple)) else [p["opening_mm"]]
-    comp = None
-    for mm in sorted((float(v) for v in radii), reverse=True):
-        r = _radius_vox(ct.GetSpacing(), mm)
-        binary = sitk.BinaryMorphologicalOpening(tissue, r, sitk.sitkBall) if any(r) else tissue
-        comp = _component_at(binary, seed_idx, sub)
-        if comp is not None:
-            if any(r):  # give back the lesion's own edge (within r of the opened core), not the vessels beyond
-                comp = sitk.And(sitk.BinaryDilate(comp, r, sitk.sitkBall), sitk.Cast(tissue, sitk.sitkUInt8))
-            break
-    if comp is None:
-        return Grown(empty, lo, False, False)
-    carr = sitk.GetArrayViewFromImage(comp)
-    # does it reach the search limit (ignoring faces that are the scan's own edge)?
-    touches = False
-    for axis_np, axis_xyz in ((2, 0), (1, 1), (0, 2)):
-        if lo[axis_xyz] > 0 and carr.take(0, axis=axis_np).any():
-            touches = True
-        if hi[axis_xyz] < full[axis_xyz] and carr.take(-1, axis=axis_np).any():
-            touches = True
-    return Grown(comp, np.asarray(lo), True, touches)
+    seed_hu = float(sitk.GetArrayViewFromImage(sub)[seed_idx[2], seed_idx[1], seed_idx[0]])
+    at = _nearest_on(sitk.GetArrayViewFromImage(tissue), seed_idx, sub, 5.0)
+    ggo_hu = float(p["ground_glass_hu"])
+    part_solid = lo_hu <= ggo_hu
+    if at is None and not part_solid and seed_hu >= ggo_hu:  # a seed in pure ground glass
+        return _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu]})
+    if at is None:
+        empty = sitk.Image(sub.GetSize(), sitk.sitkUInt8)
+        empty.CopyInformation(sub)
+        return Grown(empty, np.asarray(lo), False, False, seed_hu)
+    comp = _component_at(_basin_at(sub, tissue, at, p), at)
+    # the rest works on the lesion's own bounding box (plus room for the opening, the rim and the shell)
+    first, last = _bounds(sitk.GetArrayViewFromImage(comp))
+    if p.get("_stop_at_faces"):  # the search will widen anyway: skip the finishing steps
+        faces = _touches(first + lo, last + lo, lo, hi, np.array(ct.GetSize()))
+        if faces.any():
+            return Grown(comp, np.asarray(lo), True, True, seed_hu, faces=faces)
+    (comp, sub), off = _crop_around([comp, sub], first, last, 3.0 + float(p["edge_mm"]) + 4.0)
+    at = tuple(int(v) for v in np.asarray(at) - off)
+    inscribed = _inscribed_mm(comp)
+    comp = _cut_attachments(comp, at, inscribed, p)
+    r = _radius_vox(ct.GetSpacing(), float(p["edge_mm"]))
+    if any(r):  # the partial-volume rim at the lesion's edge, as a reader's outline includes it
+        rim = sitk.And(sitk.BinaryDilate(comp, r, sitk.sitkBall),
+                       sitk.BinaryThreshold(sub, float(p["edge_hu"]), hi_hu, 1, 0))
+        comp = sitk.Or(comp, rim)
+    origin = np.asarray(lo) + off
+    first, last = _bounds(sitk.GetArrayViewFromImage(comp))
+    faces = _touches(first + origin, last + origin, lo, hi, np.array(ct.GetSize()))
+    g = Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, part_solid=part_solid,
+              **_measure(comp, sub, lo_hu, inscribed, ggo_hu))
+    if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
+        # ground glass around the solid part: a part-solid lesion, segmented with its ground glass unless that runs
+        # far beyond the solid part (into partial-volume lung); then the solid part stays, flagged
+        gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu], "_stop_at_faces": False})
+        if gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
+                                                                                    not g.touches_limit):
+            return gg
+        g.ground_glass_unclear = True
+    return g
 
 
 def mask_extent_lps(mask: sitk.Image) -> Optional[Box]:
@@ -118,25 +307,175 @@ def mask_extent_lps(mask: sitk.Image) -> Optional[Box]:
     return Box(tuple(map(float, pts.min(0) - half)), tuple(map(float, pts.max(0) + half)))
 
 
-def propose_box(ct: sitk.Image, seed_lps: Sequence[float], params: Optional[Dict] = None
-                ) -> Tuple[Box, List[str]]:
-    """Propose a box around the tumour at the seed. Returns (box in LPS, warnings)."""
-    p = {**DEFAULTS, **(params or {})}
+def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
+    """Why the mask at the seed needs a reader's review (empty when it does not)."""
+    reasons = []
+    if np.isfinite(g.seed_hu) and g.seed_hu > float(p["bone_hu"]):
+        reasons.append(f"the seed lies in bone or calcium (about {g.seed_hu:.0f} HU); place it on the tumour")
+    if not g.found:
+        return reasons
+    if g.touches_limit:
+        reasons.append(f"the mask reaches {limit_words}: it may run on into a neighbouring structure")
+    # the inscribed radius plus half the thickest voxel (thick slices hide a ball's caps)
+    seen = g.inscribed_mm + 0.5 * float(p.get("_max_spacing", 0.0))
+    if seen > 0 and g.equivalent_mm > float(p["leak_ratio"]) * seen:
+        reasons.append(f"the mask ({g.volume_ml:.1f} mL) is much larger than the lesion visible at the seed "
+                       f"(a ball of {2 * seen:.0f} mm): it may have leaked along vessels or tissue")
+    if g.ground_glass_unclear:
+        reasons.append("ground glass around the solid part could not be delimited and is left out of the mask")
+    if np.isfinite(g.lung_contact) and g.lung_contact < float(p["min_lung_contact"]):
+        reasons.append(f"only {100 * g.lung_contact:.0f}% of the mask's surroundings is lung: the seed may lie in the "
+                       "heart, mediastinum or chest wall rather than on a lung tumour")
+    return reasons
+
+
+def _region_box(ct: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> Box:
+    """The LPS box covering the outer edges of the CT's index region [lo, hi)."""
+    m, o = index_to_physical_matrix(ct)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]) - 0.5
+    pts = corners @ m.T + o
+    return Box(tuple(map(float, pts.min(0))), tuple(map(float, pts.max(0))))
+
+
+def _grow_with_limit(ct: sitk.Image, seed: Sequence[float], p: Dict) -> Tuple[Grown, Box, bool]:
+    """Grow in a cube around the seed whose faces that the lesion reaches move out (by half the first half-size)
+    until it reaches none, up to ``max_search_half_mm`` around the seed. Returns (grown, search region, at maximum)."""
     half = float(p["max_half_size_mm"])
-    limit = Box.from_center_size(seed_lps, [2 * half] * 3)
-    g = grow_from_seed(ct, seed_lps, limit, p)
+    top = max(half, float(p["max_search_half_mm"]))
+    lo, hi = _sub_region(ct, Box.from_center_size(seed, [2 * half] * 3))
+    tlo, thi = index_region_of_box(ct, Box.from_center_size(seed, [2 * top] * 3), pad=0)
+    step = np.ceil(0.5 * half / np.array(ct.GetSpacing())).astype(int)
+    while True:
+        g = _grow_in(ct, seed, lo, hi, {**p, "_stop_at_faces": True})
+        if not (g.found and g.touches_limit):
+            return g, _region_box(ct, lo, hi), False
+        new_lo = np.where(g.faces[0], np.maximum(lo - step, np.minimum(tlo, lo)), lo)
+        new_hi = np.where(g.faces[1], np.minimum(hi + step, np.maximum(thi, hi)), hi)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):  # at the maximum: finish this one
+            return _grow_in(ct, seed, lo, hi, p), _region_box(ct, lo, hi), True
+        lo, hi = new_lo, new_hi
+
+
+def _grow_in_box(ct: sitk.Image, seed: Sequence[float], box: Box, p: Dict) -> Grown:
+    """Grow with 10 mm of context around the user's box (so the shape split sees the same blobs as without a box),
+    then keep the part inside the box; the mask "reaches the limit" when the lesion runs on past the box."""
+    context = Box(tuple(np.asarray(box.min) - 10.0), tuple(np.asarray(box.max) + 10.0))
+    g = grow_from_seed(ct, seed, context, p)
+    if not g.found:
+        return g
+    lo_b, hi_b = _sub_region(ct, box)
+    arr = sitk.GetArrayFromImage(g.mask)
+    a = np.clip(lo_b - g.lo, 0, None)[::-1]
+    b = np.clip(hi_b - g.lo, 0, None)[::-1]
+    kept = np.zeros_like(arr)
+    kept[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = arr[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+    if not kept.any():  # the seed's lesion lies outside the box: nothing of it inside
+        g.found = False
+    g.touches_limit = bool(g.touches_limit or kept.sum() < arr.sum())
+    mask = sitk.GetImageFromArray(kept)
+    mask.CopyInformation(g.mask)
+    g.mask = mask
+    return g
+
+
+def _sphere_mask(ref: sitk.Image, seed_lps: Sequence[float], radius_mm: float) -> sitk.Image:
+    shape = sitk.GetArrayViewFromImage(ref).shape
+    zz, yy, xx = np.indices(shape)
+    m, o = index_to_physical_matrix(ref)
+    pts = np.stack([xx, yy, zz], -1).reshape(-1, 3) @ m.T + o
+    arr = (np.linalg.norm(pts - np.asarray(seed_lps), axis=1) <= radius_mm).reshape(shape).astype(np.uint8)
+    mask = sitk.GetImageFromArray(arr)
+    mask.CopyInformation(ref)
+    return mask
+
+
+def segment_from_seed(ct: sitk.Image, seed_lps: Sequence[float], box: Optional[Box] = None,
+                      params: Optional[Dict] = None, region_settings: Optional[Dict] = None) -> SeedSegmentation:
+    """The tumour at the seed, the box around it and whether a reader should review it.
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The CT in HU.
+    seed_lps : 3 floats
+        The seed on the tumour, LPS mm.
+    box : Box, optional
+        The user's box: the tumour is looked for inside it only and the box is kept as given. None: the search
+        cube starts at ``max_half_size_mm`` around the seed and grows with the lesion; the box is proposed.
+    params : dict, optional
+        The bundle's ``proposal`` settings (overrides of :data:`DEFAULTS`).
+    region_settings : dict, optional
+        The bundle's ``regions`` settings (unused by the segmentation; accepted for the pipeline's call).
+
+    Returns
+    -------
+    SeedSegmentation
+        Box, mask (uint8 sub-image at ``lo``), reasons to review it, warnings and the ``info`` for result.json.
+        With no soft tissue at the seed the mask is a 5 mm sphere at the seed (so the ring stays defined) and the
+        proposed box a 30 mm cube, each with a warning.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk
+    >>> ct = sitk.Image([64, 64, 32], sitk.sitkInt16) - 900          # lung
+    >>> ct.SetSpacing((1.0, 1.0, 2.0))
+    >>> ball = sitk.GetArrayFromImage(ct); zz, yy, xx = np.indices(ball.shape)
+    >>> ball[((xx - 32) ** 2 + (yy - 32) ** 2 + (2 * (zz - 16)) ** 2) <= 100] = 30  # a 20 mm nodule, sharp-edged
+    >>> img = sitk.GetImageFromArray(ball); img.CopyInformation(ct)
+    >>> seg = segment_from_seed(img, (32.0, 32.0, 32.0))
+    >>> seg.found, seg.uncertain, [round(v) for v in seg.box.size]
+    (True, [], [25, 25, 24])
+    """
+    p = {**DEFAULTS, **(params or {}), "_max_spacing": max(ct.GetSpacing())}
+    seed = tuple(float(v) for v in seed_lps)
+    if box is None:
+        g, limit, _ = _grow_with_limit(ct, seed, p)
+        limit_words = f"the search limit ({float(p['max_search_half_mm']):g} mm around the seed)"
+    else:
+        g, limit = _grow_in_box(ct, seed, box, p), box
+        limit_words = "the edge of the given box"
+    reasons = _reasons(g, p, limit_words)
     warnings: List[str] = []
+    mask = g.mask
+    if not g.found:
+        warnings.append("No soft-tissue lesion was found at the seed (it lies in air or far from tissue); the tumour "
+                        "region is a 5 mm sphere at the seed" + ("" if box is not None else
+                                                                 " and the proposed box a 30 mm cube around it")
+                        + ". Check the seed, or give a segmentation (--segmentation).")
+        mask = _sphere_mask(g.mask, seed, 5.0)
+        reasons.append("no lesion was found at the seed")
+    if box is None:
+        box = _box_around(g, seed, limit, p)
+    if reasons and g.found:
+        warnings.append(f"{UNCERTAIN}: {'; '.join(reasons)}. The tumour and ring attention shares depend on it.")
+    info = {"source": "proposed", "uncertain": bool(reasons), "reasons": reasons,
+            "volume_ml": round(float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(ct.GetSpacing()))
+                               / 1000.0, 3),
+            "search_box_mm": [round(float(v), 1) for v in limit.size], "inscribed_radius_mm": round(g.inscribed_mm, 2),
+            "lung_contact": None if not np.isfinite(g.lung_contact) else round(g.lung_contact, 3),
+            "part_solid": g.part_solid}
+    return SeedSegmentation(box, mask, np.asarray(g.lo), g.found, reasons, warnings, info)
+
+
+def _box_around(g: Grown, seed: Sequence[float], limit: Box, p: Dict) -> Box:
+    """The mask's extent plus the margin, inside the search limit; a 30 mm cube at the seed when nothing grew."""
     ext = mask_extent_lps(g.mask) if g.found else None
     if ext is None:
-        warnings.append("No soft-tissue lesion was found at the seed; proposed a 30 mm box around the seed. "
-                        "Check the seed and adjust the box.")
-        return Box.from_center_size(seed_lps, [30.0] * 3), warnings
+        return Box.from_center_size(seed, [30.0] * 3)
     margin = float(p["margin_mm"])
-    box = Box(tuple(np.asarray(ext.min) - margin), tuple(np.asarray(ext.max) + margin))
-    if g.touches_limit:
-        warnings.append(f"The lesion at the seed merges with neighbouring structures within {half:g} mm; the proposed "
-                        "box was clipped to the search limit. Check it and adjust it to the tumour.")
-        lo = np.maximum(box.min, limit.min)
-        hi = np.minimum(box.max, limit.max)
-        box = Box(tuple(map(float, lo)), tuple(map(float, hi)))
-    return box, warnings
+    lo = np.maximum(np.asarray(ext.min) - margin, limit.min)
+    hi = np.minimum(np.asarray(ext.max) + margin, limit.max)
+    return Box(tuple(map(float, lo)), tuple(map(float, hi)))
+
+
+def propose_box(ct: sitk.Image, seed_lps: Sequence[float], params: Optional[Dict] = None
+                ) -> Tuple[Box, List[str]]:
+    """Propose a box around the tumour at the seed: the extent of :func:`segment_from_seed`'s mask plus the margin.
+
+    Returns
+    -------
+    (Box, list of str)
+        The box (LPS mm) and the warnings (no lesion found, or the mask needs review).
+    """
+    seg = segment_from_seed(ct, seed_lps, None, params)
+    return seg.box, seg.warnings

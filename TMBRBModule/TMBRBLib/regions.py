@@ -7,31 +7,34 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Box, index_region_of_box, index_to_physical_matrix
+from .geometry import Box, index_region_of_box
 from .io import sub_image_info
-from .proposal import grow_from_seed
+from .proposal import segment_from_seed
 
 
-def segment_tumour(ct: sitk.Image, seed_lps: Sequence[float], box: Box, params: Optional[Dict] = None
-                   ) -> Tuple[sitk.Image, np.ndarray, List[str]]:
-    """Tumour mask inside the box, grown from the seed. Returns (uint8 sub-image, its index offset, warnings)."""
-    hu = (params or {}).get("tumour_hu_range")
-    g = grow_from_seed(ct, seed_lps, box, {"hu_range": hu} if hu else None)
-    warnings: List[str] = []
-    if not g.found:
-        # fall back to a 5 mm sphere at the seed so the ring and shares stay defined; say so
-        warnings.append("No soft-tissue lesion was found at the seed inside the box; the tumour region is a 5 mm "
-                        "sphere at the seed. Give a segmentation (--segmentation) for meaningful attention shares.")
-        ref = g.mask
-        shape = sitk.GetArrayViewFromImage(ref).shape
-        zz, yy, xx = np.indices(shape)
-        m, o = index_to_physical_matrix(ref)
-        pts = np.stack([xx, yy, zz], -1).reshape(-1, 3) @ m.T + o
-        arr = (np.linalg.norm(pts - np.asarray(seed_lps), axis=1) <= 5.0).reshape(shape).astype(np.uint8)
-        mask = sitk.GetImageFromArray(arr)
-        mask.CopyInformation(ref)
-        return mask, g.lo, warnings
-    return g.mask, g.lo, warnings
+def segment_tumour(ct: sitk.Image, seed_lps: Sequence[float], box: Box, params: Optional[Dict] = None,
+                   proposal: Optional[Dict] = None) -> Tuple[sitk.Image, np.ndarray, List[str]]:
+    """Tumour mask inside the box, from the seed (``proposal.segment_from_seed`` bounded by the box).
+
+    Parameters
+    ----------
+    ct, seed_lps
+        The CT (HU) and the seed on the tumour (LPS mm).
+    box : Box
+        The box the tumour is looked for in.
+    params : dict, optional
+        The bundle's ``regions`` settings (not used by the segmentation).
+    proposal : dict, optional
+        The bundle's ``proposal`` settings (HU range, opening, rim).
+
+    Returns
+    -------
+    (SimpleITK.Image, numpy.ndarray, list of str)
+        The uint8 mask (a sub-image of the CT grid), its index offset (x, y, z) and the warnings (no lesion at the
+        seed: a 5 mm sphere instead; or the mask needs review).
+    """
+    seg = segment_from_seed(ct, seed_lps, box, proposal, params)
+    return seg.mask, seg.lo, seg.warnings
 
 
 def ring_from_tumour(tumour_sub: sitk.Image, width_mm: float) -> sitk.Image:

@@ -13,6 +13,12 @@ stdin; it answers one JSON object per line on stdout, each carrying the request'
   ``{"id", "error": message, "kind": "input"|"internal"}``, or ``{"id", "cancelled": true}``.
 - ``{"op": "cancel", "id": "r1"}`` stops that request at its next step (a reader thread sets the flag that
   ``score_case`` polls); the worker stays alive.
+- ``{"op": "device", "id": "d1", "device": "auto"}`` answers ``{"id", "done": true, "device": {"device": "cuda:0"
+  or "cpu", "name": GPU name or "CPU", "reason": why the CPU ("" on a GPU), "gpus": [names],
+  "cuda_visible_devices": the variable as the worker sees it}}`` (:func:`device_info`).
+- ``{"op": "case", "id": "c1", "row": {manifest row}, "number": 1, "base": "manifest folder", "out": "batch output
+  folder", "model", "device", "shifts", "ring_mm", "pictures"}`` scores one manifest row as ``tmbrb batch`` does
+  (resume on the inputs key, folder replaced whole) and answers ``{"id", "done": true, "row": {summary row}}``.
 - ``{"op": "shutdown"}`` (or the end of stdin) ends the worker.
 
 The loaded model is kept per (bundle folder, device): a request for another bundle or device loads that one instead.
@@ -177,8 +183,16 @@ class Worker:
         rid = str(request.get("id"))
         cancel: Callable[[], bool] = lambda: rid in self._cancelled  # noqa: E731 - read by score_case at each step
         try:
-            if request.get("op", "score") != "score":
-                raise TMBRBInputError(f"Unknown request '{request.get('op')}'.", "Send op 'score' or 'cancel'.")
+            op = request.get("op", "score")
+            if op == "device":
+                self.send(id=rid, done=True, device=device_info(request.get("device") or "auto"))
+                return
+            if op == "case":
+                self.send(id=rid, progress=0.0, message="scoring")  # the case's own time starts here
+                self.send(id=rid, done=True, row=self._case(request))
+                return
+            if op != "score":
+                raise TMBRBInputError(f"Unknown request '{op}'.", "Send op 'score', 'case', 'device' or 'cancel'.")
             missing = [k for k in REQUIRED_FIELDS if request.get(k) in (None, "")]
             if missing:
                 raise TMBRBInputError(f"The request lacks {', '.join(missing)}.", "Send every required field.")
@@ -194,6 +208,19 @@ class Worker:
         finally:
             with self._lock:
                 self._cancelled.discard(rid)
+
+    def _case(self, request: Dict) -> Dict:
+        """One manifest row as ``tmbrb batch`` scores it (TMBRBLib.batch); its summary row."""
+        from .batch import _run_case, row_to_case
+
+        number = int(request.get("number") or 1)
+        case = row_to_case(dict(request.get("row") or {}), Path(request.get("base") or "."), number)
+        scorer = self.scorers.get(request.get("model"), request.get("device") or "auto")
+        shifts = request.get("shifts")
+        row = _run_case((case, case["case_id"], ""), Path(request["out"]), scorer, scorer.bundle,
+                        None if shifts is None else int(shifts), request.get("ring_mm"),
+                        bool(request.get("pictures", False)))
+        return dict(row, row=number)
 
     def _score(self, request: Dict, rid: str, cancel: Callable[[], bool]) -> Dict:
         from .pipeline import score_to_folder
@@ -216,6 +243,44 @@ class Worker:
             progress=progress, cancel=cancel, scorer=scorer, n_shifts=None if shifts is None else int(shifts),
             ring_width_mm=request.get("ring_mm"))
         return written
+
+
+def device_info(requested: str = "auto") -> Dict[str, Any]:
+    """What a case asking for ``requested`` runs on in this process, and why the CPU when it is the CPU.
+
+    Parameters
+    ----------
+    requested : str
+        "auto", "cpu", "cuda", "cuda:1"...
+
+    Returns
+    -------
+    dict
+        device ("cuda:0", "cpu"...), name (the GPU's name, or "CPU"), reason (why the CPU; "" on a GPU), gpus (the
+        names of the GPUs this process sees), cuda_visible_devices (the variable, or None when unset).
+    """
+    import torch
+
+    from .model import select_device
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    info = {"gpus": gpus, "cuda_visible_devices": visible}
+    device = select_device(requested)
+    if device.type == "cuda":
+        index = device.index or 0
+        name = gpus[index] if index < len(gpus) else "GPU"
+        return dict(info, device=f"cuda:{index}", name=name, reason="")
+    if str(requested).lower() == "cpu":
+        reason = "the CPU was chosen (force CPU)"
+    elif visible is not None and visible.strip() in ("", "-1"):
+        reason = "no GPU is visible to the engine (CUDA_VISIBLE_DEVICES is empty: CPU forced)"
+    elif torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        reason = f"this PyTorch ({torch.__version__}) is built without GPU support"
+    else:
+        reason = "no CUDA GPU was found (none in this computer, or its driver is missing or too old for this PyTorch)"
+    return dict(info, device=device.type, name="CPU", reason=reason)
 
 
 def protocol_streams() -> Tuple[TextIO, TextIO]:

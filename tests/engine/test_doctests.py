@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["TMBRBLib.cam", "TMBRBLib.model", "TMBRBLib.bundle", "TMBRBLib.pipeline", "TMBRBLib.geometry"]
+MODULES = ["TMBRBLib.cam", "TMBRBLib.model", "TMBRBLib.bundle", "TMBRBLib.pipeline", "TMBRBLib.geometry",
+           "TMBRBLib.proposal"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -291,7 +291,7 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was(scene, logic):
 
 
 def test_missing_dependencies_declined_gives_a_clear_error(monkeypatch, logic):
-    monkeypatch.setattr(dependencies, "readRequirements", lambda path=None: ["tmbrb-no-such-package-xyz>=1.0", "numpy"])
+    monkeypatch.setattr(dependencies, "readRequirements", lambda path=None, environment=None: ["tmbrb-no-such-package-xyz>=1.0", "numpy"])
     installs, asked = [], []
     monkeypatch.setattr(TMBRB.TMBRBLogic, "_pipInstall", staticmethod(lambda reqs: installs.append(reqs)))
     with pytest.raises(TMBRB.TMBRBDependencyError, match="tmbrb-no-such-package-xyz"):

@@ -187,3 +187,133 @@ def test_no_undefined_or_unused_names(path):
     out, err = io.StringIO(), io.StringIO()
     count = pyflakes_api.check(path.read_text(encoding="utf-8"), str(path), Reporter(out, err))
     assert count == 0, out.getvalue() + err.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# no dialog while the polling timer runs (issue 12): a modal dialog runs a nested event loop in which the QTimer fires
+# again, so one failed run would stack a dialog on every tick
+
+DIALOG_CALLS = re.compile(r"^(slicer\.util\.(errorDisplay|warningDisplay|infoDisplay|messageBox|confirm\w*|"
+                          r"tryWithErrorDisplay|delayDisplay)|qt\.(QMessageBox|QInputDialog|QFileDialog|QDialog)\b.*|"
+                          r"ctk\.ctkMessageBox.*)$")
+
+
+def _widget_methods(tree: ast.Module) -> dict:
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRBWidget")
+    return {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+
+
+def _polling_entries(methods: dict) -> dict:
+    """{method: the timer that calls it}: methods connected to a QTimer's timeout(), and the JobWatcher callbacks
+    (on*=self.method keyword arguments; the JobWatcher is driven by the job timer, self._timer)."""
+    entries = {}
+    for f in methods.values():
+        for node in ast.walk(f):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name.endswith(".connect") and node.args and ast.unparse(node.args[0]) == "'timeout()'":
+                entries[ast.unparse(node.args[1]).replace("self.", "")] = name[:-len(".connect")]
+            if name == "JobWatcher":
+                entries.update({ast.unparse(k.value).replace("self.", ""): "self._timer" for k in node.keywords
+                                if k.arg and k.arg.startswith("on") and ast.unparse(k.value).startswith("self.")})
+    return entries
+
+
+def _events(f: ast.FunctionDef, timer: str):
+    """(line, col, kind, name) of the stops of `timer`, the dialog calls and the self.method calls of a function, in
+    source order (a stop counts for everything after it in the function, whatever block it is in: the code stops
+    the timer at the top of a handler)."""
+    out = []
+    for node in ast.walk(f):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            kind = ("stop" if name == f"{timer}.stop" else "dialog" if DIALOG_CALLS.match(name)
+                    else "call" if name.startswith("self.") and name.count(".") == 1 else None)
+            if kind:
+                out.append((node.lineno, node.col_offset, kind, name))
+    return sorted(out)
+
+
+def _stops_first(methods: dict, name: str, timer: str, seen=()) -> bool:
+    """Whether calling method `name` stops the timer before anything else it calls."""
+    if name not in methods or name in seen:
+        return False
+    for _l, _c, kind, callee in _events(methods[name], timer):
+        if kind == "stop":
+            return True
+        if kind == "call" and _stops_first(methods, callee[5:], timer, seen + (name,)):
+            return True
+        if kind == "dialog":
+            return False
+    return False
+
+
+def dialogs_while_polling(source: str):
+    """[(method, line, dialog call)] for every dialog reachable from a polling timer before that timer is stopped;
+    the polling entry points found ({method: timer}); the methods visited."""
+    methods = _widget_methods(ast.parse(source))
+    entries = _polling_entries(methods)
+    bad, visited = [], set()
+
+    def walk(name, timer, seen):
+        if (name, timer) in seen or name not in methods:
+            return
+        seen.add((name, timer))
+        visited.add(name)
+        for line, _c, kind, callee in _events(methods[name], timer):
+            if kind == "stop" or (kind == "call" and _stops_first(methods, callee[5:], timer)):
+                return  # everything after this runs with the timer stopped
+            if kind == "dialog":
+                bad.append((name, line, callee))
+            elif kind == "call":
+                walk(callee[5:], timer, seen)
+
+    for entry, timer in sorted(entries.items()):
+        walk(entry, timer, set())
+    return bad, entries, visited
+
+
+def test_no_dialog_is_reachable_from_the_polling_timer_before_it_is_stopped():
+    bad, entries, visited = dialogs_while_polling(TMBRB_PY.read_text())
+    assert {"onPollJob", "onJobProgress", "onJobResult", "onJobError", "onJobCancelled"} <= set(entries)
+    assert entries["onPollJob"] == "self._timer" and entries["onPollDevice"] == "self._deviceTimer"
+    assert {"onPollJob", "onJobProgress", "onJobError", "onPollDevice"} <= visited
+    assert bad == [], f"dialogs reachable from the polling timer while it runs: {bad}"
+
+
+@pytest.mark.parametrize("breakage", ["dialog-before-stop", "dialog-in-progress", "dialog-in-helper"])
+def test_the_dialog_check_catches_a_broken_widget(breakage):
+    src = TMBRB_PY.read_text()
+    if breakage == "dialog-before-stop":  # the old bug: the dialog first, then the timer stopped
+        broken = src.replace("    def onJobError(self, error: Exception) -> None:\n",
+                             "    def onJobError(self, error: Exception) -> None:\n"
+                             "        slicer.util.errorDisplay(str(error))\n", 1)
+    elif breakage == "dialog-in-progress":
+        broken = src.replace("    def onJobProgress(self, fraction: float, message: str) -> None:\n",
+                             "    def onJobProgress(self, fraction: float, message: str) -> None:\n"
+                             "        qt.QMessageBox.warning(None, 'TMBRB', message)\n", 1)
+    else:  # a helper called before the stop opens a dialog
+        broken = src.replace("    def onPollDevice(self) -> None:\n",
+                             "    def onPollDevice(self) -> None:\n        self._ask()\n", 1)
+        broken = broken.replace("    def updateDevice(self) -> None:\n",
+                                "    def _ask(self):\n        slicer.util.confirmYesNoDisplay('?')\n\n"
+                                "    def updateDevice(self) -> None:\n", 1)
+    assert broken != src, "the breakage did not apply: update the test to the widget's code"
+    bad, _entries, _visited = dialogs_while_polling(broken)
+    assert bad, f"the check missed a dialog in the polling path ({breakage})"
+
+
+def test_cleanup_stops_every_timer_and_the_module_declares_its_dependencies():
+    tree = ast.parse(TMBRB_PY.read_text())
+    methods = _widget_methods(tree)
+    timers = {ast.unparse(n.targets[0]) for n in ast.walk(methods["setup"])
+              if isinstance(n, ast.Assign) and ast.unparse(n.value) == "qt.QTimer()"}
+    assert {"self._timer", "self._deviceTimer"} <= timers
+    cleanup = ast.unparse(methods["cleanup"])
+    for timer in timers:  # stopped by name or in a loop over the timers
+        assert f"{timer}.stop()" in cleanup or (timer in cleanup and "timer.stop()" in cleanup), timer
+    module = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TMBRB")
+    deps = next(n.value for n in ast.walk(module) if isinstance(n, ast.Assign)
+                and ast.unparse(n.targets[0]) == "self.parent.dependencies")
+    assert set(ast.literal_eval(deps)) == {"Markups", "Segmentations", "VolumeRendering", "Colors"}

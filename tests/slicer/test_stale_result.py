@@ -45,3 +45,28 @@ def test_a_table_without_a_recorded_result_is_never_current(scene, logic):
     seed = add_seed(scene, lps_to_ras(SEED_LPS))
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "someone else's table")
     assert not logic.isResultCurrent(table, ct, seed) and not logic.isResultCurrent(None, ct, seed)
+
+
+def test_the_panel_state_follows_the_parameter_node(scene, logic):
+    """What the Widget greys its result on: resultState of the module's parameter node."""
+    p = logic.getParameterNode(scene)
+    assert logic.resultState(p) == "none"
+    p.inputVolume = add_ct(scene, oblique_ct()[0])
+    p.seedPoint = add_seed(scene, lps_to_ras(SEED_LPS))
+    p.ecog = "1"
+    logic.process(p.inputVolume, p.seedPoint, p.boxRoi, None, p.ecog, numberOfShifts=0, device="cpu",
+                  showResult=False, parameterNode=p)
+    assert p.boxRoi is not None and logic.resultState(p) == "current"
+    p.ecog = "2"
+    assert logic.resultState(p) == "outdated"
+    p.ecog = "1"
+    assert logic.resultState(p) == "current"
+    p.seedPoint.AddControlPoint(lps_to_ras((16.0, -16.0, 33.0)))  # the seed placed again: the last point counts
+    assert logic.resultState(p) == "outdated"
+    ma.keep_last_seed_point(p.seedPoint)
+    assert logic.resultState(p) == "outdated"
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tumour")
+    p.seedPoint.SetNthControlPointPosition(0, *lps_to_ras(SEED_LPS))
+    assert logic.resultState(p) == "current"
+    p.tumourSegmentation = seg
+    assert logic.resultState(p) == "outdated"

@@ -168,3 +168,20 @@ def page(browser, viewer_server):
 
 FIRST_SLICE_JS = ("() => { const m = document.querySelector('#tmbrb-view-Red'); const i = m && "
                   "m.parentElement.querySelector('img'); return !!(i && i.complete && i.naturalWidth > 0); }")
+
+
+@pytest.fixture()
+def watched_page(browser, viewer_server):
+    """A page with its browser console errors and HTTP 4xx/5xx answers recorded from before it loads:
+    page.console_errors and page.bad_responses (lists of strings)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.console_errors, pg.bad_responses = [], []
+    pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.console_errors.append(str(e)))
+    pg.on("response", lambda r: pg.bad_responses.append(f"{r.status} {r.request.method} {r.url}")
+          if r.status >= 400 else None)
+    pg.goto(viewer_server.url)
+    pg.wait_for_function(FIRST_SLICE_JS, timeout=60_000)
+    yield pg
+    context.close()

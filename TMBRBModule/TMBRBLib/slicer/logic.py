@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,7 +27,7 @@ import slicer
 from ..errors import TMBRBCancelled, TMBRBError, TMBRBInputError
 from . import dependencies, mrml
 from .parameters import TMBRBParameterNode, getParameterNode
-from .runner import EngineJob, EngineProcess, EngineWorker, JobInputs, score_command
+from .runner import EngineJob, EngineProcess, EngineWorker, JobInputs, engine_environment, score_command
 
 MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
@@ -127,6 +128,8 @@ class SceneLogic:
         self._ctFiles: Dict[str, Tuple[Any, Path]] = {}  # volume node ID -> (its state when written, CT file)
         self._ctDir: Optional[Path] = None
         self.ctFilesWritten = 0
+        self.gpuIndex: Optional[int] = None  # the GPU the engine uses (CUDA_VISIBLE_DEVICES); None: as set up
+        self.forceCpu = False  # the engine sees no GPU (CUDA_VISIBLE_DEVICES="")
 
     # scene and parameters -------------------------------------------------------------------------------------------
     @property
@@ -343,6 +346,15 @@ class SceneLogic:
         return tableNode.GetAttribute(INPUTS_KEY_ATTRIBUTE) == self.inputsKey(volumeNode, seedNode, roiNode,
                                                                               segmentationNode, ecog)
 
+    def resultState(self, parameterNode: Optional[TMBRBParameterNode]) -> str:
+        """'none' (no result in the parameter node), 'current' or 'outdated' (the CT, seed, box, segmentation or
+        ECOG changed since the result was made): what the panel shows over its result."""
+        if parameterNode is None or parameterNode.resultTable is None:
+            return "none"
+        p = parameterNode
+        return "current" if self.isResultCurrent(p.resultTable, p.inputVolume, p.seedPoint, p.boxRoi,
+                                                 p.tumourSegmentation, p.ecog) else "outdated"
+
     @staticmethod
     def _existingOutputs(parameterNode) -> Optional[Dict]:
         if parameterNode is None:
@@ -471,7 +483,8 @@ class SceneLogic:
         else:
             process = EngineProcess(score_command(ctPath, inputs["seed_lps"], work / "out", box_lps=inputs["box"],
                                                   segmentation_path=segPath, ecog=inputs["ecog"], model=model,
-                                                  device=device, shifts=numberOfShifts)).start()
+                                                  device=device, shifts=numberOfShifts),
+                                    env=engine_environment(self.deviceEnvironment())).start()
         jobInputs = JobInputs(volume=volumeNode, seed=seedNode, roi=roiNode, segmentation=segmentationNode,
                               ecog=inputs["ecog"], numberOfShifts=numberOfShifts, device=device, bundle=bundle,
                               warnings=inputs["warnings"])
@@ -479,11 +492,88 @@ class SceneLogic:
 
     # the warm engine ------------------------------------------------------------------------------------------------
     def engineWorker(self) -> EngineWorker:
-        """The engine worker of this logic (made on first use; its process starts with the first case)."""
+        """The engine worker of this logic (made on first use; its process starts with the first case), with the
+        device selection (:meth:`setDeviceSelection`) in its environment."""
         if self._worker is None:
-            self._worker = EngineWorker(timeout_s=self.caseTimeoutS)
+            self._worker = EngineWorker(env=engine_environment(self.deviceEnvironment()), timeout_s=self.caseTimeoutS)
             self._ownsWorker = True
         return self._worker
+
+    # the device -----------------------------------------------------------------------------------------------------
+    def deviceEnvironment(self, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """The environment variables that select the engine's device: ``CUDA_VISIBLE_DEVICES`` empty when
+        ``forceCpu``, the chosen GPU when ``gpuIndex`` is set (counted among the GPUs this process may use: an
+        existing CUDA_VISIBLE_DEVICES list is respected), else nothing.
+
+        Parameters
+        ----------
+        base : dict, optional
+            The environment it applies to (default this process's).
+        """
+        import os
+
+        if self.forceCpu:
+            return {"CUDA_VISIBLE_DEVICES": ""}
+        if self.gpuIndex is None or int(self.gpuIndex) < 0:
+            return {}
+        outer = (os.environ if base is None else base).get("CUDA_VISIBLE_DEVICES")
+        choices = [c.strip() for c in outer.split(",") if c.strip()] if outer else None
+        if choices is not None and int(self.gpuIndex) >= len(choices):
+            raise TMBRBInputError(f"GPU {self.gpuIndex} is not one of the {len(choices)} GPUs this Slicer may use "
+                                  f"(CUDA_VISIBLE_DEVICES={outer}).", "Choose a lower GPU number or 'auto'.")
+        return {"CUDA_VISIBLE_DEVICES": choices[int(self.gpuIndex)] if choices is not None else str(int(self.gpuIndex))}
+
+    def setDeviceSelection(self, gpuIndex: Optional[int] = None, forceCpu: bool = False) -> bool:
+        """Choose the engine's GPU (None or -1: the first one the engine sees) or force the CPU. The engine worker
+        this logic owns is ended when its environment no longer matches (the next case starts it again). Returns
+        True when the selection changed."""
+        gpuIndex = None if gpuIndex is None or int(gpuIndex) < 0 else int(gpuIndex)
+        if (gpuIndex, bool(forceCpu)) == (self.gpuIndex, self.forceCpu):
+            return False
+        self.gpuIndex, self.forceCpu = gpuIndex, bool(forceCpu)
+        if self._worker is not None and self._ownsWorker:
+            self._worker.shutdown()
+            self._worker = None
+        return True
+
+    def requestDeviceInfo(self, timeout_s: Optional[float] = 300.0):
+        """Ask the engine worker (which has torch; Slicer's process never imports it) what a case would run on.
+        Returns the request: poll it from a timer, then :meth:`deviceInfoOf` (the widget), or use
+        :meth:`deviceInfo` to wait."""
+        return self.engineWorker().submit({"device": "cpu" if self.forceCpu else "auto"}, timeout_s=timeout_s,
+                                          op="device")
+
+    @staticmethod
+    def deviceInfoOf(request) -> Optional[Dict[str, Any]]:
+        """The device a finished :meth:`requestDeviceInfo` request reported (None while it runs). Raises
+        TMBRBError when the worker could not tell."""
+        request.poll()
+        if not request.finished:
+            return None
+        if request.outcome() != "done":
+            raise TMBRBError("The engine could not tell its device: " + request.failure_message())
+        return dict(request.answer["device"])
+
+    def deviceInfo(self, timeout_s: float = 300.0, processEvents: Optional[Callable[[], None]] = None
+                   ) -> Dict[str, Any]:
+        """What a case would run on, from the engine worker: device ('cuda:0' or 'cpu'), name (the GPU's, or
+        'CPU'), reason (why the CPU), gpus. Blocks; ``processEvents`` (default ``slicer.app.processEvents`` when
+        there is an application) is called while it waits."""
+        request = self.requestDeviceInfo(timeout_s)
+        hook = processEvents if processEvents is not None else _defaultProcessEvents()
+        while True:
+            info = self.deviceInfoOf(request)
+            if info is not None:
+                return info
+            hook()
+            time.sleep(0.02)
+
+    @staticmethod
+    def deviceText(info: Dict[str, Any]) -> str:
+        """One line for the panel: 'GPU: <name>' or 'CPU: <why>'."""
+        if str(info.get("device", "cpu")).startswith("cuda"):
+            return f"GPU: {info.get('name') or info['device']}"
+        return f"CPU: {info.get('reason') or 'no GPU'}"
 
     def useEngineWorker(self, worker: EngineWorker) -> None:
         """Send this logic's background cases to ``worker`` (e.g. one shared by several logics); :meth:`shutdown`
@@ -569,13 +659,33 @@ class SceneLogic:
             job.cleanup()
 
     # many cases -----------------------------------------------------------------------------------------------------
+    def startCases(self, manifestCsv, outputDir, bundle=None, device: str = "auto", numberOfShifts=None,
+                   pictures: bool = False, caseTimeoutS: Optional[float] = None,
+                   onCase: Optional[Callable[[int, int, Dict], None]] = None,
+                   onProgress: Optional[Callable[[float, str], None]] = None) -> "BatchJob":
+        """Start scoring a manifest through the engine worker, one case at a time; drive the returned
+        :class:`BatchJob` with ``step()`` from a timer (the GUI never waits), or use :meth:`processCases`.
+
+        Parameters are those of :meth:`processCases`; ``onCase(number, total, row)`` after each case and
+        ``onProgress(fraction, message)`` at each step.
+        """
+        bundle = bundle if bundle is not None else self.bundle
+        return BatchJob(self, manifestCsv, outputDir, model=getattr(bundle, "path", bundle), device=device,
+                        numberOfShifts=numberOfShifts, pictures=pictures,
+                        caseTimeoutS=self.caseTimeoutS if caseTimeoutS is None else caseTimeoutS, onCase=onCase,
+                        onProgress=onProgress)
+
     def processCases(self, manifestCsv, outputDir, bundle=None, device: str = "auto", numberOfShifts=None,
                      progress: Optional[Callable[[int, int, Dict], None]] = None, pictures: bool = False,
-                     loadResults: bool = False) -> List[Dict]:
-        """Score every case of a manifest CSV into ``outputDir/<case_id>/``.
+                     loadResults: bool = False, cancel: Optional[Callable[[], bool]] = None,
+                     caseTimeoutS: Optional[float] = None,
+                     processEvents: Optional[Callable[[], None]] = None) -> List[Dict]:
+        """Score every case of a manifest CSV into ``outputDir/<case_id>/``, through the engine worker, and wait.
 
-        The engine's resumable batch: finished cases are skipped, a failed case is recorded and does not stop the
-        others.
+        The engine's resumable batch (``tmbrb batch``): a case whose result.json was written for the same inputs is
+        skipped, a failed or timed-out case is recorded and does not stop the others. The cases run in the engine
+        worker (a crash or an out-of-memory there cannot take Slicer down); while this waits it calls
+        ``processEvents`` so the application stays alive.
 
         Parameters
         ----------
@@ -592,12 +702,19 @@ class SceneLogic:
             Also write the PNG overlays of each case.
         loadResults : bool
             Also load each scored case (CT, CAM, regions, table) into the scene.
+        cancel : callable() -> bool, optional
+            Polled while waiting; True stops the batch (the case running is stopped, finished cases are kept).
+        caseTimeoutS : float, optional
+            The most one case may take once the engine has started it (default ``caseTimeoutS`` of the logic);
+            past it the case fails as timed out, the engine is stopped and the next case starts on a new one.
+        processEvents : callable(), optional
+            Called while waiting (default ``slicer.app.processEvents`` inside the application).
 
         Returns
         -------
         list of dict
             The rows of ``outputDir/summary.csv``: case_id, status ('ok', 'done-before' or 'failed'), score, error,
-            output_dir, ...
+            output_dir, ... (after a cancel: the cases finished so far).
 
         Raises
         ------
@@ -618,24 +735,22 @@ class SceneLogic:
         ...     w = csv.writer(f)
         ...     w.writerows([["case_id", "ct", "seed_lps"], ["demo", "ct.nrrd", ",".join(map(str, case.seed_lps))],
         ...                   ["outside", "ct.nrrd", "900,900,900"]])
-        >>> rows = SceneLogic().processCases(folder / "manifest.csv", folder / "out", device="cpu",
-        ...                                  numberOfShifts=0, progress=lambda done, total, row: None)
+        >>> logic = SceneLogic()
+        >>> rows = logic.processCases(folder / "manifest.csv", folder / "out", device="cpu", numberOfShifts=0,
+        ...                           progress=lambda done, total, row: None)
         >>> [(r["case_id"], r["status"]) for r in rows]
         [('demo', 'ok'), ('outside', 'failed')]
+        >>> logic.shutdown()  # the engine worker
         """
-        from ..batch import run_batch
-
         def onCase(number, total, row):
             logging.info(f"TMBRB batch {number}/{total}: {row.get('case_id')} {row.get('status')} "
                          f"{row.get('error') or ''}".rstrip())
             if progress is not None:
                 progress(number, total, row)
 
-        summary = run_batch(manifestCsv, outputDir, bundle=bundle if bundle is not None else self.bundle,
-                            device=device, n_shifts=numberOfShifts, pictures=pictures, progress_bar=False,
-                            on_case=onCase)
-        with open(summary, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        job = self.startCases(manifestCsv, outputDir, bundle=bundle, device=device, numberOfShifts=numberOfShifts,
+                              pictures=pictures, caseTimeoutS=caseTimeoutS, onCase=onCase)
+        rows = job.wait(cancel=cancel, processEvents=processEvents)
         if loadResults:
             ctPaths = self._manifestCtPaths(manifestCsv)
             for row in rows:
@@ -677,6 +792,138 @@ class SceneLogic:
                                        sitk.ReadImage(str(caseDir / "ring.nrrd")), showResult=False)
         nodes["volume"] = volumeNode
         return SceneResult(result, nodes, outputDir=caseDir)
+
+
+class BatchJob:
+    """A manifest scored through the engine worker, one 'case' request per row, driven by :meth:`step`.
+
+    Each row is planned here (``TMBRBLib.batch.plan_cases``: a row that cannot be read fails at once) and scored in
+    the worker as ``tmbrb batch`` scores it (resume on the inputs key, the case folder replaced whole).
+    ``outputDir/summary.csv`` is rewritten after every case. A case that runs longer than ``caseTimeoutS`` after the
+    worker started it fails as timed out; the worker is stopped and the next case starts on a new one. ``state``:
+    'running', 'done' or 'cancelled'; ``rows``: the summary rows so far.
+    """
+
+    def __init__(self, logic: SceneLogic, manifestCsv, outputDir, model=None, device: str = "auto",
+                 numberOfShifts=None, pictures: bool = False, caseTimeoutS: Optional[float] = None,
+                 onCase: Optional[Callable[[int, int, Dict], None]] = None,
+                 onProgress: Optional[Callable[[float, str], None]] = None):
+        from ..batch import plan_cases, read_manifest
+
+        self.logic, self.manifest, self.outputDir = logic, Path(manifestCsv), Path(outputDir)
+        self.plans = plan_cases(read_manifest(self.manifest), self.manifest.parent)
+        self.outputDir.mkdir(parents=True, exist_ok=True)
+        self.request = {"base": str(self.manifest.parent.resolve()), "out": str(self.outputDir.resolve()),
+                        "model": None if model is None else str(model), "device": device, "shifts": numberOfShifts,
+                        "pictures": bool(pictures)}
+        with open(self.manifest, newline="", encoding="utf-8") as f:
+            self.manifestRows = list(csv.DictReader(f))
+        self.caseTimeoutS, self.onCase, self.onProgress = caseTimeoutS, onCase, onProgress
+        self.rows: List[Dict] = []
+        self.index = 0  # the row being scored (0-based)
+        self.current = None  # its worker request
+        self._caseStartedAt: Optional[float] = None
+        self.state = "running"
+
+    @property
+    def total(self) -> int:
+        return len(self.plans)
+
+    def step(self) -> bool:
+        """Read the worker's answers, record a finished case, start the next one (never blocks). True while
+        there is more to do."""
+        if self.state != "running":
+            return False
+        if self.current is not None and not self._currentFinished():
+            if self.onProgress is not None:
+                self.onProgress((self.index + self.current.progress) / max(self.total, 1),
+                                f"case {self.index + 1}/{self.total}: {self.plans[self.index][1]}")
+            return True
+        while self.current is None and self.index < self.total:
+            case, caseId, error = self.plans[self.index]
+            if case is None:
+                from ..batch import _failed_row
+
+                self._record(_failed_row(caseId, error, 0.0))
+                continue
+            self.current = self.logic.engineWorker().submit(
+                dict(self.request, row=self.manifestRows[self.index], number=self.index + 1),
+                timeout_s=None if self.caseTimeoutS is None else self.caseTimeoutS + 600.0, op="case")
+            self._caseStartedAt = None
+        if self.current is None:
+            self.state = "done"
+            return False
+        return True
+
+    def _currentFinished(self) -> bool:
+        """Poll the running case; record it when it ended (or ran past its time)."""
+        request = self.current
+        request.poll()
+        if self._caseStartedAt is None and request.message == "scoring":
+            self._caseStartedAt = time.time()  # the worker started the case (worker start-up does not count)
+        timedOut = (self.caseTimeoutS is not None and self._caseStartedAt is not None and request.running
+                    and time.time() - self._caseStartedAt > self.caseTimeoutS)
+        if timedOut:
+            self.logic.engineWorker().kill(f"the case did not finish within {self.caseTimeoutS:g} s")
+            request.poll()
+        if not request.finished:
+            return False
+        from ..batch import _failed_row
+
+        caseId = self.plans[self.index][1]
+        seconds = time.time() - (self._caseStartedAt or request.started_at)
+        if request.outcome() == "done":
+            row = dict(request.answer["row"])
+        elif timedOut:
+            row = _failed_row(caseId, f"timed out: the case did not finish within {self.caseTimeoutS:g} s (the "
+                              "engine was stopped; the next case starts on a new one)", seconds)
+        else:
+            row = _failed_row(caseId, request.failure_message(), seconds)
+        self.current = None
+        self._record(row)
+        return True
+
+    def _record(self, row: Dict) -> None:
+        from ..batch import _write_summary
+
+        number = self.index + 1
+        row = dict(row, row=number)
+        self.rows.append(row)
+        self.index += 1
+        _write_summary(self.outputDir / "summary.csv", self.rows)
+        if self.onCase is not None:
+            self.onCase(number, self.total, row)
+
+    def cancel(self) -> None:
+        """Stop the batch: the running case is stopped (the worker too when it does not stop within its grace
+        time); the cases finished so far stay in summary.csv and their folders."""
+        if self.state != "running":
+            return
+        self.state = "cancelled"
+        if self.current is not None:
+            self.current.cancel()
+            self.current = None
+
+    def wait(self, cancel: Optional[Callable[[], bool]] = None,
+             processEvents: Optional[Callable[[], None]] = None, interval_s: float = 0.05) -> List[Dict]:
+        """Drive the batch to its end (scripts); ``cancel()`` polled, ``processEvents()`` called while waiting
+        (default ``slicer.app.processEvents`` inside the application). Returns the summary rows."""
+        hook = processEvents if processEvents is not None else _defaultProcessEvents()
+        while self.step():
+            if cancel is not None and cancel():
+                self.cancel()
+                break
+            hook()
+            time.sleep(interval_s)
+        return self.rows
+
+
+def _defaultProcessEvents() -> Callable[[], None]:
+    """``slicer.app.processEvents`` inside the application (the GUI stays alive while a script waits), else a
+    no-op."""
+    app = getattr(slicer, "app", None)
+    hook = getattr(app, "processEvents", None)
+    return hook if callable(hook) else (lambda: None)
 
 
 class JobWatcher:

@@ -288,17 +288,30 @@ def image_on_reference_grid(image: sitk.Image, reference: sitk.Image, nearest: b
 
 
 def seed_ras(fiducial_node) -> Tuple[float, float, float]:
-    """World RAS position of the seed: the first defined control point of a markups point list."""
+    """World RAS position of the seed: the last defined control point of a markups point list (each click in
+    single-place mode adds a point; the last one is where the user put the seed)."""
     if fiducial_node is None:
         raise TMBRBInputError("No seed point is placed.",
                               "Click 'Place seed' and click once in the centre of the tumour in a slice view.")
-    for i in range(fiducial_node.GetNumberOfControlPoints()):
+    for i in reversed(range(fiducial_node.GetNumberOfControlPoints())):
         if fiducial_node.GetNthControlPointPositionStatus(i) == fiducial_node.PositionDefined:
             p = [0.0, 0.0, 0.0]
             fiducial_node.GetNthControlPointPositionWorld(i, p)
             return (float(p[0]), float(p[1]), float(p[2]))
     raise TMBRBInputError(f"The seed point list {_node_label(fiducial_node)} has no placed point.",
                           "Click 'Place seed' and click once in the centre of the tumour in a slice view.")
+
+
+def keep_last_seed_point(fiducial_node) -> bool:
+    """Remove every defined control point of the seed list but the last one (the seed list keeps one point; a point
+    being placed, not defined yet, is left to the placement). Returns True when points were removed."""
+    if fiducial_node is None:
+        return False
+    defined = [i for i in range(fiducial_node.GetNumberOfControlPoints())
+               if fiducial_node.GetNthControlPointPositionStatus(i) == fiducial_node.PositionDefined]
+    for i in reversed(defined[:-1]):
+        fiducial_node.RemoveNthControlPoint(i)
+    return len(defined) > 1
 
 
 def seed_lps(fiducial_node) -> Tuple[float, float, float]:

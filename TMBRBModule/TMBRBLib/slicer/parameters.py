@@ -126,7 +126,8 @@ class TMBRBParameterNode:
     boxRoi - markups ROI around the tumour (proposed from the seed; can be dragged).
     tumourSegmentation - optional tumour segmentation (else the tumour is grown from the seed).
     ecog - ECOG performance status ("not given", "0", "1", "2").
-    forceCpu - compute on the CPU even when a GPU is available.
+    forceCpu - compute on the CPU even when a GPU is available (the engine gets CUDA_VISIBLE_DEVICES="").
+    gpuIndex - the GPU the engine uses (-1: the first it sees), through CUDA_VISIBLE_DEVICES.
     numberOfShifts - test-time box shifts (0 = the box only).
     camOpacity - opacity of the CAM overlay in the slice views.
     camVolume, regionsSegmentation, resultTable - outputs.
@@ -138,6 +139,7 @@ class TMBRBParameterNode:
     tumourSegmentation: vtkMRMLSegmentationNode
     ecog: Annotated[str, Choice(ECOG_CHOICES)] = "not given"
     forceCpu: bool = False
+    gpuIndex: Annotated[int, WithinRange(-1, 15)] = -1
     numberOfShifts: Annotated[int, WithinRange(0, MAX_SHIFTS)] = DEFAULT_N_SHIFTS
     camOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     camVolume: vtkMRMLScalarVolumeNode

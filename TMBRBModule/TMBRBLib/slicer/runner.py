@@ -3,7 +3,8 @@
 The 3D Slicer module starts ``python -m TMBRBLib.cli score ... --progress jsonl`` through :class:`EngineProcess`, a
 reader thread puts each stdout line on a queue, and the GUI drains the queue from a timer (the pattern
 SlicerMONAIAuto3DSeg uses), so Slicer never freezes. :meth:`EngineProcess.cancel` really stops the computation: it
-kills the whole process group (the engine and anything it started). :class:`EngineJob` is one such run with what it
+stops the whole process tree (:func:`stop_process_tree`, psutil). On Windows no console window opens
+(:func:`popen_kwargs`). :class:`EngineJob` is one such run with what it
 was started from and where it writes.
 """
 
@@ -79,37 +80,87 @@ def engine_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]
     return env
 
 
-def signal_process_tree(proc: subprocess.Popen, sig) -> None:
-    """Send sig to a process started in its own process group (session) and to everything it started; on Windows
-    kill them (sig is ignored). psutil, when installed, also finds children that left the group."""
+def stop_process_tree(proc: subprocess.Popen, grace_s: float = 3.0, force: bool = False) -> None:
+    """Stop a process started by this one and everything it started: its children first, then itself; wait up to
+    grace_s; kill what is left.
+
+    On Windows ``proc.kill()`` stops only the PythonSlicer launcher, so the tree comes from psutil (a requirement of
+    the module); on Linux and macOS the process group is signalled as well, which also reaches children that psutil
+    can no longer see (their parent already gone). Without psutil the process group (POSIX) or the process alone
+    (Windows) is stopped.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The process (started with :func:`popen_kwargs`, so in its own process group).
+    grace_s : float
+        How long the processes may take to end after being asked (SIGTERM; TerminateProcess on Windows).
+    force : bool
+        Kill at once (SIGKILL) instead of asking first.
+    """
     try:
-        import psutil  # optional
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except Exception:  # noqa: BLE001 - psutil missing or process gone
-        children = []
-    if os.name == "nt":
-        for c in children:
-            try:
-                c.kill()
-            except Exception:  # noqa: BLE001
-                pass
-        proc.kill()
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    for c in children:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a requirement; kept so a missing install still stops the run
+        psutil = None
+    children = []
+    if psutil is not None:
         try:
-            c.send_signal(sig)
-        except Exception:  # noqa: BLE001
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+
+    def ask(sig_kill: bool) -> None:
+        for child in reversed(children):  # the deepest first
+            try:
+                child.kill() if sig_kill else child.terminate()
+            except psutil.Error:
+                pass
+        if os.name != "nt":
+            try:
+                os.killpg(proc.pid, signal.SIGKILL if sig_kill else signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if proc.poll() is None:
+            try:
+                proc.kill() if sig_kill else proc.terminate()
+            except OSError:
+                pass
+
+    ask(force)
+    alive = children
+    if psutil is not None and children:
+        _gone, alive = psutil.wait_procs(children, timeout=grace_s)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    if alive or proc.poll() is None:
+        ask(True)
+        if psutil is not None and alive:
+            psutil.wait_procs(alive, timeout=grace_s)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
             pass
 
 
-def _session_kwargs() -> Dict[str, Any]:
-    """Popen arguments that put the child in its own process group, so that it can be stopped with its children."""
-    if os.name == "nt":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+def popen_kwargs(os_name: Optional[str] = None, sp=subprocess) -> Dict[str, Any]:
+    """Popen arguments for an engine process: in its own process group (so it can be stopped with its children) and,
+    on Windows, without a console window (as ``slicer.util.launchConsoleProcess`` does: STARTUPINFO with
+    STARTF_USESHOWWINDOW and SW_HIDE, plus CREATE_NO_WINDOW).
+
+    Parameters
+    ----------
+    os_name : str, optional
+        ``os.name`` (default this system's).
+    sp : module
+        Where the Windows constants come from (``subprocess``).
+    """
+    if (os_name or os.name) == "nt":
+        info = sp.STARTUPINFO()
+        info.dwFlags |= sp.STARTF_USESHOWWINDOW
+        info.wShowWindow = sp.SW_HIDE
+        return {"startupinfo": info, "creationflags": sp.CREATE_NEW_PROCESS_GROUP | sp.CREATE_NO_WINDOW}
     return {"start_new_session": True}
 
 
@@ -141,6 +192,7 @@ class EngineRun:
         self.progress = 0.0
         self.message = ""
         self.started_at: Optional[float] = None
+        self.answer: Optional[Dict] = None  # the last 'done' event (a worker's answer to a device or case request)
 
     @property
     def finished(self) -> bool:  # pragma: no cover - overridden
@@ -156,7 +208,7 @@ class EngineRun:
             return "running"
         if self.cancelled or self.returncode == EXIT_CANCELLED:
             return "cancelled"
-        if self.returncode == EXIT_OK and self.result_path:
+        if self.returncode == EXIT_OK and (self.result_path or self.answer is not None):
             return "done"
         if self.returncode == EXIT_INPUT:
             return "input-error"
@@ -178,6 +230,7 @@ class EngineRun:
                 self.message = str(ev.get("message", ""))
             if ev.get("done"):
                 self.result_path = ev.get("result")
+                self.answer = ev
             if "error" in ev:
                 self.error = str(ev["error"])
             if "log" in ev:
@@ -219,7 +272,7 @@ class EngineProcess(EngineRun):
         # own process group: cancel() kills the engine and its children
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace",
-                                     bufsize=1, **_session_kwargs())
+                                     bufsize=1, **popen_kwargs())
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._read, name="TMBRB engine output", daemon=True)
         self._thread.start()
@@ -249,20 +302,11 @@ class EngineProcess(EngineRun):
             (self._thread is None or not self._thread.is_alive()) and self._queue.empty()
 
     def cancel(self, grace_s: float = 3.0) -> None:
-        """Stop the run: terminate the process group, kill it if it does not end within grace_s."""
+        """Stop the run: ask the process and everything it started to end, kill what is left after grace_s."""
         self.cancelled = True
         if self.proc is None or self.proc.poll() is not None:
             return
-        self._signal(signal.SIGTERM if os.name != "nt" else None)
-        try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL if os.name != "nt" else None)
-            self.proc.wait(timeout=grace_s)
-
-    def _signal(self, sig) -> None:
-        assert self.proc is not None
-        signal_process_tree(self.proc, sig)
+        stop_process_tree(self.proc, grace_s)
 
     def failure_message(self) -> str:
         if self.error:
@@ -384,7 +428,7 @@ class EngineWorker:
         self.proc = subprocess.Popen([self.python or python_executable(), "-m", "TMBRBLib.worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=self.env if self.env is not None else engine_environment(), text=True,
-                                     encoding="utf-8", errors="replace", bufsize=1, **_session_kwargs())
+                                     encoding="utf-8", errors="replace", bufsize=1, **popen_kwargs())
         self.starts += 1
         self._stop_reason = None
         for target, stream in ((self._read_answers, self.proc.stdout), (self._read_log, self.proc.stderr)):
@@ -436,9 +480,10 @@ class EngineWorker:
                 message = f"The case was stopped: {reason}. The engine starts again on the next Apply."
                 request._end(EXIT_INTERNAL, message + (f"\n{tail}" if tail and "unexpectedly" in reason else ""))
 
-    def submit(self, request: Dict[str, Any], timeout_s: Optional[float] = None) -> WorkerRequest:
-        """Send one case (the fields of a TMBRBLib.worker 'score' request, without 'id'); start the worker first
-        when it does not run. ``timeout_s`` (default the worker's) limits the case."""
+    def submit(self, request: Dict[str, Any], timeout_s: Optional[float] = None, op: str = "score") -> WorkerRequest:
+        """Send one request (the fields of a TMBRBLib.worker request of kind ``op``: 'score', 'case' or 'device';
+        without 'id'); start the worker first when it does not run. ``timeout_s`` (default the worker's) limits
+        it."""
         message = "queued"
         if not self.alive:
             message = "starting the engine"
@@ -452,7 +497,7 @@ class EngineWorker:
             run.log.append(message)
         with self._lock:
             self._requests[run.id] = run
-        self._send(dict(request, op="score", id=run.id))
+        self._send(dict(request, op=op, id=run.id))
         return run
 
     def _send(self, message: Dict) -> bool:
@@ -478,11 +523,7 @@ class EngineWorker:
             self._stop_reason = reason
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            signal_process_tree(proc, signal.SIGKILL if os.name != "nt" else None)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
-                pass
+            stop_process_tree(proc, grace_s=10.0, force=True)
         if proc is not None:
             self._ended(proc)  # at once, not only when the reader thread gets there
 

@@ -1,0 +1,96 @@
+"""Seed -> proposed box + tumour mask on the shared real CTs (benchmark, not a test): Dice, label inside the box, time.
+
+    PYTHONPATH=TMBRBModule .venv/bin/python benchmarks/bench_seed_segmentation.py [--runs 5] [--data DIR]
+
+The seed is the label's centre of mass (``cases.json`` of ../shared/data/real_ct); no box is given, as with
+``tmbrb score --seed`` alone. Per case it prints the Dice of the seed-grown tumour mask against the expert label, the
+share of the label's voxels inside the proposed box, the voxels grown vs in the label, whether the result was flagged
+uncertain, and the median wall time of seed -> box + mask over ``--runs`` runs. Target: Dice >= 0.80 and label inside
+the box >= 98 % on each case; <= 0.5 s median on lung2 (on a 2-core CPU shared with other work the figure is an upper
+bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "TMBRBModule")]
+
+from TMBRBLib.bundle import default_tmbrb_metadata  # noqa: E402
+from TMBRBLib.io import paste_region, read_ct, read_mask  # noqa: E402
+
+CASES = ["pyradiomics/lung1_image.nrrd", "pyradiomics/lung2_image.nrrd",
+         "lidc_voi/LIDC-IDRI-0072_R_1_image.nii.gz", "lidc_voi/LIDC-IDRI-0874_R_1_image.nii.gz"]
+
+
+def seed_to_box_and_mask(ct, seed, settings):
+    """(box, full-grid uint8 mask array, uncertain) with the engine's own entry point (old or new API)."""
+    try:
+        from TMBRBLib.proposal import segment_from_seed
+    except ImportError:  # the code before issue 13: propose a box, then grow the tumour inside it
+        from TMBRBLib.proposal import propose_box
+        from TMBRBLib.regions import segment_tumour
+        box, _ = propose_box(ct, seed, settings["proposal"])
+        mask, lo, _ = segment_tumour(ct, seed, box, settings["regions"])
+        uncertain = None
+    else:
+        seg = segment_from_seed(ct, seed, None, settings["proposal"], settings["regions"])
+        box, mask, lo, uncertain = seg.box, seg.mask, seg.lo, bool(seg.uncertain)
+    full = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    paste_region(full, sitk.GetArrayViewFromImage(mask), np.asarray(lo))
+    return box, full, uncertain
+
+
+def label_in_box(label: sitk.Image, box) -> float:
+    arr = sitk.GetArrayViewFromImage(label)
+    zz, yy, xx = np.nonzero(arr)
+    d = np.array(label.GetDirection()).reshape(3, 3) @ np.diag(label.GetSpacing())
+    pts = np.stack([xx, yy, zz], 1) @ d.T + np.array(label.GetOrigin())
+    return float(np.mean(np.all((pts >= np.asarray(box.min)) & (pts <= np.asarray(box.max)), axis=1)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--data", default=str(REPO / ".." / "shared" / "data" / "real_ct"))
+    args = ap.parse_args(argv)
+    d = Path(args.data).resolve()
+    if not (d / "cases.json").is_file():
+        print(f"no real CTs in {d} (cases.json missing); nothing to measure")
+        return 1
+    meta_all = json.loads((d / "cases.json").read_text())
+    meta_bundle = default_tmbrb_metadata()  # the bundle's proposal and region settings, as `tmbrb score` uses them
+    settings = {"proposal": meta_bundle.get("proposal"), "regions": meta_bundle.get("regions")}
+    print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"SimpleITK {sitk.Version.VersionString()}, runs={args.runs}")
+    print(f"{'case':<28} {'Dice':>6} {'in box':>7} {'grown':>8} {'label':>8} {'uncertain':>9} {'median s':>9}")
+    for name in CASES:
+        ct, _ = read_ct(d / name)
+        meta = meta_all[name]
+        label = read_mask(d / meta["label"], ct)
+        lab = sitk.GetArrayFromImage(label) > 0
+        seed = tuple(meta["seed_com_lps_mm"])
+        times = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            box, full, uncertain = seed_to_box_and_mask(ct, seed, settings)
+            times.append(time.perf_counter() - t0)
+        m = full > 0
+        dice = 2 * (m & lab).sum() / max(1, m.sum() + lab.sum())
+        print(f"{Path(name).name.split('_image')[0]:<28} {dice:6.3f} {100 * label_in_box(label, box):6.1f}% "
+              f"{int(m.sum()):8d} {int(lab.sum()):8d} {str(uncertain):>9} {statistics.median(times):9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Seed -> tumour mask and proposed box (TMBRBLib.proposal.segment_from_seed): real CTs, phantoms, bad seeds.
+
+The floors on the real CTs sit just under what the segmentation reaches (benchmarks/bench_seed_segmentation.py prints
+the same table with the time); before issue 13 lung2 reached Dice 0.22 (the mask ran into the chest wall and the
+heart) and LIDC-0874 0.66 with 94 % of its label inside the proposed box.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from TMBRBLib.geometry import index_to_physical_matrix
+from TMBRBLib.io import paste_region, read_ct, read_mask
+from TMBRBLib.phantom import make_phantom
+from TMBRBLib.pipeline import score_case
+from TMBRBLib.present import by_key, result_lines
+from TMBRBLib.proposal import UNCERTAIN, segment_from_seed
+
+# case: (Dice floor, label-inside-box floor); reached: 0.801, 0.811, 0.813, 0.818 and 100, 100, 99.7, 99.9 %
+FLOORS = {"pyradiomics/lung1_image.nrrd": (0.79, 0.99), "pyradiomics/lung2_image.nrrd": (0.80, 0.99),
+          "lidc_voi/LIDC-IDRI-0072_R_1_image.nii.gz": (0.80, 0.99),
+          "lidc_voi/LIDC-IDRI-0874_R_1_image.nii.gz": (0.80, 0.99)}
+
+
+def full_mask(seg, shape) -> np.ndarray:
+    full = np.zeros(shape, np.uint8)
+    paste_region(full, sitk.GetArrayViewFromImage(seg.mask), seg.lo)
+    return full > 0
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def points_of(mask: np.ndarray, img: sitk.Image) -> np.ndarray:
+    zz, yy, xx = np.nonzero(mask)
+    m, o = index_to_physical_matrix(img)
+    return np.stack([xx, yy, zz], 1) @ m.T + o
+
+
+def inside_box(pts: np.ndarray, box) -> float:
+    return float(np.mean(np.all((pts >= np.asarray(box.min)) & (pts <= np.asarray(box.max)), axis=1)))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", list(FLOORS))
+def test_real_ct_seed_alone_gives_the_tumour_and_a_box_around_it(name, real_ct_data):
+    meta = json.loads((real_ct_data / "cases.json").read_text())[name]
+    ct, _ = read_ct(real_ct_data / name)
+    label = sitk.GetArrayFromImage(read_mask(real_ct_data / meta["label"], ct)) > 0
+    seg = segment_from_seed(ct, meta["seed_com_lps_mm"])
+    dice_floor, box_floor = FLOORS[name]
+    assert dice(full_mask(seg, label.shape), label) >= dice_floor
+    assert inside_box(points_of(label, ct), seg.box) >= box_floor
+    assert seg.found and not seg.uncertain, seg.uncertain  # these are lung lesions: nothing to flag
+
+
+# ------------------------------------------------------------------------------------------------ phantoms
+
+PHANTOMS = [(1, {}), (2, {}), (5, {"diameter_mm": 60}), (6, {"spiculated": True}), (7, {"diameter_mm": 10}),
+            (8, {"kind": "solid", "diameter_mm": 40})]
+
+
+@pytest.mark.parametrize("seed, kw", PHANTOMS)
+def test_phantom_tumours_solid_part_solid_spiculated_small_and_large(seed, kw):
+    case = make_phantom(seed, signal="none", **kw)
+    truth = sitk.GetArrayFromImage(case.tumour) > 0
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    d = dice(full_mask(seg, truth.shape), truth)
+    # measured 0.84-0.99 (mean 0.92); the 10 mm nodule on 3 mm slices is the lowest
+    assert d >= (0.82 if seed == 7 else 0.85), (seed, kw, d)
+    assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
+
+
+def test_a_small_part_solid_lesion_on_thick_slices_is_flagged_when_its_ground_glass_cannot_be_delimited():
+    case = make_phantom(4, signal="none", kind="part-solid")  # 16 mm, 5 mm slices: ground glass blurs into lung
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert any("ground glass" in r for r in seg.uncertain)
+    assert any(w.startswith(UNCERTAIN) for w in seg.warnings)
+
+
+@pytest.fixture(scope="module")
+def chest():
+    """A chest phantom (whole field of view) and handles on its anatomy (LPS mm)."""
+    case = make_phantom(11, fov="chest", shape_xyz=(224, 224, 64), spacing=(1.5, 1.5, 3.0), signal="none")
+    a = case.params["anatomy"]
+    c = np.asarray(a["centre_lps"])
+    lung = sitk.GetArrayFromImage(case.lung) > 0
+    pts = points_of(lung, case.ct)
+    right = pts[pts[:, 0] < c[0]]
+    zc, yc = np.median(right[:, 2]), np.median(right[:, 1])
+    row = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 1] - yc) < 1)]
+    return {"case": case, "lung": lung, "lateral": row[np.argmin(row[:, 0])], "right_centre": (right[:, 0].mean(),
+            yc, zc), "heart": c + [0.2 * a["a_in"], -0.4 * a["b_in"], a["w_heart"]],
+            "spine": c + [0.0, a["b_in"] - 12.0, zc - c[2]]}
+
+
+def with_tumour(chest, centre, radius_mm):
+    """The chest CT with a soft-tissue ball painted where it overlaps the lung; (CT, true mask, its centre)."""
+    ct = chest["case"].ct
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    zz, yy, xx = np.indices(arr.shape)
+    m, o = index_to_physical_matrix(ct)
+    pts = np.stack([xx, yy, zz], -1) @ m.T + o
+    truth = (np.linalg.norm(pts - np.asarray(centre), axis=-1) <= radius_mm) & chest["lung"]
+    arr[truth] = 35.0 + np.random.default_rng(0).normal(0.0, 12.0, int(truth.sum()))
+    img = sitk.GetImageFromArray(arr.astype(np.int16))
+    img.CopyInformation(ct)
+    return img, truth, points_of(truth, ct).mean(0)
+
+
+def test_a_tumour_against_the_chest_wall_is_cut_from_it(chest):
+    # a ball centred 7.5 mm inside the lung from the lateral chest wall: broad contact (26 mm chord)
+    ct, truth, seed = with_tumour(chest, chest["lateral"] + [7.5, 0.0, 0.0], 15.0)
+    seg = segment_from_seed(ct, seed)
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.85  # measured 0.92; the whole chest wall is 10x larger
+    assert not seg.uncertain
+
+
+def test_a_mass_larger_than_80_mm_is_not_cut_flat_by_the_search_limit(chest):
+    ct, truth, seed = with_tumour(chest, chest["right_centre"], 46.0)
+    extent = np.ptp(points_of(truth, ct), axis=0)
+    assert extent.max() > 80.0
+    seg = segment_from_seed(ct, seed)
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.9  # measured 0.99
+    assert np.all(np.asarray(seg.box.size) >= extent)
+    assert max(seg.info["search_box_mm"]) > 80.0
+
+
+def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest):
+    # no neck between the two blobs: the shape cannot tell them apart (a known limit); the result must say so
+    case = chest["case"]
+    pts = points_of(chest["lung"], case.ct)
+    border = pts[np.argmin(np.linalg.norm(pts - chest["heart"], axis=1))]
+    u = (border - chest["heart"]) / np.linalg.norm(border - chest["heart"])
+    ct, truth, seed = with_tumour(chest, border + 7.5 * u, 15.0)
+    seg = segment_from_seed(ct, seed)
+    assert seg.uncertain and any(w.startswith(UNCERTAIN) for w in seg.warnings)
+
+
+# ------------------------------------------------------------------------------------------------ bad seeds
+
+@pytest.mark.parametrize("where, reason", [("heart", "search limit"), ("spine", "bone"),
+                                           ("chest wall", "surroundings is lung")])
+def test_a_seed_off_the_lung_tumour_gives_a_flagged_mask_not_a_silent_leak(chest, where, reason):
+    point = {"heart": chest["heart"], "spine": chest["spine"], "chest wall": chest["lateral"] - [6.0, 0.0, 0.0]}
+    seg = segment_from_seed(chest["case"].ct, point[where])
+    assert seg.found and any(reason in r for r in seg.uncertain), seg.uncertain
+    assert seg.info["uncertain"] is True
+    assert any(w.startswith(UNCERTAIN) and reason in w for w in seg.warnings)
+
+
+def test_a_seed_in_air_finds_no_lesion_and_says_so(chest):
+    ct = chest["case"].ct
+    seg = segment_from_seed(ct, np.asarray(ct.GetOrigin()) + [5.0, 5.0, 30.0])
+    assert not seg.found and seg.uncertain == ["no lesion was found at the seed"]
+    assert any("No soft-tissue lesion was found at the seed" in w for w in seg.warnings)
+    # the stand-in is a 5 mm sphere (0.52 mL), not a leak
+    assert seg.info["volume_ml"] < 0.6 and np.all(np.asarray(seg.box.size) <= 30.0 + 1e-6)
+
+
+def test_the_result_records_the_mask_source_and_its_doubt(chest, scorer):
+    r = score_case(chest["case"].ct, chest["heart"], None, scorer=scorer, n_shifts=0)
+    d = r.to_dict()
+    assert d["tumour_mask"]["source"] == "proposed" and d["tumour_mask"]["uncertain"] is True
+    assert by_key(result_lines(d))["mask"].value == "tumour mask uncertain: review it"
+    given = score_case(chest["case"].ct, chest["heart"], None, tumour_mask=r.tumour_mask, scorer=scorer,
+                       n_shifts=0, mask_source="proposed_edited")
+    assert given.to_dict()["tumour_mask"] == {"source": "proposed_edited", "uncertain": False, "reasons": []}
+    assert by_key(result_lines(given.to_dict()))["mask"].value == "proposed from the seed, then edited"
+
+
+def test_a_given_box_bounds_the_segmentation(chest):
+    ct, truth, seed = with_tumour(chest, chest["lateral"] + [7.5, 0.0, 0.0], 15.0)
+    from TMBRBLib.geometry import Box
+    box = Box.from_center_size(seed, (12.0, 12.0, 12.0))  # smaller than the tumour
+    seg = segment_from_seed(ct, seed, box)
+    assert seg.box == box
+    voxel = np.asarray(ct.GetSpacing())  # the region is whole voxels, at least 5 a side
+    assert inside_box(points_of(full_mask(seg, truth.shape), ct), Box(tuple(np.asarray(box.min) - voxel),
+                                                                      tuple(np.asarray(box.max) + voxel))) == 1.0
+    assert np.isfinite(seg.info["inscribed_radius_mm"]) and seg.info["inscribed_radius_mm"] < 12.0
+    assert any("edge of the given box" in r for r in seg.uncertain)

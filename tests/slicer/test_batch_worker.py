@@ -1,0 +1,75 @@
+"""Batch in Slicer (SceneLogic.processCases / startCases) through the engine worker: progress per case, Cancel
+keeping the finished cases, a timed-out case reported and the next case scored, events processed while waiting."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import SimpleITK as sitk
+
+from test_slicer_logic import oblique_ct
+
+
+def write_manifest(tmp_path, rows):
+    cases = tmp_path / "cases"
+    cases.mkdir(exist_ok=True)
+    sitk.WriteImage(oblique_ct()[0], str(cases / "a.nrrd"))
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "ct", "seed_lps", "ecog"])
+        w.writerows(rows)
+    return manifest
+
+
+GOOD = ["cases/a.nrrd", "14,-16,33", "1"]
+
+
+def test_progress_per_case_in_the_worker_while_events_are_processed(logic, tmp_path):
+    manifest = write_manifest(tmp_path, [["one"] + GOOD, ["bad-seed", "cases/a.nrrd", "x,y", ""], ["two"] + GOOD])
+    calls, events = [], []
+    rows = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0,
+                              progress=lambda i, n, row: calls.append((i, n, row["case_id"], row["status"])),
+                              processEvents=lambda: events.append(1))
+    assert calls == [(1, 3, "one", "ok"), (2, 3, "bad-seed", "failed"), (3, 3, "two", "ok")]
+    assert events, "the blocking form must process events while it waits"
+    worker = logic.engineWorker()
+    assert worker.starts == 1 and worker.alive, "all cases go to one warm worker"
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [(r["case_id"], r["status"]) for r in summary] == [(c[2], c[3]) for c in calls]
+    assert summary[0]["score"] == summary[2]["score"] != ""  # the same case twice: the same score
+    assert (tmp_path / "out" / "one" / "result.json").is_file()
+    again = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0)
+    assert [r["status"] for r in again] == ["done-before", "failed", "done-before"]
+
+
+def test_cancel_mid_batch_keeps_the_finished_cases(logic, tmp_path):
+    manifest = write_manifest(tmp_path, [[f"c{i}"] + GOOD for i in range(4)])
+    progress = []
+    job = logic.startCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0,
+                           onProgress=lambda fraction, message: progress.append(message))
+    rows = job.wait(cancel=lambda: len(job.rows) >= 1 and job.current is not None, processEvents=lambda: None)
+    assert job.state == "cancelled"
+    assert [(r["case_id"], r["status"]) for r in rows] == [("c0", "ok")]
+    assert (tmp_path / "out" / "c0" / "result.json").is_file() and not (tmp_path / "out" / "c3").exists()
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        assert [r["case_id"] for r in csv.DictReader(f)] == ["c0"]
+    assert any(m.startswith("case 1/4") for m in progress)
+    rows = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0)  # resume
+    assert [r["status"] for r in rows] == ["done-before", "ok", "ok", "ok"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe (a CT file whose reading never ends)")
+def test_a_timed_out_case_is_reported_and_the_next_case_is_scored(logic, tmp_path):
+    manifest = write_manifest(tmp_path, [["hangs", "cases/hang.nrrd", "14,-16,33", "1"], ["next"] + GOOD])
+    os.mkfifo(tmp_path / "cases" / "hang.nrrd")  # opening it for reading blocks: the engine hangs on this case
+    calls = []
+    rows = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0, caseTimeoutS=15,
+                              progress=lambda i, n, row: calls.append((row["case_id"], row["status"])))
+    assert calls == [("hangs", "failed"), ("next", "ok")]
+    assert "timed out" in rows[0]["error"] and "15 s" in rows[0]["error"]
+    assert logic.engineWorker().starts == 2, "the hung worker was stopped and a new one scored the next case"
+    assert (tmp_path / "out" / "next" / "result.json").is_file()
