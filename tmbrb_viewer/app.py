@@ -177,6 +177,7 @@ class TMBRBViewer:
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
         self.scene = self.slicer_app.scene
+        self._use_app_volume_rendering()
         register_rca_factories(self.slicer_app.view_manager, self.server,
                                slice_view_ui_f=self._slice_view_ui, three_d_view_ui_f=self._threed_view_ui)
         self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
@@ -219,6 +220,7 @@ class TMBRBViewer:
             "r_pfs": "", "r_ecog": "", "r_att": "", "r_model": "", "r_demo": False, "r_notice": "",
             "r_warnings": [], "legend_css": heat_legend_css(), "notice": RESEARCH_USE_NOTICE,
         })
+        self._init_3d_state()
         s.change("cam_opacity")(self._on_cam_opacity)
         s.change("ecog")(self._on_inputs_changed)
 
@@ -420,6 +422,75 @@ class TMBRBViewer:
 
         create_vertical_view_gutter_ui(server, view_id, view)
         self._marker(view.get_singleton_tag())
+        self._configure_threed_view(view)
+
+    # 3D -------------------------------------------------------------------------------------------------------------
+    def _use_app_volume_rendering(self) -> None:
+        """The module's display code renders volumes through trame-slicer's volume rendering logic (the one its 3D
+        views' displayable manager and its volume property tools use), not one of its own."""
+        from TMBRBLib.slicer import mrml as ma
+
+        ma.set_volume_rendering_logic(self.scene, self.slicer_app.app_logic.GetModuleLogic("VolumeRendering"))
+
+    @staticmethod
+    def _configure_threed_view(view) -> None:
+        """No depth peeling in the 3D view: with it, software OpenGL (llvmpipe, the usual server case) draws neither
+        volume renderings nor translucent surfaces, so the CAM and the translucent tumour and ring would vanish."""
+        renderer = view.renderer()
+        renderer.SetUseDepthPeeling(False)
+        renderer.SetUseDepthPeelingForVolumes(False)
+
+    def _init_3d_state(self) -> None:
+        from TMBRBLib.slicer import mrml as ma
+
+        s = self.state
+        s.update({"cam_threshold": ma.CAM_THRESHOLD, "cam_2d": True, "cam_3d": True, "tumour_3d": True,
+                  "ring_3d": True, "slices_3d": True})
+        s.change("cam_threshold", "cam_2d", "cam_3d", "tumour_3d", "ring_3d")(self._on_cam_display)
+        s.change("slices_3d")(self._on_slices_3d)
+
+    def _threed_view_node_ids(self) -> List[str]:
+        return [v.get_view_node().GetID() for v in self.slicer_app.view_manager.get_threed_views()
+                if v.get_view_node() is not None]
+
+    def _box_outline_in_3d(self) -> None:
+        """The box moves by its handles in the slice views only; in 3D it is an outline and a left-drag rotates."""
+        from TMBRBLib.slicer import mrml as ma
+
+        if self.roi is not None:
+            ma.box_handles_in_slice_views_only(self.roi, self._threed_view_node_ids())
+
+    def _apply_cam_display(self) -> None:
+        """The panel's CAM and region settings on the result's nodes (after a result and on every change)."""
+        from TMBRBLib.slicer import mrml as ma
+
+        p = self.logic.getParameterNode()
+        cam = p.camVolume if self.volume is not None else None
+        s = self.state
+        if cam is not None:
+            ma.set_cam_threshold(cam, float(s.cam_threshold))
+            ma.set_cam_opacity_3d(cam, float(s.cam_opacity))
+            ma.set_cam_visibility(cam, in_2d=bool(s.cam_2d), in_3d=bool(s.cam_3d), opacity_2d=float(s.cam_opacity))
+        regions = p.regionsSegmentation if self.volume is not None else None
+        if regions is not None:
+            ma.set_region_visibility_3d(regions, ma.TUMOUR_SEGMENT_NAME, bool(s.tumour_3d))
+            ma.set_region_visibility_3d(regions, ma.RING_SEGMENT_NAME, bool(s.ring_3d))
+
+    def _on_cam_display(self, **_) -> None:
+        self._guarded(lambda: self._apply_cam_display() or True, "Could not change the map's display.")
+        self._render_all()
+
+    def _on_slices_3d(self, slices_3d, **_) -> None:
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.get_view_node().SetSliceVisible(bool(slices_3d))
+        self._render_all()
+
+    def _centre_on_result(self) -> None:
+        """The slice views jump to the seed, the 3D view turns to the box's centre."""
+        from TMBRBLib.slicer import mrml as ma
+
+        if self.seed is not None and self._seed_placed():
+            ma.centre_views_on_result(self.scene, ma.seed_ras(self.seed), self.roi)
 
     def _build_ui(self) -> None:
         from trame.ui.vuetify3 import VAppLayout
@@ -493,19 +564,36 @@ class TMBRBViewer:
             html.Div("Attention (class activation map): {{ r_att }}", id="tmbrb-attention", classes="text-body-2")
             html.Div("Model: {{ r_model }}", id="tmbrb-model", classes="text-body-2")
             html.Div("{{ w }}", v_for="w in r_warnings", classes="text-caption text-warning")
-            html.Div("CAM overlay opacity", classes="text-caption mt-2")
-            v3.VSlider(v_model=("cam_opacity",), min=0, max=1, step=0.05, density="compact", hide_details=True,
-                       id="tmbrb-cam-opacity")
-            html.Div(id="tmbrb-legend", style=("{ background: legend_css, height: '12px', borderRadius: '2px' }",))
-            with html.Div(classes="d-flex justify-space-between text-caption"):
-                html.Span("0 (transparent below 0.1)")
-                html.Span("CAM")
-                html.Span("1")
-            html.Div("Tumour outlined yellow, peritumoral ring blue.", classes="text-caption")
+            self._build_cam_controls(v3, html)
             with html.Div(classes="d-flex mt-2", style="gap: 4px;"):
                 v3.VBtn("Save results", click=self.on_save_results, density="compact", id="tmbrb-save-results")
                 v3.VBtn("Save scene (.mrb)", click=self.on_save_scene, density="compact", id="tmbrb-save-scene")
             html.Div("{{ saved_text }}", classes="text-caption", id="tmbrb-saved", style="word-break: break-all;")
+        v3.VCheckbox(v_model=("slices_3d",), label="Slice planes in 3D", density="compact", hide_details=True,
+                     id="tmbrb-slices-3d", v_if=("has_ct",))
+
+    @staticmethod
+    def _build_cam_controls(v3, html) -> None:
+        """The map's display: one opacity and one threshold for the slice views and 3D, where it shows, and the
+        regions in 3D."""
+        html.Div("CAM opacity", classes="text-caption mt-2")
+        v3.VSlider(v_model=("cam_opacity",), min=0, max=1, step=0.05, density="compact", hide_details=True,
+                   id="tmbrb-cam-opacity")
+        html.Div("CAM threshold (transparent below it, 2D and 3D): {{ cam_threshold }}", classes="text-caption")
+        v3.VSlider(v_model=("cam_threshold",), min=0, max=0.9, step=0.05, density="compact", hide_details=True,
+                   id="tmbrb-cam-threshold")
+        html.Div(id="tmbrb-legend", style=("{ background: legend_css, height: '12px', borderRadius: '2px' }",))
+        with html.Div(classes="d-flex justify-space-between text-caption"):
+            html.Span("0 (transparent below {{ cam_threshold }})")
+            html.Span("CAM")
+            html.Span("1")
+        with html.Div(classes="d-flex flex-wrap", style="column-gap: 12px;"):
+            for key, label in (("cam_2d", "CAM in slices"), ("cam_3d", "CAM in 3D"), ("tumour_3d", "Tumour in 3D"),
+                               ("ring_3d", "Ring in 3D")):
+                v3.VCheckbox(v_model=(key,), label=label, density="compact", hide_details=True,
+                             id=f"tmbrb-{key.replace('_', '-')}")
+        html.Div("Tumour yellow, peritumoral ring blue (outlines in the slices, translucent in 3D).",
+                 classes="text-caption")
 
     # CT -------------------------------------------------------------------------------------------------------------
     def open_ct_from_field(self) -> None:
@@ -603,7 +691,7 @@ class TMBRBViewer:
         self.slicer_app.display_manager.show_volume_in_slice_foreground(None)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.reset_view()
-            view.get_view_node().SetSliceVisible(True)
+            view.get_view_node().SetSliceVisible(bool(self.state.slices_3d))
         for view in self.slicer_app.view_manager.get_threed_views():
             view.reset_view()
         self.ct_name = name
@@ -694,6 +782,7 @@ class TMBRBViewer:
         self.roi.SetName("TMBRB box")
         self._hide_label(self.roi)
         style_box_display(self.roi)
+        self._box_outline_in_3d()
         self.logic.getParameterNode().boxRoi = self.roi
         ras = ma.seed_ras(self.seed)
         box = ma.box_from_roi(self.roi)
@@ -810,6 +899,9 @@ class TMBRBViewer:
         if roi is not None:
             self.roi = roi
         self._watch_roi()
+        self._box_outline_in_3d()
+        self._apply_cam_display()
+        self._centre_on_result()
         with self.state:
             self.state.update(format_result(result.result))
             self.state.has_result = True
@@ -845,7 +937,9 @@ class TMBRBViewer:
 
         cam = self.logic.getParameterNode().camVolume if self.volume is not None else None
         if cam is not None:
-            ma.set_cam_opacity(self.scene, cam, float(cam_opacity))
+            if self.state.cam_2d:
+                ma.set_cam_opacity(self.scene, cam, float(cam_opacity))
+            ma.set_cam_opacity_3d(cam, float(cam_opacity))
             self._render_all()
 
     def _render_all(self) -> None:

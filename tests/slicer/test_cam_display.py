@@ -88,3 +88,99 @@ def test_the_region_is_reused_on_the_next_run(scene, logic):
     assert second.nodes["camRegion"] is first.nodes["camRegion"]
     assert len([n for n in scene.GetNodesByClass("vtkMRMLMarkupsROINode")
                 if n.GetAttribute("TMBRB.kind") == "cam-region"]) == 1
+
+
+def test_one_threshold_for_the_slice_overlay_and_the_3d_rendering(scored):
+    _ct, _box, result = scored
+    cam = result.nodes["cam"]
+    assert ma.cam_threshold(cam) == pytest.approx(ma.CAM_THRESHOLD)
+    ma.set_cam_threshold(cam, 0.4)
+    assert cam.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.4)
+    opacity = ma.cam_volume_rendering_node(cam).GetVolumePropertyNode().GetScalarOpacity()
+    assert opacity.GetValue(0.39) == 0.0 and opacity.GetValue(1.0) == pytest.approx(ma.CAM_OPACITY_3D)
+    ma.show_cam(cam)  # a new result on the same node keeps the setting
+    assert cam.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="threshold"):
+        ma.set_cam_threshold(cam, 1.5)
+
+
+def test_visibility_toggles_2d_3d_and_regions(scored):
+    ct, _box, result = scored
+    scene, cam = ct.GetScene(), result.nodes["cam"]
+    comp = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    ma.set_cam_visibility(cam, in_2d=True, in_3d=False, opacity_2d=0.7)
+    assert comp.GetForegroundVolumeID() == cam.GetID() and comp.GetForegroundOpacity() == pytest.approx(0.7)
+    assert not ma.cam_volume_rendering_node(cam).GetVisibility()
+    ma.set_cam_visibility(cam, in_2d=False, in_3d=True)
+    assert comp.GetForegroundVolumeID() is None and ma.cam_volume_rendering_node(cam).GetVisibility()
+    regions = result.nodes["regions"]
+    assert ma.set_region_visibility_3d(regions, "Tumour", False)
+    seg = regions.GetSegmentation()
+    display = regions.GetDisplayNode()
+    assert not display.GetSegmentVisibility3D(seg.GetSegmentIdBySegmentName("Tumour"))
+    assert display.GetSegmentVisibility3D(seg.GetSegmentIdBySegmentName("Peritumoral ring"))
+    assert not ma.set_region_visibility_3d(regions, "no such segment", False)
+
+
+def test_views_centre_on_the_result(scored):
+    ct, box, result = scored
+    scene = ct.GetScene()
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetOrientationToAxial()
+    camera = scene.AddNewNodeByClass("vtkMRMLCameraNode")
+    camera.SetPosition(0.0, 500.0, 0.0)
+    camera.SetFocalPoint(0.0, 0.0, 0.0)
+    seed = lps_to_ras(SEED_LPS)
+    assert ma.centre_views_on_result(scene, seed, box) == 1
+    centre = np.array(box.GetCenter())
+    assert np.allclose(camera.GetFocalPoint(), centre, atol=1e-6)
+    direction = np.array(camera.GetPosition()) - centre
+    assert direction[1] > 0 and np.allclose(direction[[0, 2]], 0, atol=1e-6)  # the same side (anterior), nearer
+    assert np.linalg.norm(direction) < 500
+    slice_to_ras = red.GetSliceToRAS()
+    assert np.allclose([slice_to_ras.GetElement(i, 3) for i in range(3)], seed, atol=1e-3)
+
+
+def test_the_box_moves_only_by_its_handles_in_the_slice_views(scored):
+    ct, box, _result = scored
+    scene = ct.GetScene()
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    threed = scene.AddNewNodeByClass("vtkMRMLViewNode")
+    box.CreateDefaultDisplayNodes()
+    for _ in range(2):  # reused, not added again
+        ma.box_handles_in_slice_views_only(box, [threed.GetID()])
+    assert box.GetNumberOfDisplayNodes() == 2
+    main, outline = box.GetNthDisplayNode(0), box.GetNthDisplayNode(1)
+    assert main.IsDisplayableInView(red.GetID()) and not main.IsDisplayableInView(threed.GetID())
+    assert outline.IsDisplayableInView(threed.GetID()) and not outline.IsDisplayableInView(red.GetID())
+    assert not outline.GetHandlesInteractive() and outline.GetVisibility()
+
+
+def test_no_3d_legend_is_said_once(scene, logic, caplog):
+    import logging
+
+    ct = add_ct(scene, oblique_ct()[0])
+    cam = ma.add_volume_on_grid(scene, ct, (ma.volume_array(ct) > 0).astype("float32"), "map")
+    ma._LEGEND_3D_LOGGED.clear()
+    with caplog.at_level(logging.INFO, logger="tmbrb"):
+        ma.show_cam_in_3d(cam)
+        ma.show_cam_in_3d(cam)
+    said = [r for r in caplog.records if "not drawn for volumes in 3D views" in r.getMessage()]
+    assert len(said) == 1
+
+
+def test_the_display_code_uses_the_volume_rendering_logic_it_is_given(scene):
+    import slicer
+
+    given = slicer.vtkSlicerVolumeRenderingLogic()
+    given.SetMRMLScene(scene)
+    ma.set_volume_rendering_logic(scene, given)
+    try:
+        assert ma._volume_rendering_logic(scene) is given
+        ct = add_ct(scene, oblique_ct()[0])
+        cam = ma.add_volume_on_grid(scene, ct, (ma.volume_array(ct) > 0).astype("float32"), "map")
+        vr, _region = ma.show_cam_in_3d(cam)
+        assert vr is not None and given.GetFirstVolumeRenderingDisplayNode(cam) is vr
+    finally:
+        given.SetMRMLScene(None)

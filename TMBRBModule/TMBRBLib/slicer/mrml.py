@@ -29,9 +29,13 @@ RING_SEGMENT_NAME = "Peritumoral ring"
 TUMOUR_COLOR = (0.95, 0.85, 0.15)
 RING_COLOR = (0.15, 0.75, 1.0)
 TUMOUR_OPACITY_3D = 0.3
-CAM_THRESHOLD = 0.1  # the CAM below this is transparent, in the slice views and in 3D alike
+CAM_THRESHOLD = 0.1  # default: the CAM below this is transparent, in the slice views and in 3D alike
+CAM_THRESHOLD_ATTRIBUTE = "TMBRB.camThreshold"  # on the CAM node: its own threshold (set_cam_threshold)
+CAM_OPACITY_3D = 0.6  # the most opaque the 3D rendering gets (at CAM 1)
+CAM_OPACITY_3D_ATTRIBUTE = "TMBRB.camOpacity3D"
 CAM_REGION_ROI_NAME = "TMBRB CAM region"
 RING_OPACITY_3D = 0.15
+BOX_OUTLINE_COLOR_3D = (0.85, 0.85, 0.85)
 _TUMOUR_NAME_RE = re.compile(r"tumou?r|lesion|nodule|mass|gtv|cancer", re.IGNORECASE)
 
 
@@ -519,9 +523,11 @@ def cam_color_node(scene, n: int = 256):
     return node
 
 
-def show_cam(cam_node, opacity: float = 0.5, threshold: float = CAM_THRESHOLD, background_node=None,
+def show_cam(cam_node, opacity: float = 0.5, threshold: Optional[float] = None, background_node=None,
              legend: bool = True):
-    """Heat colours, values below `threshold` transparent; foreground in every slice view at `opacity`."""
+    """Heat colours, values below the threshold transparent; foreground in every slice view at `opacity`.
+
+    ``threshold`` None: the map's own setting (:func:`cam_threshold`), shared with its 3D rendering."""
     scene = cam_node.GetScene()
     if cam_node.GetDisplayNode() is None:
         cam_node.CreateDefaultDisplayNodes()
@@ -531,13 +537,45 @@ def show_cam(cam_node, opacity: float = 0.5, threshold: float = CAM_THRESHOLD, b
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.SetApplyThreshold(True)
     display.SetAutoThreshold(False)
-    display.SetLowerThreshold(float(threshold))
+    _remember_threshold(cam_node, threshold)
+    display.SetLowerThreshold(cam_threshold(cam_node))
     display.SetUpperThreshold(1.0e6)
     display.SetInterpolate(True)
     set_cam_opacity(scene, cam_node, opacity, background_node=background_node)
     if legend:
         add_color_legend(cam_node, title="TMBRB attention (class activation map)")
     return display
+
+
+def cam_threshold(cam_node) -> float:
+    """The map's threshold (below it the map is transparent, in the slice views and in 3D alike): the one set on the
+    node (:func:`set_cam_threshold`, kept in the scene as the attribute ``TMBRB.camThreshold``), else
+    :data:`CAM_THRESHOLD`."""
+    value = cam_node.GetAttribute(CAM_THRESHOLD_ATTRIBUTE) if cam_node is not None else None
+    try:
+        return float(value) if value else float(CAM_THRESHOLD)
+    except ValueError:
+        return float(CAM_THRESHOLD)
+
+
+def _remember_threshold(cam_node, threshold: Optional[float]) -> None:
+    if threshold is not None:
+        if not 0.0 <= float(threshold) < 1.0:
+            raise TMBRBInputError(f"The map's threshold {threshold} is outside [0, 1).",
+                                  "Choose a threshold from 0 (show all of the map) to 0.95.")
+        cam_node.SetAttribute(CAM_THRESHOLD_ATTRIBUTE, f"{float(threshold):g}")
+
+
+def set_cam_threshold(cam_node, threshold: float) -> None:
+    """One threshold for the map in 2D and 3D: the slice overlay's lower threshold and the 3D rendering's transfer
+    functions (its opacity kept) both change, through their MRML nodes, so every view updates."""
+    _remember_threshold(cam_node, threshold)
+    display = cam_node.GetDisplayNode()
+    if display is not None and display.IsA("vtkMRMLScalarVolumeDisplayNode"):
+        display.SetLowerThreshold(cam_threshold(cam_node))
+    vr = cam_volume_rendering_node(cam_node)
+    if vr is not None and vr.GetVolumePropertyNode() is not None:
+        set_cam_transfer_functions(vr.GetVolumePropertyNode(), cam_threshold(cam_node), cam_opacity_3d(cam_node))
 
 
 def set_cam_opacity(scene, cam_node, opacity: float, background_node=None) -> int:
@@ -558,25 +596,60 @@ _LEGEND_FAILURE_LOGGED: List[bool] = []
 
 
 def add_color_legend(displayable_node, title: str = ""):
-    """A colour legend for the node in every view (slice and 3D), or None (logged once) where the scene cannot."""
+    """A colour legend for the node in every view (slice and 3D), or None where the scene cannot make one (said once
+    in the log, not on every result). The legend node class is registered with the scene when its application
+    did not (trame-slicer's colour logic does not)."""
     import slicer
 
+    scene = displayable_node.GetScene()
+    legend, why = None, "the colour legend classes are missing"
     try:
+        if scene is not None and not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+            scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
         legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(displayable_node)
-    except Exception as e:  # colour legend classes not registered in this scene
+        why = "the scene made no colour legend node"
+    except Exception as e:  # noqa: BLE001 - colour legend classes not available in this scene
+        why = f"{type(e).__name__}: {e}"
+    if legend is None:
         if not _LEGEND_FAILURE_LOGGED:
             _LEGEND_FAILURE_LOGGED.append(True)
-            logging.getLogger("tmbrb").warning("No colour legend for the class activation map: this scene cannot "
-                                               "create colour legend nodes (%s). Said once.", e)
+            logging.getLogger("tmbrb").warning("No colour legend for the class activation map in the views (%s); the "
+                                               "colours read as in the panel's legend. Said once.", why)
         return None
-    if legend is not None:
-        legend.SetTitleText(title)
-        legend.SetLabelFormat("%.1f")
-        legend.SetVisibility(True)
+    legend.SetTitleText(title)
+    legend.SetLabelFormat("%.1f")
+    legend.SetVisibility(True)
     return legend
 
 
+def set_volume_rendering_logic(scene, logic) -> None:
+    """Render this scene's volumes with ``logic``: the vtkSlicerVolumeRenderingLogic that the 3D views' volume
+    rendering displayable manager uses (the one registered as "VolumeRendering" in the application logic, e.g.
+    trame-slicer's ``SlicerApp.volume_rendering``), so the rendering's nodes, method and presets are those of the
+    logic the views and the application work with.
+    Inside 3D Slicer nothing needs setting: ``slicer.modules.volumerendering.logic()`` is used."""
+    _VR_LOGICS[scene.GetAddressAsString("")] = logic
+
+
+def _application_vr_logic(scene):
+    """The "VolumeRendering" logic of the application logic that the 3D views' displayable managers use, when it
+    works on this scene; else None."""
+    import slicer
+
+    try:
+        app_logic = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance().GetMRMLApplicationLogic()
+        logic = app_logic.GetModuleLogic("VolumeRendering") if app_logic is not None else None
+    except (AttributeError, TypeError):
+        return None
+    if logic is not None and logic.IsA("vtkSlicerVolumeRenderingLogic") and logic.GetMRMLScene() is scene:
+        return logic
+    return None
+
+
 def _volume_rendering_logic(scene):
+    """The volume rendering logic the scene's 3D views draw through: 3D Slicer's module logic; else the one given
+    to :func:`set_volume_rendering_logic` (or made by :func:`create_scene`); else the 3D views' application logic's;
+    else (no 3D view: batch, tests) a logic of our own that registers the node classes."""
     import slicer
 
     modules = getattr(slicer, "modules", None)
@@ -584,17 +657,20 @@ def _volume_rendering_logic(scene):
         return modules.volumerendering.logic()
     key = scene.GetAddressAsString("")
     logic = _VR_LOGICS.get(key)
-    if logic is None or logic.GetMRMLScene() is not scene:
+    if logic is not None and logic.GetMRMLScene() is scene:
+        return logic
+    logic = _application_vr_logic(scene)
+    if logic is None:
         logic = slicer.vtkSlicerVolumeRenderingLogic()
         logic.SetMRMLScene(scene)  # registers the volume rendering node classes with this scene
-        _VR_LOGICS[key] = logic
+    _VR_LOGICS[key] = logic
     return logic
 
 
 _VR_LOGICS: Dict[str, object] = {}
 
 
-def set_cam_transfer_functions(prop_node, threshold: float = CAM_THRESHOLD, opacity: float = 0.6) -> None:
+def set_cam_transfer_functions(prop_node, threshold: float = CAM_THRESHOLD, opacity: float = CAM_OPACITY_3D) -> None:
     """Heat colours of the 2D overlay, transparent below ``threshold``, through the MRML volume property node's own
     API (SetColor/SetScalarOpacity), so the node is modified and every 3D view showing it renders again."""
     import vtk
@@ -636,9 +712,66 @@ def cam_region_roi(cam_node, node=None, margin_vox: int = 1):
     return node
 
 
-def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: float = CAM_THRESHOLD):
+def cam_volume_rendering_node(cam_node):
+    """The map's volume rendering display node (through the logic its 3D views use), or None."""
+    if cam_node is None or cam_node.GetScene() is None:
+        return None
+    return _volume_rendering_logic(cam_node.GetScene()).GetFirstVolumeRenderingDisplayNode(cam_node)
+
+
+def cam_opacity_3d(cam_node) -> float:
+    """The 3D rendering's opacity at CAM 1 (:func:`set_cam_opacity_3d`; default :data:`CAM_OPACITY_3D`)."""
+    value = cam_node.GetAttribute(CAM_OPACITY_3D_ATTRIBUTE) if cam_node is not None else None
+    try:
+        return float(value) if value else float(CAM_OPACITY_3D)
+    except ValueError:
+        return float(CAM_OPACITY_3D)
+
+
+def set_cam_opacity_3d(cam_node, opacity: float) -> None:
+    """The 3D rendering's opacity at CAM 1 (0: invisible), its threshold kept; through the volume property node."""
+    cam_node.SetAttribute(CAM_OPACITY_3D_ATTRIBUTE, f"{min(1.0, max(0.0, float(opacity))):g}")
+    vr = cam_volume_rendering_node(cam_node)
+    if vr is not None and vr.GetVolumePropertyNode() is not None:
+        set_cam_transfer_functions(vr.GetVolumePropertyNode(), cam_threshold(cam_node), cam_opacity_3d(cam_node))
+
+
+def set_cam_visibility(cam_node, in_2d: Optional[bool] = None, in_3d: Optional[bool] = None,
+                       opacity_2d: float = 0.5) -> None:
+    """Show or hide the map in the slice views (as their foreground at ``opacity_2d``, or none) and in 3D (its
+    volume rendering); None leaves that side as it is."""
+    scene = cam_node.GetScene()
+    if in_2d is not None:
+        if in_2d:
+            set_cam_opacity(scene, cam_node, opacity_2d)
+        else:
+            composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+            for i in range(composites.GetNumberOfItems()):
+                comp = composites.GetItemAsObject(i)
+                if comp.GetForegroundVolumeID() == cam_node.GetID():
+                    comp.SetForegroundVolumeID(None)
+    if in_3d is not None:
+        vr = cam_volume_rendering_node(cam_node)
+        if vr is not None:
+            vr.SetVisibility(bool(in_3d))
+
+
+def set_region_visibility_3d(regions_node, segment_name: str, visible: bool) -> bool:
+    """Show or hide one of the result's regions ('Tumour', 'Peritumoral ring') in 3D only (its 2D outline stays).
+    Returns False when the segmentation has no such segment."""
+    display = regions_node.GetDisplayNode() if regions_node is not None else None
+    seg_id = regions_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name) if display is not None else ""
+    if not seg_id:
+        return False
+    display.SetSegmentVisibility3D(seg_id, bool(visible))
+    return True
+
+
+def volume_render_cam(cam_node, roi_node=None, opacity: Optional[float] = None, threshold: Optional[float] = None):
     """Volume-render the CAM in 3D with the heat colours, cropped to ``roi_node`` (give the CAM's own region,
-    :func:`cam_region_roi`, never the bare box: the ring lies outside it). Returns the VR display node."""
+    :func:`cam_region_roi`, never the bare box: the ring lies outside it). Returns the VR display node.
+
+    ``opacity`` and ``threshold`` None: the map's own settings (:func:`cam_opacity_3d`, :func:`cam_threshold`)."""
     scene = cam_node.GetScene()
     logic = _volume_rendering_logic(scene)
     vr = logic.GetFirstVolumeRenderingDisplayNode(cam_node)
@@ -646,9 +779,12 @@ def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: 
         vr = logic.CreateDefaultVolumeRenderingNodes(cam_node)
     if vr is None:
         return None
+    _remember_threshold(cam_node, threshold)
+    if opacity is not None:
+        cam_node.SetAttribute(CAM_OPACITY_3D_ATTRIBUTE, f"{float(opacity):g}")
     prop_node = vr.GetVolumePropertyNode()
     if prop_node is not None:
-        set_cam_transfer_functions(prop_node, threshold, opacity)
+        set_cam_transfer_functions(prop_node, cam_threshold(cam_node), cam_opacity_3d(cam_node))
     if roi_node is not None:
         vr.SetAndObserveROINodeID(roi_node.GetID())
         vr.SetCroppingEnabled(True)
@@ -658,15 +794,101 @@ def volume_render_cam(cam_node, roi_node=None, opacity: float = 0.6, threshold: 
     return vr
 
 
-def show_cam_in_3d(cam_node, opacity: float = 0.6, threshold: float = CAM_THRESHOLD):
+def _say_no_legend_in_3d() -> None:
+    """The MRML colour legend is drawn for a volume in the slice views only (Slicer's colour legend displayable
+    manager shows no volume's legend in 3D views), so the 3D rendering has none: said once in the log."""
+    if not _LEGEND_3D_LOGGED:
+        _LEGEND_3D_LOGGED.append(True)
+        logging.getLogger("tmbrb").info("The class activation map's colour legend shows in the slice views, not in the "
+                                        "3D view: 3D Slicer's colour legend is not drawn for volumes in 3D views. The "
+                                        "3D rendering uses the same heat colours. Said once.")
+
+
+_LEGEND_3D_LOGGED: List[bool] = []
+
+
+def show_cam_in_3d(cam_node, opacity: Optional[float] = None, threshold: Optional[float] = None):
     """The CAM volume-rendered in 3D over the tumour and its ring, cropped to its own non-zero region (an ROI that is
     reused on the next run). Returns (volume rendering display node, region ROI)."""
-    logic = _volume_rendering_logic(cam_node.GetScene())
-    vr = logic.GetFirstVolumeRenderingDisplayNode(cam_node)
+    _say_no_legend_in_3d()
+    vr = cam_volume_rendering_node(cam_node)
     old = vr.GetROINode() if vr is not None else None
     region = cam_region_roi(cam_node, node=old if old is not None and old.GetAttribute("TMBRB.kind") == "cam-region"
                             else None)
     return volume_render_cam(cam_node, region, opacity=opacity, threshold=threshold), region
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# views: centring on a result, the box's handles
+
+
+def centre_views_on_result(scene, seed_ras, roi_node=None, fit: float = 1.6) -> int:
+    """After a result: the slice views jump to the seed (centred) and every 3D view's camera turns to the box's
+    centre, at a distance that shows the box ``fit`` times over (its direction kept), through the MRML slice and
+    camera nodes, so it works in 3D Slicer and in the viewer alike. Returns the number of cameras moved."""
+    import slicer
+
+    x, y, z = (float(v) for v in seed_ras)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, x, y, z, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    if roi_node is not None and roi_is_defined(roi_node):
+        b = [0.0] * 6
+        roi_node.GetRASBounds(b)
+        centre = np.array([(b[0] + b[1]) / 2, (b[2] + b[3]) / 2, (b[4] + b[5]) / 2])
+        radius = 0.5 * float(np.linalg.norm([b[1] - b[0], b[3] - b[2], b[5] - b[4]]))
+    else:
+        centre, radius = np.array([x, y, z]), 30.0
+    cameras = scene.GetNodesByClass("vtkMRMLCameraNode")
+    for i in range(cameras.GetNumberOfItems()):
+        camera = cameras.GetItemAsObject(i)
+        direction = np.array(camera.GetPosition()) - np.array(camera.GetFocalPoint())
+        norm = np.linalg.norm(direction)
+        direction = direction / norm if norm > 0 else np.array([0.0, 1.0, 0.0])  # anterior
+        angle = np.radians(max(1.0, camera.GetViewAngle()) / 2)
+        distance = fit * max(radius, 1.0) / np.sin(angle)
+        was = camera.StartModify()
+        try:
+            camera.SetFocalPoint(*centre)
+            camera.SetPosition(*(centre + distance * direction))
+            camera.SetParallelScale(fit * max(radius, 1.0))
+        finally:
+            camera.EndModify(was)
+        camera.ResetClippingRange()
+    return cameras.GetNumberOfItems()
+
+
+def box_handles_in_slice_views_only(roi_node, threed_view_node_ids: Sequence[str]) -> None:
+    """The box keeps its handles (drag to change it) in the slice views; in the given 3D views it is drawn as a plain
+    outline whose handles do not react, so a left-drag there rotates the view instead of moving the box.
+
+    Done with two display nodes of the ROI: its own, limited to the other views, and a non-interactive one (reused)
+    for the 3D views."""
+    scene = roi_node.GetScene()
+    if roi_node.GetDisplayNode() is None:
+        roi_node.CreateDefaultDisplayNodes()
+    main = roi_node.GetDisplayNode()
+    threed = set(threed_view_node_ids)
+    others = [v.GetID() for v in _nodes(scene, "vtkMRMLAbstractViewNode") if v.GetID() not in threed]
+    main.SetViewNodeIDs(others)
+    outline = None
+    for i in range(roi_node.GetNumberOfDisplayNodes()):
+        d = roi_node.GetNthDisplayNode(i)
+        if d is not None and d.GetAttribute("TMBRB.kind") == "box-3d-outline":
+            outline = d
+    if outline is None:
+        outline = scene.AddNewNodeByClass(main.GetClassName())
+        outline.Copy(main)
+        outline.SetAttribute("TMBRB.kind", "box-3d-outline")
+        roi_node.AddAndObserveDisplayNodeID(outline.GetID())
+    outline.SetViewNodeIDs(list(threed))
+    outline.SetHandlesInteractive(False)
+    for set_color in (outline.SetColor, outline.SetSelectedColor):
+        set_color(*BOX_OUTLINE_COLOR_3D)  # grey: never read as the map's heat colours
+    outline.SetVisibility(True)
+
+
+def _nodes(scene, class_name: str) -> List:
+    coll = scene.GetNodesByClass(class_name)
+    return [coll.GetItemAsObject(i) for i in range(coll.GetNumberOfItems())]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -760,5 +982,8 @@ __all__ = [
     "image_on_reference_grid", "ijk_to_ras", "ijk_to_ras_from_sitk", "seed_ras", "seed_lps", "roi_is_defined",
     "box_from_roi", "set_roi_from_box", "segmentation_to_mask", "regions_segmentation", "segment_array",
     "cam_color_node", "show_cam", "set_cam_opacity", "volume_render_cam", "fill_table", "table_rows",
+    "set_volume_rendering_logic", "cam_threshold", "set_cam_threshold", "cam_opacity_3d", "set_cam_opacity_3d",
+    "set_cam_visibility", "set_region_visibility_3d", "cam_volume_rendering_node", "show_cam_in_3d",
+    "centre_views_on_result", "box_handles_in_slice_views_only",
     "place_in_study", "study_item", "ensure_segmentation_converters", "lps_to_ras", "ras_to_lps",
 ]

@@ -1,0 +1,122 @@
+"""The class activation map in the viewer's 3D view (issue 11), in a real headless Chromium: after Apply on the demo
+phantom, with the slice planes hidden in 3D, the 3D view holds heat-coloured pixels inside the tumour's projection and
+over the ring outside it; at CAM opacity 0 or with 'CAM in 3D' off they are gone; the same view before Apply has none;
+a left-drag in 3D starting on the box rotates the view and does not move the box.
+Screenshots of the 3D view before and after go to test-artifacts/viewer/."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import ARTIFACTS
+from test_viewer_browser import (APPLY_TIMEOUT_MS, click_view_centre, expect_message, frame_src, index_to_ras, ras_text,
+                                 set_cam_opacity, settled_pixels, wait_new_frame)
+
+THREED = "ThreeD"
+
+
+def is_heat(img: np.ndarray) -> np.ndarray:
+    """Pixels in the map's heat colours (red over green over blue); the background is blue-grey, the tumour
+    yellow-grey, the ring blue, the box's 3D outline grey and the seed green."""
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    return (r > 120) & (r - b > 70) & (r - g > 25) & (g >= b - 10)
+
+
+def goto(page, ras) -> None:
+    """'Go to point', the typed value given time to reach the server before the click (else Go may read it empty)."""
+    page.fill("#tmbrb-goto", ras_text(ras))
+    page.wait_for_timeout(700)
+    old = frame_src(page, "Red")
+    page.click("#tmbrb-goto-btn")
+    wait_new_frame(page, old, "Red")
+
+
+def threed(page) -> np.ndarray:
+    return settled_pixels(page, THREED)
+
+
+def toggle(page, element_id: str) -> np.ndarray:
+    """Click a checkbox of the panel; the 3D view's pixels once its new frame has settled."""
+    old = frame_src(page, THREED)
+    page.click(f"#{element_id}")
+    wait_new_frame(page, old, THREED)
+    return threed(page)
+
+
+def changed(a: np.ndarray, b: np.ndarray, at_least: float = 12.0) -> np.ndarray:
+    return np.abs(a - b).sum(axis=2) > at_least
+
+
+def save(img: np.ndarray, name: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(img.astype(np.uint8)).save(ARTIFACTS / name)
+
+
+def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
+    _ct, _tumour, case = phantom_files
+    old = frame_src(page, THREED)
+    page.click("#tmbrb-slices-3d")  # the slice planes hidden in 3D
+    assert not page.is_checked("#tmbrb-slices-3d")
+    wait_new_frame(page, old, THREED)
+    tumour = sitk.GetArrayViewFromImage(case.tumour)
+    goto(page, index_to_ras(case.tumour, np.argwhere(tumour > 0).mean(axis=0)))
+    page.click("#tmbrb-place-seed")
+    click_view_centre(page)
+    expect_message(page, "Box proposed")
+    page.wait_for_timeout(1000)
+    control = threed(page)
+    save(control, "3d_before_apply.png")
+    assert not is_heat(control).any(), "heat colours in the 3D view before Apply"
+
+    old = frame_src(page, THREED)
+    page.click("#tmbrb-apply")
+    page.wait_for_selector("#tmbrb-score", state="visible", timeout=APPLY_TIMEOUT_MS)
+    expect_message(page, "Done.")
+    wait_new_frame(page, old, THREED)
+    after = threed(page)
+    save(after, "3d_after_apply.png")
+
+    # the regions' projections, from their own 3D toggles (the map hidden)
+    no_cam = toggle(page, "tmbrb-cam-3d")
+    no_tumour = toggle(page, "tmbrb-tumour-3d")
+    toggle(page, "tmbrb-tumour-3d")
+    no_ring = toggle(page, "tmbrb-ring-3d")
+    toggle(page, "tmbrb-ring-3d")
+    in_tumour = changed(no_cam, no_tumour)
+    in_ring = changed(no_cam, no_ring) & ~in_tumour
+    save(no_cam, "3d_cam_off.png")
+    assert in_tumour.sum() > 100 and in_ring.sum() > 100, "tumour or ring not drawn in 3D"
+    assert not is_heat(no_cam).any(), "heat colours with 'CAM in 3D' off"
+    heat = is_heat(after)
+    assert heat[in_tumour].sum() > 50, f"no heat colours inside the tumour's projection ({heat[in_tumour].sum()})"
+    assert heat[in_ring].sum() > 50, f"no heat colours over the ring outside the tumour ({heat[in_ring].sum()})"
+
+    back = toggle(page, "tmbrb-cam-3d")
+    assert is_heat(back)[in_tumour].sum() > 50
+    old = frame_src(page, THREED)
+    set_cam_opacity(page, "Home")  # opacity 0
+    wait_new_frame(page, old, THREED)
+    zero = threed(page)
+    save(zero, "3d_cam_opacity_0.png")
+    assert not is_heat(zero).any(), "heat colours at CAM opacity 0"
+
+    # a plain left-drag in 3D, starting inside the box, rotates the view and leaves the box (and so the result) alone
+    from playwright.sync_api import expect
+
+    box = page.locator(f"#tmbrb-view-{THREED}").locator("xpath=..").bounding_box()
+    # inside the box's outline, off the seed (the seed's own marker can be dragged, as in 3D Slicer)
+    cx, cy = box["x"] + 0.4 * box["width"], box["y"] + 0.35 * box["height"]
+    old = frame_src(page, THREED)
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(cx + 12 * step, cy + 4 * step)
+    page.mouse.up()
+    wait_new_frame(page, old, THREED)
+    rotated = threed(page)
+    save(rotated, "3d_after_left_drag.png")
+    assert changed(rotated, zero).sum() > 500, "a left-drag in 3D did not rotate the view"
+    page.wait_for_timeout(1000)
+    expect(page.locator("#tmbrb-stale")).to_have_count(0)  # the box did not move
