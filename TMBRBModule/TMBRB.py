@@ -434,7 +434,10 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combined = select(lines, ("os_ecog", "pfs_ecog"))
         self.ui.ecogCombinedLabel.text = "\n".join(f"{c.label}: {c.value}" for c in combined) or _("ECOG not given")
         self.ui.ecogCombinedLabel.toolTip = "\n".join(c.detail for c in combined)
-        self.ui.attentionLabel.text = line["attention"].value
+        # the tumour mask's source and confidence next to the attention figures that depend on it
+        mask = line.get("mask")
+        self.ui.attentionLabel.text = line["attention"].value + (f"\n{mask.text}" if mask is not None else "")
+        self.ui.attentionLabel.toolTip = mask.detail if mask is not None else ""
         self.ui.modelLabel.text = line["model"].value
         self.ui.warningsLabel.text = "\n".join(w.value for w in select(lines, ("warning",)))
         self.showResultTable(result.nodes.get("table"))

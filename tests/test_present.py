@@ -156,3 +156,15 @@ def test_a_result_json_written_before_the_mask_was_recorded_has_no_mask_line():
 def test_examples_in_the_docstrings_run():
     failed, attempted = doctest.testmod(present, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0 and failed == 0
+
+
+@pytest.mark.parametrize("uncertain", [False, True])
+def test_the_viewer_panel_shows_the_mask_line_and_marks_an_uncertain_one(uncertain):
+    from tmbrb_viewer.app import format_result  # trame is imported only to serve, not by format_result
+
+    res = result_for(0.4)
+    res["tumour_mask"] = {"source": "proposed", "uncertain": uncertain, "reasons": ["it reaches the search limit"]}
+    state = format_result(res)
+    assert state["r_mask"] == by_key(result_lines(res))["mask"].text
+    assert ("review it" in state["r_mask"]) is uncertain and state["r_mask_uncertain"] is uncertain
+    assert format_result(result_for(0.4))["r_mask"] == ""  # an older result.json: no line rather than a guess

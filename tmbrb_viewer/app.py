@@ -61,7 +61,7 @@ def heat_legend_css(n: int = 11) -> str:
 
 def format_result(result: Dict) -> Dict:
     """The side panel's state from a result dict (result.json): the lines of TMBRBLib.present."""
-    from TMBRBLib.present import by_key, result_lines, select
+    from TMBRBLib.present import MASK_UNCERTAIN, by_key, result_lines, select
 
     lines = result_lines(result)
     line = by_key(lines)
@@ -74,6 +74,8 @@ def format_result(result: Dict) -> Dict:
         "r_pfs": line["pfs"].explained,
         "r_ecog": " ".join(f"{c.label}: {c.value} ({c.detail})." for c in combined) if combined else ecog.text,
         "r_att": line["attention"].value,
+        "r_mask": line["mask"].text if "mask" in line else "",
+        "r_mask_uncertain": "mask" in line and line["mask"].value == MASK_UNCERTAIN,
         "r_model": line["model"].value,
         "r_demo": line["demo"].value == "yes",
         "r_notice": line["notice"].value,
@@ -217,7 +219,7 @@ class TMBRBViewer:
             "box_text": "", "running": False, "progress": 0, "progress_msg": "", "message": "",
             "message_type": "info", "has_result": False, "stale": False, "ecog": "not given", "cam_opacity": 0.5,
             "saved_text": "", "goto_ras": "", "placing": False, "r_score": "", "r_spread": "", "r_os": "",
-            "r_pfs": "", "r_ecog": "", "r_att": "", "r_model": "", "r_demo": False, "r_notice": "",
+            "r_pfs": "", "r_ecog": "", "r_att": "", "r_mask": "", "r_mask_uncertain": False, "r_model": "", "r_demo": False, "r_notice": "",
             "r_warnings": [], "legend_css": heat_legend_css(), "notice": RESEARCH_USE_NOTICE,
         })
         self._init_3d_state()
@@ -562,6 +564,8 @@ class TMBRBViewer:
             html.Div("PFS: {{ r_pfs }}", id="tmbrb-pfs", classes="text-body-2")
             html.Div("{{ r_ecog }}", id="tmbrb-ecog-combined", classes="text-body-2")
             html.Div("Attention (class activation map): {{ r_att }}", id="tmbrb-attention", classes="text-body-2")
+            html.Div("{{ r_mask }}", v_if=("r_mask",), id="tmbrb-mask", classes=("r_mask_uncertain ? "
+                     "'text-body-2 text-warning' : 'text-body-2'",))
             html.Div("Model: {{ r_model }}", id="tmbrb-model", classes="text-body-2")
             html.Div("{{ w }}", v_for="w in r_warnings", classes="text-caption text-warning")
             self._build_cam_controls(v3, html)
