@@ -391,7 +391,16 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onJobResult(self, result: SceneResult) -> None:
         self._finishJob()  # timer stopped before anything else is shown
         self.showResult(result)
+        self.centreViews(result)
         self.ui.statusLabel.text = _("Done.")
+
+    def centreViews(self, result: SceneResult) -> None:
+        """The slice views jump to the seed and the 3D views turn to the box (as the browser viewer does)."""
+        seed = self._parameterNode.seedPoint if self._parameterNode else None
+        try:
+            mrml.centre_views_on_result(slicer.mrmlScene, mrml.seed_ras(seed), result.nodes.get("roi"))
+        except (TMBRBError, ValueError) as e:  # no seed point left: the views stay where they are
+            logging.info("TMBRB: views not centred on the result: %s", e)
 
     def onJobCancelled(self) -> None:
         self._finishJob()
