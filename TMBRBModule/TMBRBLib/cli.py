@@ -88,6 +88,23 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    """`tmbrb attention`: the attention shares, ring and outlines of a scored case again, from an edited tumour mask,
+    in its output folder; the model is not run (the class activation map does not depend on the mask)."""
+    from .attention import update_attention_folder
+    from .present import result_lines
+
+    result, written = update_attention_folder(args.result, args.segmentation, ring_width_mm=args.ring_mm,
+                                              pictures=not args.no_pictures)
+    for line in result_lines(result):
+        if line.key == "warning":
+            print(f"warning: {line.value}")
+        elif line.key not in ("notice", "demo"):
+            print(line.text)
+    print(f"Updated in {Path(args.result)}/: " + ", ".join(sorted(p.name for p in written.values())))
+    return 0
+
+
 def _print_result(result, written) -> None:
     """The result's lines (TMBRBLib.present), then where the files are."""
     from .present import result_lines
@@ -245,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(b)
     b.set_defaults(func=cmd_batch)
 
+    a = sub.add_parser("attention", help="recompute the attention shares of a scored case from an edited tumour "
+                       "mask, without running the model")
+    a.add_argument("--result", required=True, help="the output folder of `tmbrb score` (result.json, cam.nrrd); "
+                   "result.json, tumour.nrrd, ring.nrrd and the pictures there are updated")
+    a.add_argument("--segmentation", required=True, help="the edited tumour label map (any non-zero = tumour; edit a "
+                   "copy of tumour.nrrd, not the file itself)")
+    a.add_argument("--ring-mm", type=float, default=None, help="ring width (default: the one the result used)")
+    a.add_argument("--no-pictures", action="store_true", help="do not draw the PNG overlays again")
+    a.set_defaults(func=cmd_attention)
+
     d = sub.add_parser("demo", help="generate a phantom chest CT and score it with the bundled model")
     d.add_argument("--out", default="tmbrb-demo-output")
     d.add_argument("--ecog", default="1")
@@ -358,7 +385,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(_join_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     jsonl = getattr(args, "progress", None) == "jsonl"
     try:
-        if getattr(args, "command", None) in ("score", "batch", "demo"):
+        if getattr(args, "command", None) in ("score", "batch", "demo", "attention"):
             check_options(args)
         return int(args.func(args) or 0)
     except TMBRBCancelled as e:

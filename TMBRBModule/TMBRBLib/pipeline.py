@@ -21,7 +21,7 @@ from .io import mask_on_ct_grid, validate_ct
 from .volumes import Geometry, RegionVolume
 from .model import select_device
 from .proposal import DEFAULTS as PROPOSAL_DEFAULTS, SeedSegmentation, mask_extent_lps, segment_from_seed
-from .regions import attention_shares, region_of_interest, ring_from_tumour
+from .regions import region_of_interest, ring_and_shares
 from .risk import check_ecog, risk_groups
 
 Progress = Optional[Callable[[float, str], None]]
@@ -424,7 +424,6 @@ def regions_and_cam(ct: sitk.Image, seed: Point, box: Box, grid: CropGrid, cam_c
         tumour_sub = _given_tumour_on_region(ct, tumour_mask, lo, hi, warnings)
     else:
         tumour_sub = _segmented_tumour_on_region(seg, lo, ref)
-    ring_sub = ring_from_tumour(tumour_sub, width)
     cam_sub = cam_to_reference(cam_image(normalise_cam(cam_crop), grid), ref)
     mx = float(cam_sub.max())
     if mx > 0:
@@ -432,8 +431,7 @@ def regions_and_cam(ct: sitk.Image, seed: Point, box: Box, grid: CropGrid, cam_c
     else:
         warnings.append("The class activation map is zero everywhere (the model's evidence for High-TMB is nil "
                         "at the chosen layer); attention shares are not defined.")
-    shares = attention_shares(cam_sub, sitk.GetArrayViewFromImage(tumour_sub), sitk.GetArrayViewFromImage(ring_sub))
-    shares["ring_width_mm"] = width
+    ring_sub, shares = ring_and_shares(cam_sub, tumour_sub, width)
 
     geometry = Geometry.of(ct)
     lo3 = tuple(int(v) for v in lo)

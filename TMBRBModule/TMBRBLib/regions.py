@@ -49,6 +49,29 @@ def ring_from_tumour(tumour_sub: sitk.Image, width_mm: float) -> sitk.Image:
     return out
 
 
+def ring_and_shares(cam: np.ndarray, tumour_sub: sitk.Image, width_mm: float) -> Tuple[sitk.Image, Dict[str, float]]:
+    """The ring around a tumour and the CAM's shares in them: what the pipeline and an attention update both use.
+
+    Parameters
+    ----------
+    cam : numpy.ndarray
+        The class activation map (z, y, x) on the grid of ``tumour_sub``.
+    tumour_sub : SimpleITK.Image
+        The uint8 tumour mask (any non-zero voxel is tumour).
+    width_mm : float
+        The ring's width (physical distance from the tumour).
+
+    Returns
+    -------
+    (SimpleITK.Image, dict)
+        The ring (``ring_from_tumour``) and the shares (``attention_shares``) with ``ring_width_mm`` added.
+    """
+    ring_sub = ring_from_tumour(tumour_sub, width_mm)
+    shares = attention_shares(cam, sitk.GetArrayViewFromImage(tumour_sub), sitk.GetArrayViewFromImage(ring_sub))
+    shares["ring_width_mm"] = float(width_mm)
+    return ring_sub, shares
+
+
 def region_of_interest(ct: sitk.Image, box: Box) -> Tuple[np.ndarray, np.ndarray, sitk.Image]:
     """Index region [lo, hi) of the CT covering a box, and an empty image with that region's geometry."""
     lo, hi = index_region_of_box(ct, box, pad=1)
