@@ -257,12 +257,39 @@ def update_attention_folder(result_dir: Union[str, Path], segmentation: Union[st
     edited = attention_from_mask(cam, tumour, width)
     edited.warnings[:0] = warnings
     new = updated_result(result, edited, str(Path(segmentation).resolve()))
+    return new, write_update(out, new, cam, edited, pictures)
+
+
+def write_update(out: Union[str, Path], result: Dict, cam: sitk.Image, edited: EditedAttention,
+                 pictures: bool = True) -> Dict[str, Path]:
+    """Write an updated result into its output folder: tumour.nrrd, ring.nrrd, the PNG overlays (drawn again when
+    the folder has them and ``pictures``) and result.json last.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output folder of the scored case.
+    result : dict
+        The result from :func:`updated_result`.
+    cam : SimpleITK.Image
+        The class activation map on the CT's grid.
+    edited : EditedAttention
+        From :func:`attention_from_mask`.
+    pictures : bool
+        Draw the overlays again.
+
+    Returns
+    -------
+    dict
+        The files written.
+    """
+    out = Path(out)
     written = {"tumour": edited.tumour_region.write_nrrd(out / "tumour.nrrd"),
                "ring": edited.ring_region.write_nrrd(out / "ring.nrrd")}
     if pictures:
-        written.update(_redraw_pictures(out, new, cam, edited))
+        written.update(_redraw_pictures(out, result, cam, edited))
     tmp = out / "result.json.part"
-    tmp.write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / "result.json")
     written["result"] = out / "result.json"
-    return new, written
+    return written

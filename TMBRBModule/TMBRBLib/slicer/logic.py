@@ -33,6 +33,8 @@ MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
 MAX_BOX_OUTSIDE_FRACTION = 0.25  # Apply refuses a box with more of it outside the scan
 INPUTS_KEY_ATTRIBUTE = "TMBRB.inputsKey"  # on the results table: the fingerprint of the inputs of its result
+TUMOUR_KEY_ATTRIBUTE = "TMBRB.tumourKey"  # on the results table: the state of the Tumour segment its attention is of
+OUTPUT_DIR_ATTRIBUTE = "TMBRB.outputDir"  # on the results table: the output folder its result.json lives in, if kept
 
 
 @dataclass
@@ -336,6 +338,8 @@ class SceneLogic:
         """Remember on the results table which inputs the result belongs to (the box as the result shows it)."""
         nodes["table"].SetAttribute(INPUTS_KEY_ATTRIBUTE, self.inputsKey(volumeNode, seedNode, nodes.get("roi"),
                                                                           segmentationNode, ecog))
+        nodes["table"].SetAttribute(TUMOUR_KEY_ATTRIBUTE, self.tumourSegmentKey(nodes.get("regions")))
+        nodes["table"].SetAttribute(OUTPUT_DIR_ATTRIBUTE, "")  # a reused table: not the previous result's folder
 
     def isResultCurrent(self, tableNode, volumeNode, seedNode, roiNode=None, segmentationNode=None,
                         ecog=None) -> bool:
@@ -347,13 +351,105 @@ class SceneLogic:
                                                                               segmentationNode, ecog)
 
     def resultState(self, parameterNode: Optional[TMBRBParameterNode]) -> str:
-        """'none' (no result in the parameter node), 'current' or 'outdated' (the CT, seed, box, segmentation or
-        ECOG changed since the result was made): what the panel shows over its result."""
+        """'none' (no result in the parameter node), 'current', 'outdated' (the CT, seed, box, segmentation or
+        ECOG changed since the result was made) or 'attention-outdated' (the inputs are those of the result, but
+        the Tumour segment of its regions was edited since the attention was computed: the score still holds,
+        the attention shares wait for :meth:`updateAttention`): what the panel shows over its result."""
         if parameterNode is None or parameterNode.resultTable is None:
             return "none"
         p = parameterNode
-        return "current" if self.isResultCurrent(p.resultTable, p.inputVolume, p.seedPoint, p.boxRoi,
-                                                 p.tumourSegmentation, p.ecog) else "outdated"
+        if not self.isResultCurrent(p.resultTable, p.inputVolume, p.seedPoint, p.boxRoi, p.tumourSegmentation,
+                                    p.ecog):
+            return "outdated"
+        return "current" if self.isAttentionCurrent(p.resultTable, p.regionsSegmentation) else "attention-outdated"
+
+    # the attention of an edited tumour segment -----------------------------------------------------------------------
+    @staticmethod
+    def tumourSegmentKey(regionsNode) -> str:
+        """The state of the Tumour segment of a result's regions segmentation (its node, segment and the
+        modification time of its label map): it changes when the segment is edited (Segment Editor, scripts)."""
+        if regionsNode is None:
+            return ""
+        segmentation = regionsNode.GetSegmentation()
+        sid = segmentation.GetSegmentIdBySegmentName(mrml.TUMOUR_SEGMENT_NAME)
+        segment = segmentation.GetSegment(sid) if sid else None
+        if segment is None:
+            return f"{regionsNode.GetID()}:no tumour segment"
+        labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        return f"{regionsNode.GetID()}:{sid}:{labelmap.GetMTime() if labelmap is not None else None}"
+
+    def isAttentionCurrent(self, tableNode, regionsNode) -> bool:
+        """False once the Tumour segment of ``regionsNode`` was edited after the attention in ``tableNode`` was
+        computed (a result recorded without a tumour state counts as current)."""
+        if tableNode is None:
+            return False
+        recorded = tableNode.GetAttribute(TUMOUR_KEY_ATTRIBUTE)
+        return not recorded or recorded == self.tumourSegmentKey(regionsNode)
+
+    def updateAttention(self, volumeNode, camNode, regionsNode, tableNode, outputDir=None,
+                        showResult: bool = True) -> SceneResult:
+        """Recompute the attention shares, the ring, the outlines and the results table from the (edited) Tumour
+        segment of a result's regions segmentation, without running the model (the map does not depend on the mask).
+
+        Parameters
+        ----------
+        volumeNode : vtkMRMLScalarVolumeNode
+            The CT the result was computed on.
+        camNode, regionsNode, tableNode
+            The result's class activation map, regions segmentation (its 'Tumour' segment is read, its ring is
+            rebuilt) and results table (its recorded result is updated).
+        outputDir : path, optional
+            The output folder whose result.json, tumour.nrrd, ring.nrrd (and pictures) are updated; default the one
+            recorded on the table (a result loaded from a folder, or a background run with a kept work folder).
+        showResult : bool
+            Show the rebuilt segments in 3D.
+
+        Returns
+        -------
+        SceneResult
+            The updated result (``tumour_mask.source`` 'proposed_edited', or 'given' when it was given).
+
+        Raises
+        ------
+        TMBRBInputError
+            No result in the table, no Tumour segment, or an empty one: nothing is changed.
+        """
+        from ..attention import attention_from_mask, tumour_on_grid, updated_result, write_update
+
+        text = tableNode.GetAttribute("TMBRB.result") if tableNode is not None else None
+        if not text or camNode is None or regionsNode is None:
+            raise TMBRBInputError("There is no TMBRB result to update.", "Apply first, then edit its Tumour segment.")
+        sid = regionsNode.GetSegmentation().GetSegmentIdBySegmentName(mrml.TUMOUR_SEGMENT_NAME)
+        if not sid:
+            raise TMBRBInputError(f"The segmentation '{regionsNode.GetName()}' has no '{mrml.TUMOUR_SEGMENT_NAME}' "
+                                  "segment.", "Keep the result's Tumour segment (edit it, do not delete or rename it).")
+        mask, _w = mrml.segmentation_to_mask(regionsNode, volumeNode, sid)
+        cam = mrml.volume_node_to_sitk(camNode)
+        tumour, warnings = tumour_on_grid(mask, cam, "Tumour segment")
+        result = json.loads(text)
+        edited = attention_from_mask(cam, tumour, float(result.get("attention", {}).get("ring_width_mm", 10.0)))
+        edited.warnings[:0] = warnings
+        new = updated_result(result, edited, f"the '{mrml.TUMOUR_SEGMENT_NAME}' segment of '{regionsNode.GetName()}'")
+        ref = mrml.volume_node_to_sitk(volumeNode)
+        tumArr, ringArr = (mrml.image_on_reference_grid(r.full_image(), ref, nearest=True).astype("uint8")
+                           for r in (edited.tumour_region, edited.ring_region))
+        mrml.regions_segmentation(volumeNode.GetScene(), volumeNode, tumArr, ringArr, node=regionsNode,
+                                  show3d=showResult)
+        mrml.fill_table(volumeNode.GetScene(), resultRows(new), name=tableNode.GetName(), node=tableNode)
+        tableNode.SetAttribute("TMBRB.result", json.dumps(new))
+        tableNode.SetAttribute(TUMOUR_KEY_ATTRIBUTE, self.tumourSegmentKey(regionsNode))
+        folder = outputDir or tableNode.GetAttribute(OUTPUT_DIR_ATTRIBUTE)
+        folder = Path(folder) if folder and (Path(folder) / "result.json").is_file() else None
+        if folder is not None:
+            write_update(folder, new, cam, edited)
+        nodes = {"cam": camNode, "regions": regionsNode, "table": tableNode}
+        return SceneResult(new, nodes, outputDir=folder)
+
+    def updateAttentionOf(self, parameterNode: TMBRBParameterNode, outputDir=None) -> SceneResult:
+        """:meth:`updateAttention` on the result held by the module's parameter node (what the panel's Update
+        attention button runs)."""
+        p = parameterNode
+        return self.updateAttention(p.inputVolume, p.camVolume, p.regionsSegmentation, p.resultTable, outputDir)
 
     @staticmethod
     def _existingOutputs(parameterNode) -> Optional[Dict]:
@@ -649,6 +745,8 @@ class SceneLogic:
                                        camOpacity=camOpacity, existing=self._existingOutputs(parameterNode))
         i = job.inputs
         self._recordInputs(nodes, i.volume, i.seed, i.segmentation, i.ecog)
+        if not job.ownsWorkDir:  # a work folder the caller keeps: Update attention updates its result.json too
+            nodes["table"].SetAttribute(OUTPUT_DIR_ATTRIBUTE, str(out.resolve()))
         if parameterNode is not None:
             self._storeOutputs(parameterNode, nodes)
         return SceneResult(result, nodes, outputDir=out)
@@ -791,6 +889,8 @@ class SceneLogic:
                                        sitk.ReadImage(str(caseDir / "tumour.nrrd")),
                                        sitk.ReadImage(str(caseDir / "ring.nrrd")), showResult=False)
         nodes["volume"] = volumeNode
+        nodes["table"].SetAttribute(OUTPUT_DIR_ATTRIBUTE, str(caseDir.resolve()))
+        nodes["table"].SetAttribute(TUMOUR_KEY_ATTRIBUTE, self.tumourSegmentKey(nodes["regions"]))
         return SceneResult(result, nodes, outputDir=caseDir)
 
 
