@@ -130,7 +130,9 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     INPUT_EVENTS = {"inputVolume": ("ImageDataModifiedEvent", "TransformModifiedEvent"),
                     "seedPoint": ("PointModifiedEvent", "PointPositionDefinedEvent", "PointRemovedEvent"),
                     "boxRoi": ("PointModifiedEvent", "ModifiedEvent"),
-                    "tumourSegmentation": ("ModifiedEvent", "vtkSegmentation.SegmentModified")}
+                    "tumourSegmentation": ("ModifiedEvent", "vtkSegmentation.SegmentModified"),
+                    # the result's own Tumour segment, edited in Segment Editor: the attention waits for an update
+                    "regionsSegmentation": ("vtkSegmentation.SegmentModified",)}
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -173,6 +175,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.proposeBoxButton.connect("clicked(bool)", self.onProposeBoxButton)
         self.ui.seedSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeedNodeChanged)
         self.ui.camOpacitySlider.connect("valueChanged(double)", self.onCamOpacityChanged)
+        self.ui.editTumourButton.connect("clicked(bool)", self.onEditTumourButton)
+        self.ui.updateAttentionButton.connect("clicked(bool)", self.onUpdateAttentionButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
@@ -281,11 +285,16 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Grey the shown result and say so when it no longer belongs to the inputs (SceneLogic.resultState)."""
         state = self.logic.resultState(self._parameterNode) if self._watcher is None else "none"
         outdated = state == "outdated"
-        self.ui.outdatedLabel.visible = outdated
+        self.ui.outdatedLabel.visible = state in ("outdated", "attention-outdated")
         self.ui.resultsCollapsibleButton.enabled = not outdated
+        self.ui.updateAttentionButton.enabled = state == "attention-outdated"
+        self.ui.editTumourButton.enabled = state in ("current", "attention-outdated")
         if outdated:
             self.ui.outdatedLabel.text = _("Outdated: the CT, seed, box, segmentation or ECOG changed after this "
                                            "result. Apply again to score the case as it is now.")
+        elif state == "attention-outdated":
+            self.ui.outdatedLabel.text = _("The Tumour segment was edited: the score still holds, the attention "
+                                           "shares do not. Click Update attention.")
 
     # the device the engine computes on -------------------------------------------------------------------------------
     def updateDevice(self) -> None:
@@ -450,6 +459,30 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelLabel.text = line["model"].value
         self.ui.warningsLabel.text = "\n".join(w.value for w in select(lines, ("warning",)))
         self.showResultTable(result.nodes.get("table"))
+
+    def onEditTumourButton(self) -> None:
+        """Open Segment Editor on the result's regions segmentation (its Tumour segment), over the CT."""
+        p = self._parameterNode
+        if not (p and p.regionsSegmentation and p.inputVolume):
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(p.regionsSegmentation)
+        editor.setSourceVolumeNode(p.inputVolume)
+        sid = p.regionsSegmentation.GetSegmentation().GetSegmentIdBySegmentName(mrml.TUMOUR_SEGMENT_NAME)
+        if sid:
+            editor.setCurrentSegmentID(sid)
+
+    def onUpdateAttentionButton(self) -> None:
+        """Attention shares, ring, outlines and table from the edited Tumour segment (SceneLogic.updateAttention)."""
+        try:
+            result = self.logic.updateAttentionOf(self._parameterNode)
+        except TMBRBError as e:
+            self.ui.statusLabel.text = str(e)
+            return
+        self.showResult(result)
+        self.ui.statusLabel.text = _("Attention updated from the edited tumour (the model was not run again).")
+        self.updateResultState()
 
     def showResultTable(self, tableNode) -> None:
         self.ui.resultTableView.setMRMLTableNode(tableNode)
