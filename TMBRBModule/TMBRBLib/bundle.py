@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -20,7 +21,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from .cam import DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET_LAYER, DEFAULT_SMOOTH_MM, cam_settings_of
-from .crop import DEFAULT_TTA
+from .crop import DEFAULT_TTA, MAX_SHIFTS
 from .errors import TMBRBBundleError
 from .model import DEFAULT_ARCHITECTURE, architecture_class, build_model
 
@@ -252,6 +253,7 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     metadata = _read_metadata(p)
     t = metadata["tmbrb"]
     _check_sections(p, t)
+    _check_values(p, t)
     w = p / WEIGHTS_PATH
     if not w.is_file():
         raise TMBRBBundleError(f"The model bundle '{p}' has no weights file {WEIGHTS_PATH}.")
@@ -307,6 +309,139 @@ def _check_sections(p: Path, t: Dict[str, Any]) -> None:
     except ValueError as e:
         raise TMBRBBundleError(f"The 'cam' settings in the metadata of '{p}' cannot be used: {e}. "
                                "Fix configs/metadata.json or re-export the bundle.") from None
+
+
+# The bounds `bundle verify` (and every load) holds each value the engine reads to: (section, key, kind, low, high,
+# required). Kinds: "num" a finite number, "int" a whole number, "choice" one of the listed strings. Sizes are bounded
+# so that building the network cannot exhaust memory (the paper's network: 32, 32, [6, 12, 24, 16], 2, 128).
+_VALUE_RULES = (
+    ("preprocessing", "mode", "choice", ("box_margin", "fixed_fov"), None, False),
+    ("preprocessing", "margin_mm", "num", 0.0, 200.0, False),
+    ("preprocessing", "min_fov_mm", "num", 1.0, 1000.0, False),
+    ("preprocessing", "max_fov_mm", "num", 1.0, 1000.0, False),
+    ("preprocessing", "fov_mm", "num", 1.0, 1000.0, False),
+    ("preprocessing", "pad_hu", "num", -3100.0, 5000.0, False),
+    ("preprocessing", "interpolation", "choice", ("linear", "nearest", "bspline"), None, False),
+    ("preprocessing", "training_slice_mm_max", "num", 0.1, 20.0, False),
+    ("architecture", "init_features", "int", 1, 256, False),
+    ("architecture", "growth_rate", "int", 1, 256, False),
+    ("architecture", "bn_size", "int", 1, 16, False),
+    ("architecture", "hidden_features", "int", 1, 8192, False),
+    ("architecture", "num_classes", "int", 2, 64, False),
+    ("architecture", "n_features", "int", 1, 100000, False),
+    ("architecture", "in_channels", "int", 1, 1, False),
+    ("architecture", "spatial_dims", "int", 3, 3, False),
+    ("architecture", "dropout_prob", "num", 0.0, 0.99, False),
+    ("architecture", "classifier_dropout", "num", 0.0, 0.99, False),
+    ("tta", "n_shifts", "int", 0, MAX_SHIFTS, False),
+    ("tta", "shift_fraction", "num", 0.0, 1.0, False),
+    ("tta", "max_shift_mm", "num", 0.0, 100.0, False),
+    ("tta", "seed", "int", 0, 2**32 - 1, False),
+    ("regions", "ring_width_mm", "num", 0.1, 50.0, False),
+    ("proposal", "max_half_size_mm", "num", 1.0, 200.0, False),
+    ("proposal", "margin_mm", "num", 0.0, 100.0, False),
+)
+_MAX_SHAPE = 256  # per axis of the model input; 64 in the paper
+_MAX_BLOCKS, _MAX_LAYERS_PER_BLOCK = 8, 128
+_RISK_OPERATORS = (">=", ">", "<=", "<")
+
+
+def _bad_value(p: Path, where: str, value: Any, need: str) -> TMBRBBundleError:
+    return TMBRBBundleError(f"The metadata of '{p}' has {where} = {json.dumps(value)}: it must be {need}. "
+                            "Fix configs/metadata.json or re-export the bundle.")
+
+
+def _check_number(p: Path, where: str, value: Any, kind: str, low: float, high: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and kind == "int":
+        ok = float(value) == int(value)
+    if not ok or not low <= value <= high:
+        raise _bad_value(p, where, value, f"a {'whole number' if kind == 'int' else 'finite number'} "
+                                          f"from {low:g} to {high:g}")
+
+
+def _check_range_pair(p: Path, where: str, value: Any, min_width: float) -> None:
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not ok or value[1] - value[0] < min_width:
+        raise _bad_value(p, where, value, f"two finite numbers [low, high] with high - low of at least {min_width:g}")
+
+
+def _check_values(p: Path, t: Dict[str, Any]) -> None:
+    """Every value the engine reads is of the right kind and within bounds (a NaN score or cut-off cannot come out,
+    and building the network cannot exhaust memory)."""
+    for section, key, kind, low, high, required in _VALUE_RULES:
+        sec = t.get(section, {})
+        if not isinstance(sec, dict):
+            raise _bad_value(p, section, sec, "a section (a JSON object)")
+        if key not in sec:
+            if required:
+                raise _bad_value(p, f"{section}.{key}", None, "given")
+            continue
+        if kind == "choice":
+            if sec[key] not in low:
+                raise _bad_value(p, f"{section}.{key}", sec[key], "one of " + ", ".join(map(repr, low)))
+        else:
+            _check_number(p, f"{section}.{key}", sec[key], kind, low, high)
+    _check_preprocessing(p, t["preprocessing"])
+    _check_architecture(p, t["architecture"])
+    _check_risk(p, t["risk"])
+    classes = t["architecture"].get("num_classes", 2)
+    _check_number(p, "cam.class_index", t["cam"].get("class_index", 1), "int", 0, classes - 1)
+    for where, sec, key, width in (("regions.tumour_hu_range", t.get("regions", {}), "tumour_hu_range", 1.0),
+                                   ("proposal.hu_range", t.get("proposal", {}), "hu_range", 1.0)):
+        if key in sec:
+            _check_range_pair(p, where, sec[key], width)
+
+
+def _check_preprocessing(p: Path, pre: Dict[str, Any]) -> None:
+    if "hu_window" not in pre:
+        raise _bad_value(p, "preprocessing.hu_window", None, "given ([low, high] HU)")
+    _check_range_pair(p, "preprocessing.hu_window", pre["hu_window"], 1.0)  # zero width: 0/0 = NaN scores
+    shape = pre.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= _MAX_SHAPE for v in shape)):
+        raise _bad_value(p, "preprocessing.shape", shape, f"three whole numbers from 8 to {_MAX_SHAPE} (z, y, x)")
+    if pre.get("min_fov_mm", 0.0) > pre.get("max_fov_mm", 1000.0):
+        raise _bad_value(p, "preprocessing.min_fov_mm", pre.get("min_fov_mm"), "at most max_fov_mm")
+
+
+def _check_architecture(p: Path, arch: Any) -> None:
+    import inspect
+    if not isinstance(arch, dict):
+        raise _bad_value(p, "architecture", arch, "a section (a JSON object)")
+    cls = architecture_class(arch.get("name", DEFAULT_ARCHITECTURE))
+    known = set(inspect.signature(cls).parameters) | {"name", "n_features"}
+    unknown = sorted(set(arch) - known)
+    if unknown:
+        raise _bad_value(p, "architecture." + unknown[0], arch[unknown[0]], "absent: the network has no such "
+                         f"setting (it takes {', '.join(sorted(known - {'name'}))})")
+    blocks = arch.get("block_config", [6, 12, 24, 16])
+    if not (isinstance(blocks, list) and 1 <= len(blocks) <= _MAX_BLOCKS and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_LAYERS_PER_BLOCK for v in blocks)):
+        raise _bad_value(p, "architecture.block_config", blocks,
+                         f"1 to {_MAX_BLOCKS} whole numbers from 1 to {_MAX_LAYERS_PER_BLOCK}")
+
+
+def _check_risk(p: Path, risk: Any) -> None:
+    if not isinstance(risk, dict):
+        raise _bad_value(p, "risk", risk, "a section (a JSON object)")
+    for ep in ("os", "pfs"):
+        rule = risk.get(ep)
+        if not isinstance(rule, dict):
+            raise _bad_value(p, f"risk.{ep}", rule, "a section with cutoff, operator, group_if_true, group_if_false")
+        _check_number(p, f"risk.{ep}.cutoff", rule.get("cutoff"), "num", 0.0, 1.0)
+        if rule.get("operator") not in _RISK_OPERATORS:
+            raise _bad_value(p, f"risk.{ep}.operator", rule.get("operator"), "one of " + ", ".join(_RISK_OPERATORS))
+        for key in ("group_if_true", "group_if_false"):
+            if not isinstance(rule.get(key), str) or not rule.get(key):
+                raise _bad_value(p, f"risk.{ep}.{key}", rule.get(key), "a group name such as \"low\" or \"high\"")
+        if "hr" in rule and rule["hr"] is not None:
+            _check_number(p, f"risk.{ep}.hr", rule["hr"], "num", 1e-3, 1e3)
+        cox = (risk.get("ecog_cox") or {}).get(ep)
+        if cox is not None:
+            for key in ("tmbrb_hr", "ecog_hr"):
+                _check_number(p, f"risk.ecog_cox.{ep}.{key}", (cox or {}).get(key), "num", 1e-3, 1e3)
 
 
 def save_bundle(net: torch.nn.Module, path: Union[str, Path], metadata: Dict[str, Any], dtype: str = "float16",

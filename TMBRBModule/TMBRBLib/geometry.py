@@ -7,7 +7,7 @@ Inside the engine every physical point is LPS millimetres, the frame of ITK, Sim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -165,6 +165,51 @@ def box_overlap_fraction(img: sitk.Image, box: Box, samples: int = 9) -> float:
     size = np.array(img.GetSize())
     inside = np.all((idx >= -0.5) & (idx <= size - 0.5), axis=1)
     return float(inside.mean())
+
+
+MAX_BOX_OUTSIDE_FRACTION = 0.25  # a box with more of its volume outside the scan is refused (every front end)
+
+
+def check_box_in_scan(ct: sitk.Image, box: Box, box_name: Optional[str] = None, ct_name: Optional[str] = None,
+                      hint: str = "Draw the box around the tumour inside the scan; check RAS vs LPS.") -> List[str]:
+    """The one rule for a box against the scan, for the CLI, batch, Slicer and the viewer.
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The CT.
+    box : Box
+        The box, LPS mm.
+    box_name, ct_name : str, optional
+        Names quoted in the message (e.g. Slicer's node names).
+    hint : str
+        What to do about a refused box.
+
+    Returns
+    -------
+    list of str
+        A warning when part of the box (at most MAX_BOX_OUTSIDE_FRACTION) lies outside the scan.
+
+    Raises
+    ------
+    TMBRBInputError
+        When the box lies wholly outside the scan, or more than MAX_BOX_OUTSIDE_FRACTION of it does: the model would
+        see mostly air padding where the scan ends.
+    """
+    inside = box_overlap_fraction(ct, box)
+    label = f"The box '{box_name}'" if box_name else (
+        f"The box (LPS {tuple(round(v, 1) for v in box.min)} to {tuple(round(v, 1) for v in box.max)} mm)")
+    ct_label = f"the CT '{ct_name}'" if ct_name else "the CT"
+    if inside <= 0:
+        raise TMBRBInputError(f"{label} lies wholly outside {ct_label}.", hint)
+    if 1 - inside > MAX_BOX_OUTSIDE_FRACTION:
+        raise TMBRBInputError(
+            f"{100 * (1 - inside):.0f}% of {label[0].lower() + label[1:]} lies outside {ct_label} (at most "
+            f"{100 * MAX_BOX_OUTSIDE_FRACTION:.0f}% is accepted: the model would see air where the scan ends).", hint)
+    if inside < 0.999:
+        return [f"{100 * (1 - inside):.0f}% of the box lies outside the scan; that part is padded with air "
+                "(-1000 HU). Check the box."]
+    return []
 
 
 def index_to_physical_matrix(img: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:

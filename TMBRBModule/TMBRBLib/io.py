@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import List, Tuple, Union
 
@@ -25,12 +28,105 @@ def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
         raise TMBRBInputError(f"The folder '{folder}' holds no DICOM series.",
                               "Give a NRRD/NIfTI/MHA file or a folder with the DICOM files of one CT series.")
     files_by_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
+    _refuse_unreadable_dicom_files(folder, files_by_series)
     best = max(files_by_series, key=lambda s: len(files_by_series[s]))
     if len(series) > 1:
         warnings.append(f"The DICOM folder holds {len(series)} series; used the largest ({best}, "
                         f"{len(files_by_series[best])} files). Give a folder with one series to choose.")
-    reader.SetFileNames(files_by_series[best])
-    return reader.Execute(), warnings
+    files = list(files_by_series[best])
+    check_slice_positions(files)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute(), warnings
+    except RuntimeError as e:
+        raise TMBRBInputError(f"Could not read the DICOM series in '{folder}' ({itk_reason(e, folder)}).",
+                              "A slice file is damaged: export the series again from the scanner or PACS.") from None
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A file with the DICOM preamble ('DICM' at byte 128) or a .dcm name."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _refuse_unreadable_dicom_files(folder: Path, files_by_series) -> None:
+    """GDCM leaves a damaged slice file out of every series without a word: name it instead."""
+    in_series = {os.path.normcase(os.path.abspath(f)) for files in files_by_series.values() for f in files}
+    left_out = sorted(p.name for p in folder.iterdir()
+                      if p.is_file() and os.path.normcase(os.path.abspath(p)) not in in_series and _is_dicom_file(p))
+    if left_out:
+        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        raise TMBRBInputError(
+            f"The DICOM folder '{folder}' holds {len(left_out)} file(s) that cannot be read as a slice "
+            f"({', '.join(left_out[:3])}{more}): truncated or damaged.",
+            "Export the series again from the scanner or PACS, or remove files that do not belong to it.")
+
+
+SLICE_GAP_TOLERANCE_MM = 0.01  # slice steps may differ by this, or by SLICE_GAP_TOLERANCE_FRACTION of the step
+SLICE_GAP_TOLERANCE_FRACTION = 0.01
+
+
+def _slice_geometry(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(ImagePositionPatient, slice normal from ImageOrientationPatient) of one DICOM file, from its header."""
+    r = sitk.ImageFileReader()
+    r.SetFileName(path)
+    try:
+        r.ReadImageInformation()
+        pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+        iop = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
+    except (RuntimeError, ValueError) as e:
+        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation ({e}).",
+                              "Export the series again from the scanner or PACS.") from None
+    if pos.size != 3 or iop.size != 6:
+        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has a malformed position or orientation.",
+                              "Export the series again from the scanner or PACS.")
+    return pos, np.cross(iop[:3], iop[3:])
+
+
+def check_slice_positions(files: List[str]) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal (a gap, an uneven step).
+
+    Parameters
+    ----------
+    files : list of str
+        The series' files in the order the reader stacks them (GDCM sorts them by position).
+
+    Raises
+    ------
+    TMBRBInputError
+        When two slices share a position, or a step between neighbours differs from the median step by more than
+        SLICE_GAP_TOLERANCE_MM or SLICE_GAP_TOLERANCE_FRACTION of it: the message names the two files and the step.
+    """
+    if len(files) < 3:
+        return
+    geo = [_slice_geometry(f) for f in files]
+    normal = geo[0][1]
+    z = np.array([float(np.dot(pos, normal)) for pos, _ in geo])
+    steps = np.diff(z)
+    step = float(np.median(steps))
+    tol = max(SLICE_GAP_TOLERANCE_MM, SLICE_GAP_TOLERANCE_FRACTION * abs(step))
+    bad = np.flatnonzero(np.abs(steps - step) > tol)
+    if abs(step) < SLICE_GAP_TOLERANCE_MM or bad.size == 0:
+        if abs(step) < SLICE_GAP_TOLERANCE_MM:
+            raise TMBRBInputError(f"The DICOM series has slices at the same position ({Path(files[0]).name}, "
+                                  f"{Path(files[1]).name}, ...): it holds several volumes or repeated slices.",
+                                  "Give a folder with one CT series, one file per slice.")
+        return
+    i = int(bad[0])
+    gap = float(abs(steps[i]))
+    kind = ("a slice is missing" if gap > abs(step) * 1.5 else "the slices are unevenly spaced")
+    raise TMBRBInputError(
+        f"The DICOM series has uneven slice spacing: {gap:.3g} mm between {Path(files[i]).name} "
+        f"(at {z[i]:.2f} mm) and {Path(files[i + 1]).name} (at {z[i + 1]:.2f} mm) where the other slices are "
+        f"{abs(step):.3g} mm apart ({bad.size} such step(s)): {kind}. Stacked as they are, the slices would lie at "
+        "the wrong positions.",
+        "Export the complete series again from the scanner or PACS (all slices, one reconstruction).")
 
 
 _ITK_OBJECT = re.compile(r"^\w+\(0x[0-9a-fA-F]+\):\s*")
@@ -88,6 +184,71 @@ def check_declared_size(path: PathLike, what: str = "CT") -> None:
             "Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
 
 
+def _nifti_header(head: bytes) -> Tuple[int, int]:
+    """(vox_offset, data bytes declared) from the first 540 bytes of a NIfTI-1 or NIfTI-2 file; (0, 0) if neither."""
+    for endian in "<>":
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr == 348 and len(head) >= 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        elif sizeof_hdr == 540 and len(head) >= 540:
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            dim = struct.unpack(endian + "8q", head[16:80])
+            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+        else:
+            continue
+        n = int(np.prod([max(1, int(d)) for d in dim[1:1 + max(0, min(int(dim[0]), 7))]], dtype=np.float64))
+        return max(offset, sizeof_hdr), n * max(1, int(bitpix)) // 8
+    return 0, 0
+
+
+def check_nifti_data_size(path: PathLike, what: str = "CT") -> None:
+    """Refuse a NIfTI file (.nii, .nii.gz) that holds fewer voxel bytes than its header declares.
+
+    ITK reads a truncated NIfTI with the missing slices as zeros, without a word; NRRD and MetaImage readers refuse.
+
+    Parameters
+    ----------
+    path : path-like
+        A .nii or .nii.gz file (other files are left alone).
+    what : str
+        The name used in the message ("CT", "segmentation").
+
+    Raises
+    ------
+    TMBRBInputError
+        When the data is shorter than the header's dimensions times the bytes per voxel, or the gzip stream ends
+        before its end marker (a .nii.gz cut short).
+    """
+    p = Path(path)
+    name = p.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    have = 0
+    try:
+        with opener(p, "rb") as f:
+            head = f.read(540)
+            offset, declared = _nifti_header(head)
+            if not declared:
+                return  # not a NIfTI header: ITK's own reader says why
+            have = len(head)
+            while have < offset + declared:
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    break
+                have += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+        raise TMBRBInputError(f"The {what} '{p.name}' is cut short or damaged (its gzip stream: {e}).",
+                              "Copy or export the file again; a complete file is needed.") from None
+    if have < offset + declared:
+        raise TMBRBInputError(
+            f"The {what} '{p.name}' is cut short: its header declares {declared} bytes of voxels, the file holds "
+            f"{max(0, have - offset)} ({100 * max(0, have - offset) / declared:.0f}%); the missing slices would be "
+            "read as zeros.", "Copy or export the file again; a complete file is needed.")
+
+
 def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]:
     """Read an image file or a DICOM folder. Raises TMBRBInputError with a clear message on failure."""
     p = Path(path)
@@ -100,6 +261,7 @@ def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]
         if p.is_dir():
             return _read_dicom_series(p)
         check_declared_size(p, what)
+        check_nifti_data_size(p, what)
         return sitk.ReadImage(str(p)), []
     except TMBRBInputError:
         raise
@@ -151,7 +313,32 @@ def validate_ct(ct: sitk.Image, name: str = "CT") -> List[str]:
     if spacing.max() > 10:
         raise TMBRBInputError(f"The {name}'s voxel spacing {numbers_text(spacing, 3)} mm is too coarse for a 3D model.",
                               "Use a reconstruction with slices of 5 mm or thinner.")
+    check_field_of_view(size, spacing, name)
     return warnings
+
+
+MIN_EXTENT_MM = 10.0  # a scan thinner than 1 cm along an axis holds no tumour with its context
+MAX_EXTENT_MM = 2000.0  # a whole-body CT is under 2 m long; more means a header in other units
+
+
+def check_field_of_view(size, spacing, name: str = "CT") -> None:
+    """Refuse a scan whose extent (voxels x spacing) along an axis is under MIN_EXTENT_MM or over MAX_EXTENT_MM.
+
+    Examples
+    --------
+    >>> check_field_of_view((512, 512, 300), (0.7, 0.7, 1.0))
+    >>> check_field_of_view((512, 512, 3), (0.7, 0.7, 1.0))
+    Traceback (most recent call last):
+    ...
+    TMBRBLib.errors.TMBRBInputError: The CT covers (358.4, 358.4, 3) mm: under 10 mm along an axis is not a chest CT ...
+    """
+    extent = np.asarray(size, float) * np.asarray(spacing, float)
+    if extent.min() < MIN_EXTENT_MM or extent.max() > MAX_EXTENT_MM:
+        limit = f"under {MIN_EXTENT_MM:g} mm" if extent.min() < MIN_EXTENT_MM else f"over {MAX_EXTENT_MM / 1000:g} m"
+        raise TMBRBInputError(
+            f"The {name} covers {numbers_text(extent, 4)} mm: {limit} along an axis is not a chest CT (size "
+            f"{tuple(int(v) for v in size)} voxels of {numbers_text(spacing, 3)} mm).",
+            "Check the voxel spacing in the file's header (mm), and that the whole series was loaded.")
 
 
 def read_ct(path: PathLike) -> Tuple[sitk.Image, List[str]]:
@@ -180,6 +367,7 @@ def mask_on_ct_grid(mask: sitk.Image, ct: sitk.Image, name: str = "segmentation"
                               "Give the tumour label map saved from the same CT.")
     if mask.GetNumberOfComponentsPerPixel() != 1:
         raise TMBRBInputError(f"The {name} has several components per voxel.", "Give a single-label map (0 = background).")
+    check_label_map(mask, name)
     if not same_grid(mask, ct):
         mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
     out = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
@@ -187,6 +375,41 @@ def mask_on_ct_grid(mask: sitk.Image, ct: sitk.Image, name: str = "segmentation"
         raise TMBRBInputError(f"The {name} is empty where it overlaps the CT (no non-zero voxel).",
                               "Check that the label belongs to this CT (same patient and frame of reference).")
     return out
+
+
+MAX_LABELS = 255  # a label map with more distinct values than this is an image, not labels
+
+
+def check_label_map(mask: sitk.Image, name: str = "segmentation") -> None:
+    """Refuse an image that is not a label map: its values must be whole numbers from 0 up, at most MAX_LABELS of them.
+
+    A CT passed as the segmentation would otherwise count every voxel that is not exactly 0 HU as tumour.
+
+    Parameters
+    ----------
+    mask : SimpleITK.Image
+        The segmentation as read.
+    name : str
+        How the message names it.
+
+    Raises
+    ------
+    TMBRBInputError
+        On negative or fractional values, or more than MAX_LABELS distinct values (counted on a subsample).
+    """
+    arr = sitk.GetArrayViewFromImage(mask)
+    lo, hi = float(arr.min()), float(arr.max())
+    fractional = np.issubdtype(arr.dtype, np.floating) and bool(np.any(np.mod(arr[::2, ::2, ::2], 1) != 0))
+    many = False
+    if hi - lo > MAX_LABELS:
+        step = max(1, int(round((arr.size / 4_000_000) ** (1 / 3))))
+        many = np.unique(arr[::step, ::step, ::step]).size > MAX_LABELS
+    if lo < 0 or fractional or many:
+        why = ("negative values" if lo < 0 else "values that are not whole numbers" if fractional
+               else f"more than {MAX_LABELS} distinct values")
+        raise TMBRBInputError(
+            f"The {name} is not a label map: it holds {why} (from {lo:g} to {hi:g}), as an image such as a CT does.",
+            "Give the tumour label map (0 = background, 1 or another whole number = tumour), not the CT itself.")
 
 
 def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:

@@ -15,8 +15,8 @@ from . import __version__, RESEARCH_USE_NOTICE
 from .bundle import Bundle, load_bundle
 from .cam import ScoringGradCAM, cam_image, cam_to_reference, make_cam, normalise_cam
 from .crop import CropGrid, crop_for_model, fraction_outside_scan, n_shifts_of, shift_offsets
-from .errors import TMBRBCancelled, TMBRBInputError, numbers_text
-from .geometry import Box, Point, box_overlap_fraction, lps_to_ras, require_point_inside
+from .errors import TMBRBBundleError, TMBRBCancelled, TMBRBInputError
+from .geometry import Box, Point, check_box_in_scan, lps_to_ras, require_point_inside
 from .io import mask_on_ct_grid, validate_ct
 from .volumes import Geometry, RegionVolume
 from .model import select_device
@@ -272,6 +272,10 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings, grid.spacing[::-1])
     timings.update(mt)
     tta_all = [score] + list(tta)
+    if not np.all(np.isfinite(tta_all)):  # never a NaN score with risk groups assigned
+        raise TMBRBBundleError(f"The model gave a score that is not a number ({score}) for this crop: the bundle's "
+                               "weights or preprocessing values are broken. Check it with `tmbrb bundle verify`, "
+                               "or use the bundle that came with TMBRB.")
 
     _report(progress, cancel, 0.75, "regions and CAM on the CT grid")
     t = time.perf_counter()
@@ -375,14 +379,7 @@ def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], 
         warnings += seg.warnings
         return seg.box, True, seg
     box = box_lps if isinstance(box_lps, Box) else Box.from_corners(*box_lps)
-    inside = box_overlap_fraction(ct, box)
-    if inside <= 0:
-        raise TMBRBInputError(
-            f"The box (LPS {numbers_text(box.min, 5)} to {numbers_text(box.max, 5)} mm) "
-            "lies wholly outside the CT.", "Draw the box around the tumour inside the scan; check RAS vs LPS.")
-    if inside < 0.999:
-        warnings.append(f"{100 * (1 - inside):.0f}% of the box lies outside the scan; that part is padded with air "
-                        "(-1000 HU). Check the box.")
+    warnings += check_box_in_scan(ct, box)
     lo, hi = np.asarray(box.min), np.asarray(box.max)
     if np.any(np.asarray(seed) < lo) or np.any(np.asarray(seed) > hi):
         warnings.append("The seed lies outside the box; the crop is centred on the box.")

@@ -85,7 +85,7 @@ def test_box_wholly_outside(ct_and_tumour, scorer):
 def test_box_partly_outside_is_padded_with_a_warning(ct_and_tumour, scorer):
     ct, seed = ct_and_tumour
     b = image_bounds_lps(ct)
-    box = Box(tuple(np.asarray(seed) - 10), tuple(np.asarray(b.max) + 20))
+    box = Box(tuple(np.asarray(seed) - 10), (b.max[0] + 5, seed[1] + 10, seed[2] + 10))  # about 11% outside
     r = score_case(ct, seed, box, scorer=scorer, n_shifts=0)
     assert any("of the box lies outside the scan" in w for w in r.warnings)
 
@@ -147,15 +147,6 @@ def test_bundle_with_broken_metadata_or_missing_parts(bundle_copy, tmp_path):
     (bundle_copy / "configs" / "metadata.json").unlink()
     with pytest.raises(TMBRBBundleError, match="not a TMBRB bundle"):
         load_bundle(bundle_copy)
-
-
-def test_box_that_clips_a_thin_sliver_of_the_scan_still_works(ct_and_tumour, scorer):
-    ct, seed = ct_and_tumour
-    b = image_bounds_lps(ct)
-    # a box that overlaps the scan by about one voxel along z
-    box = Box((seed[0] - 10, seed[1] - 10, b.max[2] - 0.7), (seed[0] + 10, seed[1] + 10, b.max[2] + 30))
-    r = score_case(ct, seed, box, scorer=scorer, n_shifts=0)
-    assert any("outside the scan" in w for w in r.warnings) and 0 <= r.score <= 1
 
 
 def _write_dicom_series(ct: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", start=0):
@@ -505,3 +496,151 @@ def test_batch_manifest_with_a_byte_order_mark_and_formula_text(case_folder, pla
     cells = [c for r in body for c in r]
     assert not [c for c in cells if c[:1] in ("=", "+", "@")], cells
     assert body[0][header.index("output_dir")] == "'=out/LUNG1-001"
+
+
+# --- Silently wrong inputs (issue 17): each was read and scored with exit 0 before -----------------------------------
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_refused_not_read_with_zero_slices(tmp_path, ext):
+    ct, _ = make_ct(size=(40, 36, 12), spacing=(0.8, 0.8, 2.0))
+    whole = tmp_path / ("ct" + ext)
+    sitk.WriteImage(ct, str(whole), useCompression=ext.endswith(".gz"))
+    img, _ = read_ct(whole)  # the complete file reads
+    assert np.array_equal(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(ct))
+    data = whole.read_bytes()
+    cut = tmp_path / ("cut" + ext)
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(TMBRBInputError, match="cut short"):
+        read_ct(cut)
+
+
+@pytest.fixture
+def dicom_ct():
+    ct, _ = make_ct(size=(40, 36, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=(10, -20, 30), radius_mm=6)
+    return ct
+
+
+def test_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path, dicom_ct):
+    _write_dicom_series(dicom_ct, tmp_path / "d")
+    (tmp_path / "d" / "slice0005.dcm").unlink()
+    with pytest.raises(TMBRBInputError, match=r"4 mm between slice0004.dcm .* and slice0006.dcm .* 2 mm apart.*"
+                                              r"a slice is missing"):
+        read_ct(tmp_path / "d")
+
+
+def test_dicom_series_with_uneven_spacing_is_refused(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    f = folder / "slice0008.dcm"  # move one slice by 0.5 mm along z: steps 2.5 and 1.5 mm around it
+    img = sitk.ReadImage(str(f))
+    pos = [float(v) for v in img.GetMetaData("0020|0032").split("\\")]
+    img.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in (pos[0], pos[1], pos[2] + 0.5)))
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    w.SetFileName(str(f))
+    w.Execute(img)
+    with pytest.raises(TMBRBInputError, match="unevenly spaced"):
+        read_ct(folder)
+
+
+def test_dicom_series_with_a_truncated_slice_file_is_refused_naming_it(tmp_path, dicom_ct):
+    _write_dicom_series(dicom_ct, tmp_path / "d")
+    f = tmp_path / "d" / "slice0011.dcm"  # the last slice: its loss leaves no gap, only the file says it
+    f.write_bytes(f.read_bytes()[:600])
+    with pytest.raises(TMBRBInputError, match=r"cannot be read as a slice \(slice0011.dcm\)"):
+        read_ct(tmp_path / "d")
+
+
+@pytest.mark.parametrize("size, spacing, message", [
+    ((40, 40, 3), (0.8, 0.8, 1.0), "covers .* under 10 mm along an axis is not a chest CT"),
+    ((512, 512, 40), (5.0, 5.0, 5.0), "covers .* over 2 m along an axis is not a chest CT"),
+], ids=["a few mm thick", "metres wide"])
+def test_field_of_view_implausible_for_a_chest_ct_is_refused(size, spacing, message):
+    ct = sitk.Image(list(size), sitk.sitkInt16)
+    ct.SetSpacing(spacing)
+    arr = np.full(size[::-1], -900, np.int16)
+    arr[:, : size[1] // 2] = 40
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ct)
+    with pytest.raises(TMBRBInputError, match=message):
+        validate_ct(img)
+
+
+def test_box_mostly_outside_the_scan_is_refused_by_the_engine_as_by_slicer(ct_and_tumour, scorer):
+    ct, seed = ct_and_tumour
+    b = image_bounds_lps(ct)
+    # a box that overlaps the scan by about one voxel along z: its crop would be almost all air padding
+    box = Box((seed[0] - 10, seed[1] - 10, b.max[2] - 0.7), (seed[0] + 10, seed[1] + 10, b.max[2] + 30))
+    with pytest.raises(TMBRBInputError, match=r"\d\d% of the box .* lies outside the CT \(at most 25% is accepted"):
+        score_case(ct, seed, box, scorer=scorer, n_shifts=0)
+
+
+def test_an_image_passed_as_the_segmentation_is_refused(ct_and_tumour, tmp_path):
+    ct, _ = ct_and_tumour
+    from TMBRBLib.io import read_mask
+    p = tmp_path / "ct_as_mask.nrrd"
+    sitk.WriteImage(ct, str(p))  # the phantom CT has two values (-850, 40): a label count alone would pass it
+    with pytest.raises(TMBRBInputError, match="not a label map: it holds negative values"):
+        read_mask(p, ct)
+    noisy, _ = make_ct(size=(80, 80, 40), tumour_lps=(10, -20, 30), radius_mm=7,
+                       background_hu=500, tumour_hu=600, noise=60)
+    sitk.WriteImage(noisy, str(p))  # all positive, but hundreds of values
+    with pytest.raises(TMBRBInputError, match="more than 255 distinct values"):
+        read_mask(p, ct)
+    frac = sitk.Cast(sitk.Abs(ct), sitk.sitkFloat32) / 1000.0
+    sitk.WriteImage(frac, str(p))
+    with pytest.raises(TMBRBInputError, match="not whole numbers"):
+        read_mask(p, ct)
+
+
+def _edit_metadata(bundle_dir, edit):
+    m = bundle_dir / "configs" / "metadata.json"
+    meta = json.loads(m.read_text())
+    edit(meta["tmbrb"])
+    m.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("preprocessing.hu_window", [400.0, 400.0], r"hu_window = \[400.0, 400.0\]: it must be two finite numbers"),
+    ("preprocessing.hu_window", [-1000.0, "NaN"], "hu_window"),
+    ("preprocessing.interpolation", "cubic", "interpolation = \"cubic\": it must be one of"),
+    ("preprocessing.shape", [64, 64, 100000], "shape = .*three whole numbers from 8 to 256"),
+    ("preprocessing.fov_mm", float("inf"), "fov_mm = Infinity"),
+    ("risk.os.cutoff", float("nan"), r"risk.os.cutoff = NaN: it must be a finite number from 0 to 1"),
+    ("risk.pfs.operator", "=>", "risk.pfs.operator"),
+    ("cam.class_index", 5, "cam.class_index = 5: it must be a whole number from 0 to 1"),
+    ("architecture.growth_rate", 100000, "growth_rate = 100000: it must be a whole number from 1 to 256"),
+    ("architecture.block_config", [6, 12, 24, 100000], "block_config"),
+    ("architecture.colour", "red", "architecture.colour = \"red\": it must be absent"),
+    ("tta.n_shifts", 1000, "n_shifts = 1000"),
+])
+def test_bundle_verify_checks_every_value_the_engine_reads(bundle_copy, capsys, where, value, message):
+    from TMBRBLib.cli import main
+    section, *keys = where.split(".")
+
+    def edit(t):
+        d = t[section]
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    _edit_metadata(bundle_copy, edit)
+    with pytest.raises(TMBRBBundleError, match=message):
+        load_bundle(bundle_copy)
+    assert main(["bundle", "verify", str(bundle_copy)]) == 2
+    assert "bundle OK" not in capsys.readouterr().out
+
+
+def test_a_nan_score_never_gets_risk_groups(ct_and_tumour, bundle_copy):
+    """Weights that give NaN (their checksum re-made, so they pass it) stop the case instead of assigning groups."""
+    from safetensors.torch import load_file, save_file
+    from TMBRBLib.bundle import sha256_file
+    from TMBRBLib.pipeline import Scorer
+    ct, seed = ct_and_tumour
+    w = bundle_copy / "models" / "model.safetensors"
+    state = load_file(str(w))
+    key = next(k for k in state if k.endswith("class_layers.out.3.bias"))
+    state[key] = state[key] * float("nan")
+    save_file(state, str(w))
+    _edit_metadata(bundle_copy, lambda t: t["weights"].update(sha256=sha256_file(w)))
+    with pytest.raises(TMBRBBundleError, match="score that is not a number"):
+        score_case(ct, seed, scorer=Scorer(load_bundle(bundle_copy), "cpu"), n_shifts=0)

@@ -238,3 +238,26 @@ def _is_number(text):
         return True
     except ValueError:
         return False
+
+
+def _separated_cohort(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    group = np.r_[np.zeros(n // 2), np.ones(n // 2)]
+    event = np.r_[np.zeros(n // 2), (rng.random(n // 2) < 0.7).astype(int)]  # no event at all in group 0
+    return pd.DataFrame({"time": rng.exponential(10, n), "status": event, "grp": group,
+                         "age": rng.normal(60, 10, n), "x": np.linspace(0, 1, n)})
+
+
+def test_cox_with_quasi_separation_warns():
+    df = _separated_cohort()
+    with pytest.warns(TMBRBStatsWarning, match=r"no event among the 30 rows with grp = 0 \(quasi-separation\)"):
+        r = cox_ph(df, "time", "status", ["grp", "age"])
+    assert len(r.warnings) == 1 and "grp" in r.warnings[0]  # age is not separated: no warning for it
+    # complete separation by a continuous marker: events come in the order of the marker
+    df2 = pd.DataFrame({"time": 100 - 90 * df["x"], "status": 1, "x": df["x"]})
+    with pytest.warns(TMBRBStatsWarning, match="the coefficient of x diverged"):
+        cox_ph(df2, "time", "status", ["x"])
+    ov = fixture_csv("ovarian.csv")  # an ordinary fit stays silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TMBRBStatsWarning)
+        assert cox_ph(ov, "time", "status", ["age"]).warnings == []

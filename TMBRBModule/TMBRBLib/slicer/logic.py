@@ -31,7 +31,6 @@ from .runner import EngineJob, EngineProcess, EngineWorker, JobInputs, engine_en
 
 MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
-MAX_BOX_OUTSIDE_FRACTION = 0.25  # Apply refuses a box with more of it outside the scan
 INPUTS_KEY_ATTRIBUTE = "TMBRB.inputsKey"  # on the results table: the fingerprint of the inputs of its result
 TUMOUR_KEY_ATTRIBUTE = "TMBRB.tumourKey"  # on the results table: the state of the Tumour segment its attention is of
 OUTPUT_DIR_ATTRIBUTE = "TMBRB.outputDir"  # on the results table: the output folder its result.json lives in, if kept
@@ -183,17 +182,10 @@ class SceneLogic:
     def _checkBox(ct, seed, box, boxName: str, ctName: str) -> None:
         """A box the engine would score without complaint but whose score would mean little is refused here, where a
         person can fix it: wholly or mostly outside the scan, or not holding the seed."""
-        from ..geometry import box_overlap_fraction
+        from ..geometry import check_box_in_scan
 
-        inside = box_overlap_fraction(ct, box)
-        if inside <= 0:
-            raise TMBRBInputError(f"The box '{boxName}' lies wholly outside the CT '{ctName}'.",
-                                  "Drag the box onto the tumour, or delete it to get a box proposed from the seed.")
-        if 1 - inside > MAX_BOX_OUTSIDE_FRACTION:
-            raise TMBRBInputError(
-                f"{100 * (1 - inside):.0f}% of the box '{boxName}' lies outside the CT '{ctName}' (at most "
-                f"{100 * MAX_BOX_OUTSIDE_FRACTION:.0f}% is accepted: the model would see air where the scan ends).",
-                "Drag the box inside the scan, or delete it to get a box proposed from the seed.")
+        check_box_in_scan(ct, box, boxName, ctName, "Drag the box onto the tumour inside the scan, or delete it to "
+                          "get a box proposed from the seed.")
         if np.any(np.asarray(seed) < np.asarray(box.min)) or np.any(np.asarray(seed) > np.asarray(box.max)):
             raise TMBRBInputError(f"The seed lies outside the box '{boxName}'.",
                                   "Put the seed on the tumour inside the box, move the box over the seed, or delete "

@@ -252,8 +252,8 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     fit_df = full.rename(columns={"_t": "T", "_e": "E"})
     fit_df["E"] = e
     cph = CoxPHFitter(alpha=1 - conf_level)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as fit_warnings:
+        warnings.simplefilter("always")
         try:
             cph.fit(fit_df, "T", "E", fit_options=dict(_FIT_OPTIONS))
         except Exception as exc:  # lifelines raises ConvergenceError on separation/collinearity
@@ -264,9 +264,14 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     beta = cph.params_[cols].to_numpy()
     se = cph.standard_errors_[cols].to_numpy()
     z = beta / se
+    for msg in separation_warnings(fit_df, cols, beta, fit_warnings):
+        warnings.warn(msg, TMBRBStatsWarning, stacklevel=2)
+        warn.append(msg)
     zc = sps.norm.ppf(1 - (1 - conf_level) / 2)
-    table = pd.DataFrame({"term": cols, "coef": beta, "hr": np.exp(beta), "hr_lower": np.exp(beta - zc * se),
-                          "hr_upper": np.exp(beta + zc * se), "se": se, "z": z, "p": 2 * sps.norm.sf(np.abs(z))})
+    with np.errstate(over="ignore"):  # exp of a diverging coefficient is inf: the warning above says why
+        table = pd.DataFrame({"term": cols, "coef": beta, "hr": np.exp(beta), "hr_lower": np.exp(beta - zc * se),
+                              "hr_upper": np.exp(beta + zc * se), "se": se, "z": z,
+                              "p": 2 * sps.norm.sf(np.abs(z))})
     Xm = fit_df[cols].to_numpy(float)
     ll0, u0, i0 = efron_loglik(Xm, t, e, np.zeros(len(cols)))
     score = float(u0 @ np.linalg.solve(i0, u0))
@@ -279,6 +284,52 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
                      lr_stat=lr, lr_df=k, lr_p=float(sps.chi2.sf(lr, k)), wald_stat=wald,
                      wald_p=float(sps.chi2.sf(wald, k)), score_stat=score, score_p=float(sps.chi2.sf(score, k)),
                      concordance=float(cph.concordance_index_), warnings=warn)
+
+
+MAX_LOG_HR_PER_SD = 10.0  # a hazard ratio over e^10 per standard deviation of a covariate: the fit diverged
+
+
+def separation_warnings(fit_df: pd.DataFrame, cols: Sequence[str], beta: np.ndarray, fit_warnings=()) -> List[str]:
+    """Warnings for (quasi-)separation in a fitted Cox model: the partial likelihood has no maximum, so the hazard
+    ratio runs off towards 0 or infinity and its CI and p value mean nothing.
+
+    Parameters
+    ----------
+    fit_df : DataFrame
+        The rows fitted: the covariate columns ``cols`` and the event indicator ``E``.
+    cols : sequence of str
+        The model's terms.
+    beta : ndarray
+        The fitted coefficients, in the order of ``cols``.
+    fit_warnings : iterable of warnings.WarningMessage
+        The warnings caught during the fit; lifelines' ConvergenceWarning is passed on.
+
+    Returns
+    -------
+    list of str
+        One message per term that has a level (of a covariate with two values, such as a dummy) without any event,
+        or whose coefficient exceeds MAX_LOG_HR_PER_SD per standard deviation; else lifelines' convergence warnings.
+    """
+    out: List[str] = []
+    e = fit_df["E"].to_numpy()
+    for c, b in zip(cols, beta):
+        x = fit_df[c].to_numpy(float)
+        levels = np.unique(x)
+        empty = [v for v in levels if not np.any(e[x == v] > 0)] if len(levels) == 2 else []
+        if empty:
+            out.append(f"Cox model: no event among the {int(np.sum(x == empty[0]))} rows with {c} = {empty[0]:g} "
+                       f"(quasi-separation): the hazard ratio of {c} runs off towards "
+                       f"{'infinity' if b > 0 else 'zero'} and its CI and p value mean nothing. Merge levels, "
+                       "leave the covariate out or use Firth's penalised Cox regression.")
+        elif abs(b) * float(np.std(x)) > MAX_LOG_HR_PER_SD:
+            out.append(f"Cox model: the coefficient of {c} diverged ({b:.3g}, a hazard ratio of "
+                       f"e^{abs(b) * np.std(x):.0f} per standard deviation): the covariate (quasi-)separates events "
+                       "from censored rows, so its hazard ratio, CI and p value mean nothing. Leave it out or use a "
+                       "penalised Cox regression.")
+    if not out:  # lifelines' own warnings, when the checks above found nothing (one message per problem)
+        out += ["Cox model (lifelines): " + str(w.message).strip().splitlines()[0] for w in fit_warnings
+                if "Convergence" in type(w.message).__name__ or "converge" in str(w.message).lower()]
+    return out
 
 
 @dataclass
