@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "spread level in a bundle's metadata (weights untouched)")
     p.add_argument("--bundle", required=True, help="the bundle folder (its configs/metadata.json is rewritten)")
     p.add_argument("--manifest", required=True, help="the manifest the model was trained on (train and val splits)")
-    from TMBRBLib.ood import OOD_COMPONENTS, OOD_QUANTILE
+    from TMBRBLib.ood import OOD_COMPONENTS, OOD_LAYER, OOD_QUANTILE
+    p.add_argument("--layer", default=OOD_LAYER,
+                   help="layer whose spatially averaged output is summarised (default %(default)s)")
     p.add_argument("--components", type=int, default=OOD_COMPONENTS, help="PCA components of the feature summary")
     p.add_argument("--quantile", type=float, default=OOD_QUANTILE,
                    help="validation quantile that sets the distance threshold and the spread level")
@@ -214,7 +216,7 @@ def _run(a, command: str) -> None:
     elif a.cmd == "ood-summary":
         from .trust import write_trust_summary
         _threads(a.threads)
-        b = write_trust_summary(a.bundle, a.manifest, a.components, a.quantile, not a.no_progress)
+        b = write_trust_summary(a.bundle, a.manifest, a.components, a.quantile, not a.no_progress, a.layer)
         t = b.tmbrb
         print(json.dumps({"bundle": str(b.path), "weights_sha256": b.sha256, "threshold": t["ood"]["threshold"],
                           "n_components": t["ood"]["n_components"], "spread_flag_level": t["tta"]["spread_flag_level"],

@@ -22,14 +22,15 @@ from TMBRBLib.crop import fraction_outside_scan
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.io import read_ct
 from TMBRBLib.model import capture_deep_features
-from TMBRBLib.ood import (OOD_COMPONENTS, OOD_QUANTILE, acquisition_stats, fit_acquisition_ranges,
+from TMBRBLib.ood import (OOD_COMPONENTS, OOD_LAYER, OOD_QUANTILE, acquisition_stats, fit_acquisition_ranges,
                           fit_feature_summary)
 from TMBRBLib.pipeline import model_inputs
 
 from .manifest import read_manifest, select
 
 
-def case_statistics(bundle: Bundle, ct: sitk.Image, box, n_shifts: Optional[int] = 0) -> Dict:
+def case_statistics(bundle: Bundle, ct: sitk.Image, box, n_shifts: Optional[int] = 0,
+                    layer: Optional[str] = OOD_LAYER) -> Dict:
     """One case as the engine sees it: the unshifted box's deep features and score, the spread of the score over
     the box and its ``n_shifts`` shifted copies (None: the bundle's), and the acquisition quantities.
 
@@ -43,6 +44,8 @@ def case_statistics(bundle: Bundle, ct: sitk.Image, box, n_shifts: Optional[int]
         The tumour's box, LPS mm.
     n_shifts : int or None
         Test-time shifts (0: the unshifted box only).
+    layer : str or None
+        The layer whose spatially averaged output are the features (None: the final pooled features).
 
     Returns
     -------
@@ -54,7 +57,7 @@ def case_statistics(bundle: Bundle, ct: sitk.Image, box, n_shifts: Optional[int]
     net = bundle.model("cpu")
     cls = int(meta["cam"].get("class_index", 1))
     x = torch.from_numpy(np.stack([base] + list(shifted)))[:, None]
-    with capture_deep_features(net) as feats, torch.no_grad():
+    with capture_deep_features(net, layer) as feats, torch.no_grad():
         probs = torch.softmax(net(x).float(), 1)[:, cls].numpy()
     if not feats:
         raise TMBRBInputError("The bundle's network gives no deep features.",
@@ -64,7 +67,7 @@ def case_statistics(bundle: Bundle, ct: sitk.Image, box, n_shifts: Optional[int]
                                              fraction_outside_scan(ct, grid))}
 
 
-def _split_statistics(bundle: Bundle, cases, n_shifts, what: str, progress: bool) -> List[Dict]:
+def _split_statistics(bundle: Bundle, cases, n_shifts, what: str, progress: bool, layer=OOD_LAYER) -> List[Dict]:
     rows = []
     bar = None
     if progress:
@@ -72,14 +75,15 @@ def _split_statistics(bundle: Bundle, cases, n_shifts, what: str, progress: bool
         bar = tqdm(total=len(cases), desc=what, leave=False, dynamic_ncols=True)
     for c in cases:
         ct, _ = read_ct(c.ct)
-        rows.append({"label": c.label, **case_statistics(bundle, ct, c.box, n_shifts)})
+        rows.append({"label": c.label, **case_statistics(bundle, ct, c.box, n_shifts, layer)})
         bar and bar.update(1)
     bar and bar.close()
     return rows
 
 
 def fit_trust_summary(bundle: Bundle, manifest, n_components: int = OOD_COMPONENTS,
-                      quantile: float = OOD_QUANTILE, progress: bool = True, tmb_threshold: float = 10.0) -> Dict:
+                      quantile: float = OOD_QUANTILE, progress: bool = True, tmb_threshold: float = 10.0,
+                      layer: str = OOD_LAYER) -> Dict:
     """The ``ood``, ``acquisition`` and spread level for ``bundle`` from the manifest's train and val splits.
 
     The feature means, covariance and acquisition ranges come from the training split; the distance threshold and
@@ -103,10 +107,11 @@ def fit_trust_summary(bundle: Bundle, manifest, n_components: int = OOD_COMPONEN
         raise TMBRBInputError(f"The manifest has {len(train)} training and {len(val)} validation cases; the "
                               "summary needs at least 4 and 2.", "Give the manifest the model was trained on.")
     t0 = time.perf_counter()
-    tr = _split_statistics(bundle, train, 0, "training features", progress)
-    va = _split_statistics(bundle, val, None, "validation features and spreads", progress)
+    tr = _split_statistics(bundle, train, 0, "training features", progress, layer)
+    va = _split_statistics(bundle, val, None, "validation features and spreads", progress, layer)
     ood = fit_feature_summary(np.stack([r["features"] for r in tr]), [r["label"] for r in tr],
                               np.stack([r["features"] for r in va]), n_components, quantile)
+    ood["layer"] = layer
     spreads = np.array([r["tta_std"] for r in va])
     from .calibration import fit_temperature
     temperature = fit_temperature([r["label"] for r in va], [r["score"] for r in va])
@@ -118,14 +123,17 @@ def fit_trust_summary(bundle: Bundle, manifest, n_components: int = OOD_COMPONEN
 
 
 def write_trust_summary(bundle_dir, manifest, n_components: int = OOD_COMPONENTS, quantile: float = OOD_QUANTILE,
-                        progress: bool = True) -> Bundle:
+                        progress: bool = True, layer: str = OOD_LAYER) -> Bundle:
     """Fit the summary for the bundle in ``bundle_dir`` and write it into its metadata; the weights stay as they are.
 
     Returns the bundle loaded again (verified against the unchanged weights' sha256).
     """
     bundle = load_bundle(bundle_dir)
     weights_sha = bundle.sha256
-    s = fit_trust_summary(bundle, manifest, n_components, quantile, progress)
+    if layer not in dict(bundle.model("cpu").named_modules()):
+        raise TMBRBInputError(f"'{layer}' is not a layer of the bundle's network.",
+                              "Give --layer features.transition1.relu or another name from model.named_modules().")
+    s = fit_trust_summary(bundle, manifest, n_components, quantile, progress, layer=layer)
     meta = bundle.metadata
     t = meta["tmbrb"]
     t["ood"] = {**s["ood"], "provenance": s["provenance"]}

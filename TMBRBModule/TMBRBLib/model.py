@@ -59,19 +59,22 @@ def deep_feature_layer(net: nn.Module) -> Optional[nn.Module]:
 
 
 @contextmanager
-def capture_deep_features(net: nn.Module) -> Iterator[Optional[List[torch.Tensor]]]:
+def capture_deep_features(net: nn.Module, layer: Optional[str] = None) -> Iterator[Optional[List[torch.Tensor]]]:
     """Collect the deep features of every forward pass of ``net`` made inside the block.
 
     Parameters
     ----------
     net : torch.nn.Module
         The network (e.g. ``Bundle.model(device)``).
+    layer : str, optional
+        A layer name (``net.named_modules()``) whose output, averaged over its spatial axes, is the feature vector;
+        None means the pooled deep features (:func:`deep_feature_layer`).
 
     Yields
     ------
     list of torch.Tensor or None
         One detached (B, n_features) tensor per forward pass, filled as the passes run; None when the network has
-        no deep-feature layer (:func:`deep_feature_layer`).
+        no such layer.
 
     Examples
     --------
@@ -81,12 +84,13 @@ def capture_deep_features(net: nn.Module) -> Iterator[Optional[List[torch.Tensor
     >>> len(feats), tuple(feats[0].shape) == (2, net.n_features)
     (1, True)
     """
-    layer = deep_feature_layer(net)
-    if layer is None:
+    module = deep_feature_layer(net) if layer is None else dict(net.named_modules()).get(layer)
+    if module is None:
         yield None
         return
     store: List[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: store.append(out.detach()))
+    handle = module.register_forward_hook(
+        lambda _m, _i, out: store.append(out.detach().flatten(2).mean(2) if out.ndim > 2 else out.detach()))
     try:
         yield store
     finally:

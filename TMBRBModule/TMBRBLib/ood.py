@@ -29,6 +29,10 @@ import numpy as np
 OOD_METHOD = "Mahalanobis, nearest class mean, PCA + Ledoit-Wolf shared covariance (Lee et al. 2018)"
 OOD_QUANTILE = 0.95
 OOD_COMPONENTS = 32
+# the layer whose spatially averaged output is summarised: transition1 (224 channels at 16^3) flagged +200 HU
+# phantoms and the real CTs where the final pooled features did not (docs/training.md); a summary without a
+# ``layer`` is for the final pooled features (``model.deep_feature_layer``)
+OOD_LAYER = "features.transition1.relu"
 ACQUISITION_QUANTITIES = {
     # key: (what it is, unit)
     "slice_mm": ("slice thickness", "mm"),

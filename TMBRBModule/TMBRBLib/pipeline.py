@@ -150,7 +150,8 @@ class Scorer:
         cls = int(self.bundle.tmbrb["cam"].get("class_index", 1))
         x = torch.from_numpy(base)[None, None].to(device)
         t0 = time.perf_counter()
-        with capture_deep_features(self.bundle.model(device)) as feats:
+        layer = (self.bundle.tmbrb.get("ood") or {}).get("layer")  # the layer the bundle's OOD summary is for
+        with capture_deep_features(self.bundle.model(device), layer) as feats:
             logits, cam = self._cam(device).logits_and_map(x, cls, spacing_zyx)
         self.last_features = feats[0][0].float().cpu().numpy() if feats else None
         t1 = time.perf_counter()

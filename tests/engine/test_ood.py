@@ -31,7 +31,7 @@ def demo():
 
 def _stats(bundle, ct, box):
     from training.trust import case_statistics
-    return case_statistics(bundle, ct, box, 0)
+    return case_statistics(bundle, ct, box, 0, bundle.tmbrb["ood"].get("layer"))
 
 
 def _flags(bundle, stats):
@@ -186,3 +186,22 @@ def test_a_broken_summary_says_not_available_with_the_reason(demo):
     del s["precision"]
     assert ood.assess_features(s, np.zeros(1020))["available"] is False
     assert ood.assess_features(demo.tmbrb["ood"], None)["reason"] == "the network gives no deep features"
+
+
+def test_the_summary_names_the_layer_whose_features_the_engine_captures(demo):
+    import copy
+    from TMBRBLib.bundle import Bundle
+    from TMBRBLib.pipeline import Scorer
+    x = np.zeros((64, 64, 64), np.float32)
+    sizes = {}
+    for layer in ("features.transition1.relu", None):
+        meta = copy.deepcopy(demo.metadata)
+        meta["tmbrb"]["ood"].pop("layer", None)
+        if layer:
+            meta["tmbrb"]["ood"]["layer"] = layer
+        scorer = Scorer(Bundle(demo.path, meta, demo.sha256), "cpu")
+        scorer.run(x, [], scorer.device)
+        sizes[layer] = scorer.last_features.shape
+    # a summary without a layer (written before the key existed) is for the final pooled features
+    assert sizes == {"features.transition1.relu": (224,), None: (1020,)}
+    assert demo.tmbrb["ood"]["layer"] == ood.OOD_LAYER
