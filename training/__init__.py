@@ -2,7 +2,7 @@
 
 Crops come from TMBRBLib.crop, the network from TMBRBLib.model, the bundle from TMBRBLib.bundle, and evaluation
 runs through TMBRBLib.pipeline: training and inference share one code path for everything the model sees.
-Command line: ``python -m training {train,export,evaluate,bench,phantoms,demo} ...``.
+Command line: ``python -m training {train,export,evaluate,ood-summary,bench,phantoms,demo} ...``.
 """
 
 __all__ = ["TrainConfig", "train", "export_bundle", "evaluate"]

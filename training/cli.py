@@ -1,4 +1,4 @@
-"""`python -m training <command>`: train, export, evaluate, bench, phantoms, demo."""
+"""`python -m training <command>`: train, export, evaluate, ood-summary, bench, phantoms, demo."""
 
 from __future__ import annotations
 
@@ -84,6 +84,10 @@ def add_export_args(p: argparse.ArgumentParser, demo: bool = False):
         p.add_argument("--demo", action="store_true", help="mark as a demo model (synthetic data)")
         p.add_argument("--notice", default=None)
         p.add_argument("--metrics", default=None, help="metrics.json from `evaluate`, stored in the provenance")
+        p.add_argument("--ood-manifest", default=None,
+                       help="manifest whose train/val splits the OOD summary is fitted on (default: the run's)")
+    p.add_argument("--no-ood-summary", action="store_true",
+                   help="do not store the training data's feature summary and acquisition ranges in the bundle")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     from TMBRBLib.cam import CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET_LAYER, DEFAULT_SMOOTH_MM
@@ -130,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("ood-summary", help="store the training data's feature summary, acquisition ranges and "
+                                           "spread level in a bundle's metadata (weights untouched)")
+    p.add_argument("--bundle", required=True, help="the bundle folder (its configs/metadata.json is rewritten)")
+    p.add_argument("--manifest", required=True, help="the manifest the model was trained on (train and val splits)")
+    from TMBRBLib.ood import OOD_COMPONENTS, OOD_LAYER, OOD_QUANTILE
+    p.add_argument("--layer", default=OOD_LAYER,
+                   help="layer whose spatially averaged output is summarised (default %(default)s)")
+    p.add_argument("--components", type=int, default=OOD_COMPONENTS, help="PCA components of the feature summary")
+    p.add_argument("--quantile", type=float, default=OOD_QUANTILE,
+                   help="validation quantile that sets the distance threshold and the spread level")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("bench", help="training samples/s with and without the crop cache")
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True)
@@ -148,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
+    _add_phantom_signal_args(p)
 
     p = sub.add_parser("demo", help="re-create the demo model from scratch: phantoms -> train -> export -> evaluate")
     p.add_argument("--work", default="runs/demo", help="folder for the cohort, run and evaluation")
@@ -157,17 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None)
     p.add_argument("--cohort-seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--haze-hu", type=float, default=None,
-                   help="peritumoral haze (HU) at full signal amplitude: how plainly the image carries the signal")
-    p.add_argument("--shell-mm", type=float, default=None, help="thickness of the peritumoral signal shell (mm)")
-    p.add_argument("--core-shift-hu", type=float, default=None,
-                   help="HU change inside the tumour at full signal amplitude (signal 'core')")
+    _add_phantom_signal_args(p)
     p.add_argument("--model-id", default="tmbrb-demo-phantom-peritumoral")
     add_train_args(p, demo=True)
     add_export_args(p, demo=True)
     from .demo import DEMO_DEFAULTS
     p.set_defaults(**DEMO_DEFAULTS)
     return ap
+
+
+def _add_phantom_signal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--haze-hu", type=float, default=None,
+                   help="peritumoral haze (HU) at full signal amplitude: how plainly the image carries the signal")
+    p.add_argument("--shell-mm", type=float, default=None, help="thickness of the peritumoral signal shell (mm)")
+    p.add_argument("--core-shift-hu", type=float, default=None,
+                   help="HU change inside the tumour at full signal amplitude (signal 'core')")
+
+
+def _phantom_kwargs(a) -> dict:
+    return {k: getattr(a, k) for k in ("haze_hu", "shell_mm", "core_shift_hu") if getattr(a, k, None) is not None}
 
 
 def _run(a, command: str) -> None:
@@ -184,14 +210,24 @@ def _run(a, command: str) -> None:
         b = export_bundle(a.run, a.bundle, model_id=a.model_id, name=a.name, version=a.version, demo=a.demo,
                           notice=a.notice, checkpoint=a.checkpoint, metrics=_test_metrics(metrics),
                           cam_target_layer=a.cam_target_layer, cam_method=a.cam_method,
-                          cam_smooth_mm=a.cam_smooth_mm, command=command, dtype=a.dtype)
+                          cam_smooth_mm=a.cam_smooth_mm, command=command, dtype=a.dtype,
+                          ood_summary=not a.no_ood_summary, ood_manifest=a.ood_manifest)
         print(json.dumps(b.info()))
+    elif a.cmd == "ood-summary":
+        from .trust import write_trust_summary
+        _threads(a.threads)
+        b = write_trust_summary(a.bundle, a.manifest, a.components, a.quantile, not a.no_progress, a.layer)
+        t = b.tmbrb
+        print(json.dumps({"bundle": str(b.path), "weights_sha256": b.sha256, "threshold": t["ood"]["threshold"],
+                          "n_components": t["ood"]["n_components"], "spread_flag_level": t["tta"]["spread_flag_level"],
+                          "calibration": t["calibration"],
+                          "acquisition_ranges": t["acquisition"]["ranges"]}))
     elif a.cmd == "evaluate":
         from .evaluate import evaluate
         _threads(a.threads)
         m = evaluate(a.bundle, a.manifest, a.out, a.split, a.shifts, a.device, a.limit, not a.no_progress)
         print(json.dumps({k: m.get(k) for k in ("split", "n", "auc", "spearman_score_tmb", "cam_share_signal",
-                                                "cam_share_signal_high_tmb", "notice")}, default=str))
+                                                "cam_share_signal_high_tmb", "calibration", "notice")}, default=str))
     elif a.cmd == "bench":
         from .bench import bench
         _threads(a.threads)
@@ -199,7 +235,7 @@ def _run(a, command: str) -> None:
                                _json_arg(a.architecture, "architecture"))))
     elif a.cmd == "phantoms":
         print(write_phantoms(a.out, a.n, _fractions(a.split), a.signal, a.strength, a.seed, a.workers,
-                             not a.no_progress))
+                             not a.no_progress, **_phantom_kwargs(a)))
     elif a.cmd == "demo":
         from .demo import run_demo
         run_demo(a, command)
@@ -225,7 +261,7 @@ def _test_metrics(m):
     keep = {k: m[k] for k in ("split", "n", "auc", "auc_tta_mean", "spearman_score_tmb", "cam_share_signal",
                               "cam_share_signal_high_tmb", "attention_tumour", "attention_ring",
                               "attention_tumour_high_tmb", "attention_ring_high_tmb", "mean_tta_std",
-                              "manifest_sha256", "n_shifts")
+                              "manifest_sha256", "n_shifts", "calibration")
             if k in m}
     return {f"{m.get('split', 'test')}": keep}
 

@@ -24,7 +24,8 @@ def run_demo(a, command: str) -> dict:
     work = Path(a.work)
     cohort = work / "cohort"
     _log(f"phantoms: {a.n} cases ({a.signal}, strength {a.strength}) in {cohort} (finished cases are reused)")
-    phantom_kw = {k: getattr(a, k) for k in ("haze_hu", "shell_mm", "core_shift_hu") if getattr(a, k, None) is not None}
+    from .cli import _phantom_kwargs
+    phantom_kw = _phantom_kwargs(a)
     manifest = write_phantoms(cohort, a.n, (0.7, 0.1, 0.2), a.signal, a.strength, a.cohort_seed, a.workers,
                               not a.no_progress, **phantom_kw)
     t_cohort = time.perf_counter() - t0
@@ -37,7 +38,7 @@ def run_demo(a, command: str) -> dict:
               notice=DEMO_NOTICE, checkpoint=a.checkpoint, cam_target_layer=a.cam_target_layer,
               cam_method=a.cam_method, cam_smooth_mm=a.cam_smooth_mm, command=command,
               dtype=a.dtype)
-    export_bundle(work / "run", a.bundle, **kw)
+    export_bundle(work / "run", a.bundle, ood_summary=False, **kw)
     _log("evaluating on the test split through the engine (score_case)")
     from .evaluate import evaluate
     from .cli import _test_metrics
@@ -47,7 +48,8 @@ def run_demo(a, command: str) -> dict:
                           **phantom_kw}
     metrics["timing_s"] = {"cohort": round(t_cohort, 1), "train": summary["wall_s"],
                            "total": round(time.perf_counter() - t0, 1)}
-    b = export_bundle(work / "run", a.bundle, metrics=metrics, **kw)
+    b = export_bundle(work / "run", a.bundle, metrics=metrics, progress=not a.no_progress,
+                      ood_summary=not a.no_ood_summary, **kw)
     report = {"bundle": b.info(), "val_auc": summary["best_val_auc"], "test": m.get("auc"),
               "spearman": m.get("spearman_score_tmb"), "cam_share_signal": m.get("cam_share_signal"),
               "cam_share_signal_high_tmb": m.get("cam_share_signal_high_tmb"),

@@ -2,7 +2,8 @@
 numbers are those a user gets: same crop, same TTA, same Grad-CAM, same mapping back to the CT grid.
 
 Writes predictions.csv (case, tmb, label, score, TTA mean/spread, attention shares, CAM share in the known signal
-region when the manifest has one) and metrics.json (AUC with 95% CI, Spearman with TMB, CAM shares).
+region when the manifest has one, the checks against the training data) and metrics.json (AUC with 95% CI, Spearman
+with TMB, CAM shares, calibration: Brier score, slope, intercept) and reliability_<split>.png.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from TMBRBLib.pipeline import Scorer, score_case
 from .manifest import read_manifest, select
 
 PRED_COLUMNS = ["case", "split", "tmb", "label", "score", "tta_mean", "tta_std", "tta_n", "attention_tumour",
-                "attention_ring", "attention_elsewhere", "cam_share_signal", "model_id", "model_notice"]
+                "attention_ring", "attention_elsewhere", "cam_share_signal", "model_id", "model_notice",
+                "calibrated_probability", "ood_distance", "ood_flag", "acquisition_flag"]
 
 
 def cam_share(cam: sitk.Image, mask: np.ndarray) -> float:
@@ -92,6 +94,27 @@ def summarise(rows: List[Dict]) -> Dict:
     return m
 
 
+def _trust_columns(trust: Dict) -> Dict:
+    """The result's checks against the training data as predictions.csv columns (None where not available)."""
+    cal, o, acq = trust.get("calibration") or {}, trust.get("ood") or {}, trust.get("acquisition") or {}
+    return {"calibrated_probability": cal.get("probability"), "ood_distance": o.get("distance"),
+            "ood_flag": o.get("flag"), "acquisition_flag": acq.get("flag")}
+
+
+def _calibration(rows: List[Dict], out: Path, split: str) -> Dict:
+    """Calibration of the score (and of the bundle's temperature-scaled probability) with the reliability PNG."""
+    from .calibration import calibration_metrics, reliability_diagram
+    y = [r["label"] for r in rows]
+    m = {"score": calibration_metrics(y, [r["score"] for r in rows]),
+         "scale": "the score is the model's uncalibrated probability of High-TMB; the risk cut-offs are on it"}
+    png = reliability_diagram(m["score"], out / f"reliability_{split}.png")
+    m["reliability_png"] = png.name if png else None
+    cal = [r["calibrated_probability"] for r in rows]
+    if rows and all(v is not None for v in cal):
+        m["temperature_scaled"] = calibration_metrics(y, cal)
+    return m
+
+
 def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[int] = None, device: str = "cpu",
              limit: Optional[int] = None, progress: bool = True, tmb_threshold: float = 10.0) -> Dict:
     b = load_bundle(bundle)
@@ -122,7 +145,7 @@ def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[
                "attention_tumour": res.attention.get("tumour"), "attention_ring": res.attention.get("ring"),
                "attention_elsewhere": res.attention.get("elsewhere"),
                "cam_share_signal": _signal_share(res.cam, c.signal, ct),
-               "model_id": b.tmbrb.get("model_id"), "model_notice": b.notice}
+               "model_id": b.tmbrb.get("model_id"), "model_notice": b.notice, **_trust_columns(res.trust)}
         rows.append(row)
         bar and bar.update(1)
     bar and bar.close()
@@ -133,5 +156,6 @@ def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[
             w.writerow({k: ("" if r[k] is None else r[k]) for k in PRED_COLUMNS})
     metrics = {"split": split, "notice": b.notice, "model": b.info(), "manifest_sha256": sha256_file(manifest),
                "n_shifts": (rows[0]["tta_n"] - 1) if rows else n_shifts, "seconds": round(time.perf_counter() - t0, 1), **summarise(rows)}
+    metrics["calibration"] = _calibration(rows, out, split)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics

@@ -11,6 +11,7 @@ import copy
 import datetime as _dt
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -59,8 +60,15 @@ def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str
                   version: str = "0.1.0", demo: bool = False, notice: Optional[str] = None,
                   checkpoint: str = "best", metrics: Optional[Dict] = None, cam_target_layer: Optional[str] = None,
                   cam_method: Optional[str] = None, cam_smooth_mm: Optional[float] = None,
-                  command: Optional[str] = None, dtype: str = "float16") -> Bundle:
-    """Write a bundle from a training run folder (what `train` wrote). Returns the loaded, verified bundle."""
+                  command: Optional[str] = None, dtype: str = "float16", ood_summary: bool = True,
+                  ood_manifest=None, progress: bool = False) -> Bundle:
+    """Write a bundle from a training run folder (what `train` wrote). Returns the loaded, verified bundle.
+
+    With ``ood_summary`` the bundle also gets what its training data looked like (``training.trust``: deep-feature
+    summary, acquisition ranges, spread level) from ``ood_manifest``, by default the run's own manifest; a manifest
+    that is not there, or has too few training/validation cases, leaves the bundle without it (and says so on
+    stderr): its results then say "not available".
+    """
     run = Path(run_dir)
     summary_path = run / SUMMARY_JSON
     if not summary_path.is_file():
@@ -120,4 +128,17 @@ def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "export_command": command, "platform": platform.platform(), "torch_version": torch.__version__,
     }
-    return save_bundle(net, bundle_dir, meta, dtype=dtype, model_card=_model_card(meta))
+    bundle = save_bundle(net, bundle_dir, meta, dtype=dtype, model_card=_model_card(meta))
+    if not ood_summary:
+        return bundle
+    manifest = Path(ood_manifest or summary.get("manifest") or "")
+    if not manifest.is_file():
+        print(f"note: no manifest '{manifest}' to summarise the training data from; the bundle has no OOD summary "
+              "(run `python -m training ood-summary`)", file=sys.stderr)
+        return bundle
+    from .trust import write_trust_summary
+    try:
+        return write_trust_summary(bundle_dir, manifest, progress=progress)
+    except TMBRBInputError as e:
+        print(f"note: the bundle has no OOD summary: {e}", file=sys.stderr)
+        return bundle

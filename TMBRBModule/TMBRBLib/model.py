@@ -13,7 +13,8 @@ arguments, and it maps a (B, 1, z, y, x) crop to (B, 2) logits). A section witho
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +49,52 @@ class TMBRBNet(DenseNet):
         for name in ("relu", "pool", "flatten"):
             h = getattr(self.class_layers, name)(h)
         return h
+
+
+def deep_feature_layer(net: nn.Module) -> Optional[nn.Module]:
+    """The layer whose output is the pooled deep-feature vector (``class_layers.flatten`` of a TMBRBNet), or None
+    for a network that has no such layer."""
+    layers = getattr(net, "class_layers", None)
+    return getattr(layers, "flatten", None) if layers is not None else None
+
+
+@contextmanager
+def capture_deep_features(net: nn.Module, layer: Optional[str] = None) -> Iterator[Optional[List[torch.Tensor]]]:
+    """Collect the deep features of every forward pass of ``net`` made inside the block.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (e.g. ``Bundle.model(device)``).
+    layer : str, optional
+        A layer name (``net.named_modules()``) whose output, averaged over its spatial axes, is the feature vector;
+        None means the pooled deep features (:func:`deep_feature_layer`).
+
+    Yields
+    ------
+    list of torch.Tensor or None
+        One detached (B, n_features) tensor per forward pass, filled as the passes run; None when the network has
+        no such layer.
+
+    Examples
+    --------
+    >>> net = TMBRBNet(block_config=(1, 1, 1, 1), init_features=4, growth_rate=4).eval()
+    >>> with capture_deep_features(net) as feats, torch.no_grad():
+    ...     logits = net(torch.zeros(2, 1, 32, 32, 32))
+    >>> len(feats), tuple(feats[0].shape) == (2, net.n_features)
+    (1, True)
+    """
+    module = deep_feature_layer(net) if layer is None else dict(net.named_modules()).get(layer)
+    if module is None:
+        yield None
+        return
+    store: List[torch.Tensor] = []
+    handle = module.register_forward_hook(
+        lambda _m, _i, out: store.append(out.detach().flatten(2).mean(2) if out.ndim > 2 else out.detach()))
+    try:
+        yield store
+    finally:
+        handle.remove()
 
 
 DEFAULT_ARCHITECTURE = "TMBRBNet (MONAI DenseNet, 3D)"

@@ -19,7 +19,8 @@ from .errors import TMBRBBundleError, TMBRBCancelled, TMBRBInputError
 from .geometry import Box, Point, check_box_in_scan, lps_to_ras, require_point_inside
 from .io import mask_on_ct_grid, validate_ct
 from .volumes import Geometry, RegionVolume
-from .model import select_device
+from .model import capture_deep_features, select_device
+from .ood import case_trust, trust_warnings
 from .proposal import DEFAULTS as PROPOSAL_DEFAULTS, SeedSegmentation, mask_extent_lps, segment_from_seed
 from .regions import region_of_interest, ring_and_shares
 from .risk import check_ecog, risk_groups
@@ -50,6 +51,7 @@ class CaseResult:
     ct_info: Dict
     inputs: Dict = field(default_factory=dict)
     tumour_mask_info: Dict = field(default_factory=dict)  # source (given/proposed/proposed_edited), uncertain, why
+    trust: Dict = field(default_factory=dict)  # ood, acquisition, box_placement, calibration (ood.case_trust)
 
     @property
     def box_lps(self):
@@ -76,6 +78,7 @@ class CaseResult:
             "score": self.score,
             "score_definition": "TMBRB = model probability of High-TMB (>= 10 mut/Mb) for the box as given/proposed",
             "tta": {"mean": self.tta_mean, "std": self.tta_std, "n": len(self.tta_scores), "scores": self.tta_scores},
+            **self.trust,
             "risk": self.risk,
             "attention": self.attention,
             "tumour_mask": self.tumour_mask_info,
@@ -135,6 +138,7 @@ class Scorer:
         self.bundle = bundle
         self.device = select_device(device)
         self._cams: Dict[str, ScoringGradCAM] = {}
+        self.last_features: Optional[np.ndarray] = None  # deep features of the last ``run``'s unshifted crop
 
     def _cam(self, device: torch.device) -> ScoringGradCAM:
         key = str(device)
@@ -143,10 +147,15 @@ class Scorer:
         return self._cams[key]
 
     def run(self, base: np.ndarray, shifted: Sequence[np.ndarray], device: torch.device, spacing_zyx=1.0):
+        """(score, shifted scores, CAM on the crop, timings); ``last_features`` is set to the unshifted crop's deep
+        features (None when the network has none)."""
         cls = int(self.bundle.tmbrb["cam"].get("class_index", 1))
         x = torch.from_numpy(base)[None, None].to(device)
         t0 = time.perf_counter()
-        logits, cam = self._cam(device).logits_and_map(x, cls, spacing_zyx)
+        layer = (self.bundle.tmbrb.get("ood") or {}).get("layer")  # the layer the bundle's OOD summary is for
+        with capture_deep_features(self.bundle.model(device), layer) as feats:
+            logits, cam = self._cam(device).logits_and_map(x, cls, spacing_zyx)
+        self.last_features = feats[0][0].float().cpu().numpy() if feats else None
         t1 = time.perf_counter()
         score = torch.softmax(logits.float(), 1)[0, cls].item()
         tta = []
@@ -269,6 +278,7 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     warnings += field_of_view_warnings(ct, grid)
 
     _report(progress, cancel, 0.3, f"model ({scorer.device.type})")
+    scorer.last_features = None
     score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings, grid.spacing[::-1])
     timings.update(mt)
     tta_all = [score] + list(tta)
@@ -276,6 +286,9 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
         raise TMBRBBundleError(f"The model gave a score that is not a number ({score}) for this crop: the bundle's "
                                "weights or preprocessing values are broken. Check it with `tmbrb bundle verify`, "
                                "or use the bundle that came with TMBRB.")
+    trust = case_trust(meta, scorer.last_features, ct.GetSpacing(), sitk.GetArrayViewFromImage(crop_img),
+                       box.size, fraction_outside_scan(ct, grid), tta_all)
+    warnings += trust_warnings(trust)
 
     _report(progress, cancel, 0.75, "regions and CAM on the CT grid")
     t = time.perf_counter()
@@ -298,7 +311,7 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
         box_proposed=proposed, crop_grid=grid, cam_region=cam_region, tumour_region=tumour_region,
         ring_region=ring_region, crop=crop_img,
         model=scorer.bundle.info(), warnings=warnings, timings={k: round(v, 4) for k, v in timings.items()},
-        device_used=dev_used, ct_info=ct_summary(ct), tumour_mask_info=mask_info,
+        device_used=dev_used, ct_info=ct_summary(ct), tumour_mask_info=mask_info, trust=trust,
         inputs={"segmentation_given": tumour_mask is not None, "n_shifts": len(offsets),
                 "tta_offsets_mm": [list(map(float, o)) for o in offsets]})
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from . import RESEARCH_USE_NOTICE
+from .ood import NOT_AVAILABLE, outside_text
 
 # how a cut-off rule reads when the score does not meet it
 _NEGATION = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
@@ -27,9 +28,9 @@ ATTENTION_REGIONS = ("tumour", "ring", "elsewhere")
 class Line:
     """One labelled line of a result.
 
-    key : a stable identifier that front ends select lines by ("score", "spread", "os", "pfs", "ecog", "os_ecog",
-        "pfs_ecog", "attention", "mask", "cam", "box", "model", "model_sha256", "demo", "device", "notice",
-        "warning").
+    key : a stable identifier that front ends select lines by ("score", "calibrated", "spread", "ood", "acquisition",
+        "os", "pfs", "ecog", "os_ecog", "pfs_ecog", "attention", "mask", "cam", "box", "model", "model_sha256", "demo",
+        "device", "notice", "warning").
     label : what the line is, for a person ("OS risk group").
     value : the value in words, short enough for a table cell ("low risk: TMBRB 0.734 >= 0.61").
     detail : what the value means or where it comes from (may be empty).
@@ -212,9 +213,10 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     Returns
     -------
     list of Line
-        score, spread over the shifted boxes, OS and PFS groups, ECOG (and with it the relative hazard per
-        endpoint), attention shares, the tumour mask's source (and "uncertain: review it" when it is), CAM method,
-        box, model, model sha256, demo flag, device, notice, then one line per warning.
+        score, spread over the shifted boxes (box-placement sensitivity), likeness to the training data (deep
+        features; acquisition ranges), OS and PFS groups, ECOG (and with it the relative hazard per endpoint),
+        attention shares, the tumour mask's source (and "uncertain: review it" when it is), CAM method, box, model,
+        model sha256, demo flag, device, notice, then one line per warning.
 
     Examples
     --------
@@ -229,10 +231,15 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     ...                    "ecog_combined": {"os": {"relative_hazard": 2.33, "tmbrb_hr": 0.54, "ecog_hr": 2.33}}},
     ...           "attention": {"tumour": 0.5, "ring": 0.3, "elsewhere": 0.2, "ring_width_mm": 10.0},
     ...           "model": {"name": "demo", "version": "1", "demo": True}, "warnings": ["check the box"]}
-    >>> for line in result_lines(result)[:6]:
+    >>> for line in result_lines(result)[:9]:
     ...     print(line.text)
-    TMBRB score: 0.300 (probability of High-TMB, >= 10 mut/Mb)
-    Score spread: mean 0.310 +/- 0.020 over 9 boxes (the box and 8 shifted copies)
+    TMBRB score: 0.300 (model probability of High-TMB, >= 10 mut/Mb; uncalibrated: the risk cut-offs are on this
+    scale)
+    Calibrated probability: not available (the model bundle has no calibration)
+    Score spread: mean 0.310 +/- 0.020 over 9 boxes (box-placement sensitivity: SD of the score when the box is
+    shifted; the box and 8 shifted copies)
+    Like the training data: not available (this result or its model has no summary of the training data)
+    Acquisition vs training: not available (this result or its model has no training ranges)
     OS risk group: high risk: TMBRB 0.300 < 0.61 (paper: hazard ratio 0.54 for TMBRB >= 0.61 vs < 0.61)
     PFS risk group: low risk: TMBRB 0.300 <= 0.46 (paper: hazard ratio 1.78 for TMBRB > 0.46 vs <= 0.46)
     Why OS and PFS differ: the paper's two rules point in opposite directions: a higher TMBRB means low risk for
@@ -247,10 +254,10 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     n = tta.get("n")
     shifts = f" (the box and {int(n) - 1} shifted copies)" if isinstance(n, int) and n > 1 else ""
     fmt = f".{int(digits)}f"
-    lines = [Line("score", "TMBRB score", _number(result["score"], fmt), "probability of High-TMB, >= 10 mut/Mb"),
-             Line("spread", "Score spread",
-                  f"mean {_number(tta.get('mean'), fmt)} +/- {_number(tta.get('std'), fmt)} over "
-                  f"{n if n is not None else '?'} boxes", shifts.strip(" ()"))]
+    lines = [Line("score", "TMBRB score", _number(result["score"], fmt),
+                  "model probability of High-TMB, >= 10 mut/Mb; uncalibrated: the risk cut-offs are on this scale"),
+             calibration_line(result, fmt), spread_line(result, fmt, shifts.strip(" ()"))]
+    lines += trust_lines(result)
     lines += risk_lines(result)
     lines.append(Line("attention", "Attention", attention_text(result.get("attention") or {}),
                       "share of the class activation map's mass"))
@@ -270,6 +277,82 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
         lines.append(Line("device", "Device", str(result["device"])))
     lines.append(model_lines(result)[3])
     lines += [Line("warning", f"Warning {i}", str(w)) for i, w in enumerate(result.get("warnings") or [], 1)]
+    return lines
+
+
+def calibration_line(result: Dict, fmt: str = ".3f") -> Line:
+    """The score after the bundle's temperature scaling, or "not available".
+
+    >>> cal = {"available": True, "probability": 0.62, "temperature": 1.8, "fitted_on": "validation"}
+    >>> print(calibration_line({"calibration": cal}).text)
+    Calibrated probability: 0.620 (temperature scaling, T = 1.80, fitted on the validation split; the risk groups
+    use the uncalibrated score)
+    """
+    cal = result.get("calibration") or {}
+    if not cal.get("available"):
+        return Line("calibrated", "Calibrated probability", NOT_AVAILABLE,
+                    str(cal.get("reason") or "the model bundle has no calibration"))
+    return Line("calibrated", "Calibrated probability", _number(cal.get("probability"), fmt),
+                f"temperature scaling, T = {_number(cal.get('temperature'), '.2f')}, fitted on the "
+                f"{cal.get('fitted_on') or 'validation'} split; the risk groups use the uncalibrated score")
+
+
+def spread_line(result: Dict, fmt: str = ".3f", shifts: str = "") -> Line:
+    """The score's spread over the shifted boxes, said as what it is: sensitivity to the box's placement.
+
+    >>> r = {"tta": {"mean": 0.5, "std": 0.09, "n": 9}, "box_placement": {"level": 0.05, "flag": True}}
+    >>> print(spread_line(r).text)
+    Score spread: mean 0.500 +/- 0.090 over 9 boxes: sensitive to the box's placement (above 0.050) (box-placement
+    sensitivity: SD of the score when the box is shifted)
+    """
+    tta = result.get("tta") or {}
+    n = tta.get("n")
+    value = f"mean {_number(tta.get('mean'), fmt)} +/- {_number(tta.get('std'), fmt)} over " \
+            f"{n if n is not None else '?'} boxes"
+    placement = result.get("box_placement") or {}
+    if placement.get("flag") is True:
+        value += f": sensitive to the box's placement (above {_number(placement.get('level'))})"
+    elif placement.get("flag") is False:
+        value += f": within the bundle's level ({_number(placement.get('level'))})"
+    detail = "box-placement sensitivity: SD of the score when the box is shifted" + (f"; {shifts}" if shifts else "")
+    return Line("spread", "Score spread", value, detail)
+
+
+def trust_lines(result: Dict) -> List[Line]:
+    """Whether the case is like the model's training data: deep-feature distance (``ood``) and acquisition ranges.
+
+    A result without the checks (an older result.json, or a bundle without the training summary) says
+    "not available", never that the case is within the training data.
+
+    >>> [line.value for line in trust_lines({})]
+    ['not available', 'not available']
+    >>> ood = {"available": True, "distance": 31.2, "threshold": 12.5, "flag": True, "quantile": 0.95}
+    >>> print(trust_lines({"ood": ood})[0].text)
+    Like the training data: unlike the training data: interpret with care (deep-feature distance 31.2 > threshold 12.5,
+    the validation cases' 95th percentile)
+    """
+    ood = result.get("ood") or {}
+    if not ood.get("available"):
+        lines = [Line("ood", "Like the training data", NOT_AVAILABLE,
+                      str(ood.get("reason") or "this result or its model has no summary of the training data"))]
+    else:
+        pct = f"the validation cases' {100 * float(ood.get('quantile', 0.95)):.0f}th percentile"
+        flagged = bool(ood.get("flag"))
+        lines = [Line("ood", "Like the training data",
+                      "unlike the training data: interpret with care" if flagged
+                      else "within the training data's range",
+                      f"deep-feature distance {_number(ood.get('distance'), '.1f')} {'>' if flagged else '<='} "
+                      f"threshold {_number(ood.get('threshold'), '.1f')}, {pct}")]
+    acq = result.get("acquisition") or {}
+    if not acq.get("available"):
+        lines.append(Line("acquisition", "Acquisition vs training", NOT_AVAILABLE,
+                          str(acq.get("reason") or "this result or its model has no training ranges")))
+    elif acq.get("flag"):
+        lines.append(Line("acquisition", "Acquisition vs training", "outside the training data's ranges",
+                          outside_text(acq.get("outside") or [])))
+    else:
+        lines.append(Line("acquisition", "Acquisition vs training", "within the training data's ranges",
+                          "slice thickness, pixel spacing, crop HU, box size, field of view"))
     return lines
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,6 +110,8 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
     assert t["training"]["seed"] == 0 and "python -m training train" in t["training"]["command"]
     assert t["preprocessing"]["shape"] == [32, 32, 32] and t["risk"]["os"]["cutoff"] == 0.61
     assert t["training"]["metrics"]["val_auc"] == json.loads((run / "train_summary.json").read_text())["best_val_auc"]
+    # export stores the training data's summary (from the run's manifest: 6 train, 2 val cases)
+    assert t["ood"]["n_train"] == 6 and t["ood"]["n_val"] == 2 and "crop_hu_p50" in t["acquisition"]["ranges"]
     # the engine's score for a case is the trained network's output on the training code's validation crop
     case = read_manifest(tiny_manifest)[0]
     ct, _ = read_ct(case.ct)
@@ -122,6 +125,7 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
         p = torch.softmax(net(x), 1)[0, 1].item()
     assert abs(res.score - p) < 5e-3  # float16 weights in the bundle
     assert any("synthetic phantoms" in w for w in res.warnings)
+    assert res.to_dict()["ood"]["available"] is True
     # evaluate: predictions CSV for the statistics toolkit, metrics with the notice
     out = tmp_path / "eval"
     _run(["evaluate", "--bundle", str(bdir), "--manifest", str(tiny_manifest), "--out", str(out), "--split", "val",
@@ -138,6 +142,12 @@ def test_export_then_engine_scores_and_evaluate_writes_predictions(tiny_manifest
     high = [float(r["cam_share_signal"]) for r in rows if r["label"] == "1"]
     assert m["cam_share_signal_high_tmb"]["n"] == len(high) == 1
     assert abs(m["cam_share_signal_high_tmb"]["mean"] - high[0]) < 1e-9
+    # calibration of the score on the split, with its reliability diagram, and the bundle's temperature-scaled one
+    y, p = np.array([float(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
+    assert m["calibration"]["score"]["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert (out / "reliability_val.png").is_file() and m["calibration"]["score"]["n"] == 2
+    assert all(0 <= float(r["calibrated_probability"]) <= 1 for r in rows)
+    assert "temperature_scaled" in m["calibration"]
 
 
 @pytest.mark.parametrize("extra, message", [
