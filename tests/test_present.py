@@ -168,3 +168,13 @@ def test_the_viewer_panel_shows_the_mask_line_and_marks_an_uncertain_one(uncerta
     assert state["r_mask"] == by_key(result_lines(res))["mask"].text
     assert ("review it" in state["r_mask"]) is uncertain and state["r_mask_uncertain"] is uncertain
     assert format_result(result_for(0.4))["r_mask"] == ""  # an older result.json: no line rather than a guess
+
+
+def test_the_viewer_panel_shows_whether_the_case_is_like_the_training_data():
+    from tmbrb_viewer.app import format_result
+
+    res = result_for(0.4)
+    lines = by_key(result_lines(res))
+    expected = [lines[k].text for k in ("ood", "acquisition") if k in lines]
+    assert expected, "result_lines gives the training-data lines (with 'not available' without a summary)"
+    assert format_result(res)["r_trust"] == expected

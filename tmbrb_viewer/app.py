@@ -76,6 +76,8 @@ def format_result(result: Dict) -> Dict:
         "r_att": line["attention"].value,
         "r_mask": line["mask"].text if "mask" in line else "",
         "r_mask_uncertain": "mask" in line and line["mask"].value == MASK_UNCERTAIN,
+        # likeness to the model's training data (deep features; acquisition ranges), when the result has them
+        "r_trust": [line[k].text for k in ("ood", "acquisition") if k in line],
         "r_model": line["model"].value,
         "r_demo": line["demo"].value == "yes",
         "r_notice": line["notice"].value,
@@ -219,7 +221,7 @@ class TMBRBViewer:
             "box_text": "", "running": False, "progress": 0, "progress_msg": "", "message": "",
             "message_type": "info", "has_result": False, "stale": False, "ecog": "not given", "cam_opacity": 0.5,
             "saved_text": "", "goto_ras": "", "placing": False, "r_score": "", "r_spread": "", "r_os": "",
-            "r_pfs": "", "r_ecog": "", "r_att": "", "r_mask": "", "r_mask_uncertain": False, "r_model": "", "r_demo": False, "r_notice": "",
+            "r_pfs": "", "r_ecog": "", "r_att": "", "r_mask": "", "r_mask_uncertain": False, "r_trust": [], "r_model": "", "r_demo": False, "r_notice": "",
             "r_warnings": [], "legend_css": heat_legend_css(), "notice": RESEARCH_USE_NOTICE,
         })
         self._init_3d_state()
@@ -566,6 +568,7 @@ class TMBRBViewer:
             html.Div("Attention (class activation map): {{ r_att }}", id="tmbrb-attention", classes="text-body-2")
             html.Div("{{ r_mask }}", v_if=("r_mask",), id="tmbrb-mask", classes=("r_mask_uncertain ? "
                      "'text-body-2 text-warning' : 'text-body-2'",))
+            html.Div("{{ t }}", v_for="t in r_trust", classes="text-body-2 tmbrb-trust")
             html.Div("Model: {{ r_model }}", id="tmbrb-model", classes="text-body-2")
             html.Div("{{ w }}", v_for="w in r_warnings", classes="text-caption text-warning")
             self._build_cam_controls(v3, html)
