@@ -31,11 +31,12 @@ REAL_CT = REPO / ".." / "shared" / "data" / "real_ct"
 
 
 def cases():
-    """(name, SimpleITK CT, seed LPS) for lung1 (when the shared data is there) and the demo phantom."""
+    """(name, SimpleITK CT, seed LPS) for lung1 (when the shared data is there), the demo phantom and a 512x512x300
+    phantom."""
     import SimpleITK as sitk
 
     from TMBRBLib.geometry import ras_to_lps
-    from TMBRBLib.phantom import make_demo_case
+    from TMBRBLib.phantom import make_demo_case, make_phantom
 
     out = []
     lung1 = json.loads((REPO / "Testing" / "real_ct_cases.json").read_text())["lung1"]
@@ -45,6 +46,8 @@ def cases():
         print(f"lung1 skipped: {REAL_CT / lung1['ct']} not found")
     demo = make_demo_case()
     out.append(("demo phantom", demo.ct, tuple(demo.seed_lps)))
+    big = make_phantom(seed=3, shape_xyz=(512, 512, 300))  # the engine benchmark's chest-sized phantom
+    out.append(("512x512x300", big.ct, tuple(big.seed_lps)))
     return out
 
 
@@ -65,6 +68,28 @@ def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
         raise RuntimeError(f"the Apply failed: {got['error']}")
     return {"wall": wall, "engine_total": got["result"].result["timings_s"]["total"],
             "score": got["result"].score}
+
+
+def cold_cli_times(ct, seed_lps, args, bundle) -> list:
+    """Wall times of the cold command line, `tmbrb score --no-pictures` in a new Python process (imports only what
+    the command needs), on the CT written once as a file."""
+    import subprocess
+    import tempfile
+
+    import SimpleITK as sitk
+
+    times = []
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as work:
+        path = Path(work) / "ct.nrrd"
+        sitk.WriteImage(ct, str(path))
+        for i in range(args.runs):
+            cmd = [sys.executable, "-m", "TMBRBLib.cli", "score", "--ct", str(path), "--seed-lps",
+                   ",".join(f"{v:.3f}" for v in seed_lps), "--ecog", "1", "--shifts", str(args.shifts), "--device",
+                   args.device, "--model", str(bundle.path), "--out", str(Path(work) / f"out{i}"), "--no-pictures"]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def median(values):
@@ -91,6 +116,7 @@ def bench_case(name, ct, seed_lps, args, bundle) -> dict:
     finally:
         logic.shutdown()
         mrml.release_scene(scene)
+    cli = cold_cli_times(ct, seed_lps, args, bundle)
     scorer = Scorer(bundle, args.device)
     score_case(ct, seed_lps, None, None, 1, n_shifts=args.shifts, scorer=scorer)  # model built, caches warm
     inproc = []
@@ -102,7 +128,7 @@ def bench_case(name, ct, seed_lps, args, bundle) -> dict:
     return {"case": name, "ct_size": list(ct.GetSize()), "cold_s": median([r["wall"] for r in cold]),
             "first_worker_apply_s": round(first["wall"], 3), "warm_s": median([r["wall"] for r in warm]),
             "warm_engine_total_s": median([r["engine_total"] for r in warm]),
-            "in_process_s": median(inproc), "warm_runs_s": [round(r["wall"], 3) for r in warm],
+            "in_process_s": median(inproc), "cold_cli_s": median(cli), "warm_runs_s": [round(r["wall"], 3) for r in warm],
             "cold_runs_s": [round(r["wall"], 3) for r in cold], "worker_pid": pid, "score": cold[0]["score"]}
 
 
@@ -123,10 +149,10 @@ def main() -> int:
           f"model {bundle.name}")
     rows = [bench_case(name, ct, seed, args, bundle) for name, ct, seed in cases()]
     print(f"{'case':<14}{'cold Apply':>12}{'1st worker':>12}{'warm Apply':>12}{'warm engine':>13}"
-          f"{'in process':>12}")
+          f"{'in process':>12}{'cold CLI':>10}")
     for r in rows:
         print(f"{r['case']:<14}{r['cold_s']:>11.2f}s{r['first_worker_apply_s']:>11.2f}s{r['warm_s']:>11.2f}s"
-              f"{r['warm_engine_total_s']:>12.2f}s{r['in_process_s']:>11.2f}s")
+              f"{r['warm_engine_total_s']:>12.2f}s{r['in_process_s']:>11.2f}s{r['cold_cli_s']:>9.2f}s")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(json.dumps(rows, indent=1))
     if args.json:

@@ -64,8 +64,14 @@ def test_cancel_mid_batch_keeps_the_finished_cases(logic, tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe (a CT file whose reading never ends)")
 def test_a_timed_out_case_is_reported_and_the_next_case_is_scored(logic, tmp_path):
-    manifest = write_manifest(tmp_path, [["hangs", "cases/hang.nrrd", "14,-16,33", "1"], ["next"] + GOOD])
-    os.mkfifo(tmp_path / "cases" / "hang.nrrd")  # opening it for reading blocks: the engine hangs on this case
+    manifest = write_manifest(tmp_path, [["hangs", "cases/hang.nhdr", "14,-16,33", "1"], ["next"] + GOOD])
+    # a NRRD header whose data file is a named pipe: reading it blocks, the engine hangs on this case (a pipe given as
+    # the CT itself is refused before reading)
+    (tmp_path / "cases" / "hang.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 64 64 32\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nencoding: raw\nendian: little\n"
+        "data file: hang.raw\n\n")
+    os.mkfifo(tmp_path / "cases" / "hang.raw")
     calls = []
     rows = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0, caseTimeoutS=15,
                               progress=lambda i, n, row: calls.append((row["case_id"], row["status"])))

@@ -8,6 +8,7 @@ data folder, `..`, absolute, symlinks, pipes) and the one "not found" message wh
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import os
@@ -154,7 +155,10 @@ def run_session(server, steps, secret=None, origin=None):
                 hello = await client.call("wslink.hello", [{"secret": server.secret if secret is None else secret}],
                                           system=True)
                 return await steps(client, hello)
-    return asyncio.run(go())
+    # in a thread of its own: Playwright's sync API (the browser tests of the same session) keeps an event loop
+    # running in this thread, where asyncio.run refuses to start another
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, go()).result()
 
 
 def _template_trigger(state, pattern):
