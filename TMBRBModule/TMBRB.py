@@ -445,6 +445,8 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.demoBannerLabel.visible = line["demo"].value == "yes"
         self.ui.demoBannerLabel.text = line["notice"].value
         self.ui.scoreLabel.text = f"{line['score'].value}  ({line['spread'].value})"
+        # likeness to the training data (a flagged check is also among the warnings below, and every line in the table)
+        self.ui.scoreLabel.toolTip = "\n".join(line[k].text for k in ("calibrated", "ood", "acquisition") if k in line)
         self.ui.osGroupLabel.text = line["os"].value
         self.ui.osGroupLabel.toolTip = line["os"].detail
         self.ui.pfsGroupLabel.text = line["pfs"].value
