@@ -249,6 +249,46 @@ def check_nifti_data_size(path: PathLike, what: str = "CT") -> None:
             "read as zeros.", "Copy or export the file again; a complete file is needed.")
 
 
+def detached_data_files(path: PathLike) -> List[Path]:
+    """The data files a NRRD or MetaImage header names (a detached header keeps its voxels there).
+
+    Patterns ("%d" with a range) are not expanded; ``LIST`` is (one file a line after the key); ``LOCAL`` and an
+    attached header name none.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "ct.nhdr").write_text("NRRD0004\\ntype: short\\nsizes: 4 4 4\\ndata file: ct.raw\\n\\n")
+    >>> [p.name for p in detached_data_files(d / "ct.nhdr")]
+    ['ct.raw']
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return []
+    nrrd = head.startswith(b"NRRD")
+    if not (nrrd or p.suffix.lower() in (".mhd", ".mha")):
+        return []
+    lines = [line.strip().decode("utf-8", "replace") for line in head.split(b"\n")]
+    for i, line in enumerate(lines):
+        if nrrd and not line:  # the end of a NRRD header
+            break
+        key, sep, value = line.partition(":" if nrrd else "=")
+        if not sep or key.strip().lower().replace(" ", "") not in ("datafile", "elementdatafile"):
+            continue
+        value = value.strip()
+        first = value.split()[0].upper() if value else ""
+        if first == "LIST":
+            return [p.parent / name for name in lines[i + 1:] if name]
+        if not value or first == "LOCAL" or "%" in value:
+            return []
+        return [p.parent / value]
+    return []
+
+
 def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]:
     """Read an image file or a DICOM folder. Raises TMBRBInputError with a clear message on failure."""
     p = Path(path)
@@ -261,6 +301,11 @@ def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]
         if p.is_dir():
             return _read_dicom_series(p)
         check_declared_size(p, what)
+        for data in detached_data_files(p):  # a header whose voxels are in a pipe or device would block too
+            if data.exists() and not data.is_file():
+                raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{data.name}', which is not a "
+                                      "regular file (a pipe, socket or device).",
+                                      "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
         check_nifti_data_size(p, what)
         return sitk.ReadImage(str(p)), []
     except TMBRBInputError:

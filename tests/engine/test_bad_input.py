@@ -248,6 +248,22 @@ def test_a_pipe_or_device_as_the_ct_is_refused_not_read(tmp_path, kind):
         read_ct(p)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("header, text", [
+    ("ct.nhdr", "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 8\nencoding: raw\nendian: little\n"
+                "data file: voxels.raw\n\n"),
+    ("ct.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\n"
+               "ElementDataFile = voxels.raw\n"),
+])
+def test_a_header_whose_voxels_are_in_a_pipe_is_refused_not_read(tmp_path, header, text):
+    import os
+
+    (tmp_path / header).write_text(text)
+    os.mkfifo(tmp_path / "voxels.raw")  # reading it would block for ever (the header itself is a regular file)
+    with pytest.raises(TMBRBInputError, match="keeps its voxels in 'voxels.raw', which is not a regular file"):
+        read_ct(tmp_path / header)
+
+
 def test_itk_errors_give_the_reason_not_a_source_location(tmp_path):
     p = tmp_path / "noendian.nrrd"
     p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n" + b"\0" * 128)

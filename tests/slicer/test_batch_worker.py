@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 
-import pytest
 import SimpleITK as sitk
 
 from test_slicer_logic import oblique_ct
@@ -62,16 +62,26 @@ def test_cancel_mid_batch_keeps_the_finished_cases(logic, tmp_path):
     assert [r["status"] for r in rows] == ["done-before", "ok", "ok", "ok"]
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe (a CT file whose reading never ends)")
-def test_a_timed_out_case_is_reported_and_the_next_case_is_scored(logic, tmp_path):
-    manifest = write_manifest(tmp_path, [["hangs", "cases/hang.nhdr", "14,-16,33", "1"], ["next"] + GOOD])
-    # a NRRD header whose data file is a named pipe: reading it blocks, the engine hangs on this case (a pipe given as
-    # the CT itself is refused before reading)
-    (tmp_path / "cases" / "hang.nhdr").write_text(
-        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 64 64 32\n"
-        "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nencoding: raw\nendian: little\n"
-        "data file: hang.raw\n\n")
-    os.mkfifo(tmp_path / "cases" / "hang.raw")
+HANG_HOOK = """
+# the engine worker's start-up hook in this test: reading a CT called hang.nrrd never ends (a case that hangs)
+import time
+import TMBRBLib.io as io
+_read_image = io.read_image
+def read_image(path, *args, **kwargs):
+    if str(path).endswith("hang.nrrd"):
+        time.sleep(3600)
+    return _read_image(path, *args, **kwargs)
+io.read_image = read_image
+"""
+
+
+def test_a_timed_out_case_is_reported_and_the_next_case_is_scored(logic, tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path, [["hangs", "cases/hang.nrrd", "14,-16,33", "1"], ["next"] + GOOD])
+    shutil.copy(tmp_path / "cases" / "a.nrrd", tmp_path / "cases" / "hang.nrrd")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_HOOK)  # Python imports it at start-up from PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p))
     calls = []
     rows = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0, caseTimeoutS=15,
                               progress=lambda i, n, row: calls.append((row["case_id"], row["status"])))
