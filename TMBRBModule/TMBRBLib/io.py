@@ -300,12 +300,12 @@ def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]
     try:
         if p.is_dir():
             return _read_dicom_series(p)
-        check_declared_size(p, what)
         for data in detached_data_files(p):  # a header whose voxels are in a pipe or device would block too
             if data.exists() and not data.is_file():
                 raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{data.name}', which is not a "
                                       "regular file (a pipe, socket or device).",
                                       "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
+        check_declared_size(p, what)
         check_nifti_data_size(p, what)
         return sitk.ReadImage(str(p)), []
     except TMBRBInputError:
