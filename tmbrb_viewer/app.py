@@ -613,8 +613,8 @@ class TMBRBViewer:
                       "error")
             return
         data_dir = getattr(self, "data_dir", None)
-        self._guarded(lambda: self.open_ct(str(resolve_in_data_dir(path, data_dir)), name=Path(path).name),
-                      "Could not open the CT.")
+        self._guarded(lambda: self.open_ct(str(resolve_in_data_dir(path, data_dir)), name=Path(path).name,
+                                           within=data_dir), "Could not open the CT.")
 
     def on_upload(self, files: List[dict]) -> None:
         """Write the uploaded files under generated names in this viewer's temporary folder, read them, remove them.
@@ -639,7 +639,7 @@ class TMBRBViewer:
                 shown = (fa.display_name(given[0].get("name", "")) if len(written) == 1
                          else f"{len(written)} uploaded DICOM files")
                 try:
-                    self.open_ct(str(written[0] if len(written) == 1 else folder), name=shown)
+                    self.open_ct(str(written[0] if len(written) == 1 else folder), name=shown, within=folder)
                 except TMBRBInputError as e:  # name the user's file, not the server's temporary path
                     text = str(e).replace(str(written[0]), shown).replace(str(folder), "the uploaded folder")
                     text = text.replace(written[0].name, shown)  # ITK's reason names the file
@@ -661,11 +661,13 @@ class TMBRBViewer:
             self._say(f"{what} Unexpected error: {type(e).__name__}: {e}", "error")
         return None
 
-    def open_ct(self, path: str, name: Optional[str] = None) -> None:
+    def open_ct(self, path: str, name: Optional[str] = None, within: Optional[Path] = None) -> None:
+        """Read a CT and show it. `within`: the folder a detached header's data file must not leave (uploads and
+        --data-dir paths; a header could otherwise name any server file as its voxels)."""
         from TMBRBLib.io import read_ct
 
         t0 = time.perf_counter()
-        ct, warnings = read_ct(path)  # raises TMBRBInputError with the problem and the fix
+        ct, warnings = read_ct(path, within=within)  # raises TMBRBInputError with the problem and the fix
         self.show_ct(ct, name or Path(path).name, warnings)
         self.timings["open_ct_s"] = time.perf_counter() - t0
 
@@ -1050,25 +1052,37 @@ def _cap_upload_chunks(viewer, max_bytes: int) -> None:
     """Refuse an upload once its chunks pass `max_bytes`, before the rest is held in memory.
 
     trame-slicer's upload buttons gather every chunk, then call on_upload: the cap is checked there too, but a
-    client could send far more before that. This wraps the buttons' chunk triggers (found by their method)."""
+    client could send far more before that. This wraps the buttons' chunk triggers (found by their method). Once an
+    upload is refused, its remaining chunks are dropped up to the end-of-upload marker (an empty list), so no part of
+    it is opened. Raises RuntimeError when no trigger is found (the cap would silently do nothing)."""
     from trame_slicer.app.ui.load_volume_ui import LoadVolumeButton
 
     from .file_access import check_upload_size, upload_size
 
     triggers = viewer.server.controller._triggers
+    wrapped = 0
     for name, fn in list(triggers.items()):
         button = getattr(fn, "__self__", None)
         if not (isinstance(button, LoadVolumeButton) and getattr(fn, "__func__", None) is LoadVolumeButton.load_chunk):
             continue
 
         async def capped(files, _button=button, _fn=fn):
+            if getattr(_button, "_tmbrb_refused", False):  # the rest of a refused upload
+                if not files:
+                    _button._tmbrb_refused = False  # its end: the next upload starts afresh
+                return None
             if files and upload_size(_button.files) + upload_size(files) > max_bytes:
                 total = upload_size(_button.files) + upload_size(files)
                 _button.files = []
+                _button._tmbrb_refused = True
                 viewer._guarded(lambda: check_upload_size(total, max_bytes), "Could not open the uploaded CT.")
                 return None
             return await _fn(files)
         triggers[name] = capped
+        wrapped += 1
+    if not wrapped:
+        raise RuntimeError("The viewer found no upload button to cap (trame-slicer's LoadVolumeButton.load_chunk): "
+                           "refusing to serve uploads without a size limit.")
 
 
 def _origin_middleware():

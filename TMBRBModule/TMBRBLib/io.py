@@ -8,7 +8,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -264,14 +264,20 @@ def detached_data_files(path: PathLike) -> List[Path]:
     ['ct.raw']
     """
     p = Path(path)
+    values, pattern = _data_file_values(p)
+    return [] if pattern else [p.parent / v for v in values]
+
+
+def _data_file_values(p: Path) -> Tuple[List[str], bool]:
+    """The data-file names a NRRD/MetaImage header gives, as written, and whether the one name is a "%d" pattern."""
     try:
         with open(p, "rb") as f:
             head = f.read(1 << 16)
     except OSError:
-        return []
+        return [], False
     nrrd = head.startswith(b"NRRD")
     if not (nrrd or p.suffix.lower() in (".mhd", ".mha")):
-        return []
+        return [], False
     lines = [line.strip().decode("utf-8", "replace") for line in head.split(b"\n")]
     for i, line in enumerate(lines):
         if nrrd and not line:  # the end of a NRRD header
@@ -280,17 +286,58 @@ def detached_data_files(path: PathLike) -> List[Path]:
         if not sep or key.strip().lower().replace(" ", "") not in ("datafile", "elementdatafile"):
             continue
         value = value.strip()
-        first = value.split()[0].upper() if value else ""
-        if first == "LIST":
-            return [p.parent / name for name in lines[i + 1:] if name]
-        if not value or first == "LOCAL" or "%" in value:
-            return []
-        return [p.parent / value]
-    return []
+        first = value.split()[0] if value else ""
+        if first.upper() == "LIST":
+            return [name for name in lines[i + 1:] if name], False
+        if not value or first.upper() == "LOCAL":
+            return [], False
+        return ([first], True) if "%" in value else ([value], False)
+    return [], False
 
 
-def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]:
-    """Read an image file or a DICOM folder. Raises TMBRBInputError with a clear message on failure."""
+def check_data_files_within(path: PathLike, root: PathLike, what: str = "CT") -> None:
+    """Refuse a detached header whose data files (or file pattern) lie outside `root`.
+
+    A NRRD or MetaImage header names the file that holds its voxels; that name may be absolute or climb with `..`.
+    Front ends that confine reading to one folder (the browser viewer's uploads and --data-dir) call this so that a
+    header cannot make ITK read a file outside it.
+
+    Raises
+    ------
+    TMBRBInputError
+        When a data file resolves outside `root`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "ct.nhdr").write_text("NRRD0004\\ntype: short\\nsizes: 4 4 4\\ndata file: /etc/hostname\\n\\n")
+    >>> check_data_files_within(d / "ct.nhdr", d)
+    Traceback (most recent call last):
+    ...
+    TMBRBLib.errors.TMBRBInputError: The CT 'ct.nhdr' names a data file outside its folder ('/etc/hostname'). ...
+    """
+    p = Path(path)
+    top = Path(root).resolve()
+    values, pattern = _data_file_values(p)
+    for value in values:
+        target = (p.parent / value).resolve()
+        if pattern:  # "slice%03d.raw 1 40 1": the files lie in the pattern's folder
+            target = target.parent
+        try:
+            target.relative_to(top)
+        except ValueError:
+            shown = value if len(value) <= 120 else value[:117] + "..."
+            raise TMBRBInputError(f"The {what} '{p.name}' names a data file outside its folder ('{shown}').",
+                                  "Keep a detached header's data file next to it, or give a .nrrd/.nii.gz/.mha "
+                                  "file that holds its voxels.") from None
+
+
+def read_image(path: PathLike, what: str = "CT", within: Optional[PathLike] = None) -> Tuple[sitk.Image, List[str]]:
+    """Read an image file or a DICOM folder. Raises TMBRBInputError with a clear message on failure.
+
+    With `within`, a detached header whose data files lie outside that folder is refused (check_data_files_within).
+    """
     p = Path(path)
     if not p.exists():
         raise TMBRBInputError(f"The {what} '{p}' does not exist.", "Check the path.")
@@ -300,6 +347,8 @@ def read_image(path: PathLike, what: str = "CT") -> Tuple[sitk.Image, List[str]]
     try:
         if p.is_dir():
             return _read_dicom_series(p)
+        if within is not None:
+            check_data_files_within(p, within, what)
         for data in detached_data_files(p):  # a header whose voxels are in a pipe or device would block too
             if data.exists() and not data.is_file():
                 raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{data.name}', which is not a "
@@ -386,9 +435,11 @@ def check_field_of_view(size, spacing, name: str = "CT") -> None:
             "Check the voxel spacing in the file's header (mm), and that the whole series was loaded.")
 
 
-def read_ct(path: PathLike) -> Tuple[sitk.Image, List[str]]:
-    """Read and validate a CT (file or DICOM folder). Returns (image, warnings)."""
-    ct, warnings = read_image(path, "CT")
+def read_ct(path: PathLike, within: Optional[PathLike] = None) -> Tuple[sitk.Image, List[str]]:
+    """Read and validate a CT (file or DICOM folder). Returns (image, warnings).
+
+    `within`: a folder that a detached header's data files must not leave (see read_image)."""
+    ct, warnings = read_image(path, "CT", within=within)
     warnings += validate_ct(ct)
     return ct, warnings
 

@@ -660,3 +660,27 @@ def test_a_nan_score_never_gets_risk_groups(ct_and_tumour, bundle_copy):
     _edit_metadata(bundle_copy, lambda t: t["weights"].update(sha256=sha256_file(w)))
     with pytest.raises(TMBRBBundleError, match="score that is not a number"):
         score_case(ct, seed, scorer=Scorer(load_bundle(bundle_copy), "cpu"), n_shifts=0)
+
+
+@pytest.mark.parametrize("value", ["../outside/ct.raw", "ABSOLUTE", "../outside/slice%02d.raw 0 1 1",
+                                   "LIST\n../outside/ct.raw"])
+def test_a_confined_read_refuses_a_header_whose_data_file_lies_outside(tmp_path, value):
+    """read_ct(within=...) (the viewer's uploads and --data-dir) never lets a header name a file outside the folder."""
+    from TMBRBLib.io import read_ct
+
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    a = np.full((8, 16, 16), -700, np.int16)
+    for name in ("ct.raw", "slice00.raw", "slice01.raw"):
+        (outside / name).write_bytes(a.tobytes())
+    value = value.replace("ABSOLUTE", str(outside / "ct.raw"))
+    header = inside / "ct.nhdr"
+    header.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 16 16 8\nspacings: 2 2 3\nencoding: raw\n"
+                      "endian: little\n"
+                      f"data file: {value}\n\n")
+    with pytest.raises(TMBRBInputError, match="outside its folder"):
+        read_ct(header, within=inside)
+    (inside / "ct.raw").write_bytes(a.tobytes())
+    header.write_text(header.read_text().replace(value, "ct.raw"))
+    assert read_ct(header, within=inside)[0].GetSize() == (16, 16, 8)  # a data file next to it reads

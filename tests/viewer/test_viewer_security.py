@@ -276,6 +276,65 @@ def test_upload_over_the_cap_is_refused_before_it_is_kept(secured_server):
     assert not end["has_ct"] or "uploaded DICOM" not in end["ct_name"]
 
 
+def test_the_rest_of_a_refused_upload_is_dropped_not_opened(secured_server, small_ct):
+    """After the cap refuses an upload, the chunks the browser still sends are not gathered into a new upload."""
+    big = [{"name": f"IM{i:04d}", "size": 600_000, "content": b"\0" * 600_000} for i in range(2)]  # 1.2 MB > 1 MB
+    ct_bytes = small_ct.read_bytes()
+    tail = [{"name": "tail.nrrd", "size": len(ct_bytes), "content": ct_bytes}]  # under the cap on its own
+
+    async def steps(client, hello):
+        await client.set_state(message="", has_ct=False)
+        chunk = (await _triggers(client))["chunk"]
+        for f in big + tail:
+            await client.trigger(chunk, [f])
+        await client.trigger(chunk, [])  # the end of the refused upload
+        refused = await client.state()
+        after = await _upload(client, tail)  # the next upload works
+        return refused, after
+
+    refused, after = run_session(secured_server, steps)
+    assert "accepts at most 1 MB" in refused["message"], refused["message"]
+    assert not refused["has_ct"], "part of a refused upload was opened as a CT"
+    assert after["has_ct"] and after["ct_name"].startswith("tail.nrrd:"), (after["ct_name"], after["message"])
+
+
+def _detached_header(folder, name, data_file):
+    path = folder / name
+    path.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 48 48 24\nspacings: 1 1 2\nencoding: raw\n"
+                    f"endian: little\ndata file: {data_file}\n\n")
+    return path
+
+
+def test_a_header_cannot_name_a_data_file_outside_the_allowed_folders(secured_server):
+    """A detached NRRD header (uploaded, or typed inside --data-dir) whose data file lies elsewhere is not read."""
+    import numpy as np
+
+    work = secured_server.work
+    secret = work / "outside" / "private.raw"
+    a = np.full((24, 48, 48), -700, np.int16)
+    a[6:18, 12:36, 12:36] = 40
+    secret.write_bytes(a.tobytes())
+    _detached_header(work / "data", "escape.nhdr", "../outside/private.raw")
+    _detached_header(work / "data", "absolute.nhdr", str(secret))
+    upload = _detached_header(work, "up.nhdr", str(secret)).read_bytes()
+
+    async def steps(client, hello):
+        open_ = (await _triggers(client))["open"]
+        seen = {}
+        for t in ("escape.nhdr", "absolute.nhdr"):
+            await client.set_state(ct_path_input=t, message="", has_ct=False)
+            await client.trigger(open_)
+            seen[t] = await client.state()
+        await client.set_state(message="", has_ct=False)
+        seen["upload"] = await _upload(client, [{"name": "up.nhdr", "size": len(upload), "content": upload}])
+        return seen
+
+    seen = run_session(secured_server, steps)
+    for key, st in seen.items():
+        assert not st["has_ct"], f"{key}: a file outside the allowed folders was read as the CT"
+        assert "outside its folder" in st["message"], (key, st["message"])
+
+
 def test_typed_paths_open_only_inside_the_data_folder_over_the_websocket(secured_server, small_ct):
     work = secured_server.work
     inside, outside = work / "data" / "case1.nrrd", work / "outside" / "other.nrrd"
