@@ -28,7 +28,7 @@ def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
         raise TMBRBInputError(f"The folder '{folder}' holds no DICOM series.",
                               "Give a NRRD/NIfTI/MHA file or a folder with the DICOM files of one CT series.")
     files_by_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
-    _refuse_unreadable_dicom_files(folder, files_by_series)
+    warnings += _refuse_unreadable_dicom_files(folder, files_by_series)
     best = max(files_by_series, key=lambda s: len(files_by_series[s]))
     if len(series) > 1:
         warnings.append(f"The DICOM folder holds {len(series)} series; used the largest ({best}, "
@@ -55,17 +55,64 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _refuse_unreadable_dicom_files(folder: Path, files_by_series) -> None:
-    """GDCM leaves a damaged slice file out of every series without a word: name it instead."""
+CT_STORAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN")
+
+
+def dicom_storage_class(path: PathLike) -> str:
+    """The SOP class a DICOM file declares in its file meta information (group 0002), '' when it cannot be read.
+
+    The file meta header is always explicit VR little endian right after the 'DICM' mark, so this needs no DICOM
+    library and reads the class even from a file whose data set is cut off."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return ""
+    if head[128:132] != b"DICM":
+        return ""
+    i = 132
+    while i + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, i)
+        if group != 0x0002:
+            break
+        vr = head[i + 4:i + 6]
+        if vr in _LONG_VRS:
+            if i + 12 > len(head):
+                break
+            length, start = struct.unpack_from("<I", head, i + 8)[0], i + 12
+        else:
+            length, start = struct.unpack_from("<H", head, i + 6)[0], i + 8
+        if element == 0x0002:
+            return head[start:start + length].decode("ascii", "replace").strip("\x00 ")
+        i = start + length
+    return ""
+
+
+def _refuse_unreadable_dicom_files(folder: Path, files_by_series) -> List[str]:
+    """GDCM leaves a damaged slice file out of every series without a word: name it instead.
+
+    A left-out file that declares a CT image class (or whose DICOM header cannot be read) is a damaged slice: refused.
+    Other DICOM objects that PACS exports carry along (structured reports, RT structures, presentation states,
+    DICOMDIR) are not slices: they are skipped with a warning. Returns the warnings."""
     in_series = {os.path.normcase(os.path.abspath(f)) for files in files_by_series.values() for f in files}
-    left_out = sorted(p.name for p in folder.iterdir()
+    left_out = sorted(p for p in folder.iterdir()
                       if p.is_file() and os.path.normcase(os.path.abspath(p)) not in in_series and _is_dicom_file(p))
-    if left_out:
-        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+    damaged, other = [], []
+    for p in left_out:
+        sop_class = dicom_storage_class(p)
+        (damaged if not sop_class or sop_class in CT_STORAGE_CLASSES else other).append(p.name)
+    if damaged:
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
         raise TMBRBInputError(
-            f"The DICOM folder '{folder}' holds {len(left_out)} file(s) that cannot be read as a slice "
-            f"({', '.join(left_out[:3])}{more}): truncated or damaged.",
+            f"The DICOM folder '{folder}' holds {len(damaged)} file(s) that cannot be read as a slice "
+            f"({', '.join(damaged[:3])}{more}): truncated or damaged.",
             "Export the series again from the scanner or PACS, or remove files that do not belong to it.")
+    if other:
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        return [f"Skipped {len(other)} DICOM file(s) that are not CT images ({', '.join(other[:3])}{more}): "
+                "reports, structures or other objects in the series folder."]
+    return []
 
 
 SLICE_GAP_TOLERANCE_MM = 0.01  # slice steps may differ by this, or by SLICE_GAP_TOLERANCE_FRACTION of the step

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -684,3 +685,28 @@ def test_a_confined_read_refuses_a_header_whose_data_file_lies_outside(tmp_path,
     (inside / "ct.raw").write_bytes(a.tobytes())
     header.write_text(header.read_text().replace(value, "ct.raw"))
     assert read_ct(header, within=inside)[0].GetSize() == (16, 16, 8)  # a data file next to it reads
+
+
+def _non_image_dicom(path, sop_class):
+    """A valid DICOM object that is not an image (its file meta header and a few tags), written byte by byte."""
+    def element(group, elem, vr, value):
+        value = value + (b"\0" if len(value) % 2 else b"")
+        return struct.pack("<HH", group, elem) + vr + struct.pack("<H", len(value)) + value
+
+    uid = sop_class.encode()
+    body = element(0x0002, 0x0002, b"UI", uid) + element(0x0002, 0x0003, b"UI", b"1.2.3.4.5.6.7") \
+        + element(0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.1")
+    meta = struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HI", 4, len(body)) + body
+    data = element(0x0008, 0x0016, b"UI", uid) + element(0x0008, 0x0060, b"CS", b"SR") \
+        + element(0x0020, 0x000E, b"UI", b"1.2.3.4.5.6.8")
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta + data)
+
+
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.481.3",
+                                       "1.2.840.10008.1.3.10"], ids=["structured report", "RT structure", "DICOMDIR"])
+def test_dicom_series_with_a_report_or_structure_beside_it_reads_with_a_warning(tmp_path, dicom_ct, sop_class):
+    _write_dicom_series(dicom_ct, tmp_path / "d")
+    _non_image_dicom(tmp_path / "d" / "report.dcm", sop_class)
+    ct, warnings = read_ct(tmp_path / "d")
+    assert ct.GetSize() == dicom_ct.GetSize()
+    assert any("Skipped 1 DICOM file(s) that are not CT images (report.dcm)" in w for w in warnings), warnings
