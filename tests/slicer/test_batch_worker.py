@@ -12,12 +12,12 @@ import SimpleITK as sitk
 from test_slicer_logic import oblique_ct
 
 
-def write_manifest(tmp_path, rows):
+def write_manifest(tmp_path, rows, encoding="utf-8"):
     cases = tmp_path / "cases"
     cases.mkdir(exist_ok=True)
     sitk.WriteImage(oblique_ct()[0], str(cases / "a.nrrd"))
     manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
+    with open(manifest, "w", newline="", encoding=encoding) as f:
         w = csv.writer(f)
         w.writerow(["case_id", "ct", "seed_lps", "ecog"])
         w.writerows(rows)
@@ -28,7 +28,9 @@ GOOD = ["cases/a.nrrd", "14,-16,33", "1"]
 
 
 def test_progress_per_case_in_the_worker_while_events_are_processed(logic, tmp_path):
-    manifest = write_manifest(tmp_path, [["one"] + GOOD, ["bad-seed", "cases/a.nrrd", "x,y", ""], ["two"] + GOOD])
+    # saved by Excel: a byte-order mark before the first column's name (the worker must see 'case_id', not '\ufeffcase_id')
+    manifest = write_manifest(tmp_path, [["one"] + GOOD, ["bad-seed", "cases/a.nrrd", "x,y", ""], ["two"] + GOOD],
+                              encoding="utf-8-sig")
     calls, events = [], []
     rows = logic.processCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0,
                               progress=lambda i, n, row: calls.append((i, n, row["case_id"], row["status"])),

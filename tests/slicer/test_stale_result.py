@@ -70,3 +70,27 @@ def test_the_panel_state_follows_the_parameter_node(scene, logic):
     assert logic.resultState(p) == "current"
     p.tumourSegmentation = seg
     assert logic.resultState(p) == "outdated"
+
+
+def test_painting_the_given_tumour_segmentation_makes_the_result_outdated(scene, logic):
+    """Segment Editor rewrites a segment's label map, not the segmentation's own modification time: the key must
+    see it (the attention shares depend on that mask)."""
+    import numpy as np
+    from conftest import slicer
+
+    ct = add_ct(scene, oblique_ct()[0])
+    seed = add_seed(scene, lps_to_ras(SEED_LPS))
+    shape = ma.volume_array(ct).shape
+    tumour = np.zeros(shape, np.uint8)
+    tumour[shape[0] // 2 - 2:shape[0] // 2 + 2, 10:20, 10:20] = 1
+    given = ma.regions_segmentation(scene, ct, tumour, np.zeros(shape, np.uint8), name="given", show3d=False)
+    before = logic.inputsKey(ct, seed, None, given, "1")
+    assert logic.inputsKey(ct, seed, None, given, "1") == before  # nothing changed: the same key
+
+    sid = given.GetSegmentation().GetSegmentIdBySegmentName(ma.TUMOUR_SEGMENT_NAME)
+    painted = tumour.copy()
+    painted[shape[0] // 2, 20:25, 10:20] = 1  # a stroke of the paint brush
+    image = ma._oriented_image(painted, ma.ijk_to_ras(ct, world=False))
+    seg_logic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert seg_logic.SetBinaryLabelmapToSegment(image, given, sid, seg_logic.MODE_REPLACE)
+    assert logic.inputsKey(ct, seed, None, given, "1") != before

@@ -297,8 +297,9 @@ class SceneLogic:
     @staticmethod
     def inputsKey(volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None) -> str:
         """A fingerprint of what a result depends on in the scene: the CT (node, voxels' modification time,
-        geometry), the seed and the box (positions to 0.01 mm), the tumour segmentation (node and modification
-        time) and ECOG. Equal keys: the result shown is the result of these inputs."""
+        geometry), the seed and the box (positions to 0.01 mm), the tumour segmentation (node, and the modification
+        time of each segment's label map: painting a segment changes that, not the segmentation's own time) and ECOG.
+        Equal keys: the result shown is the result of these inputs."""
         import hashlib
 
         def node_state(node, data=None):
@@ -322,7 +323,15 @@ class SceneLogic:
         if volumeNode is not None:
             volume = node_state(volumeNode, volumeNode.GetImageData()) + [
                 [round(float(v), 6) for v in mrml.ijk_to_ras(volumeNode).ravel()]]
-        segmentation = node_state(segmentationNode, segmentationNode.GetSegmentation()) if segmentationNode else None
+        segmentation = None
+        if segmentationNode is not None:
+            seg = segmentationNode.GetSegmentation()
+            name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+            segments = []
+            for i in range(seg.GetNumberOfSegments()):
+                labelmap = seg.GetNthSegment(i).GetRepresentation(name)
+                segments.append([seg.GetNthSegmentID(i), int(labelmap.GetMTime()) if labelmap is not None else None])
+            segmentation = node_state(segmentationNode, seg) + [segments]
         state = {"volume": volume, "seed": seed, "box": box, "segmentation": segmentation, "ecog": ecog}
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -851,16 +860,15 @@ class SceneLogic:
     @staticmethod
     def _manifestCtPaths(manifestCsv) -> Dict[str, str]:
         """{case_id: CT path} as the engine's batch reads the manifest."""
-        from ..batch import row_to_case
+        from ..batch import read_manifest, row_to_case
 
         out = {}
-        with open(manifestCsv, newline="", encoding="utf-8") as f:
-            for number, row in enumerate(csv.DictReader(f), 1):
-                try:
-                    case = row_to_case(row, Path(manifestCsv).parent, number)
-                except TMBRBError:
-                    continue
-                out[case["case_id"]] = str(case["ct"])
+        for number, row in enumerate(read_manifest(manifestCsv), 1):
+            try:
+                case = row_to_case(row, Path(manifestCsv).parent, number)
+            except TMBRBError:
+                continue
+            out[case["case_id"]] = str(case["ct"])
         return out
 
     def loadCaseResult(self, caseDir, ctPath=None) -> SceneResult:
@@ -903,13 +911,12 @@ class BatchJob:
         from ..batch import plan_cases, read_manifest
 
         self.logic, self.manifest, self.outputDir = logic, Path(manifestCsv), Path(outputDir)
-        self.plans = plan_cases(read_manifest(self.manifest), self.manifest.parent)
+        self.manifestRows = read_manifest(self.manifest)  # one reading for the plan and the worker (utf-8-sig)
+        self.plans = plan_cases(self.manifestRows, self.manifest.parent)
         self.outputDir.mkdir(parents=True, exist_ok=True)
         self.request = {"base": str(self.manifest.parent.resolve()), "out": str(self.outputDir.resolve()),
                         "model": None if model is None else str(model), "device": device, "shifts": numberOfShifts,
                         "pictures": bool(pictures)}
-        with open(self.manifest, newline="", encoding="utf-8") as f:
-            self.manifestRows = list(csv.DictReader(f))
         self.caseTimeoutS, self.onCase, self.onProgress = caseTimeoutS, onCase, onProgress
         self.rows: List[Dict] = []
         self.index = 0  # the row being scored (0-based)
