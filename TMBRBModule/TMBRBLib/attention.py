@@ -191,13 +191,17 @@ class _Shown:
         return self._result
 
 
-def _redraw_pictures(out: Path, result: Dict, cam: sitk.Image, edited: EditedAttention) -> Dict[str, Path]:
-    """Draw the PNG overlays again with the new outlines when the folder had them and the CT can be read; else
-    remove the old ones (they show the mask before the edit) and say so."""
+def _redraw_pictures(out: Path, result: Dict, cam: sitk.Image, edited: EditedAttention,
+                     draw: bool = True) -> Dict[str, Path]:
+    """Draw the PNG overlays again with the new outlines when the folder had them, ``draw`` and the CT can be read;
+    else remove the old ones (they show the mask before the edit) and say so."""
     old = [out / n for n in UPDATED_NAMES if n.endswith(".png") and (out / n).is_file()]
     if not old:
         return {}
     ct_path = result.get("inputs", {}).get("ct_path")
+    if not draw:
+        _remove_pictures(old, result, "not drawn again (--no-pictures)")
+        return {}
     if ct_path and Path(ct_path).exists():
         from .io import read_ct
         from .outputs import render_overlays
@@ -207,12 +211,16 @@ def _redraw_pictures(out: Path, result: Dict, cam: sitk.Image, edited: EditedAtt
             return render_overlays(_Shown(result, cam, edited), ct, out)
         except TMBRBInputError:
             pass
+    _remove_pictures(old, result, f"the CT '{ct_path}' could not be read to draw them again")
+    return {}
+
+
+def _remove_pictures(old, result: Dict, why: str) -> None:
+    """Remove PNG overlays that show the mask before the edit, and their entries in result.json, saying why."""
     for p in old:
         p.unlink()
     result["files"] = {k: v for k, v in result.get("files", {}).items() if not str(v).endswith(".png")}
-    result["warnings"].append("The PNG overlays showed the mask before the edit and were removed (the CT "
-                              f"'{ct_path}' could not be read to draw them again).")
-    return {}
+    result["warnings"].append(f"The PNG overlays showed the mask before the edit and were removed ({why}).")
 
 
 def update_attention_folder(result_dir: Union[str, Path], segmentation: Union[str, Path],
@@ -276,7 +284,7 @@ def write_update(out: Union[str, Path], result: Dict, cam: sitk.Image, edited: E
     edited : EditedAttention
         From :func:`attention_from_mask`.
     pictures : bool
-        Draw the overlays again.
+        Draw the overlays again; when False, overlays left from before the edit are removed (with a warning).
 
     Returns
     -------
@@ -286,8 +294,7 @@ def write_update(out: Union[str, Path], result: Dict, cam: sitk.Image, edited: E
     out = Path(out)
     written = {"tumour": edited.tumour_region.write_nrrd(out / "tumour.nrrd"),
                "ring": edited.ring_region.write_nrrd(out / "ring.nrrd")}
-    if pictures:
-        written.update(_redraw_pictures(out, result, cam, edited))
+    written.update(_redraw_pictures(out, result, cam, edited, draw=pictures))
     tmp = out / "result.json.part"
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / "result.json")

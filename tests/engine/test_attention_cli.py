@@ -94,6 +94,10 @@ def test_a_mask_on_another_grid_is_resampled_with_a_warning(case, tmp_path):
                  "--no-pictures"]) == 0
     after = json.loads((case / "result.json").read_text())
     assert any("resampled onto the CT's grid" in w for w in after["warnings"])
+    # --no-pictures: the overlays of the mask before the edit are gone, from the folder and from result.json
+    assert not list(case.glob("*.png")), "overlays showing the old mask were left in place"
+    assert not any(str(v).endswith(".png") for v in after["files"].values())
+    assert any("removed (not drawn again" in w for w in after["warnings"])
 
 
 def _fails(capsys, argv, words):
