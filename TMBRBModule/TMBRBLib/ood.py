@@ -3,8 +3,9 @@
 A bundle may carry, in its metadata's ``tmbrb`` section, what its training data looked like (written by
 ``python -m training ood-summary`` or at export):
 
-- ``ood``: a compact summary of the training split's 1020 deep features (the pooled output of the DenseNet, the
-  input of the classifier): a PCA to ``k`` components, the class-conditional means there and one shared covariance
+- ``ood``: a compact summary of the training split's deep features at ``ood.layer`` (for new summaries the spatially
+  averaged output of transition1, 224 channels; a summary without ``layer`` is of the 1020 pooled features, the
+  classifier's input): a PCA to ``k`` components, the class-conditional means there and one shared covariance
   shrunk by Ledoit-Wolf; the distance of a case is the Mahalanobis distance to the nearest class mean (Lee et al.,
   NeurIPS 2018, "A simple unified framework for detecting out-of-distribution samples", at the last layer), and the
   threshold is a high percentile (95th) of the validation split's distances.
@@ -154,9 +155,11 @@ def assess_features(summary: Optional[Dict], features: Optional[np.ndarray]) -> 
         return {"available": False, "reason": "the network gives no deep features"}
     try:
         d = float(feature_distance(summary, features)[0])
-    except (KeyError, ValueError) as e:
+        thr = float(summary["threshold"])
+        if not (np.isfinite(d) and np.isfinite(thr)):
+            raise ValueError("a distance or threshold that is not a finite number")
+    except (KeyError, ValueError, TypeError, IndexError) as e:
         return {"available": False, "reason": f"the bundle's feature summary cannot be used ({e})"}
-    thr = float(summary["threshold"])
     return {"available": True, "distance": d, "threshold": thr, "flag": bool(d > thr),
             "quantile": float(summary.get("quantile", OOD_QUANTILE)), "method": summary.get("method", OOD_METHOD)}
 
@@ -237,14 +240,29 @@ def check_acquisition(section: Optional[Dict], stats: Dict[str, float]) -> Dict:
     """
     if not section or not section.get("ranges"):
         return {"available": False, "reason": "the model bundle has no ranges of its training data's acquisition"}
+    ranges = _finite_ranges(section["ranges"])
+    if ranges is None:
+        return {"available": False, "reason": "the model bundle's acquisition ranges cannot be used (each must be a "
+                                              "pair of finite numbers, low <= high)"}
     outside = []
-    for key, (lo, hi) in section["ranges"].items():
+    for key, (lo, hi) in ranges.items():
         value = stats.get(key)
         if value is not None and not (lo <= value <= hi):
             what, unit = ACQUISITION_QUANTITIES.get(key, (key, ""))
             outside.append({"key": key, "what": what, "unit": unit, "value": float(value), "range": [lo, hi]})
     return {"available": True, "flag": bool(outside), "outside": outside, "values": dict(stats),
             "ranges": section["ranges"]}
+
+
+def _finite_ranges(ranges) -> Optional[Dict[str, List[float]]]:
+    """{key: [lo, hi]} as floats, or None when any entry is not a pair of finite numbers with lo <= hi."""
+    try:
+        out = {str(k): [float(v[0]), float(v[1])] for k, v in dict(ranges).items() if len(v) == 2}
+        if len(out) != len(ranges) or not all(np.isfinite(r).all() and r[0] <= r[1] for r in out.values()):
+            return None
+        return out
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def spread_check(tta_std: float, n_boxes: int, level: Optional[float]) -> Dict:
@@ -255,9 +273,13 @@ def spread_check(tta_std: float, n_boxes: int, level: Optional[float]) -> Dict:
     >>> spread_check(0.08, 1, 0.05)["flag"] is None  # no shifted boxes: no spread to judge
     True
     """
-    if level is None or n_boxes < 2:
+    try:
+        level = None if level is None else float(level)
+    except (TypeError, ValueError):
+        level = None
+    if level is None or not np.isfinite(level) or level < 0 or n_boxes < 2:
         return {"level": level, "flag": None}
-    return {"level": float(level), "flag": bool(tta_std > float(level))}
+    return {"level": level, "flag": bool(tta_std > level)}
 
 
 def apply_temperature(prob: float, temperature: float) -> float:
@@ -274,7 +296,13 @@ def calibrated(section: Optional[Dict], score: float) -> Dict:
     """The result's ``calibration`` entry: the score after the bundle's temperature scaling, when it has one."""
     if not section or not section.get("temperature"):
         return {"available": False, "reason": "the model bundle has no calibration"}
-    t = float(section["temperature"])
+    try:
+        t = float(section["temperature"])
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (np.isfinite(t) and 0.05 <= t <= 20):  # the fit's bounds: a NaN or negative one would flip or void it
+        return {"available": False, "reason": f"the model bundle's calibration temperature ({section['temperature']!r}) "
+                                              "is not a number between 0.05 and 20"}
     return {"available": True, "probability": apply_temperature(score, t), "temperature": t,
             "method": section.get("method", "temperature scaling"), "fitted_on": section.get("fitted_on", "")}
 

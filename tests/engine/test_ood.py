@@ -205,3 +205,46 @@ def test_the_summary_names_the_layer_whose_features_the_engine_captures(demo):
     # a summary without a layer (written before the key existed) is for the final pooled features
     assert sizes == {"features.transition1.relu": (224,), None: (1020,)}
     assert demo.tmbrb["ood"]["layer"] == ood.OOD_LAYER
+
+
+@pytest.mark.parametrize("summary_change", [
+    lambda s: s.pop("threshold"),
+    lambda s: s.update(threshold="high"),
+    lambda s: s.update(threshold=float("nan")),
+], ids=["no threshold", "a word", "NaN"])
+def test_a_malformed_feature_summary_is_not_available_not_a_crash(summary_change):
+    from TMBRBLib.ood import assess_features, fit_feature_summary
+
+    rng = np.random.default_rng(0)
+    train, labels = rng.normal(size=(40, 12)), np.repeat([0, 1], 20)
+    summary = fit_feature_summary(train, labels, rng.normal(size=(10, 12)), n_components=4)
+    assert assess_features(summary, train[0])["available"]
+    summary_change(summary)
+    got = assess_features(summary, train[0])
+    assert got == {"available": False, "reason": got["reason"]} and "cannot be used" in got["reason"]
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), -1.0, 0.0, 1000.0, "warm"])
+def test_a_calibration_temperature_outside_the_fit_bounds_is_not_used(temperature):
+    from TMBRBLib.ood import calibrated
+
+    assert calibrated({"temperature": 2.0}, 0.9)["probability"] == pytest.approx(0.75)
+    got = calibrated({"temperature": temperature}, 0.7)
+    assert not got["available"] and "probability" not in got
+
+
+@pytest.mark.parametrize("ranges", [{"slice_mm": [0.5]}, {"slice_mm": [3.0, 1.0]}, {"slice_mm": [0.5, float("nan")]},
+                                    {"slice_mm": "0.5-5"}])
+def test_malformed_acquisition_ranges_are_not_available_not_a_crash(ranges):
+    from TMBRBLib.ood import check_acquisition
+
+    got = check_acquisition({"ranges": ranges}, {"slice_mm": 1.0})
+    assert not got["available"] and "cannot be used" in got["reason"]
+    assert check_acquisition({"ranges": {"slice_mm": [0.5, 5.0]}}, {"slice_mm": 6.0})["flag"]
+
+
+def test_a_spread_level_that_is_not_a_number_gives_no_flag():
+    from TMBRBLib.ood import spread_check
+
+    assert spread_check(0.08, 9, "x")["flag"] is None and spread_check(0.08, 9, float("nan"))["flag"] is None
+    assert spread_check(0.08, 9, "0.05")["flag"] is True
