@@ -47,11 +47,3 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_log_loss():
 def test_one_class_has_no_slope():
     m = calibration_metrics([1, 1, 1], [0.2, 0.9, 0.7])
     assert m["slope"] is None and "one class" in m["note"]
-
-
-def test_demo_bundle_temperature_lowers_its_validation_log_loss():
-    from TMBRBLib.bundle import load_bundle
-    from training.cli import DEMO_BUNDLE
-    cal = load_bundle(DEMO_BUNDLE).tmbrb["calibration"]
-    assert cal["fitted_on"] == "validation" and cal["n"] == 27
-    assert cal["log_loss_after"] < cal["log_loss_before"]
