@@ -386,7 +386,9 @@ def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], 
         ext = mask_extent_lps(tumour_mask)
         if ext is not None:
             margin = float({**PROPOSAL_DEFAULTS, **(proposal or {})}["margin_mm"])
-            return Box(tuple(np.asarray(ext.min) - margin), tuple(np.asarray(ext.max) + margin)), True, None
+            box = Box(tuple(np.asarray(ext.min) - margin), tuple(np.asarray(ext.max) + margin))
+            warnings += mask_box_warnings(tumour_mask, seed, box)
+            return box, True, None
     if box_lps is None:
         seg = segment_from_seed(ct, seed, None, proposal)
         warnings += seg.warnings
@@ -397,6 +399,35 @@ def resolve_box(ct: sitk.Image, seed: Point, box_lps, proposal: Optional[Dict], 
     if np.any(np.asarray(seed) < lo) or np.any(np.asarray(seed) > hi):
         warnings.append("The seed lies outside the box; the crop is centred on the box.")
     return box, False, None
+
+
+def mask_box_warnings(tumour_mask: sitk.Image, seed: Point, box: Box) -> List[str]:
+    """Warnings for a box made from a given tumour mask: the seed outside it (the mask may be of another lesion),
+    or a mask of several separate parts (one box around all of them).
+
+    >>> import SimpleITK as sitk
+    >>> m = sitk.Image(20, 20, 20, sitk.sitkUInt8)
+    >>> for x in (3, 15):
+    ...     m[x, 10, 10] = 1
+    >>> mask_box_warnings(m, (10.0, 10.0, 10.0), Box((2.0, 9.0, 9.0), (16.0, 11.0, 11.0)))[0][:36]
+    'The tumour mask has 2 separate parts'
+    """
+    warnings = []
+    if np.any(np.asarray(seed) < np.asarray(box.min)) or np.any(np.asarray(seed) > np.asarray(box.max)):
+        warnings.append("The seed lies outside the box made from the tumour mask: the mask may be of another lesion. "
+                        "Check the seed and the mask; the crop is centred on the mask.")
+    binary = sitk.Cast(tumour_mask != 0, sitk.sitkUInt8)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(binary)
+    if stats.HasLabel(1):  # count the parts on the mask's own bounding region (cheap on a whole-CT grid)
+        x, y, z, sx, sy, sz = stats.GetBoundingBox(1)
+        parts = sitk.ConnectedComponentImageFilter()
+        parts.FullyConnectedOn()
+        parts.Execute(sitk.RegionOfInterest(binary, [sx, sy, sz], [x, y, z]))
+        if parts.GetObjectCount() > 1:
+            warnings.append(f"The tumour mask has {parts.GetObjectCount()} separate parts; the box holds all of "
+                            "them. Give a mask of the one lesion to score.")
+    return warnings
 
 
 def model_inputs(ct: sitk.Image, box: Box, meta: Dict, n_shifts: Optional[int]):

@@ -710,3 +710,27 @@ def test_dicom_series_with_a_report_or_structure_beside_it_reads_with_a_warning(
     ct, warnings = read_ct(tmp_path / "d")
     assert ct.GetSize() == dicom_ct.GetSize()
     assert any("Skipped 1 DICOM file(s) that are not CT images (report.dcm)" in w for w in warnings), warnings
+
+
+def test_a_given_mask_of_another_lesion_or_of_several_parts_is_warned_about(dicom_ct):
+    """With a mask and no box, the box is made from the mask: a seed outside it, or a mask in pieces, is said."""
+    from TMBRBLib.pipeline import resolve_box
+
+    ct = dicom_ct
+    arr = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    arr[4:7, 5:10, 5:10] = 1  # one lesion in a corner
+    mask = sitk.GetImageFromArray(arr)
+    mask.CopyInformation(ct)
+    inside = ct.TransformContinuousIndexToPhysicalPoint((7.0, 7.0, 5.0))
+    far = ct.TransformContinuousIndexToPhysicalPoint((30.0, 28.0, 5.0))
+    warnings = []
+    resolve_box(ct, inside, None, None, warnings, tumour_mask=mask)
+    assert warnings == []
+    resolve_box(ct, far, None, None, warnings, tumour_mask=mask)
+    assert len(warnings) == 1 and "seed lies outside the box made from the tumour mask" in warnings[0]
+    arr[4:7, 25:30, 25:30] = 1  # a second lesion
+    two = sitk.GetImageFromArray(arr)
+    two.CopyInformation(ct)
+    warnings = []
+    resolve_box(ct, inside, None, None, warnings, tumour_mask=two)
+    assert any("The tumour mask has 2 separate parts" in w for w in warnings), warnings
