@@ -56,10 +56,13 @@ def require_unique(df: pd.DataFrame, column: str, what: str = "input") -> None:
 def to_numeric(values: ArrayLike, name: str) -> np.ndarray:
     """Convert to float; non-numeric entries (other than empty/NaN) are an error that lists examples."""
     s = pd.Series(values)
-    if s.dtype == bool:
-        return s.astype(float).to_numpy()
+    if s.dtype == bool or (s.dtype.kind in "iuf"):
+        return s.to_numpy(dtype=float)  # already numbers: nothing to check (O(n), no string work)
     num = pd.to_numeric(s, errors="coerce")
-    bad = num.isna() & s.notna() & (s.astype(str).str.strip() != "")
+    missing = num.isna() & s.notna()
+    bad = missing.copy()
+    if missing.any():  # look at the text only where the conversion failed
+        bad[missing] = s[missing].astype(str).str.strip() != ""
     if bad.any():
         examples = list(dict.fromkeys(s[bad].astype(str).tolist()))[:5]
         raise TMBRBStatsInputError(

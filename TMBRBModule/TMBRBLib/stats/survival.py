@@ -17,7 +17,7 @@ from ._input import ArrayLike, check_event, check_time, drop_nan_rows, require_e
 from ._result import Result
 from .errors import TMBRBStatsInputError
 
-__all__ = ["KMCurve", "KMResult", "LogRankResult", "kaplan_meier", "km_curve", "logrank_test", "median_r",
+__all__ = ["KMCurve", "KMResult", "LogRankResult", "kaplan_meier", "km_curve", "logrank_test", "median_r", "risk_table",
            "plot_km"]
 
 _TOL = np.sqrt(np.finfo(float).eps)
@@ -111,17 +111,51 @@ class LogRankResult(Result):
         return f"Log-rank test: chisq = {self.chisq:.4f} on {self.df} df, p = {self.p_value:.4g}\n{rows}"
 
 
-def _observed_expected(time, event, labels, groups):
-    ut = np.unique(time[event == 1])
-    obs, exp_ = [], []
-    at_risk_all = np.array([(time >= t).sum() for t in ut], float)
-    d_all = np.array([((time == t) & (event == 1)).sum() for t in ut], float)
-    for g in groups:
-        m = labels == g
-        obs.append(float(event[m].sum()))
-        r = np.array([(time[m] >= t).sum() for t in ut], float)
-        exp_.append(float(np.sum(d_all * r / at_risk_all)))
-    return obs, exp_
+def risk_table(time: np.ndarray, event: np.ndarray, codes: np.ndarray, k: int):
+    """Deaths and numbers at risk per distinct event time and group, in O(n log n).
+
+    Parameters
+    ----------
+    time, event : numpy.ndarray of shape (n,)
+        Follow-up times and 0/1 events.
+    codes : numpy.ndarray of int, shape (n,)
+        Group index of each subject, 0 .. k-1.
+    k : int
+        Number of groups.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(times, deaths, at_risk)``: the distinct event times (m,), deaths (m, k) and
+        numbers at risk (time >= t) (m, k), from one sort (``np.unique``) and reverse
+        cumulative sums.
+    """
+    ut, inv = np.unique(time, return_inverse=True)
+    cell = inv.ravel() * k + codes
+    deaths = np.bincount(cell, weights=event, minlength=len(ut) * k).reshape(len(ut), k)
+    total = np.bincount(cell, minlength=len(ut) * k).reshape(len(ut), k).astype(float)
+    at_risk = np.cumsum(total[::-1], axis=0)[::-1]
+    keep = deaths.sum(axis=1) > 0
+    return ut[keep], deaths[keep], at_risk[keep]
+
+
+def _logrank_from_table(deaths: np.ndarray, at_risk: np.ndarray):
+    """survdiff's observed, expected and chi-square (rho = 0) from a risk table."""
+    d = deaths.sum(axis=1)
+    n = at_risk.sum(axis=1)
+    share = at_risk / n[:, None]
+    observed = deaths.sum(axis=0)
+    expected = d @ share
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(n > 1, d * (n - d) / (n - 1.0), 0.0)
+    var = np.diag(w @ share) - (share * w[:, None]).T @ share
+    u = (observed - expected)[1:]
+    v = var[1:, 1:]
+    try:
+        chisq = float(u @ np.linalg.solve(v, u))
+    except np.linalg.LinAlgError:
+        chisq = float(u @ np.linalg.pinv(v) @ u)
+    return observed, expected, chisq
 
 
 def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> LogRankResult:
@@ -194,8 +228,6 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
     >>> print(f"{sum(r.observed):.2f} {sum(r.expected):.2f}")
     7.00 7.00
     """
-    from lifelines.statistics import multivariate_logrank_test
-
     labels = np.asarray(groups)
     levels = _sorted_levels(labels)
     if len(levels) < 2:
@@ -203,10 +235,29 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
             f"log-rank test needs at least two groups but all rows are in group {levels[0]!r}. "
             "Check the group column or the cut-off that makes the groups.")
     require_events(event, "log-rank test")
-    res = multivariate_logrank_test(time, labels, event)
-    obs, exp_ = _observed_expected(time, event, labels, levels)
-    return LogRankResult(chisq=float(res.test_statistic), df=len(levels) - 1, p_value=float(res.p_value),
-                         groups=list(levels), n=[int((labels == g).sum()) for g in levels], observed=obs, expected=exp_)
+    codes = _level_codes(labels, levels)
+    _, deaths, at_risk = risk_table(np.asarray(time, float), np.asarray(event, float), codes, len(levels))
+    obs, exp_, chisq = _logrank_from_table(deaths, at_risk)
+    df = len(levels) - 1
+    return LogRankResult(chisq=chisq, df=df, p_value=float(sps.chi2.sf(chisq, df)), groups=list(levels),
+                         n=np.bincount(codes, minlength=len(levels)).tolist(), observed=obs.tolist(),
+                         expected=exp_.tolist())
+
+
+def _level_codes(labels: np.ndarray, levels: list) -> np.ndarray:
+    """Index of each label in ``levels`` (vectorised; falls back to a dict for unorderable mixes)."""
+    try:
+        lv = np.asarray(levels)
+        order = np.argsort(lv, kind="mergesort")
+        pos = np.searchsorted(lv[order], labels)
+        pos = np.clip(pos, 0, len(lv) - 1)
+        codes = order[pos]
+        if np.all(lv[codes] == labels):
+            return codes.astype(np.int64)
+    except TypeError:
+        pass
+    index = {v: i for i, v in enumerate(levels)}
+    return np.array([index[v] for v in labels], dtype=np.int64)
 
 
 def _sorted_levels(labels: np.ndarray) -> list:
