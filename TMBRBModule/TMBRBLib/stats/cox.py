@@ -376,7 +376,8 @@ class CoxScanResult(Result):
     models: Dict[str, CoxResult] = field(repr=False, default_factory=dict)
 
     def __str__(self) -> str:
-        return (f"Two-variable Cox models of '{self.marker}' with each covariate (Efron ties)\n"
+        ties = next(iter(self.models.values())).ties.capitalize() if self.models else "Efron"
+        return (f"Two-variable Cox models of '{self.marker}' with each covariate ({ties} ties)\n"
                 + self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
     def to_dict(self) -> dict:
@@ -388,7 +389,8 @@ class CoxScanResult(Result):
 
 
 def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: Sequence[str], *,
-             conf_level: float = 0.95, min_events: int = MIN_EVENTS) -> CoxScanResult:
+             conf_level: float = 0.95, min_events: int = MIN_EVENTS, ties: str = "efron",
+             reference: Optional[Dict[str, object]] = None) -> CoxScanResult:
     """The marker with each covariate in turn: one two-variable Cox model per covariate (paper figure 4).
 
     For each covariate, fits ``marker + covariate`` with :func:`cox_ph` on the complete cases
@@ -414,6 +416,10 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
         Level of the hazard-ratio intervals.
     min_events : int, default 10
         Fewer events in a model gives a :class:`TMBRBStatsWarning`.
+    ties : {'efron', 'breslow'}, default 'efron'
+        Handling of tied event times in every model.
+    reference : dict, optional
+        Reference level per text covariate (default: the first sorted level, as R).
 
     Returns
     -------
@@ -464,13 +470,19 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
     high + age: HR(high) 0.72, HR(age) 1.16, model p 0.0194
     """
     require_columns(df, [time, event, marker, *covariates], "Cox scan")
+    unknown = [k for k in (reference or {}) if k not in (marker, *covariates)]
+    if unknown:
+        raise TMBRBStatsInputError(f"reference level given for {unknown}, which are not among the covariates "
+                                   f"{[marker, *covariates]}; name a covariate of the scan.")
     rows, models = [], {}
     for cv in covariates:
         sub = df[[time, event, marker, cv]].dropna()
         with warnings.catch_warnings(record=True) as wlist:
             warnings.simplefilter("always")
-            m = cox_ph(sub, time, event, [marker, cv], conf_level=conf_level, min_events=min_events)
-            uni = cox_ph(sub, time, event, [cv], conf_level=conf_level, min_events=min_events)
+            ref = {k: v for k, v in (reference or {}).items() if k in (marker, cv)}
+            kw = dict(conf_level=conf_level, min_events=min_events, ties=ties)
+            m = cox_ph(sub, time, event, [marker, cv], reference=ref, **kw)
+            uni = cox_ph(sub, time, event, [cv], reference={k: v for k, v in ref.items() if k == cv}, **kw)
         for w in wlist:
             if issubclass(w.category, TMBRBStatsWarning):
                 warnings.warn(str(w.message), TMBRBStatsWarning, stacklevel=2)

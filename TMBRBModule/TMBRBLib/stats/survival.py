@@ -275,6 +275,7 @@ class KMResult(Result):
     n_dropped: int
     conf_type: str
     time_label: str = "time"
+    risk_times: Optional[List[float]] = None
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -285,10 +286,23 @@ class KMResult(Result):
         t = np.asarray(times, float)
         return pd.DataFrame({str(c.group): c._risk_fn(t) for c in self.curves}, index=pd.Index(t, name="time")).T
 
+    def default_risk_times(self) -> List[float]:
+        """Times of the numbers-at-risk table: ``risk_times`` if given, else round ticks from 0 to the last time."""
+        if self.risk_times is not None:
+            return [float(t) for t in self.risk_times]
+        from matplotlib.ticker import MaxNLocator
+
+        tmax = max(float(c.table["time"].max()) for c in self.curves)
+        ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(0.0, tmax)
+        return [float(t) for t in ticks if 0 <= t <= tmax]
+
     def to_dict(self) -> dict:
         from ._result import jsonable
+        times = self.default_risk_times()
+        risk = self.at_risk(times)
         d = {"conf_type": self.conf_type, "n_dropped": self.n_dropped, "summary": jsonable(self.summary),
              "logrank": self.logrank.to_dict() if self.logrank else None,
+             "at_risk": {"time": times, "n_risk": {str(g): [int(v) for v in row] for g, row in risk.iterrows()}},
              "curves": {str(c.group): jsonable(c.table) for c in self.curves}}
         return d
 
@@ -305,7 +319,8 @@ class KMResult(Result):
 
 
 def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] = None, *, conf_type: str = "log",
-                 conf_level: float = 0.95, time_label: str = "time") -> KMResult:
+                 conf_level: float = 0.95, time_label: str = "time",
+                 risk_times: Optional[Sequence[float]] = None) -> KMResult:
     """Kaplan-Meier survival curves per group, median survival with CI, and the log-rank test.
 
     Computes, for each group, the product-limit estimate S(t) at every distinct time with
@@ -334,6 +349,9 @@ def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] =
         Level of the bands.
     time_label : str, default 'time'
         x-axis label for :meth:`KMResult.plot`.
+    risk_times : sequence of float, optional
+        Times of the numbers-at-risk table, in the JSON (``at_risk``) and under the figure
+        (default: round ticks from 0 to the last time).
 
     Returns
     -------
@@ -346,10 +364,12 @@ def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] =
           n_risk, n_event, n_censor, surv, std_err, lower, upper).
         - ``logrank`` : :class:`LogRankResult` with two or more groups, else None.
         - ``n_dropped`` : rows dropped for a missing value.
-        - ``conf_type``, ``time_label`` : as given.
+        - ``conf_type``, ``time_label``, ``risk_times`` : as given.
 
         ``summary`` (property) is a DataFrame of n, events and median (CI) per group;
-        ``at_risk(times)`` gives the numbers at risk; ``plot()`` draws the curves.
+        ``at_risk(times)`` gives the numbers at risk; ``to_dict()`` (and ``save_json``) holds
+        them at ``default_risk_times()`` under ``at_risk``, the times of the figure's table;
+        ``plot()`` draws the curves.
 
     Raises
     ------
@@ -420,7 +440,8 @@ def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] =
         levels = _sorted_levels(g)
         curves = [km_curve(t[g == lv], e[g == lv], conf_type, conf_level, lv) for lv in levels]
         lr = logrank_test(t, e, g) if len(levels) >= 2 else None
-    return KMResult(curves=curves, logrank=lr, n_dropped=dropped, conf_type=conf_type, time_label=time_label)
+    return KMResult(curves=curves, logrank=lr, n_dropped=dropped, conf_type=conf_type, time_label=time_label,
+                    risk_times=None if risk_times is None else [float(v) for v in risk_times])
 
 
 def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = None, title: str = "Kaplan-Meier",
@@ -435,7 +456,8 @@ def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = N
         Axes for the curves. Default: a new figure with the numbers-at-risk table underneath
         (no table when ``ax`` is given).
     risk_times : sequence of float, optional
-        Times of the numbers-at-risk table (default: the x ticks).
+        Times of the numbers-at-risk table (default: ``result.default_risk_times()``, the
+        times written to the JSON).
     title : str, default 'Kaplan-Meier'
         Axes title.
     show_ci : bool, default True
@@ -478,8 +500,8 @@ def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = N
     ax.legend(loc="lower left", fontsize=8)
     if ax_tab is not None:
         if risk_times is None:
-            risk_times = ax.get_xticks()
-            risk_times = [t for t in risk_times if 0 <= t <= tmax]
+            risk_times = result.default_risk_times()
+            ax.set_xticks(risk_times)
         tab = result.at_risk(risk_times)
         ax_tab.set_xlim(ax.get_xlim())
         ax_tab.set_ylim(-0.5, len(result.curves) - 0.5)
