@@ -15,7 +15,7 @@ from TMBRBLib.stats.cli import main as cli_main
 from TMBRBLib.stats.cox import efron_loglik
 
 from _old_survival import old_cox, old_efron_loglik, old_logrank
-from _stats_testdata import FIXTURES, arr, fixture_csv
+from _stats_testdata import FIXTURES, MAXSTAT_CASES, arr, fixture_csv
 
 TIGHT = dict(rtol=1e-9, atol=1e-12)
 COX = dict(rtol=1e-5, atol=1e-12)
@@ -110,11 +110,8 @@ def test_cli_reference_and_ties(tmp_path, capsys):
     assert rc == 2 and "is not COLUMN=LEVEL" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("key,data,t,e,x,minprop,maxprop", [
-    ("dlbcl_mge", "dlbcl.csv", "time", "cens", "MGE", 0.1, 0.9),
-    ("lung_age", "lung.csv", "time", "status", "age", 0.1, 0.9),
-    ("lung_karno", "lung.csv", "time", "status", "ph_karno", 0.2, 0.8),
-    ("sim_x", "sim.csv", "time", "status", "x", 0.1, 0.9)])
+@pytest.mark.parametrize("key,data,t,e,x,minprop,maxprop",
+                         MAXSTAT_CASES + [("sim_x", "sim.csv", "time", "status", "x", 0.1, 0.9)])
 def test_maxstat_lau94_matches_r(key, data, t, e, x, minprop, maxprop):
     rr = ref()["maxstat"][key]
     d = _data(data)

@@ -25,14 +25,29 @@ __all__ = ["CutpointResult", "maxstat_cutpoint", "logrank_scores", "p_lausen92",
 
 
 def logrank_scores(time: np.ndarray, event: np.ndarray) -> np.ndarray:
-    """exactRankTests::cscores(Surv(time, event)) - log-rank scores with max-rank ties."""
+    """exactRankTests::cscores(Surv(time, event)) - log-rank scores with max-rank ties.
+
+    Parameters
+    ----------
+    time, event : numpy.ndarray of shape (n,)
+        Follow-up times and 0/1 events.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,)
+        ``event - sum over ranks <= rank(i) of event / (n - rank + 1)``, where tied times share
+        their maximum (1-based) rank; one sort, then cumulative sums (O(n log n)).
+    """
     n = len(time)
     ot = np.argsort(time, kind="mergesort")
-    # irank: rank of each observation, ties get the maximum rank (1-based)
-    rt = np.searchsorted(np.sort(time), time, side="right")
-    fact = event / (n - rt + 1.0)
-    cs = np.cumsum(fact[ot])
-    return event - cs[rt - 1]
+    ts, es = time[ot], event[ot]
+    new = np.concatenate([[True], ts[1:] != ts[:-1]])
+    last = np.flatnonzero(np.concatenate([new[1:], [True]]))  # last sorted position of each tied group
+    rank = last[np.cumsum(new) - 1] + 1  # maximum rank of each sorted observation
+    cs = np.cumsum(es / (n - rank + 1.0))
+    out = np.empty(n)
+    out[ot] = es - cs[rank - 1]
+    return out
 
 
 def p_lausen92(b: float, minprop: float = 0.1, maxprop: float = 0.9) -> float:

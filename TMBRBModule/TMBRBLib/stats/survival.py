@@ -2,7 +2,7 @@
 
 Matches R's survival::survfit (Greenwood std.err, conf.type 'log' (R's default) or 'log-log'),
 the median/CI rule of print.survfit (an exact 0.5 plateau gives the mid-point to the next
-event time) and survival::survdiff (via lifelines' multivariate log-rank test).
+event time) and survival::survdiff, all from one sort and cumulative sums (O(n log n)).
 """
 from __future__ import annotations
 
