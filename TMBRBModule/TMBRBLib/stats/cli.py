@@ -301,7 +301,7 @@ def _add_classification_parsers(sub) -> None:
 
 def _add_survival_parsers(sub) -> None:
     """cutpoint, km, cox, cox-scan."""
-    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 p)", _cmd_cutpoint)
+    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 and Lau94 p)", _cmd_cutpoint)
     _add_time_event_args(p)
     p.add_argument("--marker", default="score")
     p.add_argument("--minprop", type=float, default=0.1)

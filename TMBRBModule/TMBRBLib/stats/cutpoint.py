@@ -126,7 +126,8 @@ class CutpointResult(Result):
         ax.axvline(self.cutpoint, ls="--", color="red", lw=0.8)
         ax.set_xlabel(f"cut-point of {label}")
         ax.set_ylabel("standardised log-rank statistic")
-        ax.set_title(f"Cut-point {self.cutpoint:.4g}: M={self.statistic:.2f}, corrected p={self.p_value:.3g}")
+        ax.set_title(f"Cut-point {self.cutpoint:.4g}: M={self.statistic:.2f}, corrected p={self.p_value:.3g} (Lau92), "
+                     f"{self.p_value_lau94:.3g} (Lau94)")
         return ax
 
 
