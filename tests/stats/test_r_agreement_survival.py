@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from TMBRBLib.stats import TMBRBStatsInputError, cox_ph, cox_scan, kaplan_meier, logrank_test, maxstat_cutpoint
+from TMBRBLib.stats import (TMBRBStatsInputError, cox_ph, cox_scan, kaplan_meier, logistic_combination, logrank_test,
+                            maxstat_cutpoint)
 from TMBRBLib.stats.cli import main as cli_main
 from TMBRBLib.stats.cox import efron_loglik
 
@@ -90,6 +91,15 @@ def test_cox_scan_passes_reference_and_ties():
 def test_bad_reference_is_a_clear_error(reference, message):
     with pytest.raises(TMBRBStatsInputError, match=message):
         cox_ph(_data("veteran.csv"), "time", "status", ["celltype", "karno"], reference=reference)
+
+
+@pytest.mark.parametrize("key,reference", [("default", None), ("male", {"gender": "Male"})])
+def test_logistic_reference_level_matches_glm_relevel(key, reference):
+    rr = ref()["logistic_reference"][key]
+    r = logistic_combination(fixture_csv("asah.csv"), "outcome", ["s100b", "gender"], reference=reference)
+    assert [_r_term(t) for t in r.table["term"]] == rr["terms"]
+    np.testing.assert_allclose(r.table[["coef", "se", "p"]].to_numpy().T, [rr["coef"], rr["se"], rr["p"]], **COX)
+    np.testing.assert_allclose(r.loglik, rr["loglik"], rtol=1e-9)
 
 
 def test_bad_ties_is_a_clear_error():

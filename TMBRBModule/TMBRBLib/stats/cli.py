@@ -128,7 +128,8 @@ def _cmd_logistic(args) -> int:
     from .classification import logistic_combination
 
     df = _load(args, [args.label, *args.predictors])
-    r = logistic_combination(df, args.label, args.predictors, positive=args.positive)
+    r = logistic_combination(df, args.label, args.predictors, positive=args.positive,
+                             reference=_reference(args.reference))
     _save(r, _out(args), "logistic", plot=False)
     return 0
 
@@ -297,6 +298,7 @@ def _add_classification_parsers(sub) -> None:
     p = _subcommand(sub, "logistic", "logistic regression combining scores/covariates, with AUC", _cmd_logistic)
     _add_label_args(p)
     p.add_argument("--predictors", nargs="+", required=True)
+    _add_reference_option(p)
 
 
 def _add_survival_parsers(sub) -> None:
@@ -333,6 +335,10 @@ def _add_survival_parsers(sub) -> None:
 
 def _add_cox_options(p) -> None:
     p.add_argument("--ties", default="efron", choices=["efron", "breslow"], help="tied event times (R's default: efron)")
+    _add_reference_option(p)
+
+
+def _add_reference_option(p) -> None:
     p.add_argument("--reference", nargs="+", default=None, metavar="COLUMN=LEVEL",
                    help="reference level of a text covariate (default: the first sorted level, as R)")
 
