@@ -423,8 +423,8 @@ def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[st
     conf_level : float, default 0.95
         Level of the odds-ratio intervals.
     reference : dict, optional
-        Reference level per text predictor, e.g. ``{"histology": "squamous"}`` (default: the
-        first sorted level, as R).
+        ``{column: level}``: the level of a text predictor that the others are compared with
+        (R's ``relevel``); without it, the first sorted level.
 
     Returns
     -------
