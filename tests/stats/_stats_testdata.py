@@ -10,6 +10,11 @@ import pandas as pd
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+# maxstat cases of reference.json (and reference_survival.json): key, CSV, time, event, marker, minprop, maxprop
+MAXSTAT_CASES = [("dlbcl_mge", "dlbcl.csv", "time", "cens", "MGE", 0.1, 0.9),
+                 ("lung_age", "lung.csv", "time", "status", "age", 0.1, 0.9),
+                 ("lung_karno", "lung.csv", "time", "status", "ph_karno", 0.2, 0.8)]
+
 
 @lru_cache(maxsize=None)
 def reference() -> dict:

@@ -8,7 +8,7 @@ import pytest
 from TMBRBLib.stats import (cox_ph, cox_scan, delong_test, kaplan_meier, logistic_combination, maxstat_cutpoint, roc_analysis, spearman)
 from TMBRBLib.stats.table1 import categorical_test, fisher_exact_2xc
 
-from _stats_testdata import arr, fixture_csv, reference
+from _stats_testdata import MAXSTAT_CASES, arr, fixture_csv, reference
 
 TIGHT = dict(rtol=1e-9, atol=1e-12)
 COX = dict(rtol=1e-5, atol=1e-12)
@@ -158,10 +158,7 @@ def test_cox_scan_matches_two_variable_coxph(lung):
         assert t.loc[cv, "n"] == m["n"]
 
 
-@pytest.mark.parametrize("key,data,t,e,x,minprop,maxprop", [
-    ("dlbcl_mge", "dlbcl.csv", "time", "cens", "MGE", 0.1, 0.9),
-    ("lung_age", "lung.csv", "time", "status", "age", 0.1, 0.9),
-    ("lung_karno", "lung.csv", "time", "status", "ph_karno", 0.2, 0.8)])
+@pytest.mark.parametrize("key,data,t,e,x,minprop,maxprop", MAXSTAT_CASES)
 def test_maxstat_matches_r(key, data, t, e, x, minprop, maxprop):
     ref = reference()["maxstat"][key]
     d = fixture_csv(data)

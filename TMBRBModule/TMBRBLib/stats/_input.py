@@ -56,10 +56,12 @@ def require_unique(df: pd.DataFrame, column: str, what: str = "input") -> None:
 def to_numeric(values: ArrayLike, name: str) -> np.ndarray:
     """Convert to float; non-numeric entries (other than empty/NaN) are an error that lists examples."""
     s = pd.Series(values)
-    if s.dtype == bool:
-        return s.astype(float).to_numpy()
+    if s.dtype == bool or (s.dtype.kind in "iuf"):
+        return s.to_numpy(dtype=float, na_value=np.nan)  # already numbers: nothing to check (no string work)
     num = pd.to_numeric(s, errors="coerce")
-    bad = num.isna() & s.notna() & (s.astype(str).str.strip() != "")
+    bad = (num.isna() & s.notna()).to_numpy()
+    if bad.any():  # look at the text only where the conversion failed
+        bad[bad] = (s[bad].astype(str).str.strip() != "").to_numpy(dtype=bool)
     if bad.any():
         examples = list(dict.fromkeys(s[bad].astype(str).tolist()))[:5]
         raise TMBRBStatsInputError(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -395,17 +395,19 @@ class LogisticResult(Result):
 
 
 def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[str], *,
-                         positive: Optional[object] = None, conf_level: float = 0.95) -> LogisticResult:
+                         positive: Optional[object] = None, conf_level: float = 0.95,
+                         reference: Optional[Dict[str, object]] = None) -> LogisticResult:
     """Logistic regression combining scores and covariates, with the AUC of the fitted probabilities.
 
     Fits the unpenalised maximum-likelihood logistic regression of ``outcome`` on
     ``predictors`` (scikit-learn's ``LogisticRegression`` with ``C=inf``; scikit-learn
     penalises by default, R does not), with Wald SE, z, p and odds ratios with CI from the
     observed information, and the ROC analysis of the fitted probabilities (paper: TMBRB +
-    histology). Text predictors become treatment dummies named ``column[level]`` (first
-    sorted level = reference, R's default contrasts). Checked against
-    ``glm(outcome ~ ..., family = binomial)`` to a relative 1e-5 (observed ~1e-9) on
-    ``pROC::aSAH`` (``tools/r_reference/make_reference.R``, ``tests/stats/test_r_agreement.py``).
+    histology). Text predictors become treatment dummies named ``column[level]`` against
+    ``reference[column]`` if given, else the first sorted level (R's default contrasts).
+    Checked against ``glm(outcome ~ ..., family = binomial)`` (and with ``relevel``) to a
+    relative 1e-5 (observed ~1e-9) on ``pROC::aSAH`` (``tools/r_reference/make_reference.R``,
+    ``tests/stats/fixtures/make_reference_survival.R``, ``tests/stats/test_r_agreement.py``).
     Rows with a missing value are dropped and counted.
 
     Parameters
@@ -420,6 +422,9 @@ def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[st
         Value of ``outcome`` that is a case (default: the later-sorted value).
     conf_level : float, default 0.95
         Level of the odds-ratio intervals.
+    reference : dict, optional
+        ``{column: level}``: the level of a text predictor that the others are compared with
+        (R's ``relevel``); without it, the first sorted level.
 
     Returns
     -------
@@ -472,7 +477,7 @@ def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[st
     if not predictors:
         raise TMBRBStatsInputError("logistic regression needs at least one predictor; name them with --predictors.")
     require_columns(df, [outcome, *predictors], "logistic regression")
-    X = _design(df, predictors)
+    X = _design(df, predictors, reference)
     for c in X.columns:
         X[c] = to_numeric(X[c], c)
     cols = {c: X[c].to_numpy(float) for c in X.columns}

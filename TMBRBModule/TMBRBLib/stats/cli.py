@@ -128,7 +128,8 @@ def _cmd_logistic(args) -> int:
     from .classification import logistic_combination
 
     df = _load(args, [args.label, *args.predictors])
-    r = logistic_combination(df, args.label, args.predictors, positive=args.positive)
+    r = logistic_combination(df, args.label, args.predictors, positive=args.positive,
+                             reference=_reference(args.reference))
     _save(r, _out(args), "logistic", plot=False)
     return 0
 
@@ -146,16 +147,30 @@ def _cmd_km(args) -> int:
     from .survival import kaplan_meier
 
     df = _load(args, [args.time, args.event, args.group, args.marker])
-    r = kaplan_meier(df[args.time], df[args.event], _groups(df, args), conf_type=args.conf_type, time_label=args.time)
+    r = kaplan_meier(df[args.time], df[args.event], _groups(df, args), conf_type=args.conf_type, time_label=args.time,
+                     risk_times=args.risk_times)
     _save(r, _out(args), "km", risk_times=args.risk_times)
     return 0
+
+
+def _reference(items: Optional[List[str]]) -> dict:
+    """``COLUMN=LEVEL`` items of --reference as a dict, with a clear error for a malformed item."""
+    out = {}
+    for item in items or []:
+        col, sep, level = item.partition("=")
+        if not sep or not col.strip() or not level.strip():
+            raise TMBRBStatsInputError(f"--reference {item!r} is not COLUMN=LEVEL; write e.g. --reference "
+                                       "histology=squamous (one item per text covariate).")
+        out[col.strip()] = level.strip()
+    return out
 
 
 def _cmd_cox(args) -> int:
     from .cox import cox_ph
 
     df = _load(args, [args.time, args.event, *args.covariates])
-    _save(cox_ph(df, args.time, args.event, args.covariates), _out(args), "cox", plot=False)
+    r = cox_ph(df, args.time, args.event, args.covariates, ties=args.ties, reference=_reference(args.reference))
+    _save(r, _out(args), "cox", plot=False)
     return 0
 
 
@@ -170,7 +185,9 @@ def _cmd_cox_scan(args) -> int:
         x = to_numeric(df[marker], marker)
         marker = f"{args.marker}>{args.cutoff:g}"
         df[marker] = np.where(np.isnan(x), np.nan, (x > args.cutoff).astype(float))
-    _save(cox_scan(df, args.time, args.event, marker, args.covariates), _out(args), "cox_scan")
+    r = cox_scan(df, args.time, args.event, marker, args.covariates, ties=args.ties,
+                 reference=_reference(args.reference))
+    _save(r, _out(args), "cox_scan")
     return 0
 
 
@@ -281,11 +298,12 @@ def _add_classification_parsers(sub) -> None:
     p = _subcommand(sub, "logistic", "logistic regression combining scores/covariates, with AUC", _cmd_logistic)
     _add_label_args(p)
     p.add_argument("--predictors", nargs="+", required=True)
+    _add_reference_option(p)
 
 
 def _add_survival_parsers(sub) -> None:
     """cutpoint, km, cox, cox-scan."""
-    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 p)", _cmd_cutpoint)
+    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 and Lau94 p)", _cmd_cutpoint)
     _add_time_event_args(p)
     p.add_argument("--marker", default="score")
     p.add_argument("--minprop", type=float, default=0.1)
@@ -300,10 +318,11 @@ def _add_survival_parsers(sub) -> None:
                    help="CI type for survival and the median (R's default: log)")
     p.add_argument("--risk-times", type=float, nargs="+", default=None, help="times for the numbers-at-risk table")
 
-    p = _subcommand(sub, "cox", "Cox proportional hazards (Efron ties): HR, CI, Wald p, LR/score tests, concordance",
-                    _cmd_cox)
+    p = _subcommand(sub, "cox", "Cox proportional hazards (Efron or Breslow ties): HR, CI, Wald p, LR/score tests, "
+                    "concordance", _cmd_cox)
     _add_time_event_args(p)
     p.add_argument("--covariates", nargs="+", required=True)
+    _add_cox_options(p)
 
     p = _subcommand(sub, "cox-scan", "paper figure 4: marker + each covariate in two-variable Cox models, forest plot",
                     _cmd_cox_scan)
@@ -311,6 +330,17 @@ def _add_survival_parsers(sub) -> None:
     p.add_argument("--marker", default="score")
     p.add_argument("--cutoff", type=float, default=None, help="use the marker as a group (marker > cutoff)")
     p.add_argument("--covariates", nargs="+", required=True)
+    _add_cox_options(p)
+
+
+def _add_cox_options(p) -> None:
+    p.add_argument("--ties", default="efron", choices=["efron", "breslow"], help="tied event times (R's default: efron)")
+    _add_reference_option(p)
+
+
+def _add_reference_option(p) -> None:
+    p.add_argument("--reference", nargs="+", default=None, metavar="COLUMN=LEVEL",
+                   help="reference level of a text covariate (default: the first sorted level, as R)")
 
 
 def _add_table1_parser(sub) -> None:

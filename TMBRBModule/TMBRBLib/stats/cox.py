@@ -1,8 +1,10 @@
-"""Cox proportional hazards (Efron ties) as R's survival::coxph, and the paper's figure-4 scan.
+"""Cox proportional hazards (Efron or Breslow ties) as R's survival::coxph, and the paper's figure-4 scan.
 
-Fitting is lifelines' CoxPHFitter (Efron ties) with tight convergence so coefficients agree with
-R to ~1e-10; the score (log-rank) test, which lifelines does not report for a fitted model, is
-computed here from the Efron partial likelihood at beta = 0, as R's summary.coxph does.
+Fitting is Newton-Raphson on the partial likelihood computed in O(n log n) (one sort, cumulative
+sums: :mod:`._coxfit`), as R's coxph, with tight convergence so coefficients agree with R to
+~1e-10 (lifelines' CoxPHFitter gave the same numbers but grows faster than n log n and has no
+Breslow ties). The score (log-rank) test is computed from the partial likelihood at beta = 0, as
+R's summary.coxph does.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ._coxfit import TIES, concordance, fit_cox, partial_loglik, risk_sets
 from ._input import check_event, check_time, require_columns, require_events, to_numeric
 from ._result import Result, jsonable
 from .errors import TMBRBStatsInputError, TMBRBStatsWarning
@@ -21,41 +24,31 @@ from .errors import TMBRBStatsInputError, TMBRBStatsWarning
 __all__ = ["CoxResult", "cox_ph", "cox_scan", "CoxScanResult", "efron_loglik", "plot_forest"]
 
 MIN_EVENTS = 10
-_FIT_OPTIONS = {"precision": 1e-12, "r_precision": 1e-12, "step_size": 0.95, "max_steps": 500}
+EPS = 1e-12  # relative change of the log-likelihood at convergence (R reference: coxph.control(eps=1e-12))
 
 
-def efron_loglik(X: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray):
-    """Efron partial log-likelihood, its gradient (score) and information matrix at ``beta``."""
-    X = np.asarray(X, float)
-    n, p = X.shape
-    order = np.argsort(time, kind="mergesort")
-    X, time, event = X[order], time[order], event[order]
-    eta = X @ beta
-    w = np.exp(eta - eta.max())  # scaling cancels in every ratio; log-likelihood corrected below
-    # reverse cumulative sums = sums over risk sets {j: time_j >= t}
-    s0 = np.cumsum(w[::-1])[::-1]
-    s1 = np.cumsum((w[:, None] * X)[::-1], axis=0)[::-1]
-    s2 = np.cumsum((w[:, None, None] * X[:, :, None] * X[:, None, :])[::-1], axis=0)[::-1]
-    ll, grad, info = 0.0, np.zeros(p), np.zeros((p, p))
-    ev_times = np.unique(time[event == 1])
-    for t in ev_times:
-        k = np.searchsorted(time, t, side="left")
-        dmask = (time == t) & (event == 1)
-        d = int(dmask.sum())
-        wd = w[dmask]
-        xd = X[dmask]
-        d0, d1 = wd.sum(), (wd[:, None] * xd).sum(0)
-        d2 = (wd[:, None, None] * xd[:, :, None] * xd[:, None, :]).sum(0)
-        ll += eta[dmask].sum()
-        grad += xd.sum(0)
-        for l in range(d):
-            f = l / d
-            den = s0[k] - f * d0
-            m1 = (s1[k] - f * d1) / den
-            ll -= np.log(den) + eta.max()
-            grad -= m1
-            info += (s2[k] - f * d2) / den - np.outer(m1, m1)
-    return float(ll), grad, info
+def efron_loglik(X: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray, ties: str = "efron"):
+    """Partial log-likelihood (Efron ties by default), its gradient (score) and information matrix at ``beta``.
+
+    Parameters
+    ----------
+    X : numpy.ndarray of shape (n, p)
+        Covariates.
+    time, event : numpy.ndarray of shape (n,)
+        Follow-up times and 0/1 events.
+    beta : numpy.ndarray of shape (p,)
+        Coefficients.
+    ties : {'efron', 'breslow'}, default 'efron'
+        Handling of tied death times.
+
+    Returns
+    -------
+    tuple
+        ``(loglik, gradient, information)``, computed in O(n log n) from one sort and
+        cumulative sums (:mod:`TMBRBLib.stats._coxfit`).
+    """
+    return partial_loglik(risk_sets(np.asarray(X, float), np.asarray(time, float), np.asarray(event), ties),
+                          np.asarray(beta, float))
 
 
 @dataclass
@@ -79,7 +72,7 @@ class CoxResult(Result):
 
     def __str__(self) -> str:
         t = self.table.copy()
-        s = (f"Cox PH (Efron ties): n = {self.n}, events = {self.n_events}"
+        s = (f"Cox PH ({self.ties.capitalize()} ties): n = {self.n}, events = {self.n_events}"
              + (f", {self.n_dropped} row(s) with missing values dropped" if self.n_dropped else "") + "\n")
         s += t.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n"
         s += (f"Concordance = {self.concordance:.4f}\nLikelihood ratio test = {self.lr_stat:.3f} on {self.lr_df} df, "
@@ -95,44 +88,66 @@ class CoxResult(Result):
         return d
 
 
-def _design(df: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
-    """Numeric covariates as they are; text/categorical ones as treatment dummies (first sorted level = reference)."""
+def _design(df: pd.DataFrame, covariates: Sequence[str], reference: Optional[Dict[str, object]] = None
+            ) -> pd.DataFrame:
+    """Numeric covariates as they are; text ones as treatment dummies against the reference level.
+
+    The reference is ``reference[column]`` when given, else the first sorted level (R's default
+    contrasts); the other levels keep their sorted order (R's ``relevel``).
+    """
+    reference = dict(reference or {})
+    unknown = [c for c in reference if c not in covariates]
+    if unknown:
+        raise TMBRBStatsInputError(f"reference level given for {unknown}, which are not among the covariates "
+                                   f"{list(covariates)}; name a covariate of the model (e.g. --reference histology=adeno).")
     parts = []
     for c in covariates:
         s = df[c]
         num = pd.to_numeric(s, errors="coerce")
         if num.isna().sum() == s.isna().sum():
+            if c in reference:
+                raise TMBRBStatsInputError(f"covariate '{c}' is numeric, so it has no reference level; drop "
+                                           f"'{c}={reference[c]}' or give the column as text to get one HR per level.")
             parts.append(num.rename(c).astype(float))
-        else:
-            lv = sorted(s.dropna().astype(str).unique())
-            if len(lv) > 12:
-                raise TMBRBStatsInputError(
-                    f"covariate '{c}' is not numeric and has {len(lv)} distinct values; it looks like a typo'd numeric "
-                    "column (check for text such as 'n/a') or an identifier. Fix the values or leave it out.")
-            for level in lv[1:]:
-                col = (s.astype(str) == level).astype(float)
-                col[s.isna()] = np.nan
-                parts.append(col.rename(f"{c}[{level}]"))
+            continue
+        lv = sorted(s.dropna().astype(str).unique())
+        if len(lv) > 12:
+            raise TMBRBStatsInputError(
+                f"covariate '{c}' is not numeric and has {len(lv)} distinct values; it looks like a typo'd numeric "
+                "column (check for text such as 'n/a') or an identifier. Fix the values or leave it out.")
+        ref = lv[0]
+        if c in reference:
+            ref = str(reference[c])
+            if ref not in lv:
+                raise TMBRBStatsInputError(f"reference level {ref!r} of covariate '{c}' is not one of its values {lv}; "
+                                           "pick one of these.")
+        for level in [v for v in lv if v != ref]:
+            col = (s.astype(str) == level).astype(float)
+            col[s.isna()] = np.nan
+            parts.append(col.rename(f"{c}[{level}]"))
     return pd.concat(parts, axis=1)
 
 
 def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *, conf_level: float = 0.95,
-           min_events: int = MIN_EVENTS) -> CoxResult:
-    """Cox proportional-hazards model (Efron ties) with hazard ratios, global tests and concordance.
+           min_events: int = MIN_EVENTS, ties: str = "efron",
+           reference: Optional[Dict[str, object]] = None) -> CoxResult:
+    """Cox proportional-hazards model (Efron or Breslow ties) with hazard ratios, global tests and concordance.
 
-    Fits the Cox model of ``time``/``event`` on ``covariates`` by maximising the Efron
-    partial likelihood (lifelines' ``CoxPHFitter`` with tight convergence), and reports per
-    term the coefficient, hazard ratio with Wald CI, SE, z and p, plus the likelihood-ratio,
-    Wald and score ("logrank") tests of the whole model and Harrell's concordance. The score
-    test, which lifelines does not give, is computed from :func:`efron_loglik` at beta = 0 as
-    R's ``summary.coxph`` does. Numeric covariates enter as they are (ECOG as a number gives
-    the paper's HR per point); text covariates become treatment dummies named
-    ``column[level]`` with the first sorted level as reference (R's default contrasts).
-    Checked against ``survival::coxph(Surv(time, event) ~ ..., ties = "efron")`` and
-    ``summary.coxph`` to a relative 1e-5 (observed ~1e-10) on ``survival::lung`` (with
-    ``ph.ecog``), ``veteran`` and ``ovarian`` (``tools/r_reference/make_reference.R``,
-    ``tests/stats/test_r_agreement.py``). Rows with a missing value in any used column are
-    dropped (R's ``na.omit``) and counted.
+    Fits the Cox model of ``time``/``event`` on ``covariates`` by Newton-Raphson on the
+    partial likelihood (Efron's tie correction, R's default, or Breslow's), computed in
+    O(n log n) from one sort and cumulative sums, and reports per term the coefficient,
+    hazard ratio with Wald CI, SE, z and p, plus the likelihood-ratio, Wald and score
+    ("logrank") tests of the whole model and Harrell's concordance. The score test is
+    computed from the partial likelihood at beta = 0 as R's ``summary.coxph`` does. Numeric
+    covariates enter as they are (ECOG as a number gives the paper's HR per point); text
+    covariates become treatment dummies named ``column[level]`` against the reference level:
+    ``reference[column]`` if given, else the first sorted level (R's default contrasts).
+    Checked against ``survival::coxph(Surv(time, event) ~ ..., ties = "efron")`` (and
+    ``ties = "breslow"``, ``relevel(factor(x), ref = )``) and ``summary.coxph`` to a relative
+    1e-5 (observed ~1e-10) on ``survival::lung`` (with ``ph.ecog``), ``veteran`` and
+    ``ovarian`` (``tools/r_reference/make_reference.R``,
+    ``tests/stats/fixtures/make_reference_survival.R``, ``tests/stats/test_r_agreement.py``).
+    Rows with a missing value in any used column are dropped (R's ``na.omit``) and counted.
 
     Parameters
     ----------
@@ -148,6 +163,11 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
         Level of the hazard-ratio intervals.
     min_events : int, default 10
         Fewer events than this gives a :class:`TMBRBStatsWarning`.
+    ties : {'efron', 'breslow'}, default 'efron'
+        Handling of tied event times (R's ``ties =``).
+    reference : dict, optional
+        Reference level per text covariate, e.g. ``{"histology": "squamous"}`` (default: the
+        first sorted level, as R).
 
     Returns
     -------
@@ -162,7 +182,7 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
         - ``wald_stat``, ``wald_p`` : Wald test of all terms.
         - ``score_stat``, ``score_p`` : score (log-rank) test.
         - ``concordance`` : Harrell's C.
-        - ``ties`` : 'efron'.
+        - ``ties`` : 'efron' or 'breslow'.
         - ``warnings`` : messages of the warnings raised during the fit.
 
     Raises
@@ -171,7 +191,9 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
         If ``covariates`` is empty; a column is missing; a value is non-numeric in a numeric
         column, or a text covariate has more than 12 levels; no row is complete; a time is
         negative; ``event`` is not 0/1; there are no events; a covariate is constant in the
-        complete rows; or the fit does not converge (separation, collinearity).
+        complete rows; the fit does not converge (separation, collinearity); ``ties`` is
+        not 'efron' or 'breslow'; or a ``reference`` names a column that is not a text
+        covariate or a level it does not have.
 
     Warns
     -----
@@ -221,13 +243,13 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     >>> print(cox_ph(df, "time", "event", ["ecog_ps"]).table["term"].tolist())
     ['ecog_ps[PS1]', 'ecog_ps[PS2]']
     """
-    from lifelines import CoxPHFitter
-
+    if ties not in TIES:
+        raise TMBRBStatsInputError(f"ties must be 'efron' (R's default) or 'breslow', not {ties!r}.")
     if not covariates:
         raise TMBRBStatsInputError("Cox model needs at least one covariate; name them with --covariates.")
     require_columns(df, [time, event, *covariates], "Cox model")
     d = pd.DataFrame({"_t": to_numeric(df[time], time), "_e": to_numeric(df[event], event)})
-    X = _design(df, covariates)
+    X = _design(df, covariates, reference)
     for c in X.columns:
         X[c] = to_numeric(X[c], c)
     full = pd.concat([d, X.reset_index(drop=True).set_axis(d.index)], axis=1)
@@ -249,41 +271,53 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
                "unreliable. Report them with caution or use a larger cohort.")
         warnings.warn(msg, TMBRBStatsWarning, stacklevel=2)
         warn.append(msg)
+    cols = list(X.columns)
     fit_df = full.rename(columns={"_t": "T", "_e": "E"})
     fit_df["E"] = e
-    cph = CoxPHFitter(alpha=1 - conf_level)
-    with warnings.catch_warnings(record=True) as fit_warnings:
-        warnings.simplefilter("always")
-        try:
-            cph.fit(fit_df, "T", "E", fit_options=dict(_FIT_OPTIONS))
-        except Exception as exc:  # lifelines raises ConvergenceError on separation/collinearity
-            raise TMBRBStatsInputError(
-                f"Cox model did not converge ({type(exc).__name__}: {str(exc).splitlines()[0]}). Usually a covariate "
-                "perfectly separates events or two covariates are collinear; drop or merge it.") from exc
-    cols = list(X.columns)
-    beta = cph.params_[cols].to_numpy()
-    se = cph.standard_errors_[cols].to_numpy()
-    z = beta / se
-    for msg in separation_warnings(fit_df, cols, beta, fit_warnings):
+    fit = _fit(fit_df[cols].to_numpy(float), t, e, ties)
+    for msg in separation_warnings(fit_df, cols, fit.beta, fit.messages):
         warnings.warn(msg, TMBRBStatsWarning, stacklevel=2)
         warn.append(msg)
-    zc = sps.norm.ppf(1 - (1 - conf_level) / 2)
-    with np.errstate(over="ignore"):  # exp of a diverging coefficient is inf: the warning above says why
+    return _cox_result(fit, cols, t, e, fit_df[cols].to_numpy(float), dropped, conf_level, ties, warn)
+
+
+def _fit(Xm: np.ndarray, t: np.ndarray, e: np.ndarray, ties: str):
+    """Newton-Raphson fit with a clear error for collinear covariates or a diverging fit."""
+    try:
+        fit = fit_cox(risk_sets(Xm, t, e, ties), eps=EPS)
+    except np.linalg.LinAlgError as exc:
+        raise TMBRBStatsInputError(
+            "Cox model did not converge (the information matrix is singular): two covariates are collinear or one "
+            "takes a single value among the rows at risk; drop or merge it.") from exc
+    if not np.all(np.isfinite(fit.beta)) or not np.isfinite(fit.loglik):
+        raise TMBRBStatsInputError(
+            "Cox model did not converge (coefficients became infinite). Usually a covariate perfectly separates "
+            "events or two covariates are collinear; drop or merge it.")
+    return fit
+
+
+def _cox_result(fit, cols, t, e, Xm, dropped, conf_level, ties, warn) -> "CoxResult":
+    beta = fit.beta
+    se = np.sqrt(np.diag(fit.var))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        z = beta / se
+        zc = sps.norm.ppf(1 - (1 - conf_level) / 2)
+        # exp of a diverging coefficient is inf: the separation warning says why
         table = pd.DataFrame({"term": cols, "coef": beta, "hr": np.exp(beta), "hr_lower": np.exp(beta - zc * se),
                               "hr_upper": np.exp(beta + zc * se), "se": se, "z": z,
                               "p": 2 * sps.norm.sf(np.abs(z))})
-    Xm = fit_df[cols].to_numpy(float)
-    ll0, u0, i0 = efron_loglik(Xm, t, e, np.zeros(len(cols)))
+    u0, i0 = fit.score_null, fit.info_null
     score = float(u0 @ np.linalg.solve(i0, u0))
-    llb = float(cph.log_likelihood_)
-    lr = 2 * (llb - ll0)
-    V = cph.variance_matrix_.loc[cols, cols].to_numpy()
-    wald = float(beta @ np.linalg.solve(V, beta))
+    lr = 2 * (fit.loglik - fit.loglik_null)
+    try:
+        wald = float(beta @ np.linalg.solve(fit.var, beta))
+    except np.linalg.LinAlgError:
+        wald = float("nan")
     k = len(cols)
-    return CoxResult(table=table, n=len(t), n_events=int(e.sum()), n_dropped=dropped, loglik_null=ll0, loglik=llb,
-                     lr_stat=lr, lr_df=k, lr_p=float(sps.chi2.sf(lr, k)), wald_stat=wald,
+    return CoxResult(table=table, n=len(t), n_events=int(e.sum()), n_dropped=dropped, loglik_null=fit.loglik_null,
+                     loglik=fit.loglik, lr_stat=lr, lr_df=k, lr_p=float(sps.chi2.sf(lr, k)), wald_stat=wald,
                      wald_p=float(sps.chi2.sf(wald, k)), score_stat=score, score_p=float(sps.chi2.sf(score, k)),
-                     concordance=float(cph.concordance_index_), warnings=warn)
+                     concordance=concordance(t, e, Xm @ beta), ties=ties, warnings=warn)
 
 
 MAX_LOG_HR_PER_SD = 10.0  # a hazard ratio over e^10 per standard deviation of a covariate: the fit diverged
@@ -301,14 +335,15 @@ def separation_warnings(fit_df: pd.DataFrame, cols: Sequence[str], beta: np.ndar
         The model's terms.
     beta : ndarray
         The fitted coefficients, in the order of ``cols``.
-    fit_warnings : iterable of warnings.WarningMessage
-        The warnings caught during the fit; lifelines' ConvergenceWarning is passed on.
+    fit_warnings : iterable of str or warnings.WarningMessage
+        The fit's convergence notes (strings), or warnings caught during a fit (lifelines'
+        ConvergenceWarning is passed on).
 
     Returns
     -------
     list of str
         One message per term that has a level (of a covariate with two values, such as a dummy) without any event,
-        or whose coefficient exceeds MAX_LOG_HR_PER_SD per standard deviation; else lifelines' convergence warnings.
+        or whose coefficient exceeds MAX_LOG_HR_PER_SD per standard deviation; else the fit's convergence notes.
     """
     out: List[str] = []
     e = fit_df["E"].to_numpy()
@@ -326,9 +361,11 @@ def separation_warnings(fit_df: pd.DataFrame, cols: Sequence[str], beta: np.ndar
                        f"e^{abs(b) * np.std(x):.0f} per standard deviation): the covariate (quasi-)separates events "
                        "from censored rows, so its hazard ratio, CI and p value mean nothing. Leave it out or use a "
                        "penalised Cox regression.")
-    if not out:  # lifelines' own warnings, when the checks above found nothing (one message per problem)
-        out += ["Cox model (lifelines): " + str(w.message).strip().splitlines()[0] for w in fit_warnings
-                if "Convergence" in type(w.message).__name__ or "converge" in str(w.message).lower()]
+    if not out:  # the fit's own convergence notes, when the checks above found nothing (one message per problem)
+        for w in fit_warnings:
+            text = w if isinstance(w, str) else str(w.message)
+            if isinstance(w, str) or "Convergence" in type(w.message).__name__ or "converge" in text.lower():
+                out.append("Cox model: " + text.strip().splitlines()[0])
     return out
 
 
@@ -339,7 +376,8 @@ class CoxScanResult(Result):
     models: Dict[str, CoxResult] = field(repr=False, default_factory=dict)
 
     def __str__(self) -> str:
-        return (f"Two-variable Cox models of '{self.marker}' with each covariate (Efron ties)\n"
+        ties = next(iter(self.models.values())).ties.capitalize() if self.models else "Efron"
+        return (f"Two-variable Cox models of '{self.marker}' with each covariate ({ties} ties)\n"
                 + self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
     def to_dict(self) -> dict:
@@ -351,7 +389,8 @@ class CoxScanResult(Result):
 
 
 def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: Sequence[str], *,
-             conf_level: float = 0.95, min_events: int = MIN_EVENTS) -> CoxScanResult:
+             conf_level: float = 0.95, min_events: int = MIN_EVENTS, ties: str = "efron",
+             reference: Optional[Dict[str, object]] = None) -> CoxScanResult:
     """The marker with each covariate in turn: one two-variable Cox model per covariate (paper figure 4).
 
     For each covariate, fits ``marker + covariate`` with :func:`cox_ph` on the complete cases
@@ -377,6 +416,10 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
         Level of the hazard-ratio intervals.
     min_events : int, default 10
         Fewer events in a model gives a :class:`TMBRBStatsWarning`.
+    ties : {'efron', 'breslow'}, default 'efron'
+        Handling of tied event times in every model.
+    reference : dict, optional
+        Reference level per text covariate (default: the first sorted level, as R).
 
     Returns
     -------
@@ -427,13 +470,19 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
     high + age: HR(high) 0.72, HR(age) 1.16, model p 0.0194
     """
     require_columns(df, [time, event, marker, *covariates], "Cox scan")
+    unknown = [k for k in (reference or {}) if k not in (marker, *covariates)]
+    if unknown:
+        raise TMBRBStatsInputError(f"reference level given for {unknown}, which are not among the covariates "
+                                   f"{[marker, *covariates]}; name a covariate of the scan.")
     rows, models = [], {}
     for cv in covariates:
         sub = df[[time, event, marker, cv]].dropna()
         with warnings.catch_warnings(record=True) as wlist:
             warnings.simplefilter("always")
-            m = cox_ph(sub, time, event, [marker, cv], conf_level=conf_level, min_events=min_events)
-            uni = cox_ph(sub, time, event, [cv], conf_level=conf_level, min_events=min_events)
+            ref = {k: v for k, v in (reference or {}).items() if k in (marker, cv)}
+            kw = dict(conf_level=conf_level, min_events=min_events, ties=ties)
+            m = cox_ph(sub, time, event, [marker, cv], reference=ref, **kw)
+            uni = cox_ph(sub, time, event, [cv], reference={k: v for k, v in ref.items() if k == cv}, **kw)
         for w in wlist:
             if issubclass(w.category, TMBRBStatsWarning):
                 warnings.warn(str(w.message), TMBRBStatsWarning, stacklevel=2)

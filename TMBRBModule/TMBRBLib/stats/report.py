@@ -297,7 +297,8 @@ def _cutpoint_section(doc: _Doc, merged: pd.DataFrame, ep: _Endpoint, cfg: Repor
         gm = np.where(merged[cfg.score] > r.cutpoint, f"score > {r.cutpoint:.3g}", f"score <= {r.cutpoint:.3g}")
         km = kaplan_meier(merged[ep.time], merged[ep.event], np.where(merged[cfg.score].isna(), None, gm), time_label=ep.time)
         res["km_maxstat"] = km.to_dict()
-        km.plot(title=f"{ep.name} by maxstat cut-point {r.cutpoint:.3g} (naive log-rank p; corrected p={r.p_value:.3g})")
+        km.plot(title=f"{ep.name} by maxstat cut-point {r.cutpoint:.3g} (naive log-rank p; corrected p={r.p_value:.3g} "
+                      f"Lau92, {r.p_value_lau94:.3g} Lau94)")
         doc.fig(plt.gcf(), f"{ep.name}: Kaplan-Meier at the maxstat cut-point")
 
 

@@ -2,7 +2,7 @@
 
 Matches R's survival::survfit (Greenwood std.err, conf.type 'log' (R's default) or 'log-log'),
 the median/CI rule of print.survfit (an exact 0.5 plateau gives the mid-point to the next
-event time) and survival::survdiff (via lifelines' multivariate log-rank test).
+event time) and survival::survdiff, all from one sort and cumulative sums (O(n log n)).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ._input import ArrayLike, check_event, check_time, drop_nan_rows, require_e
 from ._result import Result
 from .errors import TMBRBStatsInputError
 
-__all__ = ["KMCurve", "KMResult", "LogRankResult", "kaplan_meier", "km_curve", "logrank_test", "median_r",
+__all__ = ["KMCurve", "KMResult", "LogRankResult", "kaplan_meier", "km_curve", "logrank_test", "median_r", "risk_table",
            "plot_km"]
 
 _TOL = np.sqrt(np.finfo(float).eps)
@@ -111,17 +111,51 @@ class LogRankResult(Result):
         return f"Log-rank test: chisq = {self.chisq:.4f} on {self.df} df, p = {self.p_value:.4g}\n{rows}"
 
 
-def _observed_expected(time, event, labels, groups):
-    ut = np.unique(time[event == 1])
-    obs, exp_ = [], []
-    at_risk_all = np.array([(time >= t).sum() for t in ut], float)
-    d_all = np.array([((time == t) & (event == 1)).sum() for t in ut], float)
-    for g in groups:
-        m = labels == g
-        obs.append(float(event[m].sum()))
-        r = np.array([(time[m] >= t).sum() for t in ut], float)
-        exp_.append(float(np.sum(d_all * r / at_risk_all)))
-    return obs, exp_
+def risk_table(time: np.ndarray, event: np.ndarray, codes: np.ndarray, k: int):
+    """Deaths and numbers at risk per distinct event time and group, in O(n log n).
+
+    Parameters
+    ----------
+    time, event : numpy.ndarray of shape (n,)
+        Follow-up times and 0/1 events.
+    codes : numpy.ndarray of int, shape (n,)
+        Group index of each subject, 0 .. k-1.
+    k : int
+        Number of groups.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(times, deaths, at_risk)``: the distinct event times (m,), deaths (m, k) and
+        numbers at risk (time >= t) (m, k), from one sort (``np.unique``) and reverse
+        cumulative sums.
+    """
+    ut, inv = np.unique(time, return_inverse=True)
+    cell = inv.ravel() * k + codes
+    deaths = np.bincount(cell, weights=event, minlength=len(ut) * k).reshape(len(ut), k)
+    total = np.bincount(cell, minlength=len(ut) * k).reshape(len(ut), k).astype(float)
+    at_risk = np.cumsum(total[::-1], axis=0)[::-1]
+    keep = deaths.sum(axis=1) > 0
+    return ut[keep], deaths[keep], at_risk[keep]
+
+
+def _logrank_from_table(deaths: np.ndarray, at_risk: np.ndarray):
+    """survdiff's observed, expected and chi-square (rho = 0) from a risk table."""
+    d = deaths.sum(axis=1)
+    n = at_risk.sum(axis=1)
+    share = at_risk / n[:, None]
+    observed = deaths.sum(axis=0)
+    expected = d @ share
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(n > 1, d * (n - d) / (n - 1.0), 0.0)
+    var = np.diag(w @ share) - (share * w[:, None]).T @ share
+    u = (observed - expected)[1:]
+    v = var[1:, 1:]
+    try:
+        chisq = float(u @ np.linalg.solve(v, u))
+    except np.linalg.LinAlgError:
+        chisq = float(u @ np.linalg.pinv(v) @ u)
+    return observed, expected, chisq
 
 
 def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> LogRankResult:
@@ -194,8 +228,6 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
     >>> print(f"{sum(r.observed):.2f} {sum(r.expected):.2f}")
     7.00 7.00
     """
-    from lifelines.statistics import multivariate_logrank_test
-
     labels = np.asarray(groups)
     levels = _sorted_levels(labels)
     if len(levels) < 2:
@@ -203,10 +235,29 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
             f"log-rank test needs at least two groups but all rows are in group {levels[0]!r}. "
             "Check the group column or the cut-off that makes the groups.")
     require_events(event, "log-rank test")
-    res = multivariate_logrank_test(time, labels, event)
-    obs, exp_ = _observed_expected(time, event, labels, levels)
-    return LogRankResult(chisq=float(res.test_statistic), df=len(levels) - 1, p_value=float(res.p_value),
-                         groups=list(levels), n=[int((labels == g).sum()) for g in levels], observed=obs, expected=exp_)
+    codes = _level_codes(labels, levels)
+    _, deaths, at_risk = risk_table(np.asarray(time, float), np.asarray(event, float), codes, len(levels))
+    obs, exp_, chisq = _logrank_from_table(deaths, at_risk)
+    df = len(levels) - 1
+    return LogRankResult(chisq=chisq, df=df, p_value=float(sps.chi2.sf(chisq, df)), groups=list(levels),
+                         n=np.bincount(codes, minlength=len(levels)).tolist(), observed=obs.tolist(),
+                         expected=exp_.tolist())
+
+
+def _level_codes(labels: np.ndarray, levels: list) -> np.ndarray:
+    """Index of each label in ``levels`` (vectorised; falls back to a dict for unorderable mixes)."""
+    try:
+        lv = np.asarray(levels)
+        order = np.argsort(lv, kind="mergesort")
+        pos = np.searchsorted(lv[order], labels)
+        pos = np.clip(pos, 0, len(lv) - 1)
+        codes = order[pos]
+        if np.all(lv[codes] == labels):
+            return codes.astype(np.int64)
+    except TypeError:
+        pass
+    index = {v: i for i, v in enumerate(levels)}
+    return np.array([index[v] for v in labels], dtype=np.int64)
 
 
 def _sorted_levels(labels: np.ndarray) -> list:
@@ -224,6 +275,7 @@ class KMResult(Result):
     n_dropped: int
     conf_type: str
     time_label: str = "time"
+    risk_times: Optional[List[float]] = None
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -234,10 +286,23 @@ class KMResult(Result):
         t = np.asarray(times, float)
         return pd.DataFrame({str(c.group): c._risk_fn(t) for c in self.curves}, index=pd.Index(t, name="time")).T
 
+    def default_risk_times(self) -> List[float]:
+        """Times of the numbers-at-risk table: ``risk_times`` if given, else round ticks from 0 to the last time."""
+        if self.risk_times is not None:
+            return [float(t) for t in self.risk_times]
+        from matplotlib.ticker import MaxNLocator
+
+        tmax = max(float(c.table["time"].max()) for c in self.curves)
+        ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(0.0, tmax)
+        return [float(t) for t in ticks if 0 <= t <= tmax]
+
     def to_dict(self) -> dict:
         from ._result import jsonable
+        times = self.default_risk_times()
+        risk = self.at_risk(times)
         d = {"conf_type": self.conf_type, "n_dropped": self.n_dropped, "summary": jsonable(self.summary),
              "logrank": self.logrank.to_dict() if self.logrank else None,
+             "at_risk": {"time": times, "n_risk": {str(g): [int(v) for v in row] for g, row in risk.iterrows()}},
              "curves": {str(c.group): jsonable(c.table) for c in self.curves}}
         return d
 
@@ -254,7 +319,8 @@ class KMResult(Result):
 
 
 def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] = None, *, conf_type: str = "log",
-                 conf_level: float = 0.95, time_label: str = "time") -> KMResult:
+                 conf_level: float = 0.95, time_label: str = "time",
+                 risk_times: Optional[Sequence[float]] = None) -> KMResult:
     """Kaplan-Meier survival curves per group, median survival with CI, and the log-rank test.
 
     Computes, for each group, the product-limit estimate S(t) at every distinct time with
@@ -283,6 +349,9 @@ def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] =
         Level of the bands.
     time_label : str, default 'time'
         x-axis label for :meth:`KMResult.plot`.
+    risk_times : sequence of float, optional
+        Times of the numbers-at-risk table, in the JSON (``at_risk``) and under the figure
+        (default: round ticks from 0 to the last time).
 
     Returns
     -------
@@ -295,10 +364,12 @@ def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] =
           n_risk, n_event, n_censor, surv, std_err, lower, upper).
         - ``logrank`` : :class:`LogRankResult` with two or more groups, else None.
         - ``n_dropped`` : rows dropped for a missing value.
-        - ``conf_type``, ``time_label`` : as given.
+        - ``conf_type``, ``time_label``, ``risk_times`` : as given.
 
         ``summary`` (property) is a DataFrame of n, events and median (CI) per group;
-        ``at_risk(times)`` gives the numbers at risk; ``plot()`` draws the curves.
+        ``at_risk(times)`` gives the numbers at risk; ``to_dict()`` (and ``save_json``) holds
+        them at ``default_risk_times()`` under ``at_risk``, the times of the figure's table;
+        ``plot()`` draws the curves.
 
     Raises
     ------
@@ -369,7 +440,8 @@ def kaplan_meier(time: ArrayLike, event: ArrayLike, group: Optional[ArrayLike] =
         levels = _sorted_levels(g)
         curves = [km_curve(t[g == lv], e[g == lv], conf_type, conf_level, lv) for lv in levels]
         lr = logrank_test(t, e, g) if len(levels) >= 2 else None
-    return KMResult(curves=curves, logrank=lr, n_dropped=dropped, conf_type=conf_type, time_label=time_label)
+    return KMResult(curves=curves, logrank=lr, n_dropped=dropped, conf_type=conf_type, time_label=time_label,
+                    risk_times=None if risk_times is None else [float(v) for v in risk_times])
 
 
 def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = None, title: str = "Kaplan-Meier",
@@ -384,7 +456,8 @@ def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = N
         Axes for the curves. Default: a new figure with the numbers-at-risk table underneath
         (no table when ``ax`` is given).
     risk_times : sequence of float, optional
-        Times of the numbers-at-risk table (default: the x ticks).
+        Times of the numbers-at-risk table (default: ``result.default_risk_times()``, the
+        times written to the JSON).
     title : str, default 'Kaplan-Meier'
         Axes title.
     show_ci : bool, default True
@@ -427,8 +500,8 @@ def plot_km(result: KMResult, ax=None, risk_times: Optional[Sequence[float]] = N
     ax.legend(loc="lower left", fontsize=8)
     if ax_tab is not None:
         if risk_times is None:
-            risk_times = ax.get_xticks()
-            risk_times = [t for t in risk_times if 0 <= t <= tmax]
+            risk_times = result.default_risk_times()
+            ax.set_xticks(risk_times)
         tab = result.at_risk(risk_times)
         ax_tab.set_xlim(ax.get_xlim())
         ax_tab.set_ylim(-0.5, len(result.curves) - 0.5)
