@@ -183,6 +183,26 @@ def box_on_grid(box: Dict, grid: sitk.Image) -> np.ndarray:
     return out
 
 
+def covered_slices(volumes: Sequence[np.ndarray]) -> np.ndarray:
+    """The contiguous block of slice numbers from the first to the last slice where any volume is not zero.
+
+    Parameters
+    ----------
+    volumes : sequence of numpy.ndarray
+        Arrays (slice, row, column) on the source grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        Slice numbers (all slices when every volume is zero). The derived objects hold these slices only: a few
+        dozen of a CT's hundreds, so that a 512x512x300 CT's CAM map is not a 300 MB file of zeros.
+    """
+    hit = np.flatnonzero(np.any([v.reshape(v.shape[0], -1).any(axis=1) for v in volumes], axis=0))
+    if hit.size == 0:
+        return np.arange(volumes[0].shape[0])
+    return np.arange(hit.min(), hit.max() + 1)
+
+
 def _model_flag(result: Dict) -> str:
     m = result.get("model", {})
     return " [PLACEHOLDER MODEL]" if m.get("placeholder") else (" [DEMO MODEL]" if m.get("demo") else "")
@@ -238,6 +258,7 @@ def build_segmentation(src: SourceSeries, masks: Sequence[np.ndarray], result: D
     Returns
     -------
     highdicom.seg.Segmentation
+        Its frames are the source slices from the first to the last one any segment touches (``covered_slices``).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -259,9 +280,10 @@ def build_segmentation(src: SourceSeries, masks: Sequence[np.ndarray], result: D
             tracking_uid=hd.UID(), tracking_id=f"TMBRB {label}"[:64],
             display_color=hd.color.CIELabColor.from_rgb(*rgb) if hasattr(hd.color.CIELabColor, "from_rgb")
             else None))
-    pixels = np.stack(masks, axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
+    frames = covered_slices(masks)
+    pixels = np.stack([m[frames] for m in masks], axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
     seg = hd.seg.Segmentation(
-        source_images=src.datasets, pixel_array=pixels, segmentation_type="BINARY",
+        source_images=[src.datasets[k] for k in frames], pixel_array=pixels, segmentation_type="BINARY",
         segment_descriptions=descriptions, manufacturer_model_name="TMBRB", software_versions=__version__,
         device_serial_number="none", content_label="TMBRB", content_description="TMBRB tumour, ring, box",
         **_common(result, "seg"))
@@ -288,16 +310,13 @@ def build_parametric_map(src: SourceSeries, cam: np.ndarray, result: Dict):
     Returns
     -------
     highdicom.pm.ParametricMap
-        Its frames are the source slices where the CAM is not zero (all slices when it is zero everywhere); it is
-        zero on the others.
+        Its frames are the source slices from the first to the last where the CAM is not zero
+        (``covered_slices``); the CAM is zero on the others.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    frames = np.flatnonzero(cam.reshape(cam.shape[0], -1).any(axis=1))
-    if frames.size == 0:
-        frames = np.arange(cam.shape[0])
-    frames = np.arange(frames.min(), frames.max() + 1)  # a contiguous block of slices
+    frames = covered_slices([cam])
     method = _cam_method(result)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="TMBRB CAM", lut_explanation=f"Class activation map, {method}"[:64], unit=codes.UCUM.NoUnits,
@@ -502,3 +521,59 @@ def _check_same_ct(result: Dict, grid: sitk.Image, dicom_dir: PathLike) -> None:
         raise TMBRBInputError(f"The DICOM series in '{dicom_dir}' (size {list(grid.GetSize())}) is not the CT the "
                               f"result was computed on (size {list(size)}).",
                               "Give the DICOM folder the case was scored from.")
+
+
+def write_ct_series(ct: sitk.Image, folder: PathLike, patient: Tuple[str, str] = ("TMBRB^Phantom", "PHANTOM"),
+                    study_uid: str = "", frame_uid: str = "") -> List:
+    """Write a CT volume (HU) as a DICOM CT Image Storage series, one file per slice (for phantoms and tests).
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        A 3D CT in HU (values are rounded to int16).
+    folder : str or path-like
+        Created when missing; files ct000.dcm, ct001.dcm ...
+    patient : (str, str)
+        Patient's name and ID written on every slice (a phantom's, never a person's).
+    study_uid, frame_uid : str
+        Study and frame of reference UIDs (new ones when empty).
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        The slices, in the order of the volume's z axis.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    out_dir = Path(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arr = np.clip(np.rint(sitk.GetArrayFromImage(ct)), -32768, 32767).astype(np.int16)
+    d = np.array(ct.GetDirection()).reshape(3, 3)
+    uids = dict(StudyInstanceUID=study_uid or generate_uid(), SeriesInstanceUID=generate_uid(),
+                FrameOfReferenceUID=frame_uid or generate_uid())
+    slices = []
+    for k in range(arr.shape[0]):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient[0], patient[1], "", "O"
+        for key, uid in uids.items():
+            setattr(ds, key, uid)
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+        ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "CT", "TMBRB phantom"
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImagePositionPatient = [round(v, 4) for v in ct.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in list(d[:, 0]) + list(d[:, 1])]
+        ds.PixelSpacing = [ct.GetSpacing()[1], ct.GetSpacing()[0]]
+        ds.SliceThickness = ct.GetSpacing()[2]
+        ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PixelData = arr[k].tobytes()
+        ds.save_as(out_dir / f"ct{k:03d}.dcm", enforce_file_format=True)
+        slices.append(ds)
+    return slices

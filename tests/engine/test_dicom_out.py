@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from TMBRBLib.cli import main
+from TMBRBLib.dicom_out import write_ct_series
 
 from .synthetic import make_ct
 
@@ -27,47 +28,12 @@ pydicom = pytest.importorskip("pydicom")
 TUMOUR_LPS = (10.0, -20.0, 30.0)
 
 
-def write_ct_series(ct: sitk.Image, folder: Path, patient=("Phantom^Test", "PH001")) -> list:
-    """Write `ct` as a CT Image Storage series (one file per slice) with pydicom; returns the slice datasets."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    arr = sitk.GetArrayFromImage(ct).astype(np.int16)
-    d = np.array(ct.GetDirection()).reshape(3, 3)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    out = []
-    for k in range(arr.shape[0]):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient[0], patient[1], "19600101", "F"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "ACC1"
-        ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "CT", "PhantomScanner"
-        ds.SeriesNumber, ds.InstanceNumber = 3, k + 1
-        ds.ImagePositionPatient = [round(v, 4) for v in ct.TransformIndexToPhysicalPoint((0, 0, k))]
-        ds.ImageOrientationPatient = [round(v, 6) for v in list(d[:, 0]) + list(d[:, 1])]
-        ds.PixelSpacing = [ct.GetSpacing()[1], ct.GetSpacing()[0]]
-        ds.SliceThickness = ct.GetSpacing()[2]
-        ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PixelData = arr[k].tobytes()
-        ds.save_as(folder / f"ct{k:03d}.dcm", enforce_file_format=True)
-        out.append(ds)
-    return out
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A DICOM phantom series scored with the bundled demo model and exported: (series datasets, result, DICOM)."""
     root = tmp_path_factory.mktemp("dicom_out")
     ct, _ = make_ct(size=(64, 64, 24), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS, radius_mm=8, noise=20)
-    series = write_ct_series(ct, root / "series")
+    series = write_ct_series(ct, root / "series", patient=("Phantom^Test", "PH001"))
     rc = main(["score", "--ct", str(root / "series"), "--seed-lps", ",".join(map(str, TUMOUR_LPS)), "--ecog", "1",
                "--out", str(root / "result"), "--shifts", "1", "--no-pictures", "--progress", "none",
                "--device", "cpu", "--dicom-out", str(root / "dicom")])
@@ -97,10 +63,13 @@ def test_segments_equal_the_result_masks_on_the_ct_slices(exported):
     uids = [str(s.SOPInstanceUID) for s in exported["series"]]
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert labels[0] == "Tumour" and labels[1].startswith("Peritumoral ring") and labels[2] == "Model input box"
+    referenced = [str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    slices = sorted(exported["by_uid"][u] for u in referenced)
     for number, name in ((1, "tumour"), (2, "ring")):
-        got = seg.get_pixels_by_source_instance(uids, segment_numbers=[number])[..., 0]
+        got = seg.get_pixels_by_source_instance([uids[k] for k in slices], segment_numbers=[number])[..., 0]
         want = _nrrd(exported["result"] / f"{name}.nrrd") != 0
-        assert want.any() and np.array_equal(got != 0, want), name
+        assert want.any() and np.array_equal(got != 0, want[slices]), name
+        assert not np.delete(want, slices, axis=0).any()  # the slices the SEG leaves out hold none of it
     # each frame lies on the source slice it references
     for f, pos in zip(seg.PerFrameFunctionalGroupsSequence, _frame_positions(seg)):
         ref = f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
@@ -111,7 +80,11 @@ def test_box_segment_holds_the_voxels_whose_centres_lie_in_the_box(exported):
     """Computed here from the slices' DICOM geometry (position, orientation, pixel spacing), not from SimpleITK."""
     seg = hd.seg.segread(exported["dicom"] / "seg.dcm")
     series = exported["series"]
-    got = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in series], segment_numbers=[3])[..., 0]
+    referenced = {str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    got = np.zeros((len(series), series[0].Rows, series[0].Columns), np.uint8)
+    slices = [k for k, s in enumerate(series) if str(s.SOPInstanceUID) in referenced]
+    got[slices] = seg.get_pixels_by_source_instance([str(series[k].SOPInstanceUID) for k in slices],
+                                                    segment_numbers=[3])[..., 0]
     box = exported["json"]["box"]
     lo, hi = np.array(box["lps_min"]), np.array(box["lps_max"])
     rows, cols = np.indices((series[0].Rows, series[0].Columns))
