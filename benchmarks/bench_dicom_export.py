@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +24,7 @@ sys.path[:0] = [str(REPO / "TMBRBModule")]
 
 from TMBRBLib import dicom_out as do  # noqa: E402
 from TMBRBLib.cli import main as tmbrb  # noqa: E402
-
-
-def median_time(fn, runs):
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from bench_engine import median_time  # noqa: E402 - the benchmarks' shared timer (this folder is on sys.path)
 
 
 def _code(value, scheme, meaning):
