@@ -37,11 +37,23 @@ class SourceSeries:
 
     @property
     def series_uid(self) -> str:
+        """The source SeriesInstanceUID."""
         return str(self.datasets[0].SeriesInstanceUID)
 
 
 def require_highdicom():
-    """Import highdicom, or raise TMBRBInputError saying how to install it."""
+    """Import highdicom, or say how to install it.
+
+    Returns
+    -------
+    module
+        highdicom.
+
+    Raises
+    ------
+    TMBRBInputError
+        highdicom is not installed (the optional extra ``dicom``).
+    """
     try:
         import highdicom  # noqa: F401
     except ImportError:
@@ -154,8 +166,14 @@ def on_source_grid(path: PathLike, grid: sitk.Image, label: bool) -> np.ndarray:
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
+# a voxel centre this close to a box face counts as inside: boxes drawn on the CT often have faces through voxel
+# centres, and DICOM slice positions (and so the grid read from them) are rounded to a few decimals
+BOX_FACE_TOLERANCE_MM = 1e-3
+
+
 def box_on_grid(box: Dict, grid: sitk.Image) -> np.ndarray:
-    """The voxels of `grid` whose centres lie inside the result's box (LPS corners), as a uint8 array (z, y, x).
+    """The voxels of `grid` whose centres lie inside the result's box (LPS corners, closed to
+    ``BOX_FACE_TOLERANCE_MM``), as a uint8 array (z, y, x).
 
     Parameters
     ----------
@@ -178,7 +196,8 @@ def box_on_grid(box: Dict, grid: sitk.Image) -> np.ndarray:
     zz, yy, xx = np.meshgrid(*(np.arange(lo[a], hi[a]) for a in (2, 1, 0)), indexing="ij")
     m, o = index_to_physical_matrix(grid)
     pts = np.stack([xx, yy, zz], -1) @ m.T + o
-    inside = np.all((pts >= np.asarray(b.min) - 1e-6) & (pts <= np.asarray(b.max) + 1e-6), axis=-1)
+    tol = BOX_FACE_TOLERANCE_MM
+    inside = np.all((pts >= np.asarray(b.min) - tol) & (pts <= np.asarray(b.max) + tol), axis=-1)
     out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = inside
     return out
 
@@ -278,8 +297,7 @@ def build_segmentation(src: SourceSeries, masks: Sequence[np.ndarray], result: D
             segmented_property_type=kind, algorithm_type=algo,
             algorithm_identification=None if algo == "MANUAL" else _algorithm(result),
             tracking_uid=hd.UID(), tracking_id=f"TMBRB {label}"[:64],
-            display_color=hd.color.CIELabColor.from_rgb(*rgb) if hasattr(hd.color.CIELabColor, "from_rgb")
-            else None))
+            display_color=hd.color.CIELabColor.from_rgb(*rgb)))  # the colours of the PNG overlays
     frames = covered_slices(masks)
     pixels = np.stack([m[frames] for m in masks], axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
     seg = hd.seg.Segmentation(

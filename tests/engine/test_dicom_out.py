@@ -28,11 +28,10 @@ pydicom = pytest.importorskip("pydicom")
 TUMOUR_LPS = (10.0, -20.0, 30.0)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def _score_and_export(root: Path, direction=np.eye(3)) -> dict:
     """A DICOM phantom series scored with the bundled demo model and exported: (series datasets, result, DICOM)."""
-    root = tmp_path_factory.mktemp("dicom_out")
-    ct, _ = make_ct(size=(64, 64, 24), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS, radius_mm=8, noise=20)
+    ct, _ = make_ct(direction=direction, size=(64, 64, 24), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS,
+                    radius_mm=8, noise=20)
     series = write_ct_series(ct, root / "series", patient=("Phantom^Test", "PH001"))
     rc = main(["score", "--ct", str(root / "series"), "--seed-lps", ",".join(map(str, TUMOUR_LPS)), "--ecog", "1",
                "--out", str(root / "result"), "--shifts", "1", "--no-pictures", "--progress", "none",
@@ -41,6 +40,11 @@ def exported(tmp_path_factory):
     by_uid = {str(ds.SOPInstanceUID): k for k, ds in enumerate(series)}
     return dict(root=root, series=series, by_uid=by_uid, result=root / "result", dicom=root / "dicom",
                 json=json.loads((root / "result" / "result.json").read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return _score_and_export(tmp_path_factory.mktemp("dicom_out"))
 
 
 def _nrrd(path) -> np.ndarray:
@@ -59,10 +63,17 @@ def _slice_of_position(series, position) -> int:
 
 
 def test_segments_equal_the_result_masks_on_the_ct_slices(exported):
+    _check_segments(exported)
+
+
+def _check_segments(exported):
     seg = hd.seg.segread(exported["dicom"] / "seg.dcm")
     uids = [str(s.SOPInstanceUID) for s in exported["series"]]
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert labels[0] == "Tumour" and labels[1].startswith("Peritumoral ring") and labels[2] == "Model input box"
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # SCT Neoplasm
+    assert hd.color.CIELabColor.from_dicom_value(seg.SegmentSequence[0].RecommendedDisplayCIELabValue).to_rgb() \
+        == (0, 255, 102)  # the overlays' tumour green
     referenced = [str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
     slices = sorted(exported["by_uid"][u] for u in referenced)
     for number, name in ((1, "tumour"), (2, "ring")):
@@ -78,6 +89,19 @@ def test_segments_equal_the_result_masks_on_the_ct_slices(exported):
 
 def test_box_segment_holds_the_voxels_whose_centres_lie_in_the_box(exported):
     """Computed here from the slices' DICOM geometry (position, orientation, pixel spacing), not from SimpleITK."""
+    _check_box(exported)
+
+
+def test_an_oblique_series_gets_its_segments_on_its_own_slices(tmp_path):
+    from .synthetic import DIRECTIONS
+
+    ex = _score_and_export(tmp_path, DIRECTIONS["oblique"])
+    assert abs(float(ex["series"][0].ImageOrientationPatient[1])) > 0.1  # the slices are oblique
+    _check_segments(ex)
+    _check_box(ex)
+
+
+def _check_box(exported):
     seg = hd.seg.segread(exported["dicom"] / "seg.dcm")
     series = exported["series"]
     referenced = {str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
@@ -94,7 +118,7 @@ def test_box_segment_holds_the_voxels_whose_centres_lie_in_the_box(exported):
         dr, dc = (float(v) for v in s.PixelSpacing)  # row spacing (between rows), column spacing
         pts = (np.array(s.ImagePositionPatient, float) + cols[..., None] * dc * iop[:3]
                + rows[..., None] * dr * iop[3:])
-        want[k] = np.all((pts >= lo - 1e-6) & (pts <= hi + 1e-6), axis=-1)
+        want[k] = np.all((pts >= lo - 1e-3) & (pts <= hi + 1e-3), axis=-1)  # a closed box, to 0.001 mm
     assert want.any() and np.array_equal(got != 0, want)
 
 
@@ -293,3 +317,16 @@ def test_dicom_export_writes_again_from_a_scored_folder(exported, tmp_path, caps
     a = pydicom.dcmread(tmp_path / "again" / "seg.dcm")
     b = pydicom.dcmread(exported["dicom"] / "seg.dcm")
     assert a.SeriesInstanceUID != b.SeriesInstanceUID and a.PixelData == b.PixelData
+
+
+def test_dicom_export_refuses_slices_without_a_frame_of_reference(exported, tmp_path, capsys):
+    folder = tmp_path / "no_for"
+    shutil.copytree(exported["root"] / "series", folder)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    rc = main(["dicom-export", "--result", str(exported["result"]), "--dicom", str(folder), "--out",
+               str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "lack FrameOfReferenceUID" in err and not (tmp_path / "d").exists()
