@@ -75,6 +75,8 @@ def cmd_score(args) -> int:
     prog = _Progress(args.progress)
     check_ecog(args.ecog)  # fail before any heavy work
     check_out_dir(args.out, [args.ct, args.segmentation])
+    if args.dicom_out:
+        _check_dicom_out(args)
     prog(0.0, "reading the CT")
     ct, warnings = read_ct(args.ct)
     seed, box = _seed_and_box(args, ct)
@@ -82,9 +84,38 @@ def cmd_score(args) -> int:
                                       ct_warnings=warnings, pictures=not args.no_pictures, progress=prog,
                                       bundle=args.model, n_shifts=args.shifts, device=args.device,
                                       ring_width_mm=args.ring_mm)
-    prog.event(done=True, result=str(written["result"]))
+    dicom = None
+    if args.dicom_out:
+        from .dicom_out import export_dicom
+        prog(0.98, "writing the DICOM objects")
+        dicom = export_dicom(args.out, args.ct, args.dicom_out)
+    prog.event(done=True, result=str(written["result"]), **({"dicom": {k: str(p) for k, p in dicom.items()}}
+                                                             if dicom else {}))
     if args.progress != "jsonl":
         _print_result(result, written)
+        if dicom:
+            print(f"DICOM (segmentation, CAM parametric map, report) in {args.dicom_out}/: "
+                  + ", ".join(p.name for p in dicom.values()))
+    return 0
+
+
+def _check_dicom_out(args) -> None:
+    """--dicom-out needs a DICOM series as the CT, highdicom, and a writable folder: checked before any work."""
+    from .dicom_out import check_dicom_out_dir, is_dicom_input, require_highdicom
+    if not is_dicom_input(args.ct):
+        raise TMBRBInputError(f"--dicom-out needs a DICOM series as the CT; '{args.ct}' is not a folder holding one.",
+                              "Give --ct the DICOM series folder, or leave out --dicom-out (the NRRD outputs in "
+                              "--out open in 3D Slicer).")
+    require_highdicom()
+    check_dicom_out_dir(args.dicom_out, args.ct, [args.segmentation])
+
+
+def cmd_dicom_export(args) -> int:
+    """`tmbrb dicom-export`: the DICOM objects of a case scored before, from its output folder and DICOM series."""
+    from .dicom_out import export_dicom
+    written = export_dicom(args.result, args.dicom, args.out)
+    print(f"DICOM (segmentation, CAM parametric map, report) in {args.out}/: "
+          + ", ".join(p.name for p in written.values()))
     return 0
 
 
@@ -246,9 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ring-mm", type=float, default=None, help="peritumoral ring width (default from the bundle)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--no-pictures", action="store_true", help="skip the PNG overlays")
+    s.add_argument("--dicom-out", metavar="DIR", help="for a DICOM series: also write a DICOM Segmentation, the CAM "
+                   "as a Parametric Map and a structured report in DIR (needs highdicom: pip install 'tmbrb[dicom]')")
     s.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
     model_opts(s)
     s.set_defaults(func=cmd_score)
+
+    de = sub.add_parser("dicom-export", help="write the DICOM Segmentation, CAM Parametric Map and report of a case "
+                        "scored from a DICOM series")
+    de.add_argument("--result", required=True, help="the output folder of `tmbrb score`")
+    de.add_argument("--dicom", required=True, help="the DICOM series folder the case was scored from")
+    de.add_argument("--out", required=True, help="folder for seg.dcm, cam_pm.dcm and report_sr.dcm")
+    de.set_defaults(func=cmd_dicom_export)
 
     b = sub.add_parser("batch", help="score every case of a manifest CSV (resumable on the inputs; several processes under torchrun)")
     b.add_argument("manifest", help="CSV: ct, seed_ras or seed_lps, optional case_id, box_ras/box_lps, mask, ecog")

@@ -156,6 +156,11 @@ def test_extension_descriptions_agree():
     assert s4ext["category"].strip() == catalog["category"] == category
     assert s4ext["depends"].strip() == "PyTorch" and catalog["build_dependencies"] == ["PyTorch"]
     assert s4ext["scmurl"].strip() == catalog["scm_url"]
+    # the repository is one setting: CMake's TMBRB_REPOSITORY_URL, repeated in the two files the index reads as is
+    repository = re.search(r'set\(TMBRB_REPOSITORY_URL "([^"]+)"', top).group(1)
+    assert catalog["scm_url"] == repository + ".git" and s4ext["homepage"].strip() == repository + "#readme"
+    assert s4ext["iconurl"].strip() == repository + "/raw/main/TMBRBModule/Resources/Icons/TMBRB.png"
+    assert '"${TMBRB_RAW_URL}/TMBRBModule/Resources/Icons/TMBRB.png"' in top
     # the catalog schema forbids fields that live only in CMake
     assert set(catalog) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
                             "scm_revision", "scm_type", "scm_url", "tier"}
