@@ -504,14 +504,14 @@ def test_batch_manifest_with_a_byte_order_mark_and_formula_text(case_folder, pla
     man.write_text(f"case_id,ct,seed_lps\nLUNG1-001,{d / 'ct.nrrd'},\"{seed_text}\"\n"
                    f"@SUM(1),{tmp_path / 'missing.nrrd'},\"{seed_text}\"\n", encoding="utf-8-sig")  # as Excel saves
     monkeypatch.chdir(tmp_path)
-    assert _batch(man, "=out", placeholder_bundle) == 3  # a relative --out: its text starts output_dir's cells
+    assert _batch(man, "=out", placeholder_bundle) == 3  # a relative --out starting with "="
     rows = list(csv.reader(open(tmp_path / "=out" / "summary.csv", encoding="utf-8")))
     header, body = rows[0], rows[1:]
     assert [r[header.index("case_id")] for r in body] == ["LUNG1-001", "_SUM_1_"]  # the first column kept its name
     assert body[0][header.index("status")] == "ok"
     cells = [c for r in body for c in r]
     assert not [c for c in cells if c[:1] in ("=", "+", "@")], cells
-    assert body[0][header.index("output_dir")] == "'=out/LUNG1-001"
+    assert body[0][header.index("output_dir")] == "LUNG1-001"  # relative to the summary's folder (issue 17)
 
 
 # --- Silently wrong inputs (issue 17): each was read and scored with exit 0 before -----------------------------------
