@@ -567,6 +567,52 @@ def test_dicom_series_with_a_truncated_slice_file_is_refused_naming_it(tmp_path,
         read_ct(tmp_path / "d")
 
 
+def _declare_rows_columns(path: Path, rows: int, columns: int) -> None:
+    """Rewrite a slice file's Rows (0028,0010) and Columns (0028,0011) in place; its pixel data stays as it was."""
+    data = bytearray(path.read_bytes())
+    for elem, value in ((0x10, rows), (0x11, columns)):
+        tag = bytes([0x28, 0x00, elem, 0x00])
+        explicit, implicit = tag + b"US\x02\x00", tag + b"\x02\x00\x00\x00"  # the two little-endian syntaxes
+        at = data.index(explicit) + len(explicit) if explicit in data else data.index(implicit) + len(implicit)
+        data[at:at + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_dicom_series_declaring_too_many_voxels_in_total_is_refused_before_reading_pixels(tmp_path, dicom_ct,
+                                                                                          monkeypatch):
+    import TMBRBLib.io as tio
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for f in sorted(folder.iterdir()):  # 12 slices of 20000 x 20000: each under the limit, 4.8e9 values together
+        _declare_rows_columns(f, 20000, 20000)
+    assert 20000 * 20000 < tio.MAX_VOXELS
+    reads = []
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", lambda self: reads.append(1))  # the pixels: not read
+    with pytest.raises(TMBRBInputError, match=r"The DICOM series in 'd' declares 4.8 billion values over 12 slice "
+                                              r"file\(s\) \(sizes 20000 x 20000 x 1\); the limit is 1.07 billion"):
+        read_ct(folder)
+    assert reads == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("name", ["slice9999.dcm", "notes"])
+def test_dicom_folder_holding_a_pipe_is_refused_not_read(tmp_path, dicom_ct, name):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    os.mkfifo(folder / name)  # GDCM's scan of the folder opened it and blocked for ever
+    code = ("import sys; from TMBRBLib.io import read_ct; from TMBRBLib.errors import TMBRBInputError\n"
+            "try:\n    read_ct(sys.argv[1])\nexcept TMBRBInputError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"holds 1 entry(ies) that are not regular files ({name}: a pipe, socket or device)" in r.stdout
+
+
 @pytest.mark.parametrize("size, spacing, message", [
     ((40, 40, 3), (0.8, 0.8, 1.0), "covers .* under 10 mm along an axis is not a chest CT"),
     ((512, 512, 40), (5.0, 5.0, 5.0), "covers .* over 2 m along an axis is not a chest CT"),
