@@ -11,8 +11,9 @@ import copy
 import datetime as _dt
 import json
 import platform
+import shlex
 import sys
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Dict, Optional
 
 import torch
@@ -54,6 +55,48 @@ def _cam_line(cam: Dict) -> str:
     smoothed = method in CAM_METHODS and CAM_METHODS[method].uses_smoothing
     return (f"Class activation map: {method} at {cam['target_layer']}"
             + (f", smoothed {cam.get('smooth_mm')} mm" if smoothed else "") + ".")
+
+
+def portable_command(command: Optional[str]) -> Optional[str]:
+    """A command line as a bundle records it: each path in it reduced to its last part (file or folder name).
+
+    A bundle is meant to be shared; the folders of a training machine often name patients or record numbers.
+
+    Parameters
+    ----------
+    command : str or None
+        The command line as run.
+
+    Returns
+    -------
+    str or None
+        The same command with ``/work/runs/PAT-001/run`` written ``run`` (also in ``--opt=/a/b``).
+
+    Examples
+    --------
+    >>> portable_command("python -m training demo --work /data/PAT-0012345_DOE/demo64 --out=runs/x/bundle -n 3")
+    'python -m training demo --work demo64 --out=bundle -n 3'
+    """
+    if not command:
+        return command
+    try:
+        tokens = shlex.split(command)
+    except ValueError:  # unbalanced quotes: split on spaces
+        tokens = command.split()
+
+    def name_of(token: str) -> str:
+        if "/" in token or "\\" in token or token.startswith("~"):
+            return PureWindowsPath(token).name if "\\" in token else (Path(token).name or token)
+        return token
+
+    out = []
+    for tok in tokens:
+        if tok.startswith("-") and "=" in tok:
+            opt, _, value = tok.partition("=")
+            out.append(f"{opt}={name_of(value)}")
+        else:
+            out.append(name_of(tok))
+    return " ".join(shlex.quote(t) for t in out)
 
 
 def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str = "TMBRB",
@@ -111,11 +154,12 @@ def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str
         t["cam"]["method"], t["cam"]["smooth_mm"] = method, smooth
     meta["name"] = name
     meta["version"] = version
-    meta["changelog"] = {version: f"trained {summary.get('config', {}).get('command') or ''}".strip()}
     cfg = summary.get("config", {})
+    meta["changelog"] = {version: f"trained {portable_command(cfg.get('command')) or ''}".strip()}
     t["training"] = {
-        "manifest_sha256": summary["manifest_sha256"], "manifest": summary.get("manifest"),
-        "command": cfg.get("command"), "seed": cfg.get("seed"), "checkpoint": checkpoint,
+        "manifest_sha256": summary["manifest_sha256"],
+        "manifest": Path(summary["manifest"]).name if summary.get("manifest") else None,
+        "command": portable_command(cfg.get("command")), "seed": cfg.get("seed"), "checkpoint": checkpoint,
         "checkpoint_epoch": ck.get("epoch"), "best_epoch": summary.get("best_epoch"),
         "epochs_run": summary.get("epochs_run"), "stopped_early": summary.get("stopped_early"),
         "n_train": summary.get("n_train"), "n_val": summary.get("n_val"),
@@ -126,7 +170,7 @@ def export_bundle(run_dir, bundle_dir, model_id: str = "tmbrb-custom", name: str
         "train_samples_per_s": summary.get("train_samples_per_s"),
         "metrics": {"val_auc": summary.get("best_val_auc"), **(metrics or {})},
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "export_command": command, "platform": platform.platform(), "torch_version": torch.__version__,
+        "export_command": portable_command(command), "platform": platform.platform(), "torch_version": torch.__version__,
     }
     bundle = save_bundle(net, bundle_dir, meta, dtype=dtype, model_card=_model_card(meta))
     if not ood_summary:

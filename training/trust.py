@@ -8,7 +8,6 @@ weights are not touched: their file and sha256 stay as they were.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from TMBRBLib.bundle import METADATA_PATH, Bundle, load_bundle, sha256_file
+from TMBRBLib.bundle import Bundle, load_bundle, sha256_file, write_metadata
 from TMBRBLib.crop import fraction_outside_scan
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.io import read_ct
@@ -117,7 +116,7 @@ def fit_trust_summary(bundle: Bundle, manifest, n_components: int = OOD_COMPONEN
     temperature = fit_temperature([r["label"] for r in va], [r["score"] for r in va])
     return {"ood": ood, "calibration": {"method": "temperature scaling", "fitted_on": "validation", **temperature}, "acquisition": fit_acquisition_ranges([r["acquisition"] for r in tr]),
             "spread_flag_level": float(np.quantile(spreads, quantile)),
-            "provenance": {"manifest": str(Path(manifest).resolve()), "manifest_sha256": sha256_file(manifest),
+            "provenance": {"manifest": Path(manifest).name, "manifest_sha256": sha256_file(manifest),
                            "n_train": len(tr), "n_val": len(va), "seconds": round(time.perf_counter() - t0, 1),
                            "spread_level_rule": f"{quantile:g} quantile of the validation cases' spreads"}}
 
@@ -141,10 +140,7 @@ def write_trust_summary(bundle_dir, manifest, n_components: int = OOD_COMPONENTS
     t.setdefault("tta", {})["spread_flag_level"] = s["spread_flag_level"]
     t["tta"]["spread_flag_rule"] = s["provenance"]["spread_level_rule"]
     t["calibration"] = s["calibration"]
-    path = Path(bundle_dir) / METADATA_PATH
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_metadata(bundle_dir, meta)  # and the bundle's checksums
     out = load_bundle(bundle_dir)
     assert out.sha256 == weights_sha  # the weights were not touched
     return out

@@ -198,13 +198,14 @@ def _redraw_pictures(out: Path, result: Dict, cam: sitk.Image, edited: EditedAtt
     old = [out / n for n in UPDATED_NAMES if n.endswith(".png") and (out / n).is_file()]
     if not old:
         return {}
-    ct_path = result.get("inputs", {}).get("ct_path")
+    from .outputs import recorded_path, render_overlays
+
+    ct_path = recorded_path(out, result.get("inputs", {}).get("ct_path"))  # recorded relative to the folder
     if not draw:
         _remove_pictures(old, result, "not drawn again (--no-pictures)")
         return {}
     if ct_path and Path(ct_path).exists():
         from .io import read_ct
-        from .outputs import render_overlays
 
         try:
             ct, _ = read_ct(ct_path)

@@ -26,7 +26,7 @@ from .geometry import Box, parse_box, parse_triplet, ras_to_lps
 SUMMARY_FIELDS = ["row", "case_id", "status", "score", "tta_mean", "tta_std", "os_group", "pfs_group",
                   "ecog", "os_relative_hazard", "pfs_relative_hazard", "attention_tumour", "attention_ring",
                   "n_warnings", "seconds", "error", "note", "inputs_key", "output_dir"]
-INPUTS_KEY_VERSION = 1
+INPUTS_KEY_VERSION = 2  # 2: files named by name + path sha256, not the path
 INPUT_LABELS = {"key_version": "the inputs key's format", "ct": "CT file", "seed_lps": "seed", "box_lps": "box",
                 "mask": "mask file", "ecog": "ECOG", "model": "model", "n_shifts": "shift count",
                 "ring_width_mm": "ring width"}
@@ -146,11 +146,12 @@ def row_to_case(row: Dict[str, str], base: Path, number: int) -> Dict:
 
 # ------------------------------------------------------------------------------------------------ inputs key (resume)
 def file_identity(path: Union[str, Path]) -> Dict:
-    """A file's identity for resuming: absolute path, size and modification time (ns); no content hash.
+    """A file's identity for resuming: name, sha256 of its absolute path, size and modification time (ns).
 
-    A DICOM folder's identity is its path, its number of files and a sha256 over the sorted (name, size, mtime_ns) of
-    the files directly inside it. A missing path gives ``{"path": ..., "missing": True}`` (reading it then fails with
-    the usual message).
+    The absolute path itself is not recorded (result.json may be shared; folder names may hold patient names): its
+    sha256 tells a moved or other file apart. A DICOM folder's identity is its name, path sha256, number of files and
+    a sha256 over the sorted (name, size, mtime_ns) of the files directly inside it. A missing path gives
+    ``{"name": ..., "path_sha256": ..., "missing": True}`` (reading it then fails with the usual message).
 
     Parameters
     ----------
@@ -163,14 +164,15 @@ def file_identity(path: Union[str, Path]) -> Dict:
         JSON-ready; equal for the same, untouched file.
     """
     p = Path(path).resolve()
+    where = {"name": p.name, "path_sha256": hashlib.sha256(str(p).encode("utf-8")).hexdigest()}
     if p.is_dir():
         listing = sorted((c.name, c.stat().st_size, c.stat().st_mtime_ns) for c in p.iterdir() if c.is_file())
         digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-        return {"path": str(p), "files": len(listing), "listing_sha256": digest}
+        return {**where, "files": len(listing), "listing_sha256": digest}
     if not p.exists():
-        return {"path": str(p), "missing": True}
+        return {**where, "missing": True}
     st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {**where, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _ecog_for_key(ecog) -> object:
@@ -322,7 +324,13 @@ def summary_row(case_id: str, result: Dict, status: str, seconds: float, out: Pa
             "pfs_relative_hazard": ec.get("pfs", {}).get("relative_hazard"),
             "attention_tumour": result["attention"]["tumour"], "attention_ring": result["attention"]["ring"],
             "n_warnings": len(result.get("warnings", [])), "seconds": round(seconds, 2), "error": "",
-            "inputs_key": result.get("inputs", {}).get("inputs_key", ""), "output_dir": str(out)}
+            "inputs_key": result.get("inputs", {}).get("inputs_key", ""), "output_dir": str(out),
+            "note": _model_note(result.get("model") or {})}
+
+
+def _model_note(model: Dict) -> str:
+    """The summary's word on a result whose model bundle fails its checksums (``bundle.check_files``)."""
+    return f"model bundle {model.get('path', '')} MODIFIED after export" if model.get("modified") else ""
 
 
 def _failed_row(case_id: str, error: str, seconds: float, **extra) -> Dict:
@@ -350,7 +358,8 @@ def _run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bund
             return summary_row(case_id, old, "done-before", 0.0, case_out)
         res = score_into_folder(case, case_out, scorer=scorer, keyed=keyed, key=key, n_shifts=n_shifts,
                                 ring_width_mm=ring_width_mm, pictures=pictures)
-        return {**summary_row(case_id, res, "ok", time.perf_counter() - t0, case_out), "note": note}
+        row = summary_row(case_id, res, "ok", time.perf_counter() - t0, case_out)
+        return {**row, "note": "; ".join(n for n in (row["note"], note) if n)}
     except TMBRBError as e:
         return _failed_row(case_id, str(e), time.perf_counter() - t0, note=note, inputs_key=key)
     except Exception as e:  # noqa: BLE001 - one broken case must not stop the batch; the error is recorded
@@ -648,5 +657,27 @@ def _write_summary(path: Path, rows: List[Dict]) -> None:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
+            r = {**r, "output_dir": _relative_to(r.get("output_dir"), path.parent),
+                 "error": _relative_paths_in(r.get("error"), path.parent)}
             w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in SUMMARY_FIELDS})
     tmp.replace(path)
+
+
+def _relative_to(path, folder: Path) -> Optional[str]:
+    """A case folder as the summary records it: relative to the summary's folder (no absolute path leaks into it)."""
+    if not path:
+        return path
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def _relative_paths_in(message: Optional[str], folder: Path) -> Optional[str]:
+    """An error message with each quoted absolute path ('/data/PAT-1/ct.nrrd') written relative to ``folder``."""
+    import re
+
+    from .outputs import relative_path
+    if not message:
+        return message
+    return re.sub(r"'((?:/|[A-Za-z]:[\\/])[^']*)'", lambda m: repr(relative_path(m.group(1), folder)), message)

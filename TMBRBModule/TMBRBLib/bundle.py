@@ -4,8 +4,12 @@
                                      training provenance, intended use, version, weights checksum
     <bundle>/models/model.safetensors  the weights (safetensors: no pickle is ever loaded)
     <bundle>/docs/README.md          human-readable model card
+    <bundle>/checksums.sha256        the sha256 of each file above, in `sha256sum` format (`sha256sum -c` checks it)
 
-A bundle whose weights do not match their sha256, or whose format this software does not know, is refused.
+A bundle whose weights do not match their sha256, or whose format this software does not know, is refused. A bundle
+whose files do not match its checksums (metadata edited after export: cut-offs, name, `demo: false`...) is loaded but
+reported as MODIFIED in every output, and `tmbrb bundle verify` fails on it. Whether a model is the demo model is
+decided by its weights' sha256 (`DEMO_WEIGHTS_SHA256`), not by the editable `demo` flag.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from .model import DEFAULT_ARCHITECTURE, architecture_class, build_model
 BUNDLE_FORMAT = 1
 METADATA_PATH = Path("configs") / "metadata.json"
 WEIGHTS_PATH = Path("models") / "model.safetensors"
+CHECKSUMS_PATH = Path("checksums.sha256")
+# The weights of every demo model TMBRB has shipped: the demo notice follows these, whatever the metadata says.
+DEMO_WEIGHTS_SHA256 = frozenset({
+    "23e3a9f4c44b1d740580f7be7818069fea5494396d64bc271f3627eb8edfa90d",  # Resources/models/tmbrb_demo, 0.1.0
+})
 DEMO_NOTICE = ("DEMO MODEL trained on synthetic phantoms - not for clinical or research conclusions.")
 PLACEHOLDER_NOTICE = ("PLACEHOLDER MODEL with untrained random weights - the score means nothing. "
                       "Train a model (training/) or use a trained bundle.")
@@ -136,10 +145,12 @@ def default_metadata(name: str = "TMBRB (untrained placeholder)", version: str =
 class Bundle:
     """A verified model bundle. `model(device)` gives the network in eval mode (built once per device)."""
 
-    def __init__(self, path: Path, metadata: Dict[str, Any], weights_sha256: str):
+    def __init__(self, path: Path, metadata: Dict[str, Any], weights_sha256: str,
+                 integrity: Optional[Dict[str, Any]] = None):
         self.path = Path(path)
         self.metadata = metadata
         self.sha256 = weights_sha256
+        self.integrity = integrity if integrity is not None else check_files(self.path)
         self._models: Dict[str, torch.nn.Module] = {}
 
     @property
@@ -155,23 +166,44 @@ class Bundle:
         return str(self.metadata.get("version", "?"))
 
     @property
+    def has_demo_weights(self) -> bool:
+        """Whether the weights are those of a demo model TMBRB shipped (by their sha256, not by the metadata)."""
+        return self.sha256 in DEMO_WEIGHTS_SHA256
+
+    @property
     def is_demo(self) -> bool:
-        return bool(self.tmbrb.get("demo", False)) or bool(self.tmbrb.get("placeholder", False))
+        return (self.has_demo_weights or bool(self.tmbrb.get("demo", False))
+                or bool(self.tmbrb.get("placeholder", False)))
+
+    @property
+    def is_modified(self) -> bool:
+        """Whether the bundle's files differ from its checksums (edited after export)."""
+        return self.integrity["status"] == "modified"
 
     @property
     def notice(self) -> str:
         t = self.tmbrb
         if t.get("placeholder"):
             return PLACEHOLDER_NOTICE
+        if self.has_demo_weights:  # an edited metadata cannot remove or reword the demo weights' notice
+            own = t.get("notice") if t.get("demo") and not self.is_modified else None
+            return own or DEMO_NOTICE
         if t.get("demo"):
             return t.get("notice") or DEMO_NOTICE
         return t.get("notice", "Research use only.")
 
     def info(self) -> Dict[str, Any]:
+        """What a result records about its model: name, version, sha256s, demo flag, notice, integrity, CAM.
+
+        ``path`` is the bundle folder's name only (results never record where a bundle lies on disk);
+        ``integrity`` is :func:`check_files`'s answer and ``modified`` is True when it found edited files.
+        """
         return {"name": self.name, "model_id": self.tmbrb.get("model_id"), "version": self.version,
                 "sha256": self.sha256, "metadata_sha256": sha256_json(self.metadata),
-                "path": str(self.path), "demo": self.is_demo, "placeholder": bool(self.tmbrb.get("placeholder")),
+                "path": self.path.resolve().name, "demo": self.is_demo,
+                "placeholder": bool(self.tmbrb.get("placeholder")),
                 "notice": self.notice, "intended_use": self.metadata.get("intended_use", ""),
+                "modified": self.is_modified, "integrity": copy.deepcopy(self.integrity),
                 "cam": dict(self.tmbrb.get("cam", {}))}
 
     def model(self, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
@@ -263,7 +295,110 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
         raise TMBRBBundleError(f"The weights of the model bundle '{p}' fail their checksum (sha256 {digest[:12]}..., "
                                f"metadata says {str(expected)[:12]}...). The file is corrupt or was replaced: "
                                "restore the bundle from its source.")
-    return Bundle(p, metadata, digest)
+    integrity = check_files(p)
+    if integrity["status"] == "unverified" and digest in DEMO_WEIGHTS_SHA256:  # shipped with its checksums
+        integrity = {**integrity, "status": "modified",
+                     "message": f"MODIFIED BUNDLE: the demo model's {CHECKSUMS_PATH} was removed"}
+    return Bundle(p, metadata, digest, integrity)
+
+
+def check_files(path: Union[str, Path]) -> Dict[str, Any]:
+    """Compare a bundle's files with its checksums file (``checksums.sha256``, written at export).
+
+    Parameters
+    ----------
+    path : str or Path
+        The bundle folder.
+
+    Returns
+    -------
+    dict
+        ``status``: "verified" (every listed file matches), "modified" (a listed file differs or is missing, or the
+        checksums file is unreadable) or "unverified" (no checksums file: a bundle exported before TMBRB wrote
+        them); ``changed`` and ``missing``: the files concerned (paths inside the bundle); ``message``: one sentence
+        for a person (empty when verified).
+    """
+    p = Path(path)
+    listing = p / CHECKSUMS_PATH
+    if not listing.is_file():
+        return {"status": "unverified", "changed": [], "missing": [],
+                "message": f"the bundle has no {CHECKSUMS_PATH} (exported by an older TMBRB): its metadata cannot "
+                           "be checked for edits"}
+    entries = _read_checksums(listing)
+    if entries is None or METADATA_PATH.as_posix() not in entries or WEIGHTS_PATH.as_posix() not in entries:
+        return {"status": "modified", "changed": [CHECKSUMS_PATH.as_posix()], "missing": [],
+                "message": f"MODIFIED BUNDLE: its {CHECKSUMS_PATH} is damaged or does not list the metadata and "
+                           "weights"}
+    changed, missing = [], []
+    for name, digest in sorted(entries.items()):
+        f = p / name
+        if not f.is_file():
+            missing.append(name)
+        elif sha256_file(f) != digest:
+            changed.append(name)
+    if not (changed or missing):
+        return {"status": "verified", "changed": [], "missing": [], "message": ""}
+    what = ", ".join(changed + [f"{m} (missing)" for m in missing])
+    return {"status": "modified", "changed": changed, "missing": missing,
+            "message": f"MODIFIED BUNDLE: {what} changed after export (cut-offs, name or notice may not be the "
+                       "exporter's); results from it are not those of the model as published"}
+
+
+def _read_checksums(listing: Path) -> Optional[Dict[str, str]]:
+    """{path inside the bundle: sha256} from a `sha256sum`-format file; None when a line is malformed or unsafe."""
+    entries: Dict[str, str] = {}
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        name = name.lstrip("*")
+        parts = Path(name).parts
+        if (not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name
+                or Path(name).is_absolute() or ".." in parts):
+            return None
+        entries[Path(name).as_posix()] = digest
+    return entries
+
+
+def write_checksums(path: Union[str, Path]) -> Path:
+    """Write ``checksums.sha256`` for every file in the bundle folder ``path`` (metadata, weights, model card) and
+    return its path. The format is `sha256sum`'s: ``cd BUNDLE && sha256sum -c checksums.sha256`` checks it."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.is_symlink()
+                   and f.relative_to(p) != CHECKSUMS_PATH and not f.name.endswith(".tmp"))
+    text = "".join(f"{sha256_file(f)}  {f.relative_to(p).as_posix()}\n" for f in files)
+    tmp = p / (CHECKSUMS_PATH.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(p / CHECKSUMS_PATH)
+    return p / CHECKSUMS_PATH
+
+
+def write_metadata(path: Union[str, Path], metadata: Dict[str, Any]) -> Path:
+    """Replace a bundle's metadata (atomically) and write its checksums again: the one way tools edit a bundle.
+
+    Parameters
+    ----------
+    path : str or Path
+        The bundle folder.
+    metadata : dict
+        The whole metadata (as ``Bundle.metadata``).
+
+    Returns
+    -------
+    Path
+        The metadata file.
+    """
+    target = Path(path) / METADATA_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    write_checksums(path)
+    return target
 
 
 def _read_metadata(p: Path) -> Dict[str, Any]:
@@ -456,11 +591,12 @@ def save_bundle(net: torch.nn.Module, path: Union[str, Path], metadata: Dict[str
              for k, v in net.state_dict().items()}
     save_file(state, str(p / WEIGHTS_PATH))
     meta = copy.deepcopy(metadata)
-    meta["tmbrb"]["weights"] = {"file": str(WEIGHTS_PATH), "sha256": sha256_file(p / WEIGHTS_PATH), "dtype": dtype}
-    (p / METADATA_PATH).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    meta["tmbrb"]["weights"] = {"file": WEIGHTS_PATH.as_posix(), "sha256": sha256_file(p / WEIGHTS_PATH),
+                                "dtype": dtype}
     if model_card is not None:
         (p / "docs").mkdir(exist_ok=True)
         (p / "docs" / "README.md").write_text(model_card, encoding="utf-8")
+    write_metadata(p, meta)  # also the checksums of every file
     return load_bundle(p)
 
 

@@ -232,7 +232,13 @@ def cmd_bundle(args) -> int:
     b = load_bundle(args.path)
     b.model("cpu")  # also checks that the weights fit the architecture
     print(json.dumps(b.info(), indent=2))
-    print("bundle OK: checksum and format verified, weights fit the architecture")
+    if b.is_modified:
+        print(f"bundle verify failed: {b.integrity['message']}. Restore the bundle from its source, or re-export it "
+              "from its training run.", file=sys.stderr)
+        return 2 if args.action == "verify" else 0
+    how = ("its files match their checksums" if b.integrity["status"] == "verified"
+           else "no checksums file, so edits to its metadata cannot be detected")
+    print(f"bundle OK: weights checksum and format verified, weights fit the architecture; {how}")
     return 0
 
 

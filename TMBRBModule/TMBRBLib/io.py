@@ -20,8 +20,31 @@ PathLike = Union[str, os.PathLike]
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
 
 
+def _first_names(names: List[str], n: int = 3) -> str:
+    """'a, b, c and 4 more': the first ``n`` of the sorted names, for a message."""
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _refuse_special_files(folder: Path) -> None:
+    """A pipe, socket or device among a DICOM folder's entries would block GDCM's scan of the folder: name it."""
+    special = []
+    for entry in os.scandir(folder):
+        try:
+            if not (entry.is_file() or entry.is_dir()):  # follows links: a link to a pipe counts too
+                special.append(entry.name)
+        except OSError:
+            special.append(entry.name)
+    if special:
+        raise TMBRBInputError(
+            f"The DICOM folder '{folder}' holds {len(special)} entry(ies) that are not regular files "
+            f"({_first_names(special)}: a pipe, socket or device); reading the folder would block.",
+            "Copy the slice files of the series into a folder of their own.")
+
+
 def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
     warnings: List[str] = []
+    _refuse_special_files(folder)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -34,7 +57,9 @@ def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
         warnings.append(f"The DICOM folder holds {len(series)} series; used the largest ({best}, "
                         f"{len(files_by_series[best])} files). Give a folder with one series to choose.")
     files = list(files_by_series[best])
-    check_slice_positions(files)
+    headers = _slice_headers(files)  # each header read once, no pixels
+    check_series_size(folder, files, headers)
+    check_slice_positions(files, headers)
     reader.SetFileNames(files)
     try:
         return reader.Execute(), warnings
@@ -103,14 +128,12 @@ def _refuse_unreadable_dicom_files(folder: Path, files_by_series) -> List[str]:
         sop_class = dicom_storage_class(p)
         (damaged if not sop_class or sop_class in CT_STORAGE_CLASSES else other).append(p.name)
     if damaged:
-        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
         raise TMBRBInputError(
             f"The DICOM folder '{folder}' holds {len(damaged)} file(s) that cannot be read as a slice "
-            f"({', '.join(damaged[:3])}{more}): truncated or damaged.",
+            f"({_first_names(damaged)}): truncated or damaged.",
             "Export the series again from the scanner or PACS, or remove files that do not belong to it.")
     if other:
-        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
-        return [f"Skipped {len(other)} DICOM file(s) that are not CT images ({', '.join(other[:3])}{more}): "
+        return [f"Skipped {len(other)} DICOM file(s) that are not CT images ({_first_names(other)}): "
                 "reports, structures or other objects in the series folder."]
     return []
 
@@ -119,12 +142,58 @@ SLICE_GAP_TOLERANCE_MM = 0.01  # slice steps may differ by this, or by SLICE_GAP
 SLICE_GAP_TOLERANCE_FRACTION = 0.01
 
 
-def _slice_geometry(path: str) -> Tuple[np.ndarray, np.ndarray]:
+def _slice_headers(files: List[str]) -> List[sitk.ImageFileReader]:
+    """Each slice file's header (ImageFileReader after ReadImageInformation: no pixels read)."""
+    headers = []
+    for path in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(path)
+        try:
+            r.ReadImageInformation()
+        except RuntimeError as e:
+            raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has an unreadable header "
+                                  f"({itk_reason(e, path)}).", "Export the series again from the scanner or PACS.") \
+                from None
+        headers.append(r)
+    return headers
+
+
+def check_series_size(folder: PathLike, files: List[str], headers: List[sitk.ImageFileReader]) -> None:
+    """Refuse a DICOM series whose slices together declare more than MAX_VOXELS values, before reading pixels.
+
+    Parameters
+    ----------
+    folder : path-like
+        The DICOM folder (for the message).
+    files : list of str
+        The series' slice files.
+    headers : list of SimpleITK.ImageFileReader
+        Their headers (``ReadImageInformation`` done): rows x columns x frames x components per file.
+
+    Raises
+    ------
+    TMBRBInputError
+        When the sum over the slices exceeds MAX_VOXELS (each slice may be within it: 300 slices declaring
+        20000 x 20000 are refused all the same).
+    """
+    total = 0
+    for h in headers:
+        total += int(np.prod(h.GetSize(), dtype=np.float64)) * max(1, int(h.GetNumberOfComponents()))
+    if total > MAX_VOXELS:
+        sizes = sorted({" x ".join(map(str, h.GetSize())) for h in headers})
+        raise TMBRBInputError(
+            f"The DICOM series in '{Path(folder).name}' declares {total / 1e9:.1f} billion values over "
+            f"{len(files)} slice file(s) (sizes {', '.join(sizes[:3])}); the limit is {MAX_VOXELS / 1e9:.2f} "
+            "billion.", "Check the series; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
+def _slice_geometry(path: str, r: Optional[sitk.ImageFileReader] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(ImagePositionPatient, slice normal from ImageOrientationPatient) of one DICOM file, from its header."""
-    r = sitk.ImageFileReader()
-    r.SetFileName(path)
     try:
-        r.ReadImageInformation()
+        if r is None:
+            r = sitk.ImageFileReader()
+            r.SetFileName(path)
+            r.ReadImageInformation()
         pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
         iop = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
     except (RuntimeError, ValueError) as e:
@@ -136,13 +205,15 @@ def _slice_geometry(path: str) -> Tuple[np.ndarray, np.ndarray]:
     return pos, np.cross(iop[:3], iop[3:])
 
 
-def check_slice_positions(files: List[str]) -> None:
+def check_slice_positions(files: List[str], headers: Optional[List[sitk.ImageFileReader]] = None) -> None:
     """Refuse a DICOM series whose slices are not evenly spaced along the slice normal (a gap, an uneven step).
 
     Parameters
     ----------
     files : list of str
         The series' files in the order the reader stacks them (GDCM sorts them by position).
+    headers : list of SimpleITK.ImageFileReader, optional
+        Their headers already read (:func:`_slice_headers`); None reads them.
 
     Raises
     ------
@@ -152,7 +223,7 @@ def check_slice_positions(files: List[str]) -> None:
     """
     if len(files) < 3:
         return
-    geo = [_slice_geometry(f) for f in files]
+    geo = [_slice_geometry(f, None if headers is None else h) for f, h in zip(files, headers or files)]
     normal = geo[0][1]
     z = np.array([float(np.dot(pos, normal)) for pos, _ in geo])
     steps = np.diff(z)

@@ -62,6 +62,9 @@ def _panels(result, ct: sitk.Image, fov: float, n: int) -> Dict[str, Dict]:
 
 
 def _banner(model: Dict) -> Optional[str]:
+    if model.get("modified"):
+        return ("MODIFIED MODEL BUNDLE (fails its checksums) - "
+                + ("DEMO MODEL" if model.get("demo") else "NOT AS EXPORTED"))
     if model.get("placeholder"):
         return "PLACEHOLDER MODEL (untrained) - SCORE MEANS NOTHING"
     if model.get("demo"):
@@ -244,6 +247,7 @@ def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = 
     d = result.to_dict()
     if extra:
         d.update(extra)
+    _relative_inputs(d, out_dir)
     d["files"] = {k: p.name for k, p in written.items()}
     d["files"]["result"] = "result.json"
     tmp = out_dir / "result.json.part"
@@ -251,3 +255,46 @@ def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = 
     tmp.replace(out_dir / "result.json")  # result.json appears last and whole: it marks a finished case
     written["result"] = out_dir / "result.json"
     return written
+
+
+RECORDED_PATHS = ("ct_path", "mask_path")  # the paths result.json records (under "inputs"), relative to its folder
+
+
+def relative_path(path: Union[str, Path], folder: Union[str, Path]) -> str:
+    """``path`` relative to ``folder`` (POSIX separators), as files that may be shared record paths.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file or folder (absolute, or relative to the current folder).
+    folder : str or Path
+        The folder the record describes (e.g. the output folder holding result.json).
+
+    Returns
+    -------
+    str
+        e.g. ``../ct.nrrd``; the file name alone when no relative path exists (another drive on Windows).
+
+    Examples
+    --------
+    >>> relative_path("/data/study/ct.nrrd", "/data/study/out")
+    '../ct.nrrd'
+    """
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def recorded_path(result_dir: Union[str, Path], recorded: Optional[str]) -> Optional[Path]:
+    """The file a result.json in ``result_dir`` records (``inputs.ct_path``...): relative paths are taken from
+    ``result_dir``, absolute ones (older results) as they are; None stays None."""
+    return None if not recorded else Path(result_dir) / recorded
+
+
+def _relative_inputs(d: Dict, out_dir: Path) -> None:
+    """result.json's input paths relative to its folder: no absolute path (which may name a patient) is recorded."""
+    inputs = d.get("inputs") or {}
+    for key in RECORDED_PATHS:
+        if inputs.get(key):
+            inputs[key] = relative_path(inputs[key], out_dir)

@@ -276,7 +276,10 @@ def result_lines(result: Dict, digits: int = 3) -> List[Line]:
     if result.get("device"):
         lines.append(Line("device", "Device", str(result["device"])))
     lines.append(model_lines(result)[3])
-    lines += [Line("warning", f"Warning {i}", str(w)) for i, w in enumerate(result.get("warnings") or [], 1)]
+    modified = (result.get("model") or {}).get("integrity", {}).get("message") if (result.get("model") or {}).get(
+        "modified") else None  # the bundle's files fail their checksums (bundle.check_files): first among warnings
+    lines += [Line("warning", f"Warning {i}", str(w))
+              for i, w in enumerate(([modified] if modified else []) + list(result.get("warnings") or []), 1)]
     return lines
 
 

@@ -505,14 +505,14 @@ def test_batch_manifest_with_a_byte_order_mark_and_formula_text(case_folder, pla
     man.write_text(f"case_id,ct,seed_lps\nLUNG1-001,{d / 'ct.nrrd'},\"{seed_text}\"\n"
                    f"@SUM(1),{tmp_path / 'missing.nrrd'},\"{seed_text}\"\n", encoding="utf-8-sig")  # as Excel saves
     monkeypatch.chdir(tmp_path)
-    assert _batch(man, "=out", placeholder_bundle) == 3  # a relative --out: its text starts output_dir's cells
+    assert _batch(man, "=out", placeholder_bundle) == 3  # a relative --out starting with "="
     rows = list(csv.reader(open(tmp_path / "=out" / "summary.csv", encoding="utf-8")))
     header, body = rows[0], rows[1:]
     assert [r[header.index("case_id")] for r in body] == ["LUNG1-001", "_SUM_1_"]  # the first column kept its name
     assert body[0][header.index("status")] == "ok"
     cells = [c for r in body for c in r]
     assert not [c for c in cells if c[:1] in ("=", "+", "@")], cells
-    assert body[0][header.index("output_dir")] == "'=out/LUNG1-001"
+    assert body[0][header.index("output_dir")] == "LUNG1-001"  # relative to the summary's folder (issue 17)
 
 
 # --- Silently wrong inputs (issue 17): each was read and scored with exit 0 before -----------------------------------
@@ -566,6 +566,52 @@ def test_dicom_series_with_a_truncated_slice_file_is_refused_naming_it(tmp_path,
     f.write_bytes(f.read_bytes()[:600])
     with pytest.raises(TMBRBInputError, match=r"cannot be read as a slice \(slice0011.dcm\)"):
         read_ct(tmp_path / "d")
+
+
+def _declare_rows_columns(path: Path, rows: int, columns: int) -> None:
+    """Rewrite a slice file's Rows (0028,0010) and Columns (0028,0011) in place; its pixel data stays as it was."""
+    data = bytearray(path.read_bytes())
+    for elem, value in ((0x10, rows), (0x11, columns)):
+        tag = bytes([0x28, 0x00, elem, 0x00])
+        explicit, implicit = tag + b"US\x02\x00", tag + b"\x02\x00\x00\x00"  # the two little-endian syntaxes
+        at = data.index(explicit) + len(explicit) if explicit in data else data.index(implicit) + len(implicit)
+        data[at:at + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_dicom_series_declaring_too_many_voxels_in_total_is_refused_before_reading_pixels(tmp_path, dicom_ct,
+                                                                                          monkeypatch):
+    import TMBRBLib.io as tio
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for f in sorted(folder.iterdir()):  # 12 slices of 20000 x 20000: each under the limit, 4.8e9 values together
+        _declare_rows_columns(f, 20000, 20000)
+    assert 20000 * 20000 < tio.MAX_VOXELS
+    reads = []
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", lambda self: reads.append(1))  # the pixels: not read
+    with pytest.raises(TMBRBInputError, match=r"The DICOM series in 'd' declares 4.8 billion values over 12 slice "
+                                              r"file\(s\) \(sizes 20000 x 20000 x 1\); the limit is 1.07 billion"):
+        read_ct(folder)
+    assert reads == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("name", ["slice9999.dcm", "notes"])
+def test_dicom_folder_holding_a_pipe_is_refused_not_read(tmp_path, dicom_ct, name):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    os.mkfifo(folder / name)  # GDCM's scan of the folder opened it and blocked for ever
+    code = ("import sys; from TMBRBLib.io import read_ct; from TMBRBLib.errors import TMBRBInputError\n"
+            "try:\n    read_ct(sys.argv[1])\nexcept TMBRBInputError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"holds 1 entry(ies) that are not regular files ({name}: a pipe, socket or device)" in r.stdout
 
 
 @pytest.mark.parametrize("size, spacing, message", [

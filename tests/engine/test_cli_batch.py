@@ -117,7 +117,8 @@ def test_batch_is_resumable_and_a_failed_case_does_not_stop_the_others(ct_file, 
     assert [rows[k]["status"] for k in ("good1", "missing", "badecog", "good2")] == ["ok", "failed", "failed", "ok"]
     assert "does not exist" in rows["missing"]["error"] and "ECOG" in rows["badecog"]["error"]
     assert float(rows["good2"]["os_relative_hazard"]) > 0
-    assert json.loads((out / "good1" / "result.json").read_text())["inputs"]["ct_path"] == str(ct_file / "ct.nrrd")
+    recorded = json.loads((out / "good1" / "result.json").read_text())["inputs"]["ct_path"]
+    assert (out / "good1" / recorded).resolve() == (ct_file / "ct.nrrd").resolve()  # relative to the case folder
     first_mtime = (out / "good1" / "result.json").stat().st_mtime_ns
     assert main(args) == 3
     rows2 = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}

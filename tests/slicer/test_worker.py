@@ -176,7 +176,7 @@ def test_the_ct_file_is_written_once_per_volume_state(scene, wlogic, worker, tmp
     assert float(np.median(crop_after[inside] - crop_before[inside])) == pytest.approx(200, abs=5), \
         "the worker scored the changed volume"
     inputs = json.loads((tmp_path / "c" / "out" / "result.json").read_text())["inputs"]
-    assert inputs["ct_path"] == str(wlogic._ctFiles[ct.GetID()][1].resolve())
+    assert (tmp_path / "c" / "out" / inputs["ct_path"]).resolve() == wlogic._ctFiles[ct.GetID()][1].resolve()
     wlogic.shutdown()
     assert not wlogic._ctFiles and not path.parent.exists() and worker.alive  # a shared worker is left running
     assert np.isfinite(rec.results[0].score)

@@ -880,7 +880,8 @@ class SceneLogic:
 
         caseDir = Path(caseDir)
         result = json.loads((caseDir / "result.json").read_text(encoding="utf-8"))
-        ctPath = ctPath or result.get("inputs", {}).get("ct_path")
+        from ..outputs import recorded_path
+        ctPath = ctPath or recorded_path(caseDir, result.get("inputs", {}).get("ct_path"))  # relative to caseDir
         if not ctPath or not Path(ctPath).exists():
             raise TMBRBInputError(f"The CT of {caseDir} ('{ctPath}') is not available.", "Keep the CT files in place.")
         ct, _w = read_ct(ctPath)
