@@ -34,12 +34,14 @@ DEFAULTS = {
     "split_level_mm": 1.0,         # watershed depth (mm of distance) below which two blobs are one
     "split_spacing_mm": 2.0,       # the watershed runs on voxels bin-shrunk up to this size (speed)
     "edge_mm": 0.5, "edge_hu": -600.0,  # partial-volume rim given back at the lesion's edge: above edge_hu and
-    "edge_fraction": 0.25,          # ... above this fraction of the way from the lesion's surroundings to the lesion
+    "edge_fraction": 0.25,         # ... above this fraction of the way from the lesion's surroundings to the lesion
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
-    "min_lung_contact": 0.3,       # share of the mask's surroundings that is lung, below this: uncertain
+    "min_lung_contact": 0.45,      # share of the mask's surroundings that is lung, below this: uncertain (it lies more
+                                   # in the chest wall or mediastinum than in the lung)
     "bone_hu": 200.0,              # smoothed HU at the seed above this: the seed lies in bone or calcium
     "ground_glass_hu": -700.0,     # part-solid lesions: ground glass is above this (lung parenchyma below)
-    "ground_glass_share": 0.5,     # share of ground glass around the solid part above this: segment it with it
+    "ground_glass_share": 0.35,    # share of ground glass around the solid part above this: segment it with it
+                                   # (a spiculated solid part has lung around its spicules: 0.38-0.46 measured)
     "ground_glass_max_ratio": 20.0,  # ... unless that makes the mask more than this times the solid part
 }
 UNCERTAIN = "Tumour mask uncertain: review it"

@@ -163,6 +163,92 @@ def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest
     assert seg.uncertain and any(w.startswith(UNCERTAIN) for w in seg.warnings)
 
 
+# ------------------------------------------------------------------------------------------------ a fresh set
+# Phantoms and positions not used to set the thresholds: Dice >= 0.85 is the issue's goal. The kinds that miss it are
+# marked xfail (strict: a fix makes them pass and fail the run until the mark is removed), with the reason measured.
+
+MISS_CONTACT = "a small tumour flat against a thicker structure has no neck in the distance map (known limit)"
+MISS_VESSEL = ("the mask takes a length of a thick vessel it touches or that runs through it: the opening, scaled to "
+               "the tumour, does not cut a vessel of 1.5 mm radius or more (Dice 0.42-0.76 here)")
+MISS_THICK = "part-solid on 5 mm slices: its ground glass blurs into the lung (solid part kept, or leaks)"
+MISS_SPICULES = "spiculated on 2-5 mm slices: the strands' partial volume is grown with the lesion (Dice 0.63-0.71)"
+MISS_GGO_LEAK = "its ground glass runs into the partial volume of vessels near it (Dice 0.65)"
+
+FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
+               (0.0, -7.0, 0.0), 12.0), ("mass 92 mm", "centre", (0.0, 0.0, 0.0), 46.0), ("mass 86 mm", "centre", (0.0, 5.0, 0.0), 43.0),
+               pytest.param("chest wall anterior", "anterior", (0.0, 6.0, 0.0), 10.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               pytest.param("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               pytest.param("vessel through it", "vessel", (4.0, 0.0, 0.0), 12.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL)),
+               pytest.param("vessel alongside", "vessel", (0.0, 0.0, 11.0), 10.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL))]
+
+
+@pytest.fixture(scope="module")
+def fresh_chest():
+    """Another chest phantom (seed 23) and points on it (LPS mm): the right lung's lateral, posterior, anterior and
+    medial borders at mid-height, its centre, and a vessel (>= 1.5 mm radius) at least 18 mm inside the lung."""
+    case = make_phantom(23, fov="chest", shape_xyz=(224, 224, 64), spacing=(1.5, 1.5, 3.0), signal="none")
+    c = np.asarray(case.params["anatomy"]["centre_lps"])
+    lung = sitk.GetArrayFromImage(case.lung) > 0
+    pts = points_of(lung, case.ct)
+    right = pts[pts[:, 0] < c[0]]
+    xc, yc, zc = np.median(right, axis=0)
+    row = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 1] - yc) < 1)]
+    col = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 0] - xc) < 1)]
+    hu = sitk.GetArrayFromImage(case.ct)
+    vessel = sitk.GetImageFromArray((lung & (hu > -300)).astype(np.uint8))
+    vessel.CopyInformation(case.ct)
+    thick = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(vessel, insideIsPositive=True, useImageSpacing=True,
+                                                                squaredDistance=False)) >= 1.5
+    inner = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(case.lung, insideIsPositive=True,
+                                                                useImageSpacing=True, squaredDistance=False)) > 18.0
+    cand = points_of(thick & inner, case.ct)
+    cand = cand[cand[:, 0] < c[0]]
+    return {"case": case, "lung": lung, "lateral": row[np.argmin(row[:, 0])], "medial": row[np.argmax(row[:, 0])],
+            "posterior": col[np.argmax(col[:, 1])], "anterior": col[np.argmin(col[:, 1])],
+            "centre": np.array([right[:, 0].mean(), yc, zc]), "vessel": cand[len(cand) // 2]}
+
+
+@pytest.mark.parametrize("name, where, shift, radius", FRESH_CHEST)
+def test_fresh_tumours_against_the_chest_wall_mediastinum_and_vessels_and_masses_over_80_mm(fresh_chest, name, where,
+                                                                                            shift, radius):
+    ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
+    seg = segment_from_seed(ct, seed)
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.85, name
+    assert inside_box(points_of(truth, ct), seg.box) >= 0.99
+
+
+FRESH_PHANTOMS = [
+    (301, {"kind": "part-solid"}), (302, {"kind": "part-solid"}), (304, {"kind": "part-solid", "diameter_mm": 40}),
+    (306, {"kind": "part-solid"}), (100, {"kind": "part-solid"}), (101, {"kind": "part-solid"}),
+    (103, {"kind": "part-solid"}), (106, {"kind": "part-solid"}), (107, {"kind": "part-solid"}),
+    (109, {"kind": "part-solid"}), (311, {"kind": "solid"}), (312, {"kind": "solid", "spiculated": True}),
+    (313, {"kind": "solid", "diameter_mm": 10, "spacing": (0.8, 0.8, 3.0)}), (315, {"kind": "solid", "diameter_mm": 55}),
+    (316, {"kind": "solid"}), (100, {"kind": "solid"}), (101, {"kind": "solid"}), (105, {"kind": "solid"}),
+    (106, {"kind": "solid"}), (107, {"kind": "solid"}), (108, {"kind": "solid"}), (109, {"kind": "solid"}),
+    pytest.param(303, {"kind": "part-solid", "spiculated": False}, marks=pytest.mark.xfail(strict=True,
+                                                                                          reason=MISS_THICK)),
+    pytest.param(305, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
+    pytest.param(104, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
+    pytest.param(105, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
+    pytest.param(102, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_GGO_LEAK)),
+    pytest.param(102, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+]
+
+
+@pytest.mark.parametrize("seed, kw", FRESH_PHANTOMS)
+def test_fresh_phantom_tumours_solid_and_part_solid(seed, kw):
+    case = make_phantom(seed, signal="none", **kw)
+    truth = sitk.GetArrayFromImage(case.tumour) > 0
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.85, (seed, kw)
+    assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
+
+
 # ------------------------------------------------------------------------------------------------ bad seeds
 
 @pytest.mark.parametrize("where, reason", [("heart", "search limit"), ("spine", "bone"),
