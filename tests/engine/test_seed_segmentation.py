@@ -171,7 +171,8 @@ MISS_CONTACT = "a small tumour flat against a thicker structure has no neck in t
 MISS_VESSEL = ("the mask takes a length of a thick vessel it touches or that runs through it: the opening, scaled to "
                "the tumour, does not cut a vessel of 1.5 mm radius or more (Dice 0.42-0.76 here)")
 MISS_THICK = "part-solid on 5 mm slices: its ground glass blurs into the lung (solid part kept, or leaks)"
-MISS_SPICULES = "spiculated on 2-5 mm slices: the strands' partial volume is grown with the lesion (Dice 0.63-0.71)"
+MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.8x the "
+                 "true tumour (Dice 0.63-0.79)")
 MISS_GGO_LEAK = "its ground glass runs into the partial volume of vessels near it (Dice 0.65)"
 
 FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
@@ -237,6 +238,8 @@ FRESH_PHANTOMS = [
     pytest.param(102, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_GGO_LEAK)),
     pytest.param(102, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
     pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(314, {"kind": "solid", "diameter_mm": 12}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(108, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
 ]
 
 
