@@ -33,12 +33,15 @@ DEFAULTS = {
     "opening_fraction": 0.18,
     "split_level_mm": 1.0,         # watershed depth (mm of distance) below which two blobs are one
     "split_spacing_mm": 2.0,       # the watershed runs on voxels bin-shrunk up to this size (speed)
-    "edge_mm": 0.5, "edge_hu": -600.0,  # partial-volume rim given back at the lesion's edge
+    "edge_mm": 0.5, "edge_hu": -600.0,  # partial-volume rim given back at the lesion's edge: above edge_hu and
+    "edge_fraction": 0.25,         # ... above this fraction of the way from the lesion's surroundings to the lesion
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
-    "min_lung_contact": 0.3,       # share of the mask's surroundings that is lung, below this: uncertain
+    "min_lung_contact": 0.45,      # share of the mask's surroundings that is lung, below this: uncertain (it lies more
+                                   # in the chest wall or mediastinum than in the lung)
     "bone_hu": 200.0,              # smoothed HU at the seed above this: the seed lies in bone or calcium
     "ground_glass_hu": -700.0,     # part-solid lesions: ground glass is above this (lung parenchyma below)
-    "ground_glass_share": 0.5,     # share of ground glass around the solid part above this: segment it with it
+    "ground_glass_share": 0.35,    # share of ground glass around the solid part above this: segment it with it
+                                   # (a spiculated solid part has lung around its spicules: 0.38-0.46 measured)
     "ground_glass_max_ratio": 20.0,  # ... unless that makes the mask more than this times the solid part
 }
 UNCERTAIN = "Tumour mask uncertain: review it"
@@ -59,6 +62,7 @@ class Grown:
     ground_glass: float = 0.0            # share of the non-tissue shell around the mask that is ground glass
     part_solid: bool = False             # segmented with its ground glass (tissue down to ``ground_glass_hu``)
     ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
+    ground_glass_outside_box: bool = False  # ground glass around it that runs past the user's box (left out)
 
 
 @dataclass
@@ -271,25 +275,77 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     at = tuple(int(v) for v in np.asarray(at) - off)
     inscribed = _inscribed_mm(comp)
     comp = _cut_attachments(comp, at, inscribed, p)
-    r = _radius_vox(ct.GetSpacing(), float(p["edge_mm"]))
-    if any(r):  # the partial-volume rim at the lesion's edge, as a reader's outline includes it
-        rim = sitk.And(sitk.BinaryDilate(comp, r, sitk.sitkBall),
-                       sitk.BinaryThreshold(sub, float(p["edge_hu"]), hi_hu, 1, 0))
-        comp = sitk.Or(comp, rim)
+    comp = _add_rim(comp, sub, p)
     origin = np.asarray(lo) + off
     first, last = _bounds(sitk.GetArrayViewFromImage(comp))
     faces = _touches(first + origin, last + origin, lo, hi, np.array(ct.GetSize()))
     g = Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, part_solid=part_solid,
               **_measure(comp, sub, lo_hu, inscribed, ggo_hu))
     if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
-        # ground glass around the solid part: a part-solid lesion, segmented with its ground glass unless that runs
-        # far beyond the solid part (into partial-volume lung); then the solid part stays, flagged
-        gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [ggo_hu, hi_hu], "_stop_at_faces": False})
-        if gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
-                                                                                    not g.touches_limit):
-            return gg
-        g.ground_glass_unclear = True
+        return _with_ground_glass(ct, seed_lps, lo, hi, p, g)
     return g
+
+
+def _with_ground_glass(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.ndarray, p: Dict,
+                       g: Grown) -> Grown:
+    """The solid part ``g`` has ground glass around it: a part-solid lesion, segmented again with its ground glass.
+
+    That is kept unless it runs far beyond the solid part (into partial-volume lung: it reaches faces of the search
+    region that the solid part did not, or is over ``ground_glass_max_ratio`` times its volume); then the solid part
+    stays, flagged. With a user's box (``_box`` in ``p``: its CT index region), the box delimits the lesion: ground
+    glass that fits in it is the lesion's; ground glass that runs past it while the solid part lies inside it is
+    left out as the user drew it (the haze around a solid tumour), not flagged.
+    """
+    gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [float(p["ground_glass_hu"]), float(p["hu_range"][1])],
+                                        "_stop_at_faces": False})
+    box = p.get("_box")
+    if box is not None:
+        if _inside(gg, *box):
+            return gg
+        if _inside(g, *box):
+            g.ground_glass_outside_box = True
+            return g
+    elif gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
+                                                                                  not g.touches_limit):
+        return gg
+    g.ground_glass_unclear = True
+    return g
+
+
+def _inside(g: Grown, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Does the mask of ``g`` lie inside the CT index region [lo, hi)?"""
+    b = _bounds(sitk.GetArrayViewFromImage(g.mask))
+    return b is None or bool(np.all(b[0] + g.lo >= lo) and np.all(b[1] + g.lo <= np.asarray(hi) - 1))
+
+
+def _edge_hu(comp: sitk.Image, smoothed: sitk.Image, p: Dict) -> float:
+    """HU above which a voxel at the lesion's edge is its partial volume: ``edge_fraction`` of the way from the
+    median of the lung around the lesion (1-3 mm out, below the tissue range) to the lesion's median, and at least
+    ``edge_hu``. In plain lung (about -870 HU) that is ``edge_hu``; in hazy lung (ground glass around a solid
+    tumour) it is higher, so the rim does not take the haze."""
+    sp = comp.GetSpacing()
+    near = sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(sp, 1.0)], sitk.sitkBall)
+    far = sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(sp, 3.0)], sitk.sitkBall)
+    shell = sitk.GetArrayViewFromImage(sitk.And(far, sitk.Not(near))) > 0
+    hu = sitk.GetArrayViewFromImage(smoothed)
+    around = hu[shell]
+    around = around[around < float(p["hu_range"][0])]
+    inside = hu[sitk.GetArrayViewFromImage(comp) > 0]
+    if around.size == 0 or inside.size == 0:
+        return float(p["edge_hu"])
+    bg, fg = float(np.median(around)), float(np.median(inside))
+    return max(float(p["edge_hu"]), bg + float(p["edge_fraction"]) * (fg - bg))
+
+
+def _add_rim(comp: sitk.Image, smoothed: sitk.Image, p: Dict) -> sitk.Image:
+    """The lesion with its partial-volume rim (``edge_mm`` wide, above :func:`_edge_hu`), as a reader's outline
+    includes it."""
+    r = _radius_vox(comp.GetSpacing(), float(p["edge_mm"]))
+    if not any(r):
+        return comp
+    rim = sitk.And(sitk.BinaryDilate(comp, r, sitk.sitkBall),
+                   sitk.BinaryThreshold(smoothed, _edge_hu(comp, smoothed, p), float(p["hu_range"][1]), 1, 0))
+    return sitk.Or(comp, rim)
 
 
 def mask_extent_lps(mask: sitk.Image) -> Optional[Box]:
@@ -360,10 +416,10 @@ def _grow_in_box(ct: sitk.Image, seed: Sequence[float], box: Box, p: Dict) -> Gr
     """Grow with 10 mm of context around the user's box (so the shape split sees the same blobs as without a box),
     then keep the part inside the box; the mask "reaches the limit" when the lesion runs on past the box."""
     context = Box(tuple(np.asarray(box.min) - 10.0), tuple(np.asarray(box.max) + 10.0))
-    g = grow_from_seed(ct, seed, context, p)
+    lo_b, hi_b = _sub_region(ct, box)
+    g = grow_from_seed(ct, seed, context, {**p, "_box": (lo_b, hi_b)})
     if not g.found:
         return g
-    lo_b, hi_b = _sub_region(ct, box)
     arr = sitk.GetArrayFromImage(g.mask)
     a = np.clip(lo_b - g.lo, 0, None)[::-1]
     b = np.clip(hi_b - g.lo, 0, None)[::-1]
@@ -453,7 +509,7 @@ def segment_from_seed(ct: sitk.Image, seed_lps: Sequence[float], box: Optional[B
                                / 1000.0, 3),
             "search_box_mm": [round(float(v), 1) for v in limit.size], "inscribed_radius_mm": round(g.inscribed_mm, 2),
             "lung_contact": None if not np.isfinite(g.lung_contact) else round(g.lung_contact, 3),
-            "part_solid": g.part_solid}
+            "part_solid": g.part_solid, "ground_glass_outside_box": g.ground_glass_outside_box}
     return SeedSegmentation(box, mask, np.asarray(g.lo), g.found, reasons, warnings, info)
 
 

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 from TMBRBLib.geometry import index_to_physical_matrix
 from TMBRBLib.io import paste_region, read_ct, read_mask
-from TMBRBLib.phantom import make_phantom
+from TMBRBLib.geometry import Box
+from TMBRBLib.phantom import make_demo_case, make_phantom
 from TMBRBLib.pipeline import score_case
 from TMBRBLib.present import by_key, result_lines
 from TMBRBLib.proposal import UNCERTAIN, segment_from_seed
@@ -72,6 +73,28 @@ def test_phantom_tumours_solid_part_solid_spiculated_small_and_large(seed, kw):
     # measured 0.84-0.99 (mean 0.92); the 10 mm nodule on 3 mm slices is the lowest
     assert d >= (0.82 if seed == 7 else 0.85), (seed, kw, d)
     assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
+
+
+def test_the_demo_case_with_its_box_is_not_flagged_and_its_haze_is_left_out():
+    # the CLI's demo: the annotator's box around a 30 mm spiculated solid tumour in an 8 mm shell of peritumoral haze
+    # (ground-glass HU). The box delimits the tumour, so the haze that runs past it is not the tumour's ground glass;
+    # before, the mask was flagged ("ground glass ... could not be delimited") and the rim took the haze (Dice 0.78)
+    case = make_demo_case()
+    truth = sitk.GetArrayFromImage(case.tumour) > 0
+    seg = segment_from_seed(case.ct, case.seed_lps, Box.from_corners(*case.box_lps))
+    assert seg.found and not seg.uncertain, seg.uncertain
+    assert not any(w.startswith(UNCERTAIN) for w in seg.warnings)
+    assert seg.info["ground_glass_outside_box"] is True and seg.info["part_solid"] is False
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.84  # measured 0.851
+
+
+def test_ground_glass_that_fits_in_the_given_box_is_the_lesions_own():
+    # a part-solid lesion boxed with its ground glass: the box does not cut the ground glass away
+    case = make_phantom(302, signal="none", kind="part-solid")  # 24 mm, solid part a third of it
+    truth = sitk.GetArrayFromImage(case.tumour) > 0
+    seg = segment_from_seed(case.ct, case.seed_lps, Box.from_corners(*case.box_lps))
+    assert seg.info["part_solid"] is True and seg.info["ground_glass_outside_box"] is False
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.95  # measured 0.972; the solid part alone is far below
 
 
 def test_a_small_part_solid_lesion_on_thick_slices_is_flagged_when_its_ground_glass_cannot_be_delimited():
@@ -140,6 +163,95 @@ def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest
     assert seg.uncertain and any(w.startswith(UNCERTAIN) for w in seg.warnings)
 
 
+# ------------------------------------------------------------------------------------------------ a fresh set
+# Phantoms and positions not used to set the thresholds: Dice >= 0.85 is the issue's goal. The kinds that miss it are
+# marked xfail (strict: a fix makes them pass and fail the run until the mark is removed), with the reason measured.
+
+MISS_CONTACT = "a small tumour flat against a thicker structure has no neck in the distance map (known limit)"
+MISS_VESSEL = ("the mask takes a length of a thick vessel it touches or that runs through it: the opening, scaled to "
+               "the tumour, does not cut a vessel of 1.5 mm radius or more (Dice 0.42-0.76 here)")
+MISS_THICK = "part-solid on 5 mm slices: its ground glass blurs into the lung (solid part kept, or leaks)"
+MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.8x the "
+                 "true tumour (Dice 0.63-0.79)")
+MISS_GGO_LEAK = "its ground glass runs into the partial volume of vessels near it (Dice 0.65)"
+
+FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
+               (0.0, -7.0, 0.0), 12.0), ("mass 92 mm", "centre", (0.0, 0.0, 0.0), 46.0), ("mass 86 mm", "centre", (0.0, 5.0, 0.0), 43.0),
+               pytest.param("chest wall anterior", "anterior", (0.0, 6.0, 0.0), 10.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               pytest.param("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               pytest.param("vessel through it", "vessel", (4.0, 0.0, 0.0), 12.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL)),
+               pytest.param("vessel alongside", "vessel", (0.0, 0.0, 11.0), 10.0,
+                            marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL))]
+
+
+@pytest.fixture(scope="module")
+def fresh_chest():
+    """Another chest phantom (seed 23) and points on it (LPS mm): the right lung's lateral, posterior, anterior and
+    medial borders at mid-height, its centre, and a vessel (>= 1.5 mm radius) at least 18 mm inside the lung."""
+    case = make_phantom(23, fov="chest", shape_xyz=(224, 224, 64), spacing=(1.5, 1.5, 3.0), signal="none")
+    c = np.asarray(case.params["anatomy"]["centre_lps"])
+    lung = sitk.GetArrayFromImage(case.lung) > 0
+    pts = points_of(lung, case.ct)
+    right = pts[pts[:, 0] < c[0]]
+    xc, yc, zc = np.median(right, axis=0)
+    row = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 1] - yc) < 1)]
+    col = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 0] - xc) < 1)]
+    hu = sitk.GetArrayFromImage(case.ct)
+    vessel = sitk.GetImageFromArray((lung & (hu > -300)).astype(np.uint8))
+    vessel.CopyInformation(case.ct)
+    thick = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(vessel, insideIsPositive=True, useImageSpacing=True,
+                                                                squaredDistance=False)) >= 1.5
+    inner = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(case.lung, insideIsPositive=True,
+                                                                useImageSpacing=True, squaredDistance=False)) > 18.0
+    cand = points_of(thick & inner, case.ct)
+    cand = cand[cand[:, 0] < c[0]]
+    return {"case": case, "lung": lung, "lateral": row[np.argmin(row[:, 0])], "medial": row[np.argmax(row[:, 0])],
+            "posterior": col[np.argmax(col[:, 1])], "anterior": col[np.argmin(col[:, 1])],
+            "centre": np.array([right[:, 0].mean(), yc, zc]), "vessel": cand[len(cand) // 2]}
+
+
+@pytest.mark.parametrize("name, where, shift, radius", FRESH_CHEST)
+def test_fresh_tumours_against_the_chest_wall_mediastinum_and_vessels_and_masses_over_80_mm(fresh_chest, name, where,
+                                                                                            shift, radius):
+    ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
+    seg = segment_from_seed(ct, seed)
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.85, name
+    assert inside_box(points_of(truth, ct), seg.box) >= 0.99
+
+
+FRESH_PHANTOMS = [
+    (301, {"kind": "part-solid"}), (302, {"kind": "part-solid"}), (304, {"kind": "part-solid", "diameter_mm": 40}),
+    (306, {"kind": "part-solid"}), (100, {"kind": "part-solid"}), (101, {"kind": "part-solid"}),
+    (103, {"kind": "part-solid"}), (106, {"kind": "part-solid"}), (107, {"kind": "part-solid"}),
+    (109, {"kind": "part-solid"}), (311, {"kind": "solid"}), (312, {"kind": "solid", "spiculated": True}),
+    (313, {"kind": "solid", "diameter_mm": 10, "spacing": (0.8, 0.8, 3.0)}), (315, {"kind": "solid", "diameter_mm": 55}),
+    (316, {"kind": "solid"}), (100, {"kind": "solid"}), (101, {"kind": "solid"}), (105, {"kind": "solid"}),
+    (106, {"kind": "solid"}), (107, {"kind": "solid"}), (108, {"kind": "solid"}), (109, {"kind": "solid"}),
+    pytest.param(303, {"kind": "part-solid", "spiculated": False}, marks=pytest.mark.xfail(strict=True,
+                                                                                          reason=MISS_THICK)),
+    pytest.param(305, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
+    pytest.param(104, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
+    pytest.param(105, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
+    pytest.param(102, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_GGO_LEAK)),
+    pytest.param(102, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(314, {"kind": "solid", "diameter_mm": 12}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(108, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+]
+
+
+@pytest.mark.parametrize("seed, kw", FRESH_PHANTOMS)
+def test_fresh_phantom_tumours_solid_and_part_solid(seed, kw):
+    case = make_phantom(seed, signal="none", **kw)
+    truth = sitk.GetArrayFromImage(case.tumour) > 0
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.85, (seed, kw)
+    assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
+
+
 # ------------------------------------------------------------------------------------------------ bad seeds
 
 @pytest.mark.parametrize("where, reason", [("heart", "search limit"), ("spine", "bone"),
@@ -174,7 +286,6 @@ def test_the_result_records_the_mask_source_and_its_doubt(chest, scorer):
 
 def test_a_given_box_bounds_the_segmentation(chest):
     ct, truth, seed = with_tumour(chest, chest["lateral"] + [7.5, 0.0, 0.0], 15.0)
-    from TMBRBLib.geometry import Box
     box = Box.from_center_size(seed, (12.0, 12.0, 12.0))  # smaller than the tumour
     seg = segment_from_seed(ct, seed, box)
     assert seg.box == box
