@@ -807,6 +807,25 @@ class TMBRBViewer:
             self.state.message = "Box proposed around the tumour; drag its handles if needed, then Apply."
             self.state.message_type = "info"
 
+    def open_demo(self) -> None:
+        """The demo phantom with its seed and its annotator's box (as `tmbrb demo` scores it): the box delimits the
+        lesion from the peritumoral haze the demo cohort carries, which a seed alone would take as ground glass."""
+        from TMBRBLib.geometry import Box, lps_to_ras
+        from TMBRBLib.phantom import make_demo_case
+        from TMBRBLib.slicer import mrml as ma
+
+        case = make_demo_case()
+        self.show_ct(case.ct, "TMBRB demo phantom")
+        self.place_seed_ras(lps_to_ras(case.seed_lps))
+        if self.roi is not None:
+            ma.set_roi_from_box(self.roi, Box(*case.box_lps))
+            rmin, rmax = ma.box_from_roi(self.roi).ras_corners()
+            self.state.box_text = ("box " + " x ".join(f"{abs(b - a):.0f}" for a, b in zip(rmin, rmax))
+                                   + " mm, drawn by the demo's annotator; drag its handles to change it")
+        self.goto_ras(lps_to_ras(case.seed_lps))
+        self.state.message = "Demo phantom with the seed and its annotator's box: press Apply."
+        self.state.message_type = "info"
+
     def place_seed_ras(self, ras) -> None:
         """Place the seed at a RAS point without a click (the --demo start)."""
         if self.seed is None:
@@ -1147,14 +1166,7 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
         viewer.open_ct(ct)
         viewer.state.ct_path_input = str(ct)
     elif demo:
-        from TMBRBLib.geometry import lps_to_ras
-        from TMBRBLib.phantom import make_demo_case
-
-        case = make_demo_case()
-        viewer.show_ct(case.ct, "TMBRB demo phantom")
-        viewer.place_seed_ras(lps_to_ras(case.seed_lps))
-        viewer.goto_ras(lps_to_ras(case.seed_lps))
-        viewer.state.message = "Demo phantom with the seed and the proposed box: press Apply."
+        viewer.open_demo()
     viewer.logic.engineWorker().start()  # torch and MONAI load while the page opens: the first Apply is quicker
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/?secret={secret}"
     print(f"TMBRB viewer: {url}  (pid {os.getpid()}; open this address, the secret included; Ctrl+C stops it)",
