@@ -512,14 +512,17 @@ class TMBRBTest(ScriptedLoadableModuleTest):
 
     def _phantomScene(self):
         from TMBRBLib.slicer import mrml as ma
-        from TMBRBLib.geometry import lps_to_ras
+        from TMBRBLib.geometry import Box, lps_to_ras
         from TMBRBLib.phantom import make_demo_case
 
         case = make_demo_case()
         ct = ma.add_volume_node_from_sitk(slicer.mrmlScene, case.ct, "TMBRB phantom CT")
         seed = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
         seed.AddControlPoint(lps_to_ras(case.seed_lps))
-        return case, ct, seed
+        # the annotator's box, as `tmbrb demo` scores it: it delimits the lesion from the cohort's peritumoral haze
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "TMBRB box")
+        ma.set_roi_from_box(roi, Box(*case.box_lps))
+        return case, ct, seed, roi
 
     def test_TMBRB_phantom(self):
         import numpy as np
@@ -527,10 +530,10 @@ class TMBRBTest(ScriptedLoadableModuleTest):
         from TMBRBLib.slicer import mrml as ma
 
         self.delayDisplay("Scoring the demo phantom")
-        case, ct, seed = self._phantomScene()
+        case, ct, seed, roi = self._phantomScene()
         logic = TMBRBLogic()
         logic.ensureDependencies(confirm=lambda m: slicer.util.confirmOkCancelDisplay(m))
-        result = logic.process(ct, seed, ecog=1, numberOfShifts=2, device="cpu")
+        result = logic.process(ct, seed, roi, ecog=1, numberOfShifts=2, device="cpu")
         self.assertTrue(0.0 <= result.score <= 1.0)
         nodes = result.nodes
         self.assertTrue(np.allclose(ma.ijk_to_ras(nodes["cam"]), ma.ijk_to_ras(ct)))
