@@ -12,7 +12,6 @@ the ``slicer-core`` wheel (tests, scripts) and in the browser viewer (trame-slic
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import tempfile
