@@ -11,7 +11,9 @@ stdin; it answers one JSON object per line on stdout, each carrying the request'
   required) scores one case with the same steps as ``tmbrb score`` (:func:`TMBRBLib.pipeline.score_to_folder`) and
   writes the same files; with ``"volumes": "regions"`` (and no pictures) the map, tumour and ring are written as the
   region of the CT's grid they live in (:func:`write_region_outputs`: a front end that reads them at once and
-  removes the folder skips writing and reading three full-grid volumes).
+  removes the folder skips writing and reading three full-grid volumes); ``"regions_out": "folder"`` writes those
+  regions there too, with ``regions.json`` (``region_index_lo``, ``files``), next to the full outputs (a front end
+  that keeps the output folder reads the regions and removes that folder).
   Answers: ``{"id", "progress", "message"}`` lines, then ``{"id", "done": true, "result": ".../result.json",
   "timings_s": {"read_ct", "score", "write"}}``, or ``{"id", "error": message, "kind": "input"|"internal"}``, or
   ``{"id", "cancelled": true}``.
@@ -259,6 +261,10 @@ class Worker:
         def writer(result, out_dir, **options):
             t = time.perf_counter()
             written = write_outputs(result, out_dir, **options) if full else write_region_outputs(result, out_dir)
+            if request.get("regions_out"):
+                write_region_volumes(result, request["regions_out"])
+                _write_json(Path(request["regions_out"]) / "regions.json",
+                            {"files": REGION_FILES, "region_index_lo": [int(v) for v in result.cam_region.lo]})
             timings["write"] = time.perf_counter() - t
             return written
 
@@ -293,26 +299,42 @@ def write_region_outputs(result, out_dir) -> Dict[str, Path]:
     dict
         The paths written, by kind (cam, tumour, ring, crop, result).
     """
+    written = write_region_volumes(result, out_dir)
+    d = result.to_dict()
+    d["files"] = dict(REGION_FILES, result="result.json")
+    d["region_index_lo"] = [int(v) for v in result.cam_region.lo]
+    written["result"] = _write_json(Path(out_dir) / "result.json", d)
+    return written
+
+
+def write_region_volumes(result, folder) -> Dict[str, Path]:
+    """The map, tumour, ring (regions of the CT's grid) and crop of a scored case as uncompressed NRRDs named
+    :data:`REGION_FILES` in ``folder`` (made when missing; a link planted under a name is removed, not written
+    through). Returns the paths by kind."""
     import SimpleITK as sitk
 
-    out = Path(out_dir)
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     images = {"cam": result.cam_region.region_image(), "tumour": result.tumour_region.region_image(),
               "ring": result.ring_region.region_image(), "crop": result.crop}
     written: Dict[str, Path] = {}
-    for kind, name in list(REGION_FILES.items()) + [("part", "result.json.part"), ("result", "result.json")]:
-        if (out / name).is_symlink():
-            (out / name).unlink()
-        if kind in images:
-            written[kind] = out / name
-            sitk.WriteImage(images[kind], str(written[kind]), useCompression=False)
-    d = result.to_dict()
-    d["files"] = dict(REGION_FILES, result="result.json")
-    d["region_index_lo"] = [int(v) for v in result.cam_region.lo]
-    (out / "result.json.part").write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-    (out / "result.json.part").replace(out / "result.json")
-    written["result"] = out / "result.json"
+    for kind, name in REGION_FILES.items():
+        written[kind] = out / name
+        if written[kind].is_symlink():
+            written[kind].unlink()
+        sitk.WriteImage(images[kind], str(written[kind]), useCompression=False)
     return written
+
+
+def _write_json(path: Path, content: Dict) -> Path:
+    """``content`` as JSON at ``path``, whole: written beside it, then renamed over it (links are not followed)."""
+    part = path.with_name(path.name + ".part")
+    for p in (part, path):
+        if p.is_symlink():
+            p.unlink()
+    part.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    part.replace(path)
+    return path
 
 
 def device_info(requested: str = "auto") -> Dict[str, Any]:

@@ -183,10 +183,14 @@ def test_the_ct_file_is_written_once_per_volume_state(scene, wlogic, worker, tmp
     assert np.isfinite(rec.results[0].score)
 
 
-def test_a_temporary_run_hands_back_regions_that_give_the_same_nodes(scene, wlogic, worker, tmp_path):
+def test_a_temporary_run_hands_back_regions_that_give_the_same_nodes(scene, wlogic, worker, tmp_path, monkeypatch):
     """An Apply into a temporary folder gets the volumes from the worker as regions of the CT's grid (no full-grid
-    files written and read back); the map, tumour and ring it places on the (oblique) CT's grid are those of a run
-    that wrote the full-grid files."""
+    files written and read back); one into a kept folder gets the full outputs there and the regions beside them
+    (read, then removed). The map, tumour and ring placed on the (oblique) CT's grid are the same either way."""
+    read = []
+    real_read = sitk.ReadImage
+    monkeypatch.setattr(sitk, "ReadImage", lambda path, *a, **k: read.append(os.path.basename(str(path)))
+                        or real_read(path, *a, **k))
     ct, seed = case(scene)
     seen = {}
 
@@ -201,6 +205,9 @@ def test_a_temporary_run_hands_back_regions_that_give_the_same_nodes(scene, wlog
     kept, _ = apply(wlogic, ct, seed, workDir=tmp_path / "kept")
     fast, full = seen["result"], kept.results[0]
     assert (full.outputDir / "cam.nrrd").is_file() and fast.score == full.score
+    assert "cam.nrrd" not in read and read.count("cam_region.nrrd") == 2, read  # the scene never reads a full grid
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["out"]  # the regions' folder is gone
+    assert not any("region" in p.name for p in full.outputDir.iterdir())  # the kept outputs are tmbrb score's
     assert np.array_equal(ma.volume_array(fast.nodes["cam"]), ma.volume_array(full.nodes["cam"]))
     assert np.allclose(ma.ijk_to_ras(fast.nodes["cam"]), ma.ijk_to_ras(ct))
     assert ma.volume_array(fast.nodes["cam"]).max() == pytest.approx(1.0)

@@ -34,6 +34,7 @@ MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
 INPUTS_KEY_ATTRIBUTE = "TMBRB.inputsKey"  # on the results table: the fingerprint of the inputs of its result
 TUMOUR_KEY_ATTRIBUTE = "TMBRB.tumourKey"  # on the results table: the state of the Tumour segment its attention is of
+SCENE_REGIONS_FOLDER = "scene-regions"  # in a kept work folder: the worker's regions for the scene, removed once read
 OUTPUT_DIR_ATTRIBUTE = "TMBRB.outputDir"  # on the results table: the output folder its result.json lives in, if kept
 
 
@@ -585,8 +586,10 @@ class SceneLogic:
                 "box_lps": None if box is None else [list(box.min), list(box.max)],
                 "segmentation": None if segPath is None else str(segPath.resolve()), "ecog": inputs["ecog"],
                 "shifts": numberOfShifts, "model": None if model is None else str(model), "device": device,
-                # a temporary folder is read at once and removed: the volumes as regions of the CT's grid
-                "volumes": "full" if workDir else "regions"},
+                # the scene reads the volumes as regions of the CT's grid: in the temporary folder alone, or beside
+                # the full outputs of a folder that is kept
+                "volumes": "full" if workDir else "regions",
+                "regions_out": str((work / SCENE_REGIONS_FOLDER).resolve()) if workDir else None},
                 timeout_s=self.caseTimeoutS)
         else:
             process = EngineProcess(score_command(ctPath, inputs["seed_lps"], work / "out", box_lps=inputs["box"],
@@ -749,7 +752,7 @@ class SceneLogic:
         out = job.resultPath.parent
         result = json.loads(job.resultPath.read_text(encoding="utf-8"))
         result["warnings"][:0] = [w for w in job.inputs.warnings if w not in result["warnings"]]
-        cam, tumour, ring = self._resultVolumes(out, result, job.inputs.volume)
+        cam, tumour, ring = self._resultVolumes(out, result, job.inputs.volume, job.workDir / SCENE_REGIONS_FOLDER)
         nodes = self.createOutputNodes(job.inputs.volume, job.inputs.roi, result, cam, tumour, ring,
                                        showResult=showResult, camOpacity=camOpacity,
                                        existing=self._existingOutputs(parameterNode))
@@ -762,22 +765,31 @@ class SceneLogic:
         return SceneResult(result, nodes, outputDir=out)
 
     @staticmethod
-    def _resultVolumes(out: Path, result: Dict, volumeNode) -> Tuple:
-        """(map, tumour, ring) of an engine output folder: regions of the CT's grid when the engine wrote them so
-        (result.json's ``region_index_lo``; the worker's answer for a temporary folder), else the full-grid files."""
+    def _resultVolumes(out: Path, result: Dict, volumeNode, regionsDir: Optional[Path] = None) -> Tuple:
+        """(map, tumour, ring) of an engine output folder: regions of the CT's grid when the engine wrote them
+        (result.json's ``region_index_lo`` in a temporary folder; ``regions.json`` in ``regionsDir`` beside a kept
+        folder, which is removed once read), else the full-grid files."""
+        import shutil
+
         import SimpleITK as sitk
 
         from ..volumes import Geometry, RegionVolume
 
         files = result.get("files") or {}
         lo = result.pop("region_index_lo", None)
+        if lo is None and regionsDir is not None and (regionsDir / "regions.json").is_file():
+            regions = json.loads((regionsDir / "regions.json").read_text(encoding="utf-8"))
+            files, lo, out = regions["files"], regions["region_index_lo"], regionsDir
         if lo is None:
             return tuple(sitk.ReadImage(str(out / name)) for name in ("cam.nrrd", "tumour.nrrd", "ring.nrrd"))
         ct = result.get("ct") or {}
         grid = Geometry(tuple(ct["size_xyz"]), tuple(ct["spacing_mm"]), tuple(ct["origin_lps"]),
                         tuple(ct["direction"])) if ct else mrml.node_geometry(volumeNode)
-        return tuple(RegionVolume(sitk.GetArrayFromImage(sitk.ReadImage(str(out / files[kind]))),
-                                  tuple(int(v) for v in lo), grid) for kind in ("cam", "tumour", "ring"))
+        volumes = tuple(RegionVolume(sitk.GetArrayFromImage(sitk.ReadImage(str(out / files[kind]))),
+                                     tuple(int(v) for v in lo), grid) for kind in ("cam", "tumour", "ring"))
+        if regionsDir is not None and out == regionsDir:
+            shutil.rmtree(regionsDir, ignore_errors=True)
+        return volumes
 
     @staticmethod
     def cleanupJob(job: Optional[EngineJob]) -> None:
