@@ -8,7 +8,14 @@ a ``JobWatcher`` stepped every ``--poll`` s until the result's nodes are in the 
 - warm: the next Apply on the worker (model loaded, the CT file written and read once for the volume);
 - in process: ``score_case`` alone with a loaded model (the work itself, no files, no scene).
 
+Each warm Apply is broken down (medians): ``hand-over`` (startBackground: the inputs checked, the CT converted and
+written once per volume state, the request sent), the worker's ``read CT`` / engine stages (seed segmentation and box,
+crop, one forward with the map and the deep features, the shifted boxes' forward, regions and map on the CT's grid,
+the rest of score_case) / ``write`` (outputs), ``wait`` (what is left between the request and the answer seen by the
+poll: protocol, polling interval, process switches) and ``import`` (result read back and placed in the scene).
+
     python benchmarks/bench_worker.py [--runs 5] [--shifts 8] [--device cpu] [--model BUNDLE] [--poll 0.05]
+        [--cases lung1,512x512x300] [--warm-only]
 
 The model is $TMBRB_MODEL or the bundled one (timings do not depend on the weights).
 """
@@ -51,23 +58,50 @@ def cases():
     return out
 
 
+STEPS = ("hand-over", "read CT", "box+seed seg", "crop", "forward+CAM+feat", "8-shift forward", "regions+CAM",
+         "other engine", "write", "wait", "import")
+ENGINE_STAGES = {"box+seed seg": "box", "crop": "crop", "forward+CAM+feat": "forward_cam",
+                 "8-shift forward": "tta_forward", "regions+CAM": "regions_cam_to_ct"}
+
+
 def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
-    """One Apply driven to the result as the panel does; returns its wall time and the engine's own total."""
+    """One Apply driven to the result as the panel does; returns its wall time, the engine's own total and the
+    breakdown of :data:`STEPS` (worker steps only on the worker)."""
     from TMBRBLib.slicer.logic import JobWatcher
 
-    got = {}
-    t = time.perf_counter()
-    job = logic.startBackground(volume, seed, None, None, "1", numberOfShifts=args.shifts, device=args.device,
-                                useWorker=useWorker)
-    watcher = JobWatcher(logic, job, showResult=False, onResult=lambda r: got.update(result=r),
-                         onError=lambda e: got.update(error=e))
-    while watcher.step():
-        time.sleep(args.poll)
-    wall = time.perf_counter() - t
+    got, steps = {}, {}
+    importer = logic.importBackgroundResult
+
+    def timedImport(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return importer(*a, **k)
+        finally:
+            steps["import"] = time.perf_counter() - t0
+
+    logic.importBackgroundResult = timedImport
+    try:
+        t = time.perf_counter()
+        job = logic.startBackground(volume, seed, None, None, "1", numberOfShifts=args.shifts, device=args.device,
+                                    useWorker=useWorker)
+        steps["hand-over"] = time.perf_counter() - t
+        watcher = JobWatcher(logic, job, showResult=False, onResult=lambda r: got.update(result=r),
+                             onError=lambda e: got.update(error=e))
+        while watcher.step():
+            time.sleep(args.poll)
+        wall = time.perf_counter() - t
+    finally:
+        del logic.importBackgroundResult
     if "error" in got:
         raise RuntimeError(f"the Apply failed: {got['error']}")
-    return {"wall": wall, "engine_total": got["result"].result["timings_s"]["total"],
-            "score": got["result"].score}
+    engine = got["result"].result["timings_s"]
+    worker = (getattr(job.process, "answer", None) or {}).get("timings_s") or {}
+    if worker:
+        steps["read CT"], steps["write"] = worker["read_ct"], worker["write"]
+        steps.update({name: engine[key] for name, key in ENGINE_STAGES.items()})
+        steps["other engine"] = worker["score"] - sum(engine[key] for key in ENGINE_STAGES.values())
+        steps["wait"] = wall - sum(steps.values())
+    return {"wall": wall, "engine_total": engine["total"], "score": got["result"].score, "steps": steps}
 
 
 def cold_cli_times(ct, seed_lps, args, bundle) -> list:
@@ -93,7 +127,7 @@ def cold_cli_times(ct, seed_lps, args, bundle) -> list:
 
 
 def median(values):
-    return round(statistics.median(values), 3)
+    return round(statistics.median(values), 3) if values else float("nan")
 
 
 def bench_case(name, ct, seed_lps, args, bundle) -> dict:
@@ -109,14 +143,15 @@ def bench_case(name, ct, seed_lps, args, bundle) -> dict:
     seed = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
     seed.AddControlPoint(lps_to_ras(seed_lps))
     try:
-        cold = [apply_once(logic, volume, seed, args, useWorker=False) for _ in range(args.runs)]
+        cold = [] if args.warm_only else [apply_once(logic, volume, seed, args, useWorker=False)
+                                          for _ in range(args.runs)]
         first = apply_once(logic, volume, seed, args, useWorker=True)  # starts the worker, loads the model
         warm = [apply_once(logic, volume, seed, args, useWorker=True) for _ in range(args.runs)]
         pid = logic.engineWorker().pid
     finally:
         logic.shutdown()
         mrml.release_scene(scene)
-    cli = cold_cli_times(ct, seed_lps, args, bundle)
+    cli = [] if args.warm_only else cold_cli_times(ct, seed_lps, args, bundle)
     scorer = Scorer(bundle, args.device)
     score_case(ct, seed_lps, None, None, 1, n_shifts=args.shifts, scorer=scorer)  # model built, caches warm
     inproc = []
@@ -129,7 +164,21 @@ def bench_case(name, ct, seed_lps, args, bundle) -> dict:
             "first_worker_apply_s": round(first["wall"], 3), "warm_s": median([r["wall"] for r in warm]),
             "warm_engine_total_s": median([r["engine_total"] for r in warm]),
             "in_process_s": median(inproc), "cold_cli_s": median(cli), "warm_runs_s": [round(r["wall"], 3) for r in warm],
-            "cold_runs_s": [round(r["wall"], 3) for r in cold], "worker_pid": pid, "score": cold[0]["score"]}
+            "cold_runs_s": [round(r["wall"], 3) for r in cold], "worker_pid": pid, "score": first["score"],
+            "warm_steps_s": {k: median([r["steps"][k] for r in warm]) for k in STEPS if k in warm[0]["steps"]}}
+
+
+def print_breakdown(rows) -> None:
+    """The warm Apply's steps (median s) per case, and their sum against the median wall time."""
+    rows = [r for r in rows if r.get("warm_steps_s")]
+    if not rows:
+        return
+    print("warm Apply, step by step (median s):")
+    print(f"{'step':<18}" + "".join(f"{r['case']:>14}" for r in rows))
+    for step in STEPS:
+        print(f"{step:<18}" + "".join(f"{r['warm_steps_s'].get(step, float('nan')):>14.3f}" for r in rows))
+    print(f"{'warm Apply':<18}" + "".join(f"{r['warm_s']:>14.3f}" for r in rows))
+    print(f"{'in process':<18}" + "".join(f"{r['in_process_s']:>14.3f}" for r in rows))
 
 
 def main() -> int:
@@ -140,6 +189,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="bundle (default $TMBRB_MODEL or the bundled one)")
     ap.add_argument("--poll", type=float, default=0.05, help="JobWatcher step interval in s (panel: 0.2)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default all)")
+    ap.add_argument("--warm-only", action="store_true", help="skip the cold Apply and the cold command line")
     args = ap.parse_args()
     from TMBRBLib.bundle import load_bundle
 
@@ -147,12 +198,14 @@ def main() -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
           f"device {args.device}; {args.shifts} shifts; median of {args.runs}; poll {args.poll} s; "
           f"model {bundle.name}")
-    rows = [bench_case(name, ct, seed, args, bundle) for name, ct, seed in cases()]
+    wanted = None if not args.cases else set(args.cases.split(","))
+    rows = [bench_case(name, ct, seed, args, bundle) for name, ct, seed in cases() if not wanted or name in wanted]
     print(f"{'case':<14}{'cold Apply':>12}{'1st worker':>12}{'warm Apply':>12}{'warm engine':>13}"
           f"{'in process':>12}{'cold CLI':>10}")
     for r in rows:
         print(f"{r['case']:<14}{r['cold_s']:>11.2f}s{r['first_worker_apply_s']:>11.2f}s{r['warm_s']:>11.2f}s"
               f"{r['warm_engine_total_s']:>12.2f}s{r['in_process_s']:>11.2f}s{r['cold_cli_s']:>9.2f}s")
+    print_breakdown(rows)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(json.dumps(rows, indent=1))
     if args.json:

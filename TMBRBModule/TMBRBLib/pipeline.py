@@ -319,7 +319,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
 def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[str, Path], box_lps=None,
                     mask_path: Union[str, Path, None] = None, ecog=None, ct_path: Union[str, Path, None] = None,
                     ct_warnings: Sequence[str] = (), pictures: bool = True, progress: Progress = None,
-                    cancel: Optional[Callable[[], bool]] = None, **score_options):
+                    cancel: Optional[Callable[[], bool]] = None, writer: Optional[Callable] = None,
+                    **score_options):
     """Score one case and write its outputs: what ``tmbrb score`` and the engine worker do after reading the CT.
 
     Parameters
@@ -340,6 +341,9 @@ def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[st
         Also write the PNG overlays.
     progress, cancel
         As for :func:`score_case`; ``cancel`` is polled once more before the files are written.
+    writer : callable(result, out_dir, ct=, pictures=) -> dict, optional
+        What writes the files; default ``outputs.write_outputs`` (the engine worker passes its own for a front end
+        that reads the volumes as regions of the CT's grid).
     **score_options
         bundle, scorer, n_shifts, device, ring_width_mm: passed to :func:`score_case`.
 
@@ -358,7 +362,7 @@ def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[st
     if ct_path is not None:
         result.inputs["ct_path"] = str(Path(ct_path).resolve())
     _report(progress, cancel, 0.96, "writing outputs")
-    written = write_outputs(result, out_dir, ct=ct, pictures=pictures)
+    written = (writer or write_outputs)(result, out_dir, ct=ct, pictures=pictures)
     if progress is not None:
         progress(1.0, "finished")
     return result, written

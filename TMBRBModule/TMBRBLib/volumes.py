@@ -3,7 +3,8 @@ NRRD slice by slice, so a 512x512x300 CT never needs a full-size float copy in m
 
 from __future__ import annotations
 
-import gzip
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Tuple, Union
@@ -64,6 +65,12 @@ class RegionVolume:
         return write_region_nrrd(path, self.data, self.lo, self.grid, compresslevel)
 
 
+def _deflate_slice(raw: bytes, level: int) -> bytes:
+    """Raw deflate blocks of ``raw`` from a fresh compressor, ending byte-aligned and not final (a sync flush)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(raw) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
 def write_region_nrrd(path: Union[str, Path], data: np.ndarray, lo: Sequence[int], grid: Geometry,
                       compresslevel: int = 1) -> Path:
     """Write a full-grid NRRD (gzip) whose voxels are `data` at index offset lo and zero elsewhere, one slice at a
@@ -86,17 +93,27 @@ def write_region_nrrd(path: Union[str, Path], data: np.ndarray, lo: Sequence[int
     x0, y0, z0 = (int(v) for v in lo)
     dz, dy, dx = data.shape
     zero = np.zeros((ny, nx), dtype.newbyteorder("<"))
+    zbytes = zero.tobytes()
+    # a gzip member whose deflate stream is a run of independently compressed slices (each ends byte-aligned with no
+    # reference to the one before, as pigz writes them): the empty slice, most of the grid, is compressed once
+    zdeflated = _deflate_slice(zbytes, compresslevel)
+    crc, total = 0, 0
     tmp = p.with_name(p.name + ".part")
     with open(tmp, "wb") as f:
         f.write(header.encode("ascii"))
-        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=compresslevel, mtime=0) as g:
-            zbytes = zero.tobytes()
-            for z in range(nz):
-                if z0 <= z < z0 + dz:
-                    sl = zero.copy()
-                    sl[y0:y0 + dy, x0:x0 + dx] = data[z - z0]
-                    g.write(sl.tobytes())
-                else:
-                    g.write(zbytes)
+        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # gzip header: deflate, mtime 0, unknown OS
+        for z in range(nz):
+            if z0 <= z < z0 + dz:
+                sl = zero.copy()
+                sl[y0:y0 + dy, x0:x0 + dx] = data[z - z0]
+                raw = sl.tobytes()
+                f.write(_deflate_slice(raw, compresslevel))
+            else:
+                raw = zbytes
+                f.write(zdeflated)
+            crc = zlib.crc32(raw, crc)
+            total += len(raw)
+        f.write(zlib.compressobj(compresslevel, zlib.DEFLATED, -zlib.MAX_WBITS).flush(zlib.Z_FINISH))  # last block
+        f.write(struct.pack("<II", crc & 0xFFFFFFFF, total & 0xFFFFFFFF))
     tmp.replace(p)
     return p

@@ -7,10 +7,16 @@ stdin; it answers one JSON object per line on stdout, each carrying the request'
 
 - ``{"op": "score", "id": "r1", "ct": "ct.nrrd", "seed_lps": [x, y, z], "out": "folder", "box_lps": [[min], [max]],
   "segmentation": "mask.nrrd", "ecog": 1, "shifts": 8, "model": "bundle folder", "device": "auto",
-  "ring_mm": 10, "pictures": false}`` (only ``id``, ``ct``, ``seed_lps`` and ``out`` are required) scores one case
-  with the same steps as ``tmbrb score`` (:func:`TMBRBLib.pipeline.score_to_folder`) and writes the same files.
-  Answers: ``{"id", "progress", "message"}`` lines, then ``{"id", "done": true, "result": ".../result.json"}``, or
-  ``{"id", "error": message, "kind": "input"|"internal"}``, or ``{"id", "cancelled": true}``.
+  "ring_mm": 10, "pictures": false, "volumes": "full"}`` (only ``id``, ``ct``, ``seed_lps`` and ``out`` are
+  required) scores one case with the same steps as ``tmbrb score`` (:func:`TMBRBLib.pipeline.score_to_folder`) and
+  writes the same files; with ``"volumes": "regions"`` (and no pictures) the map, tumour and ring are written as the
+  region of the CT's grid they live in (:func:`write_region_outputs`: a front end that reads them at once and
+  removes the folder skips writing and reading three full-grid volumes); ``"regions_out": "folder"`` writes those
+  regions there too, with ``regions.json`` (``region_index_lo``, ``files``), next to the full outputs (a front end
+  that keeps the output folder reads the regions and removes that folder).
+  Answers: ``{"id", "progress", "message"}`` lines, then ``{"id", "done": true, "result": ".../result.json",
+  "timings_s": {"read_ct", "score", "write"}}``, or ``{"id", "error": message, "kind": "input"|"internal"}``, or
+  ``{"id", "cancelled": true}``.
 - ``{"op": "cancel", "id": "r1"}`` stops that request at its next step (a reader thread sets the flag that
   ``score_case`` polls); the worker stays alive.
 - ``{"op": "device", "id": "d1", "device": "auto"}`` answers ``{"id", "done": true, "device": {"device": "cuda:0"
@@ -41,6 +47,9 @@ from typing import Any, Callable, Dict, Optional, Set, TextIO, Tuple
 from .errors import TMBRBCancelled, TMBRBError, TMBRBInputError
 
 REQUIRED_FIELDS = ("id", "ct", "seed_lps", "out")
+# the volumes of a "regions" answer: result.json's ``files`` names them; ``region_index_lo`` is where they start
+REGION_FILES = {"cam": "cam_region.nrrd", "tumour": "tumour_region.nrrd", "ring": "ring_region.nrrd",
+                "crop": "crop.nrrd"}
 
 
 class CtCache:
@@ -196,8 +205,8 @@ class Worker:
             missing = [k for k in REQUIRED_FIELDS if request.get(k) in (None, "")]
             if missing:
                 raise TMBRBInputError(f"The request lacks {', '.join(missing)}.", "Send every required field.")
-            written = self._score(request, rid, cancel)
-            self.send(id=rid, done=True, result=str(written["result"]))
+            written, timings = self._score(request, rid, cancel)
+            self.send(id=rid, done=True, result=str(written["result"]), timings_s=timings)
         except TMBRBCancelled:
             self.send(id=rid, cancelled=True)
         except (TMBRBError, ValueError) as e:
@@ -222,7 +231,11 @@ class Worker:
                         bool(request.get("pictures", False)))
         return dict(row, row=number)
 
-    def _score(self, request: Dict, rid: str, cancel: Callable[[], bool]) -> Dict:
+    def _score(self, request: Dict, rid: str, cancel: Callable[[], bool]) -> Tuple[Dict, Dict[str, float]]:
+        """(files written, seconds spent reading the CT, scoring and writing)."""
+        import time
+
+        from .outputs import write_outputs
         from .pipeline import score_to_folder
         from .risk import check_ecog
 
@@ -232,17 +245,96 @@ class Worker:
         if cancel():
             raise TMBRBCancelled("Cancelled by the user.")
         ecog = check_ecog(request.get("ecog"))
+        volumes = request.get("volumes") or "full"
+        if volumes not in ("full", "regions"):
+            raise TMBRBInputError(f"Unknown volumes {volumes!r}.", "Send volumes 'full' or 'regions'.")
+        pictures = bool(request.get("pictures", False))
+        timings = {"read_ct": time.perf_counter()}
         progress(0.0, "reading the CT")
         ct, warnings = self.cts.get(request["ct"])
+        timings["read_ct"] = time.perf_counter() - timings["read_ct"]
         progress(0.01, "loading the model")
         scorer = self.scorers.get(request.get("model"), request.get("device") or "auto")
         shifts = request.get("shifts")
+        full = volumes == "full" or pictures
+
+        def writer(result, out_dir, **options):
+            t = time.perf_counter()
+            written = write_outputs(result, out_dir, **options) if full else write_region_outputs(result, out_dir)
+            if request.get("regions_out"):
+                write_region_volumes(result, request["regions_out"])
+                _write_json(Path(request["regions_out"]) / "regions.json",
+                            {"files": REGION_FILES, "region_index_lo": [int(v) for v in result.cam_region.lo]})
+            timings["write"] = time.perf_counter() - t
+            return written
+
+        t0 = time.perf_counter()
         _, written = score_to_folder(
             ct, request["seed_lps"], request["out"], _box(request.get("box_lps")), request.get("segmentation"),
-            ecog, ct_path=request["ct"], ct_warnings=warnings, pictures=bool(request.get("pictures", False)),
-            progress=progress, cancel=cancel, scorer=scorer, n_shifts=None if shifts is None else int(shifts),
+            ecog, ct_path=request["ct"], ct_warnings=warnings, pictures=pictures, progress=progress, cancel=cancel,
+            writer=writer, scorer=scorer, n_shifts=None if shifts is None else int(shifts),
             ring_width_mm=request.get("ring_mm"))
-        return written
+        timings["score"] = time.perf_counter() - t0 - timings.get("write", 0.0)
+        return written, {k: round(v, 4) for k, v in timings.items()}
+
+
+def write_region_outputs(result, out_dir) -> Dict[str, Path]:
+    """result.json and the case's volumes as the region of the CT's grid they live in, for a front end.
+
+    The class activation map, the tumour and the ring are written as the region that holds them (the crop and a
+    ring's width around the box; uncompressed NRRDs with the region's own origin), not as full-grid volumes: a
+    front end that reads them at once and removes the folder places them on the CT's grid itself. result.json is
+    ``CaseResult.to_dict()`` with ``files`` naming them (:data:`REGION_FILES`) and ``region_index_lo``, the index
+    (x, y, z) on the CT's grid where the region starts; it is written last, whole.
+
+    Parameters
+    ----------
+    result : CaseResult
+        The scored case.
+    out_dir : str or Path
+        The folder (made when missing); a link planted under one of the names is removed, not written through.
+
+    Returns
+    -------
+    dict
+        The paths written, by kind (cam, tumour, ring, crop, result).
+    """
+    written = write_region_volumes(result, out_dir)
+    d = result.to_dict()
+    d["files"] = dict(REGION_FILES, result="result.json")
+    d["region_index_lo"] = [int(v) for v in result.cam_region.lo]
+    written["result"] = _write_json(Path(out_dir) / "result.json", d)
+    return written
+
+
+def write_region_volumes(result, folder) -> Dict[str, Path]:
+    """The map, tumour, ring (regions of the CT's grid) and crop of a scored case as uncompressed NRRDs named
+    :data:`REGION_FILES` in ``folder`` (made when missing; a link planted under a name is removed, not written
+    through). Returns the paths by kind."""
+    import SimpleITK as sitk
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    images = {"cam": result.cam_region.region_image(), "tumour": result.tumour_region.region_image(),
+              "ring": result.ring_region.region_image(), "crop": result.crop}
+    written: Dict[str, Path] = {}
+    for kind, name in REGION_FILES.items():
+        written[kind] = out / name
+        if written[kind].is_symlink():
+            written[kind].unlink()
+        sitk.WriteImage(images[kind], str(written[kind]), useCompression=False)
+    return written
+
+
+def _write_json(path: Path, content: Dict) -> Path:
+    """``content`` as JSON at ``path``, whole: written beside it, then renamed over it (links are not followed)."""
+    part = path.with_name(path.name + ".part")
+    for p in (part, path):
+        if p.is_symlink():
+            p.unlink()
+    part.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    part.replace(path)
+    return path
 
 
 def device_info(requested: str = "auto") -> Dict[str, Any]:

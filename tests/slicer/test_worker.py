@@ -162,13 +162,14 @@ def test_the_ct_file_is_written_once_per_volume_state(scene, wlogic, worker, tmp
     written = path.stat().st_mtime_ns
     apply(wlogic, ct, seed, workDir=tmp_path / "b")
     assert wlogic.ctFilesWritten == 1 and path.stat().st_mtime_ns == written
+    assert wlogic.ctConversions == 1, "the volume is converted and checked once, not on every Apply"
     # change the voxels in place, as slicer.util.arrayFromVolumeModified does (the scalars are marked modified)
     scalars = ct.GetImageData().GetPointData().GetScalars()
     values = ma._numpy_support().vtk_to_numpy(scalars)
     values += 200
     scalars.Modified()
     rec, _ = apply(wlogic, ct, seed, workDir=tmp_path / "c")
-    assert rec.errors == [] and wlogic.ctFilesWritten == 2 and not path.exists()
+    assert rec.errors == [] and wlogic.ctFilesWritten == 2 and not path.exists() and wlogic.ctConversions == 2
     crop_before = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "out" / "crop.nrrd")))
     crop_after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "c" / "out" / "crop.nrrd")))
     inside = crop_before > -990  # the crop is padded with air outside the scan
@@ -180,3 +181,36 @@ def test_the_ct_file_is_written_once_per_volume_state(scene, wlogic, worker, tmp
     wlogic.shutdown()
     assert not wlogic._ctFiles and not path.parent.exists() and worker.alive  # a shared worker is left running
     assert np.isfinite(rec.results[0].score)
+
+
+def test_a_temporary_run_hands_back_regions_that_give_the_same_nodes(scene, wlogic, worker, tmp_path, monkeypatch):
+    """An Apply into a temporary folder gets the volumes from the worker as regions of the CT's grid (no full-grid
+    files written and read back); one into a kept folder gets the full outputs there and the regions beside them
+    (read, then removed). The map, tumour and ring placed on the (oblique) CT's grid are the same either way."""
+    read = []
+    real_read = sitk.ReadImage
+    monkeypatch.setattr(sitk, "ReadImage", lambda path, *a, **k: read.append(os.path.basename(str(path)))
+                        or real_read(path, *a, **k))
+    ct, seed = case(scene)
+    seen = {}
+
+    def onResult(result):  # the job's folder still exists here; it is removed right after
+        seen["files"] = sorted(p.name for p in result.outputDir.iterdir())
+        seen["result"] = result
+
+    temporary = wlogic.startBackground(ct, seed, None, None, "1", device="cpu", numberOfShifts=1)
+    drive(JobWatcher(wlogic, temporary, showResult=False, onResult=onResult))
+    assert "cam_region.nrrd" in seen["files"] and "cam.nrrd" not in seen["files"], seen["files"]
+    assert not temporary.workDir.exists()
+    kept, _ = apply(wlogic, ct, seed, workDir=tmp_path / "kept")
+    fast, full = seen["result"], kept.results[0]
+    assert (full.outputDir / "cam.nrrd").is_file() and fast.score == full.score
+    assert "cam.nrrd" not in read and read.count("cam_region.nrrd") == 2, read  # the scene never reads a full grid
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["out"]  # the regions' folder is gone
+    assert not any("region" in p.name for p in full.outputDir.iterdir())  # the kept outputs are tmbrb score's
+    assert np.array_equal(ma.volume_array(fast.nodes["cam"]), ma.volume_array(full.nodes["cam"]))
+    assert np.allclose(ma.ijk_to_ras(fast.nodes["cam"]), ma.ijk_to_ras(ct))
+    assert ma.volume_array(fast.nodes["cam"]).max() == pytest.approx(1.0)
+    for name in (ma.TUMOUR_SEGMENT_NAME, ma.RING_SEGMENT_NAME):
+        a, b = (ma.segment_array(r.nodes["regions"], name, ct) for r in (fast, full))
+        assert a.shape == ma.volume_array(ct).shape and a.any() and np.array_equal(a, b), name

@@ -12,6 +12,7 @@ the ``slicer-core`` wheel (tests, scripts) and in the browser viewer (trame-slic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -32,6 +33,7 @@ MODULE_NAME = "TMBRB"
 RESULTS_FOLDER = "TMBRB results"
 INPUTS_KEY_ATTRIBUTE = "TMBRB.inputsKey"  # on the results table: the fingerprint of the inputs of its result
 TUMOUR_KEY_ATTRIBUTE = "TMBRB.tumourKey"  # on the results table: the state of the Tumour segment its attention is of
+SCENE_REGIONS_FOLDER = "scene-regions"  # in a kept work folder: the worker's regions for the scene, removed once read
 OUTPUT_DIR_ATTRIBUTE = "TMBRB.outputDir"  # on the results table: the output folder its result.json lives in, if kept
 
 
@@ -128,6 +130,8 @@ class SceneLogic:
         self._ctFiles: Dict[str, Tuple[Any, Path]] = {}  # volume node ID -> (its state when written, CT file)
         self._ctDir: Optional[Path] = None
         self.ctFilesWritten = 0
+        self._ctImage: Optional[Tuple[Any, Any, List[str]]] = None  # (volume key, SimpleITK CT, its warnings)
+        self.ctConversions = 0
         self.gpuIndex: Optional[int] = None  # the GPU the engine uses (CUDA_VISIBLE_DEVICES); None: as set up
         self.forceCpu = False  # the engine sees no GPU (CUDA_VISIBLE_DEVICES="")
 
@@ -158,11 +162,9 @@ class SceneLogic:
     def validateInputs(self, volumeNode, seedNode, roiNode=None, segmentationNode=None, ecog=None) -> Dict:
         """Check every input and convert it for the engine. Raises TMBRBInputError; changes nothing in the scene."""
         from ..geometry import require_point_inside
-        from ..io import validate_ct
 
         mrml.check_ct_volume_node(volumeNode)
-        ct = mrml.volume_node_to_sitk(volumeNode)
-        warnings = list(validate_ct(ct, name=f"CT '{volumeNode.GetName()}'"))
+        ct, warnings = self._ctOf(volumeNode)
         seed = mrml.seed_lps(seedNode)
         require_point_inside(ct, seed, ct_name=volumeNode.GetName(),
                              hint="Place the seed on the tumour inside this CT (check that the right CT is selected).")
@@ -176,6 +178,20 @@ class SceneLogic:
             warnings += w
         return {"ct": ct, "seed_lps": seed, "box": box, "mask": mask, "ecog": ecogValue(ecog),
                 "warnings": warnings}
+
+    def _ctOf(self, volumeNode) -> Tuple[Any, List[str]]:
+        """(SimpleITK CT, its checks' warnings) of a volume node: converted and checked once per volume state (node,
+        name, voxels, world grid; :func:`mrml.volume_state`), then reused by the next Apply on the same CT. One CT
+        is kept."""
+        from ..io import validate_ct
+
+        key = (volumeNode.GetID(), volumeNode.GetName(), mrml.volume_state(volumeNode))
+        if self._ctImage is None or self._ctImage[0] != key:
+            self._ctImage = None  # the old copy is freed before the new one is made
+            ct = mrml.volume_node_to_sitk(volumeNode)
+            self._ctImage = (key, ct, list(validate_ct(ct, name=f"CT '{volumeNode.GetName()}'")))
+            self.ctConversions += 1
+        return self._ctImage[1], list(self._ctImage[2])
 
     @staticmethod
     def _checkBox(ct, seed, box, boxName: str, ctName: str) -> None:
@@ -284,8 +300,8 @@ class SceneLogic:
                           device=device, progress=progress, cancel=cancel)
         case.warnings[:0] = [w for w in inputs["warnings"] if w not in case.warnings]
         result = case.to_dict()
-        nodes = self.createOutputNodes(volumeNode, roiNode, result, case.cam, case.tumour_mask, case.ring_mask,
-                                       showResult=showResult, camOpacity=camOpacity,
+        nodes = self.createOutputNodes(volumeNode, roiNode, result, case.cam_region, case.tumour_region,
+                                       case.ring_region, showResult=showResult, camOpacity=camOpacity,
                                        existing=self._existingOutputs(parameterNode))
         self._recordInputs(nodes, volumeNode, seedNode, segmentationNode, ecog)
         if parameterNode is not None:
@@ -430,10 +446,9 @@ class SceneLogic:
         edited = attention_from_mask(cam, tumour, float(result.get("attention", {}).get("ring_width_mm", 10.0)))
         edited.warnings[:0] = warnings
         new = updated_result(result, edited, f"the '{mrml.TUMOUR_SEGMENT_NAME}' segment of '{regionsNode.GetName()}'")
-        ref = mrml.volume_node_to_sitk(volumeNode)
-        tumArr, ringArr = (mrml.image_on_reference_grid(r.full_image(), ref, nearest=True).astype("uint8")
-                           for r in (edited.tumour_region, edited.ring_region))
-        mrml.regions_segmentation(volumeNode.GetScene(), volumeNode, tumArr, ringArr, node=regionsNode,
+        grid = mrml.node_geometry(volumeNode)
+        tumour, ring = (mrml.region_on_grid(r, grid, nearest=True) for r in (edited.tumour_region, edited.ring_region))
+        mrml.regions_segmentation(volumeNode.GetScene(), volumeNode, tumour, ring, node=regionsNode,
                                   show3d=showResult)
         mrml.fill_table(volumeNode.GetScene(), resultRows(new), name=tableNode.GetName(), node=tableNode)
         tableNode.SetAttribute("TMBRB.result", json.dumps(new))
@@ -474,20 +489,24 @@ class SceneLogic:
     def createOutputNodes(self, volumeNode, roiNode, result: Dict, cam, tumourMask, ringMask, showResult=True,
                           camOpacity=0.5, existing: Optional[Dict] = None) -> Dict:
         """CAM volume, tumour/ring segmentation, results table (and the ROI when the box was proposed), filed under
-        the CT's study. On failure, the nodes created here are removed again."""
+        the CT's study. On failure, the nodes created here are removed again.
+
+        ``cam``, ``tumourMask`` and ``ringMask`` are SimpleITK images or regions of the CT's grid
+        (:class:`TMBRBLib.volumes.RegionVolume`, as the engine gives them): a region on the CT's grid is placed as it
+        is, anything else is resampled onto the grid."""
         scene = volumeNode.GetScene()
         existing = existing or {}
         before = set(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
         try:
-            ref = mrml.volume_node_to_sitk(volumeNode)
-            camArr = mrml.image_on_reference_grid(cam, ref).astype("float32")
-            tumArr = mrml.image_on_reference_grid(tumourMask, ref, nearest=True).astype("uint8")
-            ringArr = mrml.image_on_reference_grid(ringMask, ref, nearest=True).astype("uint8")
+            grid = mrml.node_geometry(volumeNode)
+            camRegion = mrml.region_on_grid(cam, grid)
+            camRegion = dataclasses.replace(camRegion, data=camRegion.data.astype("float32", copy=False))
+            tumour, ring = (mrml.region_on_grid(m, grid, nearest=True) for m in (tumourMask, ringMask))
             base = volumeNode.GetName()
             roiNode, outputs = self._resultRoi(scene, roiNode, result)
-            camNode = mrml.add_volume_on_grid(scene, volumeNode, camArr, f"{base} TMBRB CAM", node=existing.get("cam"))
+            camNode = mrml.add_map_on_grid(scene, volumeNode, camRegion, f"{base} TMBRB CAM", node=existing.get("cam"))
             camNode.SetAttribute("TMBRB.kind", "cam")
-            regions = mrml.regions_segmentation(scene, volumeNode, tumArr, ringArr, name=f"{base} TMBRB regions",
+            regions = mrml.regions_segmentation(scene, volumeNode, tumour, ring, name=f"{base} TMBRB regions",
                                                 node=existing.get("regions"), show3d=showResult)
             table = mrml.fill_table(scene, resultRows(result), name=f"{base} TMBRB results",
                                     node=existing.get("table"))
@@ -574,7 +593,11 @@ class SceneLogic:
                 "ct": str(ctPath), "seed_lps": list(inputs["seed_lps"]), "out": str((work / "out").resolve()),
                 "box_lps": None if box is None else [list(box.min), list(box.max)],
                 "segmentation": None if segPath is None else str(segPath.resolve()), "ecog": inputs["ecog"],
-                "shifts": numberOfShifts, "model": None if model is None else str(model), "device": device},
+                "shifts": numberOfShifts, "model": None if model is None else str(model), "device": device,
+                # the scene reads the volumes as regions of the CT's grid: in the temporary folder alone, or beside
+                # the full outputs of a folder that is kept
+                "volumes": "full" if workDir else "regions",
+                "regions_out": str((work / SCENE_REGIONS_FOLDER).resolve()) if workDir else None},
                 timeout_s=self.caseTimeoutS)
         else:
             process = EngineProcess(score_command(ctPath, inputs["seed_lps"], work / "out", box_lps=inputs["box"],
@@ -727,8 +750,6 @@ class SceneLogic:
         """Read a finished background run's outputs into the scene.
 
         Raises TMBRBCancelled, TMBRBInputError (the engine refused the input) or TMBRBError (it failed)."""
-        import SimpleITK as sitk
-
         state = job.poll()
         if state == "cancelled":
             raise TMBRBCancelled("Cancelled by the user; nothing was added to the scene.")
@@ -739,10 +760,10 @@ class SceneLogic:
         out = job.resultPath.parent
         result = json.loads(job.resultPath.read_text(encoding="utf-8"))
         result["warnings"][:0] = [w for w in job.inputs.warnings if w not in result["warnings"]]
-        nodes = self.createOutputNodes(job.inputs.volume, job.inputs.roi, result,
-                                       sitk.ReadImage(str(out / "cam.nrrd")), sitk.ReadImage(str(out / "tumour.nrrd")),
-                                       sitk.ReadImage(str(out / "ring.nrrd")), showResult=showResult,
-                                       camOpacity=camOpacity, existing=self._existingOutputs(parameterNode))
+        cam, tumour, ring = self._resultVolumes(out, result, job.inputs.volume, job.workDir / SCENE_REGIONS_FOLDER)
+        nodes = self.createOutputNodes(job.inputs.volume, job.inputs.roi, result, cam, tumour, ring,
+                                       showResult=showResult, camOpacity=camOpacity,
+                                       existing=self._existingOutputs(parameterNode))
         i = job.inputs
         self._recordInputs(nodes, i.volume, i.seed, i.segmentation, i.ecog)
         if not job.ownsWorkDir:  # a work folder the caller keeps: Update attention updates its result.json too
@@ -750,6 +771,33 @@ class SceneLogic:
         if parameterNode is not None:
             self._storeOutputs(parameterNode, nodes)
         return SceneResult(result, nodes, outputDir=out)
+
+    @staticmethod
+    def _resultVolumes(out: Path, result: Dict, volumeNode, regionsDir: Optional[Path] = None) -> Tuple:
+        """(map, tumour, ring) of an engine output folder: regions of the CT's grid when the engine wrote them
+        (result.json's ``region_index_lo`` in a temporary folder; ``regions.json`` in ``regionsDir`` beside a kept
+        folder, which is removed once read), else the full-grid files."""
+        import shutil
+
+        import SimpleITK as sitk
+
+        from ..volumes import Geometry, RegionVolume
+
+        files = result.get("files") or {}
+        lo = result.pop("region_index_lo", None)
+        if lo is None and regionsDir is not None and (regionsDir / "regions.json").is_file():
+            regions = json.loads((regionsDir / "regions.json").read_text(encoding="utf-8"))
+            files, lo, out = regions["files"], regions["region_index_lo"], regionsDir
+        if lo is None:
+            return tuple(sitk.ReadImage(str(out / name)) for name in ("cam.nrrd", "tumour.nrrd", "ring.nrrd"))
+        ct = result.get("ct") or {}
+        grid = Geometry(tuple(ct["size_xyz"]), tuple(ct["spacing_mm"]), tuple(ct["origin_lps"]),
+                        tuple(ct["direction"])) if ct else mrml.node_geometry(volumeNode)
+        volumes = tuple(RegionVolume(sitk.GetArrayFromImage(sitk.ReadImage(str(out / files[kind]))),
+                                     tuple(int(v) for v in lo), grid) for kind in ("cam", "tumour", "ring"))
+        if regionsDir is not None and out == regionsDir:
+            shutil.rmtree(regionsDir, ignore_errors=True)
+        return volumes
 
     @staticmethod
     def cleanupJob(job: Optional[EngineJob]) -> None:

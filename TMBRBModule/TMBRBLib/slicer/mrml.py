@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from ..errors import TMBRBInputError
 from ..geometry import Box, lps_to_ras, ras_to_lps
+from ..volumes import Geometry, RegionVolume
 
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
@@ -219,7 +220,10 @@ def volume_array(volume_node) -> np.ndarray:
 
 def volume_node_to_sitk(volume_node, world: bool = True) -> sitk.Image:
     """A SimpleITK image (LPS) with the node's voxels and geometry (world frame when world=True)."""
-    image = sitk.GetImageFromArray(volume_array(volume_node))
+    image = volume_node.GetImageData()
+    dims = image.GetDimensions()
+    view = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    image = sitk.GetImageFromArray(view)  # copies the voxels once
     spacing, origin, direction = _sitk_geometry_from_ijk_to_ras(ijk_to_ras(volume_node, world=world))
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
@@ -271,16 +275,92 @@ def add_volume_on_grid(scene, reference_node, arr_kji: np.ndarray, name: str,
     return node
 
 
-def image_on_reference_grid(image: sitk.Image, reference: sitk.Image, nearest: bool = False) -> np.ndarray:
-    """Voxels of image resampled onto reference (both SimpleITK, LPS), as a [k, j, i] array."""
-    same = (image.GetSize() == reference.GetSize()
-            and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
-            and np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
-            and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-5))
-    if not same:
+def volume_state(volume_node) -> Tuple:
+    """What a volume's voxels and world grid depend on: its image data's modification time, dimensions and world
+    IJK-to-RAS matrix (parent transforms included). Equal states: the same CT."""
+    image = volume_node.GetImageData()
+    return ((image.GetMTime(), tuple(image.GetDimensions())) if image is not None else None,
+            tuple(np.round(ijk_to_ras(volume_node, world=True), 9).ravel()))
+
+
+def node_geometry(volume_node, world: bool = True) -> Geometry:
+    """The grid of a volume node as the engine sees it (size x, y, z; LPS spacing, origin, direction), without
+    copying its voxels."""
+    spacing, origin, direction = _sitk_geometry_from_ijk_to_ras(ijk_to_ras(volume_node, world=world))
+    return Geometry(tuple(int(v) for v in volume_node.GetImageData().GetDimensions()), spacing, origin, direction)
+
+
+def same_geometry(a: Geometry, b: Geometry) -> bool:
+    """Whether two grids are the same (to 1e-4 mm spacing, 1e-3 mm origin, 1e-5 direction)."""
+    return (tuple(a.size) == tuple(b.size) and np.allclose(a.spacing, b.spacing, atol=1e-4)
+            and np.allclose(a.origin, b.origin, atol=1e-3) and np.allclose(a.direction, b.direction, atol=1e-5))
+
+
+def region_on_grid(volume, geometry: Geometry, nearest: bool = False) -> RegionVolume:
+    """A result volume (a :class:`TMBRBLib.volumes.RegionVolume` or a SimpleITK image) as a region of ``geometry``'s
+    grid: as it is when it is on that grid already (no full-size copy), else resampled onto it (linear, or nearest
+    neighbour for masks) as a whole."""
+    if isinstance(volume, RegionVolume):
+        if same_geometry(volume.grid, geometry):
+            return volume
+        volume = volume.full_image()
+    if not same_geometry(Geometry.of(volume), geometry):
         interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
-        image = sitk.Resample(image, reference, sitk.Transform(), interp, 0.0, image.GetPixelID())
-    return sitk.GetArrayFromImage(image)
+        volume = sitk.Resample(volume, [int(v) for v in geometry.size], sitk.Transform(), interp, geometry.origin,
+                               geometry.spacing, geometry.direction, 0.0, volume.GetPixelID())
+    return RegionVolume(sitk.GetArrayFromImage(volume), (0, 0, 0), geometry)
+
+
+def _full_image_data(region: RegionVolume, dtype):
+    """A vtkImageData of the region's whole grid, zero outside the region, filled in place (one full-size write)."""
+    import vtk
+
+    nx, ny, nz = (int(v) for v in region.grid.size)
+    image = vtk.vtkImageData()
+    image.SetDimensions(nx, ny, nz)
+    image.AllocateScalars(_numpy_support().get_vtk_array_type(np.dtype(dtype)), 1)
+    view = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
+    view.fill(0)
+    x0, y0, z0 = region.lo
+    dz, dy, dx = region.data.shape
+    view[z0:z0 + dz, y0:y0 + dy, x0:x0 + dx] = region.data
+    return image
+
+
+def add_map_on_grid(scene, reference_node, region: RegionVolume, name: str, node=None):
+    """A float volume node (the class activation map) on exactly the reference volume's grid, from a region of that
+    grid: zero outside it, its display's automatic window/level off (the map's range is 0-1; computing it on a
+    full-size CT grid costs seconds).
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene
+    reference_node : vtkMRMLScalarVolumeNode
+        The CT; the node gets its local IJK-to-RAS and its parent transform.
+    region : RegionVolume
+        The map on the CT's grid (:func:`region_on_grid`).
+    name : str
+    node : vtkMRMLScalarVolumeNode, optional
+        The node to fill (made when None).
+
+    Returns
+    -------
+    vtkMRMLScalarVolumeNode
+    """
+    ref_dims = reference_node.GetImageData().GetDimensions()
+    if tuple(int(v) for v in region.grid.size) != tuple(ref_dims):
+        raise ValueError(f"region grid {region.grid.size} does not match the reference grid {ref_dims}")
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetAutoWindowLevel(False)
+    node.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
+    node.SetIJKToRASMatrix(_numpy_to_matrix(ijk_to_ras(reference_node, world=False)))
+    node.SetAndObserveImageData(_full_image_data(region, np.float32))
+    parent = reference_node.GetParentTransformNode()
+    node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
+    return node
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -415,20 +495,27 @@ def segmentation_to_mask(segmentation_node, reference_volume_node, segment_id: O
     return mask, warnings
 
 
-def _oriented_image(arr_kji: np.ndarray, ijk_to_ras_matrix: np.ndarray):
+def _oriented_image(arr_kji: np.ndarray, ijk_to_ras_matrix: np.ndarray, lo_xyz: Sequence[int] = (0, 0, 0)):
+    """A labelmap whose voxels are ``arr_kji`` at index ``lo_xyz`` of the grid of ``ijk_to_ras_matrix`` (its extent
+    is the region only)."""
     import slicer
 
     oi = slicer.vtkOrientedImageData()
     oi.ShallowCopy(_image_data_from_array(arr_kji.astype(np.uint8)))
+    x0, y0, z0 = (int(v) for v in lo_xyz)
+    dz, dy, dx = arr_kji.shape
+    oi.SetExtent(x0, x0 + dx - 1, y0, y0 + dy - 1, z0, z0 + dz - 1)
     oi.SetImageToWorldMatrix(_numpy_to_matrix(ijk_to_ras_matrix))
     return oi
 
 
-def regions_segmentation(scene, reference_volume_node, tumour_kji: np.ndarray, ring_kji: np.ndarray,
-                         name: str = "TMBRB regions", node=None, show3d: bool = True):
+def regions_segmentation(scene, reference_volume_node, tumour_kji, ring_kji, name: str = "TMBRB regions", node=None,
+                         show3d: bool = True):
     """A segmentation node with the 'Tumour' and 'Peritumoral ring' segments on the CT's grid.
 
-    2D: outlines only (the CAM stays visible); 3D: closed surfaces, the ring translucent."""
+    ``tumour_kji`` and ``ring_kji`` are [k, j, i] arrays on the CT's grid, or regions of it
+    (:class:`TMBRBLib.volumes.RegionVolume` on the CT's grid, :func:`region_on_grid`; only the region is handed to
+    the segmentation). 2D: outlines only (the CAM stays visible); 3D: closed surfaces, the ring translucent."""
     ensure_segmentation_converters()
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
@@ -440,7 +527,8 @@ def regions_segmentation(scene, reference_volume_node, tumour_kji: np.ndarray, r
     m = ijk_to_ras(reference_volume_node, world=False)
     node.CreateDefaultDisplayNodes()
     for seg_name, arr, color in ((TUMOUR_SEGMENT_NAME, tumour_kji, TUMOUR_COLOR), (RING_SEGMENT_NAME, ring_kji, RING_COLOR)):
-        node.AddSegmentFromBinaryLabelmapRepresentation(_oriented_image(arr, m), seg_name, color)
+        region = arr if isinstance(arr, RegionVolume) else RegionVolume(np.asarray(arr), (0, 0, 0), None)
+        node.AddSegmentFromBinaryLabelmapRepresentation(_oriented_image(region.data, m, region.lo), seg_name, color)
     display = node.GetDisplayNode()
     if display is not None:
         display.SetVisibility2DFill(False)
@@ -979,7 +1067,7 @@ def lps_box_to_ras_corners(box) -> Tuple[Tuple[float, float, float], Tuple[float
 
 __all__ = [
     "check_ct_volume_node", "volume_node_to_sitk", "volume_array", "add_volume_node_from_sitk", "add_volume_on_grid",
-    "image_on_reference_grid", "ijk_to_ras", "ijk_to_ras_from_sitk", "seed_ras", "seed_lps", "roi_is_defined",
+    "volume_state", "node_geometry", "same_geometry", "region_on_grid", "add_map_on_grid", "ijk_to_ras", "ijk_to_ras_from_sitk", "seed_ras", "seed_lps", "roi_is_defined",
     "box_from_roi", "set_roi_from_box", "segmentation_to_mask", "regions_segmentation", "segment_array",
     "cam_color_node", "show_cam", "set_cam_opacity", "volume_render_cam", "fill_table", "table_rows",
     "set_volume_rendering_logic", "cam_threshold", "set_cam_threshold", "cam_opacity_3d", "set_cam_opacity_3d",
