@@ -54,7 +54,7 @@ def heat_legend_css(n: int = 11) -> str:
     stops = []
     for i in range(n):
         t = i / (n - 1)
-        r, g, b = ma._heat_rgb(t)
+        r, g, b = ma.heat_rgb(t)
         stops.append(f"rgb({int(255 * r)},{int(255 * g)},{int(255 * b)}) {int(100 * t)}%")
     return "linear-gradient(to right, " + ", ".join(stops) + ")"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 
-from .errors import TMBRBError, TMBRBInputError, csv_cell
+from .errors import TMBRBCancelled, TMBRBError, TMBRBInputError, csv_cell
 from .geometry import Box, parse_box, parse_triplet, ras_to_lps
 
 SUMMARY_FIELDS = ["row", "case_id", "status", "score", "tta_mean", "tta_std", "os_group", "pfs_group",
@@ -271,7 +271,8 @@ def _clear_leftovers(out_dir: Path, case_id: str) -> None:
 
 
 def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: str, n_shifts: Optional[int],
-                      ring_width_mm: Optional[float], pictures: bool) -> Dict:
+                      ring_width_mm: Optional[float], pictures: bool,
+                      cancel: Optional[Callable[[], bool]] = None) -> Dict:
     """Score one case into a temporary folder beside `case_out`, then put it in place of `case_out` whole.
 
     Parameters
@@ -286,6 +287,8 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
         :func:`case_inputs` and :func:`inputs_key`, recorded in result.json under "inputs".
     n_shifts, ring_width_mm, pictures
         As for ``score_case`` / ``write_outputs``.
+    cancel : callable, optional
+        As for ``score_case``.
 
     Returns
     -------
@@ -300,7 +303,7 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
     ct, warn = read_ct(case["ct"])
     mask = read_mask(case["mask"], ct) if case["mask"] else None
     r = score_case(ct, case["seed_lps"], case["box"], mask, case["ecog"], n_shifts=n_shifts, scorer=scorer,
-                   ring_width_mm=ring_width_mm)
+                   ring_width_mm=ring_width_mm, cancel=cancel)
     r.warnings[:0] = [w for w in warn if w not in r.warnings]
     r.inputs.update({"ct_path": str(Path(case["ct"]).resolve()), "case_id": case["case_id"],
                      "mask_path": str(Path(case["mask"]).resolve()) if case["mask"] else None,
@@ -333,17 +336,43 @@ def _model_note(model: Dict) -> str:
     return f"model bundle {model.get('path', '')} MODIFIED after export" if model.get("modified") else ""
 
 
-def _failed_row(case_id: str, error: str, seconds: float, **extra) -> Dict:
+def failed_row(case_id: str, error: str, seconds: float, **extra) -> Dict:
+    """A summary.csv row for a case that failed: every field empty but its id, "failed", the error and the time.
+
+    >>> r = failed_row("c1", "no CT", 0.123, note="x")
+    >>> r["status"], r["error"], r["seconds"], r["note"], r["score"]
+    ('failed', 'no CT', 0.12, 'x', '')
+    """
     return {**{k: "" for k in SUMMARY_FIELDS}, "case_id": case_id, "status": "failed", "error": error,
             "seconds": round(seconds, 2), **extra}
 
 
-def _run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundle, n_shifts: Optional[int],
-              ring_width_mm: Optional[float], pictures: bool) -> Dict:
-    """One row's summary: done before (same inputs), scored (first time or inputs changed) or failed."""
+def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundle, n_shifts: Optional[int],
+             ring_width_mm: Optional[float], pictures: bool, cancel: Optional[Callable[[], bool]] = None) -> Dict:
+    """One row of a batch, as ``tmbrb batch``, the engine worker's ``case`` request and Slicer's batch score it.
+
+    Parameters
+    ----------
+    plan : (case or None, case id, error)
+        One item of :func:`plan_cases`.
+    out_dir : Path
+        The batch's output folder; the case goes into ``out_dir / case_id``.
+    scorer, bundle
+        The model on its device, and its bundle.
+    n_shifts, ring_width_mm, pictures
+        As for ``score_case`` / ``write_outputs``.
+    cancel : callable, optional
+        Polled between the engine's steps; when it returns True the case stops with TMBRBCancelled (raised, not
+        recorded as a failed row) and its folder is left as it was.
+
+    Returns
+    -------
+    dict
+        The summary row: done before (same inputs), scored (first time or inputs changed) or failed.
+    """
     case, case_id, error = plan
     if case is None:
-        return _failed_row(case_id, error, 0.0)
+        return failed_row(case_id, error, 0.0)
     t0 = time.perf_counter()
     note, key = "", ""
     try:
@@ -357,14 +386,16 @@ def _run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bund
         if old is not None:
             return summary_row(case_id, old, "done-before", 0.0, case_out)
         res = score_into_folder(case, case_out, scorer=scorer, keyed=keyed, key=key, n_shifts=n_shifts,
-                                ring_width_mm=ring_width_mm, pictures=pictures)
+                                ring_width_mm=ring_width_mm, pictures=pictures, cancel=cancel)
         row = summary_row(case_id, res, "ok", time.perf_counter() - t0, case_out)
         return {**row, "note": "; ".join(n for n in (row["note"], note) if n)}
+    except TMBRBCancelled:
+        raise
     except TMBRBError as e:
-        return _failed_row(case_id, str(e), time.perf_counter() - t0, note=note, inputs_key=key)
+        return failed_row(case_id, str(e), time.perf_counter() - t0, note=note, inputs_key=key)
     except Exception as e:  # noqa: BLE001 - one broken case must not stop the batch; the error is recorded
         (out_dir / f"{case_id}.error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        return _failed_row(case_id, f"internal error: {type(e).__name__}: {e}", time.perf_counter() - t0,
+        return failed_row(case_id, f"internal error: {type(e).__name__}: {e}", time.perf_counter() - t0,
                            note=note, inputs_key=key)
 
 
@@ -481,7 +512,7 @@ class RankFiles:
 
     def publish(self, rank: int, rows: List[Dict], share: int, finished: bool, error: Optional[str] = None) -> None:
         """Write this process's rows, then its state (so a finished state always follows its whole CSV)."""
-        _write_summary(self.csv_path(rank), rows)
+        write_summary(self.csv_path(rank), rows)
         state = {"run": self.token, "rank": rank, "world": self.world, "share": share, "done": len(rows),
                  "finished": finished, "error": error}
         tmp = self.state_path(rank).with_suffix(".json.part")
@@ -535,7 +566,7 @@ class RankFiles:
             why = (f"process {i % self.world} stopped: {st['error']}" if st and st.get("error") else
                    f"process {i % self.world} of {self.world} did not finish (no news from any process for "
                    f"{timeout_s:g} s)")
-            merged.append(_failed_row(case_id, f"not scored: {why}", 0.0, row=i + 1))
+            merged.append(failed_row(case_id, f"not scored: {why}", 0.0, row=i + 1))
         return merged
 
 
@@ -612,12 +643,12 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         scorer = Scorer(b, rank_device(device, world, local))
         for i in mine:
-            summary.append({**_run_case(plans[i], out_dir, scorer, b, n_shifts, ring_width_mm, pictures),
+            summary.append({**run_case(plans[i], out_dir, scorer, b, n_shifts, ring_width_mm, pictures),
                             "row": i + 1})
             if files is not None:
                 files.publish(rank, summary, len(mine), finished=False)
             else:
-                _write_summary(out_dir / "summary.csv", summary)
+                write_summary(out_dir / "summary.csv", summary)
             _show(bar, len(summary) + (files.others_done() if files is not None and bar is not None else 0),
                   f"{summary[-1]['case_id']}: {summary[-1]['status']}")
             if on_case is not None:
@@ -633,7 +664,7 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
     if rank != 0:
         return files.csv_path(rank)
     states = files.wait_for_others(wait_timeout_s, lambda: _show(bar, len(summary) + files.others_done()))
-    _write_summary(out_dir / "summary.csv", files.merge(summary, plans, wait_timeout_s, states))
+    write_summary(out_dir / "summary.csv", files.merge(summary, plans, wait_timeout_s, states))
     _close(bar)
     return out_dir / "summary.csv"
 
@@ -651,7 +682,8 @@ def _close(bar) -> None:
         bar.close()
 
 
-def _write_summary(path: Path, rows: List[Dict]) -> None:
+def write_summary(path: Path, rows: List[Dict]) -> None:
+    """Write summary.csv (SUMMARY_FIELDS, CSV-safe cells) through a temporary file, so a reader never sees half."""
     tmp = path.with_suffix(".csv.part")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")

@@ -198,7 +198,7 @@ class Worker:
                 return
             if op == "case":
                 self.send(id=rid, progress=0.0, message="scoring")  # the case's own time starts here
-                self.send(id=rid, done=True, row=self._case(request))
+                self.send(id=rid, done=True, row=self._case(request, cancel))
                 return
             if op != "score":
                 raise TMBRBInputError(f"Unknown request '{op}'.", "Send op 'score', 'case', 'device' or 'cancel'.")
@@ -218,17 +218,18 @@ class Worker:
             with self._lock:
                 self._cancelled.discard(rid)
 
-    def _case(self, request: Dict) -> Dict:
-        """One manifest row as ``tmbrb batch`` scores it (TMBRBLib.batch); its summary row."""
-        from .batch import _run_case, row_to_case
+    def _case(self, request: Dict, cancel: Callable[[], bool]) -> Dict:
+        """One manifest row as ``tmbrb batch`` scores it (TMBRBLib.batch); its summary row. A cancel stops it
+        between the engine's steps (TMBRBCancelled), so the worker stays warm."""
+        from .batch import run_case, row_to_case
 
         number = int(request.get("number") or 1)
         case = row_to_case(dict(request.get("row") or {}), Path(request.get("base") or "."), number)
         scorer = self.scorers.get(request.get("model"), request.get("device") or "auto")
         shifts = request.get("shifts")
-        row = _run_case((case, case["case_id"], ""), Path(request["out"]), scorer, scorer.bundle,
+        row = run_case((case, case["case_id"], ""), Path(request["out"]), scorer, scorer.bundle,
                         None if shifts is None else int(shifts), request.get("ring_mm"),
-                        bool(request.get("pictures", False)))
+                        bool(request.get("pictures", False)), cancel=cancel)
         return dict(row, row=number)
 
     def _score(self, request: Dict, rid: str, cancel: Callable[[], bool]) -> Tuple[Dict, Dict[str, float]]:

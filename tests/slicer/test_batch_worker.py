@@ -91,3 +91,36 @@ def test_a_timed_out_case_is_reported_and_the_next_case_is_scored(logic, tmp_pat
     assert "timed out" in rows[0]["error"] and "15 s" in rows[0]["error"]
     assert logic.engineWorker().starts == 2, "the hung worker was stopped and a new one scored the next case"
     assert (tmp_path / "out" / "next" / "result.json").is_file()
+
+
+SLOW_HOOK = """
+# the engine worker's start-up hook in this test: a long case (10 s) that checks for cancel as the engine's steps do
+import time
+import TMBRBLib.pipeline as pipeline
+from TMBRBLib.errors import TMBRBCancelled
+_score_case = pipeline.score_case
+def score_case(*args, cancel=None, **kwargs):
+    for _ in range(100):
+        if cancel is not None and cancel():
+            raise TMBRBCancelled("Cancelled by the user.")
+        time.sleep(0.1)
+    return _score_case(*args, cancel=cancel, **kwargs)
+pipeline.score_case = score_case
+"""
+
+
+def test_cancelling_a_batch_case_stops_it_and_keeps_the_warm_worker(logic, tmp_path, monkeypatch):
+    """Cancel reaches the engine's steps in a batch case too: the case stops there, the worker is not killed (it
+    used to be, after the GUI waited out the grace time)."""
+    manifest = write_manifest(tmp_path, [["c0"] + GOOD, ["c1"] + GOOD])
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_HOOK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p))
+    job = logic.startCases(manifest, tmp_path / "out", device="cpu", numberOfShifts=0)
+    rows = job.wait(cancel=lambda: job.current is not None and job.current.message == "scoring",
+                    processEvents=lambda: None)
+    assert job.state == "cancelled" and rows == []
+    worker = logic.engineWorker()
+    assert worker.alive and worker.starts == 1, "cancelling a batch case killed the warm worker"
+    assert not (tmp_path / "out" / "c0").exists()

@@ -58,7 +58,7 @@ def test_transfer_functions_live_on_the_volume_property_node(scored):
     prop_node = vr.GetVolumePropertyNode()
     opacity = prop_node.GetScalarOpacity()
     assert opacity.GetValue(ma.CAM_THRESHOLD * 0.5) == 0.0 and opacity.GetValue(1.0) > 0.5
-    assert np.allclose(prop_node.GetColor().GetColor(1.0), ma._heat_rgb(1.0), atol=1e-6)
+    assert np.allclose(prop_node.GetColor().GetColor(1.0), ma.heat_rgb(1.0), atol=1e-6)
     seen = []
     tag = prop_node.AddObserver("ModifiedEvent", lambda caller, event: seen.append(event))
     try:

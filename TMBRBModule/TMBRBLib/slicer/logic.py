@@ -989,9 +989,9 @@ class BatchJob:
         while self.current is None and self.index < self.total:
             case, caseId, error = self.plans[self.index]
             if case is None:
-                from ..batch import _failed_row
+                from ..batch import failed_row
 
-                self._record(_failed_row(caseId, error, 0.0))
+                self._record(failed_row(caseId, error, 0.0))
                 continue
             self.current = self.logic.engineWorker().submit(
                 dict(self.request, row=self.manifestRows[self.index], number=self.index + 1),
@@ -1015,29 +1015,29 @@ class BatchJob:
             request.poll()
         if not request.finished:
             return False
-        from ..batch import _failed_row
+        from ..batch import failed_row
 
         caseId = self.plans[self.index][1]
         seconds = time.time() - (self._caseStartedAt or request.started_at)
         if request.outcome() == "done":
             row = dict(request.answer["row"])
         elif timedOut:
-            row = _failed_row(caseId, f"timed out: the case did not finish within {self.caseTimeoutS:g} s (the "
+            row = failed_row(caseId, f"timed out: the case did not finish within {self.caseTimeoutS:g} s (the "
                               "engine was stopped; the next case starts on a new one)", seconds)
         else:
-            row = _failed_row(caseId, request.failure_message(), seconds)
+            row = failed_row(caseId, request.failure_message(), seconds)
         self.current = None
         self._record(row)
         return True
 
     def _record(self, row: Dict) -> None:
-        from ..batch import _write_summary
+        from ..batch import write_summary
 
         number = self.index + 1
         row = dict(row, row=number)
         self.rows.append(row)
         self.index += 1
-        _write_summary(self.outputDir / "summary.csv", self.rows)
+        write_summary(self.outputDir / "summary.csv", self.rows)
         if self.onCase is not None:
             self.onCase(number, self.total, row)
 

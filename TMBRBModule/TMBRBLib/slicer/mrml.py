@@ -586,7 +586,7 @@ def _export_segment(segmentation_node, segment_id: str, reference_volume_node) -
 # CAM display
 
 
-def _heat_rgb(t: float) -> Tuple[float, float, float]:
+def heat_rgb(t: float) -> Tuple[float, float, float]:
     """A 'hot' heat map: dark red -> red -> orange -> yellow -> white."""
     r = min(1.0, 0.35 + 1.3 * t)
     g = min(1.0, max(0.0, 2.0 * t - 0.45))
@@ -604,7 +604,7 @@ def cam_color_node(scene, n: int = 256):
     node.SetNumberOfColors(n)
     for i in range(n):
         t = i / (n - 1)
-        r, g, b = _heat_rgb(t)
+        r, g, b = heat_rgb(t)
         node.SetColor(i, f"{t:.2f}", r, g, b, min(1.0, t * 2.5))
     node.GetLookupTable().SetRange(0.0, 1.0)
     node.SetAttribute("Category", "TMBRB")
@@ -765,7 +765,7 @@ def set_cam_transfer_functions(prop_node, threshold: float = CAM_THRESHOLD, opac
 
     color = vtk.vtkColorTransferFunction()
     for t in np.linspace(0.0, 1.0, 11):
-        color.AddRGBPoint(float(t), *_heat_rgb(float(t)))
+        color.AddRGBPoint(float(t), *heat_rgb(float(t)))
     scalar_opacity = vtk.vtkPiecewiseFunction()
     scalar_opacity.AddPoint(0.0, 0.0)
     scalar_opacity.AddPoint(float(threshold), 0.0)
