@@ -53,3 +53,25 @@ def require_real_ct():
 def real_ct_data():
     """The folder ../shared/data/real_ct; skips the test with a reason when it is absent."""
     return require_real_ct()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bit_exact: compares two runs bit for bit; runs with one torch CPU thread")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_bit_exact(request):
+    """Tests marked `bit_exact` compare two runs bit for bit. They assume the CPU device, the same torch build and a
+    fixed intra-op thread count: a float reduction split over N threads adds in an order that depends on N, so the
+    count is fixed to one for the test (whatever OMP_NUM_THREADS the run has) and restored after."""
+    if request.node.get_closest_marker("bit_exact") is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

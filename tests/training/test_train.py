@@ -32,6 +32,7 @@ def _same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.bit_exact  # one torch thread (tests/conftest.py)
 def test_same_command_twice_gives_same_auc_and_weights(tiny_manifest, tmp_path):
     for name in ("a", "b"):
         _run(train_args(tiny_manifest, tmp_path / name, "--epochs", "1", "--seed", "3"))
@@ -49,6 +50,7 @@ def test_same_command_twice_gives_same_auc_and_weights(tiny_manifest, tmp_path):
     assert sa["ct_reads_rank0"] == sa["n_train"] + sa["n_val"]
 
 
+@pytest.mark.bit_exact  # one torch thread (tests/conftest.py)
 def test_resume_continues_exactly(tiny_manifest, tmp_path):
     _run(train_args(tiny_manifest, tmp_path / "full", "--epochs", "2"))
     _run(train_args(tiny_manifest, tmp_path / "part", "--epochs", "2", "--stop-after", "1"))
