@@ -150,6 +150,7 @@ def tumour_case():
     return make_ct(size=(64, 64, 40), tumour_lps=TUMOUR, radius_mm=7, noise=10)
 
 
+@pytest.mark.slow
 def test_tta_mean_and_std_are_those_of_the_box_and_each_shifted_box_scored_alone(tumour_case, scorer):
     """tta_scores = [the box's score, each shifted box's score]; tta_mean/tta_std = their mean and population
     standard deviation (numpy's, ddof 0). Each shifted box is scored again on its own (no shifts) and must give its
@@ -184,6 +185,7 @@ def _batch_manifest(tmp_path, ct, names):
     return tmp_path / "m.csv"
 
 
+@pytest.mark.slow
 def test_batch_resume_scores_a_half_written_case_folder_again(tumour_case, placeholder_bundle, tmp_path,
                                                               monkeypatch):
     """A case folder left by an interrupted run (some outputs, no result.json; or a truncated result.json) is not
@@ -216,6 +218,7 @@ def test_batch_resume_scores_a_half_written_case_folder_again(tumour_case, place
 
 
 # ------------------------------------------------------------------------------------------------ CLI seed
+@pytest.mark.slow
 def test_cli_seed_as_ras_lps_or_index_is_the_same_point_hard_coded(placeholder_bundle, tmp_path):
     """The tumour at LPS (10, -20, 30) is RAS (-10, 20, 30) (x and y negated), and on this CT (directions diag(-1,
     -1, 1), spacing 0.8 x 0.8 x 1 mm, 64 x 64 x 40 voxels centred on it) voxel index (31.5, 31.5, 19.5): numbers
