@@ -37,6 +37,26 @@ def test_attention_shares_on_a_toy_cam_computed_by_hand():
     assert s == pytest.approx({"tumour": 0.3, "ring": 0.2, "elsewhere": 0.5, "total_mass": 10.0}, abs=1e-12)
 
 
+def test_attention_shares_sum_a_float32_map_in_float64():
+    """The CAM on the CT grid is float32 and can be large; summed in float32, 2^24 + 1 is 2^24. The shares are the
+    float64 sums: (2^24 + 1) / (2^25 + 3) each for tumour and ring."""
+    cam = np.zeros((1, 1, 5), np.float32)
+    cam[0, 0] = [2.0 ** 24, 1.0, 2.0 ** 24, 1.0, 1.0]
+    tumour = np.array([[[1, 1, 0, 0, 0]]], np.uint8)
+    ring = np.array([[[0, 0, 1, 1, 0]]], np.uint8)
+    s = attention_shares(cam, tumour, ring)
+    assert s["total_mass"] == 2.0 ** 25 + 3
+    assert s["tumour"] == pytest.approx((2 ** 24 + 1) / (2 ** 25 + 3), rel=1e-15)
+    assert s["ring"] == pytest.approx((2 ** 24 + 1) / (2 ** 25 + 3), rel=1e-15)
+
+
+def test_attention_shares_of_a_map_with_little_mass():
+    """A map whose total mass is below 1 (a faint, normalised CAM) still has shares; only a zero map has none."""
+    cam = np.array([[[0.1, 0.3, 0.1]]])
+    s = attention_shares(cam, np.array([[[0, 1, 0]]]), np.array([[[1, 0, 0]]]))
+    assert s == pytest.approx({"tumour": 0.6, "ring": 0.2, "elsewhere": 0.2, "total_mass": 0.5}, abs=1e-12)
+
+
 def test_attention_shares_of_an_empty_map_are_zero():
     s = attention_shares(np.zeros((2, 2, 2)), np.ones((2, 2, 2)), np.zeros((2, 2, 2)))
     assert s == {"tumour": 0.0, "ring": 0.0, "elsewhere": 0.0, "total_mass": 0.0}
@@ -70,7 +90,9 @@ def test_ring_width_is_in_mm_on_an_anisotropic_grid():
     np.testing.assert_array_equal(ring, expected)
     zs, ys, xs = np.nonzero(ring)
     assert (np.ptp(xs), np.ptp(ys), np.ptp(zs)) == (6, 2, 2)
-    assert ring_from_tumour(img, 3.0).GetSpacing() == img.GetSpacing()
+    out = ring_from_tumour(img, 3.0)
+    assert out.GetSpacing() == img.GetSpacing() and out.GetOrigin() == img.GetOrigin()
+    assert out.GetPixelID() == sitk.sitkUInt8  # a label map, as the tumour mask
 
 
 def test_ring_and_shares_use_that_ring_and_report_its_width():
