@@ -163,6 +163,21 @@ def test_gradcam_ixg_keeps_positive_input_times_gradient_only():
     assert cam[:, :, 2:].abs().max().item() == 0.0
 
 
+def test_gaussian_smooth_per_axis_sigma_in_voxels():
+    """No smoothing at sigma 0 (the input itself); below one voxel it still smooths; each axis its own sigma; the
+    mass of an impulse away from the borders is kept."""
+    from TMBRBLib.cam import gaussian_smooth
+
+    x = torch.zeros(1, 1, 15, 15, 15)
+    x[0, 0, 7, 7, 7] = 1.0
+    assert gaussian_smooth(x, 0.0) is x and gaussian_smooth(x, [0, 0, 0]) is x
+    y = gaussian_smooth(x, 0.8)
+    assert y[0, 0, 7, 7, 7].item() < 0.5 and y.sum().item() == pytest.approx(1.0, abs=1e-4)
+    z = gaussian_smooth(x, [2.0, 0.5, 0.5])[0, 0]   # (z, y, x) axes: wide along the first only
+    assert z[7 + 2, 7, 7].item() > 10 * z[7, 7 + 2, 7].item() and z[7, 7 + 2, 7].item() == pytest.approx(
+        z[7, 7, 7 + 2].item(), rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ TTA summary
 TUMOUR = (10.0, -20.0, 30.0)
 
