@@ -1,4 +1,8 @@
-"""Shared fixtures: a placeholder model bundle (built once per session) and synthetic CTs with a known tumour."""
+"""Shared fixtures: a placeholder model bundle (built once per session) and synthetic CTs with a known tumour.
+
+Also the strict mode (tests/_prereq.py): with TMBRB_STRICT=1, as .ci/run sets, a skip for a missing prerequisite
+(Chromium, the shared data, slicer-core, a placeholder instead of the demo bundle) fails the run.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
-for p in (REPO / "TMBRBModule", REPO):
+for p in (REPO / "TMBRBModule", REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+import _prereq  # noqa: E402
+from _prereq import require  # noqa: E402  (what a skip for a missing prerequisite calls)
+
+# the strict mode's hooks, registered as hooks of this conftest
+pytest_runtest_makereport = _prereq.pytest_runtest_makereport
+pytest_make_collect_report = _prereq.pytest_make_collect_report
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +44,8 @@ def real_ct_dir() -> Path:
 def require_real_ct():
     d = real_ct_dir()
     if not (d / "pyradiomics" / "lung1_image.nrrd").is_file():
-        pytest.skip(f"real CTs not found in {d} (../shared/data beside the repository); "
-                    "these tests need the shared data folder")
+        require("shared-data", f"real CTs not found in {d} (../shared/data beside the repository); "
+                               "these tests need the shared data folder")
     return d
 
 
@@ -42,3 +53,25 @@ def require_real_ct():
 def real_ct_data():
     """The folder ../shared/data/real_ct; skips the test with a reason when it is absent."""
     return require_real_ct()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bit_exact: compares two runs bit for bit; runs with one torch CPU thread")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_bit_exact(request):
+    """Tests marked `bit_exact` compare two runs bit for bit. They assume the CPU device, the same torch build and a
+    fixed intra-op thread count: a float reduction split over N threads adds in an order that depends on N, so the
+    count is fixed to one for the test (whatever OMP_NUM_THREADS the run has) and restored after."""
+    if request.node.get_closest_marker("bit_exact") is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1168,11 +1168,18 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
     elif demo:
         viewer.open_demo()
     viewer.logic.engineWorker().start()  # torch and MONAI load while the page opens: the first Apply is quicker
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/?secret={secret}"
-    print(f"TMBRB viewer: {url}  (pid {os.getpid()}; open this address, the secret included; Ctrl+C stops it)",
-          flush=True)
-    if open_browser:
-        viewer.ctrl.on_server_ready.add(lambda **_: webbrowser.open(url))
+
+    def announce(**_state) -> None:
+        # Printed once the socket is bound, with the port it got: with --port 0 the system picks a free one, and a
+        # caller reads it from this line (no pick-then-release race between a probe socket and the server).
+        bound = viewer.server.port or port
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/?secret={secret}"
+        print(f"TMBRB viewer: {url}  (pid {os.getpid()}; open this address, the secret included; Ctrl+C stops it)",
+              flush=True)
+        if open_browser:
+            webbrowser.open(url)
+
+    viewer.ctrl.on_server_ready.add(announce)
     try:
         viewer.server.start(host=host, port=port, open_browser=False, show_connection_info=False)
     finally:

@@ -45,6 +45,7 @@ def test_outputs_lie_on_the_ct_grid_and_cam_is_zero_outside_the_crop(oblique_cas
     assert abs(sum(r.attention[k] for k in ("tumour", "ring", "elsewhere")) - 1) < 1e-6 or r.attention["total_mass"] == 0
 
 
+@pytest.mark.bit_exact  # one torch thread (tests/conftest.py)
 def test_the_same_input_gives_bit_identical_output_on_cpu(oblique_case, placeholder_bundle):
     ct, mask, tumour = oblique_case
     outs = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _prereq import require
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "TMBRBModule"
@@ -24,14 +26,17 @@ def _import_real_slicer():
     saved = list(sys.path)
     sys.path[:] = [p for p in sys.path if (Path(p or ".").resolve() / "slicer") != here]
     try:
-        return pytest.importorskip("slicer", reason="the slicer-core wheel (MRML classes) is not installed")
+        try:
+            return importlib.import_module("slicer")
+        except ImportError:
+            require("slicer-core", "the slicer-core wheel (MRML classes) is not installed (pip install 'slicer-core==5.11.*')")
     finally:
         sys.path[:] = saved
 
 
 slicer = _import_real_slicer()
 if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("the 'slicer' package has no MRML classes (install slicer-core 5.11)", allow_module_level=True)
+    require("slicer-core", "the 'slicer' package has no MRML classes (install slicer-core 5.11)")
 
 TESTING = REPO / "Testing"
 

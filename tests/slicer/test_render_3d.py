@@ -9,6 +9,7 @@ both views, as in the viewer: with it, software GL (llvmpipe) draws neither the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -16,6 +17,7 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from _prereq import require  # noqa: E402
 from conftest import REPO, add_ct, add_seed  # noqa: E402
 from test_slicer_logic import oblique_ct  # noqa: E402
 
@@ -174,7 +176,8 @@ def test_cam_is_visible_in_a_3d_view_of_the_module_scene(scene, logic, mapping_b
 def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_bundle):
     """trame-slicer registers its own volume rendering logic; the module's display code renders through it (the
     factory's application logic is found without being told) and the map is visible in trame-slicer's 3D view."""
-    pytest.importorskip("trame_slicer", reason="trame-slicer is not installed")
+    if importlib.util.find_spec("trame_slicer") is None:
+        require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import ThreeDView
 

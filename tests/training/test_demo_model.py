@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _prereq import require
 
 from TMBRBLib.bundle import default_bundle_path, load_bundle
 from TMBRBLib.phantom import make_phantom
@@ -23,7 +24,8 @@ DEMO_SIGNAL = dict(signal="peritumoral", strength=2.0, haze_hu=300.0, shell_mm=8
 def demo_runs():
     b = load_bundle(default_bundle_path())
     if b.tmbrb.get("placeholder"):
-        pytest.skip("the bundled model is a placeholder (no trained demo model in Resources/models/tmbrb_demo)")
+        require("placeholder-bundle",
+                "the bundled model is a placeholder (no trained demo model in Resources/models/tmbrb_demo)")
     scorer = Scorer(b, "cpu")
     out = {}
     for seed in SEEDS:

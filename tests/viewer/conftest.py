@@ -1,7 +1,7 @@
 """Fixtures for the browser viewer tests: a real viewer server process and a real headless Chromium (Playwright).
 
-Skips with a reason when Chromium, Playwright or trame-slicer is missing. The server is started on a free loopback
-port and stopped by its PID.
+Skips with a reason when Chromium, Playwright or trame-slicer is missing. The server binds a loopback port
+of the system's choosing (--port 0), prints it, and is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _prereq import require
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "viewer"
@@ -27,6 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 # An untrained placeholder whose Grad-CAM is not zero on the demo phantom (seed 0's is zero there), used when the
 # bundled demo model is not installed, so that the CAM overlay has something to show.
 PLACEHOLDER_SEED = 6
+ANNOUNCE = re.compile(r"TMBRB viewer: http://127\.0\.0\.1:(\d+)/\?secret=(\S+)")
 
 
 def chromium_path():
@@ -39,19 +40,13 @@ def chromium_path():
 
 def require_browser_stack():
     if importlib.util.find_spec("trame_slicer") is None:
-        pytest.skip('trame-slicer is not installed (pip install "trame-slicer[standalone]")')
+        require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
     if importlib.util.find_spec("playwright") is None:
-        pytest.skip("the Playwright Python package is not installed (pip install playwright)")
+        require("chromium", "the Playwright Python package is not installed (pip install playwright)")
     path = chromium_path()
     if path is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+        require("chromium", "Chromium is not installed (apt-get install -y chromium)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_env(bundle: Path) -> dict:
@@ -66,30 +61,30 @@ class ViewerServer:
     """`python -m tmbrb_viewer` in a child process; stop() ends it by its PID."""
 
     def __init__(self, args, env, cwd: Path, log_path: Path, timeout_s: float = 120.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        # --port 0: the server binds a port the system picks and prints the address it got once it listens; no
+        # port is picked here and released for the server to take (another process could take it in between).
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tmbrb_viewer", "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tmbrb_viewer", "--port", "0", *args],
                                      env=env, cwd=str(cwd), stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         deadline = time.monotonic() + timeout_s
+        found = None
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the viewer exited with code {self.proc.returncode}:\n{self.log_tail()}")
-            if self.alive():
-                break
+            # the page's address with its port and the per-launch websocket secret, as the CLI prints it
+            found = found or ANNOUNCE.search(self.log_tail(100_000))
+            if found:
+                self.port, self.secret = int(found.group(1)), found.group(2)
+                self.url = f"http://127.0.0.1:{self.port}/?secret={self.secret}"
+                if self.alive():
+                    break
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the viewer did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
+                what = "answer" if found else "print its address"
+                raise RuntimeError(f"the viewer did not {what} within {timeout_s:.0f} s:\n{self.log_tail()}")
             time.sleep(0.3)
-        # the page's address with the per-launch websocket secret, as the CLI prints it
-        found = re.search(r"TMBRB viewer: (\S+\?secret=(\S+))", self.log_tail(100_000))
-        if not found:
-            self.stop()
-            raise RuntimeError(f"the viewer printed no address with a secret:\n{self.log_tail()}")
-        self.secret = found.group(2)
-        self.url = f"http://127.0.0.1:{self.port}/?secret={self.secret}"
 
     def alive(self) -> bool:
         try:

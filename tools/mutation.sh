@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Mutation testing of the core library and training's trainer with mutmut 3 (docs/testing.md). Not part of CI.
+#
+#   tools/mutation.sh run 'TMBRBLib.regions*'          # mutate one module (mutmut's name globs), run, keep results
+#   tools/mutation.sh --tests "tests/engine/test_risk.py tests/engine/test_values.py -m 'not slow'" run 'TMBRBLib.risk*'
+#   tools/mutation.sh results                          # the surviving mutants; `show NAME` prints one as a diff
+#
+# mutmut names a mutant after its file's module path and drops only a leading "src/", so this stages a copy of the
+# repository with TMBRBModule/ as src/ (TMBRBLib.regions, as the tests import it) in $TMBRB_MUTATION_DIR
+# (default: $TMPDIR/tmbrb-mutation-<uid>) and runs mutmut there, niced. The copy's mutants/ folder keeps mutmut's
+# results between runs. Without PYTHONPATH: mutmut puts its mutated copy first on the path.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${TMBRB_MUTATION_DIR:-${TMPDIR:-/tmp}/tmbrb-mutation-$(id -u)}
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+TESTS=""
+if [ "${1:-}" = "--tests" ]; then TESTS=$2; shift 2; fi
+stage() {
+  mkdir -p "$WORK/src"
+  rm -rf "$WORK/src/TMBRBLib" "$WORK/src/Resources" "$WORK/training" "$WORK/tests"
+  # -p keeps the files' times: mutmut generates mutants again only for files that changed
+  cp -rp "$REPO/TMBRBModule/TMBRBLib" "$REPO/TMBRBModule/Resources" "$WORK/src/"
+  cp -rp "$REPO/training" "$REPO/tests" "$WORK/"
+  cp -p "$REPO/pyproject.toml" "$WORK/"
+  find "$WORK/src" "$WORK/training" "$WORK/tests" -name __pycache__ -prune -exec rm -rf {} +
+  if [ -n "$TESTS" ]; then
+    "$PYTHON" -c 'import json, re, shlex, sys
+path, tests = sys.argv[1], shlex.split(sys.argv[2])
+text = open(path).read()
+line = "pytest_add_cli_args_test_selection = " + json.dumps(tests)
+open(path, "w").write(re.sub(r"^pytest_add_cli_args_test_selection = .*$", lambda m: line, text, count=1, flags=re.M))
+' "$WORK/pyproject.toml" "$TESTS"
+  fi
+}
+# `run` stages the working tree afresh; results/show/browse read the staged copy as it is
+if [ "${1:-}" = "run" ] || [ ! -d "$WORK/src" ]; then stage; fi
+cd "$WORK"
+unset PYTHONPATH
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUTF8=1
+exec nice -n 10 "$PYTHON" -m mutmut "$@"
