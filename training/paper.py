@@ -125,8 +125,9 @@ def _score_step(a, work: Path, manifest: Path, bundle: Path, splits: List[str], 
 def _comparator_step(a, work: Path, manifest: Path, scores: pd.DataFrame):
     """Tumour features (cached per case) and the comparator models; writes predictions.csv and comparators.json."""
     df, cases = C.load_cohort(manifest, a.clinical_columns, a.tmb_threshold)
-    _log(f"features: {len(cases)} cases (cached in {work / 'cache'}; radiomics {'off' if a.no_radiomics else 'on'})")
-    feats = C.case_features(cases, work / "cache", radiomics=not a.no_radiomics, progress=not a.no_progress)
+    cache = Path(a.feature_cache) if a.feature_cache else work / "cache"
+    _log(f"features: {len(cases)} cases (cached in {cache}; radiomics {'off' if a.no_radiomics else 'on'})")
+    feats = C.case_features(cases, cache, radiomics=not a.no_radiomics, progress=not a.no_progress)
     if not a.no_radiomics:
         C.write_settings(work)
     clinical = df.attrs["clinical_columns"]
@@ -517,4 +518,6 @@ def add_paper_args(p) -> None:
                    help=f"clinical columns of the manifest (default: those among {list(C.CLINICAL_CANDIDATES)})")
     p.add_argument("--histology-column", default="histology")
     p.add_argument("--no-radiomics", action="store_true", help="leave the radiomic model out")
+    p.add_argument("--feature-cache", default=None,
+                   help="folder of the per-case feature cache (default WORK/cache; share it between work folders)")
     p.add_argument("--shifts", type=int, default=None, help="test-time box shifts (default: the bundle's)")

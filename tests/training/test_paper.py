@@ -39,6 +39,12 @@ def cohort(tmp_path_factory) -> Path:
     return _with_clinical(write_tiny_cohort(out, n=20, splits=["train"] * 10 + ["val"] * 4 + ["test"] * 6))
 
 
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the module: the report test reuses what the comparator test extracted."""
+    return tmp_path_factory.mktemp("feature_cache")
+
+
 def test_phantom_cohort_clinical_columns_follow_tmb_and_keep_the_rest():
     from TMBRBLib.phantom import MANIFEST_COLUMNS
     from TMBRBLib.phantom.clinical import CLINICAL_COLUMNS, clinical_values
@@ -54,7 +60,7 @@ def test_phantom_cohort_clinical_columns_follow_tmb_and_keep_the_rest():
     assert abs(gaps["stage"]) < 0.08 and abs(np.mean([r["age"] for r in high]) - np.mean([r["age"] for r in low])) < 2
 
 
-def test_comparators_fit_apply_and_cache(cohort, tmp_path):
+def test_comparators_fit_apply_and_cache(cohort, feature_cache):
     df, cases = C.load_cohort(cohort)
     assert df.attrs["clinical_columns"] == ["histology", "sex", "age"]
     calls = []
@@ -63,9 +69,9 @@ def test_comparators_fit_apply_and_cache(cohort, tmp_path):
         calls.append(1)
         return C.extract_radiomics(ct, mask, settings)
 
-    feats = C.case_features(cases, tmp_path / "cache", extractor=counting, progress=False)
+    feats = C.case_features(cases, feature_cache, extractor=counting, progress=False)
     assert len(calls) == len(cases) and any(c.startswith("rad_original_glcm") for c in feats.columns)
-    again = C.case_features(cases, tmp_path / "cache", extractor=counting, progress=False)
+    again = C.case_features(cases, feature_cache, extractor=counting, progress=False)
     assert len(calls) == len(cases)  # the re-run read every case from the cache
     pd.testing.assert_frame_equal(feats, again)
     df["tmbrb"] = np.where(df["label"] == 1, 0.7, 0.3) + np.random.default_rng(1).normal(0, 0.2, len(df))
@@ -106,13 +112,14 @@ def test_bad_manifest_columns_give_a_clear_error(cohort, tmp_path):
     assert not (tmp_path / "w" / "run").exists()  # stopped before any training
 
 
-def test_paper_command_builds_the_report_and_resumes(cohort, tmp_path, capsys):
+def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_path, capsys):
     from TMBRBLib.phantom import write_immunotherapy_cohort
     ici = write_immunotherapy_cohort(tmp_path / "ici.csv", n=80, seed=0)
     work = tmp_path / "work"
     args = ["paper", "--work", str(work), "--manifest", str(cohort), "--immunotherapy", str(ici), "--epochs", "1",
             "--architecture", TINY_ARCH, "--preprocessing", TINY_PRE, "--margin-vox", "3", "--batch-size", "4",
-            "--threads", "1", "--no-progress", "--shifts", "0", "--cox-covariates", "ecog", "sex"]
+            "--threads", "1", "--no-progress", "--shifts", "0", "--cox-covariates", "ecog", "sex",
+            "--feature-cache", str(feature_cache)]
     assert main(args) == 0
     pred = pd.read_csv(work / "predictions.csv")
     assert {"tmbrb", "radiomic", "clinical", "tmbrb_histology", "diameter", "volume"} <= set(pred.columns)
@@ -138,3 +145,15 @@ def test_paper_command_builds_the_report_and_resumes(cohort, tmp_path, capsys):
     assert "model: trained before, reused" in err and "score: " not in err
     assert (work / "bundle" / "configs" / "metadata.json").stat().st_mtime_ns == mtime
     assert (work / "state.json").stat().st_mtime_ns == state
+
+
+def test_finding_says_which_model_is_ahead():
+    from training.paper import finding
+
+    def res(auc_t, auc_r):
+        return {"roc": [{"cohort": "test", "model": m, "AUC": v, "CI low": v - 0.1, "CI high": v + 0.1}
+                        for m, v in (("tmbrb", auc_t), ("radiomic", auc_r))],
+                "delong": [{"cohort": "test", "TMBRB vs": "radiomic", "DeLong p": 0.01}]}
+    assert "falls behind TMBRB, as in the paper" in finding(res(0.85, 0.6), "peritumoral")
+    assert "does NOT fall behind" in finding(res(0.6, 0.85), "core")
+    assert "no TMBRB or no radiomic AUC" in finding({"roc": []}, None)
