@@ -100,10 +100,9 @@ def load_cohort(manifest, clinical_columns: Optional[Sequence[str]] = None, tmb_
         num = pd.to_numeric(df[col], errors="coerce")
         if num.notna().all():
             df[col] = num
-    for split in ("train",):
-        if set(df.loc[df["cohort"] == split, "label"]) != {0, 1}:
-            raise TMBRBInputError(f"The '{split}' split needs both High- and Low-TMB cases to fit the comparators.",
-                                  "Reassign cases so that the train split holds both classes.")
+    if set(df.loc[df["cohort"] == "train", "label"]) != {0, 1}:
+        raise TMBRBInputError("The 'train' split needs both High- and Low-TMB cases to fit the comparators.",
+                              "Reassign cases so that the train split holds both classes.")
     df.attrs["clinical_columns"] = list(clinical_columns)
     return df, cases
 

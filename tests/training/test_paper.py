@@ -104,6 +104,12 @@ def test_bad_manifest_columns_give_a_clear_error(cohort, tmp_path):
     df.to_csv(bad, index=False)
     with pytest.raises(TMBRBInputError, match="no value in the clinical column 'histology'"):
         C.load_cohort(bad)
+    df = pd.read_csv(cohort)
+    df["split"] = np.where(df["tmb"] >= 10, "test", "train")  # no High-TMB case to fit on
+    bad = cohort.parent / "bad_one_class.csv"
+    df.to_csv(bad, index=False)
+    with pytest.raises(TMBRBInputError, match="'train' split needs both High- and Low-TMB"):
+        C.load_cohort(bad)
     df = pd.read_csv(cohort).drop(columns=["histology"])
     bad = cohort.parent / "bad_no_histology.csv"
     df.to_csv(bad, index=False)
