@@ -1,4 +1,4 @@
-"""`python -m training <command>`: train, export, evaluate, ood-summary, bench, phantoms, demo."""
+"""`python -m training <command>`: train, export, evaluate, ood-summary, bench, phantoms, demo, paper."""
 
 from __future__ import annotations
 
@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_args(p, demo=True)
     from .demo import DEMO_DEFAULTS
     p.set_defaults(**DEMO_DEFAULTS)
+
+    p = sub.add_parser("paper", help="the paper's comparison end to end: TMBRB vs radiomic, clinical, diameter and "
+                                     "volume models, survival and attention analyses, one HTML report")
+    from .paper import add_paper_args
+    add_paper_args(p)
+    add_train_args(p, demo=True)
     return ap
 
 
@@ -239,6 +245,10 @@ def _run(a, command: str) -> None:
     elif a.cmd == "demo":
         from .demo import run_demo
         run_demo(a, command)
+    elif a.cmd == "paper":
+        from .paper import run_paper
+        _threads(a.threads)
+        print(json.dumps({"report": str(run_paper(a, command))}))
 
 
 def write_phantoms(out, n, fractions, signal="peritumoral", strength=None, seed=0, workers=1, progress=True,

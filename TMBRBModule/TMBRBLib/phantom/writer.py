@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .clinical import CLINICAL_COLUMNS, add_clinical_columns
 from .generate import PhantomCase, _check_seed, make_phantom
 from .signal import DEFAULT_STRENGTH, HIGH_TMB_CUTOFF, check_signal, check_strength
 
@@ -30,7 +31,7 @@ MANIFEST_COLUMNS = [
     "tmb", "label", "case_seed", "signal", "strength", "signal_amplitude",
     "diameter_mm", "kind", "spiculated", "side",
     "spacing_x", "spacing_y", "spacing_z", "size_x", "size_y", "size_z", "direction_kind", "noise_hu",
-]
+] + CLINICAL_COLUMNS  # simulated clinical columns (module ``clinical``), tied to the label
 _PATH_COLUMNS = ("ct", "mask", "signal_mask", "meta")
 COHORT_VERSION = 2
 
@@ -230,9 +231,10 @@ def _run_jobs(jobs, workers: int, progress: bool) -> list:
 
 
 def _write_manifest(out: pathlib.Path, rows, fractions, seed: int) -> pathlib.Path:
-    """Split the cases (stratified by label) and write ``out/manifest.csv``."""
+    """Split the cases (stratified by label), add the simulated clinical columns and write ``out/manifest.csv``."""
     import pandas as pd
 
+    add_clinical_columns(rows)
     for row, split in zip(rows, stratified_split([int(r["label"]) for r in rows], fractions, seed)):
         row["split"] = split
     df = pd.DataFrame([_round_row(r) for r in rows])[MANIFEST_COLUMNS]

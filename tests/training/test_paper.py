@@ -1,0 +1,165 @@
+"""The paper end to end on a tiny cohort: the phantom cohort's clinical columns, the comparator models (fit, apply,
+predictions CSV, feature cache), bad manifest columns, and `python -m training paper`'s report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from TMBRBLib.errors import TMBRBInputError
+from training import comparators as C
+from training.cli import main
+
+from .conftest import TINY_ARCH, TINY_PRE, write_tiny_cohort
+
+pytest.importorskip("radiomics")
+
+
+def _with_clinical(manifest: Path, seed: int = 0) -> Path:
+    """Add clinical columns: histology follows the label (two exceptions), sex and age are noise."""
+    df = pd.read_csv(manifest)
+    rng = np.random.default_rng(seed)
+    label = (df["tmb"] >= 10).to_numpy()
+    df["histology"] = np.where(label, "squamous", "adenocarcinoma")
+    df.loc[[0, 3], "histology"] = ["squamous", "adenocarcinoma"]
+    df["sex"] = rng.choice(["male", "female"], len(df))
+    df["age"] = rng.integers(40, 80, len(df))
+    df.to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("paper_cohort")
+    return _with_clinical(write_tiny_cohort(out, n=20, splits=["train"] * 10 + ["val"] * 4 + ["test"] * 6))
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the module: the report test reuses what the comparator test extracted."""
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+def test_phantom_cohort_clinical_columns_follow_tmb_and_keep_the_rest():
+    from TMBRBLib.phantom import MANIFEST_COLUMNS
+    from TMBRBLib.phantom.clinical import CLINICAL_COLUMNS, clinical_values
+    assert MANIFEST_COLUMNS[-len(CLINICAL_COLUMNS):] == CLINICAL_COLUMNS
+    assert clinical_values(123, 1) == clinical_values(123, 1)  # deterministic in the case seed
+    high = [clinical_values(i, 1) for i in range(800)]
+    low = [clinical_values(i, 0) for i in range(800)]
+    share = lambda rows, col, v: np.mean([r[col] == v for r in rows])  # noqa: E731
+    gaps = {col: share(high, col, v) - share(low, col, v)
+            for col, v in (("histology", "squamous"), ("smoking", "current_or_former"), ("sex", "male"),
+                           ("stage", "IV"))}
+    assert gaps["histology"] > 0.3 and gaps["histology"] > gaps["smoking"] > gaps["sex"] > 0  # histology strongest
+    assert abs(gaps["stage"]) < 0.08 and abs(np.mean([r["age"] for r in high]) - np.mean([r["age"] for r in low])) < 2
+
+
+def test_comparators_fit_apply_and_cache(cohort, feature_cache):
+    df, cases = C.load_cohort(cohort)
+    assert df.attrs["clinical_columns"] == ["histology", "sex", "age"]
+    calls = []
+
+    def counting(ct, mask, settings):
+        calls.append(1)
+        return C.extract_radiomics(ct, mask, settings)
+
+    feats = C.case_features(cases, feature_cache, extractor=counting, progress=False)
+    assert len(calls) == len(cases) and any(c.startswith("rad_original_glcm") for c in feats.columns)
+    again = C.case_features(cases, feature_cache, extractor=counting, progress=False)
+    assert len(calls) == len(cases)  # the re-run read every case from the cache
+    pd.testing.assert_frame_equal(feats, again)
+    df["tmbrb"] = np.where(df["label"] == 1, 0.7, 0.3) + np.random.default_rng(1).normal(0, 0.2, len(df))
+    pred, fits = C.fit_comparators(df, feats)
+    assert list(pred.columns) == ["case", "cohort", "tmb", "label"] + C.MODEL_COLUMNS + C.MEASURE_COLUMNS
+    for m in C.MODEL_COLUMNS:
+        assert pred[m].between(0, 1).all() and pred[m].notna().all(), m
+    assert fits["clinical"]["predictors"] == ["histology"]  # the univariable test keeps histology only
+    assert [r["column"] for r in fits["clinical"]["univariable"]][0] == "histology"
+    assert fits["radiomic"]["cv_folds"] >= 2 and fits["radiomic"]["n_features"] > 50
+    # the tiny tumours' radius is drawn independently of the label: diameter grows with volume
+    assert np.corrcoef(pred["max_diameter_3d_mm"], pred["volume_ml"] ** (1 / 3))[0, 1] > 0.9
+
+
+def test_seed_grown_mask_when_the_manifest_has_none(cohort, tmp_path):
+    df = pd.read_csv(cohort).drop(columns=["tumour"])
+    m = cohort.parent / "no_mask.csv"
+    df.to_csv(m, index=False)
+    _, cases = C.load_cohort(m)
+    feats = C.case_features(cases[:2], tmp_path / "cache", radiomics=False, progress=False)
+    assert (feats["mask_source"] == "seed-grown").all() and (feats["volume_ml"] > 0).all()
+
+
+def test_bad_manifest_columns_give_a_clear_error(cohort, tmp_path):
+    with pytest.raises(TMBRBInputError, match=r"lacks the clinical column\(s\) \['ecog'\]"):
+        C.load_cohort(cohort, ["histology", "ecog"])
+    df = pd.read_csv(cohort)
+    df.loc[2, "histology"] = None
+    bad = cohort.parent / "bad_empty_cell.csv"  # beside the CTs (relative paths)
+    df.to_csv(bad, index=False)
+    with pytest.raises(TMBRBInputError, match="no value in the clinical column 'histology'"):
+        C.load_cohort(bad)
+    df = pd.read_csv(cohort)
+    df["split"] = np.where(df["tmb"] >= 10, "test", "train")  # no High-TMB case to fit on
+    bad = cohort.parent / "bad_one_class.csv"
+    df.to_csv(bad, index=False)
+    with pytest.raises(TMBRBInputError, match="'train' split needs both High- and Low-TMB"):
+        C.load_cohort(bad)
+    df = pd.read_csv(cohort).drop(columns=["histology"])
+    bad = cohort.parent / "bad_no_histology.csv"
+    df.to_csv(bad, index=False)
+    assert main(["paper", "--work", str(tmp_path / "w"), "--manifest", str(bad), "--clinical-columns", "histology",
+                 "--no-progress"]) == 2
+    assert not (tmp_path / "w" / "run").exists()  # stopped before any training
+
+
+def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_path, capsys):
+    from TMBRBLib.phantom import write_immunotherapy_cohort
+    ici = write_immunotherapy_cohort(tmp_path / "ici.csv", n=80, seed=0)
+    work = tmp_path / "work"
+    args = ["paper", "--work", str(work), "--manifest", str(cohort), "--immunotherapy", str(ici), "--epochs", "1",
+            "--architecture", TINY_ARCH, "--preprocessing", TINY_PRE, "--margin-vox", "3", "--batch-size", "4",
+            "--threads", "1", "--no-progress", "--shifts", "0", "--cox-covariates", "ecog", "sex",
+            "--feature-cache", str(feature_cache)]
+    assert main(args) == 0
+    pred = pd.read_csv(work / "predictions.csv")
+    assert {"tmbrb", "radiomic", "clinical", "tmbrb_histology", "diameter", "volume"} <= set(pred.columns)
+    assert set(pred["cohort"]) == {"train", "val", "test"}
+    html = (work / "report.html").read_text()
+    for title in ("paper figure 2A/B", "paper figure 2C/D", "paper figure 2G", "paper figure 2E/F",
+                  "supplementary figure S2", "paper figure 3A/B", "paper figure 4", "paper figure 5"):
+        assert re.search(rf'<img alt="[^"]*{re.escape(title)}', html), title
+    assert html.index("figure 2A/B") < html.index("figure 2C/D") < html.index("figure 3A/B") < html.index("figure 5")
+    for heading in ("DeLong tests against TMBRB", "TMBRB + histology", "Stratified analysis", "Provenance"):
+        assert heading in html, heading
+    rep = json.loads((work / "report.json").read_text())
+    assert {r["model"] for r in rep["paper"]["roc"]} >= {"tmbrb", "radiomic", "clinical", "diameter", "volume"}
+    assert rep["provenance"]["manifest_sha256"] and len(rep["provenance"]["model_sha256"]) == 64
+    assert "OS" in html and rep["paper"]["os"]["cutpoint"]["cutpoint"] > 0
+    assert (work / "radiomics_settings.json").is_file()
+    # a second run skips training and scoring (state.json) and extracts nothing (the cache)
+    state = (work / "state.json").stat().st_mtime_ns
+    mtime = (work / "bundle" / "configs" / "metadata.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "model: trained before, reused" in err and "score: " not in err
+    assert (work / "bundle" / "configs" / "metadata.json").stat().st_mtime_ns == mtime
+    assert (work / "state.json").stat().st_mtime_ns == state
+
+
+def test_finding_says_which_model_is_ahead():
+    from training.paper import finding
+
+    def res(auc_t, auc_r):
+        return {"roc": [{"cohort": "test", "model": m, "AUC": v, "CI low": v - 0.1, "CI high": v + 0.1}
+                        for m, v in (("tmbrb", auc_t), ("radiomic", auc_r))],
+                "delong": [{"cohort": "test", "TMBRB vs": "radiomic", "DeLong p": 0.01}]}
+    assert "falls behind TMBRB, as in the paper" in finding(res(0.85, 0.6), "peritumoral")
+    assert "does NOT fall behind" in finding(res(0.6, 0.85), "core")
+    assert "no TMBRB or no radiomic AUC" in finding({"roc": []}, None)
