@@ -185,10 +185,10 @@ def _roc_section(doc, pred: pd.DataFrame, res: Dict) -> None:
     """ROC of every model per cohort with DeLong CIs, and DeLong tests of TMBRB against each (figure 2A/B, H)."""
     import matplotlib.pyplot as plt
     from TMBRBLib.stats import plot_roc_curves, roc_analysis
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     doc.h("Figure 2A/B, H: ROC of each model (AUC with 95% DeLong CI) and DeLong tests against TMBRB")
-    with _guarded(doc, "ROC"):
+    with guarded_section(doc, "ROC"):
         cohorts, models = _cohorts(pred), _models(pred)
         rows, tests = [], []
         fig, axes = plt.subplots(1, len(cohorts), figsize=(5.2 * len(cohorts), 5), squeeze=False)
@@ -225,10 +225,10 @@ def _dca_section(doc, pred: pd.DataFrame, res: Dict) -> None:
     """Decision curves of every model per cohort (figure 2C/D)."""
     import matplotlib.pyplot as plt
     from TMBRBLib.stats import decision_curve
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     doc.h("Figure 2C/D: decision curves")
-    with _guarded(doc, "Decision curves"):
+    with guarded_section(doc, "Decision curves"):
         cohorts = _cohorts(pred)
         fig, axes = plt.subplots(1, len(cohorts), figsize=(5.5 * len(cohorts), 4), squeeze=False)
         for ax, c in zip(axes[0], cohorts):
@@ -242,10 +242,10 @@ def _dca_section(doc, pred: pd.DataFrame, res: Dict) -> None:
 def _combined_section(doc, df: pd.DataFrame, histology: str, res: Dict) -> None:
     """TMBRB + histology logistic regression on the train split: coefficients, odds ratios and p."""
     from TMBRBLib.stats import TMBRBStatsInputError, logistic_combination
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     doc.h("TMBRB + histology (logistic regression on the train split)")
-    with _guarded(doc, "TMBRB + histology"):
+    with guarded_section(doc, "TMBRB + histology"):
         if histology not in df.columns or "tmbrb" not in df.columns:
             raise TMBRBStatsInputError(f"no '{histology}' column or no TMBRB score")
         r = logistic_combination(df[df["cohort"] == "train"], "label", ["tmbrb", histology])
@@ -259,10 +259,10 @@ def _spearman_cutoff_section(doc, pred: pd.DataFrame, cutoffs, res: Dict) -> Non
     """Spearman of TMBRB with TMB (figure 2G) and TMBRB's AUC at TMB cut-offs 3-11 (figure 2E/F)."""
     import matplotlib.pyplot as plt
     from TMBRBLib.stats import auc_by_cutoff, spearman
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     doc.h("Figure 2E/F/G: TMBRB vs TMB (Spearman) and AUC across TMB cut-offs")
-    with _guarded(doc, "Spearman"):
+    with guarded_section(doc, "Spearman"):
         rows = []
         for c in _cohorts(pred):
             sub = pred[pred["cohort"] == c]
@@ -273,7 +273,7 @@ def _spearman_cutoff_section(doc, pred: pd.DataFrame, cutoffs, res: Dict) -> Non
         fig, ax = plt.subplots(figsize=(5, 4.5))
         r.plot(ax=ax)
         doc.fig(fig, f"Spearman correlation of TMBRB with TMB, {c} cohort (paper figure 2G)")
-    with _guarded(doc, "AUC by cut-off"):
+    with guarded_section(doc, "AUC by cut-off"):
         order = _cohorts(pred)
         sub = pred[pred["cohort"].isin(order)]
         r = auc_by_cutoff(sub["tmbrb"], sub["tmb"], cutoffs, cohort=sub["cohort"], cohort_order=order)
@@ -296,10 +296,10 @@ def _stratified_section(doc, pred: pd.DataFrame, res: Dict) -> None:
     """TMBRB's AUC within strata of diameter, volume and slice thickness (train median split; supplement S2)."""
     import matplotlib.pyplot as plt
     from TMBRBLib.stats import TMBRBStatsInputError, roc_analysis
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     doc.h("Stratified analysis: TMBRB's AUC by maximum 3D diameter, volume and slice thickness")
-    with _guarded(doc, "Stratified analysis"):
+    with guarded_section(doc, "Stratified analysis"):
         rows = []
         train = pred[pred["cohort"] == "train"]
         for col in ("max_diameter_3d_mm", "volume_ml", "slice_thickness_mm"):
@@ -344,11 +344,11 @@ def _survival_section(doc, surv: pd.DataFrame, res: Dict, covariates: Optional[L
 def _endpoint(doc, surv: pd.DataFrame, ep: str, covs: List[str], res: Dict) -> None:
     import matplotlib.pyplot as plt
     from TMBRBLib.stats import cox_scan, kaplan_meier, maxstat_cutpoint
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     t, e, name = f"{ep}_time", f"{ep}_event", ep.upper()
     doc.h(f"{name}: TMBRB cut-off (maximally selected log-rank, the X-tile step), Kaplan-Meier, Cox", 3)
-    with _guarded(doc, f"{name} cut-off"):
+    with guarded_section(doc, f"{name} cut-off"):
         cp = maxstat_cutpoint(surv[t], surv[e], surv["tmbrb"])
         res["cutpoint"] = cp.to_dict()
         doc.table(pd.DataFrame([{"endpoint": name, "cut-off": cp.cutpoint, "statistic": cp.statistic,
@@ -362,7 +362,7 @@ def _endpoint(doc, surv: pd.DataFrame, ep: str, covs: List[str], res: Dict) -> N
         km.plot(title=f"{name} by TMBRB cut-off {cp.cutpoint:.3g}")
         doc.fig(plt.gcf(), f"{name}: Kaplan-Meier by the TMBRB cut-off with log-rank test (paper figure 3A/B)")
         surv[f"tmbrb_{ep}_group"] = (surv["tmbrb"] > cp.cutpoint).astype(int)
-    with _guarded(doc, f"{name} Cox"):
+    with guarded_section(doc, f"{name} Cox"):
         if f"tmbrb_{ep}_group" not in surv.columns or not covs:
             from TMBRBLib.stats import TMBRBStatsInputError
             raise TMBRBStatsInputError("no cut-off group or no clinical covariates (ECOG, sex, ...)")
@@ -379,10 +379,10 @@ def _attention_section(doc, scores: pd.DataFrame, res: Dict) -> None:
     import matplotlib.pyplot as plt
     from scipy.stats import wilcoxon
     from TMBRBLib.stats import TMBRBStatsInputError
-    from TMBRBLib.stats.report import _guarded
+    from TMBRBLib.stats.report import guarded_section
 
     doc.h("Figure 5: attention map -- tumour vs peritumoral share (test split)")
-    with _guarded(doc, "Attention"):
+    with guarded_section(doc, "Attention"):
         s = scores[scores["split"] == "test"].dropna(subset=["attention_tumour", "attention_ring"])
         if s.empty:
             raise TMBRBStatsInputError("no attention shares (the test cases need a tumour mask or a seed)")
@@ -452,9 +452,9 @@ def build_paper_report(work: Path, df: pd.DataFrame, pred: pd.DataFrame, scores:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from TMBRBLib.stats.report import _Doc, _notes_section, _write_html, _write_json, ReportConfig
+    from TMBRBLib.stats.report import ReportDoc, notes_section, write_report_html, write_report_json, ReportConfig
 
-    doc, res = _Doc(), {}
+    doc, res = ReportDoc(), {}
     doc.h("TMBRB: the paper's comparison (He et al., JITC 2020) on this cohort", 1)
     doc.p("Research use only. " + ("Synthetic phantoms: not for clinical or research conclusions. " if not a.manifest else ""))
     finding_at = len(doc.parts)
@@ -473,10 +473,10 @@ def build_paper_report(work: Path, df: pd.DataFrame, pred: pd.DataFrame, scores:
     res["finding"] = finding(res, None if a.manifest else a.signal)
     doc.parts.insert(finding_at, f"<p><b>{_html.escape(res['finding'])}</b></p>")
     doc.notes += fits.get("notes", [])
-    _notes_section(doc)
+    notes_section(doc)
     doc.results.update({"paper": res, "provenance": prov})
-    _write_json(doc, work)
-    path = _write_html(doc, work, ReportConfig(title="TMBRB paper report"))
+    write_report_json(doc, work)
+    path = write_report_html(doc, work, ReportConfig(title="TMBRB paper report"))
     for _, f in doc.figures:
         plt.close(f)
     return path

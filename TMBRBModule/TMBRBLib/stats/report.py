@@ -50,7 +50,8 @@ class ReportConfig:
 
 
 @dataclass
-class _Doc:
+class ReportDoc:
+    """A report being built: its HTML parts, figures, JSON results and notes (also used by ``training paper``)."""
     parts: List[str] = field(default_factory=list)
     figures: List[tuple] = field(default_factory=list)  # (title, fig)
     results: Dict[str, object] = field(default_factory=dict)
@@ -82,7 +83,7 @@ class _Doc:
 
 
 @contextmanager
-def _guarded(doc: _Doc, what: str):
+def guarded_section(doc: ReportDoc, what: str):
     """Run one section: its TMBRBStatsWarnings become report warnings, bad input skips the section with the reason."""
     try:
         with warnings.catch_warnings(record=True) as wl:
@@ -128,7 +129,7 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
     if clinical is not None:  # before any output: a bad clinical CSV must not leave half a report
         require_columns(clinical, [cfg.case], "clinical CSV")
         require_unique(clinical, cfg.case, "clinical CSV")
-    doc = _Doc()
+    doc = ReportDoc()
     pred, cohorts = _prepare_predictions(predictions, cfg, doc)
     doc.h(cfg.title, 1)
     doc.p(f"Predictions: {len(pred)} rows, cohorts {cohorts}. Research use only; not a medical device.")
@@ -141,15 +142,15 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
         _auc_by_cutoff_section(doc, pred, cohorts, cfg)
     if clinical is not None:
         _survival_sections(doc, pred, clinical, cfg)
-    _notes_section(doc)
-    _write_json(doc, out)
-    path = _write_pdf(doc, out, cfg) if fmt == "pdf" else _write_html(doc, out, cfg)
+    notes_section(doc)
+    write_report_json(doc, out)
+    path = _write_pdf(doc, out, cfg) if fmt == "pdf" else write_report_html(doc, out, cfg)
     for _, f in doc.figures:
         plt.close(f)
     return path
 
 
-def _prepare_predictions(predictions: pd.DataFrame, cfg: ReportConfig, doc: _Doc):
+def _prepare_predictions(predictions: pd.DataFrame, cfg: ReportConfig, doc: ReportDoc):
     """Copy of the predictions with a cohort column ("all" if absent) and a label (TMB >= cut-off if absent)."""
     pred = predictions.copy()
     if cfg.cohort not in pred.columns:
@@ -161,12 +162,12 @@ def _prepare_predictions(predictions: pd.DataFrame, cfg: ReportConfig, doc: _Doc
 
 
 # ---------------------------------------------------------------- discrimination of High-TMB
-def _roc_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig) -> None:
+def _roc_section(doc: ReportDoc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig) -> None:
     """ROC per cohort: table of AUC (DeLong CI) and Youden point, and the curves (paper figure 2A/B)."""
     import matplotlib.pyplot as plt
 
     doc.h("ROC: score vs High-TMB label (DeLong 95% CI, pROC conventions)")
-    with _guarded(doc, "ROC"):
+    with guarded_section(doc, "ROC"):
         res = []
         for c in cohorts:
             sub = pred[pred[cfg.cohort] == c]
@@ -186,12 +187,12 @@ def _roc_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig
         doc.fig(fig, "ROC curves by cohort (paper figure 2A/B)")
 
 
-def _decision_curve_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig) -> None:
+def _decision_curve_section(doc: ReportDoc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig) -> None:
     """Net benefit of the score per cohort (paper figure 2C/D); skipped when the score is not a probability."""
     import matplotlib.pyplot as plt
 
     doc.h("Decision curves")
-    with _guarded(doc, "Decision curves"):
+    with guarded_section(doc, "Decision curves"):
         s = pd.to_numeric(pred[cfg.score], errors="coerce")
         if (s.dropna() < 0).any() or (s.dropna() > 1).any():
             raise TMBRBStatsInputError("the score is not a probability in [0, 1], so net benefit is undefined")
@@ -206,11 +207,11 @@ def _decision_curve_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: R
         doc.fig(fig, "Net benefit vs treat-all / treat-none (paper figure 2C/D)")
 
 
-def _spearman_section(doc: _Doc, pred: pd.DataFrame, cfg: ReportConfig) -> None:
+def _spearman_section(doc: ReportDoc, pred: pd.DataFrame, cfg: ReportConfig) -> None:
     """Spearman correlation of the score with TMB, with a scatter plot (paper figure 2G)."""
     import matplotlib.pyplot as plt
 
-    with _guarded(doc, "Spearman"):
+    with guarded_section(doc, "Spearman"):
         r = spearman(pred[cfg.score], pred[cfg.tmb], x_name=cfg.score, y_name=cfg.tmb)
         doc.results["spearman"] = r.to_dict()
         doc.pre(str(r))
@@ -219,11 +220,11 @@ def _spearman_section(doc: _Doc, pred: pd.DataFrame, cfg: ReportConfig) -> None:
         doc.fig(fig, "Spearman correlation (paper figure 2G)")
 
 
-def _auc_by_cutoff_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig) -> None:
+def _auc_by_cutoff_section(doc: ReportDoc, pred: pd.DataFrame, cohorts: list, cfg: ReportConfig) -> None:
     """AUC of the score at each TMB cut-off in the first two cohorts, and their difference (paper figure 2E/F)."""
     import matplotlib.pyplot as plt
 
-    with _guarded(doc, "AUC by cut-off"):
+    with guarded_section(doc, "AUC by cut-off"):
         order = cohorts[:2] if len(cohorts) >= 2 else cohorts
         sub = pred[pred[cfg.cohort].isin(order)]
         r = auc_by_cutoff(sub[cfg.score], sub[cfg.tmb], cfg.cutoffs, cohort=sub[cfg.cohort], cohort_order=order)
@@ -238,7 +239,7 @@ def _auc_by_cutoff_section(doc: _Doc, pred: pd.DataFrame, cohorts: list, cfg: Re
 
 
 # ---------------------------------------------------------------- immunotherapy cohort
-def _survival_sections(doc: _Doc, pred: pd.DataFrame, clinical: pd.DataFrame, cfg: ReportConfig) -> None:
+def _survival_sections(doc: ReportDoc, pred: pd.DataFrame, clinical: pd.DataFrame, cfg: ReportConfig) -> None:
     """Clinical cohort: for OS and PFS the cut-point, Kaplan-Meier/Cox and Cox scan sections, then Table 1 by group."""
     require_columns(clinical, [cfg.case], "clinical CSV")
     require_unique(clinical, cfg.case, "clinical CSV")
@@ -269,7 +270,7 @@ def _survival_sections(doc: _Doc, pred: pd.DataFrame, clinical: pd.DataFrame, cf
         _table1_section(doc, merged, covs, ep, cfg)
 
 
-def _endpoint_sections(doc: _Doc, merged: pd.DataFrame, covs: List[str], ep: _Endpoint, cfg: ReportConfig) -> None:
+def _endpoint_sections(doc: ReportDoc, merged: pd.DataFrame, covs: List[str], ep: _Endpoint, cfg: ReportConfig) -> None:
     """One endpoint: score groups at the paper's cut-off (added to ``merged``), then its three sections."""
     doc.h(f"{ep.name}", 3)
     s = pd.to_numeric(merged[cfg.score], errors="coerce")
@@ -283,11 +284,11 @@ def _endpoint_sections(doc: _Doc, merged: pd.DataFrame, covs: List[str], ep: _En
     doc.results[ep.name] = res
 
 
-def _cutpoint_section(doc: _Doc, merged: pd.DataFrame, ep: _Endpoint, cfg: ReportConfig, res: Dict[str, object]) -> None:
+def _cutpoint_section(doc: ReportDoc, merged: pd.DataFrame, ep: _Endpoint, cfg: ReportConfig, res: Dict[str, object]) -> None:
     """Maximally selected log-rank cut-point of the score, its statistic plot, and Kaplan-Meier at that cut-point."""
     import matplotlib.pyplot as plt
 
-    with _guarded(doc, f"{ep.name} cut-point"):
+    with guarded_section(doc, f"{ep.name} cut-point"):
         r = maxstat_cutpoint(merged[ep.time], merged[ep.event], merged[cfg.score], minprop=cfg.minprop, maxprop=cfg.maxprop)
         res["maxstat"] = r.to_dict()
         doc.pre(str(r))
@@ -302,11 +303,11 @@ def _cutpoint_section(doc: _Doc, merged: pd.DataFrame, ep: _Endpoint, cfg: Repor
         doc.fig(plt.gcf(), f"{ep.name}: Kaplan-Meier at the maxstat cut-point")
 
 
-def _km_cox_section(doc: _Doc, merged: pd.DataFrame, ep: _Endpoint, res: Dict[str, object]) -> None:
+def _km_cox_section(doc: ReportDoc, merged: pd.DataFrame, ep: _Endpoint, res: Dict[str, object]) -> None:
     """Kaplan-Meier at the paper's cut-off (log and log-log CIs, figure 3A/B) and the Cox HR of the score group."""
     import matplotlib.pyplot as plt
 
-    with _guarded(doc, f"{ep.name} Kaplan-Meier / Cox"):
+    with guarded_section(doc, f"{ep.name} Kaplan-Meier / Cox"):
         for ct in ("log", "log-log"):
             km = kaplan_meier(merged[ep.time], merged[ep.event], merged[ep.group_col], conf_type=ct, time_label=ep.time)
             res[f"km_{ct}"] = km.to_dict()
@@ -321,11 +322,11 @@ def _km_cox_section(doc: _Doc, merged: pd.DataFrame, ep: _Endpoint, res: Dict[st
         doc.pre(str(cx))
 
 
-def _cox_scan_section(doc: _Doc, merged: pd.DataFrame, covs: List[str], ep: _Endpoint, res: Dict[str, object]) -> None:
+def _cox_scan_section(doc: ReportDoc, merged: pd.DataFrame, covs: List[str], ep: _Endpoint, res: Dict[str, object]) -> None:
     """Two-variable Cox models of the score group with each clinical covariate, as a table and forest plot (figure 4)."""
     import matplotlib.pyplot as plt
 
-    with _guarded(doc, f"{ep.name} Cox scan"):
+    with guarded_section(doc, f"{ep.name} Cox scan"):
         if not covs:
             raise TMBRBStatsInputError("no clinical covariates found")
         sc = cox_scan(merged, ep.time, ep.event, ep.high_col, covs)
@@ -335,10 +336,10 @@ def _cox_scan_section(doc: _Doc, merged: pd.DataFrame, covs: List[str], ep: _End
         doc.fig(plt.gcf(), f"{ep.name}: hazard ratios in each two-variable model (paper figure 4)")
 
 
-def _table1_section(doc: _Doc, merged: pd.DataFrame, covs: List[str], ep: _Endpoint, cfg: ReportConfig) -> None:
+def _table1_section(doc: ReportDoc, merged: pd.DataFrame, covs: List[str], ep: _Endpoint, cfg: ReportConfig) -> None:
     """Table 1 (cohort characteristics with tests) by the endpoint's score group."""
     doc.h(f"Table 1 by {ep.name} group")
-    with _guarded(doc, f"Table 1 ({ep.name})"):
+    with guarded_section(doc, f"Table 1 ({ep.name})"):
         cont = [c for c in (*cfg.continuous, cfg.score) if c in merged.columns]
         cat = [c for c in covs if c not in cont]
         t = table1(merged, ep.group_col, continuous=cont, categorical=cat)
@@ -347,7 +348,7 @@ def _table1_section(doc: _Doc, merged: pd.DataFrame, covs: List[str], ep: _Endpo
 
 
 # ---------------------------------------------------------------- output
-def _notes_section(doc: _Doc) -> None:
+def notes_section(doc: ReportDoc) -> None:
     """List of notes (skipped sections, warnings, assumptions) at the end; also stored in the JSON."""
     if doc.notes:
         doc.h("Notes")
@@ -355,13 +356,14 @@ def _notes_section(doc: _Doc) -> None:
     doc.results["notes"] = doc.notes
 
 
-def _write_json(doc: _Doc, out: Path) -> Path:
+def write_report_json(doc: ReportDoc, out: Path) -> Path:
+    """report.json: the results of every section, JSON-safe."""
     path = out / "report.json"
     path.write_text(json.dumps(jsonable(doc.results), indent=1), encoding="utf-8")
     return path
 
 
-def _write_pdf(doc: _Doc, out: Path, cfg: ReportConfig) -> Path:
+def _write_pdf(doc: ReportDoc, out: Path, cfg: ReportConfig) -> Path:
     """report.pdf: a title page with the notes, then one page per figure (tables and numbers are in report.json)."""
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
@@ -378,7 +380,7 @@ def _write_pdf(doc: _Doc, out: Path, cfg: ReportConfig) -> Path:
     return path
 
 
-def _write_html(doc: _Doc, out: Path, cfg: ReportConfig) -> Path:
+def write_report_html(doc: ReportDoc, out: Path, cfg: ReportConfig) -> Path:
     """report.html: one self-contained page (figures embedded as base64 PNG)."""
     path = out / "report.html"
     css = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table.t{border-collapse:collapse;font-size:12px}"
