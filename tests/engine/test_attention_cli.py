@@ -27,11 +27,12 @@ def scored(tmp_path_factory):
 
 @pytest.fixture()
 def case(scored, tmp_path):
-    """A fresh copy of the scored folder for each test (the command rewrites it)."""
+    """A fresh copy of the scored case for each test (the command rewrites it): the CT with its output folder, as
+    result.json records the CT relative to that folder."""
     import shutil
 
-    shutil.copytree(scored / "out", tmp_path / "out")
-    return tmp_path / "out"
+    shutil.copytree(scored, tmp_path / "case")
+    return tmp_path / "case" / "out"
 
 
 def _eroded(folder, tmp_path, radius=2):
