@@ -438,8 +438,13 @@ def finding(res: Dict, signal: Optional[str]) -> str:
     p = next((d["DeLong p"] for d in res.get("delong", []) if d["cohort"] == "test" and d["TMBRB vs"] == "radiomic"),
              float("nan"))
     where = f" on phantoms whose signal is {signal}" if signal else ""
-    verdict = ("the tumour-only radiomic model falls behind TMBRB, as in the paper" if t["AUC"] > r["AUC"]
-               else "the tumour-only radiomic model does NOT fall behind TMBRB here")
+    if not p < 0.05:  # a NaN p (DeLong undefined) is no evidence either way
+        verdict = ("no significant difference (DeLong p >= 0.05): the tumour-only radiomic model does not clearly "
+                   "fall behind TMBRB here, unlike in the paper (p < 0.05 there)")
+    elif t["AUC"] > r["AUC"]:
+        verdict = "the tumour-only radiomic model falls behind TMBRB, as in the paper"
+    else:
+        verdict = "the tumour-only radiomic model does NOT fall behind TMBRB here: it is significantly ahead"
     return (f"Test split{where}: TMBRB AUC {t['AUC']:.3f} ({t['CI low']:.3f}-{t['CI high']:.3f}) vs radiomic "
             f"{r['AUC']:.3f} ({r['CI low']:.3f}-{r['CI high']:.3f}), DeLong p = {p:.3g}: {verdict}.")
 

@@ -156,10 +156,14 @@ def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_
 def test_finding_says_which_model_is_ahead():
     from training.paper import finding
 
-    def res(auc_t, auc_r):
+    def res(auc_t, auc_r, p=0.01):
         return {"roc": [{"cohort": "test", "model": m, "AUC": v, "CI low": v - 0.1, "CI high": v + 0.1}
                         for m, v in (("tmbrb", auc_t), ("radiomic", auc_r))],
-                "delong": [{"cohort": "test", "TMBRB vs": "radiomic", "DeLong p": 0.01}]}
+                "delong": [{"cohort": "test", "TMBRB vs": "radiomic", "DeLong p": p}]}
     assert "falls behind TMBRB, as in the paper" in finding(res(0.85, 0.6), "peritumoral")
     assert "does NOT fall behind" in finding(res(0.6, 0.85), "core")
+    # a higher AUC without a significant DeLong test is not "falls behind" (the demo cohort: 0.861 vs 0.841, p = 0.8)
+    for p in (0.8, float("nan")):
+        text = finding(res(0.861, 0.841, p), "peritumoral")
+        assert "no significant difference" in text and "falls behind TMBRB, as in the paper" not in text
     assert "no TMBRB or no radiomic AUC" in finding({"roc": []}, None)
