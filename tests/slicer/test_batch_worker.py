@@ -36,6 +36,7 @@ def test_progress_per_case_in_the_worker_while_events_are_processed(logic, tmp_p
                               progress=lambda i, n, row: calls.append((i, n, row["case_id"], row["status"])),
                               processEvents=lambda: events.append(1))
     assert calls == [(1, 3, "one", "ok"), (2, 3, "bad-seed", "failed"), (3, 3, "two", "ok")]
+    assert [(r["case_id"], r["status"]) for r in rows] == [(c[2], c[3]) for c in calls]  # what processCases returns
     assert events, "the blocking form must process events while it waits"
     worker = logic.engineWorker()
     assert worker.starts == 1 and worker.alive, "all cases go to one warm worker"
