@@ -76,7 +76,8 @@ def test_painting_the_given_tumour_segmentation_makes_the_result_outdated(scene,
     """Segment Editor rewrites a segment's label map, not the segmentation's own modification time: the key must
     see it (the attention shares depend on that mask)."""
     import numpy as np
-    from conftest import slicer
+    import slicer  # the real slicer-core package, imported by this folder's conftest (a conftest import here would
+    # find tests/viewer's conftest when the whole suite runs)
 
     ct = add_ct(scene, oblique_ct()[0])
     seed = add_seed(scene, lps_to_ras(SEED_LPS))
