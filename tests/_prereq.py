@@ -22,6 +22,7 @@ KINDS = {
     "shared-data": "the shared real CTs (../shared/data)",
     "slicer-core": "the slicer-core wheel (MRML classes)",
     "placeholder-bundle": "a trained demo model bundle (not the placeholder)",
+    "dev-package": "a package of the 'dev' extra (highdicom, pydicom, dcmqi, pyradiomics-bhklab)",
 }
 
 

@@ -439,8 +439,9 @@ def finding(res: Dict, signal: Optional[str]) -> str:
              float("nan"))
     where = f" on phantoms whose signal is {signal}" if signal else ""
     if not p < 0.05:  # a NaN p (DeLong undefined) is no evidence either way
-        verdict = ("no significant difference (DeLong p >= 0.05): the tumour-only radiomic model does not clearly "
-                   "fall behind TMBRB here, unlike in the paper (p < 0.05 there)")
+        verdict = (f"no significant difference ({'DeLong p >= 0.05' if p == p else 'no DeLong test'}): the "
+                   "tumour-only radiomic model does not clearly fall behind TMBRB here, unlike in the paper (p < 0.05 "
+                   "there)")
     elif t["AUC"] > r["AUC"]:
         verdict = "the tumour-only radiomic model falls behind TMBRB, as in the paper"
     else:

@@ -265,7 +265,9 @@ def update_attention_folder(result_dir: Union[str, Path], segmentation: Union[st
                   else result.get("attention", {}).get("ring_width_mm", 10.0))
     edited = attention_from_mask(cam, tumour, width)
     edited.warnings[:0] = warnings
-    new = updated_result(result, edited, str(Path(segmentation).resolve()))
+    from .outputs import relative_path
+
+    new = updated_result(result, edited, relative_path(segmentation, out))  # relative: no patient folder recorded
     return new, write_update(out, new, cam, edited, pictures)
 
 

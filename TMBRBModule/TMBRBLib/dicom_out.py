@@ -223,7 +223,11 @@ def covered_slices(volumes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _model_flag(result: Dict) -> str:
+    """' [MODIFIED MODEL]', ' [PLACEHOLDER MODEL]' or ' [DEMO MODEL]' for the series descriptions ('' otherwise): a
+    bundle that fails its checksums is flagged first, as in every other output."""
     m = result.get("model", {})
+    if m.get("modified"):
+        return " [MODIFIED MODEL]"
     return " [PLACEHOLDER MODEL]" if m.get("placeholder") else (" [DEMO MODEL]" if m.get("demo") else "")
 
 
@@ -399,6 +403,9 @@ def _notes(result: Dict) -> List[str]:
              str(result.get("score_definition", "")), f"Written by TMBRB {__version__}."]
     if m.get("demo") or m.get("placeholder"):
         lines.insert(0, str(m.get("notice", "demo model")))
+    if m.get("modified"):
+        lines.insert(0, str((m.get("integrity") or {}).get("message")
+                            or "MODIFIED BUNDLE: its files do not match its checksums"))
     for ep in ("os", "pfs"):
         r = (result.get("risk") or {}).get(ep) or {}
         if r.get("rule"):

@@ -22,8 +22,12 @@ from TMBRBLib.dicom_out import write_ct_series
 
 from .synthetic import make_ct
 
-hd = pytest.importorskip("highdicom", reason="DICOM export needs highdicom (pip install 'tmbrb[dicom]')")
-pydicom = pytest.importorskip("pydicom")
+try:
+    import highdicom as hd
+    import pydicom
+except ImportError:
+    from _prereq import require
+    require("dev-package", "DICOM export needs highdicom and pydicom (pip install 'tmbrb[dicom]')")
 
 TUMOUR_LPS = (10.0, -20.0, 30.0)
 
@@ -222,7 +226,8 @@ def test_objects_pass_pydicom_value_validation(exported, monkeypatch):
 def _dcmqi(tool: str) -> str:
     exe = shutil.which(tool) or str(Path(sys.executable).parent / tool)
     if not Path(exe).is_file():
-        pytest.skip(f"dcmqi's {tool} is not installed (pip install dcmqi==1.5.7)")
+        from _prereq import require
+        require("dev-package", f"dcmqi's {tool} is not installed (pip install dcmqi==1.5.7)")
     return exe
 
 
@@ -330,3 +335,17 @@ def test_dicom_export_refuses_slices_without_a_frame_of_reference(exported, tmp_
                str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert rc == 2 and "lack FrameOfReferenceUID" in err and not (tmp_path / "d").exists()
+
+
+
+def test_a_modified_bundle_is_flagged_in_the_series_descriptions_and_the_report_notes():
+    """As in every other output: a bundle that fails its checksums is named MODIFIED, before the demo flag."""
+    from TMBRBLib import dicom_out
+
+    message = "MODIFIED BUNDLE: configs/metadata.json changed after export"
+    result = {"model": {"demo": True, "notice": "demo model", "modified": True,
+                        "integrity": {"status": "modified", "message": message}}}
+    assert dicom_out._model_flag(result) == " [MODIFIED MODEL]"
+    assert dicom_out._notes(result)[0] == message
+    clean = {"model": {"demo": True, "notice": "demo model"}}
+    assert dicom_out._model_flag(clean) == " [DEMO MODEL]" and message not in dicom_out._notes(clean)

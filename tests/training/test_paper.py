@@ -3,6 +3,7 @@ predictions CSV, feature cache), bad manifest columns, and `python -m training p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,9 @@ from training.cli import main
 
 from .conftest import TINY_ARCH, TINY_PRE, write_tiny_cohort
 
-pytest.importorskip("radiomics")
+if importlib.util.find_spec("radiomics") is None:
+    from _prereq import require
+    require("dev-package", "pyradiomics-bhklab is not installed (pip install 'tmbrb[paper]')")
 
 
 def _with_clinical(manifest: Path, seed: int = 0) -> Path:
