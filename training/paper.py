@@ -418,9 +418,13 @@ def provenance(manifest: Path, bundle: Path, a, command: str) -> Dict:
         except md.PackageNotFoundError:
             return None
 
+    from .export import portable_command
+
     b = load_bundle(bundle)
-    return {"command": command, "manifest": str(manifest), "manifest_sha256": sha256_of(manifest),
-            "model_id": b.tmbrb.get("model_id"), "model_sha256": b.sha256, "bundle": str(bundle),
+    # file names and hashes only: a report is shared, and the folders of a machine often name patients
+    return {"command": portable_command(command), "manifest": Path(manifest).name,
+            "manifest_sha256": sha256_of(manifest), "model_id": b.tmbrb.get("model_id"), "model_sha256": b.sha256,
+            "bundle": Path(bundle).name,
             "seeds": {"comparators_cv": a.seed, "cohort": None if a.manifest else a.cohort_seed,
                       "immunotherapy": None if (a.manifest or a.immunotherapy) else a.cohort_seed},
             "radiomics_settings": None if a.no_radiomics else C.RADIOMICS_SETTINGS,

@@ -143,6 +143,9 @@ def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_
     rep = json.loads((work / "report.json").read_text())
     assert {r["model"] for r in rep["paper"]["roc"]} >= {"tmbrb", "radiomic", "clinical", "diameter", "volume"}
     assert rep["provenance"]["manifest_sha256"] and len(rep["provenance"]["model_sha256"]) == 64
+    # a shared report names files, not the machine's folders
+    for text in ((work / "report.json").read_text(), (work / "report.html").read_text()):
+        assert str(tmp_path) not in text and str(work) not in text
     assert "OS" in html and rep["paper"]["os"]["cutpoint"]["cutpoint"] > 0
     assert (work / "radiomics_settings.json").is_file()
     # a second run skips training and scoring (state.json) and extracts nothing (the cache)
