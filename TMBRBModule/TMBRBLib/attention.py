@@ -192,15 +192,16 @@ class _Shown:
 
 
 def _redraw_pictures(out: Path, result: Dict, cam: sitk.Image, edited: EditedAttention,
-                     draw: bool = True) -> Dict[str, Path]:
-    """Draw the PNG overlays again with the new outlines when the folder had them, ``draw`` and the CT can be read;
-    else remove the old ones (they show the mask before the edit) and say so."""
+                     draw: bool = True, ct: Union[str, Path, None] = None) -> Dict[str, Path]:
+    """Draw the PNG overlays again with the new outlines when the folder had them, ``draw`` and the CT (``ct``, else
+    the one result.json records) can be read; else remove the old ones (they show the mask before the edit) and say
+    so."""
     old = [out / n for n in UPDATED_NAMES if n.endswith(".png") and (out / n).is_file()]
     if not old:
         return {}
-    from .outputs import recorded_path, render_overlays
+    from .outputs import recorded_path, relative_path, render_overlays
 
-    ct_path = recorded_path(out, result.get("inputs", {}).get("ct_path"))  # recorded relative to the folder
+    ct_path = ct or recorded_path(out, result.get("inputs", {}).get("ct_path"))  # recorded relative to the folder
     if not draw:
         _remove_pictures(old, result, "not drawn again (--no-pictures)")
         return {}
@@ -212,7 +213,9 @@ def _redraw_pictures(out: Path, result: Dict, cam: sitk.Image, edited: EditedAtt
             return render_overlays(_Shown(result, cam, edited), ct, out)
         except TMBRBInputError:
             pass
-    _remove_pictures(old, result, f"the CT '{ct_path}' could not be read to draw them again")
+    why = (f"the CT '{relative_path(ct_path, out)}' could not be read to draw them again" if ct_path else
+           "result.json does not say where the CT is (it was more than one folder away): give --ct to draw them again")
+    _remove_pictures(old, result, why)
     return {}
 
 
@@ -225,7 +228,8 @@ def _remove_pictures(old, result: Dict, why: str) -> None:
 
 
 def update_attention_folder(result_dir: Union[str, Path], segmentation: Union[str, Path],
-                            ring_width_mm: Optional[float] = None, pictures: bool = True) -> Tuple[Dict, Dict]:
+                            ring_width_mm: Optional[float] = None, pictures: bool = True,
+                            ct: Union[str, Path, None] = None) -> Tuple[Dict, Dict]:
     """Recompute the attention of a scored case from an edited tumour mask, in its output folder (``tmbrb
     attention``); the model is not run.
 
@@ -241,40 +245,44 @@ def update_attention_folder(result_dir: Union[str, Path], segmentation: Union[st
         The ring's width; default the one the result was computed with.
     pictures : bool
         Draw the PNG overlays again (when the folder has them).
+    ct : str or Path, optional
+        The CT to draw them on; default the one result.json records (when it records where it is).
 
     Returns
     -------
     (dict, dict)
-        The updated result and the files written.
+        The updated result as result.json records it (``attention_update.from``: the segmentation's file name) and
+        the files written.
 
     Raises
     ------
     TMBRBInputError
         No result.json or cam.nrrd in the folder, a segmentation that cannot be read, is empty where it overlaps the
-        CT or is one of the files that would be rewritten.
+        CT or is one of the files that would be rewritten; a ``ct`` that does not exist.
     """
     from .io import read_image
     from .outputs import check_out_dir
 
     out = Path(result_dir)
     result, cam = _read_folder(out)
-    check_out_dir(out, [segmentation], names=UPDATED_NAMES, option="--result")
+    if ct is not None and not Path(ct).exists():
+        raise TMBRBInputError(f"The CT '{ct}' (--ct) does not exist.", "Give the CT the case was scored on.")
+    check_out_dir(out, [segmentation, ct], names=UPDATED_NAMES, option="--result")
     mask, _ = read_image(segmentation, "segmentation")
     tumour, warnings = tumour_on_grid(mask, cam)
     width = float(ring_width_mm if ring_width_mm is not None
                   else result.get("attention", {}).get("ring_width_mm", 10.0))
     edited = attention_from_mask(cam, tumour, width)
     edited.warnings[:0] = warnings
-    from .outputs import relative_path
-
-    new = updated_result(result, edited, relative_path(segmentation, out))  # relative: no patient folder recorded
-    return new, write_update(out, new, cam, edited, pictures)
+    new = updated_result(result, edited, Path(segmentation).name)  # by name: no folder (a patient's?) recorded
+    written = write_update(out, new, cam, edited, pictures, ct=ct)
+    return json.loads(written["result"].read_text(encoding="utf-8")), written
 
 
 def write_update(out: Union[str, Path], result: Dict, cam: sitk.Image, edited: EditedAttention,
-                 pictures: bool = True) -> Dict[str, Path]:
+                 pictures: bool = True, ct: Union[str, Path, None] = None) -> Dict[str, Path]:
     """Write an updated result into its output folder: tumour.nrrd, ring.nrrd, the PNG overlays (drawn again when
-    the folder has them and ``pictures``) and result.json last.
+    the folder has them and ``pictures``) and result.json last, as ``outputs.result_record`` records it.
 
     Parameters
     ----------
@@ -288,6 +296,8 @@ def write_update(out: Union[str, Path], result: Dict, cam: sitk.Image, edited: E
         From :func:`attention_from_mask`.
     pictures : bool
         Draw the overlays again; when False, overlays left from before the edit are removed (with a warning).
+    ct : str or Path, optional
+        The CT to draw them on; default the one result.json records.
 
     Returns
     -------
@@ -297,9 +307,11 @@ def write_update(out: Union[str, Path], result: Dict, cam: sitk.Image, edited: E
     out = Path(out)
     written = {"tumour": edited.tumour_region.write_nrrd(out / "tumour.nrrd"),
                "ring": edited.ring_region.write_nrrd(out / "ring.nrrd")}
-    written.update(_redraw_pictures(out, result, cam, edited, draw=pictures))
+    written.update(_redraw_pictures(out, result, cam, edited, draw=pictures, ct=ct))
+    from .outputs import result_record
+
     tmp = out / "result.json.part"
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(result_record(result, out), indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / "result.json")
     written["result"] = out / "result.json"
     return written

@@ -137,9 +137,9 @@ def row_to_case(row: Dict[str, str], base: Path, number: int) -> Dict:
         box = Box.from_corners(_triplet_cols(row, "box_lps_min"), _triplet_cols(row, "box_lps_max"))
     mask = _get(row, "mask", "segmentation", "tumour_mask")
 
-    def resolve(p):
+    def resolve(p):  # absolute: a message naming it is shown relative to the output folder (outputs.relative_path)
         q = Path(p)
-        return q if q.is_absolute() else base / q
+        return (q if q.is_absolute() else base / q).absolute()
     return {"case_id": case_id, "ct": resolve(ct), "seed_lps": seed, "box": box,
             "mask": resolve(mask) if mask else None, "ecog": _get(row, "ecog", "ecog_ps")}
 
@@ -163,8 +163,10 @@ def file_identity(path: Union[str, Path]) -> Dict:
     dict
         JSON-ready; equal for the same, untouched file.
     """
+    from .outputs import path_sha256
+
     p = Path(path).resolve()
-    where = {"name": p.name, "path_sha256": hashlib.sha256(str(p).encode("utf-8")).hexdigest()}
+    where = {"name": p.name, "path_sha256": path_sha256(p)}
     if p.is_dir():
         listing = sorted((c.name, c.stat().st_size, c.stat().st_mtime_ns) for c in p.iterdir() if c.is_file())
         digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
@@ -317,8 +319,12 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
     return r.to_dict()
 
 
-def summary_row(case_id: str, result: Dict, status: str, seconds: float, out: Path) -> Dict:
-    """One summary.csv row from a result (as in result.json)."""
+def summary_row(case_id: str, result: Dict, status: str, seconds: float, out: Path,
+                folder: Optional[Path] = None) -> Dict:
+    """One summary.csv row from a result (as in result.json); ``output_dir`` is the case folder ``out`` relative to
+    the summary's ``folder`` (default ``out``'s parent: the batch folder), so no absolute path is recorded."""
+    from .outputs import relative_path
+
     ec = result["risk"].get("ecog_combined") or {}
     return {"case_id": case_id, "status": status, "score": result["score"], "tta_mean": result["tta"]["mean"],
             "tta_std": result["tta"]["std"], "os_group": result["risk"]["os"]["group"],
@@ -327,7 +333,7 @@ def summary_row(case_id: str, result: Dict, status: str, seconds: float, out: Pa
             "pfs_relative_hazard": ec.get("pfs", {}).get("relative_hazard"),
             "attention_tumour": result["attention"]["tumour"], "attention_ring": result["attention"]["ring"],
             "n_warnings": len(result.get("warnings", [])), "seconds": round(seconds, 2), "error": "",
-            "inputs_key": result.get("inputs", {}).get("inputs_key", ""), "output_dir": str(out),
+            "inputs_key": result.get("inputs", {}).get("inputs_key", ""), "output_dir": relative_path(out, out.parent if folder is None else folder),
             "note": _model_note(result.get("model") or {})}
 
 
@@ -336,13 +342,22 @@ def _model_note(model: Dict) -> str:
     return f"model bundle {model.get('path', '')} MODIFIED after export" if model.get("modified") else ""
 
 
-def failed_row(case_id: str, error: str, seconds: float, **extra) -> Dict:
+def failed_row(case_id: str, error: str, seconds: float, folder: Optional[Path] = None, **extra) -> Dict:
     """A summary.csv row for a case that failed: every field empty but its id, "failed", the error and the time.
+
+    With the summary's ``folder``, the quoted absolute paths of the error are shown as ``outputs.relative_path``
+    shows them (made once here: :func:`write_summary` writes rows as they are).
 
     >>> r = failed_row("c1", "no CT", 0.123, note="x")
     >>> r["status"], r["error"], r["seconds"], r["note"], r["score"]
     ('failed', 'no CT', 0.12, 'x', '')
+    >>> failed_row("c2", "The CT '/data/batch/ct/c2.nrrd' does not exist.", 0.0, folder=Path("/data/batch"))["error"]
+    "The CT 'ct/c2.nrrd' does not exist."
     """
+    from .outputs import paths_in_message
+
+    if folder is not None:
+        error = paths_in_message(error, folder)
     return {**{k: "" for k in SUMMARY_FIELDS}, "case_id": case_id, "status": "failed", "error": error,
             "seconds": round(seconds, 2), **extra}
 
@@ -372,7 +387,7 @@ def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundl
     """
     case, case_id, error = plan
     if case is None:
-        return failed_row(case_id, error, 0.0)
+        return failed_row(case_id, error, 0.0, folder=out_dir)
     t0 = time.perf_counter()
     note, key = "", ""
     try:
@@ -384,19 +399,19 @@ def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundl
             raise TMBRBInputError(inside)
         old, note = resume_decision(case_out, key, keyed)
         if old is not None:
-            return summary_row(case_id, old, "done-before", 0.0, case_out)
+            return summary_row(case_id, old, "done-before", 0.0, case_out, out_dir)
         res = score_into_folder(case, case_out, scorer=scorer, keyed=keyed, key=key, n_shifts=n_shifts,
                                 ring_width_mm=ring_width_mm, pictures=pictures, cancel=cancel)
-        row = summary_row(case_id, res, "ok", time.perf_counter() - t0, case_out)
+        row = summary_row(case_id, res, "ok", time.perf_counter() - t0, case_out, out_dir)
         return {**row, "note": "; ".join(n for n in (row["note"], note) if n)}
     except TMBRBCancelled:
         raise
     except TMBRBError as e:
-        return failed_row(case_id, str(e), time.perf_counter() - t0, note=note, inputs_key=key)
+        return failed_row(case_id, str(e), time.perf_counter() - t0, out_dir, note=note, inputs_key=key)
     except Exception as e:  # noqa: BLE001 - one broken case must not stop the batch; the error is recorded
         (out_dir / f"{case_id}.error.log").write_text(traceback.format_exc(), encoding="utf-8")
         return failed_row(case_id, f"internal error: {type(e).__name__}: {e}", time.perf_counter() - t0,
-                           note=note, inputs_key=key)
+                           out_dir, note=note, inputs_key=key)
 
 
 # ------------------------------------------------------------------------------------------------------ the manifest
@@ -566,7 +581,7 @@ class RankFiles:
             why = (f"process {i % self.world} stopped: {st['error']}" if st and st.get("error") else
                    f"process {i % self.world} of {self.world} did not finish (no news from any process for "
                    f"{timeout_s:g} s)")
-            merged.append(failed_row(case_id, f"not scored: {why}", 0.0, row=i + 1))
+            merged.append(failed_row(case_id, f"not scored: {why}", 0.0, self.out_dir, row=i + 1))
         return merged
 
 
@@ -683,33 +698,14 @@ def _close(bar) -> None:
 
 
 def write_summary(path: Path, rows: List[Dict]) -> None:
-    """Write summary.csv (SUMMARY_FIELDS, CSV-safe cells) through a temporary file, so a reader never sees half."""
+    """Write summary.csv (SUMMARY_FIELDS, CSV-safe cells) through a temporary file, so a reader never sees half.
+
+    The rows are written as they are: :func:`summary_row` and :func:`failed_row` recorded their paths relative to
+    the summary's folder when they were made."""
     tmp = path.with_suffix(".csv.part")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            r = {**r, "output_dir": _relative_to(r.get("output_dir"), path.parent),
-                 "error": _relative_paths_in(r.get("error"), path.parent)}
             w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in SUMMARY_FIELDS})
     tmp.replace(path)
-
-
-def _relative_to(path, folder: Path) -> Optional[str]:
-    """A case folder as the summary records it: relative to the summary's folder (no absolute path leaks into it)."""
-    if not path:
-        return path
-    try:
-        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
-
-
-def _relative_paths_in(message: Optional[str], folder: Path) -> Optional[str]:
-    """An error message with each quoted absolute path ('/data/PAT-1/ct.nrrd') written relative to ``folder``."""
-    import re
-
-    from .outputs import relative_path
-    if not message:
-        return message
-    return re.sub(r"'((?:/|[A-Za-z]:[\\/])[^']*)'", lambda m: repr(relative_path(m.group(1), folder)), message)

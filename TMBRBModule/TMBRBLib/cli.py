@@ -126,7 +126,7 @@ def cmd_attention(args) -> int:
     from .present import result_lines
 
     result, written = update_attention_folder(args.result, args.segmentation, ring_width_mm=args.ring_mm,
-                                              pictures=not args.no_pictures)
+                                              pictures=not args.no_pictures, ct=args.ct)
     for line in result_lines(result):
         if line.key == "warning":
             print(f"warning: {line.value}")
@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "copy of tumour.nrrd, not the file itself)")
     a.add_argument("--ring-mm", type=float, default=None, help="ring width (default: the one the result used)")
     a.add_argument("--no-pictures", action="store_true", help="do not draw the PNG overlays again")
+    a.add_argument("--ct", default=None, help="the CT to draw the overlays on (default: the one result.json records; "
+                   "it records where only when the CT was at most one folder above the result)")
     a.set_defaults(func=cmd_attention)
 
     d = sub.add_parser("demo", help="generate a phantom chest CT and score it with the bundled model")

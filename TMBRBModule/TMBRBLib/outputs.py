@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PureWindowsPath
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -247,7 +249,7 @@ def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = 
     d = result.to_dict()
     if extra:
         d.update(extra)
-    _relative_inputs(d, out_dir)
+    d = result_record(d, out_dir)
     d["files"] = {k: p.name for k, p in written.items()}
     d["files"]["result"] = "result.json"
     tmp = out_dir / "result.json.part"
@@ -258,10 +260,38 @@ def write_outputs(result, out_dir: Union[str, Path], ct: Optional[sitk.Image] = 
 
 
 RECORDED_PATHS = ("ct_path", "mask_path")  # the paths result.json records (under "inputs"), relative to its folder
+MAX_CLIMB = 1  # a recorded path may go up this many folders from the record's folder (``../ct.nrrd`` beside --out)
+_QUOTED_PATH = re.compile(r"""(['"])((?:/|[A-Za-z]:[\\/])[^'"]*)\1""")  # '/abs/path' or "C:\abs\path"
 
 
-def relative_path(path: Union[str, Path], folder: Union[str, Path]) -> str:
-    """``path`` relative to ``folder`` (POSIX separators), as files that may be shared record paths.
+def path_sha256(path: Union[str, Path]) -> str:
+    """sha256 (hex) of a path's absolute, resolved form: tells files apart without recording where they are.
+
+    >>> path_sha256("/data/a/ct.nrrd") == path_sha256("/data/a/../a/ct.nrrd")
+    True
+    """
+    return hashlib.sha256(str(Path(path).resolve()).encode("utf-8")).hexdigest()
+
+
+def _near_path(path: Union[str, Path], folder: Union[str, Path]) -> Optional[str]:
+    """``path`` relative to ``folder`` (POSIX) when it goes up at most :data:`MAX_CLIMB` folders; else None."""
+    if os.name != "nt" and PureWindowsPath(path).drive:  # C:\\... named in a message read on another system
+        return None
+    try:
+        rel = Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve()))
+    except ValueError:  # another drive (Windows)
+        return None
+    climb = next((i for i, part in enumerate(rel.parts) if part != ".."), len(rel.parts))
+    return rel.as_posix() if climb <= MAX_CLIMB else None
+
+
+def _name(path: Union[str, Path]) -> str:
+    """The last part of a path, whichever separator it uses."""
+    return re.split(r"[\\/]", str(Path(path).resolve()) if PureWindowsPath(path).drive == "" else str(path))[-1]
+
+
+def path_record(path: Union[str, Path], folder: Union[str, Path]) -> Union[str, Dict[str, str]]:
+    """How a record in ``folder`` (result.json) names an input file without saying where the machine keeps it.
 
     Parameters
     ----------
@@ -272,29 +302,94 @@ def relative_path(path: Union[str, Path], folder: Union[str, Path]) -> str:
 
     Returns
     -------
+    str or dict
+        The path relative to ``folder`` when it goes up at most one folder (``../ct.nrrd``, ``ct/ct.nrrd``), which
+        :func:`recorded_path` takes back; else ``{"name": ..., "path_sha256": ...}`` (as ``batch.file_identity``):
+        the folders above, which may name a patient, are not recorded.
+
+    Examples
+    --------
+    >>> path_record("/data/study/ct.nrrd", "/data/study/out")
+    '../ct.nrrd'
+    >>> sorted(path_record("/data/DOE_JOHN/ct.nrrd", "/home/me/results/case1"))
+    ['name', 'path_sha256']
+    """
+    near = _near_path(path, folder)
+    return near if near is not None else {"name": _name(path), "path_sha256": path_sha256(path)}
+
+
+def relative_path(path: Union[str, Path], folder: Union[str, Path]) -> str:
+    """``path`` as a message or a shared file may show it: relative to ``folder`` when it goes up at most one folder,
+    else its name and the start of its path's sha256 (no folder above it, which may name a patient, is shown).
+
+    Parameters
+    ----------
+    path : str or Path
+        A file or folder (absolute, or relative to the current folder).
+    folder : str or Path
+        The folder the message or record describes (e.g. the output folder holding result.json).
+
+    Returns
+    -------
     str
-        e.g. ``../ct.nrrd``; the file name alone when no relative path exists (another drive on Windows).
+        e.g. ``../ct.nrrd``, or ``ct.nrrd [path sha256 1f2e3d4c5b6a]``.
 
     Examples
     --------
     >>> relative_path("/data/study/ct.nrrd", "/data/study/out")
     '../ct.nrrd'
+    >>> shown = relative_path("/data/patients/DOE_JOHN_1234/ct.nrrd", "/home/me/results/case1")
+    >>> shown.startswith("ct.nrrd [path sha256 "), "DOE_JOHN" in shown
+    (True, False)
     """
-    try:
-        return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
-    except ValueError:
-        return Path(path).name
+    near = _near_path(path, folder)
+    return near if near is not None else f"{_name(path)} [path sha256 {path_sha256(path)[:12]}]"
 
 
-def recorded_path(result_dir: Union[str, Path], recorded: Optional[str]) -> Optional[Path]:
+def paths_in_message(message: Optional[str], folder: Union[str, Path]) -> Optional[str]:
+    """A message with each quoted absolute path (``'/data/PAT-1/ct.nrrd'`` or ``"/data/..."``, as ITK quotes) written
+    as :func:`relative_path` shows it; None and "" stay as they are.
+
+    >>> paths_in_message('The file "/data/study/ct.nrrd" cannot be read', "/data/study/out")
+    'The file "../ct.nrrd" cannot be read'
+    """
+    if not message:
+        return message
+    return _QUOTED_PATH.sub(lambda m: m.group(1) + relative_path(m.group(2), folder) + m.group(1), message)
+
+
+def recorded_path(result_dir: Union[str, Path], recorded: Union[str, Dict, None]) -> Optional[Path]:
     """The file a result.json in ``result_dir`` records (``inputs.ct_path``...): relative paths are taken from
-    ``result_dir``, absolute ones (older results) as they are; None stays None."""
-    return None if not recorded else Path(result_dir) / recorded
+    ``result_dir``, absolute ones (older results) as they are; None, or a file recorded by name and path sha256
+    (:func:`path_record`: its folder is not known), gives None."""
+    return None if not recorded or isinstance(recorded, dict) else Path(result_dir) / recorded
 
 
-def _relative_inputs(d: Dict, out_dir: Path) -> None:
-    """result.json's input paths relative to its folder: no absolute path (which may name a patient) is recorded."""
-    inputs = d.get("inputs") or {}
+def result_record(result: Dict, folder: Union[str, Path]) -> Dict:
+    """What result.json in ``folder`` records of a result (``CaseResult.to_dict()`` or an updated one): every writer
+    of result.json goes through it, so no absolute path (which may name a patient) is recorded.
+
+    Parameters
+    ----------
+    result : dict
+        The result; it is not changed.
+    folder : str or Path
+        The folder result.json goes into.
+
+    Returns
+    -------
+    dict
+        A copy with ``inputs.ct_path`` / ``inputs.mask_path`` as :func:`path_record` gives them (absolute or
+        relative to the current folder before) and the quoted absolute paths of ``warnings`` as
+        :func:`relative_path` shows them.
+    """
+    d = dict(result)
+    inputs = dict(d.get("inputs") or {})
     for key in RECORDED_PATHS:
-        if inputs.get(key):
-            inputs[key] = relative_path(inputs[key], out_dir)
+        if isinstance(inputs.get(key), (str, Path)) and inputs[key]:
+            inputs[key] = path_record(inputs[key], folder)
+    if "inputs" in d:
+        d["inputs"] = inputs
+    if "warnings" in d:
+        d["warnings"] = [paths_in_message(str(w), folder) for w in d["warnings"]]
+    return d

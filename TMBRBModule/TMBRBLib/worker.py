@@ -12,8 +12,9 @@ stdin; it answers one JSON object per line on stdout, each carrying the request'
   writes the same files; with ``"volumes": "regions"`` (and no pictures) the map, tumour and ring are written as the
   region of the CT's grid they live in (:func:`write_region_outputs`: a front end that reads them at once and
   removes the folder skips writing and reading three full-grid volumes); ``"regions_out": "folder"`` writes those
-  regions there too, with ``regions.json`` (``region_index_lo``, ``files``), next to the full outputs (a front end
-  that keeps the output folder reads the regions and removes that folder).
+  regions there too, with ``regions.json`` (``region_index_lo``, ``files`` and ``request``, the request's id), next
+  to the full outputs (a front end that keeps the output folder reads the regions of its own request and removes
+  that folder).
   Answers: ``{"id", "progress", "message"}`` lines, then ``{"id", "done": true, "result": ".../result.json",
   "timings_s": {"read_ct", "score", "write"}}``, or ``{"id", "error": message, "kind": "input"|"internal"}``, or
   ``{"id", "cancelled": true}``.
@@ -265,7 +266,8 @@ class Worker:
             if request.get("regions_out"):
                 write_region_volumes(result, request["regions_out"])
                 _write_json(Path(request["regions_out"]) / "regions.json",
-                            {"files": REGION_FILES, "region_index_lo": [int(v) for v in result.cam_region.lo]})
+                            {"files": REGION_FILES, "region_index_lo": [int(v) for v in result.cam_region.lo],
+                             "request": rid})
             timings["write"] = time.perf_counter() - t
             return written
 
@@ -285,8 +287,9 @@ def write_region_outputs(result, out_dir) -> Dict[str, Path]:
     The class activation map, the tumour and the ring are written as the region that holds them (the crop and a
     ring's width around the box; uncompressed NRRDs with the region's own origin), not as full-grid volumes: a
     front end that reads them at once and removes the folder places them on the CT's grid itself. result.json is
-    ``CaseResult.to_dict()`` with ``files`` naming them (:data:`REGION_FILES`) and ``region_index_lo``, the index
-    (x, y, z) on the CT's grid where the region starts; it is written last, whole.
+    ``CaseResult.to_dict()`` as ``outputs.result_record`` records it (no absolute path) with ``files`` naming them
+    (:data:`REGION_FILES`) and ``region_index_lo``, the index (x, y, z) on the CT's grid where the region starts; it
+    is written last, whole.
 
     Parameters
     ----------
@@ -300,8 +303,10 @@ def write_region_outputs(result, out_dir) -> Dict[str, Path]:
     dict
         The paths written, by kind (cam, tumour, ring, crop, result).
     """
+    from .outputs import result_record
+
     written = write_region_volumes(result, out_dir)
-    d = result.to_dict()
+    d = result_record(result.to_dict(), out_dir)
     d["files"] = dict(REGION_FILES, result="result.json")
     d["region_index_lo"] = [int(v) for v in result.cam_region.lo]
     written["result"] = _write_json(Path(out_dir) / "result.json", d)

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from TMBRBLib.bundle import (CHECKSUMS_PATH, DEMO_NOTICE, DEMO_WEIGHTS_SHA256, METADATA_PATH, check_files,
                              default_bundle_path, load_bundle)
 from TMBRBLib.cli import main
+from TMBRBLib.outputs import path_sha256
 from TMBRBLib.present import result_lines
 
 from .synthetic import make_ct
@@ -215,5 +216,6 @@ def test_result_json_and_batch_summary_record_no_absolute_path(placeholder_bundl
     assert not _files_mentioning(batch, PATIENT), _files_mentioning(batch, PATIENT)
     rows = {r["case_id"]: r for r in csv.DictReader(open(batch / "summary.csv", encoding="utf-8"))}
     assert rows["c1"]["output_dir"] == "c1" and "'../ct/missing.nrrd'" in rows["c2"]["error"]
-    # the recorded CT path is taken from the result's folder: the result can be opened again
-    assert (batch / "c1" / json.loads((batch / "c1" / "result.json").read_text())["inputs"]["ct_path"]).is_file()
+    # two folders above the case's folder: recorded by name and path sha256, not by the folders on the way
+    recorded = json.loads((batch / "c1" / "result.json").read_text())["inputs"]["ct_path"]
+    assert recorded == {"name": "ct.nrrd", "path_sha256": path_sha256(ct)}

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from TMBRBLib.cli import main
 from TMBRBLib.geometry import lps_to_ras
+from TMBRBLib.outputs import path_record
 
 from .synthetic import make_ct
 
@@ -118,7 +119,8 @@ def test_batch_is_resumable_and_a_failed_case_does_not_stop_the_others(ct_file, 
     assert "does not exist" in rows["missing"]["error"] and "ECOG" in rows["badecog"]["error"]
     assert float(rows["good2"]["os_relative_hazard"]) > 0
     recorded = json.loads((out / "good1" / "result.json").read_text())["inputs"]["ct_path"]
-    assert (out / "good1" / recorded).resolve() == (ct_file / "ct.nrrd").resolve()  # relative to the case folder
+    assert recorded == path_record(ct_file / "ct.nrrd", out / "good1")  # in another tree: by name and path hash
+    assert recorded["name"] == "ct.nrrd" and str(tmp_path) not in json.dumps(recorded)
     first_mtime = (out / "good1" / "result.json").stat().st_mtime_ns
     assert main(args) == 3
     rows2 = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}

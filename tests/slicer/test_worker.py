@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -20,6 +21,7 @@ from test_slicer_logic import oblique_ct
 import TMBRB
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.geometry import lps_to_ras
+from TMBRBLib.outputs import path_record, path_sha256
 from TMBRBLib.slicer import mrml as ma
 from TMBRBLib.slicer.logic import JobWatcher
 from TMBRBLib.slicer.runner import EXIT_CANCELLED, EngineJob, EngineWorker, JobInputs
@@ -177,7 +179,7 @@ def test_the_ct_file_is_written_once_per_volume_state(scene, wlogic, worker, tmp
     assert float(np.median(crop_after[inside] - crop_before[inside])) == pytest.approx(200, abs=5), \
         "the worker scored the changed volume"
     inputs = json.loads((tmp_path / "c" / "out" / "result.json").read_text())["inputs"]
-    assert (tmp_path / "c" / "out" / inputs["ct_path"]).resolve() == wlogic._ctFiles[ct.GetID()][1].resolve()
+    assert inputs["ct_path"] == path_record(wlogic._ctFiles[ct.GetID()][1], tmp_path / "c" / "out")  # by path hash
     wlogic.shutdown()
     assert not wlogic._ctFiles and not path.parent.exists() and worker.alive  # a shared worker is left running
     assert np.isfinite(rec.results[0].score)
@@ -214,3 +216,54 @@ def test_a_temporary_run_hands_back_regions_that_give_the_same_nodes(scene, wlog
     for name in (ma.TUMOUR_SEGMENT_NAME, ma.RING_SEGMENT_NAME):
         a, b = (ma.segment_array(r.nodes["regions"], name, ct) for r in (fast, full))
         assert a.shape == ma.volume_array(ct).shape and a.any() and np.array_equal(a, b), name
+
+
+def _absolute_strings(value):
+    """The strings in a result dict that are absolute paths (or hold one)."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _absolute_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _absolute_strings(v)]
+    return [value] if isinstance(value, str) and re.search(r"(^|['\"\s])(/|[A-Za-z]:\\)\w", value) else []
+
+
+def test_the_scene_result_records_no_absolute_path(scene, wlogic, worker, tmp_path):
+    """The result table's ``TMBRB.result`` (saved with the scene) holds no absolute path: the worker's CT file in
+    the temporary volumes' folder is recorded by name and path sha256, whether the volumes come as regions
+    (temporary folder) or as the full outputs of a kept folder."""
+    ct, seed = case(scene)
+    temporary, _ = apply(wlogic, ct, seed)
+    kept, _ = apply(wlogic, ct, seed, workDir=tmp_path / "kept")
+    for rec in (temporary, kept):
+        assert rec.errors == [] and len(rec.results) == 1
+        text = rec.results[0].nodes["table"].GetAttribute("TMBRB.result")
+        stored = json.loads(text)
+        assert stored["inputs"]["ct_path"] == {"name": wlogic._ctFiles[ct.GetID()][1].name,
+                                               "path_sha256": path_sha256(wlogic._ctFiles[ct.GetID()][1])}
+        assert not _absolute_strings(stored) and "TMBRB-volumes" not in text and str(tmp_path) not in text
+
+
+def test_regions_left_by_an_earlier_run_are_not_shown_for_the_next_one(scene, wlogic, worker, tmp_path):
+    """A kept-folder worker run writes its regions beside the outputs; when the scene never reads them (the run is
+    given up after the worker wrote them), the next Apply into the same folder, here a new engine process that
+    writes full outputs only, shows its own map, tumour and ring, not the earlier case's."""
+    work = tmp_path / "kept"
+    ct1, seed1 = case(scene)
+    first = wlogic.startBackground(ct1, seed1, None, None, "1", device="cpu", numberOfShifts=1, workDir=work)
+    deadline = time.time() + 300
+    while first.poll() == "running":
+        assert time.time() < deadline, "the worker run did not finish"
+        time.sleep(0.05)
+    assert first.state == "done" and (work / "scene-regions" / "regions.json").is_file()
+    first.cleanup()  # given up: its regions were never read into the scene
+    assert (work / "scene-regions").is_dir()
+    ct2 = add_ct(scene, oblique_ct(tumour_lps=(8.0, -22.0, 28.0))[0])  # same grid, the tumour elsewhere
+    seed2 = add_seed(scene, lps_to_ras((8.0, -22.0, 28.0)))
+    rec, job = apply(wlogic, ct2, seed2, workDir=work, useWorker=False)
+    assert rec.errors == [] and type(job.process).__name__ == "EngineProcess"
+    shown = rec.results[0].nodes
+    own = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out" / "cam.nrrd")))
+    assert np.array_equal(ma.volume_array(shown["cam"]), own), "the map shown is not this run's"
+    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out" / "tumour.nrrd")))
+    assert np.array_equal(ma.segment_array(shown["regions"], ma.TUMOUR_SEGMENT_NAME, ct2) > 0, tumour > 0)
+    assert not (work / "scene-regions").exists()

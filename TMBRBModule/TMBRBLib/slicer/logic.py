@@ -572,11 +572,14 @@ class SceneLogic:
         TMBRBInputError
             Bad input, before anything starts.
         """
+        import shutil
+
         import SimpleITK as sitk
 
         inputs = self.validateInputs(volumeNode, seedNode, roiNode, segmentationNode, ecog)
         work = Path(workDir) if workDir else Path(tempfile.mkdtemp(prefix="TMBRB-"))
         work.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work / SCENE_REGIONS_FOLDER, ignore_errors=True)  # an earlier run's regions are not this one's
         useWorker = self.useWorker if useWorker is None else useWorker
         ctPath = self._ctFile(volumeNode, inputs["ct"]) if useWorker else work / "ct.nrrd"
         if not useWorker:
@@ -760,7 +763,8 @@ class SceneLogic:
         out = job.resultPath.parent
         result = json.loads(job.resultPath.read_text(encoding="utf-8"))
         result["warnings"][:0] = [w for w in job.inputs.warnings if w not in result["warnings"]]
-        cam, tumour, ring = self._resultVolumes(out, result, job.inputs.volume, job.workDir / SCENE_REGIONS_FOLDER)
+        cam, tumour, ring = self._resultVolumes(out, result, job.inputs.volume, job.workDir / SCENE_REGIONS_FOLDER,
+                                                getattr(job.process, "id", None))
         nodes = self.createOutputNodes(job.inputs.volume, job.inputs.roi, result, cam, tumour, ring,
                                        showResult=showResult, camOpacity=camOpacity,
                                        existing=self._existingOutputs(parameterNode))
@@ -773,10 +777,12 @@ class SceneLogic:
         return SceneResult(result, nodes, outputDir=out)
 
     @staticmethod
-    def _resultVolumes(out: Path, result: Dict, volumeNode, regionsDir: Optional[Path] = None) -> Tuple:
+    def _resultVolumes(out: Path, result: Dict, volumeNode, regionsDir: Optional[Path] = None,
+                       request: Optional[str] = None) -> Tuple:
         """(map, tumour, ring) of an engine output folder: regions of the CT's grid when the engine wrote them
         (result.json's ``region_index_lo`` in a temporary folder; ``regions.json`` in ``regionsDir`` beside a kept
-        folder, which is removed once read), else the full-grid files."""
+        folder when it names this worker ``request``: removed once read, or when it is another run's), else the
+        full-grid files."""
         import shutil
 
         import SimpleITK as sitk
@@ -787,7 +793,10 @@ class SceneLogic:
         lo = result.pop("region_index_lo", None)
         if lo is None and regionsDir is not None and (regionsDir / "regions.json").is_file():
             regions = json.loads((regionsDir / "regions.json").read_text(encoding="utf-8"))
-            files, lo, out = regions["files"], regions["region_index_lo"], regionsDir
+            if request is not None and regions.get("request") == request:
+                files, lo, out = regions["files"], regions["region_index_lo"], regionsDir
+            else:  # left by another run (one that failed or was never read): not this result's volumes
+                shutil.rmtree(regionsDir, ignore_errors=True)
         if lo is None:
             return tuple(sitk.ReadImage(str(out / name)) for name in ("cam.nrrd", "tumour.nrrd", "ring.nrrd"))
         ct = result.get("ct") or {}
@@ -929,7 +938,10 @@ class SceneLogic:
         result = json.loads((caseDir / "result.json").read_text(encoding="utf-8"))
         from ..outputs import recorded_path
         ctPath = ctPath or recorded_path(caseDir, result.get("inputs", {}).get("ct_path"))  # relative to caseDir
-        if not ctPath or not Path(ctPath).exists():
+        if not ctPath:  # recorded by name and path sha256 (outputs.path_record): where it is is not recorded
+            raise TMBRBInputError(f"The result in {caseDir} does not say where its CT is (it was more than one folder "
+                                  "above the result).", "Give the CT's path (ctPath) to load it.")
+        if not Path(ctPath).exists():
             raise TMBRBInputError(f"The CT of {caseDir} ('{ctPath}') is not available.", "Keep the CT files in place.")
         ct, _w = read_ct(ctPath)
         volumeNode = mrml.add_volume_node_from_sitk(self.scene, ct, caseDir.name)
@@ -991,7 +1003,7 @@ class BatchJob:
             if case is None:
                 from ..batch import failed_row
 
-                self._record(failed_row(caseId, error, 0.0))
+                self._record(failed_row(caseId, error, 0.0, self.outputDir))
                 continue
             self.current = self.logic.engineWorker().submit(
                 dict(self.request, row=self.manifestRows[self.index], number=self.index + 1),
@@ -1023,9 +1035,9 @@ class BatchJob:
             row = dict(request.answer["row"])
         elif timedOut:
             row = failed_row(caseId, f"timed out: the case did not finish within {self.caseTimeoutS:g} s (the "
-                              "engine was stopped; the next case starts on a new one)", seconds)
+                              "engine was stopped; the next case starts on a new one)", seconds, self.outputDir)
         else:
-            row = failed_row(caseId, request.failure_message(), seconds)
+            row = failed_row(caseId, request.failure_message(), seconds, self.outputDir)
         self.current = None
         self._record(row)
         return True
