@@ -910,7 +910,8 @@ class SceneLogic:
             ctPaths = self._manifestCtPaths(manifestCsv)
             for row in rows:
                 if row["status"] in ("ok", "done-before") and row.get("output_dir"):
-                    self.loadCaseResult(row["output_dir"], ctPaths.get(row["case_id"]))
+                    # output_dir is relative to the summary's folder (batch.summary_row)
+                    self.loadCaseResult(Path(outputDir) / row["output_dir"], ctPaths.get(row["case_id"]))
         return rows
 
     @staticmethod
