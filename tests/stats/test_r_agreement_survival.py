@@ -100,6 +100,12 @@ def test_logistic_reference_level_matches_glm_relevel(key, reference):
     assert [_r_term(t) for t in r.table["term"]] == rr["terms"]
     np.testing.assert_allclose(r.table[["coef", "se", "p"]].to_numpy().T, [rr["coef"], rr["se"], rr["p"]], **COX)
     np.testing.assert_allclose(r.loglik, rr["loglik"], rtol=1e-9)
+    # predict() applies the fit to rows: its own rows give the fitted probabilities; a new level counts as reference
+    d = fixture_csv("asah.csv")
+    np.testing.assert_allclose(r.predict(d), r.fitted, rtol=1e-12)
+    new = d.iloc[:3].assign(gender="Unknown")
+    ref_level = (reference or {}).get("gender", "Female")
+    np.testing.assert_allclose(r.predict(new), r.predict(d.iloc[:3].assign(gender=ref_level)), rtol=1e-12)
 
 
 def test_bad_ties_is_a_clear_error():
