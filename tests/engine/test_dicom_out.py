@@ -349,3 +349,45 @@ def test_a_modified_bundle_is_flagged_in_the_series_descriptions_and_the_report_
     assert dicom_out._notes(result)[0] == message
     clean = {"model": {"demo": True, "notice": "demo model"}}
     assert dicom_out._model_flag(clean) == " [DEMO MODEL]" and message not in dicom_out._notes(clean)
+
+
+def test_score_with_dicom_out_reads_the_series_once(tmp_path, monkeypatch):
+    """Review 11 finding 5: the export takes the CT and file list `tmbrb score` already read. The series' pixels are
+    read once, the folder scanned twice (the early --dicom-out check and the CT reading), each header once by pydicom.
+    The old code read the pixels twice and scanned five times."""
+    from TMBRBLib import io as tio
+
+    ct, _ = make_ct(size=(48, 44, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS, radius_mm=6, noise=10)
+    series = write_ct_series(ct, tmp_path / "series")
+    calls = {"pixels": 0, "scans": 0, "headers": 0}
+    real_read, real_ids, real_dcmread = tio._read_dicom_series, sitk.ImageSeriesReader.GetGDCMSeriesIDs, pydicom.dcmread
+
+    def count(key, fn):
+        def wrapped(*a, **k):
+            calls[key] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(tio, "_read_dicom_series", count("pixels", real_read))
+    monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesIDs", staticmethod(count("scans", real_ids)))
+    monkeypatch.setattr(pydicom, "dcmread", count("headers", real_dcmread))
+    rc = main(["score", "--ct", str(tmp_path / "series"), "--seed-lps", ",".join(map(str, TUMOUR_LPS)),
+               "--out", str(tmp_path / "result"), "--shifts", "1", "--no-pictures", "--progress", "none",
+               "--device", "cpu", "--dicom-out", str(tmp_path / "dicom")])
+    assert rc == 0 and (tmp_path / "dicom" / "seg.dcm").is_file()
+    assert calls == {"pixels": 1, "scans": 2, "headers": len(series)}, calls
+
+
+def test_dicom_export_on_a_python_too_old_for_highdicom_says_why(monkeypatch):
+    """Slicer 5.8's Python 3.9 cannot install highdicom 0.28 (requirements.txt lists it for >= 3.10 only): the
+    message names the Python and the way out, instead of a pip command that would fail."""
+    from TMBRBLib.dicom_out import require_highdicom
+    from TMBRBLib.errors import TMBRBInputError
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    with pytest.raises(TMBRBInputError) as old:
+        require_highdicom(python=(3, 9))
+    assert "Python 3.10" in str(old.value) and "3.9" in str(old.value) and "tmbrb dicom-export" in old.value.hint
+    with pytest.raises(TMBRBInputError) as new:
+        require_highdicom(python=(3, 12))
+    assert "pip install 'tmbrb[dicom]'" in new.value.hint
