@@ -170,9 +170,13 @@ def cmd_batch(args) -> int:
     from .outputs import check_out_dir
     rank, world, _ = dist_env()
     check_out_dir(args.out, [args.manifest], names=summary_names(world))
+    if args.dicom_out:
+        from .dicom_out import require_highdicom
+        require_highdicom()  # before any case (a dicom_out column without highdicom: a note per row)
     path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
                      pictures=not args.no_pictures, progress_bar=not args.quiet, ring_width_mm=args.ring_mm,
-                     wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout)
+                     wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout,
+                     dicom_out=args.dicom_out)
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -304,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--no-pictures", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--dicom-out", action="store_true",
+                   help="for each row whose CT is a DICOM series: also a DICOM Segmentation, CAM parametric map and "
+                        "report in <case>/dicom/ (as a dicom_out column of yes does per row; other rows get a note)")
     b.add_argument("--ring-mm", type=float, default=None, help="peritumoral ring width (default from the bundle)")
     b.add_argument("--wait-timeout", type=float, default=None, metavar="S",
                    help="under torchrun/srun: process 0 stops waiting for the others after S seconds without news "

@@ -391,3 +391,48 @@ def test_dicom_export_on_a_python_too_old_for_highdicom_says_why(monkeypatch):
     with pytest.raises(TMBRBInputError) as new:
         require_highdicom(python=(3, 12))
     assert "pip install 'tmbrb[dicom]'" in new.value.hint
+
+
+def test_batch_writes_dicom_for_dicom_rows_and_a_note_for_the_others(exported, tmp_path, capsys):
+    """The manifest's dicom_out column (and tmbrb batch --dicom-out): a DICOM row gets <case>/dicom/ with the three
+    objects, referencing its series; an NRRD row is scored as usual, with a note instead of DICOM (not a failure);
+    a bad dicom_out value fails its own row only. Run again, the DICOM row is done before and its objects stay."""
+    import csv
+
+    ct, _ = make_ct(size=(40, 36, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS, radius_mm=6)
+    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
+    seed = ",".join(map(str, TUMOUR_LPS))
+    (tmp_path / "m.csv").write_text(
+        "case_id,ct,seed_lps,dicom_out\n"
+        f"dcm,{exported['root'] / 'series'},\"{seed}\",yes\n"
+        f"nrrd,ct.nrrd,\"{seed}\",yes\n"
+        f"bad,ct.nrrd,\"{seed}\",maybe\n", encoding="utf-8")
+    args = ["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--shifts", "1", "--no-pictures",
+            "--quiet", "--device", "cpu"]
+
+    def summary():
+        with open(tmp_path / "out" / "summary.csv", newline="", encoding="utf-8") as f:
+            return {r["case_id"]: r for r in csv.DictReader(f)}
+
+    assert main(args) == 3  # the bad row failed
+    rows = summary()
+    assert rows["dcm"]["status"] == "ok" and "DICOM objects in dicom/" in rows["dcm"]["note"]
+    assert rows["nrrd"]["status"] == "ok" and "not a DICOM series" in rows["nrrd"]["note"]
+    assert rows["bad"]["status"] == "failed" and "dicom_out is 'maybe'" in rows["bad"]["error"]
+    assert not (tmp_path / "out" / "nrrd" / "dicom").exists()
+    seg = pydicom.dcmread(tmp_path / "out" / "dcm" / "dicom" / "seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == exported["series"][0].SeriesInstanceUID
+    assert {p.name for p in (tmp_path / "out" / "dcm" / "dicom").iterdir()} == {"seg.dcm", "cam_pm.dcm",
+                                                                                  "report_sr.dcm"}
+    capsys.readouterr()
+    assert main(args) == 3
+    rows = summary()
+    assert rows["dcm"]["status"] == "done-before" and (tmp_path / "out" / "dcm" / "dicom" / "seg.dcm").is_file()
+
+
+def test_batch_dicom_out_without_highdicom_stops_before_any_case(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    (tmp_path / "m.csv").write_text("ct,seed_lps\nct.nrrd,\"1,2,3\"\n", encoding="utf-8")
+    rc = main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--quiet", "--dicom-out"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "highdicom" in err and "Traceback" not in err and not (tmp_path / "out").exists()
