@@ -177,6 +177,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.camOpacitySlider.connect("valueChanged(double)", self.onCamOpacityChanged)
         self.ui.editTumourButton.connect("clicked(bool)", self.onEditTumourButton)
         self.ui.updateAttentionButton.connect("clicked(bool)", self.onUpdateAttentionButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
@@ -289,6 +290,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.enabled = not outdated
         self.ui.updateAttentionButton.enabled = state == "attention-outdated"
         self.ui.editTumourButton.enabled = state in ("current", "attention-outdated")
+        self.ui.exportDicomButton.enabled = state == "current"  # the folder's result.json is the shown result
         if outdated:
             self.ui.outdatedLabel.text = _("Outdated: the CT, seed, box, segmentation or ECOG changed after this "
                                            "result. Apply again to score the case as it is now.")
@@ -485,6 +487,25 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showResult(result)
         self.ui.statusLabel.text = _("Attention updated from the edited tumour (the model was not run again).")
         self.updateResultState()
+
+    def onExportDicomButton(self) -> None:
+        """The result as DICOM objects in its result folder's dicom/ (SceneLogic.exportDicom); asks for the DICOM
+        series folder when the result's CT is not one."""
+        p = self._parameterNode
+        table = p.resultTable if p else None
+        caseDir, dicomFolder = self.logic.dicomExportSource(table)
+        if caseDir is not None and dicomFolder is None:
+            chosen = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("The CT's DICOM series folder"))
+            if not chosen:
+                return
+            dicomFolder = chosen
+        try:
+            written = self.logic.exportDicom(table, dicomFolder)
+        except TMBRBError as e:
+            self.ui.statusLabel.text = str(e)
+            return
+        self.ui.statusLabel.text = _("DICOM written in {folder}: {files}").format(
+            folder=written["seg"].parent, files=", ".join(f.name for f in written.values()))
 
     def showResultTable(self, tableNode) -> None:
         self.ui.resultTableView.setMRMLTableNode(tableNode)
