@@ -88,12 +88,27 @@ class TMBRB(ScriptedLoadableModule):
             "<ol><li>Select the CT.</li><li>Place the seed: one click in the centre of the tumour. A box is proposed "
             "around the tumour; drag it if needed.</li><li>Optionally pick a tumour segmentation and the ECOG "
             "status.</li><li>Apply.</li></ol>"
+            "<p>To try it: Sample Data, TMBRB, TMBRBPhantom (the demo phantom, made on this computer) loads a CT with "
+            "its seed and box; then Apply.</p>"
             "<p>Batch from the Python console: <code>slicer.util.getModuleLogic('TMBRB').processCases(csv, outDir)"
             "</code>.</p>"
             f"<p>Method: {CITATION}</p>")
         self.parent.acknowledgementText = _(
             "Implements the method of He et al., J Immunother Cancer 2020 (doi:10.1136/jitc-2020-000550). "
             "Uses MONAI, PyTorch and SimpleITK.")
+        try:  # the demo phantom in Sample Data, once the application has started (no application: slicer-core)
+            slicer.app.connect("startupCompleted()", registerSampleData)
+        except AttributeError:
+            pass
+
+
+def registerSampleData() -> bool:
+    """The demo phantom as Sample Data (category TMBRB), generated on first use: TMBRBLib.slicer.sampledata."""
+    from pathlib import Path
+
+    from TMBRBLib.slicer.sampledata import registerSampleData as register
+
+    return register(thumbnail=Path(__file__).resolve().parent / "Resources" / "Icons" / "TMBRB.png")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -532,18 +547,12 @@ class TMBRBTest(ScriptedLoadableModuleTest):
         self.test_TMBRB_bad_input()
 
     def _phantomScene(self):
-        from TMBRBLib.slicer import mrml as ma
-        from TMBRBLib.geometry import Box, lps_to_ras
-        from TMBRBLib.phantom import make_demo_case
+        """The demo phantom as Sample Data loads it (generated on first use): CT, seed and the annotator's box, as
+        `tmbrb demo` scores it (the box delimits the lesion from the cohort's peritumoral haze)."""
+        from TMBRBLib.slicer.sampledata import loadPhantom
 
-        case = make_demo_case()
-        ct = ma.add_volume_node_from_sitk(slicer.mrmlScene, case.ct, "TMBRB phantom CT")
-        seed = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
-        seed.AddControlPoint(lps_to_ras(case.seed_lps))
-        # the annotator's box, as `tmbrb demo` scores it: it delimits the lesion from the cohort's peritumoral haze
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "TMBRB box")
-        ma.set_roi_from_box(roi, Box(*case.box_lps))
-        return case, ct, seed, roi
+        nodes = loadPhantom(slicer.mrmlScene)
+        return nodes["ct"], nodes["seed"], nodes["roi"]
 
     def test_TMBRB_phantom(self):
         import numpy as np
@@ -551,7 +560,7 @@ class TMBRBTest(ScriptedLoadableModuleTest):
         from TMBRBLib.slicer import mrml as ma
 
         self.delayDisplay("Scoring the demo phantom")
-        case, ct, seed, roi = self._phantomScene()
+        ct, seed, roi = self._phantomScene()
         logic = TMBRBLogic()
         logic.ensureDependencies(confirm=lambda m: slicer.util.confirmOkCancelDisplay(m))
         result = logic.process(ct, seed, roi, ecog=1, numberOfShifts=2, device="cpu")

@@ -975,13 +975,12 @@ class SceneLogic:
         Returns
         -------
         dict
-            "seg", "pm", "sr" -> the written files.
+            What ``export_dicom`` returns (the written SEG, map and report by "seg", "pm", "sr").
 
         Raises
         ------
         TMBRBInputError
-            The result has no kept folder, its CT is not a DICOM series and none is given, or the export refuses
-            the inputs (another series, highdicom missing...).
+            No kept folder; a CT that is not a DICOM series and no folder given; or export_dicom's refusals.
         """
         from ..batch import DICOM_DIR
         from ..dicom_out import export_dicom
