@@ -941,6 +941,60 @@ class SceneLogic:
         nodes["table"].SetAttribute(TUMOUR_KEY_ATTRIBUTE, self.tumourSegmentKey(nodes["regions"]))
         return SceneResult(result, nodes, outputDir=caseDir)
 
+    @staticmethod
+    def dicomExportSource(tableNode) -> Tuple[Optional[Path], Optional[Path]]:
+        """(result folder, DICOM series folder) of a result in the scene, as far as they are known: the folder kept
+        for the result (a batch case, a run with an output folder), and the CT its result.json names when that is a
+        DICOM series folder. None for what is not known."""
+        from ..io import dicom_series_files
+        from ..outputs import recorded_path
+
+        folder = tableNode.GetAttribute(OUTPUT_DIR_ATTRIBUTE) if tableNode is not None else None
+        if not folder or not (Path(folder) / "result.json").is_file():
+            return None, None
+        try:
+            result = json.loads((Path(folder) / "result.json").read_text(encoding="utf-8"))
+            ct = recorded_path(Path(folder), result.get("inputs", {}).get("ct_path"))
+        except (OSError, ValueError):
+            return Path(folder).resolve(), None
+        return Path(folder).resolve(), (Path(ct).resolve() if ct and dicom_series_files(ct) else None)
+
+    def exportDicom(self, tableNode, dicomFolder=None, outputDir=None) -> Dict[str, Path]:
+        """The result's DICOM Segmentation, CAM parametric map and report (``dicom_out.export_dicom``), written from
+        its kept result folder into ``outputDir`` (default: the result folder's ``dicom/``).
+
+        Parameters
+        ----------
+        tableNode : vtkMRMLTableNode
+            The results table of a result whose folder is kept (OUTPUT_DIR_ATTRIBUTE).
+        dicomFolder : str or Path, optional
+            The CT's DICOM series folder (default: the CT the result names, when it is one).
+        outputDir : str or Path, optional
+            Where the three files go.
+
+        Returns
+        -------
+        dict
+            What ``export_dicom`` returns (the written SEG, map and report by "seg", "pm", "sr").
+
+        Raises
+        ------
+        TMBRBInputError
+            No kept folder; a CT that is not a DICOM series and no folder given; or export_dicom's refusals.
+        """
+        from ..batch import DICOM_DIR
+        from ..dicom_out import export_dicom
+
+        caseDir, recordedDicom = self.dicomExportSource(tableNode)
+        if caseDir is None:
+            raise TMBRBInputError("This result has no result folder to export from (it was scored into a temporary "
+                                  "folder).", "Score it with an output folder, or load a batch case, then export.")
+        dicomFolder = dicomFolder or recordedDicom
+        if dicomFolder is None:
+            raise TMBRBInputError("The CT of this result is not a DICOM series folder; DICOM objects reference the "
+                                  "source series.", "Choose the folder of the CT's DICOM series.")
+        return export_dicom(caseDir, dicomFolder, outputDir or caseDir / DICOM_DIR)
+
 
 class BatchJob:
     """A manifest scored through the engine worker, one 'case' request per row, driven by :meth:`step`.
