@@ -214,3 +214,25 @@ def test_a_temporary_run_hands_back_regions_that_give_the_same_nodes(scene, wlog
     for name in (ma.TUMOUR_SEGMENT_NAME, ma.RING_SEGMENT_NAME):
         a, b = (ma.segment_array(r.nodes["regions"], name, ct) for r in (fast, full))
         assert a.shape == ma.volume_array(ct).shape and a.any() and np.array_equal(a, b), name
+
+
+def test_saving_a_temporary_run_asks_the_worker_for_the_full_outputs(scene, wlogic, worker, tmp_path):
+    """A temporary (regions-only) run writes no full-grid files; saveWorkerResult has the worker write tmbrb score's
+    files from the result it holds: the same map the scene shows, the same score. A run the worker no longer holds
+    (another case scored since) and a run in a process of its own are refused with a clear message."""
+    ct, seed = case(scene)
+    first, job1 = apply(wlogic, ct, seed)
+    assert not job1.workDir.exists()  # nothing of the run is left on disk
+    path = wlogic.saveWorkerResult(job1, tmp_path / "saved", pictures=False)
+    saved = json.loads(path.read_text())
+    assert path == (tmp_path / "saved" / "result.json").resolve() and saved["score"] == first.results[0].score
+    cam = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "saved" / "cam.nrrd")))
+    assert np.array_equal(cam, ma.volume_array(first.results[0].nodes["cam"]))
+    assert not list((tmp_path / "saved").glob("*.png"))  # pictures=False
+    apply(wlogic, ct, seed)
+    with pytest.raises(TMBRBInputError, match="no longer holds"):
+        wlogic.saveWorkerResult(job1, tmp_path / "again")
+    _, cold = apply(wlogic, ct, seed, useWorker=False, workDir=tmp_path / "cold")
+    with pytest.raises(TMBRBInputError, match="Press Apply again"):
+        wlogic.saveWorkerResult(cold, tmp_path / "cold-saved")
+    assert not (tmp_path / "again").exists() and not (tmp_path / "cold-saved").exists()

@@ -609,6 +609,36 @@ class SceneLogic:
                               warnings=inputs["warnings"])
         return EngineJob(process, work, work / "out", jobInputs, ownsWorkDir=workDir is None)
 
+    def saveWorkerResult(self, job: EngineJob, folder, pictures: bool = True, timeoutS: float = 300.0) -> Path:
+        """Write the full outputs of a case the warm worker scored (``tmbrb score``'s files: result.json, the
+        full-grid volumes and, unless ``pictures`` is False, the PNG pictures) into ``folder``; result.json's path.
+
+        A job started with the worker and no ``workDir`` hands its volumes to the scene as regions of the CT's grid
+        and writes no full-grid files: the worker keeps the last case it scored, and this asks it to write them now
+        (the viewer's "Save results"). Blocks until they are written.
+
+        Raises
+        ------
+        TMBRBInputError
+            When the job did not run on this logic's worker, the worker has stopped since, or it has scored another
+            case since (it keeps only the last): press Apply again. Also when the folder cannot be written.
+        TMBRBError
+            When the worker fails to write the files.
+        """
+        request = getattr(job, "process", None)
+        worker = self._worker
+        if worker is None or getattr(request, "worker", None) is not worker or not worker.alive \
+                or request.proc is not worker.proc:
+            raise TMBRBInputError("The engine that scored this case no longer holds its result (it was stopped or "
+                                  "restarted, or the case ran in a process of its own).", "Press Apply again, then save.")
+        run = worker.submit({"of": request.id, "out": str(Path(folder).resolve()), "pictures": bool(pictures)},
+                            timeout_s=timeoutS, op="save")
+        run.wait(timeoutS + 5.0)
+        if run.outcome() == "done":
+            return Path(run.result_path)
+        message = run.failure_message()
+        raise (TMBRBInputError(message) if run.outcome() == "input-error" else TMBRBError(message))
+
     # the warm engine ------------------------------------------------------------------------------------------------
     def engineWorker(self) -> EngineWorker:
         """The engine worker of this logic (made on first use; its process starts with the first case), with the
