@@ -43,6 +43,9 @@ DEFAULTS = {
     "ground_glass_share": 0.35,    # share of ground glass around the solid part above this: segment it with it
                                    # (a spiculated solid part has lung around its spicules: 0.38-0.46 measured)
     "ground_glass_max_ratio": 20.0,  # ... unless that makes the mask more than this times the solid part
+    "solid_predominant": 0.6,      # ... with no box, a solid part of at least this share of the mask's diameter: the
+                                   # ground glass may be haze around a solid tumour (the demo: 0.67; part-solid
+                                   # phantoms 0.40-0.68): uncertain
 }
 UNCERTAIN = "Tumour mask uncertain: review it"
 
@@ -63,6 +66,7 @@ class Grown:
     part_solid: bool = False             # segmented with its ground glass (tissue down to ``ground_glass_hu``)
     ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
     ground_glass_outside_box: bool = False  # ground glass around it that runs past the user's box (left out)
+    solid_ratio: float = float("nan")    # part-solid without a box: the solid part's share of the mask's diameter
 
 
 @dataclass
@@ -307,6 +311,7 @@ def _with_ground_glass(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray
             return g
     elif gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
                                                                                   not g.touches_limit):
+        gg.solid_ratio = float((g.volume_ml / max(gg.volume_ml, 1e-9)) ** (1.0 / 3.0))
         return gg
     g.ground_glass_unclear = True
     return g
@@ -377,6 +382,10 @@ def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
     if seen > 0 and g.equivalent_mm > float(p["leak_ratio"]) * seen:
         reasons.append(f"the mask ({g.volume_ml:.1f} mL) is much larger than the lesion visible at the seed "
                        f"(a ball of {2 * seen:.0f} mm): it may have leaked along vessels or tissue")
+    if np.isfinite(g.solid_ratio) and g.solid_ratio >= float(p["solid_predominant"]):
+        reasons.append(f"the mask includes ground glass around a solid part of {100 * g.solid_ratio:.0f}% of its "
+                       "diameter: it may be haze around a solid tumour rather than the tumour's own (a box around the "
+                       "tumour as you see it decides)")
     if g.ground_glass_unclear:
         reasons.append("ground glass around the solid part could not be delimited and is left out of the mask")
     if np.isfinite(g.lung_contact) and g.lung_contact < float(p["min_lung_contact"]):
@@ -509,7 +518,8 @@ def segment_from_seed(ct: sitk.Image, seed_lps: Sequence[float], box: Optional[B
                                / 1000.0, 3),
             "search_box_mm": [round(float(v), 1) for v in limit.size], "inscribed_radius_mm": round(g.inscribed_mm, 2),
             "lung_contact": None if not np.isfinite(g.lung_contact) else round(g.lung_contact, 3),
-            "part_solid": g.part_solid, "ground_glass_outside_box": g.ground_glass_outside_box}
+            "part_solid": g.part_solid, "ground_glass_outside_box": g.ground_glass_outside_box,
+            "solid_ratio": None if not np.isfinite(g.solid_ratio) else round(g.solid_ratio, 3)}
     return SeedSegmentation(box, mask, np.asarray(g.lo), g.found, reasons, warnings, info)
 
 

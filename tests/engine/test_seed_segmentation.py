@@ -88,6 +88,23 @@ def test_the_demo_case_with_its_box_is_not_flagged_and_its_haze_is_left_out():
     assert dice(full_mask(seg, truth.shape), truth) >= 0.84  # measured 0.851
 
 
+def test_the_demo_case_with_the_seed_alone_is_flagged_when_its_haze_is_taken_as_ground_glass():
+    # without the box the 8 mm haze shell around the 30 mm solid tumour reads as a part-solid lesion's ground glass
+    # (Dice 0.37); nothing in the image tells the two apart, so the result must say so (it was unflagged before)
+    case = make_demo_case()
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.info["part_solid"] is True and seg.info["solid_ratio"] >= 0.6  # measured 0.67
+    assert any("haze around a solid tumour" in r for r in seg.uncertain), seg.uncertain
+    assert any(w.startswith(UNCERTAIN) for w in seg.warnings)
+
+
+def test_a_part_solid_lesion_with_a_small_solid_part_is_not_taken_for_haze():
+    case = make_phantom(302, signal="none", kind="part-solid")  # solid part a third of the diameter
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.info["part_solid"] is True and seg.info["solid_ratio"] < 0.6  # measured 0.40
+    assert not seg.uncertain, seg.uncertain
+
+
 def test_ground_glass_that_fits_in_the_given_box_is_the_lesions_own():
     # a part-solid lesion boxed with its ground glass: the box does not cut the ground glass away
     case = make_phantom(302, signal="none", kind="part-solid")  # 24 mm, solid part a third of it
