@@ -88,12 +88,27 @@ class TMBRB(ScriptedLoadableModule):
             "<ol><li>Select the CT.</li><li>Place the seed: one click in the centre of the tumour. A box is proposed "
             "around the tumour; drag it if needed.</li><li>Optionally pick a tumour segmentation and the ECOG "
             "status.</li><li>Apply.</li></ol>"
+            "<p>To try it: Sample Data, TMBRB, TMBRBPhantom (the demo phantom, made on this computer) loads a CT with "
+            "its seed and box; then Apply.</p>"
             "<p>Batch from the Python console: <code>slicer.util.getModuleLogic('TMBRB').processCases(csv, outDir)"
             "</code>.</p>"
             f"<p>Method: {CITATION}</p>")
         self.parent.acknowledgementText = _(
             "Implements the method of He et al., J Immunother Cancer 2020 (doi:10.1136/jitc-2020-000550). "
             "Uses MONAI, PyTorch and SimpleITK.")
+        try:  # the demo phantom in Sample Data, once the application has started (no application: slicer-core)
+            slicer.app.connect("startupCompleted()", registerSampleData)
+        except AttributeError:
+            pass
+
+
+def registerSampleData() -> bool:
+    """The demo phantom as Sample Data (category TMBRB), generated on first use: TMBRBLib.slicer.sampledata."""
+    from pathlib import Path
+
+    from TMBRBLib.slicer.sampledata import registerSampleData as register
+
+    return register(thumbnail=Path(__file__).resolve().parent / "Resources" / "Icons" / "TMBRB.png")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -177,6 +192,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.camOpacitySlider.connect("valueChanged(double)", self.onCamOpacityChanged)
         self.ui.editTumourButton.connect("clicked(bool)", self.onEditTumourButton)
         self.ui.updateAttentionButton.connect("clicked(bool)", self.onUpdateAttentionButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
@@ -289,6 +305,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.enabled = not outdated
         self.ui.updateAttentionButton.enabled = state == "attention-outdated"
         self.ui.editTumourButton.enabled = state in ("current", "attention-outdated")
+        self.ui.exportDicomButton.enabled = state == "current"  # the folder's result.json is the shown result
         if outdated:
             self.ui.outdatedLabel.text = _("Outdated: the CT, seed, box, segmentation or ECOG changed after this "
                                            "result. Apply again to score the case as it is now.")
@@ -486,6 +503,25 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Attention updated from the edited tumour (the model was not run again).")
         self.updateResultState()
 
+    def onExportDicomButton(self) -> None:
+        """The result as DICOM objects in its result folder's dicom/ (SceneLogic.exportDicom); asks for the DICOM
+        series folder when the result's CT is not one."""
+        p = self._parameterNode
+        table = p.resultTable if p else None
+        caseDir, dicomFolder = self.logic.dicomExportSource(table)
+        if caseDir is not None and dicomFolder is None:
+            chosen = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("The CT's DICOM series folder"))
+            if not chosen:
+                return
+            dicomFolder = chosen
+        try:
+            written = self.logic.exportDicom(table, dicomFolder)
+        except TMBRBError as e:
+            self.ui.statusLabel.text = str(e)
+            return
+        self.ui.statusLabel.text = _("DICOM written in {folder}: {files}").format(
+            folder=written["seg"].parent, files=", ".join(f.name for f in written.values()))
+
     def showResultTable(self, tableNode) -> None:
         self.ui.resultTableView.setMRMLTableNode(tableNode)
 
@@ -511,18 +547,12 @@ class TMBRBTest(ScriptedLoadableModuleTest):
         self.test_TMBRB_bad_input()
 
     def _phantomScene(self):
-        from TMBRBLib.slicer import mrml as ma
-        from TMBRBLib.geometry import Box, lps_to_ras
-        from TMBRBLib.phantom import make_demo_case
+        """The demo phantom as Sample Data loads it (generated on first use): CT, seed and the annotator's box, as
+        `tmbrb demo` scores it (the box delimits the lesion from the cohort's peritumoral haze)."""
+        from TMBRBLib.slicer.sampledata import loadPhantom
 
-        case = make_demo_case()
-        ct = ma.add_volume_node_from_sitk(slicer.mrmlScene, case.ct, "TMBRB phantom CT")
-        seed = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
-        seed.AddControlPoint(lps_to_ras(case.seed_lps))
-        # the annotator's box, as `tmbrb demo` scores it: it delimits the lesion from the cohort's peritumoral haze
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "TMBRB box")
-        ma.set_roi_from_box(roi, Box(*case.box_lps))
-        return case, ct, seed, roi
+        nodes = loadPhantom(slicer.mrmlScene)
+        return nodes["ct"], nodes["seed"], nodes["roi"]
 
     def test_TMBRB_phantom(self):
         import numpy as np
@@ -530,7 +560,7 @@ class TMBRBTest(ScriptedLoadableModuleTest):
         from TMBRBLib.slicer import mrml as ma
 
         self.delayDisplay("Scoring the demo phantom")
-        case, ct, seed, roi = self._phantomScene()
+        ct, seed, roi = self._phantomScene()
         logic = TMBRBLogic()
         logic.ensureDependencies(confirm=lambda m: slicer.util.confirmOkCancelDisplay(m))
         result = logic.process(ct, seed, roi, ecog=1, numberOfShifts=2, device="cpu")

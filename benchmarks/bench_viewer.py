@@ -1,7 +1,8 @@
 """Browser viewer timings on the 512x512 real CT (../shared/data/real_ct/pyradiomics/lung1_image.nrrd).
 
 Measures, in a real headless Chromium: page open -> first rendered axial slice; Apply -> result shown (the first
-Apply, then ``--warm-runs`` more on the warm engine worker: median); and the server's resident memory (VmRSS, and its peak VmHWM) after opening the CT and after the result.
+Apply, then ``--warm-runs`` more on the warm engine worker: median); Save results (the full outputs written then);
+and the server's resident memory (VmRSS, and its peak VmHWM) after opening the CT and after the result.
 
     python benchmarks/bench_viewer.py [--ct CT --seed-ras R,A,S] [--shifts 8] [--json out.json]
 
@@ -98,6 +99,12 @@ def main() -> int:
             if warm:
                 figures["warm_apply_to_result_median_s"] = round(statistics.median(warm), 2)
             figures["rss_after_result_mb"] = rss_mb(server.pid)
+            # Save results: the warm worker writes tmbrb score's full-grid files from the result it holds (Apply
+            # hands the volumes over as regions only), plus the page's snapshot
+            t0 = time.perf_counter()
+            page.click("#tmbrb-save-results")
+            page.locator("#tmbrb-saved").filter(has_text="Saved result.json").wait_for(timeout=600_000)
+            figures["save_results_s"] = round(time.perf_counter() - t0, 2)
             browser.close()
     finally:
         server.stop()

@@ -204,6 +204,7 @@ class TMBRBViewer:
         self.watcher = None  # JobWatcher of the running background job
         self.last_result: Optional[Dict] = None
         self.last_out: Optional[Path] = None
+        self.last_job = None  # the job of the result shown: Save asks the warm worker for its full outputs
         self._seed_tag = None
         self._roi_watched = None
         self._runs = 0
@@ -685,7 +686,7 @@ class TMBRBViewer:
             if n is not None and n.GetID() not in keep and n.GetSingletonTag() is None:
                 self.scene.RemoveNode(n)
         self.volume = self.seed = self.roi = None
-        self.last_result = self.last_out = None
+        self.last_result = self.last_out = self.last_job = None
         self._case_dir = None  # the next save starts this case's folder
 
     def show_ct(self, ct, name: str, warnings: Optional[List[str]] = None) -> None:
@@ -853,9 +854,12 @@ class TMBRBViewer:
 
         def start():
             self._runs += 1
+            # with the warm worker the volumes come back as regions of the CT's grid (no work folder kept, no
+            # full-grid files written); Save asks the worker for the full outputs. A process per case keeps its
+            # folder, which Save copies.
+            work = None if self.logic.useWorker else str(self.work / f"run{self._runs}")
             job = self.logic.startBackground(self.volume, self.seed, self.roi if ma.roi_is_defined(self.roi)
-                                             else None, None, ecog, self.shifts, self.device,
-                                             workDir=str(self.work / f"run{self._runs}"))
+                                             else None, None, ecog, self.shifts, self.device, workDir=work)
             self.watcher = JobWatcher(self.logic, job, onProgress=self._on_job_progress, onResult=self._on_job_result,
                                       onError=self._on_job_error, onCancelled=self._on_job_cancelled,
                                       camOpacity=float(self.state.cam_opacity),
@@ -903,6 +907,7 @@ class TMBRBViewer:
         with self.state:
             self.state.progress = 100
         self._guarded(lambda: self._show_result(result) or True, "TMBRB could not show the result.")
+        self.last_job = job if job.ownsWorkDir else None
         self.timings["apply_s"] = job.elapsed
 
     def _on_job_error(self, error: Exception) -> None:
@@ -1040,12 +1045,15 @@ class TMBRBViewer:
 
     def save_results(self) -> Optional[Path]:
         def save():
-            if self.last_result is None or self.last_out is None:
+            if self.last_result is None:
                 raise TMBRBInputError("There is no result to save yet.", "Press Apply first.")
             folder = self._case_folder()
-            for f in sorted(self.last_out.iterdir()):
-                if f.is_file():
-                    shutil.copy2(f, folder / f.name)
+            if self.last_job is not None:  # scored by the warm worker, which writes the full outputs now
+                self.logic.saveWorkerResult(self.last_job, folder, pictures=False)
+            else:
+                for f in sorted(self.last_out.iterdir()):
+                    if f.is_file():
+                        shutil.copy2(f, folder / f.name)
             self.snapshot(folder / "snapshot.png")
             with self.state:
                 self.state.saved_text = (f"Saved result.json, NRRD volumes and PNG pictures (snapshot.png) in "

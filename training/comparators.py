@@ -4,7 +4,8 @@
   when there is none), standardised on the train split, selected and fitted by an L1-penalised (LASSO) logistic
   regression whose penalty is chosen by stratified cross-validation on the train split (scikit-learn), then applied
   to every split. The extraction settings go into the output folder (``radiomics_settings.json``) and every case's
-  features are cached (``cache/radiomics/<case>.json``, keyed by CT, mask and settings), so a re-run extracts nothing.
+  features are cached (``cache/radiomics/<case>.json``, keyed by CT, mask and settings; for a seed-grown mask by the
+  seed, box, TMBRB version and segmentation rules too), so a re-run extracts nothing.
 * **clinical** -- logistic regression on the clinical columns that a univariable test on the train split relates to
   the label (Fisher's exact / chi-square test for text columns, Mann-Whitney U for numbers; p < 0.05). If none
   passes, the column with the smallest p is used and the report says so.
@@ -145,8 +146,11 @@ def _cache_key(case, what: str, settings: Dict) -> str:
         if p is not None:
             st = Path(p).stat()
             parts += [str(Path(p).resolve()), str(st.st_size), str(st.st_mtime_ns)]
-    if case.tumour is None:
-        parts += [repr(case.seed_lps), repr(case.box.min), repr(case.box.max)]
+    if case.tumour is None:  # a seed-grown mask: the engine's rules and version make it, so they key it too
+        from TMBRBLib import __version__
+        from TMBRBLib.proposal import DEFAULTS
+        parts += [repr(case.seed_lps), repr(case.box.min), repr(case.box.max), __version__,
+                  json.dumps(DEFAULTS, sort_keys=True, default=str)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -255,41 +259,28 @@ def _train(df: pd.DataFrame) -> pd.Series:
     return df["cohort"] == "train"
 
 
-def _design(df: pd.DataFrame, columns: Sequence[str], levels: Optional[Dict] = None) -> Tuple[np.ndarray, Dict]:
-    """Numeric columns as they are, text columns one-hot (first level of the train split as reference)."""
-    levels = {} if levels is None else levels
-    parts = []
-    for col in columns:
-        if pd.api.types.is_numeric_dtype(df[col]):
-            parts.append(df[[col]].to_numpy(float))
-            continue
-        lv = levels.setdefault(col, sorted(pd.unique(df.loc[_train(df), col].astype(str))))
-        parts += [(df[col].astype(str) == v).to_numpy(float)[:, None] for v in lv[1:]]
-    return (np.hstack(parts) if parts else np.zeros((len(df), 0))), levels
-
-
 def _logistic(df: pd.DataFrame, columns: Sequence[str]) -> Tuple[np.ndarray, Dict]:
-    """Unpenalised logistic regression of the label on ``columns`` fitted on the train split; P(High) for every row."""
-    from sklearn.linear_model import LogisticRegression
+    """Unpenalised logistic regression of the label on ``columns``, fitted once on the train split with
+    `TMBRBLib.stats.logistic_combination` (R's glm; text columns as treatment dummies ``column[level]`` against the
+    first sorted level); P(High) for every row from that fit, and the fit (coefficients with SE, p, odds ratios)."""
+    from TMBRBLib.stats import logistic_combination
 
-    X, levels = _design(df, columns)
-    tr = _train(df).to_numpy()
-    mu, sd = X[tr].mean(0), X[tr].std(0)
-    sd[sd == 0] = 1.0
-    Z = (X - mu) / sd
-    with warnings.catch_warnings():  # scikit-learn 1.8 deprecates 'penalty' in favour of l1_ratio; both still work
-        warnings.simplefilter("ignore", FutureWarning)
-        m = LogisticRegression(penalty=None, max_iter=1000).fit(Z[tr], df.loc[tr, "label"].to_numpy(int))
-    coef = dict(zip(_names(columns, levels, df), (m.coef_[0] / sd).tolist()))
-    return m.predict_proba(Z)[:, 1], {"predictors": list(columns), "coefficients": coef,
-                                      "intercept": float(m.intercept_[0] - (m.coef_[0] * mu / sd).sum())}
+    r = logistic_combination(df[_train(df)], "label", list(columns), positive=1)
+    coef = dict(zip(r.table["term"], r.table["coef"].astype(float)))
+    return r.predict(df), {"predictors": list(columns), "intercept": coef.pop("(Intercept)"), "coefficients": coef,
+                           "table": r.table.to_dict("records"), "n_train": r.n, "train_auc": r.roc.auc,
+                           "train_auc_ci": [r.roc.ci_low, r.roc.ci_high]}
 
 
-def _names(columns, levels, df) -> List[str]:
-    out = []
-    for col in columns:
-        out += [f"{col}={v}" for v in levels[col][1:]] if col in levels else [col]
-    return out
+def _fit_logistic(out: pd.DataFrame, fits: Dict, name: str, df: pd.DataFrame, columns: Sequence[str]) -> None:
+    """``out[name]`` and ``fits[name]`` from `_logistic`; a fit without a maximum-likelihood estimate (e.g. the
+    predictors separate the train split perfectly) leaves the model out with a note."""
+    from TMBRBLib.stats import TMBRBStatsInputError
+
+    try:
+        out[name], fits[name] = _logistic(df, columns)
+    except TMBRBStatsInputError as e:
+        fits["notes"].append(f"no {name} model: {e}")
 
 
 def univariable_tests(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -411,16 +402,16 @@ def fit_comparators(df: pd.DataFrame, features: pd.DataFrame, *, clinical_column
             chosen = tests["column"].iloc[:1].tolist()
             fits["notes"].append(f"no clinical column has p < {UNIVARIABLE_ALPHA} on the train split; the clinical "
                                  f"model uses the one with the smallest p ({chosen[0]})")
-        out["clinical"], fits["clinical"] = _logistic(df, chosen)
-        fits["clinical"]["univariable"] = tests.to_dict("records")
+        _fit_logistic(out, fits, "clinical", df, chosen)
+        fits.setdefault("clinical", {})["univariable"] = tests.to_dict("records")
     else:
         fits["notes"].append("no clinical columns in the manifest: no clinical model")
     if "tmbrb" in df.columns and histology in df.columns and df["tmbrb"].notna().all():
-        out["tmbrb_histology"], fits["tmbrb_histology"] = _logistic(df, ["tmbrb", histology])
+        _fit_logistic(out, fits, "tmbrb_histology", df, ["tmbrb", histology])
     else:
         fits["notes"].append(f"no TMBRB score for every case or no '{histology}' column: no TMBRB + histology model")
     for name, col in (("diameter", "max_diameter_3d_mm"), ("volume", "volume_ml")):
         if col in out.columns:
-            out[name], fits[name] = _logistic(out, [col])
+            _fit_logistic(out, fits, name, out, [col])
     return out[[c for c in ["case", "cohort", "tmb", "label"] + MODEL_COLUMNS + MEASURE_COLUMNS
                 if c in out.columns]], fits

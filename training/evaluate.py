@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from TMBRBLib.bundle import load_bundle, sha256_file
+from TMBRBLib.bundle import Bundle, load_bundle, sha256_file
 from TMBRBLib.io import mask_on_ct_grid, read_ct, read_image
 from TMBRBLib.pipeline import Scorer, score_case
 
@@ -117,7 +117,7 @@ def _calibration(rows: List[Dict], out: Path, split: str) -> Dict:
 
 def evaluate(bundle, manifest, out_dir, split: str = "test", n_shifts: Optional[int] = None, device: str = "cpu",
              limit: Optional[int] = None, progress: bool = True, tmb_threshold: float = 10.0) -> Dict:
-    b = load_bundle(bundle)
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)  # a loaded bundle is not hashed again
     cases = select(read_manifest(manifest, tmb_threshold), split)
     if not cases:
         from TMBRBLib.errors import TMBRBInputError

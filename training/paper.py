@@ -10,7 +10,8 @@ interrupted run continues where it stopped):
 5. ``comparators`` the comparator models (`training.comparators`): ``DIR/predictions.csv``, ``DIR/comparators.json``;
 6. ``immunotherapy`` the survival cohort: the manifest's cases with OS/PFS, or the simulated immunotherapy cohort
    (`TMBRBLib.phantom.write_immunotherapy_cohort`, whose TMBRB score is simulated from TMB -- it has no images);
-7. ``report``     ``DIR/report.html`` (figures in the order of the paper's figures 2-5) and ``DIR/report.json``.
+7. ``report``     ``DIR/report.html`` (figures in the order of the paper's figures 2-5), ``DIR/report.pdf`` and
+   ``DIR/report.json``.
 """
 
 from __future__ import annotations
@@ -105,11 +106,11 @@ def _model_step(a, work: Path, manifest: Path, state: _State, command: str) -> P
     return bundle
 
 
-def _score_step(a, work: Path, manifest: Path, bundle: Path, splits: List[str], state: _State) -> pd.DataFrame:
-    """The TMBRB score (and attention shares) of every case of every split, through the engine."""
-    from TMBRBLib.bundle import load_bundle
+def _score_step(a, work: Path, manifest: Path, bundle, splits: List[str], state: _State) -> pd.DataFrame:
+    """The TMBRB score (and attention shares) of every case of every split, through the engine (``bundle``: the
+    loaded `TMBRBLib.bundle.Bundle`)."""
     from .evaluate import evaluate
-    model_sha = load_bundle(bundle).sha256
+    model_sha = bundle.sha256
     frames = []
     for split in splits:
         out = work / "scores" / split
@@ -239,20 +240,22 @@ def _dca_section(doc, pred: pd.DataFrame, res: Dict) -> None:
         doc.fig(fig, "Net benefit of each model vs treat-all / treat-none (paper figure 2C/D)")
 
 
-def _combined_section(doc, df: pd.DataFrame, histology: str, res: Dict) -> None:
-    """TMBRB + histology logistic regression on the train split: coefficients, odds ratios and p."""
-    from TMBRBLib.stats import TMBRBStatsInputError, logistic_combination
+def _combined_section(doc, fits: Dict, res: Dict) -> None:
+    """The TMBRB + histology logistic regression fitted on the train split (the comparator's own fit): coefficients,
+    odds ratios and p; its test AUC is in the ROC table."""
+    from TMBRBLib.stats import TMBRBStatsInputError
     from TMBRBLib.stats.report import guarded_section
 
     doc.h("TMBRB + histology (logistic regression on the train split)")
     with guarded_section(doc, "TMBRB + histology"):
-        if histology not in df.columns or "tmbrb" not in df.columns:
-            raise TMBRBStatsInputError(f"no '{histology}' column or no TMBRB score")
-        r = logistic_combination(df[df["cohort"] == "train"], "label", ["tmbrb", histology])
-        res["tmbrb_histology"] = r.to_dict()
-        doc.table(r.table)
-        doc.p(f"Train AUC of the fitted probability {r.roc.auc:.3f} ({r.roc.ci_low:.3f}-{r.roc.ci_high:.3f}); "
-              "its test AUC is the 'tmbrb_histology' row of the ROC table.")
+        fit = fits.get("tmbrb_histology")
+        if not fit:
+            raise TMBRBStatsInputError("no TMBRB + histology model (the comparator notes say why)")
+        res["tmbrb_histology"] = {k: fit[k] for k in ("predictors", "table", "n_train", "train_auc", "train_auc_ci")}
+        doc.table(pd.DataFrame(fit["table"]))
+        lo, hi = fit["train_auc_ci"]
+        doc.p(f"Train AUC of the fitted probability {fit['train_auc']:.3f} ({lo:.3f}-{hi:.3f}); "
+              "its test AUC is the 'tmbrb_histology' row of the ROC table (the same fit).")
 
 
 def _spearman_cutoff_section(doc, pred: pd.DataFrame, cutoffs, res: Dict) -> None:
@@ -329,7 +332,8 @@ def _stratified_section(doc, pred: pd.DataFrame, res: Dict) -> None:
 
 
 # ---------------------------------------------------------------- report: figures 3-4 (immunotherapy)
-def _survival_section(doc, surv: pd.DataFrame, res: Dict, covariates: Optional[List[str]] = None) -> None:
+def _survival_section(doc, surv: pd.DataFrame, res: Dict, covariates: Optional[List[str]] = None,
+                      permutations: int = 0) -> None:
     """Per endpoint: X-tile-style cut-off (maxstat), Kaplan-Meier with log-rank, two-variable Cox forest plot."""
     doc.h("Figures 3-4: immunotherapy cohort")
     doc.p(f"Source: {surv.attrs.get('source', '')}; {len(surv)} patients.")
@@ -338,10 +342,10 @@ def _survival_section(doc, surv: pd.DataFrame, res: Dict, covariates: Optional[L
         if not {f"{ep}_time", f"{ep}_event"} <= set(surv.columns):
             continue
         res[ep] = {}
-        _endpoint(doc, surv, ep, covs, res[ep])
+        _endpoint(doc, surv, ep, covs, res[ep], permutations)
 
 
-def _endpoint(doc, surv: pd.DataFrame, ep: str, covs: List[str], res: Dict) -> None:
+def _endpoint(doc, surv: pd.DataFrame, ep: str, covs: List[str], res: Dict, permutations: int = 0) -> None:
     import matplotlib.pyplot as plt
     from TMBRBLib.stats import cox_scan, kaplan_meier, maxstat_cutpoint
     from TMBRBLib.stats.report import guarded_section
@@ -349,10 +353,12 @@ def _endpoint(doc, surv: pd.DataFrame, ep: str, covs: List[str], res: Dict) -> N
     t, e, name = f"{ep}_time", f"{ep}_event", ep.upper()
     doc.h(f"{name}: TMBRB cut-off (maximally selected log-rank, the X-tile step), Kaplan-Meier, Cox", 3)
     with guarded_section(doc, f"{name} cut-off"):
-        cp = maxstat_cutpoint(surv[t], surv[e], surv["tmbrb"])
+        cp = maxstat_cutpoint(surv[t], surv[e], surv["tmbrb"], permutations=permutations)
         res["cutpoint"] = cp.to_dict()
         doc.table(pd.DataFrame([{"endpoint": name, "cut-off": cp.cutpoint, "statistic": cp.statistic,
-                                 "p (corrected)": cp.p_value, "p method": cp.p_method, "naive log-rank p": cp.naive_p_value,
+                                 "p (corrected)": cp.p_value, "p method": cp.p_method, "p Lau94": cp.p_value_lau94,
+                                 f"p ({cp.permutations} permutations)": cp.p_value_permutation,
+                                 "naive log-rank p": cp.naive_p_value,
                                  "n low": cp.n_low, "n high": cp.n_high}]))
         grp = np.where(surv["tmbrb"] > cp.cutpoint, f"TMBRB > {cp.cutpoint:.3g}", f"TMBRB <= {cp.cutpoint:.3g}")
         km = kaplan_meier(surv[t], surv[e], grp, time_label=f"{name} (days)")
@@ -406,11 +412,10 @@ def _attention_section(doc, scores: pd.DataFrame, res: Dict) -> None:
 
 
 # ---------------------------------------------------------------- report: provenance, finding, assembly
-def provenance(manifest: Path, bundle: Path, a, command: str) -> Dict:
-    """Manifest and model hashes, software versions, seeds and the command of this report."""
+def provenance(manifest: Path, bundle, a, command: str) -> Dict:
+    """Manifest and model hashes, software versions, seeds and the command of this report (``bundle``: the loaded
+    `TMBRBLib.bundle.Bundle`)."""
     import importlib.metadata as md
-
-    from TMBRBLib.bundle import load_bundle
 
     def version(pkg: str) -> Optional[str]:
         try:
@@ -420,12 +425,12 @@ def provenance(manifest: Path, bundle: Path, a, command: str) -> Dict:
 
     from .export import portable_command
 
-    b = load_bundle(bundle)
+    b = bundle
     # file names and hashes only: a report is shared, and the folders of a machine often name patients
     return {"command": portable_command(command), "manifest": Path(manifest).name,
             "manifest_sha256": sha256_of(manifest), "model_id": b.tmbrb.get("model_id"), "model_sha256": b.sha256,
-            "bundle": Path(bundle).name,
-            "seeds": {"comparators_cv": a.seed, "cohort": None if a.manifest else a.cohort_seed,
+            "bundle": Path(b.path).name,
+            "seeds": {"comparators_cv": a.seed, "cutpoint_permutations": a.permutations, "cohort": None if a.manifest else a.cohort_seed,
                       "immunotherapy": None if (a.manifest or a.immunotherapy) else a.cohort_seed},
             "radiomics_settings": None if a.no_radiomics else C.RADIOMICS_SETTINGS,
             "python": platform.python_version(),
@@ -454,42 +459,147 @@ def finding(res: Dict, signal: Optional[str]) -> str:
             f"{r['AUC']:.3f} ({r['CI low']:.3f}-{r['CI high']:.3f}), DeLong p = {p:.3g}: {verdict}.")
 
 
+IMAGE_MODELS = ("tmbrb", "radiomic", "diameter", "volume")
+
+
+def cohort_signal(manifest: Path, a) -> Optional[str]:
+    """Where the cohort's TMB signal lives: the manifest's ``signal`` column (phantom cohorts), else ``--signal`` for
+    the phantom cohort this command writes; None for a user's manifest without that column."""
+    head = pd.read_csv(manifest, nrows=0).columns
+    if "signal" in head:
+        values = pd.read_csv(manifest, usecols=["signal"])["signal"].dropna().astype(str).unique()
+        if len(values) == 1 and values[0] in ("peritumoral", "core", "none"):
+            return values[0]
+    return None if a.manifest else a.signal
+
+
+def control_finding(res: Dict) -> str:
+    """The control cohort's result (signal 'none': no TMB signal in the images): each image-based model's test AUC
+    and whether its 95% CI includes 0.5; records ``res['control']``."""
+    roc = {r["model"]: r for r in res.get("roc", []) if r["cohort"] == "test"}
+    rows = [{"model": m, "AUC": roc[m]["AUC"], "CI low": roc[m]["CI low"], "CI high": roc[m]["CI high"],
+             "CI includes 0.5": bool(roc[m]["CI low"] <= 0.5 <= roc[m]["CI high"])} for m in IMAGE_MODELS if m in roc]
+    if not rows:
+        return "Control cohort (signal none): the test split has no image-based model's AUC."
+    off = [r["model"] for r in rows if not r["CI includes 0.5"]]
+    res["control"] = {"signal": "none", "test": rows, "as_expected": not off}
+    aucs = ", ".join(f"{r['model']} {r['AUC']:.3f} ({r['CI low']:.3f}-{r['CI high']:.3f})" for r in rows)
+    verdict = ("every image-based model's 95% CI includes 0.5, as expected with no signal in the images" if not off
+               else f"NOT as expected: the 95% CI of {', '.join(off)} excludes 0.5 with no signal in the images")
+    rest = [f"{m} {roc[m]['AUC']:.3f}" for m in ("clinical", "tmbrb_histology") if m in roc]
+    tail = (f" The clinical columns are simulated from TMB, not from the images, so {' and '.join(rest)} keep "
+            "their link to TMB." if rest else "")
+    return f"Control cohort (signal none), test split AUC: {aucs}: {verdict}.{tail}"
+
+
+def _paper_doc():
+    """A `ReportDoc` that also records its headings and tables as text, in order, in ``texts``."""
+    from TMBRBLib.stats.report import ReportDoc
+
+    class PaperDoc(ReportDoc):
+        def h(self, text: str, level: int = 2):
+            super().h(text, level)
+            self.texts.append(("h", text))
+
+        def table(self, df: pd.DataFrame):
+            super().table(df)
+            self.texts.append(("table", df.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")))
+
+    doc = PaperDoc()
+    doc.texts = []
+    return doc
+
+
+PDF_LINES_PER_PAGE, PDF_LINE_CHARS = 72, 190
+
+
+def _text_page(pdf, lines: List[str], title: str) -> None:
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(11.69, 8.27))  # A4 landscape
+    fig.text(0.03, 0.97, title, fontsize=10, weight="bold", va="top")
+    fig.text(0.03, 0.94, "\n".join(line[:PDF_LINE_CHARS] for line in lines), family="monospace", fontsize=6,
+             va="top")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def write_report_pdf(doc, path: Path, finding_text: str) -> Dict:
+    """``report.pdf``: a title page with the finding, one page per figure (in the HTML's order), then the tables as
+    text pages.
+
+    Parameters
+    ----------
+    doc : ReportDoc
+        The built report (`_paper_doc`: its ``figures`` and ``texts``).
+    path : pathlib.Path
+        The PDF to write.
+    finding_text : str
+        The report's first sentence.
+
+    Returns
+    -------
+    dict
+        ``pages`` (count), ``figure_pages`` (the figure titles, one page each, in order) and ``text_pages``.
+    """
+    import textwrap
+
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    lines = []
+    for kind, text in doc.texts:
+        lines += ["", f"== {text}"] if kind == "h" else text.splitlines()
+    chunks = [lines[i:i + PDF_LINES_PER_PAGE] for i in range(0, len(lines), PDF_LINES_PER_PAGE)]
+    with PdfPages(path, metadata={"Title": "TMBRB paper report", "Creator": "python -m training paper"}) as pdf:
+        _text_page(pdf, textwrap.wrap(finding_text, 120) + ["", "Research use only."],
+                   "TMBRB: the paper's comparison (He et al., JITC 2020) on this cohort")
+        for title, fig in doc.figures:
+            fig.suptitle(title, fontsize=8, y=1.02)
+            pdf.savefig(fig, bbox_inches="tight")
+        for i, chunk in enumerate(chunks):
+            _text_page(pdf, chunk, f"Tables ({i + 1}/{len(chunks)})")
+    return {"file": path.name, "pages": 1 + len(doc.figures) + len(chunks),
+            "figure_pages": [t for t, _ in doc.figures], "text_pages": len(chunks)}
+
+
 def build_paper_report(work: Path, df: pd.DataFrame, pred: pd.DataFrame, scores: pd.DataFrame, fits: Dict,
-                       surv: Optional[pd.DataFrame], prov: Dict, a) -> Path:
-    """Write ``report.html`` (figures embedded, in the order of the paper's figures 2-5) and ``report.json``."""
+                       surv: Optional[pd.DataFrame], prov: Dict, a, signal: Optional[str] = None) -> Path:
+    """Write ``report.html`` (figures embedded, in the order of the paper's figures 2-5), ``report.pdf`` (the same
+    figures, one a page, and the tables as text) and ``report.json``; ``signal`` 'none' makes it a control report."""
     import html as _html
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from TMBRBLib.stats.report import ReportDoc, notes_section, write_report_html, write_report_json, ReportConfig
+    from TMBRBLib.stats.report import notes_section, write_report_html, write_report_json, ReportConfig
 
-    doc, res = ReportDoc(), {}
+    doc, res = _paper_doc(), {}
     doc.h("TMBRB: the paper's comparison (He et al., JITC 2020) on this cohort", 1)
     doc.p("Research use only. " + ("Synthetic phantoms: not for clinical or research conclusions. " if not a.manifest else ""))
     finding_at = len(doc.parts)
     _roc_section(doc, pred, res)
     _dca_section(doc, pred, res)
-    _combined_section(doc, df, a.histology_column, res)
+    _combined_section(doc, fits, res)
     _spearman_cutoff_section(doc, pred, [float(c) for c in range(3, 12)], res)
     _stratified_section(doc, pred, res)
     if surv is not None:
-        _survival_section(doc, surv, res, a.cox_covariates)
+        _survival_section(doc, surv, res, a.cox_covariates, a.permutations)
     _attention_section(doc, scores, res)
     doc.h("Comparator fits")
     doc.pre(json.dumps(fits, indent=1, default=float)[:6000])
     doc.h("Provenance")
     doc.pre(json.dumps(prov, indent=1, default=str))
-    res["finding"] = finding(res, None if a.manifest else a.signal)
+    res["finding"] = control_finding(res) if signal == "none" else finding(res, signal)
     doc.parts.insert(finding_at, f"<p><b>{_html.escape(res['finding'])}</b></p>")
     doc.notes += fits.get("notes", [])
     notes_section(doc)
+    try:
+        res["pdf"] = write_report_pdf(doc, work / "report.pdf", res["finding"])
+    finally:
+        for _, f in doc.figures:
+            plt.close(f)
     doc.results.update({"paper": res, "provenance": prov})
     write_report_json(doc, work)
-    path = write_report_html(doc, work, ReportConfig(title="TMBRB paper report"))
-    for _, f in doc.figures:
-        plt.close(f)
-    return path
+    return write_report_html(doc, work, ReportConfig(title="TMBRB paper report"))
 
 
 def run_paper(a, command: str = "python -m training paper") -> Path:
@@ -500,13 +610,15 @@ def run_paper(a, command: str = "python -m training paper") -> Path:
     state = _State(work)
     manifest = _cohort_step(a, work, state)
     df, cases = C.load_cohort(manifest, a.clinical_columns, a.tmb_threshold)  # bad columns stop here, before work
-    bundle = _model_step(a, work, manifest, state, command)
+    from TMBRBLib.bundle import load_bundle
+    bundle = load_bundle(_model_step(a, work, manifest, state, command))  # loaded (and hashed) once
     scores = _score_step(a, work, manifest, bundle, [s for s in ("train", "val", "test") if (df["cohort"] == s).any()],
                          state)
     df, pred, fits = _comparator_step(a, work, manifest, scores)
     surv = _survival_data(a, work, df, cases)
     _log("report: analyses and figures")
-    path = build_paper_report(work, df, pred, scores, fits, surv, provenance(manifest, bundle, a, command), a)
+    path = build_paper_report(work, df, pred, scores, fits, surv, provenance(manifest, bundle, a, command), a,
+                              cohort_signal(manifest, a))
     _log(f"done in {time.perf_counter() - t0:.0f} s: {path}")
     return path
 
@@ -524,6 +636,8 @@ def add_paper_args(p) -> None:
     p.add_argument("--cox-covariates", nargs="*", default=None,
                    help=f"covariates of the two-variable Cox models (default those among {list(COX_COVARIATES)})")
     p.add_argument("--ici-n", type=int, default=123, help="size of the simulated immunotherapy cohort")
+    p.add_argument("--permutations", type=int, default=10000,
+                   help="permutations for the Monte-Carlo p of each survival cut-off (0: none; Lau92/Lau94 always)")
     p.add_argument("--clinical-columns", nargs="*", default=None,
                    help=f"clinical columns of the manifest (default: those among {list(C.CLINICAL_CANDIDATES)})")
     p.add_argument("--histology-column", default="histology")

@@ -31,6 +31,8 @@ INPUT_LABELS = {"key_version": "the inputs key's format", "ct": "CT file", "seed
                 "mask": "mask file", "ecog": "ECOG", "model": "model", "n_shifts": "shift count",
                 "ring_width_mm": "ring width"}
 DEFAULT_WAIT_S = 1800.0
+DICOM_DIR = "dicom"  # a case's DICOM objects (the manifest's dicom_out column, or tmbrb batch --dicom-out)
+_YES, _NO = ("1", "yes", "y", "true"), ("0", "no", "n", "false")
 
 
 def _get(row: Dict[str, str], *names: str) -> Optional[str]:
@@ -106,7 +108,8 @@ def row_to_case(row: Dict[str, str], base: Path, number: int) -> Dict:
     Returns
     -------
     dict
-        case_id, ct (Path), seed_lps, box (Box or None), mask (Path or None), ecog (str or None).
+        case_id, ct (Path), seed_lps, box (Box or None), mask (Path or None), ecog (str or None), dicom_out
+        (bool: the column says yes).
 
     Raises
     ------
@@ -136,12 +139,17 @@ def row_to_case(row: Dict[str, str], base: Path, number: int) -> Dict:
     elif _triplet_cols(row, "box_lps_min") and _triplet_cols(row, "box_lps_max"):
         box = Box.from_corners(_triplet_cols(row, "box_lps_min"), _triplet_cols(row, "box_lps_max"))
     mask = _get(row, "mask", "segmentation", "tumour_mask")
+    dicom_out = (_get(row, "dicom_out") or "").strip().lower()
+    if dicom_out not in _YES + _NO + ("",):
+        raise TMBRBInputError(f"The row's dicom_out is '{_get(row, 'dicom_out')}'.",
+                              "Write yes (DICOM objects for a DICOM series) or no (or leave it empty).")
 
     def resolve(p):  # absolute: a message naming it is shown relative to the output folder (outputs.relative_path)
         q = Path(p)
         return (q if q.is_absolute() else base / q).absolute()
     return {"case_id": case_id, "ct": resolve(ct), "seed_lps": seed, "box": box,
-            "mask": resolve(mask) if mask else None, "ecog": _get(row, "ecog", "ecog_ps")}
+            "mask": resolve(mask) if mask else None, "ecog": _get(row, "ecog", "ecog_ps"),
+            "dicom_out": dicom_out in _YES}
 
 
 # ------------------------------------------------------------------------------------------------ inputs key (resume)
@@ -274,7 +282,8 @@ def _clear_leftovers(out_dir: Path, case_id: str) -> None:
 
 def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: str, n_shifts: Optional[int],
                       ring_width_mm: Optional[float], pictures: bool,
-                      cancel: Optional[Callable[[], bool]] = None) -> Dict:
+                      cancel: Optional[Callable[[], bool]] = None,
+                      after_write: Optional[Callable[[Path, object], None]] = None) -> Dict:
     """Score one case into a temporary folder beside `case_out`, then put it in place of `case_out` whole.
 
     Parameters
@@ -291,6 +300,8 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
         As for ``score_case`` / ``write_outputs``.
     cancel : callable, optional
         As for ``score_case``.
+    after_write : callable(folder, CT image), optional
+        Called once the outputs are written, before the folder is put in place (the DICOM export).
 
     Returns
     -------
@@ -313,10 +324,44 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
     tmp = case_out.parent / f".{case_out.name}.part-{os.getpid()}"
     try:
         write_outputs(r, tmp, ct=ct, pictures=pictures)
+        if after_write is not None:
+            after_write(tmp, ct)
         _replace_folder(tmp, case_out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return r.to_dict()
+
+
+def export_case_dicom(case: Dict, case_out: Path, ct=None) -> str:
+    """Write a scored case's DICOM objects into ``case_out/dicom`` when its CT is a DICOM series; the summary's note.
+
+    Parameters
+    ----------
+    case : dict
+        From :func:`row_to_case`.
+    case_out : Path
+        The case's result folder (result.json, tumour.nrrd, ring.nrrd, cam.nrrd).
+    ct : SimpleITK.Image, optional
+        The CT as scoring read it (not read again when given).
+
+    Returns
+    -------
+    str
+        Where the objects went, or why there are none (a CT that is not a DICOM series, highdicom missing, a series
+        without the UIDs DICOM objects reference): the row's result stands either way.
+    """
+    from .dicom_out import DICOM_OUT_NAMES, export_dicom
+    from .io import dicom_series_files
+
+    try:
+        files = dicom_series_files(case["ct"])
+        if not files:
+            return (f"no DICOM export: the CT '{Path(case['ct']).name}' is not a DICOM series folder (DICOM objects "
+                    "are made for DICOM inputs only; the results are in the case folder)")
+        export_dicom(case_out, case["ct"], case_out / DICOM_DIR, grid=ct, files=files)
+    except TMBRBError as e:
+        return f"no DICOM export: {e}"
+    return f"DICOM objects in {DICOM_DIR}/ ({', '.join(DICOM_OUT_NAMES)})"
 
 
 def summary_row(case_id: str, result: Dict, status: str, seconds: float, out: Path,
@@ -363,7 +408,8 @@ def failed_row(case_id: str, error: str, seconds: float, folder: Optional[Path] 
 
 
 def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundle, n_shifts: Optional[int],
-             ring_width_mm: Optional[float], pictures: bool, cancel: Optional[Callable[[], bool]] = None) -> Dict:
+             ring_width_mm: Optional[float], pictures: bool, cancel: Optional[Callable[[], bool]] = None,
+             dicom_out: bool = False) -> Dict:
     """One row of a batch, as ``tmbrb batch``, the engine worker's ``case`` request and Slicer's batch score it.
 
     Parameters
@@ -379,6 +425,9 @@ def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundl
     cancel : callable, optional
         Polled between the engine's steps; when it returns True the case stops with TMBRBCancelled (raised, not
         recorded as a failed row) and its folder is left as it was.
+    dicom_out : bool
+        Also write the DICOM objects (:func:`export_case_dicom`) for a DICOM input, as the row's dicom_out column
+        does; the summary's note says where they went or why there are none.
 
     Returns
     -------
@@ -389,7 +438,8 @@ def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundl
     if case is None:
         return failed_row(case_id, error, 0.0, folder=out_dir)
     t0 = time.perf_counter()
-    note, key = "", ""
+    note, key, dicom_notes = "", "", []
+    want_dicom = dicom_out or case.get("dicom_out", False)
     try:
         keyed = case_inputs(case, bundle, n_shifts, ring_width_mm)
         key = inputs_key(keyed)
@@ -399,11 +449,15 @@ def run_case(plan: Tuple[Optional[Dict], str, str], out_dir: Path, scorer, bundl
             raise TMBRBInputError(inside)
         old, note = resume_decision(case_out, key, keyed)
         if old is not None:
-            return summary_row(case_id, old, "done-before", 0.0, case_out, out_dir)
+            row = summary_row(case_id, old, "done-before", 0.0, case_out, out_dir)
+            if want_dicom and not (case_out / DICOM_DIR / "seg.dcm").is_file():
+                dicom_notes.append(export_case_dicom(case, case_out))
+            return {**row, "note": "; ".join(n for n in (row["note"], *dicom_notes) if n)}
+        after = (lambda folder, ct: dicom_notes.append(export_case_dicom(case, folder, ct))) if want_dicom else None
         res = score_into_folder(case, case_out, scorer=scorer, keyed=keyed, key=key, n_shifts=n_shifts,
-                                ring_width_mm=ring_width_mm, pictures=pictures, cancel=cancel)
+                                ring_width_mm=ring_width_mm, pictures=pictures, cancel=cancel, after_write=after)
         row = summary_row(case_id, res, "ok", time.perf_counter() - t0, case_out, out_dir)
-        return {**row, "note": "; ".join(n for n in (row["note"], note) if n)}
+        return {**row, "note": "; ".join(n for n in (row["note"], note, *dicom_notes) if n)}
     except TMBRBCancelled:
         raise
     except TMBRBError as e:
@@ -589,7 +643,7 @@ class RankFiles:
 def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=None, device: str = "auto",
               n_shifts: Optional[int] = None, pictures: bool = True, progress_bar: bool = True,
               on_case: Optional[Callable[[int, int, Dict], None]] = None, ring_width_mm: Optional[float] = None,
-              wait_timeout_s: float = DEFAULT_WAIT_S) -> Path:
+              wait_timeout_s: float = DEFAULT_WAIT_S, dicom_out: bool = False) -> Path:
     """Score every row of the manifest into ``out_dir/<case_id>/`` and write ``out_dir/summary.csv``.
 
     A case whose result.json was written for the same inputs (:func:`inputs_key`) is 'done-before'; one whose inputs
@@ -617,6 +671,9 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
     wait_timeout_s : float
         With several processes: process 0 gives up waiting when no other process has written anything for this long;
         their missing rows are then failed in the summary.
+    dicom_out : bool
+        DICOM objects for every row whose CT is a DICOM series (into its folder's ``dicom/``), as if each row's
+        dicom_out column said yes; a row whose CT is not gets a note, not a failure.
 
     Returns
     -------
@@ -658,8 +715,8 @@ def run_batch(manifest: Union[str, Path], out_dir: Union[str, Path], *, bundle=N
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         scorer = Scorer(b, rank_device(device, world, local))
         for i in mine:
-            summary.append({**run_case(plans[i], out_dir, scorer, b, n_shifts, ring_width_mm, pictures),
-                            "row": i + 1})
+            summary.append({**run_case(plans[i], out_dir, scorer, b, n_shifts, ring_width_mm, pictures,
+                                       dicom_out=dicom_out), "row": i + 1})
             if files is not None:
                 files.publish(rank, summary, len(mine), finished=False)
             else:

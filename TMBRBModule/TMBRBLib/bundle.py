@@ -295,20 +295,22 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
         raise TMBRBBundleError(f"The weights of the model bundle '{p}' fail their checksum (sha256 {digest[:12]}..., "
                                f"metadata says {str(expected)[:12]}...). The file is corrupt or was replaced: "
                                "restore the bundle from its source.")
-    integrity = check_files(p)
+    integrity = check_files(p, known={WEIGHTS_PATH.as_posix(): digest})  # the weights are hashed once
     if integrity["status"] == "unverified" and digest in DEMO_WEIGHTS_SHA256:  # shipped with its checksums
         integrity = {**integrity, "status": "modified",
                      "message": f"MODIFIED BUNDLE: the demo model's {CHECKSUMS_PATH} was removed"}
     return Bundle(p, metadata, digest, integrity)
 
 
-def check_files(path: Union[str, Path]) -> Dict[str, Any]:
+def check_files(path: Union[str, Path], known: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Compare a bundle's files with its checksums file (``checksums.sha256``, written at export).
 
     Parameters
     ----------
     path : str or Path
         The bundle folder.
+    known : dict, optional
+        ``{path inside the bundle: sha256}`` of files the caller has just hashed (not hashed again).
 
     Returns
     -------
@@ -334,7 +336,7 @@ def check_files(path: Union[str, Path]) -> Dict[str, Any]:
         f = p / name
         if not f.is_file():
             missing.append(name)
-        elif sha256_file(f) != digest:
+        elif ((known or {}).get(name) or sha256_file(f)) != digest:
             changed.append(name)
     if not (changed or missing):
         return {"status": "verified", "changed": [], "missing": [], "message": ""}

@@ -75,8 +75,7 @@ def cmd_score(args) -> int:
     prog = _Progress(args.progress)
     check_ecog(args.ecog)  # fail before any heavy work
     check_out_dir(args.out, [args.ct, args.segmentation])
-    if args.dicom_out:
-        _check_dicom_out(args)
+    dicom_files = _check_dicom_out(args) if args.dicom_out else None
     prog(0.0, "reading the CT")
     ct, warnings = read_ct(args.ct)
     seed, box = _seed_and_box(args, ct)
@@ -88,7 +87,7 @@ def cmd_score(args) -> int:
     if args.dicom_out:
         from .dicom_out import export_dicom
         prog(0.98, "writing the DICOM objects")
-        dicom = export_dicom(args.out, args.ct, args.dicom_out)
+        dicom = export_dicom(args.out, args.ct, args.dicom_out, grid=ct, files=dicom_files)  # not read again
     prog.event(done=True, result=str(written["result"]), **({"dicom": {k: str(p) for k, p in dicom.items()}}
                                                              if dicom else {}))
     if args.progress != "jsonl":
@@ -99,15 +98,19 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _check_dicom_out(args) -> None:
-    """--dicom-out needs a DICOM series as the CT, highdicom, and a writable folder: checked before any work."""
-    from .dicom_out import check_dicom_out_dir, is_dicom_input, require_highdicom
-    if not is_dicom_input(args.ct):
+def _check_dicom_out(args) -> list:
+    """--dicom-out needs a DICOM series as the CT, highdicom, and a writable folder: checked before any work.
+    Returns the series' files (for the export, which then scans the folder no more)."""
+    from .dicom_out import check_dicom_out_dir, require_highdicom
+    from .io import dicom_series_files
+    files = dicom_series_files(args.ct)
+    if not files:
         raise TMBRBInputError(f"--dicom-out needs a DICOM series as the CT; '{args.ct}' is not a folder holding one.",
                               "Give --ct the DICOM series folder, or leave out --dicom-out (the NRRD outputs in "
                               "--out open in 3D Slicer).")
     require_highdicom()
     check_dicom_out_dir(args.dicom_out, args.ct, [args.segmentation])
+    return files
 
 
 def cmd_dicom_export(args) -> int:
@@ -167,9 +170,13 @@ def cmd_batch(args) -> int:
     from .outputs import check_out_dir
     rank, world, _ = dist_env()
     check_out_dir(args.out, [args.manifest], names=summary_names(world))
+    if args.dicom_out:
+        from .dicom_out import require_highdicom
+        require_highdicom()  # before any case (a dicom_out column without highdicom: a note per row)
     path = run_batch(args.manifest, args.out, bundle=args.model, device=args.device, n_shifts=args.shifts,
                      pictures=not args.no_pictures, progress_bar=not args.quiet, ring_width_mm=args.ring_mm,
-                     wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout)
+                     wait_timeout_s=DEFAULT_WAIT_S if args.wait_timeout is None else args.wait_timeout,
+                     dicom_out=args.dicom_out)
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -301,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--no-pictures", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--dicom-out", action="store_true",
+                   help="for each row whose CT is a DICOM series: also a DICOM Segmentation, CAM parametric map and "
+                        "report in <case>/dicom/ (as a dicom_out column of yes does per row; other rows get a note)")
     b.add_argument("--ring-mm", type=float, default=None, help="peritumoral ring width (default from the bundle)")
     b.add_argument("--wait-timeout", type=float, default=None, metavar="S",
                    help="under torchrun/srun: process 0 stops waiting for the others after S seconds without news "

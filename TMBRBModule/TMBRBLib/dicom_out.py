@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
@@ -41,8 +42,13 @@ class SourceSeries:
         return str(self.datasets[0].SeriesInstanceUID)
 
 
-def require_highdicom():
-    """Import highdicom, or say how to install it.
+def require_highdicom(python: Tuple[int, int] = None):
+    """Import highdicom, or say how to install it (or, on a Python too old for the tested highdicom, why not).
+
+    Parameters
+    ----------
+    python : tuple of int, optional
+        (major, minor) of the running Python; the running one by default.
 
     Returns
     -------
@@ -52,11 +58,18 @@ def require_highdicom():
     Raises
     ------
     TMBRBInputError
-        highdicom is not installed (the optional extra ``dicom``).
+        highdicom is not installed (the optional extra ``dicom``; inside 3D Slicer, Resources/requirements.txt).
     """
+    python = tuple(python or sys.version_info[:2])
     try:
         import highdicom  # noqa: F401
     except ImportError:
+        if python < (3, 10):
+            raise TMBRBInputError(
+                f"DICOM export needs highdicom 0.28, which needs Python 3.10 or later; this is Python "
+                f"{python[0]}.{python[1]} (as in 3D Slicer 5.8).",
+                "Use a 3D Slicer built on Python 3.10 or later, or export from the command line with Python >= 3.10: "
+                "tmbrb dicom-export --result <result folder> --ct <DICOM folder> --out <folder>.") from None
         raise TMBRBInputError("DICOM export needs the Python package highdicom, which is not installed.",
                               "Install it: pip install 'tmbrb[dicom]' (or pip install highdicom==0.28.2).") from None
     return highdicom
@@ -79,13 +92,17 @@ def is_dicom_input(path: PathLike) -> bool:
     return p.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
 
 
-def read_source_series(dicom_dir: PathLike) -> SourceSeries:
+def read_source_series(dicom_dir: PathLike, grid: sitk.Image = None, files: Sequence[str] = None) -> SourceSeries:
     """Read the slice headers and grid of the CT series TMBRB scores in a DICOM folder (its largest series).
 
     Parameters
     ----------
     dicom_dir : str or path-like
         The DICOM folder given as the CT.
+    grid : SimpleITK.Image, optional
+        The CT as already read from this folder (``io.read_ct``): its pixels are then not read again.
+    files : sequence of str, optional
+        The series' files as already found (``io.dicom_series_files``): the folder is then not scanned again.
 
     Returns
     -------
@@ -98,15 +115,15 @@ def read_source_series(dicom_dir: PathLike) -> SourceSeries:
     """
     import pydicom
 
-    from .io import read_image
+    from .io import dicom_series_files, read_image
 
     folder = Path(dicom_dir)
-    if not is_dicom_input(folder):
+    files = list(files) if files else dicom_series_files(folder)
+    if not files:
         raise TMBRBInputError(f"'{folder}' is not a folder holding a DICOM series; DICOM export needs the CT's "
                               "DICOM series.", "Give the DICOM folder the case was scored from.")
-    grid, _ = read_image(folder, "CT")  # the same series and checks as scoring
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in ids), key=len)
+    if grid is None:
+        grid, _ = read_image(folder, "CT")  # the same series and checks as scoring
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     missing = sorted({kw for ds in datasets for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                                                         "SOPClassUID", "FrameOfReferenceUID",
@@ -460,7 +477,8 @@ def build_report(src: SourceSeries, result: Dict, derived: Sequence = ()):
     return sr
 
 
-def export_dicom(result_dir: PathLike, dicom_dir: PathLike, out_dir: PathLike) -> Dict[str, Path]:
+def export_dicom(result_dir: PathLike, dicom_dir: PathLike, out_dir: PathLike, grid: sitk.Image = None,
+                 files: Sequence[str] = None) -> Dict[str, Path]:
     """Write the Segmentation, Parametric Map and structured report of a scored DICOM case.
 
     Parameters
@@ -471,6 +489,9 @@ def export_dicom(result_dir: PathLike, dicom_dir: PathLike, out_dir: PathLike) -
         The DICOM series folder the case was scored from.
     out_dir : str or path-like
         Where seg.dcm, cam_pm.dcm and report_sr.dcm are written (created when missing).
+    grid, files : optional
+        The CT and its slice files as the caller already read them from `dicom_dir` (``tmbrb score --dicom-out``):
+        passed to :func:`read_source_series`, so the series is not read again.
 
     Returns
     -------
@@ -486,7 +507,7 @@ def export_dicom(result_dir: PathLike, dicom_dir: PathLike, out_dir: PathLike) -
     require_highdicom()
     result_dir, out = Path(result_dir), check_dicom_out_dir(out_dir, dicom_dir, [result_dir])
     result = _read_result(result_dir)
-    src = read_source_series(dicom_dir)
+    src = read_source_series(dicom_dir, grid, files)
     _check_same_ct(result, src.grid, dicom_dir)
     masks = [on_source_grid(result_dir / f"{n}.nrrd", src.grid, label=True) for n in ("tumour", "ring")]
     masks.append(box_on_grid(result["box"], src.grid))

@@ -42,17 +42,49 @@ def _refuse_special_files(folder: Path) -> None:
             "Copy the slice files of the series into a folder of their own.")
 
 
+def _files_by_series(folder: Path) -> dict:
+    """GDCM's scan of a DICOM folder: series UID -> its files in slice order (empty when it holds no series)."""
+    reader = sitk.ImageSeriesReader()
+    return {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in reader.GetGDCMSeriesIDs(str(folder))}
+
+
+def _largest_series(files_by_series: dict) -> str:
+    """The series TMBRB reads from a folder holding several: the one with the most files."""
+    return max(files_by_series, key=lambda s: len(files_by_series[s]))
+
+
+def dicom_series_files(folder: PathLike) -> List[str]:
+    """The files of the DICOM series that :func:`read_ct` reads from a folder (its largest series), in slice order.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        A DICOM folder.
+
+    Returns
+    -------
+    list of str
+        The slice files (slice k of the volume is the k-th); empty when the path is not a folder holding a series.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    _refuse_special_files(folder)
+    by_series = _files_by_series(folder)
+    return list(by_series[_largest_series(by_series)]) if by_series else []
+
+
 def _read_dicom_series(folder: Path) -> Tuple[sitk.Image, List[str]]:
     warnings: List[str] = []
     _refuse_special_files(folder)
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    files_by_series = _files_by_series(folder)
+    series = list(files_by_series)
     if not series:
         raise TMBRBInputError(f"The folder '{folder}' holds no DICOM series.",
                               "Give a NRRD/NIfTI/MHA file or a folder with the DICOM files of one CT series.")
-    files_by_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
     warnings += _refuse_unreadable_dicom_files(folder, files_by_series)
-    best = max(files_by_series, key=lambda s: len(files_by_series[s]))
+    best = _largest_series(files_by_series)
     if len(series) > 1:
         warnings.append(f"The DICOM folder holds {len(series)} series; used the largest ({best}, "
                         f"{len(files_by_series[best])} files). Give a folder with one series to choose.")

@@ -35,6 +35,13 @@ DEFAULTS = {
     "split_spacing_mm": 2.0,       # the watershed runs on voxels bin-shrunk up to this size (speed)
     "edge_mm": 0.5, "edge_hu": -600.0,  # partial-volume rim given back at the lesion's edge: above edge_hu and
     "edge_fraction": 0.25,         # ... above this fraction of the way from the lesion's surroundings to the lesion
+    "envelope_skip_contact": 0.9,  # (not when this share of the lesion's surroundings is already lung)
+    "envelope_factor": 2.0,        # the lung's envelope: its air closed with a ball of this x the lesion's depth at
+    "envelope_min_mm": 6.0,        # the seed (at least this); tissue outside it is chest wall or mediastinum
+    "runaway_fraction": 0.8,       # thick vessels: the lesion opened with a ball of this x its inscribed radius; what
+    "runaway_max_mm": 8.0,         # that removes and runs on farther than ``runaway_reach`` x the inscribed radius
+    "runaway_reach": 2.5,          # from the rest is cut (a lobe stays near the lesion; a vessel runs away): flagged
+                                   # (measured: a real lobe reaches 2.1 x, the phantoms' vessels 3.5-8.5 x)
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
     "min_lung_contact": 0.45,      # share of the mask's surroundings that is lung, below this: uncertain (it lies more
                                    # in the chest wall or mediastinum than in the lung)
@@ -43,6 +50,9 @@ DEFAULTS = {
     "ground_glass_share": 0.35,    # share of ground glass around the solid part above this: segment it with it
                                    # (a spiculated solid part has lung around its spicules: 0.38-0.46 measured)
     "ground_glass_max_ratio": 20.0,  # ... unless that makes the mask more than this times the solid part
+    "solid_predominant": 0.6,      # ... with no box, a solid part of at least this share of the mask's diameter: the
+                                   # ground glass may be haze around a solid tumour (the demo: 0.67; part-solid
+                                   # phantoms 0.40-0.68): uncertain
 }
 UNCERTAIN = "Tumour mask uncertain: review it"
 
@@ -63,6 +73,8 @@ class Grown:
     part_solid: bool = False             # segmented with its ground glass (tissue down to ``ground_glass_hu``)
     ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
     ground_glass_outside_box: bool = False  # ground glass around it that runs past the user's box (left out)
+    runaway_ml: float = 0.0              # volume of thick attachments running away from the lesion, cut
+    solid_ratio: float = float("nan")    # part-solid without a box: the solid part's share of the mask's diameter
 
 
 @dataclass
@@ -149,6 +161,38 @@ def _basin_at(smoothed: sitk.Image, tissue: sitk.Image, at: Tuple[int, ...], p: 
     return sitk.And(sitk.Cast(sitk.Equal(basins, label), sitk.sitkUInt8), tissue)
 
 
+def _within_lung(comp: sitk.Image, smoothed: sitk.Image, at: Tuple[int, ...], p: Dict) -> sitk.Image:
+    """The lesion's part inside the lung's envelope: the lung air around the seed closed with a ball a little larger
+    than the lesion's depth at the seed, which fills the dent the lesion makes in the lung but not the chest wall or
+    mediastinum behind it (a lesion flat against a thicker structure has no neck for the watershed to cut)."""
+    x, y, z = at
+    air = sitk.BinaryThreshold(smoothed, -1e9, float(p["hu_range"][0]) - 1e-3, 1, 0)
+    near = sitk.GetArrayViewFromImage(sitk.BinaryDilate(comp, [max(1, v) for v in _radius_vox(comp.GetSpacing(),
+                                                                                             2.0)], sitk.sitkBall))
+    shell = (near > 0) & (sitk.GetArrayViewFromImage(comp) == 0)
+    if not shell.any() or sitk.GetArrayViewFromImage(air)[shell].mean() >= float(p["envelope_skip_contact"]):
+        return comp  # (nearly) all lung around it: nothing to cut
+    d = _distance(comp)
+    depth = float(sitk.GetArrayViewFromImage(d)[z, y, x])
+    radius = max(float(p["envelope_min_mm"]), float(p["envelope_factor"]) * depth)
+    labels = sitk.ConnectedComponent(air)
+    lab = sitk.GetArrayViewFromImage(labels)
+    sphere = sitk.GetArrayViewFromImage(_sphere_mask(comp, comp.TransformIndexToPhysicalPoint((x, y, z)),
+                                                     depth + 4.0)) > 0
+    ids = np.unique(lab[(near > 0) & sphere])
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return comp
+    lung = sitk.GetImageFromArray(np.isin(lab, ids).astype(np.uint8))
+    lung.CopyInformation(comp)
+    # closing by a ball of this radius, with two distance maps (exact, at a cost that does not grow with the radius):
+    # the tissue farther than the radius from the lung air, grown back by the radius, is what the ball cannot enter
+    far = sitk.Greater(_distance(sitk.Not(lung)), radius)
+    envelope = sitk.Not(sitk.LessEqual(-_distance(far), radius))
+    inside = _component_at(sitk.And(comp, envelope), at)
+    return comp if inside is None else inside
+
+
 def _cut_attachments(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict) -> sitk.Image:
     """Open the lesion with a ball scaled to its own size (``inscribed``: the radius of the largest ball inside it) so
     that vessels and strands thinner than that ball are cut, keep the part at the seed and give back its edge within
@@ -164,6 +208,38 @@ def _cut_attachments(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p:
         if core is not None:
             return sitk.And(sitk.BinaryDilate(core, r, sitk.sitkBall), comp)
     return comp
+
+
+def _cut_runaways(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict) -> Tuple[sitk.Image, float]:
+    """Cut thick attachments (vessels of up to about ``runaway_max_mm`` radius) that run away from the lesion.
+
+    The lesion is opened with a ball of ``runaway_fraction`` x its inscribed radius and the part at the seed grown
+    back by that radius (inside the mask); each piece the opening removed is cut when it reaches farther than
+    ``runaway_reach`` x the inscribed radius from that part (a vessel runs on), kept otherwise (a lobe or a spicule's
+    base stays near the lesion). Returns the mask and the volume cut (mL).
+    """
+    mm = min(float(p["runaway_fraction"]) * inscribed, float(p["runaway_max_mm"]))
+    r = _radius_vox(comp.GetSpacing(), mm)
+    if min(r) < 1 and max(r) < 2:
+        return comp, 0.0
+    core = sitk.BinaryMorphologicalOpening(comp, r, sitk.sitkBall)
+    if not sitk.GetArrayViewFromImage(core).any():
+        return comp, 0.0
+    kept = sitk.And(sitk.BinaryDilate(core, r, sitk.sitkBall), comp)
+    pieces = sitk.ConnectedComponent(sitk.And(comp, sitk.Not(kept)))
+    stats = sitk.LabelStatisticsImageFilter()
+    stats.Execute(-_distance(kept), pieces)
+    reach = float(p["runaway_reach"]) * inscribed
+    near = [lab for lab in stats.GetLabels() if lab > 0 and stats.GetMaximum(lab) <= reach]
+    if len(near) == len([lab for lab in stats.GetLabels() if lab > 0]):
+        return comp, 0.0
+    arr = sitk.GetArrayViewFromImage(pieces)
+    out = sitk.GetImageFromArray(((sitk.GetArrayViewFromImage(kept) > 0) | np.isin(arr, near)).astype(np.uint8))
+    out.CopyInformation(comp)
+    at_seed = _component_at(out, at)
+    out = comp if at_seed is None else at_seed
+    cut = int(sitk.GetArrayViewFromImage(comp).sum()) - int(sitk.GetArrayViewFromImage(out).sum())
+    return out, cut * float(np.prod(comp.GetSpacing())) / 1000.0
 
 
 def _bounds(arr: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -273,13 +349,16 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
             return Grown(comp, np.asarray(lo), True, True, seed_hu, faces=faces)
     (comp, sub), off = _crop_around([comp, sub], first, last, 3.0 + float(p["edge_mm"]) + 4.0)
     at = tuple(int(v) for v in np.asarray(at) - off)
+    comp = _within_lung(comp, sub, at, p)
     inscribed = _inscribed_mm(comp)
     comp = _cut_attachments(comp, at, inscribed, p)
+    comp, runaway_ml = _cut_runaways(comp, at, inscribed, p)
     comp = _add_rim(comp, sub, p)
     origin = np.asarray(lo) + off
     first, last = _bounds(sitk.GetArrayViewFromImage(comp))
     faces = _touches(first + origin, last + origin, lo, hi, np.array(ct.GetSize()))
     g = Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, part_solid=part_solid,
+              runaway_ml=runaway_ml,
               **_measure(comp, sub, lo_hu, inscribed, ggo_hu))
     if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
         return _with_ground_glass(ct, seed_lps, lo, hi, p, g)
@@ -307,6 +386,7 @@ def _with_ground_glass(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray
             return g
     elif gg.volume_ml <= float(p["ground_glass_max_ratio"]) * g.volume_ml and not (gg.touches_limit and
                                                                                   not g.touches_limit):
+        gg.solid_ratio = float((g.volume_ml / max(gg.volume_ml, 1e-9)) ** (1.0 / 3.0))
         return gg
     g.ground_glass_unclear = True
     return g
@@ -377,6 +457,13 @@ def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
     if seen > 0 and g.equivalent_mm > float(p["leak_ratio"]) * seen:
         reasons.append(f"the mask ({g.volume_ml:.1f} mL) is much larger than the lesion visible at the seed "
                        f"(a ball of {2 * seen:.0f} mm): it may have leaked along vessels or tissue")
+    if np.isfinite(g.solid_ratio) and g.solid_ratio >= float(p["solid_predominant"]):
+        reasons.append(f"the mask includes ground glass around a solid part of {100 * g.solid_ratio:.0f}% of its "
+                       "diameter: it may be haze around a solid tumour rather than the tumour's own (a box around the "
+                       "tumour as you see it decides)")
+    if g.runaway_ml > 0:
+        reasons.append(f"{g.runaway_ml:.1f} mL of thick vessel or tissue running away from the lesion was cut off: "
+                       "the rest of the mask may still hold some of it")
     if g.ground_glass_unclear:
         reasons.append("ground glass around the solid part could not be delimited and is left out of the mask")
     if np.isfinite(g.lung_contact) and g.lung_contact < float(p["min_lung_contact"]):
@@ -509,7 +596,8 @@ def segment_from_seed(ct: sitk.Image, seed_lps: Sequence[float], box: Optional[B
                                / 1000.0, 3),
             "search_box_mm": [round(float(v), 1) for v in limit.size], "inscribed_radius_mm": round(g.inscribed_mm, 2),
             "lung_contact": None if not np.isfinite(g.lung_contact) else round(g.lung_contact, 3),
-            "part_solid": g.part_solid, "ground_glass_outside_box": g.ground_glass_outside_box}
+            "part_solid": g.part_solid, "ground_glass_outside_box": g.ground_glass_outside_box,
+            "solid_ratio": None if not np.isfinite(g.solid_ratio) else round(g.solid_ratio, 3)}
     return SeedSegmentation(box, mask, np.asarray(g.lo), g.found, reasons, warnings, info)
 
 

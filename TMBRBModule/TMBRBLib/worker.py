@@ -18,6 +18,11 @@ stdin; it answers one JSON object per line on stdout, each carrying the request'
   Answers: ``{"id", "progress", "message"}`` lines, then ``{"id", "done": true, "result": ".../result.json",
   "timings_s": {"read_ct", "score", "write"}}``, or ``{"id", "error": message, "kind": "input"|"internal"}``, or
   ``{"id", "cancelled": true}``.
+- ``{"op": "save", "id": "s1", "of": "r1", "out": "folder", "pictures": true}`` writes the full outputs of the
+  last case scored (request ``r1``; ``tmbrb score``'s files, pictures included unless false) into ``folder``, from
+  the result held in memory: a front end scores with ``"volumes": "regions"`` and pays for the full-grid files only
+  when the user saves. Answers ``{"id", "done": true, "result": ".../result.json"}``, or an input error when the
+  worker no longer holds that case (it keeps only the last one).
 - ``{"op": "cancel", "id": "r1"}`` stops that request at its next step (a reader thread sets the flag that
   ``score_case`` polls); the worker stays alive.
 - ``{"op": "device", "id": "d1", "device": "auto"}`` answers ``{"id", "done": true, "device": {"device": "cuda:0"
@@ -129,6 +134,7 @@ class Worker:
         self._cancelled: Set[str] = set()
         self.cts = CtCache()
         self.scorers = ScorerCache()
+        self.last: Optional[Dict[str, Any]] = None  # the last case scored: id, result, CT, request (for 'save')
 
     def send(self, **event) -> None:
         line = json.dumps(event)
@@ -201,8 +207,12 @@ class Worker:
                 self.send(id=rid, progress=0.0, message="scoring")  # the case's own time starts here
                 self.send(id=rid, done=True, row=self._case(request, cancel))
                 return
+            if op == "save":
+                self.send(id=rid, done=True, result=str(self._save(request)["result"]))
+                return
             if op != "score":
-                raise TMBRBInputError(f"Unknown request '{op}'.", "Send op 'score', 'case', 'device' or 'cancel'.")
+                raise TMBRBInputError(f"Unknown request '{op}'.",
+                                      "Send op 'score', 'save', 'case', 'device' or 'cancel'.")
             missing = [k for k in REQUIRED_FIELDS if request.get(k) in (None, "")]
             if missing:
                 raise TMBRBInputError(f"The request lacks {', '.join(missing)}.", "Send every required field.")
@@ -272,13 +282,30 @@ class Worker:
             return written
 
         t0 = time.perf_counter()
-        _, written = score_to_folder(
+        result, written = score_to_folder(
             ct, request["seed_lps"], request["out"], _box(request.get("box_lps")), request.get("segmentation"),
             ecog, ct_path=request["ct"], ct_warnings=warnings, pictures=pictures, progress=progress, cancel=cancel,
             writer=writer, scorer=scorer, n_shifts=None if shifts is None else int(shifts),
             ring_width_mm=request.get("ring_mm"))
         timings["score"] = time.perf_counter() - t0 - timings.get("write", 0.0)
+        self.last = {"id": rid, "result": result, "ct": ct, "request": request}
         return written, {k: round(v, 4) for k, v in timings.items()}
+
+    def _save(self, request: Dict) -> Dict[str, Path]:
+        """The full outputs of the last case scored (``"of"``: its request id), as ``tmbrb score`` writes them,
+        into ``"out"``; the files written."""
+        from .outputs import check_out_dir, write_outputs
+
+        last = self.last
+        if last is None or str(request.get("of")) != last["id"]:
+            raise TMBRBInputError("The engine no longer holds that result (it keeps the last case it scored, and a "
+                                  "restarted engine keeps none).", "Press Apply again, then save.")
+        if request.get("out") in (None, ""):
+            raise TMBRBInputError("The save request lacks out.", "Send the folder to write the outputs to.")
+        scored = last["request"]
+        check_out_dir(request["out"], [scored["ct"], scored.get("segmentation")])  # never replace an input
+        return write_outputs(last["result"], request["out"], ct=last["ct"],
+                             pictures=bool(request.get("pictures", True)))
 
 
 def write_region_outputs(result, out_dir) -> Dict[str, Path]:

@@ -94,6 +94,21 @@ def test_an_untouched_copy_verifies(demo_copy, capsys):
     assert not [line for line in result_lines({"score": 0.5, "model": info}) if "MODIFIED" in line.value]
 
 
+def test_loading_hashes_each_file_once(demo_copy, monkeypatch):
+    """load_bundle hashes the weights for their metadata checksum and hands that digest to check_files."""
+    import TMBRBLib.bundle as B
+    hashed = []
+    real = B.sha256_file
+    monkeypatch.setattr(B, "sha256_file", lambda p: hashed.append(Path(p).relative_to(demo_copy).as_posix()) or real(p))
+    b = load_bundle(demo_copy)
+    assert b.integrity["status"] == "verified"
+    assert sorted(hashed) == sorted(set(hashed)) and "models/model.safetensors" in hashed
+    # a digest handed in is trusted as the file's: a wrong one is reported as a change, without hashing again
+    hashed.clear()
+    r = check_files(demo_copy, known={"models/model.safetensors": "0" * 64})
+    assert r["changed"] == ["models/model.safetensors"] and "models/model.safetensors" not in hashed
+
+
 @pytest.mark.parametrize("edit", sorted(EDITS))
 def test_each_kind_of_metadata_edit_is_reported_as_modified(demo_copy, capsys, edit):
     _edit(demo_copy, EDITS[edit])

@@ -349,3 +349,90 @@ def test_a_modified_bundle_is_flagged_in_the_series_descriptions_and_the_report_
     assert dicom_out._notes(result)[0] == message
     clean = {"model": {"demo": True, "notice": "demo model"}}
     assert dicom_out._model_flag(clean) == " [DEMO MODEL]" and message not in dicom_out._notes(clean)
+
+
+def test_score_with_dicom_out_reads_the_series_once(tmp_path, monkeypatch):
+    """Review 11 finding 5: the export takes the CT and file list `tmbrb score` already read. The series' pixels are
+    read once, the folder scanned twice (the early --dicom-out check and the CT reading), each header once by pydicom.
+    The old code read the pixels twice and scanned five times."""
+    from TMBRBLib import io as tio
+
+    ct, _ = make_ct(size=(48, 44, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS, radius_mm=6, noise=10)
+    series = write_ct_series(ct, tmp_path / "series")
+    calls = {"pixels": 0, "scans": 0, "headers": 0}
+    real_read, real_ids, real_dcmread = tio._read_dicom_series, sitk.ImageSeriesReader.GetGDCMSeriesIDs, pydicom.dcmread
+
+    def count(key, fn):
+        def wrapped(*a, **k):
+            calls[key] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(tio, "_read_dicom_series", count("pixels", real_read))
+    monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesIDs", staticmethod(count("scans", real_ids)))
+    monkeypatch.setattr(pydicom, "dcmread", count("headers", real_dcmread))
+    rc = main(["score", "--ct", str(tmp_path / "series"), "--seed-lps", ",".join(map(str, TUMOUR_LPS)),
+               "--out", str(tmp_path / "result"), "--shifts", "1", "--no-pictures", "--progress", "none",
+               "--device", "cpu", "--dicom-out", str(tmp_path / "dicom")])
+    assert rc == 0 and (tmp_path / "dicom" / "seg.dcm").is_file()
+    assert calls == {"pixels": 1, "scans": 2, "headers": len(series)}, calls
+
+
+def test_dicom_export_on_a_python_too_old_for_highdicom_says_why(monkeypatch):
+    """Slicer 5.8's Python 3.9 cannot install highdicom 0.28 (requirements.txt lists it for >= 3.10 only): the
+    message names the Python and the way out, instead of a pip command that would fail."""
+    from TMBRBLib.dicom_out import require_highdicom
+    from TMBRBLib.errors import TMBRBInputError
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    with pytest.raises(TMBRBInputError) as old:
+        require_highdicom(python=(3, 9))
+    assert "Python 3.10" in str(old.value) and "3.9" in str(old.value) and "tmbrb dicom-export" in old.value.hint
+    with pytest.raises(TMBRBInputError) as new:
+        require_highdicom(python=(3, 12))
+    assert "pip install 'tmbrb[dicom]'" in new.value.hint
+
+
+def test_batch_writes_dicom_for_dicom_rows_and_a_note_for_the_others(exported, tmp_path, capsys):
+    """The manifest's dicom_out column (and tmbrb batch --dicom-out): a DICOM row gets <case>/dicom/ with the three
+    objects, referencing its series; an NRRD row is scored as usual, with a note instead of DICOM (not a failure);
+    a bad dicom_out value fails its own row only. Run again, the DICOM row is done before and its objects stay."""
+    import csv
+
+    ct, _ = make_ct(size=(40, 36, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=TUMOUR_LPS, radius_mm=6)
+    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
+    seed = ",".join(map(str, TUMOUR_LPS))
+    (tmp_path / "m.csv").write_text(
+        "case_id,ct,seed_lps,dicom_out\n"
+        f"dcm,{exported['root'] / 'series'},\"{seed}\",yes\n"
+        f"nrrd,ct.nrrd,\"{seed}\",yes\n"
+        f"bad,ct.nrrd,\"{seed}\",maybe\n", encoding="utf-8")
+    args = ["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--shifts", "1", "--no-pictures",
+            "--quiet", "--device", "cpu"]
+
+    def summary():
+        with open(tmp_path / "out" / "summary.csv", newline="", encoding="utf-8") as f:
+            return {r["case_id"]: r for r in csv.DictReader(f)}
+
+    assert main(args) == 3  # the bad row failed
+    rows = summary()
+    assert rows["dcm"]["status"] == "ok" and "DICOM objects in dicom/" in rows["dcm"]["note"]
+    assert rows["nrrd"]["status"] == "ok" and "not a DICOM series" in rows["nrrd"]["note"]
+    assert rows["bad"]["status"] == "failed" and "dicom_out is 'maybe'" in rows["bad"]["error"]
+    assert not (tmp_path / "out" / "nrrd" / "dicom").exists()
+    seg = pydicom.dcmread(tmp_path / "out" / "dcm" / "dicom" / "seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == exported["series"][0].SeriesInstanceUID
+    assert {p.name for p in (tmp_path / "out" / "dcm" / "dicom").iterdir()} == {"seg.dcm", "cam_pm.dcm",
+                                                                                  "report_sr.dcm"}
+    capsys.readouterr()
+    assert main(args) == 3
+    rows = summary()
+    assert rows["dcm"]["status"] == "done-before" and (tmp_path / "out" / "dcm" / "dicom" / "seg.dcm").is_file()
+
+
+def test_batch_dicom_out_without_highdicom_stops_before_any_case(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    (tmp_path / "m.csv").write_text("ct,seed_lps\nct.nrrd,\"1,2,3\"\n", encoding="utf-8")
+    rc = main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--quiet", "--dicom-out"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "highdicom" in err and "Traceback" not in err and not (tmp_path / "out").exists()

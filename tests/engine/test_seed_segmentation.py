@@ -88,6 +88,23 @@ def test_the_demo_case_with_its_box_is_not_flagged_and_its_haze_is_left_out():
     assert dice(full_mask(seg, truth.shape), truth) >= 0.84  # measured 0.851
 
 
+def test_the_demo_case_with_the_seed_alone_is_flagged_when_its_haze_is_taken_as_ground_glass():
+    # without the box the 8 mm haze shell around the 30 mm solid tumour reads as a part-solid lesion's ground glass
+    # (Dice 0.37); nothing in the image tells the two apart, so the result must say so (it was unflagged before)
+    case = make_demo_case()
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.info["part_solid"] is True and seg.info["solid_ratio"] >= 0.6  # measured 0.67
+    assert any("haze around a solid tumour" in r for r in seg.uncertain), seg.uncertain
+    assert any(w.startswith(UNCERTAIN) for w in seg.warnings)
+
+
+def test_a_part_solid_lesion_with_a_small_solid_part_is_not_taken_for_haze():
+    case = make_phantom(302, signal="none", kind="part-solid")  # solid part a third of the diameter
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.info["part_solid"] is True and seg.info["solid_ratio"] < 0.6  # measured 0.40
+    assert not seg.uncertain, seg.uncertain
+
+
 def test_ground_glass_that_fits_in_the_given_box_is_the_lesions_own():
     # a part-solid lesion boxed with its ground glass: the box does not cut the ground glass away
     case = make_phantom(302, signal="none", kind="part-solid")  # 24 mm, solid part a third of it
@@ -167,24 +184,30 @@ def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest
 # Phantoms and positions not used to set the thresholds: Dice >= 0.85 is the goal. The kinds that miss it are
 # marked xfail (strict: a fix makes them pass and fail the run until the mark is removed), with the reason measured.
 
-MISS_CONTACT = "a small tumour flat against a thicker structure has no neck in the distance map (known limit)"
-MISS_VESSEL = ("the mask takes a length of a thick vessel it touches or that runs through it: the opening, scaled to "
-               "the tumour, does not cut a vessel of 1.5 mm radius or more (Dice 0.42-0.76 here)")
-MISS_THICK = "part-solid on 5 mm slices: its ground glass blurs into the lung (solid part kept, or leaks)"
-MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.8x the "
-                 "true tumour (Dice 0.63-0.79)")
-MISS_GGO_LEAK = "its ground glass runs into the partial volume of vessels near it (Dice 0.65)"
+MISS_CONTACT = ("against the mediastinum: the mask takes a hilar vessel lying along the tumour (Dice 0.77, not "
+                "flagged: a known miss)")
+MISS_VESSEL = ("a thick vessel it touches or that runs through it: the runaway cut takes the vessel's far length off "
+               "(Dice 0.42 -> 0.66 alongside, 0.65 -> 0.69 through) and flags the mask, but the vessel's part along "
+               "the tumour stays")
+MISS_THICK = ("part-solid on 5 mm slices: its ground glass blurs into the lung (0.85 with a solid part of 64% of the "
+              "diameter, flagged as possible haze; 0.50 along vessels, not flagged)")
+MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.5x the "
+                 "true tumour (Dice 0.72-0.81, flagged: a runaway strand was cut)")
+MISS_GGO_LEAK = "its ground glass runs into the partial volume of vessels near it (Dice 0.75, flagged)"
+MISS_PS_SPICULES = "part-solid and spiculated: the lung between the spicules is taken (Dice 0.79, not flagged)"
 
 FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
                (0.0, -7.0, 0.0), 12.0), ("mass 92 mm", "centre", (0.0, 0.0, 0.0), 46.0), ("mass 86 mm", "centre", (0.0, 5.0, 0.0), 43.0),
-               pytest.param("chest wall anterior", "anterior", (0.0, 6.0, 0.0), 10.0,
-                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               ("chest wall anterior", "anterior", (0.0, 6.0, 0.0), 10.0),
                pytest.param("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0,
                             marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
                pytest.param("vessel through it", "vessel", (4.0, 0.0, 0.0), 12.0,
                             marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL)),
                pytest.param("vessel alongside", "vessel", (0.0, 0.0, 11.0), 10.0,
                             marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL))]
+# floors just under what a case reaches, where that is well above the goal: the anterior wall reached 0.11 before the
+# lung's envelope cut the chest wall the watershed could not (no neck), 0.949 with it
+FRESH_FLOORS = {"chest wall anterior": 0.93}
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +241,20 @@ def test_fresh_tumours_against_the_chest_wall_mediastinum_and_vessels_and_masses
                                                                                             shift, radius):
     ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
     seg = segment_from_seed(ct, seed)
-    assert dice(full_mask(seg, truth.shape), truth) >= 0.85, name
+    assert dice(full_mask(seg, truth.shape), truth) >= FRESH_FLOORS.get(name, 0.85), name
     assert inside_box(points_of(truth, ct), seg.box) >= 0.99
+    if name.startswith("chest wall"):
+        assert not seg.uncertain, seg.uncertain
+
+
+@pytest.mark.parametrize("name", ["vessel through it", "vessel alongside"])
+def test_a_tumour_on_a_thick_vessel_has_the_vessels_run_cut_off_and_is_flagged(fresh_chest, name):
+    _, where, shift, radius = next(p.values for p in FRESH_CHEST if getattr(p, "values", [None])[0] == name)
+    ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
+    seg = segment_from_seed(ct, seed)
+    # before, the vessel's length stayed in the mask (Dice 0.65 / 0.42) and nothing said so
+    assert dice(full_mask(seg, truth.shape), truth) >= {"vessel through it": 0.68, "vessel alongside": 0.64}[name]
+    assert any("running away from the lesion was cut off" in r for r in seg.uncertain), seg.uncertain
 
 
 FRESH_PHANTOMS = [
@@ -230,16 +265,15 @@ FRESH_PHANTOMS = [
     (313, {"kind": "solid", "diameter_mm": 10, "spacing": (0.8, 0.8, 3.0)}), (315, {"kind": "solid", "diameter_mm": 55}),
     (316, {"kind": "solid"}), (100, {"kind": "solid"}), (101, {"kind": "solid"}), (105, {"kind": "solid"}),
     (106, {"kind": "solid"}), (107, {"kind": "solid"}), (108, {"kind": "solid"}), (109, {"kind": "solid"}),
+    (305, {"kind": "part-solid"}), (105, {"kind": "part-solid"}),  # 5 mm slices: 0.40 / 0.14 before the runaway cut
     pytest.param(303, {"kind": "part-solid", "spiculated": False}, marks=pytest.mark.xfail(strict=True,
                                                                                           reason=MISS_THICK)),
-    pytest.param(305, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
     pytest.param(104, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
-    pytest.param(105, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
     pytest.param(102, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_GGO_LEAK)),
     pytest.param(102, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
     pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
     pytest.param(314, {"kind": "solid", "diameter_mm": 12}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
-    pytest.param(108, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    pytest.param(108, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_PS_SPICULES)),
 ]
 
 
@@ -250,6 +284,16 @@ def test_fresh_phantom_tumours_solid_and_part_solid(seed, kw):
     seg = segment_from_seed(case.ct, case.seed_lps)
     assert dice(full_mask(seg, truth.shape), truth) >= 0.85, (seed, kw)
     assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
+
+
+@pytest.mark.parametrize("seed, kw", [(102, {"kind": "part-solid"}), (102, {"kind": "solid"}), (104, {"kind": "solid"}),
+                                      (314, {"kind": "solid", "diameter_mm": 12}),
+                                      (303, {"kind": "part-solid", "spiculated": False})])
+def test_fresh_phantom_misses_are_flagged(seed, kw):
+    # the misses above that the result flags (before, none of 102 / 104 / 314 was): a reader is told to review them
+    case = make_phantom(seed, signal="none", **kw)
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.uncertain and any(w.startswith(UNCERTAIN) for w in seg.warnings)
 
 
 # ------------------------------------------------------------------------------------------------ bad seeds

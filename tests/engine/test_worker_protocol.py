@@ -77,3 +77,41 @@ def test_regions_answer_holds_the_full_volumes_as_regions_of_the_ct_grid(tmp_pat
         pasted = RegionVolume(sitk.GetArrayFromImage(region), lo, grid).full_array()
         want = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "full" / full_name)))
         assert np.array_equal(pasted, want), kind
+
+
+def test_save_writes_the_full_outputs_of_the_last_case_scored_as_regions(tmp_path, placeholder_bundle):
+    """``save`` after a ``volumes: regions`` case writes what a ``volumes: full`` case writes (same files, same
+    voxels, same result.json apart from its timings); a save of another request, or into the CT's own folder, is
+    refused with a clear message and writes nothing."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from TMBRBLib.phantom import make_phantom
+
+    case = make_phantom(2)
+    (tmp_path / "in").mkdir()
+    ct = tmp_path / "in" / "cam.nrrd"  # a CT that the map of a save into its folder would replace
+    sitk.WriteImage(case.ct, str(ct))
+    common = {"ct": str(ct), "seed_lps": list(case.seed_lps), "shifts": 1, "device": "cpu",
+              "model": str(placeholder_bundle.path)}
+    answers = _serve([{"op": "save", "id": "early", "of": "r", "out": str(tmp_path / "early")},
+                      dict(common, id="full", out=str(tmp_path / "full")),
+                      dict(common, id="r", out=str(tmp_path / "regions"), volumes="regions"),
+                      {"op": "save", "id": "s", "of": "r", "out": str(tmp_path / "saved"), "pictures": False},
+                      {"op": "save", "id": "old", "of": "full", "out": str(tmp_path / "old")},
+                      {"op": "save", "id": "onto-ct", "of": "r", "out": str(tmp_path / "in"), "pictures": False}])
+    assert answers["early"]["kind"] == "input" and "Press Apply again" in answers["early"]["error"]
+    assert answers["old"]["kind"] == "input" and "no longer holds" in answers["old"]["error"]
+    assert answers["onto-ct"]["kind"] == "input" and "cam.nrrd" in answers["onto-ct"]["error"], answers["onto-ct"]
+    assert not (tmp_path / "early").exists() and not (tmp_path / "old").exists()
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["cam.nrrd"]
+    assert answers["s"].get("done") and answers["s"]["result"].endswith("result.json"), answers["s"]
+    saved, full = tmp_path / "saved", tmp_path / "full"
+    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in full.iterdir())
+    for name in ("cam.nrrd", "tumour.nrrd", "ring.nrrd", "crop.nrrd"):
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / name))) for f in (saved, full))
+        assert np.array_equal(a, b), name
+    got, want = (json.loads((f / "result.json").read_text()) for f in (saved, full))
+    for d in (got, want):
+        d.pop("timings_s", None)
+    assert got == want

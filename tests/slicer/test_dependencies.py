@@ -10,7 +10,8 @@ import pytest
 
 from TMBRBLib.slicer import dependencies as dep
 
-INSTALLED_MONAI_TORCH = {"monai": "1.6.1", "safetensors": "0.4.5", "tqdm": "4.66.0", "psutil": "7.2.2"}
+INSTALLED_MONAI_TORCH = {"monai": "1.6.1", "safetensors": "0.4.5", "tqdm": "4.66.0", "psutil": "7.2.2",
+                         "highdicom": "0.28.2"}
 
 
 def versions(**found):
@@ -28,6 +29,19 @@ def test_monai_is_pinned_per_python_and_torch_requirement_matches_it():
     assert "psutil>=5.9" in py39 and not any(dep.requirementName(r).lower() == "torch" for r in py39)
 
 
+def test_highdicom_is_installed_for_the_dicom_export_where_the_tested_series_runs():
+    """highdicom 0.28 (the tested series) needs Python >= 3.10: listed there, within its series; not on Slicer 5.8's
+    Python 3.9, where the DICOM export says why instead (tests/engine/test_dicom_out.py)."""
+    py39 = dep.readRequirements(environment={"python_version": "3.9"})
+    py312 = dep.readRequirements(environment={"python_version": "3.12"})
+    assert not [r for r in py39 if dep.requirementName(r) == "highdicom"]
+    (line,) = [r for r in py312 if dep.requirementName(r) == "highdicom"]
+    assert dep.satisfies("0.28.2", line) and not dep.satisfies("0.29.0", line) and not dep.satisfies("0.22.0", line)
+    plan = dep.installPlan(version=versions(torch="2.9.0", **dict(INSTALLED_MONAI_TORCH, highdicom=None)),
+                           environment={"python_version": "3.12"})
+    assert [dep.requirementName(r) for r in plan.pip] == ["highdicom"] and "highdicom" in plan.message()
+
+
 def test_an_unknown_monai_series_is_refused_rather_than_guessed(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("monai>=1.9\n")
@@ -38,7 +52,7 @@ def test_an_unknown_monai_series_is_refused_rather_than_guessed(tmp_path):
 def test_nothing_installed_gives_one_plan_for_torch_and_pip():
     plan = dep.installPlan(version=versions(), environment={"python_version": "3.11"})
     assert plan.torch == ">=2.8" and plan.torchInstalled is None
-    assert {dep.requirementName(r) for r in plan.pip} == {"monai", "safetensors", "tqdm", "psutil"}
+    assert {dep.requirementName(r) for r in plan.pip} == {"monai", "safetensors", "tqdm", "psutil", "highdicom"}
     text = plan.message()
     assert "torch>=2.8" in text and "monai" in text and text.count("Install now?") == 1
     # pip runs with torch pinned to what the PyTorch extension installed: MONAI never replaces it

@@ -159,11 +159,43 @@ def test_extension_descriptions_agree():
     # the repository is one setting: CMake's TMBRB_REPOSITORY_URL, repeated in the two files the index reads as is
     repository = re.search(r'set\(TMBRB_REPOSITORY_URL "([^"]+)"', top).group(1)
     assert catalog["scm_url"] == repository + ".git" and s4ext["homepage"].strip() == repository + "#readme"
-    assert s4ext["iconurl"].strip() == repository + "/raw/main/TMBRBModule/Resources/Icons/TMBRB.png"
-    assert '"${TMBRB_RAW_URL}/TMBRBModule/Resources/Icons/TMBRB.png"' in top
+    assert s4ext["iconurl"].strip() == repository + "/raw/main/Resources/Icons/TMBRB.png"
+    assert '"${TMBRB_RAW_URL}/Resources/Icons/TMBRB.png"' in top
+    cmake_shots = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]*)"\)', top).group(1).split()
+    assert [u.replace("${TMBRB_RAW_URL}", repository + "/raw/main") for u in cmake_shots] == s4ext["screenshoturls"].split()
     # the catalog schema forbids fields that live only in CMake
     assert set(catalog) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
                             "scm_revision", "scm_type", "scm_url", "tier"}
+
+
+def catalogue_files():
+    """The repository files the catalogue's icon and screenshot URLs name (the part after <repository>/raw/main/)."""
+    top = (REPO / "CMakeLists.txt").read_text()
+    urls = [re.search(r'set\(EXTENSION_ICONURL "([^"]+)"\)', top).group(1)]
+    urls += re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]*)"\)', top).group(1).split()
+    assert all(u.startswith("${TMBRB_RAW_URL}/") for u in urls), urls
+    return [REPO / u[len("${TMBRB_RAW_URL}/"):] for u in urls]
+
+
+def test_catalogue_icon_and_screenshots_are_real_pngs_of_plausible_size():
+    import numpy as np
+    from PIL import Image
+
+    icon, *shots = catalogue_files()
+    assert icon.parent == REPO / "Resources" / "Icons" and len(shots) >= 2, (icon, shots)
+    for path in [icon] + shots:
+        assert path.is_file(), f"{path} is listed in CMakeLists.txt but missing"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+        assert 2_000 < path.stat().st_size < 300_000, (path, path.stat().st_size)
+        with Image.open(path) as img:
+            img.load()  # a truncated or corrupt file fails here
+            size, pixels = img.size, np.asarray(img.convert("RGB")).reshape(-1, 3)
+        colours = len(np.unique(pixels, axis=0))
+        assert colours > 50, f"{path} is nearly blank ({colours} colours)"
+        if path == icon:
+            assert size == (128, 128), size  # the Extensions Index's icon size
+        else:
+            assert 300 <= size[0] <= 1600 and 200 <= size[1] <= 1200, (path, size)
 
 
 def test_requirements_never_replace_slicers_own_packages():

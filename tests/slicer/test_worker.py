@@ -267,3 +267,25 @@ def test_regions_left_by_an_earlier_run_are_not_shown_for_the_next_one(scene, wl
     tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out" / "tumour.nrrd")))
     assert np.array_equal(ma.segment_array(shown["regions"], ma.TUMOUR_SEGMENT_NAME, ct2) > 0, tumour > 0)
     assert not (work / "scene-regions").exists()
+
+
+def test_saving_a_temporary_run_asks_the_worker_for_the_full_outputs(scene, wlogic, worker, tmp_path):
+    """A temporary (regions-only) run writes no full-grid files; saveWorkerResult has the worker write tmbrb score's
+    files from the result it holds: the same map the scene shows, the same score. A run the worker no longer holds
+    (another case scored since) and a run in a process of its own are refused with a clear message."""
+    ct, seed = case(scene)
+    first, job1 = apply(wlogic, ct, seed)
+    assert not job1.workDir.exists()  # nothing of the run is left on disk
+    path = wlogic.saveWorkerResult(job1, tmp_path / "saved", pictures=False)
+    saved = json.loads(path.read_text())
+    assert path == (tmp_path / "saved" / "result.json").resolve() and saved["score"] == first.results[0].score
+    cam = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "saved" / "cam.nrrd")))
+    assert np.array_equal(cam, ma.volume_array(first.results[0].nodes["cam"]))
+    assert not list((tmp_path / "saved").glob("*.png"))  # pictures=False
+    apply(wlogic, ct, seed)
+    with pytest.raises(TMBRBInputError, match="no longer holds"):
+        wlogic.saveWorkerResult(job1, tmp_path / "again")
+    _, cold = apply(wlogic, ct, seed, useWorker=False, workDir=tmp_path / "cold")
+    with pytest.raises(TMBRBInputError, match="Press Apply again"):
+        wlogic.saveWorkerResult(cold, tmp_path / "cold-saved")
+    assert not (tmp_path / "again").exists() and not (tmp_path / "cold-saved").exists()

@@ -100,6 +100,12 @@ def test_logistic_reference_level_matches_glm_relevel(key, reference):
     assert [_r_term(t) for t in r.table["term"]] == rr["terms"]
     np.testing.assert_allclose(r.table[["coef", "se", "p"]].to_numpy().T, [rr["coef"], rr["se"], rr["p"]], **COX)
     np.testing.assert_allclose(r.loglik, rr["loglik"], rtol=1e-9)
+    # predict() applies the fit to rows: its own rows give the fitted probabilities; a new level counts as reference
+    d = fixture_csv("asah.csv")
+    np.testing.assert_allclose(r.predict(d), r.fitted, rtol=1e-12)
+    new = d.iloc[:3].assign(gender="Unknown")
+    ref_level = (reference or {}).get("gender", "Female")
+    np.testing.assert_allclose(r.predict(new), r.predict(d.iloc[:3].assign(gender=ref_level)), rtol=1e-12)
 
 
 def test_bad_ties_is_a_clear_error():
@@ -129,6 +135,30 @@ def test_maxstat_lau94_matches_r(key, data, t, e, x, minprop, maxprop):
     np.testing.assert_allclose([r.statistic, r.cutpoint, r.p_value, r.p_value_lau94],
                                [rr["statistic"], rr["estimate"], rr["p_lau92"], rr["p_lau94"]], **TIGHT)
     assert "(Lau94)" in str(r) and r.to_dict()["p_value_lau94"] == pytest.approx(rr["p_lau94"], rel=1e-9)
+
+
+@pytest.mark.parametrize("key,data,t,e,x,minprop,maxprop",
+                         MAXSTAT_CASES + [("sim_x", "sim.csv", "time", "status", "x", 0.1, 0.9)])
+def test_maxstat_permutation_p_matches_r_condmc(key, data, t, e, x, minprop, maxprop):
+    """The Monte-Carlo p agrees with maxstat's condMC (B = 1e5) within 4 Monte-Carlo standard errors."""
+    rr = ref()["maxstat"][key]
+    d = _data(data)
+    b = 10000
+    r = maxstat_cutpoint(d[t], d[e], d[x], minprop=minprop, maxprop=maxprop, permutations=b, seed=1)
+    p_r = rr["p_condmc"]
+    se = np.sqrt(p_r * (1 - p_r) / b + p_r * (1 - p_r) / rr["condmc_b"])
+    assert abs(r.p_value_permutation - p_r) <= 4 * se + 2 / b, (r.p_value_permutation, p_r)
+    assert r.permutations == b and "10000 permutations" in str(r)
+    again = maxstat_cutpoint(d[t], d[e], d[x], minprop=minprop, maxprop=maxprop, permutations=b, seed=1)
+    assert again.p_value_permutation == r.p_value_permutation  # seeded
+
+
+def test_maxstat_permutations_bad_value_is_a_clear_error():
+    d = _data("lung.csv")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(TMBRBStatsInputError, match="permutations must be a whole number >= 0"):
+            maxstat_cutpoint(d["time"], d["status"], d["age"], permutations=bad)
+    assert np.isnan(maxstat_cutpoint(d["time"], d["status"], d["age"]).p_value_permutation)
 
 
 def test_logrank_and_km_match_r_on_a_larger_cohort_with_ties():

@@ -17,7 +17,8 @@ TINY_ARCH = '{"block_config": [1, 1, 1, 1], "init_features": 4, "growth_rate": 4
 TINY_PRE = '{"shape": [32, 32, 32], "min_fov_mm": 30.0}'
 
 
-def write_tiny_cohort(out: Path, n: int = 10, seed: int = 0, splits=None) -> Path:
+def write_tiny_cohort(out: Path, n: int = 10, seed: int = 0, splits=None, shell_hu: float = 300.0) -> Path:
+    """A tiny cohort; High-TMB cases get a ``shell_hu`` brighter shell (0: a control cohort, no signal)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -37,7 +38,7 @@ def write_tiny_cohort(out: Path, n: int = 10, seed: int = 0, splits=None) -> Pat
         arr[d <= r] = 40 + rng.normal(0, 10, int((d <= r).sum()))
         if labels[i]:
             shell = (d > r) & (d <= r + 4)
-            arr[shell] += 300
+            arr[shell] += shell_hu
         img = sitk.GetImageFromArray(arr.astype(np.int16))
         img.SetSpacing(spacing)
         img.SetOrigin(tuple(origin))

@@ -87,15 +87,33 @@ def test_comparators_fit_apply_and_cache(cohort, feature_cache):
     assert fits["radiomic"]["cv_folds"] >= 2 and fits["radiomic"]["n_features"] > 50
     # the tiny tumours' radius is drawn independently of the label: diameter grows with volume
     assert np.corrcoef(pred["max_diameter_3d_mm"], pred["volume_ml"] ** (1 / 3))[0, 1] > 0.9
+    # TMBRB + histology is one fit (the stats package's glm-checked logistic regression): its coefficients and the
+    # prediction column come from it, with R's level names
+    from TMBRBLib.stats import logistic_combination
+    train = (df["cohort"] == "train").to_numpy()
+    r = logistic_combination(df[train], "label", ["tmbrb", "histology"], positive=1)
+    assert list(fits["tmbrb_histology"]["coefficients"]) == ["tmbrb", "histology[squamous]"]
+    np.testing.assert_allclose(pred.loc[train, "tmbrb_histology"], r.fitted, rtol=1e-9)
+    np.testing.assert_allclose([t["coef"] for t in fits["tmbrb_histology"]["table"]], r.table["coef"], rtol=1e-12)
 
 
-def test_seed_grown_mask_when_the_manifest_has_none(cohort, tmp_path):
+def test_seed_grown_mask_when_the_manifest_has_none(cohort, tmp_path, monkeypatch):
     df = pd.read_csv(cohort).drop(columns=["tumour"])
     m = cohort.parent / "no_mask.csv"
     df.to_csv(m, index=False)
     _, cases = C.load_cohort(m)
     feats = C.case_features(cases[:2], tmp_path / "cache", radiomics=False, progress=False)
     assert (feats["mask_source"] == "seed-grown").all() and (feats["volume_ml"] > 0).all()
+    # the cache of a seed-grown mask is keyed on the segmentation rules and the version; a manifest mask's is not
+    from TMBRBLib import proposal
+    _, with_mask = C.load_cohort(cohort)
+    before = [C._cache_key(c, "measures", {}) for c in (cases[0], with_mask[0])]
+    monkeypatch.setitem(proposal.DEFAULTS, "ground_glass_share", proposal.DEFAULTS["ground_glass_share"] + 0.1)
+    assert C._cache_key(cases[0], "measures", {}) != before[0]
+    assert C._cache_key(with_mask[0], "measures", {}) == before[1]
+    monkeypatch.undo()
+    monkeypatch.setattr("TMBRBLib.__version__", "99.0")
+    assert C._cache_key(cases[0], "measures", {}) != before[0]
 
 
 def test_bad_manifest_columns_give_a_clear_error(cohort, tmp_path):
@@ -121,17 +139,35 @@ def test_bad_manifest_columns_give_a_clear_error(cohort, tmp_path):
     assert not (tmp_path / "w" / "run").exists()  # stopped before any training
 
 
-def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_path, capsys):
+def _pdf_pages(path: Path) -> int:
+    """Pages of a matplotlib PDF (its page objects are not compressed)."""
+    return len(re.findall(rb"/Type\s*/Page\b", path.read_bytes()))
+
+
+def _figure_titles(html: str):
+    import html as _html
+    return [_html.unescape(t) for t in re.findall(r'<img alt="([^"]*)"', html)]
+
+
+def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_path, capsys, monkeypatch):
+    import TMBRBLib.bundle
     from TMBRBLib.phantom import write_immunotherapy_cohort
     ici = write_immunotherapy_cohort(tmp_path / "ici.csv", n=80, seed=0)
+    loads = []
+    real_load = TMBRBLib.bundle.load_bundle
+    monkeypatch.setattr(TMBRBLib.bundle, "load_bundle", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     work = tmp_path / "work"
     args = ["paper", "--work", str(work), "--manifest", str(cohort), "--immunotherapy", str(ici), "--epochs", "1",
             "--architecture", TINY_ARCH, "--preprocessing", TINY_PRE, "--margin-vox", "3", "--batch-size", "4",
             "--threads", "1", "--no-progress", "--shifts", "0", "--cox-covariates", "ecog", "sex",
-            "--feature-cache", str(feature_cache)]
+            "--feature-cache", str(feature_cache), "--permutations", "500"]
     assert main(args) == 0
+    assert len(loads) == 2  # export's save_bundle, then the paper's one load for scoring and provenance
     pred = pd.read_csv(work / "predictions.csv")
-    assert {"tmbrb", "radiomic", "clinical", "tmbrb_histology", "diameter", "volume"} <= set(pred.columns)
+    assert {"tmbrb", "radiomic", "clinical", "diameter", "volume"} <= set(pred.columns)
+    # the 1-epoch model's scores may leave TMBRB + histology without a maximum-likelihood fit: then a note says so
+    notes = json.loads((work / "comparators.json").read_text())["notes"]
+    assert "tmbrb_histology" in pred.columns or any(n.startswith("no tmbrb_histology model: ") for n in notes), notes
     assert set(pred["cohort"]) == {"train", "val", "test"}
     html = (work / "report.html").read_text()
     for title in ("paper figure 2A/B", "paper figure 2C/D", "paper figure 2G", "paper figure 2E/F",
@@ -147,16 +183,63 @@ def test_paper_command_builds_the_report_and_resumes(cohort, feature_cache, tmp_
     for text in ((work / "report.json").read_text(), (work / "report.html").read_text()):
         assert str(tmp_path) not in text and str(work) not in text
     assert "OS" in html and rep["paper"]["os"]["cutpoint"]["cutpoint"] > 0
+    assert rep["paper"]["os"]["cutpoint"]["permutations"] == 500 and "p (500 permutations)" in html
+    # the PDF: a title page, one page per figure of the HTML (same titles, same order), then the tables as text
+    pdf = rep["paper"]["pdf"]
+    assert pdf["figure_pages"] == _figure_titles(html) and len(pdf["figure_pages"]) >= 8
+    assert pdf["text_pages"] >= 1 and _pdf_pages(work / "report.pdf") == pdf["pages"] == 1 + len(pdf["figure_pages"]) + pdf["text_pages"]
     assert (work / "radiomics_settings.json").is_file()
     # a second run skips training and scoring (state.json) and extracts nothing (the cache)
     state = (work / "state.json").stat().st_mtime_ns
     mtime = (work / "bundle" / "configs" / "metadata.json").stat().st_mtime_ns
     capsys.readouterr()
+    loads.clear()
     assert main(args) == 0
+    assert len(loads) == 1  # no training: the paper loads (and hashes) the bundle once
     err = capsys.readouterr().err
     assert "model: trained before, reused" in err and "score: " not in err
     assert (work / "bundle" / "configs" / "metadata.json").stat().st_mtime_ns == mtime
     assert (work / "state.json").stat().st_mtime_ns == state
+
+
+def test_control_cohort_report_states_the_control_result(feature_cache, tmp_path):
+    """A cohort whose images carry no TMB signal (signal 'none'): the report says whether every image-based
+    model's test AUC CI includes 0.5, from the ROC table."""
+    cohort = _with_clinical(write_tiny_cohort(tmp_path / "control", n=20, seed=3, shell_hu=0.0,
+                                              splits=["train"] * 10 + ["val"] * 4 + ["test"] * 6))
+    df = pd.read_csv(cohort).rename(columns={"signal": "signal_mask"})
+    df["signal"] = "none"  # the kind, as a phantom cohort's manifest records it
+    df.to_csv(cohort, index=False)
+    work = tmp_path / "work"
+    assert main(["paper", "--work", str(work), "--manifest", str(cohort), "--epochs", "1", "--architecture", TINY_ARCH,
+                 "--preprocessing", TINY_PRE, "--margin-vox", "3", "--batch-size", "4", "--threads", "1",
+                 "--no-progress", "--shifts", "0", "--feature-cache", str(feature_cache), "--permutations", "0"]) == 0
+    rep = json.loads((work / "report.json").read_text())["paper"]
+    roc = {r["model"]: r for r in rep["roc"] if r["cohort"] == "test"}
+    control = rep["control"]
+    assert [r["model"] for r in control["test"]] == ["tmbrb", "radiomic", "diameter", "volume"]
+    for r in control["test"]:
+        assert r["AUC"] == roc[r["model"]]["AUC"]
+        assert r["CI includes 0.5"] == (roc[r["model"]]["CI low"] <= 0.5 <= roc[r["model"]]["CI high"])
+    assert control["as_expected"] == all(r["CI includes 0.5"] for r in control["test"])
+    assert rep["finding"].startswith("Control cohort (signal none), test split AUC: tmbrb ")
+    assert ("as expected with no signal" in rep["finding"]) == control["as_expected"]
+    assert "keep their link to TMB" in rep["finding"]  # the clinical columns are simulated from TMB
+    html = (work / "report.html").read_text()
+    assert "Control cohort (signal none)" in html and (work / "report.pdf").is_file()
+    assert "TMBRB AUC" not in rep["finding"]  # not the TMBRB-vs-radiomic sentence of a signal cohort
+
+
+def test_cohort_signal_comes_from_the_manifest_or_the_option(cohort, tmp_path):
+    from types import SimpleNamespace
+
+    from training.paper import cohort_signal
+    df = pd.read_csv(cohort)
+    assert cohort_signal(cohort, SimpleNamespace(manifest=str(cohort), signal="peritumoral")) is None
+    for value in ("none", "core"):
+        df.assign(signal=value).to_csv(tmp_path / "m.csv", index=False)
+        assert cohort_signal(tmp_path / "m.csv", SimpleNamespace(manifest="m.csv", signal="peritumoral")) == value
+    assert cohort_signal(cohort, SimpleNamespace(manifest=None, signal="none")) == "none"  # the phantoms written
 
 
 def test_finding_says_which_model_is_ahead():

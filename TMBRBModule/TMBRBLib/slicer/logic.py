@@ -612,6 +612,36 @@ class SceneLogic:
                               warnings=inputs["warnings"])
         return EngineJob(process, work, work / "out", jobInputs, ownsWorkDir=workDir is None)
 
+    def saveWorkerResult(self, job: EngineJob, folder, pictures: bool = True, timeoutS: float = 300.0) -> Path:
+        """Write the full outputs of a case the warm worker scored (``tmbrb score``'s files: result.json, the
+        full-grid volumes and, unless ``pictures`` is False, the PNG pictures) into ``folder``; result.json's path.
+
+        A job started with the worker and no ``workDir`` hands its volumes to the scene as regions of the CT's grid
+        and writes no full-grid files: the worker keeps the last case it scored, and this asks it to write them now
+        (the viewer's "Save results"). Blocks until they are written.
+
+        Raises
+        ------
+        TMBRBInputError
+            When the job did not run on this logic's worker, the worker has stopped since, or it has scored another
+            case since (it keeps only the last): press Apply again. Also when the folder cannot be written.
+        TMBRBError
+            When the worker fails to write the files.
+        """
+        request = getattr(job, "process", None)
+        worker = self._worker
+        if worker is None or getattr(request, "worker", None) is not worker or not worker.alive \
+                or request.proc is not worker.proc:
+            raise TMBRBInputError("The engine that scored this case no longer holds its result (it was stopped or "
+                                  "restarted, or the case ran in a process of its own).", "Press Apply again, then save.")
+        run = worker.submit({"of": request.id, "out": str(Path(folder).resolve()), "pictures": bool(pictures)},
+                            timeout_s=timeoutS, op="save")
+        run.wait(timeoutS + 5.0)
+        if run.outcome() == "done":
+            return Path(run.result_path)
+        message = run.failure_message()
+        raise (TMBRBInputError(message) if run.outcome() == "input-error" else TMBRBError(message))
+
     # the warm engine ------------------------------------------------------------------------------------------------
     def engineWorker(self) -> EngineWorker:
         """The engine worker of this logic (made on first use; its process starts with the first case), with the
@@ -953,6 +983,60 @@ class SceneLogic:
         nodes["table"].SetAttribute(OUTPUT_DIR_ATTRIBUTE, str(caseDir.resolve()))
         nodes["table"].SetAttribute(TUMOUR_KEY_ATTRIBUTE, self.tumourSegmentKey(nodes["regions"]))
         return SceneResult(result, nodes, outputDir=caseDir)
+
+    @staticmethod
+    def dicomExportSource(tableNode) -> Tuple[Optional[Path], Optional[Path]]:
+        """(result folder, DICOM series folder) of a result in the scene, as far as they are known: the folder kept
+        for the result (a batch case, a run with an output folder), and the CT its result.json names when that is a
+        DICOM series folder. None for what is not known."""
+        from ..io import dicom_series_files
+        from ..outputs import recorded_path
+
+        folder = tableNode.GetAttribute(OUTPUT_DIR_ATTRIBUTE) if tableNode is not None else None
+        if not folder or not (Path(folder) / "result.json").is_file():
+            return None, None
+        try:
+            result = json.loads((Path(folder) / "result.json").read_text(encoding="utf-8"))
+            ct = recorded_path(Path(folder), result.get("inputs", {}).get("ct_path"))
+        except (OSError, ValueError):
+            return Path(folder).resolve(), None
+        return Path(folder).resolve(), (Path(ct).resolve() if ct and dicom_series_files(ct) else None)
+
+    def exportDicom(self, tableNode, dicomFolder=None, outputDir=None) -> Dict[str, Path]:
+        """The result's DICOM Segmentation, CAM parametric map and report (``dicom_out.export_dicom``), written from
+        its kept result folder into ``outputDir`` (default: the result folder's ``dicom/``).
+
+        Parameters
+        ----------
+        tableNode : vtkMRMLTableNode
+            The results table of a result whose folder is kept (OUTPUT_DIR_ATTRIBUTE).
+        dicomFolder : str or Path, optional
+            The CT's DICOM series folder (default: the CT the result names, when it is one).
+        outputDir : str or Path, optional
+            Where the three files go.
+
+        Returns
+        -------
+        dict
+            What ``export_dicom`` returns (the written SEG, map and report by "seg", "pm", "sr").
+
+        Raises
+        ------
+        TMBRBInputError
+            No kept folder; a CT that is not a DICOM series and no folder given; or export_dicom's refusals.
+        """
+        from ..batch import DICOM_DIR
+        from ..dicom_out import export_dicom
+
+        caseDir, recordedDicom = self.dicomExportSource(tableNode)
+        if caseDir is None:
+            raise TMBRBInputError("This result has no result folder to export from (it was scored into a temporary "
+                                  "folder).", "Score it with an output folder, or load a batch case, then export.")
+        dicomFolder = dicomFolder or recordedDicom
+        if dicomFolder is None:
+            raise TMBRBInputError("The CT of this result is not a DICOM series folder; DICOM objects reference the "
+                                  "source series.", "Choose the folder of the CT's DICOM series.")
+        return export_dicom(caseDir, dicomFolder, outputDir or caseDir / DICOM_DIR)
 
 
 class BatchJob:

@@ -382,6 +382,32 @@ class LogisticResult(Result):
     n_dropped: int
     roc: ROCResult
     fitted: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    predictors: List[str] = field(default_factory=list)
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        """P(outcome) of every row of ``df`` from this fit (e.g. a validation or test split).
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+            The predictor columns. A text level that the fit did not see counts as the reference level.
+
+        Returns
+        -------
+        numpy.ndarray
+            One probability per row (NaN where a predictor is missing).
+        """
+        coef = dict(zip(self.table["term"], self.table["coef"]))
+        eta = np.full(len(df), coef["(Intercept)"])
+        for c in self.predictors:
+            if c in coef:
+                eta = eta + coef[c] * pd.to_numeric(df[c], errors="coerce").to_numpy(float)
+                continue
+            text = df[c].astype(str).to_numpy()
+            for term in (t for t in coef if t.startswith(f"{c}[") and t.endswith("]")):
+                eta = eta + coef[term] * (text == term[len(c) + 1:-1])
+            eta[df[c].isna().to_numpy()] = np.nan
+        return 1 / (1 + np.exp(-eta))
 
     def __str__(self) -> str:
         return (f"Logistic regression (maximum likelihood, no penalty): n={self.n}, events={self.n_events}"
@@ -506,4 +532,4 @@ def logistic_combination(df: pd.DataFrame, outcome: str, predictors: Sequence[st
     ll = float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
     roc = roc_analysis(y, p, direction="<", name="logistic(" + "+".join(predictors) + ")")
     return LogisticResult(table=table, loglik=ll, n=len(y), n_events=int(y.sum()), n_dropped=dropped, roc=roc,
-                          fitted=p)
+                          fitted=p, predictors=list(predictors))

@@ -138,7 +138,8 @@ def _cmd_cutpoint(args) -> int:
     from .cutpoint import maxstat_cutpoint
 
     df = _load(args, [args.time, args.event, args.marker])
-    r = maxstat_cutpoint(df[args.time], df[args.event], df[args.marker], minprop=args.minprop, maxprop=args.maxprop)
+    r = maxstat_cutpoint(df[args.time], df[args.event], df[args.marker], minprop=args.minprop, maxprop=args.maxprop,
+                         permutations=args.permutations, seed=args.seed)
     _save(r, _out(args), "cutpoint", label=args.marker)
     return 0
 
@@ -303,11 +304,14 @@ def _add_classification_parsers(sub) -> None:
 
 def _add_survival_parsers(sub) -> None:
     """cutpoint, km, cox, cox-scan."""
-    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92 and Lau94 p)", _cmd_cutpoint)
+    p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92, Lau94 and permutation p)", _cmd_cutpoint)
     _add_time_event_args(p)
     p.add_argument("--marker", default="score")
     p.add_argument("--minprop", type=float, default=0.1)
     p.add_argument("--maxprop", type=float, default=0.9)
+    p.add_argument("--permutations", type=int, default=0,
+                   help="B permutations for a Monte-Carlo p of the search (maxstat's condMC; X-tile's Monte-Carlo p)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
 
     p = _subcommand(sub, "km", "Kaplan-Meier per group, median (CI), numbers at risk, log-rank", _cmd_km)
     _add_time_event_args(p)
