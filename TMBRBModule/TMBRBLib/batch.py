@@ -378,7 +378,8 @@ def summary_row(case_id: str, result: Dict, status: str, seconds: float, out: Pa
             "pfs_relative_hazard": ec.get("pfs", {}).get("relative_hazard"),
             "attention_tumour": result["attention"]["tumour"], "attention_ring": result["attention"]["ring"],
             "n_warnings": len(result.get("warnings", [])), "seconds": round(seconds, 2), "error": "",
-            "inputs_key": result.get("inputs", {}).get("inputs_key", ""), "output_dir": relative_path(out, out.parent if folder is None else folder),
+            "inputs_key": result.get("inputs", {}).get("inputs_key", ""),
+            "output_dir": relative_path(out, out.parent if folder is None else folder),
             "note": _model_note(result.get("model") or {})}
 
 
