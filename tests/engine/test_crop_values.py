@@ -50,6 +50,7 @@ def test_field_of_view_by_hand():
     assert field_of_view_mm(box, {"margin_mm": 5, "min_fov_mm": 50}) == 50.0
     assert field_of_view_mm(box, {"margin_mm": 5, "max_fov_mm": 35}) == 35.0
     assert field_of_view_mm(Box((0, 0, 0), (1, 1, 2e9)), {}) == 1e9  # the default upper limit
+    assert field_of_view_mm(Box((0, 0, 0), (0.5, 0.25, 0.5)), {}) == 0.5  # no default lower limit
     assert isinstance(field_of_view_mm(box, {"mode": "fixed_fov", "fov_mm": 64}), float)
     with pytest.raises(ValueError, match=r"^unknown crop mode 'cube' in the bundle's preprocessing metadata$"):
         field_of_view_mm(box, {"mode": "cube"})
@@ -81,6 +82,10 @@ def test_resample_to_grid_linear_nearest_bspline_and_padding():
     assert sitk.GetArrayFromImage(spline).ravel()[0] == pytest.approx(271.0, abs=1.0)
     with pytest.raises(KeyError):
         resample_to_grid(ct, grid, interpolation="cubic")
+    # an integer CT still gives float32 HU: 100 x 0.405 + 21 = 61.5, not rounded
+    as_int = resample_to_grid(sitk.Cast(ct, sitk.sitkInt16), CropGrid((0.405, 2.0, 1.0), (1.0, 1.0, 1.0), (1, 1, 1)))
+    assert as_int.GetPixelID() == sitk.sitkFloat32
+    assert sitk.GetArrayFromImage(as_int).ravel()[0] == pytest.approx(61.5)
     # along y and z too: the grid's direction is the identity, not a permutation or a flip
     gy = CropGrid((1.0, 0.5, 2.5), (1.0, 1.0, 1.0), (1, 2, 1))
     np.testing.assert_allclose(sitk.GetArrayFromImage(resample_to_grid(ct, gy)).ravel(), [107.5, 117.5], rtol=1e-6)
