@@ -42,6 +42,7 @@ def test_box_constructors_and_properties():
     assert b.center == (2.5, 4.0, 6.0) and b.size == (3.0, 4.0, 6.0)
     assert b.shifted((1, -1, 0.5)) == Box((2, 1, 3.5), (5, 5, 9.5))
     assert Box.from_center_size((0, 0, 0), (2, 4, 6)) == Box((-1, -2, -3), (1, 2, 3))
+    assert Box.from_corners((0, 0, 0), (0.5, 0.25, 0.75)).size == (0.5, 0.25, 0.75)  # under 1 mm is a size too
     # RAS corners (1, 2, 3) and (4, 6, 9) are LPS (-1, -2, 3) and (-4, -6, 9)
     r = Box.from_ras_corners((1, 2, 3), (4, 6, 9))
     assert r == Box((-4, -6, 3), (-1, -2, 9))
@@ -149,8 +150,9 @@ def test_check_box_in_scan_messages_by_hand():
         check_box_in_scan(img, Box((20, 0, 0), (28, 8, 8)), box_name="B", ct_name="chest")
     assert e.value.problem == "The box 'B' lies wholly outside the CT 'chest'."
     with pytest.raises(TMBRBInputError) as e:
-        check_box_in_scan(img, Box((20, 0, 0), (28, 8, 8)))
-    assert e.value.problem == "The box (LPS (20.0, 0.0, 0.0) to (28.0, 8.0, 8.0) mm) lies wholly outside the CT."
+        check_box_in_scan(img, Box((20.04, 0, 0), (28.06, 8, 8)))
+    assert e.value.problem == "The box (LPS (20.0, 0.0, 0.0) to (28.1, 8.0, 8.0) mm) lies wholly outside the CT."
+    assert e.value.hint == "Draw the box around the tumour inside the scan; check RAS vs LPS."
 
 
 def test_index_region_of_box_by_hand():
@@ -163,6 +165,14 @@ def test_index_region_of_box_by_hand():
     lo, hi = index_region_of_box(img, box, pad=0)
     np.testing.assert_array_equal(lo, [2, 3, 0])
     np.testing.assert_array_equal(hi, [6, 7, 10])
+    assert lo.dtype.kind == "i" and hi.dtype.kind == "i"
+    # a box beyond the image on either side: an empty range at the image's edge, [10, 10) or [0, 0)
+    lo, hi = index_region_of_box(img, Box((20, 20, 20), (25, 25, 25)))
+    np.testing.assert_array_equal(lo, [10, 10, 10])
+    np.testing.assert_array_equal(hi, [10, 10, 10])
+    lo, hi = index_region_of_box(img, Box((-25, -25, -25), (-20, -20, -20)))
+    np.testing.assert_array_equal(lo, [0, 0, 0])
+    np.testing.assert_array_equal(hi, [0, 0, 0])
     # a rotated image: the box's corners map to index ranges along other axes
     rot = _image(size=(20, 20, 20), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=ROT_Z)
     # LPS (x, y, z) is index (y, -x, z): x in [-6, -4] -> index y in [4, 6]; y in [1, 2] -> index x in [1, 2]
