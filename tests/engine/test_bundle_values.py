@@ -83,3 +83,28 @@ def test_digests_are_hashlibs(tmp_path):
     assert sha256_file(str(f)) == hashlib.sha256(big).hexdigest()
     # keys sorted, json.dumps's default separators
     assert sha256_json({"b": 1, "a": [2, "x"]}) == hashlib.sha256(b'{"a": [2, "x"], "b": 1}').hexdigest()
+
+
+def test_default_metadata_records_the_library_versions():
+    import monai
+    import numpy
+    import torch
+
+    meta = default_metadata()
+    assert meta["monai_version"] == monai.__version__ and meta["numpy_version"] == numpy.__version__
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+    assert meta["description"].startswith("3D DenseNet (4 dense blocks")
+
+
+def test_the_model_is_built_once_per_device_frozen_in_eval_mode_in_float32():
+    import torch
+
+    from TMBRBLib.bundle import load_bundle
+
+    b = load_bundle()
+    net = b.model()
+    assert isinstance(net, torch.nn.Module) and not net.training
+    assert b.model("cpu") is net and list(b._models) == ["cpu"]
+    params = list(net.parameters())
+    assert params and all(not p.requires_grad and p.dtype == torch.float32 for p in params)
+    assert next(net.parameters()).device.type == "cpu"
