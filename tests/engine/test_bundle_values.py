@@ -108,3 +108,16 @@ def test_the_model_is_built_once_per_device_frozen_in_eval_mode_in_float32():
     params = list(net.parameters())
     assert params and all(not p.requires_grad and p.dtype == torch.float32 for p in params)
     assert next(net.parameters()).device.type == "cpu"
+
+
+def test_an_architecture_that_cannot_be_built_says_what_to_do(tmp_path):
+    from TMBRBLib.bundle import Bundle
+    from TMBRBLib.errors import TMBRBBundleError
+
+    b = Bundle(tmp_path, {"tmbrb": {"architecture": {"name": "no such net"}}}, "0" * 64,
+               integrity={"status": "verified"})
+    with pytest.raises(TMBRBBundleError) as e:
+        b.model()
+    assert str(e.value) == (f"The architecture in the metadata of '{tmp_path}' cannot be built: the architecture "
+                            "'no such net' is not known to this TMBRB (it knows 'TMBRBNet (MONAI DenseNet, 3D)'). "
+                            "Fix configs/metadata.json or re-export the bundle.")
