@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import TMBRBInputError
+from .errors import TMBRBInputError, numbers_text
 
 Point = Tuple[float, float, float]
 
@@ -46,7 +46,7 @@ class Box:
             raise TMBRBInputError("The box has a coordinate that is not a finite number.",
                                   "Give six finite numbers: xmin,ymin,zmin,xmax,ymax,zmax.")
         if np.any(hi - lo <= 0):
-            raise TMBRBInputError(f"The box has zero size along an axis (size {tuple(np.round(hi - lo, 2))} mm).",
+            raise TMBRBInputError(f"The box has zero size along an axis (size {numbers_text(hi - lo)} mm).",
                                   "Give two opposite corners that differ along every axis.")
         return Box(tuple(map(float, lo)), tuple(map(float, hi)))
 
