@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "viewer"), str(REPO / "TMBRBModule"), str(REPO)]
+sys.path[:0] = [str(REPO / "tests" / "viewer"), str(REPO / "tests"), str(REPO / "TMBRBModule"), str(REPO)]
 
 from conftest import CHROMIUM_ARGS, FIRST_SLICE_JS, ViewerServer, chromium_path, engine_env  # noqa: E402
 

@@ -184,3 +184,22 @@ def test_the_display_code_uses_the_volume_rendering_logic_it_is_given(scene):
         assert vr is not None and given.GetFirstVolumeRenderingDisplayNode(cam) is vr
     finally:
         given.SetMRMLScene(None)
+
+
+def test_cam_region_roi_bounds_the_non_zero_voxels_of_the_map(scene):
+    """The ROI that crops the map's 3D rendering: the non-zero voxels' index bounds, one voxel of margin, half a
+    voxel out to the voxel edges, on an anisotropic grid (numbers worked out by hand); an empty map gives None."""
+    import SimpleITK as sitk
+
+    arr = np.zeros((10, 12, 14), np.float32)  # z, y, x
+    arr[3:6, 4:9, 2:5] = 0.5
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 2.0, 3.0))
+    node = ma.add_volume_node_from_sitk(scene, img, "map")
+    box = ma.box_from_roi(ma.cam_region_roi(node))
+    # x: voxels 2..4, with the margin 1..5, edges 0.5..5.5 mm; y: 4..8 -> 3..9 -> 2.5..9.5 voxels of 2 mm;
+    # z: 3..5 -> 2..6 -> 1.5..6.5 voxels of 3 mm (LPS)
+    assert np.allclose(box.min, (0.5, 5.0, 4.5)) and np.allclose(box.max, (5.5, 19.0, 19.5)), box
+    arr[:] = 0
+    empty = ma.add_volume_node_from_sitk(scene, sitk.GetImageFromArray(arr), "empty")
+    assert ma.cam_region_roi(empty) is None

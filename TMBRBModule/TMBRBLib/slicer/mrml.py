@@ -781,11 +781,13 @@ def cam_region_roi(cam_node, node=None, margin_vox: int = 1):
     """A hidden ROI around the CAM's non-zero voxels (the map over the tumour AND its peritumoral ring), for cropping
     its 3D rendering; None when the map is empty. Reuses ``node``."""
     arr = volume_array(cam_node)
-    nz = np.argwhere(arr > 0)
-    if not len(nz):
+    on = arr > 0
+    # the bounds axis by axis (not np.argwhere, which lists every non-zero voxel of a full-grid map)
+    idx = [np.flatnonzero(on.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not idx[0].size:
         return None
-    lo = np.maximum(nz.min(0) - margin_vox, 0) - 0.5
-    hi = np.minimum(nz.max(0) + margin_vox, np.array(arr.shape) - 1) + 0.5
+    lo = np.maximum(np.array([i[0] for i in idx]) - margin_vox, 0) - 0.5
+    hi = np.minimum(np.array([i[-1] for i in idx]) + margin_vox, np.array(arr.shape) - 1) + 0.5
     m = ijk_to_ras(cam_node)
     corners = np.array([[i, j, k, 1.0] for k in (lo[0], hi[0]) for j in (lo[1], hi[1]) for i in (lo[2], hi[2])])
     lps = (corners @ m.T)[:, :3] * np.array([-1.0, -1.0, 1.0])
