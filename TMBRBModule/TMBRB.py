@@ -505,17 +505,24 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportDicomButton(self) -> None:
         """The result as DICOM objects in its result folder's dicom/ (SceneLogic.exportDicom); asks for the DICOM
-        series folder when the result's CT is not one."""
+        series folder when the result's CT is not one, and for an output folder when the result has none (a plain
+        Apply: the engine worker writes the result's files there first)."""
         p = self._parameterNode
         table = p.resultTable if p else None
         caseDir, dicomFolder = self.logic.dicomExportSource(table)
-        if caseDir is not None and dicomFolder is None:
+        outputDir = None
+        if caseDir is None:  # a plain Apply (temporary folder): the engine writes the result's files where asked
+            outputDir = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
+                                                            _("Folder for the result and its DICOM objects"))
+            if not outputDir:
+                return
+        if dicomFolder is None:
             chosen = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("The CT's DICOM series folder"))
             if not chosen:
                 return
             dicomFolder = chosen
         try:
-            written = self.logic.exportDicom(table, dicomFolder)
+            written = self.logic.exportDicom(table, dicomFolder, outputDir)
         except TMBRBError as e:
             self.ui.statusLabel.text = str(e)
             return

@@ -81,3 +81,34 @@ def test_export_of_a_result_without_a_folder_says_how_to_get_one(logic, scene):
     with pytest.raises(TMBRBInputError, match="no result folder") as e:
         logic.exportDicom(table)
     assert "output folder" in e.value.hint
+
+
+def test_export_after_a_plain_apply_has_the_worker_write_the_result_first(logic, scene, small_case, tmp_path):
+    """A plain Apply scores into a temporary folder (nothing kept); Export DICOM then asks for a folder, the warm
+    worker writes the result's files there and the three objects go to its dicom/, referencing the series."""
+    _require_highdicom()
+    from conftest import add_seed
+    from test_job_watcher import drive
+
+    from TMBRBLib.geometry import lps_to_ras
+    from TMBRBLib.io import read_ct
+    from TMBRBLib.slicer import mrml as ma
+    from TMBRBLib.slicer.logic import JobWatcher
+
+    ct, seed = small_case
+    series = write_ct_series(ct, tmp_path / "series")
+    volume = ma.add_volume_node_from_sitk(scene, read_ct(tmp_path / "series")[0], "CT")
+    seedNode = add_seed(scene, lps_to_ras(seed))
+    seen = {}
+    job = logic.startBackground(volume, seedNode, None, None, "1", numberOfShifts=0, device="cpu")
+    drive(JobWatcher(logic, job, showResult=False, onResult=lambda r: seen.setdefault("result", r)))
+    table = seen["result"].nodes["table"]
+    assert logic.dicomExportSource(table) == (None, None) and not job.workDir.exists()
+    with pytest.raises(TMBRBInputError, match="Choose a folder"):
+        logic.exportDicom(table, tmp_path / "series")
+    written = logic.exportDicom(table, tmp_path / "series", tmp_path / "chosen")
+    assert (tmp_path / "chosen" / "result.json").is_file() and (tmp_path / "chosen" / "cam.nrrd").is_file()
+    assert all(p.parent == (tmp_path / "chosen" / "dicom").resolve() for p in written.values())
+    seg = pydicom.dcmread(written["seg"])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series[0].SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == series[0].FrameOfReferenceUID

@@ -127,6 +127,7 @@ class SceneLogic:
         # (None: the worker's own default)
         self._worker: Optional[EngineWorker] = None
         self._ownsWorker = False
+        self._workerJobs: Dict[str, EngineJob] = {}  # results table id -> the warm worker's job (temporary folder)
         self._ctFiles: Dict[str, Tuple[Any, Path]] = {}  # volume node ID -> (its state when written, CT file)
         self._ctDir: Optional[Path] = None
         self.ctFilesWritten = 0
@@ -802,6 +803,8 @@ class SceneLogic:
         self._recordInputs(nodes, i.volume, i.seed, i.segmentation, i.ecog)
         if not job.ownsWorkDir:  # a work folder the caller keeps: Update attention updates its result.json too
             nodes["table"].SetAttribute(OUTPUT_DIR_ATTRIBUTE, str(out.resolve()))
+        elif getattr(job.process, "worker", None) is not None:  # the worker holds it: exportDicom can ask for files
+            self._workerJobs = {nodes["table"].GetID(): job}
         if parameterNode is not None:
             self._storeOutputs(parameterNode, nodes)
         return SceneResult(result, nodes, outputDir=out)
@@ -1013,7 +1016,9 @@ class SceneLogic:
         dicomFolder : str or Path, optional
             The CT's DICOM series folder (default: the CT the result names, when it is one).
         outputDir : str or Path, optional
-            Where the three files go.
+            Where the three files go. For a result of the warm worker scored into a temporary folder (a plain
+            Apply) it is required: the worker writes the result's files there (:meth:`saveWorkerResult`) and the
+            three objects go to its ``dicom/``.
 
         Returns
         -------
@@ -1030,8 +1035,17 @@ class SceneLogic:
 
         caseDir, recordedDicom = self.dicomExportSource(tableNode)
         if caseDir is None:
-            raise TMBRBInputError("This result has no result folder to export from (it was scored into a temporary "
-                                  "folder).", "Score it with an output folder, or load a batch case, then export.")
+            job = self._workerJobs.get(tableNode.GetID()) if tableNode is not None else None
+            if job is None:
+                raise TMBRBInputError("This result has no result folder to export from (it was scored into a "
+                                      "temporary folder).", "Score it with an output folder, or load a batch case, "
+                                      "then export.")
+            if outputDir is None:
+                raise TMBRBInputError("This result was scored into a temporary folder.",
+                                      "Choose a folder for its results and DICOM objects.")
+            # the warm worker writes the result's files there first (it holds the last case it scored)
+            caseDir = self.saveWorkerResult(job, outputDir, pictures=False).parent
+            outputDir = caseDir / DICOM_DIR
         dicomFolder = dicomFolder or recordedDicom
         if dicomFolder is None:
             raise TMBRBInputError("The CT of this result is not a DICOM series folder; DICOM objects reference the "
