@@ -205,6 +205,7 @@ class TMBRBViewer:
         self.last_result: Optional[Dict] = None
         self.last_out: Optional[Path] = None
         self.last_job = None  # the job of the result shown: Save asks the warm worker for its full outputs
+        self.dicom_source: Optional[Path] = None  # the CT's DICOM series folder on the server (Save DICOM), if kept
         self._seed_tag = None
         self._roi_watched = None
         self._runs = 0
@@ -576,6 +577,7 @@ class TMBRBViewer:
             with html.Div(classes="d-flex mt-2", style="gap: 4px;"):
                 v3.VBtn("Save results", click=self.on_save_results, density="compact", id="tmbrb-save-results")
                 v3.VBtn("Save scene (.mrb)", click=self.on_save_scene, density="compact", id="tmbrb-save-scene")
+                v3.VBtn("Save DICOM", click=self.on_save_dicom, density="compact", id="tmbrb-save-dicom")
             html.Div("{{ saved_text }}", classes="text-caption", id="tmbrb-saved", style="word-break: break-all;")
         v3.VCheckbox(v_model=("slices_3d",), label="Slice planes in 3D", density="compact", hide_details=True,
                      id="tmbrb-slices-3d", v_if=("has_ct",))
@@ -640,7 +642,8 @@ class TMBRBViewer:
                 shown = (fa.display_name(given[0].get("name", "")) if len(written) == 1
                          else f"{len(written)} uploaded DICOM files")
                 try:
-                    self.open_ct(str(written[0] if len(written) == 1 else folder), name=shown, within=folder)
+                    self.open_ct(str(written[0] if len(written) == 1 else folder), name=shown, within=folder,
+                                 kept=False)
                 except TMBRBInputError as e:  # name the user's file, not the server's temporary path
                     text = str(e).replace(str(written[0]), shown).replace(str(folder), "the uploaded folder")
                     text = text.replace(written[0].name, shown)  # ITK's reason names the file
@@ -662,14 +665,17 @@ class TMBRBViewer:
             self._say(f"{what} Unexpected error: {type(e).__name__}: {e}", "error")
         return None
 
-    def open_ct(self, path: str, name: Optional[str] = None, within: Optional[Path] = None) -> None:
+    def open_ct(self, path: str, name: Optional[str] = None, within: Optional[Path] = None,
+                kept: bool = True) -> None:
         """Read a CT and show it. `within`: the folder a detached header's data file must not leave (uploads and
-        --data-dir paths; a header could otherwise name any server file as its voxels)."""
-        from TMBRBLib.io import read_ct
+        --data-dir paths; a header could otherwise name any server file as its voxels). `kept`: the files stay where
+        they are (not an upload), so a DICOM series folder can be referenced by Save DICOM."""
+        from TMBRBLib.io import dicom_series_files, read_ct
 
         t0 = time.perf_counter()
         ct, warnings = read_ct(path, within=within)  # raises TMBRBInputError with the problem and the fix
         self.show_ct(ct, name or Path(path).name, warnings)
+        self.dicom_source = Path(path).resolve() if kept and dicom_series_files(path) else None
         self.timings["open_ct_s"] = time.perf_counter() - t0
 
     def _clear_case(self) -> None:
@@ -687,6 +693,7 @@ class TMBRBViewer:
                 self.scene.RemoveNode(n)
         self.volume = self.seed = self.roi = None
         self.last_result = self.last_out = self.last_job = None
+        self.dicom_source = None
         self._case_dir = None  # the next save starts this case's folder
 
     def show_ct(self, ct, name: str, warnings: Optional[List[str]] = None) -> None:
@@ -1043,17 +1050,49 @@ class TMBRBViewer:
         """The page's Save scene button."""
         self.save_scene()
 
-    def save_results(self) -> Optional[Path]:
+    def on_save_dicom(self) -> None:
+        """The page's Save DICOM button."""
+        self.save_dicom()
+
+    def _write_results(self) -> Path:
+        """The case folder with the shown result's files (result.json, the full-grid volumes)."""
+        if self.last_result is None:
+            raise TMBRBInputError("There is no result to save yet.", "Press Apply first.")
+        folder = self._case_folder()
+        if self.last_job is not None:  # scored by the warm worker, which writes the full outputs now
+            self.logic.saveWorkerResult(self.last_job, folder, pictures=False)
+        else:
+            for f in sorted(self.last_out.iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, folder / f.name)
+        return folder
+
+    def save_dicom(self) -> Optional[Path]:
+        """The result as DICOM objects (Segmentation, the map as a Parametric Map, the structured report) in the case
+        folder's dicom/, referencing the CT's series: only for a series opened from its folder on the server (an
+        upload's files are not kept)."""
         def save():
             if self.last_result is None:
                 raise TMBRBInputError("There is no result to save yet.", "Press Apply first.")
-            folder = self._case_folder()
-            if self.last_job is not None:  # scored by the warm worker, which writes the full outputs now
-                self.logic.saveWorkerResult(self.last_job, folder, pictures=False)
-            else:
-                for f in sorted(self.last_out.iterdir()):
-                    if f.is_file():
-                        shutil.copy2(f, folder / f.name)
+            if self.dicom_source is None or not self.dicom_source.is_dir():
+                raise TMBRBInputError("DICOM objects reference the CT's DICOM series, and this CT was not opened from a "
+                                      "DICOM series folder that the viewer keeps (a file, or an upload, whose files "
+                                      "are removed once read).", "Open the series by its folder (--ct, or a path in "
+                                      "the data folder), press Apply, then Save DICOM.")
+            from TMBRBLib.batch import DICOM_DIR
+            from TMBRBLib.dicom_out import export_dicom
+
+            folder = self._write_results()
+            written = export_dicom(folder, self.dicom_source, folder / DICOM_DIR)
+            with self.state:
+                self.state.saved_text = (f"Saved the DICOM Segmentation, parametric map and report "
+                                         f"({', '.join(p.name for p in written.values())}) in {folder / DICOM_DIR}")
+            return folder / DICOM_DIR
+        return self._guarded(save, "Could not save DICOM.")
+
+    def save_results(self) -> Optional[Path]:
+        def save():
+            folder = self._write_results()
             self.snapshot(folder / "snapshot.png")
             with self.state:
                 self.state.saved_text = (f"Saved result.json, NRRD volumes and PNG pictures (snapshot.png) in "
@@ -1128,7 +1167,7 @@ def _origin_middleware():
     return check_origin
 
 
-def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.0.1", port: int = 8080,
+def run_viewer(ct: Optional[str] = None, seed_ras: Optional[str] = None, demo: bool = False, host: str = "127.0.0.1", port: int = 8080,
                model: Optional[str] = None, device: str = "auto", shifts: Optional[int] = None,
                out_dir: str = "tmbrb-viewer-output", open_browser: bool = False, debug: bool = False,
                data_dir: Optional[str] = None, max_upload_mb: float = 2048, secret: Optional[str] = None) -> int:
@@ -1136,8 +1175,8 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
 
     Parameters
     ----------
-    ct, demo, host, port, model, device, shifts, out_dir, open_browser, debug
-        As the `viewer` command's options (tmbrb_viewer.cli).
+    ct, seed_ras, demo, host, port, model, device, shifts, out_dir, open_browser, debug
+        As the `viewer` command's options (tmbrb_viewer.cli); ``seed_ras`` is "x,y,z".
     data_dir : str, optional
         The folder whose files the page may open by path; None: the page may only upload.
     max_upload_mb : float
@@ -1173,6 +1212,12 @@ def run_viewer(ct: Optional[str] = None, demo: bool = False, host: str = "127.0.
     if ct:
         viewer.open_ct(ct)
         viewer.state.ct_path_input = str(ct)
+        if seed_ras:
+            from TMBRBLib.geometry import parse_triplet
+
+            ras = parse_triplet(seed_ras, "--seed-ras")
+            viewer.place_seed_ras(ras)  # the box is proposed from it
+            viewer.goto_ras(ras)
     elif demo:
         viewer.open_demo()
     viewer.logic.engineWorker().start()  # torch and MONAI load while the page opens: the first Apply is quicker

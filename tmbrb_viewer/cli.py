@@ -21,6 +21,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ct", help="CT to open at start: a NRRD/NIfTI/MHA file or a DICOM series folder")
+    p.add_argument("--seed-ras", help="with --ct: place the seed at this point, x,y,z in RAS mm (as 3D Slicer shows); "
+                                      "the box is proposed from it")
     p.add_argument("--demo", action="store_true",
                    help="open the demo phantom with its seed and box placed, ready to Apply")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
@@ -71,6 +73,15 @@ def _check_args(args) -> Optional[str]:
     data_dir_problem = check_data_dir(args.data_dir)
     if data_dir_problem:
         return data_dir_problem
+    if args.seed_ras is not None:
+        if not args.ct:
+            return "--seed-ras places a seed on the CT given with --ct; give --ct too."
+        from TMBRBLib.errors import TMBRBInputError
+        from TMBRBLib.geometry import parse_triplet
+        try:
+            parse_triplet(args.seed_ras, "--seed-ras")
+        except TMBRBInputError as e:
+            return str(e)
     if args.ct and not Path(args.ct).exists():
         return f"The CT '{args.ct}' does not exist. Check the path (a CT file or a DICOM series folder)."
     return None
@@ -95,7 +106,7 @@ def cmd_viewer(args) -> int:
 
     try:
         check_device(args.device)
-        return run_viewer(ct=args.ct, demo=args.demo, host=args.host, port=args.port, model=args.model,
+        return run_viewer(ct=args.ct, seed_ras=args.seed_ras, demo=args.demo, host=args.host, port=args.port, model=args.model,
                           device=args.device, shifts=args.shifts, out_dir=args.out, open_browser=args.open_browser,
                           debug=args.debug, data_dir=args.data_dir, max_upload_mb=args.max_upload_mb)
     except TMBRBError as e:  # bad CT, missing/corrupt model bundle: the message names the fix
@@ -104,5 +115,7 @@ def cmd_viewer(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from TMBRBLib.cli import _join_negative_coordinates  # `--seed-ras -21.9,...`: a value, not an option
+
+    args = build_parser().parse_args(_join_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     return cmd_viewer(args)

@@ -27,6 +27,12 @@ def test_bad_options_give_a_message_and_exit_code_2(tmp_path, capsys):
     assert "either --ct or --demo" in capsys.readouterr().err
     assert main(["--port", "70000"]) == 2
     assert "not a TCP port" in capsys.readouterr().err
+    assert main(["--seed-ras", "1,2,3"]) == 2
+    assert "give --ct too" in capsys.readouterr().err
+    assert main(["--ct", str(tmp_path), "--seed-ras", "-1,2"]) == 2  # a negative first value is still the value
+    assert "--seed-ras '-1,2' must be three finite numbers" in capsys.readouterr().err
+    assert main(["--ct", str(tmp_path), "--seed-ras", "a,b,c"]) == 2
+    assert "is not three numbers" in capsys.readouterr().err
 
 
 def test_importing_tmbrblib_and_the_viewer_package_does_not_import_trame_or_slicer():
