@@ -808,8 +808,8 @@ class TMBRBViewer:
         self.state.seed_text = "seed RAS (" + ", ".join(f"{v:.1f}" for v in ras) + ") mm"
         self.state.box_text = ("box " + " x ".join(f"{abs(b - a):.0f}" for a, b in zip(rmin, rmax))
                                + " mm, proposed from the seed; drag its handles to change it")
-        if warnings:  # e.g. a click outside the body: no lesion at the seed
-            self.state.message = " ".join(warnings)
+        if warnings:  # e.g. a click outside the body (no lesion at the seed), or a tumour mask to review
+            self.state.message = "Box proposed from the seed, with a warning: " + " ".join(warnings)
             self.state.message_type = "warning"
         else:
             self.state.message = "Box proposed around the tumour; drag its handles if needed, then Apply."

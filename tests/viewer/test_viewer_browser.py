@@ -182,6 +182,8 @@ def test_click_seed_apply_matches_tmbrb_score_and_shows_the_cam(page, viewer_ser
                 "#tmbrb-model"):
         assert page.inner_text(sel).strip()
     assert "ECOG 1" in page.inner_text("#tmbrb-ecog-combined")
+    for tag in ("Red", "Green", "Yellow", "ThreeD"):  # the views show the result before the page's picture is taken
+        settled_pixels(page, tag)
     page.screenshot(path=str(ARTIFACTS / "apply_result.png"), full_page=True)
 
     # save the results: result.json, NRRD volumes and a PNG snapshot

@@ -631,7 +631,7 @@ def show_cam(cam_node, opacity: float = 0.5, threshold: Optional[float] = None, 
     display.SetInterpolate(True)
     set_cam_opacity(scene, cam_node, opacity, background_node=background_node)
     if legend:
-        add_color_legend(cam_node, title="TMBRB attention (class activation map)")
+        add_color_legend(cam_node, title=CAM_LEGEND_TITLE)
     return display
 
 
@@ -681,6 +681,9 @@ def set_cam_opacity(scene, cam_node, opacity: float, background_node=None) -> in
 
 
 _LEGEND_FAILURE_LOGGED: List[bool] = []
+# The colour legend's title in the views. Short on purpose: the legend draws its title at the size of its labels, so
+# a long one ("TMBRB attention (class activation map)") ran off the right edge of a slice view.
+CAM_LEGEND_TITLE = "CAM"
 
 
 def add_color_legend(displayable_node, title: str = ""):
