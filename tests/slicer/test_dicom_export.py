@@ -87,8 +87,7 @@ def test_export_after_a_plain_apply_has_the_worker_write_the_result_first(logic,
     """A plain Apply scores into a temporary folder (nothing kept); Export DICOM then asks for a folder, the warm
     worker writes the result's files there and the three objects go to its dicom/, referencing the series."""
     _require_highdicom()
-    from conftest import add_seed
-    from test_job_watcher import drive
+    from test_job_watcher import drive  # (not conftest's helpers: in the whole suite `conftest` may be tests/viewer's)
 
     from TMBRBLib.geometry import lps_to_ras
     from TMBRBLib.io import read_ct
@@ -98,7 +97,8 @@ def test_export_after_a_plain_apply_has_the_worker_write_the_result_first(logic,
     ct, seed = small_case
     series = write_ct_series(ct, tmp_path / "series")
     volume = ma.add_volume_node_from_sitk(scene, read_ct(tmp_path / "series")[0], "CT")
-    seedNode = add_seed(scene, lps_to_ras(seed))
+    seedNode = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
+    seedNode.AddControlPoint([float(v) for v in lps_to_ras(seed)])
     seen = {}
     job = logic.startBackground(volume, seedNode, None, None, "1", numberOfShifts=0, device="cpu")
     drive(JobWatcher(logic, job, showResult=False, onResult=lambda r: seen.setdefault("result", r)))
