@@ -11,6 +11,8 @@ the tumour's silhouette, so no view of this case separates them in pixels."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -96,6 +98,10 @@ def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
     set_cam_opacity(page, "Home")  # opacity 0
     wait_new_frame(page, old, THREED)
     zero = threed(page)
+    deadline = time.time() + 15  # a frame rendered before the change can arrive first: wait for the settled one
+    while is_heat(zero).any() and time.time() < deadline:
+        page.wait_for_timeout(300)
+        zero = threed(page)
     save(zero, "3d_cam_opacity_0.png")
     assert not is_heat(zero).any(), "heat colours at CAM opacity 0"
 
