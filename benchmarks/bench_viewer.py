@@ -38,6 +38,22 @@ def rss_mb(pid: int) -> dict:
     return out
 
 
+def cpu_seconds(pid: int) -> dict:
+    """User + system CPU seconds of the server process and of the engine worker(s) it started."""
+    import psutil
+
+    server = psutil.Process(pid)
+    t = server.cpu_times()
+    out = {"server": t.user + t.system, "engine worker": 0.0}
+    for child in server.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            out["engine worker"] += c.user + c.system
+        except psutil.Error:  # ended meanwhile
+            pass
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ct", default=str(LUNG1.resolve()))
@@ -88,16 +104,23 @@ def main() -> int:
             page.wait_for_selector("#tmbrb-score", state="visible", timeout=600_000)
             figures["apply_to_result_s"] = round(time.perf_counter() - t0, 2)
             figures["score_shown"] = page.inner_text("#tmbrb-score")
-            warm = []
+            warm, cpu = [], []
             for _ in range(args.warm_runs):  # Apply again: the engine worker is warm, the CT already handed over
+                before = cpu_seconds(server.pid)
                 t0 = time.perf_counter()
                 page.click("#tmbrb-apply")
                 page.wait_for_selector("#tmbrb-score", state="hidden", timeout=60_000)
                 page.wait_for_selector("#tmbrb-score", state="visible", timeout=600_000)
                 warm.append(time.perf_counter() - t0)
+                after = cpu_seconds(server.pid)
+                cpu.append({k: after[k] - before.get(k, 0.0) for k in after})
             figures["warm_apply_to_result_s"] = [round(v, 2) for v in warm]
             if warm:
                 figures["warm_apply_to_result_median_s"] = round(statistics.median(warm), 2)
+                # CPU seconds each process spent during a warm Apply (median): on two cores the server's own work
+                # (rendering, websocket images) competes with the engine worker's
+                figures["warm_apply_cpu_s"] = {k: round(statistics.median(c.get(k, 0.0) for c in cpu), 2)
+                                               for k in cpu[0]}
             figures["rss_after_result_mb"] = rss_mb(server.pid)
             # Save results: the warm worker writes tmbrb score's full-grid files from the result it holds (Apply
             # hands the volumes over as regions only), plus the page's snapshot

@@ -316,7 +316,7 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
     ct, warn = read_ct(case["ct"])
     mask = read_mask(case["mask"], ct) if case["mask"] else None
     r = score_case(ct, case["seed_lps"], case["box"], mask, case["ecog"], n_shifts=n_shifts, scorer=scorer,
-                   ring_width_mm=ring_width_mm, cancel=cancel)
+                   ring_width_mm=ring_width_mm, cancel=cancel, ct_checked=True)  # read_ct checked it
     r.warnings[:0] = [w for w in warn if w not in r.warnings]
     r.inputs.update({"ct_path": str(Path(case["ct"]).resolve()), "case_id": case["case_id"],
                      "mask_path": str(Path(case["mask"]).resolve()) if case["mask"] else None,

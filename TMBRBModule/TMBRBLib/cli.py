@@ -82,7 +82,7 @@ def cmd_score(args) -> int:
     result, written = score_to_folder(ct, seed, args.out, box, args.segmentation, args.ecog, ct_path=args.ct,
                                       ct_warnings=warnings, pictures=not args.no_pictures, progress=prog,
                                       bundle=args.model, n_shifts=args.shifts, device=args.device,
-                                      ring_width_mm=args.ring_mm)
+                                      ring_width_mm=args.ring_mm, ct_checked=True)
     dicom = None
     if args.dicom_out:
         from .dicom_out import export_dicom

@@ -201,7 +201,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
                ecog=None, bundle: Union[Bundle, str, Path, None] = None, n_shifts: Optional[int] = None,
                device: Union[str, torch.device] = "auto", progress: Progress = None,
                cancel: Optional[Callable[[], bool]] = None, ring_width_mm: Optional[float] = None,
-               scorer: Optional[Scorer] = None, mask_source: Optional[str] = None) -> CaseResult:
+               scorer: Optional[Scorer] = None, mask_source: Optional[str] = None,
+               ct_checked: bool = False) -> CaseResult:
     """Score one case: the TMBRB score, its test-time spread, risk groups, and the class activation map.
 
     Parameters
@@ -233,6 +234,9 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     mask_source : {"given", "proposed_edited"}, optional
         What ``tumour_mask`` is, for result.json's ``tumour_mask.source``: a segmentation given by the user (the
         default) or the proposed one after the user edited it. Without ``tumour_mask`` the source is "proposed".
+    ct_checked : bool, default False
+        True when ``ct`` comes from ``io.read_ct``, which checked it (``io.validate_ct``) and gave its warnings to the
+        caller: the check is not run again (on a 512x512x300 CT it reads a sample of the whole volume).
 
     Returns
     -------
@@ -270,7 +274,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     t_start = time.perf_counter()
     warnings: List[str] = []
     _report(progress, cancel, 0.02, "checking inputs")
-    warnings += validate_ct(ct)
+    if not ct_checked:
+        warnings += validate_ct(ct)
     ecog = check_ecog(ecog)
     scorer = scorer if scorer is not None else Scorer(bundle if isinstance(bundle, Bundle) else load_bundle(bundle),
                                                       device)

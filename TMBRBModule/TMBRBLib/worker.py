@@ -286,7 +286,7 @@ class Worker:
             ct, request["seed_lps"], request["out"], _box(request.get("box_lps")), request.get("segmentation"),
             ecog, ct_path=request["ct"], ct_warnings=warnings, pictures=pictures, progress=progress, cancel=cancel,
             writer=writer, scorer=scorer, n_shifts=None if shifts is None else int(shifts),
-            ring_width_mm=request.get("ring_mm"))
+            ring_width_mm=request.get("ring_mm"), ct_checked=True)  # read_ct checked it
         timings["score"] = time.perf_counter() - t0 - timings.get("write", 0.0)
         self.last = {"id": rid, "result": result, "ct": ct, "request": request}
         return written, {k: round(v, 4) for k, v in timings.items()}

@@ -94,7 +94,8 @@ class ViewerServer:
             return False
 
     def log_tail(self, n: int = 4000) -> str:
-        self._log.flush()
+        if not self._log.closed:  # closed by stop(): what was written is in the file already
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-n:]
 
     def stop(self) -> None:

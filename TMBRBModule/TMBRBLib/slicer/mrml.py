@@ -327,10 +327,49 @@ def _full_image_data(region: RegionVolume, dtype):
     return image
 
 
+# The map's region written last (index bounds "x0,y0,z0,x1,y1,z1", exclusive ends): a new result for the same CT
+# clears that region and writes its own instead of a new full-size image (on a 512x512x300 CT the full-size write
+# is most of the time a result takes to place in the scene)
+_MAP_REGION_ATTRIBUTE = "TMBRB.mapRegion"
+
+
+def _region_bounds_text(region: RegionVolume) -> str:
+    lo = [int(v) for v in region.lo]
+    hi = [lo[i] + int(region.data.shape[2 - i]) for i in range(3)]
+    return ",".join(str(v) for v in lo + hi)
+
+
+def _rewrite_map_region(node, region: RegionVolume) -> bool:
+    """Write ``region`` into the node's own image in place when that image is the full-size float map that
+    :func:`add_map_on_grid` made (same size, the last region known): zero the last region, write the new one.
+    False (nothing changed) when the node's image is anything else."""
+    image = node.GetImageData()
+    bounds = node.GetAttribute(_MAP_REGION_ATTRIBUTE)
+    if image is None or not bounds or image.GetScalarType() != 10 or image.GetNumberOfScalarComponents() != 1:
+        return False  # 10: VTK_FLOAT
+    if tuple(image.GetDimensions()) != tuple(int(v) for v in region.grid.size) or any(image.GetExtent()[::2]):
+        return False
+    try:
+        x0, y0, z0, x1, y1, z1 = (int(v) for v in bounds.split(","))
+    except ValueError:
+        return False
+    nx, ny, nz = image.GetDimensions()
+    view = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
+    view[z0:z1, y0:y1, x0:x1] = 0
+    rx, ry, rz = region.lo
+    dz, dy, dx = region.data.shape
+    view[rz:rz + dz, ry:ry + dy, rx:rx + dx] = region.data
+    image.GetPointData().GetScalars().Modified()
+    image.Modified()
+    node.Modified()
+    return True
+
+
 def add_map_on_grid(scene, reference_node, region: RegionVolume, name: str, node=None):
     """A float volume node (the class activation map) on exactly the reference volume's grid, from a region of that
     grid: zero outside it, its display's automatic window/level off (the map's range is 0-1; computing it on a
-    full-size CT grid costs seconds).
+    full-size CT grid costs seconds). A node that holds the map of an earlier result on the same grid is updated in
+    place: its last region cleared, the new one written (no new full-size image).
 
     Parameters
     ----------
@@ -357,7 +396,9 @@ def add_map_on_grid(scene, reference_node, region: RegionVolume, name: str, node
     node.GetDisplayNode().SetAutoWindowLevel(False)
     node.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
     node.SetIJKToRASMatrix(_numpy_to_matrix(ijk_to_ras(reference_node, world=False)))
-    node.SetAndObserveImageData(_full_image_data(region, np.float32))
+    if not _rewrite_map_region(node, region):
+        node.SetAndObserveImageData(_full_image_data(region, np.float32))
+    node.SetAttribute(_MAP_REGION_ATTRIBUTE, _region_bounds_text(region))
     parent = reference_node.GetParentTransformNode()
     node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
     return node
