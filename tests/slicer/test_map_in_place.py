@@ -92,3 +92,21 @@ def test_two_applies_with_other_boxes_show_the_map_of_the_last_one_only(scene, l
     alone = logic.process(ct2, seed, boxes[1], numberOfShifts=0, device="cpu")
     assert alone.nodes["cam"] is not second.nodes["cam"]
     np.testing.assert_allclose(shown, ma.volume_array(alone.nodes["cam"]), atol=1e-6)
+
+
+def test_3d_crop_region_searches_the_written_region_and_equals_the_whole_map_search(scene):
+    ct = add_ct(scene, grid_ct())
+    data = np.zeros((6, 7, 8), np.float32)
+    data[2:4, 1:6, 3:5] = 0.7  # non-zero in part of the region only
+    reg = RegionVolume(data, (9, 4, 3), ma.node_geometry(ct))
+    written = ma.add_map_on_grid(scene, ct, reg, "map")
+    plain = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "same voxels, not written here")
+    ma.set_volume_from_array(plain, ma.volume_array(written), ma.ijk_to_ras(ct, world=False))
+    a, b = ma.cam_region_roi(written), ma.cam_region_roi(plain)
+    np.testing.assert_allclose(a.GetCenter(), b.GetCenter(), atol=1e-6)
+    np.testing.assert_allclose(a.GetSize(), b.GetSize(), atol=1e-6)
+    # the ROI holds exactly the non-zero block with one voxel of margin: (2+2) x (5+2) x (2+2) voxels
+    np.testing.assert_allclose(sorted(a.GetSize()), sorted([4 * 0.8, 7 * 0.9, 4 * 2.0]), atol=1e-6)
+    # an empty map written here: no region to render
+    assert ma.cam_region_roi(ma.add_map_on_grid(scene, ct, RegionVolume(np.zeros((2, 2, 2), np.float32), (1, 1, 1),
+                                                                        ma.node_geometry(ct)), "empty")) is None

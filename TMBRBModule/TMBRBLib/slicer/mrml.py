@@ -339,20 +339,31 @@ def _region_bounds_text(region: RegionVolume) -> str:
     return ",".join(str(v) for v in lo + hi)
 
 
+def _written_map_region(node, dims) -> Optional[Tuple[Tuple[int, int, int], Tuple[int, int, int]]]:
+    """((x0, y0, z0), (x1, y1, z1)) of the region :func:`add_map_on_grid` last wrote into the node (exclusive ends),
+    when the node says so and the bounds fit its image of size ``dims``; else None."""
+    try:
+        x0, y0, z0, x1, y1, z1 = (int(v) for v in (node.GetAttribute(_MAP_REGION_ATTRIBUTE) or "").split(","))
+    except ValueError:
+        return None
+    if not (0 <= x0 <= x1 <= dims[0] and 0 <= y0 <= y1 <= dims[1] and 0 <= z0 <= z1 <= dims[2]):
+        return None
+    return (x0, y0, z0), (x1, y1, z1)
+
+
 def _rewrite_map_region(node, region: RegionVolume) -> bool:
     """Write ``region`` into the node's own image in place when that image is the full-size float map that
     :func:`add_map_on_grid` made (same size, the last region known): zero the last region, write the new one.
     False (nothing changed) when the node's image is anything else."""
     image = node.GetImageData()
-    bounds = node.GetAttribute(_MAP_REGION_ATTRIBUTE)
-    if image is None or not bounds or image.GetScalarType() != 10 or image.GetNumberOfScalarComponents() != 1:
+    if image is None or image.GetScalarType() != 10 or image.GetNumberOfScalarComponents() != 1:
         return False  # 10: VTK_FLOAT
     if tuple(image.GetDimensions()) != tuple(int(v) for v in region.grid.size) or any(image.GetExtent()[::2]):
         return False
-    try:
-        x0, y0, z0, x1, y1, z1 = (int(v) for v in bounds.split(","))
-    except ValueError:
+    written = _written_map_region(node, image.GetDimensions())
+    if written is None:
         return False
+    (x0, y0, z0), (x1, y1, z1) = written
     nx, ny, nz = image.GetDimensions()
     view = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
     view[z0:z1, y0:y1, x0:x1] = 0
@@ -823,15 +834,27 @@ def set_cam_transfer_functions(prop_node, threshold: float = CAM_THRESHOLD, opac
 
 def cam_region_roi(cam_node, node=None, margin_vox: int = 1):
     """A hidden ROI around the CAM's non-zero voxels (the map over the tumour AND its peritumoral ring), for cropping
-    its 3D rendering; None when the map is empty. Reuses ``node``."""
-    arr = volume_array(cam_node)
+    its 3D rendering; None when the map is empty. Reuses ``node``.
+
+    A map that :func:`add_map_on_grid` wrote is zero outside the region it was given: only that region is searched.
+    """
+    image = cam_node.GetImageData()
+    dims = image.GetDimensions()
+    arr = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    start = np.zeros(3, int)  # [k, j, i] of the searched block's first voxel
+    written = _written_map_region(cam_node, dims)
+    if written is not None:
+        (x0, y0, z0), (x1, y1, z1) = written
+        arr, start = arr[z0:z1, y0:y1, x0:x1], np.array([z0, y0, x0])
     on = arr > 0
     # the bounds axis by axis (not np.argwhere, which lists every non-zero voxel of a full-grid map)
     idx = [np.flatnonzero(on.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     if not idx[0].size:
         return None
-    lo = np.maximum(np.array([i[0] for i in idx]) - margin_vox, 0) - 0.5
-    hi = np.minimum(np.array([i[-1] for i in idx]) + margin_vox, np.array(arr.shape) - 1) + 0.5
+    first = start + np.array([i[0] for i in idx])
+    last = start + np.array([i[-1] for i in idx])
+    lo = np.maximum(first - margin_vox, 0) - 0.5
+    hi = np.minimum(last + margin_vox, np.array(dims[::-1]) - 1) + 0.5
     m = ijk_to_ras(cam_node)
     corners = np.array([[i, j, k, 1.0] for k in (lo[0], hi[0]) for j in (lo[1], hi[1]) for i in (lo[2], hi[2])])
     lps = (corners @ m.T)[:, :3] * np.array([-1.0, -1.0, 1.0])
