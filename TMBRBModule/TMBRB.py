@@ -140,7 +140,7 @@ class TMBRBWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     engine errors go to the status line and the log.
     """
 
-    POLL_MS = 200
+    POLL_MS = 50  # a result is placed at most this long after the worker answers (a poll reads a pipe, no more)
     # the input nodes' events after which a shown result may be outdated
     INPUT_EVENTS = {"inputVolume": ("ImageDataModifiedEvent", "TransformModifiedEvent"),
                     "seedPoint": ("PointModifiedEvent", "PointPositionDefinedEvent", "PointRemovedEvent"),

@@ -34,7 +34,8 @@ BOX_HANDLE_SCALE = 1.5  # the box's handles in the slice views (3D Slicer's defa
 LABEL_STYLE = ("position:absolute; font-size:12px; color:#fff; background:rgba(0,0,0,0.6); padding:0 4px; "
                "border-radius:3px; text-shadow:0 0 2px #000, 1px 1px 1px #000; pointer-events:none; "
                "line-height:1.35; z-index:2;")
-POLL_S = 0.2
+# the engine job's poll: a result is placed at most this long after the worker answers (a poll reads a pipe, no more)
+POLL_S = 0.05
 NO_SEED_MESSAGE = "Place the seed first: click on the tumour in a slice view (press 'Place seed' to place it again)."
 NO_CT_MESSAGE = "Open a CT first (a file path, an upload, or a DICOM folder)."
 STALE_MESSAGE = ("Outdated: the seed, box or ECOG changed since this result was computed. Press Apply to score the "
@@ -899,8 +900,11 @@ class TMBRBViewer:
             await asyncio.sleep(POLL_S)
 
     def _on_job_progress(self, fraction: float, message: str) -> None:
+        percent = int(round(100 * fraction))
+        if (percent, message) == (self.state.progress, self.state.progress_msg):
+            return  # called at every poll: nothing new to send to the page
         with self.state:
-            self.state.progress = int(round(100 * fraction))
+            self.state.progress = percent
             self.state.progress_msg = message
 
     def _job_ended(self) -> None:

@@ -40,7 +40,10 @@ def goto(page, ras) -> None:
 
 
 def threed(page) -> np.ndarray:
-    return settled_pixels(page, THREED)
+    # a 3D frame with volume rendering takes long on software GL under load: a frame rendered before a change can
+    # arrive after it and look settled for 0.3 s (seen in a loaded run with the map still drawn after 'CAM in 3D'
+    # was switched off), so the 3D view must keep still for longer
+    return settled_pixels(page, THREED, timeout_s=20.0, quiet_ms=1500)
 
 
 def toggle(page, element_id: str) -> np.ndarray:

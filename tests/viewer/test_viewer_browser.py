@@ -56,14 +56,14 @@ def pixels_before_after_opacity(page, ras, key: str):
     return before, settled_pixels(page)
 
 
-def settled_pixels(page, tag: str = "Red", timeout_s: float = 10.0) -> np.ndarray:
-    """The view's pixels once the streamed picture stops changing (two screenshots 0.3 s apart agree): a view may
-    send a quick frame first and a finished one after it, and comparing a quick frame with a finished one measures
-    the stream, not the overlay."""
+def settled_pixels(page, tag: str = "Red", timeout_s: float = 10.0, quiet_ms: int = 300) -> np.ndarray:
+    """The view's pixels once the streamed picture stops changing (two screenshots ``quiet_ms`` apart agree): a view
+    may send a quick frame first and a finished one after it, and comparing a quick frame with a finished one
+    measures the stream, not the overlay."""
     deadline = time.time() + timeout_s
     last = view_pixels(page, tag)
     while time.time() < deadline:
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(quiet_ms)
         now = view_pixels(page, tag)
         if np.array_equal(now, last):
             return now
