@@ -561,6 +561,12 @@ def _oriented_image(arr_kji: np.ndarray, ijk_to_ras_matrix: np.ndarray, lo_xyz: 
     return oi
 
 
+# The tumour's and ring's 3D surfaces by surface nets with their own smoothing (3D Slicer's "Surface nets" option,
+# Slicer 5.6+; an older Slicer ignores the two settings): about 6x less CPU than the default flying edges with
+# windowed-sinc smoothing (0.20 -> 0.03 s for a 48 mL tumour and its ring)
+SURFACE_CONVERSION = {"Conversion method": "1", "SurfaceNets smoothing": "1"}
+
+
 def regions_segmentation(scene, reference_volume_node, tumour_kji, ring_kji, name: str = "TMBRB regions", node=None,
                          show3d: bool = True):
     """A segmentation node with the 'Tumour' and 'Peritumoral ring' segments on the CT's grid.
@@ -591,6 +597,9 @@ def regions_segmentation(scene, reference_volume_node, tumour_kji, ring_kji, nam
             if seg_id:
                 display.SetSegmentOpacity3D(seg_id, opacity)
     if show3d:
+        segmentation = node.GetSegmentation()
+        for key, value in SURFACE_CONVERSION.items():
+            segmentation.SetConversionParameter(key, value)
         node.CreateClosedSurfaceRepresentation()
     return node
 
