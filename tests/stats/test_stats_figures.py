@@ -110,6 +110,7 @@ def test_median_not_reached_reads_nr():
     ax = plot_km(km)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["all (n=4, median NR)"]
     assert len(ax.texts) == 0  # one group: no log-rank p
+    assert ax.get_xlabel() == "time"  # kaplan_meier's default time_label
 
 
 def test_logrank_p_in_the_top_right_corner(km):

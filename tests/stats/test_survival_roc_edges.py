@@ -79,6 +79,13 @@ def test_band_level_is_the_one_asked_for():
     assert c80.table["upper"][4] == pytest.approx(4 / 15 * (1 + z80 * c95["std_err"][4]), rel=1e-12)
 
 
+def test_curve_ending_on_an_exact_half_has_its_median_where_it_gets_there():
+    # S = 1/2 from t = 2 to the end (no later drop to take a mid-point to): survfit's median is 2
+    p = ref()["plateau_end"]
+    (c,) = kaplan_meier(p["time"], p["status"]).curves
+    _check_curve(c, p)
+
+
 def test_unknown_band_type_is_refused_with_the_choices():
     with pytest.raises(TMBRBStatsInputError) as e:
         kaplan_meier([1, 2, 3], [1, 0, 1], conf_type="logit")
@@ -94,6 +101,7 @@ def test_no_numpy_warnings_reach_the_user():
         for conf_type in ("log", "log-log", "plain"):
             kaplan_meier(s["time"], s["status"], conf_type=conf_type)
         kaplan_meier(lr["time"], lr["status"], lr["g"])
+        kaplan_meier([1, 2, 3, 4], [1, 1, 1, 1], ["a", "b", "a", "b"])  # the last death has one at risk: 0 / 0
 
 
 def test_a_single_subject_is_a_curve():
@@ -336,6 +344,11 @@ def test_bootstrap_is_reproducible_and_seeded():
     c = roc_analysis(y, s, ci_method="bootstrap", n_boot=200, seed=5)
     assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)  # the default seed is 0
     assert (a.ci_low, a.ci_high) != (c.ci_low, c.ci_high)
+
+
+def test_bootstrap_takes_the_fewest_draws_allowed():
+    c = roc_analysis([0, 0, 0, 1, 1, 1], [0.1, 0.5, 0.3, 0.4, 0.9, 0.6], ci_method="bootstrap", n_boot=10)
+    assert c.ci_method == "bootstrap" and c.ci_low <= c.auc <= c.ci_high
 
 
 def test_bootstrap_interval_agrees_with_delong_on_a_large_sample():
