@@ -1,4 +1,4 @@
-"""The cut-point search on small cohorts against maxstat (tests/stats/fixtures/make_reference_cutpoint.R): every
+"""The cut-point search on small cohorts against maxstat (tests/stats/fixtures/make_reference_edges.R): every
 searched cut-point and its statistic, the search's p values, the split's naive log-rank; and what the result prints,
 plots and refuses (issue 16)."""
 from __future__ import annotations
