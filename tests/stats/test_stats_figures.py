@@ -78,6 +78,8 @@ def test_band_is_shaded_between_the_limits_at_every_time(km):
         t = [0.0] + c.table["time"].tolist()
         lo = [1.0] + c.table["lower"].tolist()
         hi = [1.0] + c.table["upper"].tolist()
+        # before the first time the band is S = 1 itself: nothing shaded above the curve
+        assert not _inside(band, t[1] / 2, 1.01) and not _inside(band, t[1] / 2, 0.99)
         for i in range(1, len(t) - 1):  # each step holds from t[i] to t[i + 1]
             mid, eps = (t[i] + t[i + 1]) / 2, 1e-3
             assert _inside(band, mid, lo[i] + eps) and _inside(band, mid, hi[i] - eps), (c.group, t[i])
@@ -172,6 +174,7 @@ def test_on_given_axes_no_table_is_drawn(km):
     ax = km.plot(ax=given, title="OS")
     assert ax is given and fig.axes == [given] and ax.get_title() == "OS"
     assert len(_curves(ax)) == 2 and ax.get_xlabel() == "Months"
+    assert ax.get_xlim() == pytest.approx((0.0, 12 * 1.02))  # from time 0, without the table's ticks too
 
 
 # ---------------------------------------------------------------- ROC

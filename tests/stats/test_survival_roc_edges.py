@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from TMBRBLib.stats import TMBRBStatsInputError, delong_test, kaplan_meier, logrank_test, roc_analysis
-from TMBRBLib.stats.survival import risk_table
+from TMBRBLib.stats.survival import km_curve, risk_table
 
 from _stats_testdata import FIXTURES, arr, fixture_csv
 
@@ -86,6 +86,20 @@ def test_curve_ending_on_an_exact_half_has_its_median_where_it_gets_there():
     _check_curve(c, p)
 
 
+def test_median_is_the_mid_point_to_the_one_drop_after_an_exact_half():
+    # S = 1/2 on [2, 3), then 1/4 to the end: survfit's median is (2 + 3) / 2
+    p = ref()["plateau_drop"]
+    (c,) = kaplan_meier(p["time"], p["status"]).curves
+    _check_curve(c, p)
+    assert c.median == 2.5
+
+
+def test_km_curve_defaults():
+    c = km_curve(np.array([1.0, 2.0, 3.0]), np.array([1, 0, 1]))
+    assert (c.group, c.conf_type, c.conf_level) == ("all", "log", 0.95)
+    assert c.table["lower"][0] == pytest.approx(np.exp(np.log(2 / 3) - 1.959963984540054 * np.sqrt(1 / 6)), rel=1e-12)
+
+
 def test_unknown_band_type_is_refused_with_the_choices():
     with pytest.raises(TMBRBStatsInputError) as e:
         kaplan_meier([1, 2, 3], [1, 0, 1], conf_type="logit")
@@ -116,13 +130,20 @@ def _lr(key):
     return d, logrank_test(np.array(d["time"], float), np.array(d["status"], float), np.array(d["g"]))
 
 
-def test_logrank_variance_with_two_at_risk_matches_survdiff():
-    # at t = 5 one subject of each group is at risk and one dies: that time adds d (n - d) / (n - 1) = 1 x 1/4 to var
+def test_logrank_with_tied_deaths_and_censoring_matches_survdiff():
     d, r = _lr("logrank_two_at_risk")
     np.testing.assert_allclose([r.chisq, r.p_value], [d["chisq"], d["p"]], **TIGHT)
     np.testing.assert_allclose(r.observed, d["observed"], **TIGHT)
     np.testing.assert_allclose(r.expected, d["expected"], **TIGHT)
     assert (r.df, r.groups, r.n) == (1, ["A", "B"], [6, 4])
+
+
+def test_logrank_variance_with_two_at_risk_matches_survdiff():
+    # at t = 6 one subject of each group is at risk and one dies: that time adds d (n - d) / (n - 1) = 1 to the
+    # variance weight (survdiff: chisq 1.2222)
+    d, r = _lr("logrank_last_two")
+    assert r.chisq == pytest.approx(d["chisq"], rel=1e-9) and d["chisq"] == pytest.approx(11 / 9, rel=1e-9)
+    np.testing.assert_allclose(r.expected, d["expected"], **TIGHT)
 
 
 def test_group_without_expected_events_adds_no_degree_of_freedom():
@@ -141,13 +162,22 @@ def test_groups_of_mixed_types_are_sorted_as_text_and_tested():
     # as with the text labels
     t = np.array([1, 2, 3, 4, 5, 6, 2, 4, 6, 8, 10, 12], float)
     e = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0, 0], float)
-    mixed = np.array([10] * 6 + ["b"] * 6, dtype=object)
-    text = np.array(["10"] * 6 + ["b"] * 6)
+    mixed = np.array(["b"] * 6 + [10] * 6, dtype=object)  # "b" first: sorted as text, 10 comes first all the same
+    text = np.array(["b"] * 6 + ["10"] * 6)
     r, r_text = logrank_test(t, e, mixed), logrank_test(t, e, text)
-    assert r.groups == [10, "b"]
+    assert r.groups == [10, "b"] and r.observed == [3.0, 4.0]
     assert (r.chisq, r.observed, r.expected, r.n) == (r_text.chisq, r_text.observed, r_text.expected, r_text.n)
     km = kaplan_meier(t, e, list(mixed))
-    assert [c.group for c in km.curves] == [10, "b"] and [c.median for c in km.curves] == [4.0, 8.0]
+    assert [c.group for c in km.curves] == [10, "b"] and [c.median for c in km.curves] == [8.0, 4.0]
+
+
+def test_numeric_groups_sort_as_numbers():
+    t = np.array([1, 2, 3, 4, 5, 6, 2, 4, 6, 8, 10, 12], float)
+    e = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0, 0], float)
+    g = np.array([10] * 6 + [2] * 6)
+    r = logrank_test(t, e, g)
+    assert r.groups == [2, 10] and r.observed == [3.0, 4.0] and r.n == [6, 6]
+    assert [c.group for c in kaplan_meier(t, e, g).curves] == [2, 10]
 
 
 def test_risk_table_lists_event_times_only():
@@ -257,7 +287,9 @@ def test_equal_medians_choose_lower_is_control_as_proc():
 
 def test_a_single_case_has_no_delong_variance_as_proc():
     rr = ref()["roc_one_case"]
-    r = roc_analysis(rr["y"], rr["score"], direction="<")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy "degrees of freedom" warning either
+        r = roc_analysis(rr["y"], rr["score"], direction="<")
     assert r.auc == pytest.approx(rr["auc"], rel=1e-9)
     assert rr["var"] is None and rr["ci"] == [None, None]  # pROC: NA
     assert np.isnan(r.variance) and np.isnan(r.ci_low) and np.isnan(r.ci_high)
@@ -265,6 +297,13 @@ def test_a_single_case_has_no_delong_variance_as_proc():
         delong_test(rr["y"], rr["score"], [0.3, 0.1, 0.2, 0.4])
     assert str(e.value) == ("DeLong's test needs at least two cases and two controls, got 1 case(s) and 3 control(s) "
                             "in the complete rows.")
+
+
+def test_paired_variances_and_covariance_match_proc():
+    rr = ref()["roc_cov_asah"]
+    d = fixture_csv("asah.csv")
+    t = delong_test(d["outcome"], d[rr["score1"]], d[rr["score2"]])
+    np.testing.assert_allclose([t.variance1, t.variance2, t.covariance], [rr["var1"], rr["var2"], rr["cov"]], **TIGHT)
 
 
 def test_interval_is_cut_at_one():
