@@ -171,6 +171,15 @@ def test_groups_of_mixed_types_are_sorted_as_text_and_tested():
     assert [c.group for c in km.curves] == [10, "b"] and [c.median for c in km.curves] == [8.0, 4.0]
 
 
+def test_three_mixed_groups_keep_their_text_order_in_every_field():
+    # sorted as text: 10, 2, "b" (pandas alone would order them 2, 10, "b"): counts follow the same order
+    t = np.arange(1.0, 10.0)
+    e = np.array([1, 1, 0, 1, 1, 1, 1, 0, 1], float)
+    g = np.array([10, 10, 10, 2, 2, "b", "b", "b", "b"], dtype=object)
+    r = logrank_test(t, e, g)
+    assert r.groups == [10, 2, "b"] and r.n == [3, 2, 4] and r.observed == [2.0, 2.0, 3.0]
+
+
 def test_numeric_groups_sort_as_numbers():
     t = np.array([1, 2, 3, 4, 5, 6, 2, 4, 6, 8, 10, 12], float)
     e = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0, 0], float)
