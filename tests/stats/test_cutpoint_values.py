@@ -3,6 +3,7 @@ searched cut-point and its statistic, the search's p values, the split's naive l
 plots and refuses (issue 16)."""
 from __future__ import annotations
 
+import itertools
 import json
 from functools import lru_cache
 
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from TMBRBLib.stats import TMBRBStatsInputError, maxstat_cutpoint  # noqa: E402
-from TMBRBLib.stats.cutpoint import p_lausen92, permutation_p  # noqa: E402
+from TMBRBLib.stats.cutpoint import logrank_scores, p_lausen92, permutation_p  # noqa: E402
 
 from _stats_testdata import FIXTURES  # noqa: E402
 
@@ -31,7 +32,7 @@ def ref() -> dict:
         return json.load(f)
 
 
-@pytest.mark.parametrize("key", ["ten", "ten_narrow", "ties"])
+@pytest.mark.parametrize("key", ["ten", "ten_narrow", "ties", "one_cut"])
 def test_every_searched_cut_point_matches_maxstat(key):
     d = ref()[key]
     r = maxstat_cutpoint(d["time"], d["event"], d["x"], minprop=d["minprop"], maxprop=d["maxprop"])
@@ -50,6 +51,8 @@ def test_lausen92_p_matches_maxstat():
     d = ref()["p92"]
     got = [p_lausen92(b, d["minprop"], d["maxprop"]) for b in d["b"]]
     np.testing.assert_allclose(got, d["p"], **TIGHT)  # 1 below M = 1, the formula from M = 1 on
+    d = ref()["p92_default"]
+    assert p_lausen92(d["b"]) == pytest.approx(d["p"], rel=1e-9)  # maxstat's default bounds 0.1 and 0.9
 
 
 def test_permutation_p_counts_the_observed_and_is_never_zero():
@@ -60,6 +63,29 @@ def test_permutation_p_counts_the_observed_and_is_never_zero():
     p1 = permutation_p(scores, m, 1.0, 200, seed=4)
     assert p1 == permutation_p(scores, m, 1.0, 200, seed=4) and 1 / 201 < p1 < 1
     assert round(p1 * 201) == p1 * 201  # (1 + hits) / (B + 1)
+    assert permutation_p(scores, m, 1.0, 200) == permutation_p(scores, m, 1.0, 200, seed=0)  # the default seed
+
+
+def test_permutation_p_agrees_with_the_full_permutation_distribution():
+    # eight patients: all 8! orders of the log-rank scores give the exact conditional p of the search (maxstat's
+    # "exact" idea); 600,000 random permutations (two batches of 500,000 and 100,000) must land within 4 standard
+    # errors of it
+    t = np.array([5.0, 8, 3, 12, 15, 9, 20, 22])
+    e = np.array([1.0, 1, 1, 1, 0, 1, 1, 0])
+    x = np.array([0.1, 0.2, 0.3, 0.35, 0.5, 0.55, 0.6, 0.7])
+    b = 600_000
+    r = maxstat_cutpoint(t, e, x, minprop=0.1, maxprop=0.9, permutations=b, seed=1)
+    n = len(t)
+    y = logrank_scores(t, e)[np.argsort(x)]
+    m = np.array([int(np.sum(x <= c)) for c in r.cuts])
+    mean = m / n * y.sum()
+    sd = np.sqrt(m * (n - m) / (n ** 2 * (n - 1)) * (n * np.sum(y ** 2) - y.sum() ** 2))
+    perms = y[np.array(list(itertools.permutations(range(n))))]
+    stat = np.abs((np.cumsum(perms, axis=1)[:, m - 1] - mean) / sd).max(axis=1)
+    assert stat[0] == pytest.approx(r.statistic, rel=1e-12)  # the identity order is the observed split
+    exact = float(np.mean(stat >= r.statistic * (1 - 1e-9)))
+    assert 0.05 < exact < 0.5
+    assert r.p_value_permutation == pytest.approx(exact, abs=4 * np.sqrt(exact * (1 - exact) / b) + 1 / b)
 
 
 def test_permutation_p_in_the_result():
@@ -68,6 +94,10 @@ def test_permutation_p_in_the_result():
     assert r.p_value_permutation == maxstat_cutpoint(T, E, X, permutations=99, seed=3).p_value_permutation
     # the search's own maximum is among the permuted ones: p is above the naive split's p
     assert r.naive_p_value < r.p_value_permutation < 1
+    default = maxstat_cutpoint(T, E, X, permutations=99).p_value_permutation
+    assert default == maxstat_cutpoint(T, E, X, permutations=99, seed=0).p_value_permutation  # the default seed: 0
+    seeds = {maxstat_cutpoint(T, E, X, permutations=99, seed=s).p_value_permutation for s in range(6)}
+    assert len(seeds) > 1  # the seed is used
 
 
 def test_printout():
@@ -78,6 +108,8 @@ def test_printout():
         "naive log-rank p at this cut = 0.004565 (chisq 8.044)\n"
         "  searched 9 cut-points between the 10% and 90% quantiles, n=10, events=7")
     r2 = maxstat_cutpoint([np.nan] + T, [1] + E, [0.5] + X)
+    assert str(r2).splitlines()[1] == ("  M = 2.1822, corrected p = 0.347 (Lau92), 0.1781 (Lau94); naive log-rank p at "
+                                       "this cut = 0.004565 (chisq 8.044)")
     assert str(r2).endswith("n=10, events=7, 1 row(s) dropped") and "permutations" not in str(r2)
     assert r2.n_dropped == 1 and np.isnan(r2.p_value_permutation) and r2.permutations == 0
 
@@ -112,6 +144,12 @@ def test_cut_points_at_the_search_bounds():
     (dict(x=X, minprop=0.5, maxprop=0.5),
      "need 0 < minprop < maxprop < 1, got minprop=0.5, maxprop=0.5: the search's p-value (Lausen and Schumacher "
      "1992) is defined only for quantiles inside (0, 1). Use e.g. 0.1 and 0.9."),
+    (dict(x=X, minprop=0.0), "need 0 < minprop < maxprop < 1, got minprop=0, maxprop=0.9: the search's p-value "
+     "(Lausen and Schumacher 1992) is defined only for quantiles inside (0, 1). Use e.g. 0.1 and 0.9."),
+    (dict(x=X, maxprop=1.0), "need 0 < minprop < maxprop < 1, got minprop=0.1, maxprop=1: the search's p-value "
+     "(Lausen and Schumacher 1992) is defined only for quantiles inside (0, 1). Use e.g. 0.1 and 0.9."),
+    (dict(x=X, maxprop=1.5), "need 0 < minprop < maxprop < 1, got minprop=0.1, maxprop=1.5: the search's p-value "
+     "(Lausen and Schumacher 1992) is defined only for quantiles inside (0, 1). Use e.g. 0.1 and 0.9."),
     (dict(x=[1] * 10), "the marker takes a single value; there is no cut-point to search."),
     (dict(x=[0] * 5 + [1] * 5, minprop=0.6, maxprop=0.9),
      "minprop=0.6 too large: no cut-point leaves that share below it."),
