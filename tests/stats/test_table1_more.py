@@ -140,3 +140,70 @@ def test_messages():
         table1(df, "g", continuous=["age"])
     with pytest.raises(TMBRBStatsInputError, match=r"^column 'x' must be numeric"):
         table1(df.assign(x=["1", "two", "3"]), "g", continuous=["x"])
+
+
+def _r_table(key):
+    d = ref()[key]
+    k = len(d["table"]) // 2 if len(d["table"]) == 4 else 3
+    return np.array(d["table"]).reshape(-1, k).T, d["p"]  # R fills by column
+
+
+def test_detail_rows_leave_the_test_cells_blank():
+    df = pd.DataFrame({"g": ["A", "A", "B", "B", "B"], "x": [1, 2, 3, np.nan, 5], "c": ["u", None, "v", "v", "u"]})
+    t = table1(df, "g", continuous=["x"], categorical=["c"]).table
+    detail = t[t["level"].isin(["missing", "u", "v"])]
+    assert len(detail) == 4
+    assert detail["p_text"].tolist() == [""] * 4 and detail["test"].tolist() == [""] * 4 and detail["p"].isna().all()
+
+
+def test_groups_and_levels_sort_as_text():
+    df = pd.DataFrame({"g": [2, 2, 10, 10], "c": [10, 2, 2, 2]})
+    res = table1(df, "g", categorical=["c"])
+    assert res.groups == [10, 2] and list(res.table.columns)[2:5] == ["All (n=4)", "10 (n=2)", "2 (n=2)"]
+    assert res.table["level"].tolist() == ["", "10", "2"]
+    assert _by_level(res).loc[("c", "10"), "2 (n=2)"] == "1 (50.0)"
+
+
+def test_a_group_without_values_of_a_variable_counts_zero():
+    df = pd.DataFrame({"g": ["A", "A", "B", "B"], "c": ["u", "v", None, None]})
+    cells = _by_level(table1(df, "g", categorical=["c"]))
+    assert cells.loc[("c", "u"), "B (n=2)"] == "0" and cells.loc[("c", "u"), "A (n=2)"] == "1 (50.0)"
+    assert cells.loc[("c", "missing"), "All (n=4)"] == "2"
+
+
+def test_rows_without_group_before_the_others_do_not_shift_values():
+    # the first row has no group: the values must stay with their own patients
+    df = pd.DataFrame({"g": [None, "A", "A", "B", "B"], "x": [100.0, 1, 2, 3, 5]})
+    row = _by_level(table1(df, "g", continuous=["x"])).loc[("x", "mean±SD")]
+    assert (row["A (n=2)"], row["B (n=2)"], row["All (n=4)"]) == ("1.5±0.7", "4.0±1.4", "2.8±1.7")
+    assert row["p"] == pytest.approx(ref()["welch_two_each"], rel=1e-9)  # two values a group are enough
+
+
+def test_chi_square_from_an_expected_count_of_five():
+    for key in ("chisq_expected_5", "chisq_expected_5_5"):
+        t, p = _r_table(key)
+        assert categorical_test(t) == ("chi-square", pytest.approx(p, rel=1e-9)), key
+
+
+def test_a_level_seen_once_is_kept_and_empty_rows_dropped():
+    t, p = _r_table("fisher_row_of_one")
+    assert categorical_test(t) == ("Fisher", pytest.approx(p, rel=1e-9))
+    with_empty = np.vstack([t, [0, 0]])
+    assert categorical_test(with_empty) == categorical_test(t)
+
+
+def test_monte_carlo_seed_default_and_exact_message():
+    t = np.array(ref()["fisher_3x3"]["table"]).reshape(3, 3).T
+    assert categorical_test(t) == categorical_test(t, seed=0)
+    with pytest.raises(ValueError) as e:
+        fisher_exact_2xc(t)
+    assert str(e.value) == "fisher_exact_2xc needs a table with two rows or two columns"
+
+
+def test_html_has_no_index_column_and_blank_detail_cells():
+    df = pd.DataFrame({"g": ["A", "A", "B", "B"], "c": ["x", "y", "y", "x"]})
+    html = table1(df, "g", categorical=["c"]).to_html()
+    assert "<th></th>" not in html and html.count("<th>") == 8  # the eight columns, no index
+    rows = html.split("<tr>")[2:]  # header row first
+    cells = [r.split("</td>")[:-1] for r in rows]
+    assert [c.split(">")[-1] for c in cells[-1]] == ["c", "y", "2 (50.0)", "1 (50.0)", "1 (50.0)", "", "", ""]
