@@ -169,6 +169,7 @@ def test_a_group_without_values_of_a_variable_counts_zero():
     cells = _by_level(table1(df, "g", categorical=["c"]))
     assert cells.loc[("c", "u"), "B (n=2)"] == "0" and cells.loc[("c", "u"), "A (n=2)"] == "1 (50.0)"
     assert cells.loc[("c", "missing"), "All (n=4)"] == "2"
+    assert cells.loc[("c", ""), "test"] == "none"  # one group with values: nothing to compare
 
 
 def test_rows_without_group_before_the_others_do_not_shift_values():
@@ -183,6 +184,7 @@ def test_chi_square_from_an_expected_count_of_five():
     for key in ("chisq_expected_5", "chisq_expected_5_5"):
         t, p = _r_table(key)
         assert categorical_test(t) == ("chi-square", pytest.approx(p, rel=1e-9)), key
+        assert categorical_test(np.vstack([t, [0, 0]])) == categorical_test(t)  # a level nobody has is left out
 
 
 def test_a_level_seen_once_is_kept_and_empty_rows_dropped():
