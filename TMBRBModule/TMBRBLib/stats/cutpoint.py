@@ -298,8 +298,6 @@ def maxstat_cutpoint(time: ArrayLike, event: ArrayLike, x: ArrayLike, *, minprop
     m = np.flatnonzero(first)  # number of observations strictly below each distinct value
     if np.all(m < np.floor(n * minprop)):
         raise TMBRBStatsInputError(f"minprop={minprop} too large: no cut-point leaves that share below it.")
-    if np.all(m > np.floor(n * maxprop)):
-        raise TMBRBStatsInputError(f"maxprop={maxprop} too small: no cut-point leaves that share above it.")
     m = m[m >= max(1, np.floor(n * minprop))]
     m = m[m <= np.floor(n * maxprop)]
     if len(m) < 1:

@@ -67,9 +67,10 @@ def auc_delong_cov(y: np.ndarray, scores: Sequence[np.ndarray], directions: Sequ
         v10s.append(v10)
         v01s.append(v01)
     m, n = int((y == 1).sum()), int((y == 0).sum())
-    v10m, v01m = np.vstack(v10s), np.vstack(v01s)
-    s10 = np.atleast_2d(np.cov(v10m)) if m > 1 else np.zeros((len(scores), len(scores)))
-    s01 = np.atleast_2d(np.cov(v01m)) if n > 1 else np.zeros((len(scores), len(scores)))
+    if m < 2 or n < 2:  # the sample variance of a single placement is undefined (pROC: NA)
+        return np.array(aucs), np.full((len(scores), len(scores)), np.nan)
+    s10 = np.atleast_2d(np.cov(np.vstack(v10s)))
+    s01 = np.atleast_2d(np.cov(np.vstack(v01s)))
     return np.array(aucs), s10 / m + s01 / n
 
 
@@ -203,7 +204,8 @@ def roc_analysis(
 
         - ``auc``, ``ci_low``, ``ci_high`` : AUC and its confidence interval.
         - ``ci_method``, ``conf_level`` : how the interval was computed.
-        - ``variance`` : DeLong variance of the AUC (also with ``ci_method='bootstrap'``).
+        - ``variance`` : DeLong variance of the AUC (also with ``ci_method='bootstrap'``); NaN,
+          as pROC's NA, with a single case or control, and so is the DeLong interval.
         - ``direction`` : '<' or '>' as used.
         - ``n_cases``, ``n_controls`` : counts after dropping missing rows.
         - ``case_level``, ``control_level`` : the values of ``y`` taken as case and control.
@@ -290,7 +292,8 @@ def roc_analysis(
     auc, var = float(aucs[0]), float(cov[0, 0])
     if ci_method == "delong":
         z = sps.norm.ppf(1 - (1 - conf_level) / 2)
-        lo, hi = max(0.0, auc - z * np.sqrt(var)), min(1.0, auc + z * np.sqrt(var))
+        # clipped to [0, 1]; NaN (a single case or control) stays NaN
+        lo, hi = float(np.clip(auc - z * np.sqrt(var), 0.0, 1.0)), float(np.clip(auc + z * np.sqrt(var), 0.0, 1.0))
     elif ci_method == "bootstrap":
         if not isinstance(n_boot, (int, np.integer)) or n_boot < MIN_BOOT:
             raise TMBRBStatsInputError(f"n_boot must be a whole number of at least {MIN_BOOT} bootstrap draws, got "
@@ -397,9 +400,9 @@ def delong_test(
     ------
     TMBRBStatsInputError
         If a score has non-numeric entries; the arrays differ in length; no row is complete;
-        ``y`` does not have exactly two classes; ``positive`` is not a value of ``y``; or the
-        two scores rank the subjects identically (the variance of the difference is 0 and the
-        test is undefined).
+        ``y`` does not have exactly two classes; ``positive`` is not a value of ``y``; there are
+        fewer than two cases or controls; or the two scores rank the subjects identically (the
+        variance of the difference is 0 and the test is undefined).
 
     See Also
     --------
@@ -441,6 +444,11 @@ def delong_test(
     yy = binarize_labels(cols["y"], "label", positive).y
     d1 = choose_direction(yy, cols["s1"]) if direction1 == "auto" else direction1
     d2 = choose_direction(yy, cols["s2"]) if direction2 == "auto" else direction2
+    n_cases, n_controls = int(yy.sum()), int((1 - yy).sum())
+    if min(n_cases, n_controls) < 2:
+        raise TMBRBStatsInputError(
+            f"DeLong's test needs at least two cases and two controls, got {n_cases} case(s) and {n_controls} "
+            "control(s) in the complete rows.")
     aucs, cov = auc_delong_cov(yy, [cols["s1"], cols["s2"]], [d1, d2])
     v = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     diff = float(aucs[0] - aucs[1])
@@ -451,7 +459,7 @@ def delong_test(
     z = diff / np.sqrt(v)
     p = float(2 * sps.norm.sf(abs(z)))
     return DeLongTestResult(name1, name2, float(aucs[0]), float(aucs[1]), diff, float(z), p, float(cov[0, 0]),
-                            float(cov[1, 1]), float(cov[0, 1]), d1, d2, int(yy.sum()), int((1 - yy).sum()), dropped)
+                            float(cov[1, 1]), float(cov[0, 1]), d1, d2, n_cases, n_controls, dropped)
 
 
 def plot_roc_curves(results: Sequence[ROCResult], ax=None, title: str = "ROC curves"):

@@ -163,7 +163,8 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
 
     Compares, at every event time, the deaths observed in each group with those expected if
     all groups shared one hazard, and returns the chi-square statistic on (groups - 1)
-    degrees of freedom with observed and expected events per group. The statistic is
+    degrees of freedom (as R's ``print.survdiff``, a group with no one at risk at any event
+    time, so no expected events, does not count) with observed and expected events per group. The statistic is
     lifelines' ``multivariate_logrank_test``; it equals R's
     ``survival::survdiff(Surv(time, event) ~ group)`` (``rho = 0``), checked to a relative
     1e-9 on ``survival::lung`` and ``veteran`` (``tools/r_reference/make_reference.R``,
@@ -185,7 +186,7 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
         Dataclass with fields:
 
         - ``chisq``, ``df``, ``p_value`` : the test statistic, its degrees of freedom
-          (groups - 1) and the chi-square p value.
+          (groups with expected events - 1) and the chi-square p value.
         - ``groups`` : the sorted group values.
         - ``n`` : subjects per group.
         - ``observed``, ``expected`` : observed and expected events per group (as ``survdiff``).
@@ -238,26 +239,16 @@ def logrank_test(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> Log
     codes = _level_codes(labels, levels)
     _, deaths, at_risk = risk_table(np.asarray(time, float), np.asarray(event, float), codes, len(levels))
     obs, exp_, chisq = _logrank_from_table(deaths, at_risk)
-    df = len(levels) - 1
+    # R's print.survdiff: a group with no expected events (nobody at risk at any event time) adds no degree of freedom
+    df = int(np.sum(exp_ > 0)) - 1
     return LogRankResult(chisq=chisq, df=df, p_value=float(sps.chi2.sf(chisq, df)), groups=list(levels),
                          n=np.bincount(codes, minlength=len(levels)).tolist(), observed=obs.tolist(),
                          expected=exp_.tolist())
 
 
 def _level_codes(labels: np.ndarray, levels: list) -> np.ndarray:
-    """Index of each label in ``levels`` (vectorised; falls back to a dict for unorderable mixes)."""
-    try:
-        lv = np.asarray(levels)
-        order = np.argsort(lv, kind="mergesort")
-        pos = np.searchsorted(lv[order], labels)
-        pos = np.clip(pos, 0, len(lv) - 1)
-        codes = order[pos]
-        if np.all(lv[codes] == labels):
-            return codes.astype(np.int64)
-    except TypeError:
-        pass
-    index = {v: i for i, v in enumerate(levels)}
-    return np.array([index[v] for v in labels], dtype=np.int64)
+    """Index of each label in ``levels`` (pandas' hash lookup; works for unorderable mixes of types too)."""
+    return pd.Categorical(labels, categories=levels).codes.astype(np.int64)
 
 
 def _sorted_levels(labels: np.ndarray) -> list:
