@@ -408,15 +408,16 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     rows = _rows(run)
     assert [(r["epoch"], r["val_auc"], r["best"]) for r in rows] == [("1", "0.5", "1"), ("2", "0.7", "1"),
                                                                       ("3", "0.7", "0")]
-    lr = [0.5e-3 * (1 + math.cos(math.pi * e / 5)) for e in (1, 2, 3)]  # cosine schedule over 5 epochs, after step
-    assert [float(r["lr"]) for r in rows] == pytest.approx(lr, rel=1e-9)
+    # the rate each epoch trained with: cosine from 1e-3 over 5 epochs (the old log gave the next epoch's)
+    lr = [0.5e-3 * (1 + math.cos(math.pi * e / 5)) for e in (0, 1, 2, 3)]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(lr[:3], rel=1e-9)
     assert all(0 < float(r["train_loss"]) < 5 and 0 < float(r["val_loss"]) < 5 for r in rows)
     assert all(float(r["train_samples_per_s"]) > 0 and float(r["epoch_s"]) >= 0 for r in rows)
     best, last = _ck(run, "best.pt"), _ck(run, "last.pt")
     assert (best["epoch"], best["val_auc"]) == (2, 0.7)
     assert (last["epoch"], last["best_epoch"], last["best_auc"], last["seed"], last["epochs"]) == (3, 2, 0.7, 0, 5)
     assert last["manifest_sha256"] == sha256_file(manifest) and len(last["history"]) == 3
-    assert last["history"][2]["val_auc"] == 0.7 and last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr[2])
+    assert last["history"][2]["val_auc"] == 0.7 and last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr[3])
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert not torch.equal(best["model"]["class_layers.out.3.bias"], last["model"]["class_layers.out.3.bias"])
     # the log on stderr: one line per epoch, "(best)" where the AUC improved
