@@ -35,6 +35,8 @@ from TMBRBLib.bundle import (
 from TMBRBLib.errors import TMBRBBundleError
 from TMBRBLib.model import build_model
 
+from .test_bundle_integrity import _edit as edit_metadata
+
 FIX = "Fix configs/metadata.json or re-export the bundle."
 KNOWN_ARCH = "'TMBRBNet (MONAI DenseNet, 3D)'"
 
@@ -55,17 +57,12 @@ def tiny_source(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny(tiny_source, tmp_path) -> Path:
-    dst = tmp_path / "tiny_bundle"
-    shutil.copytree(tiny_source, dst)
-    return dst
+    return Path(shutil.copytree(tiny_source, tmp_path / "tiny_bundle"))
 
 
 def _edit(bundle: Path, change) -> None:
     """Change the metadata's ``tmbrb`` section in place (the checksums are left: the bundle is then modified)."""
-    path = bundle / METADATA_PATH
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    change(meta["tmbrb"])
-    path.write_text(json.dumps(meta), encoding="utf-8")
+    edit_metadata(bundle, lambda meta: change(meta["tmbrb"]))
 
 
 def _setter(where: str, value):
@@ -89,6 +86,12 @@ def _deleter(where: str):
             d = d[k]
         del d[last]
     return change
+
+
+def _value(t: dict, where: str):
+    for key in where.split("."):
+        t = t[key]
+    return t
 
 
 def _refusal(bundle: Path) -> str:
@@ -252,7 +255,7 @@ BOUNDS = [
 @pytest.mark.parametrize("where, ok, bad, shown, need", BOUNDS)
 def test_each_value_loads_on_its_bound_and_is_refused_past_it(tiny, where, ok, bad, shown, need):
     _edit(tiny, _setter(where, ok))
-    assert load_bundle(tiny).is_modified  # loads (with edited metadata)
+    assert _value(load_bundle(tiny).tmbrb, where) == ok  # loads
     _edit(tiny, _setter(where, bad))
     assert _refusal(tiny) == _bad(tiny, where, shown, need)
 
@@ -298,7 +301,7 @@ def test_a_risk_rule_that_is_missing_is_refused(tiny):
                                    "regions", "proposal", "tta", "cam.class_index", "architecture.num_classes"])
 def test_optional_values_may_be_left_out(tiny, where):
     _edit(tiny, _deleter(where))
-    assert load_bundle(tiny).is_modified
+    assert load_bundle(tiny).is_modified  # loads, edited
 
 
 def test_a_null_hazard_ratio_or_cox_section_is_allowed(tiny):
@@ -326,7 +329,7 @@ def test_the_class_index_is_bounded_by_the_number_of_classes(tiny):
 ])
 def test_hu_ranges_need_two_finite_numbers_at_least_1_hu_apart(tiny, where, ok, bad, shown):
     _edit(tiny, _setter(where, ok))
-    assert load_bundle(tiny).is_modified
+    assert _value(load_bundle(tiny).tmbrb, where) == ok
     _edit(tiny, _setter(where, bad))
     assert _refusal(tiny) == _bad(tiny, where, shown, "two finite numbers [low, high] with high - low of at least 1")
 
@@ -347,18 +350,18 @@ def test_the_hu_window_is_required(tiny):
 ])
 def test_the_input_shape_is_three_whole_numbers_from_8_to_256(tiny, ok, bad, shown):
     _edit(tiny, _setter("preprocessing.shape", ok))
-    assert load_bundle(tiny).is_modified
+    assert load_bundle(tiny).tmbrb["preprocessing"]["shape"] == ok
     _edit(tiny, _setter("preprocessing.shape", bad))
     assert _refusal(tiny) == _bad(tiny, "preprocessing.shape", shown, "three whole numbers from 8 to 256 (z, y, x)")
 
 
 def test_min_fov_may_equal_but_not_exceed_max_fov(tiny):
     _edit(tiny, lambda t: t["preprocessing"].update(min_fov_mm=100.0, max_fov_mm=100.0))
-    assert load_bundle(tiny).is_modified
+    assert load_bundle(tiny).is_modified  # loads, edited
     _edit(tiny, lambda t: t["preprocessing"].update(min_fov_mm=100.5))
     assert _refusal(tiny) == _bad(tiny, "preprocessing.min_fov_mm", "100.5", "at most max_fov_mm")
     _edit(tiny, lambda t: (t["preprocessing"].pop("max_fov_mm"), t["preprocessing"].update(min_fov_mm=1000.0)))
-    assert load_bundle(tiny).is_modified  # max_fov_mm left out: the bound of 1000 mm
+    assert load_bundle(tiny).is_modified  # loads, edited: max_fov_mm left out is 1000 mm
 
 
 def test_an_unknown_architecture_setting_is_refused_naming_the_known_ones(tiny):
@@ -380,14 +383,14 @@ def test_an_unknown_architecture_setting_is_refused_naming_the_known_ones(tiny):
 ])
 def test_block_config_is_1_to_8_blocks_of_1_to_128_layers(tiny, ok, bad, shown):
     _edit(tiny, _setter("architecture.block_config", ok))
-    assert load_bundle(tiny).is_modified  # loads; the weights would not fit this network
+    assert load_bundle(tiny).tmbrb["architecture"]["block_config"] == ok  # loads; the weights would not fit
     _edit(tiny, _setter("architecture.block_config", bad))
     assert _refusal(tiny) == _bad(tiny, "architecture.block_config", shown, "1 to 8 whole numbers from 1 to 128")
 
 
 def test_block_config_left_out_is_the_papers(tiny):
     _edit(tiny, _deleter("architecture.block_config"))
-    assert load_bundle(tiny).is_modified
+    assert load_bundle(tiny).is_modified  # loads, edited
 
 
 # ---------------------------------------------------------------------------------------------- weights
