@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -644,3 +645,27 @@ def test_a_placeholder_bundle_is_loud_and_follows_its_seed(tmp_path):
     assert b.integrity["status"] == "verified" and b.tmbrb["weights"]["dtype"] == "float16"
     assert make_placeholder_bundle(tmp_path / "p1", seed=3).sha256 == b.sha256
     assert make_placeholder_bundle(tmp_path / "p2", seed=4).sha256 != b.sha256
+
+
+def test_the_model_is_frozen_in_eval_mode_and_built_once(tiny):
+    b = load_bundle(tiny)
+    net = b.model()
+    assert not net.training and all(not p.requires_grad for p in net.parameters())
+    assert b.model("cpu") is net
+
+
+@pytest.mark.parametrize("change, counts, example", [
+    (lambda s: s.pop("class_layers.out.3.bias"), (1, 0, 0), "['class_layers.out.3.bias']"),
+    (lambda s: s.update(extra=s["class_layers.out.3.bias"].clone()), (0, 1, 0), "['extra']"),
+])
+def test_one_missing_or_one_unexpected_weight_is_refused(tiny, change, counts, example):
+    _rewrite_weights(tiny, change)
+    _weights_refusal(tiny, *counts, example)
+
+
+def test_the_message_names_three_of_many_mismatched_weights(tiny):
+    _edit(tiny, lambda t: t["architecture"].update(growth_rate=5, n_features=9))
+    with pytest.raises(TMBRBBundleError) as e:
+        load_bundle(tiny).model()
+    example = re.search(r"e\.g\. (\[.*?\])\)", str(e.value)).group(1)
+    assert len(eval(example)) == 3 and int(re.search(r"(\d+) of other shape", str(e.value)).group(1)) > 3
