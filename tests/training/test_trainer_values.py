@@ -496,8 +496,9 @@ def test_resume_from_another_run_is_refused_and_another_length_warned(manifest, 
     net, opt, sched = parts(cfg)
     state = T._resume(cfg, ckdir, sha, net, opt, sched, 0)
     assert (state.start_epoch, state.best_epoch, state.best_auc, len(state.history)) == (2, 1, 0.5, 1)
-    assert sched.last_epoch == 1 and net.state_dict().keys() == _ck(tmp_path / "run", "last.pt")["model"].keys()
-    assert all(torch.equal(v, _ck(tmp_path / "run", "last.pt")["model"][k]) for k, v in net.state_dict().items())
+    saved = _ck(tmp_path / "run", "last.pt")["model"]
+    assert sched.last_epoch == 1 and net.state_dict().keys() == saved.keys()
+    assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
     err = capsys.readouterr().err
     assert ("warning: the run was started with --epochs 1; resuming with 4 changes the learning-rate schedule\n"
             "resuming after epoch 1 (best validation AUC 0.5000 at epoch 1)\n") == err
