@@ -418,13 +418,16 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     assert (last["epoch"], last["best_epoch"], last["best_auc"], last["seed"], last["epochs"]) == (3, 2, 0.7, 0, 5)
     assert last["manifest_sha256"] == sha256_file(manifest) and len(last["history"]) == 3
     assert last["history"][2]["val_auc"] == 0.7 and last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr[3])
+    assert last["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4 and last["scheduler"]["T_max"] == 5
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert not torch.equal(best["model"]["class_layers.out.3.bias"], last["model"]["class_layers.out.3.bias"])
     # the log on stderr: one line per epoch, "(best)" where the AUC improved
     lines = [m.groups() for m in map(EPOCH_LINE.match, capsys.readouterr().err.splitlines()) if m]
     assert lines == [("1", "0.5000", "  (best)"), ("2", "0.7000", "  (best)"), ("3", "0.7000", None)]
     # the summary: returned and written
-    assert json.loads((run / "train_summary.json").read_text()) == json.loads(json.dumps(s, default=str))
+    text = (run / "train_summary.json").read_text()
+    assert json.loads(text) == json.loads(json.dumps(s, default=str))
+    assert text.startswith('{\n  "best_val_auc": 0.7,\n') and text.endswith("}\n")  # indented, one line a key
     assert (s["n_train"], s["n_val"], s["n_train_high"], s["n_val_high"]) == (4, 2, 1, 1)
     assert (s["world_size"], s["device"], s["ranks_in_sync"], s["threads"]) == (1, "cpu", True, 1)
     net = build_model(s["metadata"]["tmbrb"]["architecture"])
@@ -461,7 +464,15 @@ def test_a_resumed_run_is_the_uninterrupted_run(manifest, tmp_path, scripted_auc
 
 def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys):
     scripted_auc[:] = [0.5]
-    s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True))
+    torch.use_deterministic_algorithms(False)
+    try:
+        s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True, threads=2))
+        # the run's settings: the threads asked for, deterministic algorithms (warnings only where there are none)
+        assert s["threads"] == 2 == torch.get_num_threads()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.set_num_threads(1)
     assert (s["epochs_run"], s["best_epoch"]) == (1, 1)
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
