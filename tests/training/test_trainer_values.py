@@ -483,37 +483,68 @@ def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_
     assert _rows(tmp_path / "run")[0]["train_loss"] != _rows(tmp_path / "weighted")[0]["train_loss"]
 
 
-def test_resume_from_another_run_is_refused_and_another_length_warned(manifest, tmp_path, scripted_auc, no_plot,
-                                                                       capsys):
-    scripted_auc[:] = [0.5]
-    T.train(_cfg(manifest, tmp_path / "run", epochs=1))
-    ckdir = tmp_path / "run" / "checkpoints"
-    sha = sha256_file(manifest)
+def _parts(epochs: int):
+    """A small network, its optimiser after one step and its schedule after one epoch."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    net(torch.ones(3, 2)).sum().backward()
+    opt.step()
+    return net, opt, sched
 
-    def parts(cfg):
-        net = build_model(T.build_metadata(cfg)["tmbrb"]["architecture"])
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-        return net, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    another_seed = (_cfg(manifest, "x", epochs=1, seed=9), sha, f"{sha[:12]} vs {sha[:12]}, seed 0 vs 9")
-    another_manifest = (_cfg(manifest, "x", epochs=1), "f" * 64, f"{sha[:12]} vs {'f' * 12}, seed 0 vs 0")
-    for cfg, manifest_sha, said in (another_seed, another_manifest):
+
+def test_checkpoints_hold_the_best_weights_and_what_resume_needs(tmp_path, capsys):
+    """_save_checkpoints then _resume, without training: best.pt only when improved, last.pt always; a resume from
+    another manifest or seed is refused by its message, another length warned."""
+    sha = "a" * 64
+    cfg = TrainConfig(manifest="m.csv", out=str(tmp_path), epochs=1)
+    net, opt, sched = _parts(1)
+    sched.step()
+    state = T._TrainState()
+    state.update_best(1, 0.5)
+    state.history.append({"epoch": 1, "val_auc": 0.5})
+    ckdir = tmp_path / "checkpoints"
+    ckdir.mkdir()
+    T._save_checkpoints(ckdir, net, opt, sched, state, 1, 0.5, True, sha, cfg)
+    best, last = _ck(tmp_path, "best.pt"), _ck(tmp_path, "last.pt")
+    assert (best.keys(), best["epoch"], best["val_auc"]) == ({"model", "epoch", "val_auc"}, 1, 0.5)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in best["model"].items())
+    assert ({k: last[k] for k in ("epoch", "best_auc", "best_epoch", "history", "manifest_sha256", "seed", "epochs")}
+            == {"epoch": 1, "best_auc": 0.5, "best_epoch": 1, "history": [{"epoch": 1, "val_auc": 0.5}],
+                "manifest_sha256": sha, "seed": 0, "epochs": 1})
+    assert sorted(p.name for p in ckdir.iterdir()) == ["best.pt", "last.pt"]
+    with torch.no_grad():
+        net[0].bias += 1.0
+    T._save_checkpoints(ckdir, net, opt, sched, state, 2, 0.4, False, sha, cfg)  # not improved: best.pt stays
+    assert _ck(tmp_path, "best.pt")["epoch"] == 1 and _ck(tmp_path, "last.pt")["epoch"] == 2
+
+    another_seed = (TrainConfig(manifest="m", out="o", epochs=1, seed=9), sha, f"{sha[:12]} vs {sha[:12]}, seed 0 vs 9")
+    another_manifest = (TrainConfig(manifest="m", out="o", epochs=1), "f" * 64,
+                        f"{sha[:12]} vs {'f' * 12}, seed 0 vs 0")
+    for other, manifest_sha, said in (another_seed, another_manifest):
         with pytest.raises(TMBRBInputError) as e:
-            T._resume(cfg, ckdir, manifest_sha, *parts(cfg), 0)
+            T._resume(other, ckdir, manifest_sha, *_parts(1), 0)
         assert str(e.value) == (f"Cannot resume from '{ckdir / 'last.pt'}': it was trained on another manifest or seed "
                                 f"(manifest sha256 {said}). Resume with the same manifest and seed, or train into a "
                                 "new --out folder.")
     capsys.readouterr()
-    cfg = _cfg(manifest, "x", epochs=4)
-    net, opt, sched = parts(cfg)
-    state = T._resume(cfg, ckdir, sha, net, opt, sched, 0)
-    assert (state.start_epoch, state.best_epoch, state.best_auc, len(state.history)) == (2, 1, 0.5, 1)
-    saved = _ck(tmp_path / "run", "last.pt")["model"]
-    assert sched.last_epoch == 1 and net.state_dict().keys() == saved.keys()
-    assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
-    err = capsys.readouterr().err
-    assert ("warning: the run was started with --epochs 1; resuming with 4 changes the learning-rate schedule\n"
-            "resuming after epoch 1 (best validation AUC 0.5000 at epoch 1)\n") == err
-    T._resume(cfg, ckdir, sha, *parts(cfg), 1)  # other ranks print nothing
+    longer = TrainConfig(manifest="m", out="o", epochs=4)
+    net2, opt2, sched2 = _parts(4)
+    state = T._resume(longer, ckdir, sha, net2, opt2, sched2, 0)
+    assert (state.start_epoch, state.best_epoch, state.best_auc, state.history) == (3, 1, 0.5, [{"epoch": 1,
+                                                                                                 "val_auc": 0.5}])
+    assert sched2.last_epoch == 1 and opt2.state_dict()["state"][0]["step"] == 1  # optimiser and schedule restored
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in net2.state_dict().items())  # epoch 2's weights
+    assert capsys.readouterr().err == (
+        "warning: the run was started with --epochs 1; resuming with 4 changes the learning-rate schedule\n"
+        "resuming after epoch 2 (best validation AUC 0.5000 at epoch 1)\n")
+    T._resume(TrainConfig(manifest="m", out="o", epochs=1), ckdir, sha, *_parts(1), 0)  # same length: no warning
+    assert capsys.readouterr().err == "resuming after epoch 2 (best validation AUC 0.5000 at epoch 1)\n"
+    T._resume(longer, ckdir, sha, *_parts(4), 1)  # other ranks print nothing
     assert capsys.readouterr().err == ""
-    T._resume(cfg, tmp_path / "none", sha, *parts(cfg), 1)
+    fresh = T._resume(longer, tmp_path / "none", sha, *_parts(4), 0)
+    assert (fresh.start_epoch, fresh.best_epoch, fresh.history) == (1, 0, [])
+    assert capsys.readouterr().err == f"no checkpoint in {tmp_path / 'none'}; starting from scratch\n"
+    T._resume(longer, tmp_path / "none", sha, *_parts(4), 1)
     assert capsys.readouterr().err == ""
