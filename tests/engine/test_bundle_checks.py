@@ -156,6 +156,7 @@ def test_a_bundle_given_its_integrity_does_not_check_its_files_again(tiny):
     (tiny / CHECKSUMS_PATH).unlink()
     assert Bundle(tiny, {"tmbrb": {}}, "0" * 64, given).integrity is given
     assert Bundle(tiny, {"tmbrb": {}}, "0" * 64).integrity["status"] == "unverified"
+    assert Bundle(tiny, {"tmbrb": {}}, "0" * 64, given).info()["cam"] == {}  # a bundle without CAM settings
 
 
 # ---------------------------------------------------------------------------------------------- folder and metadata
@@ -506,13 +507,14 @@ def test_a_listing_in_binary_mode_with_blank_lines_verifies(tiny):
     "{short}  {n}",               # 63 hex digits
     "{d}0  {n}",                  # 65
     "{upper}  {n}",               # sha256sum writes lower case
+    "{x_digit}  {n}",             # not hex
     "{d}  /etc/{n}",              # absolute
     "{d}  docs/../{n}",           # climbs
 ])
 def test_a_malformed_or_unsafe_line_makes_the_listing_damaged(tiny, bad_line):
     entries = _listing(tiny)
     d, n = entries["docs/README.md"], "docs/README.md"
-    line = bad_line.format(d=d, n=n, short=d[:63], upper=d.upper())
+    line = bad_line.format(d=d, n=n, short=d[:63], upper=d.upper(), x_digit="X" + d[1:])
     _write_listing(tiny, [f"{dd}  {nn}" for nn, dd in entries.items()] + [line])
     assert check_files(tiny) == DAMAGED
 
@@ -521,6 +523,17 @@ def test_a_malformed_or_unsafe_line_makes_the_listing_damaged(tiny, bad_line):
 def test_a_listing_without_the_metadata_or_weights_is_damaged(tiny, drop):
     _write_listing(tiny, [f"{d}  {n}" for n, d in _listing(tiny).items() if n != drop])
     assert check_files(tiny) == DAMAGED
+
+
+def test_file_names_with_two_spaces_or_a_leading_x_verify(tiny):
+    from TMBRBLib.bundle import write_checksums
+    for name in ("X-ray notes.md", "two  spaces.md", "*star.md"):
+        (tiny / "docs" / name).write_text(name)
+    write_checksums(tiny)
+    assert {"docs/X-ray notes.md", "docs/two  spaces.md", "docs/*star.md"} <= _listing(tiny).keys()
+    assert check_files(tiny)["status"] == "verified"
+    (tiny / "docs" / "two  spaces.md").write_text("changed")
+    assert check_files(tiny)["changed"] == ["docs/two  spaces.md"]
 
 
 def test_an_unreadable_listing_is_damaged(tiny):
@@ -594,7 +607,8 @@ def test_save_bundle_stores_half_precision_weights_and_records_them(tmp_path):
     for k, v in state.items():
         want = own[k].to(torch.float16) if own[k].is_floating_point() else own[k]
         assert v.dtype == want.dtype and torch.equal(v, want), k
-    assert _listing(p).keys() == {"configs/metadata.json", "models/model.safetensors"} and not (p / "docs").exists()
+    assert _listing(p).keys() == {"configs/metadata.json", "models/model.safetensors"}
+    assert sorted(f.name for f in p.iterdir()) == ["checksums.sha256", "configs", "models"]  # no docs/ without a card
     assert b.integrity["status"] == "verified"
     # saved again into the same folder (`bundle placeholder --force`), in float32 with a model card
     b = save_bundle(net, p, meta, dtype="float32", model_card="# card é\n")
@@ -615,7 +629,7 @@ def test_write_metadata_gives_back_the_shipped_demo_bundle_byte_for_byte(tmp_pat
     shutil.copy(demo / WEIGHTS_PATH, dst / WEIGHTS_PATH)
     shutil.copytree(demo / "docs", dst / "docs")
     (dst / "configs").mkdir()
-    (dst / "configs" / "metadata.json.tmp").write_text("left over")  # not listed
+    (dst / "docs" / "README.md.tmp").write_text("left over")  # not listed
     target = write_metadata(dst, json.loads((demo / METADATA_PATH).read_text(encoding="utf-8")))
     assert target == dst / METADATA_PATH
     assert target.read_bytes() == (demo / METADATA_PATH).read_bytes()
@@ -647,7 +661,7 @@ def test_a_placeholder_bundle_is_loud_and_follows_its_seed(tmp_path):
     assert make_placeholder_bundle(tmp_path / "p2", seed=4).sha256 != b.sha256
 
 
-def test_the_model_is_frozen_in_eval_mode_and_built_once(tiny):
+def test_the_model_is_frozen_in_eval_mode_and_kept(tiny):
     b = load_bundle(tiny)
     net = b.model()
     assert not net.training and all(not p.requires_grad for p in net.parameters())
