@@ -273,9 +273,9 @@ def test_one_epoch_sums_the_loss_over_samples_and_steps_the_optimiser():
 
 def test_history_row_rounds_what_it_logs():
     m = T._EpochMetrics(train_loss=0.12345678, val_loss=0.7654321, val_auc=2 / 3, train_seen=12)
-    assert T._history_row(4, m, 0.001, 3.14159, 4.0, True) == {
+    assert T._history_row(4, m, 0.001, 3.14159, 7.0, True) == {
         "epoch": 4, "train_loss": 0.123457, "val_loss": 0.765432, "val_auc": 0.666667, "lr": 0.001, "epoch_s": 3.14,
-        "train_samples_per_s": 3.0, "best": 1}
+        "train_samples_per_s": 1.714, "best": 1}  # 12 samples in 7 s
     assert T._history_row(1, m, 0.5, 0.0, 0.0, False)["best"] == 0
     assert T._history_row(1, m, 0.5, 0.0, 0.0, False)["train_samples_per_s"] == 12e9
 
