@@ -250,8 +250,10 @@ def test_validate_by_hand():
     assert m.val_loss == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rel=1e-6)
     assert m.val_auc == 0.75  # (0.5 > 0.269), (0.5 < 0.731), (0.881 > both)
     # certain and wrong: the loss is clipped at -log(1e-7) instead of infinite; nothing seen: loss 0
-    sure = T._validate(_Logit(0.0, 200.0), _Batches([0, 1]), "cpu", 2, 0, 1, loss_sum=0.0, n_seen=0)
-    assert sure.val_loss == pytest.approx(-np.log(1e-7) / 2, rel=1e-6) and sure.train_loss == 0.0
+    for shift in (200.0, -200.0):  # p = 1 for a Low-TMB case, then p = 0 for a High-TMB one
+        sure = T._validate(_Logit(0.0, shift), _Batches([0, 1]), "cpu", 2, 0, 1, loss_sum=0.0, n_seen=0)
+        assert sure.val_loss == pytest.approx(-np.log(1e-7) / 2, rel=1e-6) and sure.train_loss == 0.0
+    assert T._validate(net, _Batches([0, 1]), "cpu", 2, 0, 1, loss_sum=0.7, n_seen=1).train_loss == 0.7
 
 
 def test_one_epoch_sums_the_loss_over_samples_and_steps_the_optimiser():
