@@ -186,6 +186,7 @@ def test_epoch_batches_cover_each_case_once_in_a_seeded_order():
     assert not torch.equal(torch.rand(3), r1)  # dropout's generator is seeded per epoch too
     other = T._epoch_batches(TrainConfig(manifest="m", out="o", batch_size=3, seed=6), ds, 1, 0, 1)
     assert np.concatenate(other).tolist() != np.concatenate(b1).tolist()
+    assert not torch.equal(torch.rand(3), r1)  # and so is dropout's: another seed, other draws in the same epoch
 
 
 def test_epoch_batches_of_two_ranks_and_a_step_limit():
