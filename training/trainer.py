@@ -523,6 +523,7 @@ def train(cfg: TrainConfig) -> Dict:
         t_ep = time.perf_counter()
         batches = _epoch_batches(cfg, data.train_ds, epoch, rank, world)
         bar = _progress_bar(len(batches), f"epoch {epoch}/{cfg.epochs}", cfg.progress and rank == 0)
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch trains with (the scheduler's step below sets the next)
         loss_sum, n_seen = _train_one_epoch(model, net, data.train_ds, batches, opt, weights, device, world, bar)
         sched.step()
         t_train = time.perf_counter() - t_ep
@@ -530,7 +531,7 @@ def train(cfg: TrainConfig) -> Dict:
         train_samples += m.train_seen
         train_time += t_train
         improved = state.update_best(epoch, m.val_auc)
-        row = _history_row(epoch, m, opt.param_groups[0]["lr"], time.perf_counter() - t_ep, t_train, improved)
+        row = _history_row(epoch, m, lr, time.perf_counter() - t_ep, t_train, improved)
         state.history.append(row)
         if rank == 0:
             _save_checkpoints(ckdir, net, opt, sched, state, epoch, m.val_auc, improved, data.manifest_sha256, cfg)

@@ -488,8 +488,18 @@ def _bad_value(p: Path, where: str, value: Any, need: str) -> TMBRBBundleError:
                             "Fix configs/metadata.json or re-export the bundle.")
 
 
+def _is_finite_number(value: Any) -> bool:
+    """A JSON number that is a finite float: not NaN, not infinite, not a whole number too large for a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int over about 1.8e308
+        return False
+
+
 def _check_number(p: Path, where: str, value: Any, kind: str, low: float, high: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = _is_finite_number(value)
     if ok and kind == "int":
         ok = float(value) == int(value)
     if not ok or not low <= value <= high:
@@ -498,8 +508,7 @@ def _check_number(p: Path, where: str, value: Any, kind: str, low: float, high: 
 
 
 def _check_range_pair(p: Path, where: str, value: Any, min_width: float) -> None:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_finite_number(v) for v in value)
     if not ok or value[1] - value[0] < min_width:
         raise _bad_value(p, where, value, f"two finite numbers [low, high] with high - low of at least {min_width:g}")
 
@@ -507,6 +516,8 @@ def _check_range_pair(p: Path, where: str, value: Any, min_width: float) -> None
 def _check_values(p: Path, t: Dict[str, Any]) -> None:
     """Every value the engine reads is of the right kind and within bounds (a NaN score or cut-off cannot come out,
     and building the network cannot exhaust memory)."""
+    if not isinstance(t["weights"], dict):
+        raise _bad_value(p, "weights", t["weights"], "a section (a JSON object) with the weights' sha256")
     for section, key, kind, low, high, required in _VALUE_RULES:
         sec = t.get(section, {})
         if not isinstance(sec, dict):
@@ -563,6 +574,9 @@ def _check_architecture(p: Path, arch: Any) -> None:
 def _check_risk(p: Path, risk: Any) -> None:
     if not isinstance(risk, dict):
         raise _bad_value(p, "risk", risk, "a section (a JSON object)")
+    cox_models = risk.get("ecog_cox")
+    if cox_models is not None and not isinstance(cox_models, dict):
+        raise _bad_value(p, "risk.ecog_cox", cox_models, "a section (a JSON object) or absent")
     for ep in ("os", "pfs"):
         rule = risk.get(ep)
         if not isinstance(rule, dict):
@@ -575,10 +589,12 @@ def _check_risk(p: Path, risk: Any) -> None:
                 raise _bad_value(p, f"risk.{ep}.{key}", rule.get(key), "a group name such as \"low\" or \"high\"")
         if "hr" in rule and rule["hr"] is not None:
             _check_number(p, f"risk.{ep}.hr", rule["hr"], "num", 1e-3, 1e3)
-        cox = (risk.get("ecog_cox") or {}).get(ep)
+        cox = (cox_models or {}).get(ep)
+        if cox is not None and not isinstance(cox, dict):
+            raise _bad_value(p, f"risk.ecog_cox.{ep}", cox, "a section with tmbrb_hr and ecog_hr, or absent")
         if cox is not None:
             for key in ("tmbrb_hr", "ecog_hr"):
-                _check_number(p, f"risk.ecog_cox.{ep}.{key}", (cox or {}).get(key), "num", 1e-3, 1e3)
+                _check_number(p, f"risk.ecog_cox.{ep}.{key}", cox.get(key), "num", 1e-3, 1e3)
 
 
 def save_bundle(net: torch.nn.Module, path: Union[str, Path], metadata: Dict[str, Any], dtype: str = "float16",
