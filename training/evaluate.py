@@ -53,8 +53,12 @@ def auc_with_ci(labels, scores) -> Dict:
                 "note": "only one class present"}
     from TMBRBLib.stats.roc import roc_analysis
     r = roc_analysis(y, s, direction="<")
-    return {"auc": r.auc, "ci95": [r.ci_low, r.ci_high], "ci_method": "DeLong", "n_high": int(y.sum()),
-            "n_low": int((1 - y).sum()), "youden_threshold": r.youden_threshold}
+    out = {"auc": r.auc, "ci95": [r.ci_low, r.ci_high], "ci_method": "DeLong", "n_high": int(y.sum()),
+           "n_low": int((1 - y).sum()), "youden_threshold": r.youden_threshold}
+    if not np.all(np.isfinite(out["ci95"])):  # as pROC: no DeLong variance from a single case of a class
+        out["ci95"] = None  # (NaN would make metrics.json invalid JSON)
+        out["note"] = "no DeLong CI: it needs at least two High-TMB and two Low-TMB cases"
+    return out
 
 
 def spearman(x, y) -> Dict:
