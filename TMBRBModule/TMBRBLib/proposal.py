@@ -231,9 +231,9 @@ def _cut_attachments(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p:
         r = _radius_vox(comp.GetSpacing(), mm)
         if not any(r):
             return comp
-        core = _component_at(sitk.BinaryMorphologicalOpening(comp, r, sitk.sitkBall), at)
+        core = _component_at(_ball_opening(comp, r), at)
         if core is not None:
-            return sitk.And(sitk.BinaryDilate(core, r, sitk.sitkBall), comp)
+            return sitk.And(_ball_dilation(core, r), comp)
     return comp
 
 
