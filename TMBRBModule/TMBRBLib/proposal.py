@@ -249,14 +249,20 @@ def _cut_runaways(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Di
     r = _radius_vox(comp.GetSpacing(), mm)
     if min(r) < 1 and max(r) < 2:
         return comp, 0.0
-    core = _ball_opening(comp, r)
-    if not sitk.GetArrayViewFromImage(core).any():
+    eroded = _ball_erosion(comp, r)
+    if not sitk.GetArrayViewFromImage(eroded).any():  # nothing left of the opening
         return comp, 0.0
-    kept = sitk.And(_ball_dilation(core, r), comp)
+    reach = float(p["runaway_reach"]) * inscribed
+    # the part kept holds the eroded core: when no voxel lies farther than the reach from that core, no piece can
+    # reach farther from the part kept, and the opening would change nothing (the usual case: skip its cost)
+    from_core = sitk.SignedMaurerDistanceMap(eroded, insideIsPositive=False, squaredDistance=False,
+                                             useImageSpacing=True)
+    if float(sitk.GetArrayViewFromImage(from_core)[sitk.GetArrayViewFromImage(comp) > 0].max()) <= reach:
+        return comp, 0.0
+    kept = sitk.And(_ball_dilation(_ball_dilation(eroded, r), r), comp)
     pieces = sitk.ConnectedComponent(sitk.And(comp, sitk.Not(kept)))
     stats = sitk.LabelStatisticsImageFilter()
     stats.Execute(-_distance(kept), pieces)
-    reach = float(p["runaway_reach"]) * inscribed
     near = [lab for lab in stats.GetLabels() if lab > 0 and stats.GetMaximum(lab) <= reach]
     if len(near) == len([lab for lab in stats.GetLabels() if lab > 0]):
         return comp, 0.0
@@ -289,9 +295,9 @@ def _ball_dilation(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
     return out
 
 
-def _ball_opening(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
-    """``sitk.BinaryMorphologicalOpening(binary, r, sitk.sitkBall)``, voxel for voxel (the image's border counts as
-    set, as ITK's erosion takes it), with two distance maps."""
+def _ball_erosion(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
+    """``sitk.BinaryErode(binary, r, sitk.sitkBall)``, voxel for voxel (the image's border counts as set, as ITK
+    takes it), with one distance map."""
     background = sitk.Not(binary)
     if not sitk.GetArrayViewFromImage(background).any():
         return sitk.Image(binary)
@@ -299,9 +305,13 @@ def _ball_opening(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
                                      useImageSpacing=True)
     eroded = sitk.Cast(sitk.Greater(d, 1.0), sitk.sitkUInt8)
     eroded.CopyInformation(binary)
-    if not sitk.GetArrayViewFromImage(eroded).any():
-        return eroded
-    return _ball_dilation(eroded, r)
+    return eroded
+
+
+def _ball_opening(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
+    """``sitk.BinaryMorphologicalOpening(binary, r, sitk.sitkBall)``, voxel for voxel, with two distance maps."""
+    eroded = _ball_erosion(binary, r)
+    return _ball_dilation(eroded, r) if sitk.GetArrayViewFromImage(eroded).any() else eroded
 
 
 def _cut_on_own_box(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict) -> Tuple[sitk.Image, float]:
