@@ -43,6 +43,9 @@ DEFAULTS = {
     "runaway_reach": 2.5,          # from the rest is cut (a lobe stays near the lesion; a vessel runs away): flagged
                                    # (measured: a real lobe reaches 2.1 x, the phantoms' vessels 3.5-8.5 x)
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
+    "thin_ratio": 1.0,             # the largest ball inside the mask narrower than this x the slice thickness:
+                                   # uncertain (its shape is not resolved across slices; measured: the real CTs 1.14
+                                   # (lung1, 5 mm slices) and up, part-solid phantom 104 on 5 mm slices 0.86, Dice 0.50)
     "min_lung_contact": 0.45,      # share of the mask's surroundings that is lung, below this: uncertain (it lies more
                                    # in the chest wall or mediastinum than in the lung)
     "bone_hu": 200.0,              # smoothed HU at the seed above this: the seed lies in bone or calcium
@@ -550,6 +553,11 @@ def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
     if seen > 0 and g.equivalent_mm > float(p["leak_ratio"]) * seen:
         reasons.append(f"the mask ({g.volume_ml:.1f} mL) is much larger than the lesion visible at the seed "
                        f"(a ball of {2 * seen:.0f} mm): it may have leaked along vessels or tissue")
+    thickness = float(p.get("_max_spacing", 0.0))
+    if 0 < 2 * g.inscribed_mm < float(p["thin_ratio"]) * thickness:
+        reasons.append(f"the lesion at the seed is thinner than a slice (the largest ball inside it is "
+                       f"{2 * g.inscribed_mm:.1f} mm across, the slices {thickness:.1f} mm apart): its outline across "
+                       "the slices is not resolved, and vessels touching it may be in the mask")
     if np.isfinite(g.solid_ratio) and g.solid_ratio >= float(p["solid_predominant"]):
         reasons.append(f"the mask includes ground glass around a solid part of {100 * g.solid_ratio:.0f}% of its "
                        "diameter: it may be haze around a solid tumour rather than the tumour's own (a box around the "
