@@ -304,11 +304,7 @@ def _ball_erosion(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
     background = sitk.Not(binary)
     if not sitk.GetArrayViewFromImage(background).any():
         return sitk.Image(binary)
-    d = sitk.SignedMaurerDistanceMap(_ball_scaled(background, r), insideIsPositive=False, squaredDistance=True,
-                                     useImageSpacing=True)
-    eroded = sitk.Cast(sitk.Greater(d, 1.0), sitk.sitkUInt8)
-    eroded.CopyInformation(binary)
-    return eroded
+    return sitk.Not(_ball_dilation(background, r))
 
 
 def _ball_opening(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
