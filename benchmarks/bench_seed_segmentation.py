@@ -1,13 +1,16 @@
 """Seed -> proposed box + tumour mask on the shared real CTs (benchmark, not a test): Dice, label inside the box, time.
 
     PYTHONPATH=TMBRBModule .venv/bin/python benchmarks/bench_seed_segmentation.py [--runs 5] [--data DIR] [--demo]
+        [--reference OTHER/TMBRBModule]
 
 The seed is the label's centre of mass (``cases.json`` of ../shared/data/real_ct); no box is given, as with
 ``tmbrb score --seed`` alone. Per case it prints the Dice of the seed-grown tumour mask against the expert label, the
 share of the label's voxels inside the proposed box, the voxels grown vs in the label, whether the result was flagged
-uncertain, and the median wall time of seed -> box + mask over ``--runs`` runs. Target: Dice >= 0.80 and label inside
+uncertain, and the median process CPU time and wall time of seed -> box + mask over ``--runs`` runs. Target: Dice >= 0.80 and label inside
 the box >= 98 % on each case; <= 0.5 s median on lung2 (on a 2-core CPU shared with other work the figure is an upper
-bound). ``--demo`` adds the bundled demo phantom as ``tmbrb demo`` scores it (seed and the annotator's box), and from
+bound: CPU time is the steadier figure). ``--reference`` times another checkout's engine (its ``TMBRBModule``
+folder, e.g. main's) in the same process, each run alternating with this one's, and prints its line under each case
+with the masks' voxel difference. ``--demo`` adds the bundled demo phantom as ``tmbrb demo`` scores it (seed and the annotator's box), and from
 its seed alone (its peritumoral haze reads as ground glass: expected flagged uncertain), against its true tumour mask.
 """
 
@@ -34,14 +37,29 @@ CASES = ["pyradiomics/lung1_image.nrrd", "pyradiomics/lung2_image.nrrd",
          "lidc_voi/LIDC-IDRI-0072_R_1_image.nii.gz", "lidc_voi/LIDC-IDRI-0874_R_1_image.nii.gz"]
 
 
-def seed_to_box_and_mask(ct, seed, settings, given_box=None):
-    """(box, full-grid uint8 mask array, uncertain) with the engine's own entry point (old or new API); the old API
-    is run with the seed alone."""
-    try:
-        from TMBRBLib.proposal import segment_from_seed
-    except ImportError:  # the code before issue 13: propose a box, then grow the tumour inside it
-        from TMBRBLib.proposal import propose_box
-        from TMBRBLib.regions import segment_tumour
+def load_reference(folder: str):
+    """Another checkout's ``TMBRBLib`` (in ``folder``), imported as the package ``reference_TMBRBLib``."""
+    import importlib.util
+    init = Path(folder).resolve() / "TMBRBLib" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--reference {folder!r}: no TMBRBLib/__init__.py there (give a TMBRBModule folder)")
+    spec = importlib.util.spec_from_file_location("reference_TMBRBLib", init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reference_TMBRBLib"] = module
+    spec.loader.exec_module(module)
+    return "reference_TMBRBLib"
+
+
+def seed_to_box_and_mask(ct, seed, settings, given_box=None, lib="TMBRBLib"):
+    """(box, full-grid uint8 mask array, uncertain) with the engine's own entry point (old or new API) of the package
+    ``lib``; the old API is run with the seed alone."""
+    import importlib
+    proposal = importlib.import_module(f"{lib}.proposal")
+    segment_from_seed = getattr(proposal, "segment_from_seed", None)
+    if segment_from_seed is None:  # the code before issue 13: propose a box, then grow the tumour inside it
+        propose_box = proposal.propose_box
+        segment_tumour = importlib.import_module(f"{lib}.regions").segment_tumour
         box, _ = propose_box(ct, seed, settings["proposal"])
         mask, lo, _ = segment_tumour(ct, seed, box, settings["regions"])
         uncertain = None
@@ -66,7 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--data", default=str(REPO / ".." / "shared" / "data" / "real_ct"))
     ap.add_argument("--demo", action="store_true", help="add the demo phantom (seed and its annotator's box)")
+    ap.add_argument("--reference", help="another checkout's TMBRBModule folder, timed back to back with this one")
+    ap.add_argument("--cases", default="", help="only the cases whose file name holds this text")
     args = ap.parse_args(argv)
+    ref = load_reference(args.reference) if args.reference else None
     d = Path(args.data).resolve()
     if not (d / "cases.json").is_file():
         print(f"no real CTs in {d} (cases.json missing); nothing to measure")
@@ -76,34 +97,46 @@ def main(argv=None) -> int:
     settings = {"proposal": meta_bundle.get("proposal"), "regions": meta_bundle.get("regions")}
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"SimpleITK {sitk.Version.VersionString()}, runs={args.runs}")
-    print(f"{'case':<28} {'Dice':>6} {'in box':>7} {'grown':>8} {'label':>8} {'uncertain':>9} {'median s':>9}")
-    for name in CASES:
+    print(f"{'case':<28} {'Dice':>6} {'in box':>7} {'grown':>8} {'label':>8} {'uncertain':>9} {'CPU s':>6} "
+          f"{'wall s':>6}   (medians)")
+    for name in (c for c in CASES if args.cases in c):
         ct, _ = read_ct(d / name)
         meta = meta_all[name]
         label = read_mask(d / meta["label"], ct)
-        row(Path(name).name.split('_image')[0], ct, label, tuple(meta["seed_com_lps_mm"]), None, settings, args.runs)
+        row(Path(name).name.split('_image')[0], ct, label, tuple(meta["seed_com_lps_mm"]), None, settings, args.runs, ref)
     if args.demo:
         from TMBRBLib.geometry import Box
         from TMBRBLib.phantom import make_demo_case
         case = make_demo_case()
         row("demo phantom (its box)", case.ct, case.tumour, case.seed_lps, Box.from_corners(*case.box_lps), settings,
-            args.runs)
-        row("demo phantom (seed alone)", case.ct, case.tumour, case.seed_lps, None, settings, args.runs)
+            args.runs, ref)
+        row("demo phantom (seed alone)", case.ct, case.tumour, case.seed_lps, None, settings, args.runs, ref)
     return 0
 
 
-def row(name, ct, label, seed, given_box, settings, runs) -> None:
-    """Time seed -> box + mask ``runs`` times and print the case's line of the table."""
+def row(name, ct, label, seed, given_box, settings, runs, ref=None) -> None:
+    """Time seed -> box + mask ``runs`` times (alternating with the reference engine when given) and print the
+    case's line of the table (and the reference's under it)."""
     lab = sitk.GetArrayFromImage(label) > 0
-    times = []
+    libs = ["TMBRBLib"] + ([ref] if ref else [])
+    times = {lib: ([], []) for lib in libs}
+    out = {}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        box, full, uncertain = seed_to_box_and_mask(ct, seed, settings, given_box)
-        times.append(time.perf_counter() - t0)
-    m = full > 0
-    dice = 2 * (m & lab).sum() / max(1, m.sum() + lab.sum())
-    print(f"{name:<28} {dice:6.3f} {100 * label_in_box(label, box):6.1f}% "
-          f"{int(m.sum()):8d} {int(lab.sum()):8d} {str(uncertain):>9} {statistics.median(times):9.3f}")
+        for lib in libs:
+            c0, w0 = time.process_time(), time.perf_counter()
+            out[lib] = seed_to_box_and_mask(ct, seed, settings, given_box, lib)
+            times[lib][0].append(time.process_time() - c0)
+            times[lib][1].append(time.perf_counter() - w0)
+    for lib in libs:
+        box, full, uncertain = out[lib]
+        m = full > 0
+        dice = 2 * (m & lab).sum() / max(1, m.sum() + lab.sum())
+        label_text = name if lib == "TMBRBLib" else "  reference"
+        if lib != "TMBRBLib":
+            label_text += f" ({int((m != (out['TMBRBLib'][1] > 0)).sum())} vx differ)"
+        print(f"{label_text:<28} {dice:6.3f} {100 * label_in_box(label, box):6.1f}% "
+              f"{int(m.sum()):8d} {int(lab.sum()):8d} {str(uncertain):>9} {statistics.median(times[lib][0]):6.3f} "
+              f"{statistics.median(times[lib][1]):6.3f}", flush=True)
 
 
 if __name__ == "__main__":
