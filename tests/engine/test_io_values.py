@@ -202,6 +202,9 @@ def test_the_series_size_limit_is_on_the_sum_of_the_slices(tmp_path, dicom_ct, m
      'ReadImageInformation: Error reading up.txt: field "sizes" missing'),
     ("Exception thrown in SimpleITK\n  something odd happened  \n\n", "something odd happened"),
     ("Exception thrown in SimpleITK", "Exception thrown in SimpleITK"),
+    ("something first\nException thrown in SimpleITK", "something first"),
+    ("ITK ERROR: ImageIO(0x1f): Unable: the inner ERROR: detail", "Unable: the inner ERROR: detail"),
+    ("ITK ERROR: Bad MAX:\nthe last line", "Bad MAX: the last line"),
     ("", "unknown reason"),
 ])
 def test_itk_reason_keeps_the_reason_and_the_file_name_only(text, reason):
@@ -305,6 +308,14 @@ def test_nifti_sizes_follow_the_header_dimensions_and_bits(tmp_path):
         check_nifti_data_size, _nifti1(tmp_path / "e.nii", offset=400.0, data=b"\0" * 20))
     assert "the file holds 0 (0%)" in _message(
         check_nifti_data_size, _nifti2(tmp_path / "e2.nii", offset=600, data=b"\0" * 20))
+    # dim[0] = 0: no dimension counts, one voxel of 2 bytes
+    check_nifti_data_size(_nifti1(tmp_path / "f.nii", dims=(0, 4, 4, 4), data=b"\0\0"))
+    # a header cut right after its 348 bytes: nothing of the voxels
+    (tmp_path / "g.nii").write_bytes(_nifti1(tmp_path / "g.nii").read_bytes()[:348])
+    assert "declares 128 bytes of voxels, the file holds 0 (0%)" in _message(check_nifti_data_size, tmp_path / "g.nii")
+    # 7 dimensions of 32767 voxels: counted in floats, without overflowing to a small or negative count
+    msg = _message(check_nifti_data_size, _nifti1(tmp_path / "h.nii", dims=(7,) + (32767,) * 7, data=b""))
+    assert f"declares {int(np.float64(32767) ** 7) * 2} bytes of voxels" in msg
 
 
 def test_a_gzipped_nifti_cut_short_is_refused(tmp_path):
@@ -378,7 +389,11 @@ def test_a_long_outside_name_is_shortened_in_the_message(tmp_path):
     assert f"('{value[:117]}...')" in _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path)
     value = "../" + "e" * 110 + "/ct.raw"  # 120 characters: shown whole
     (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ndata file: {value}\n\n")
-    assert f"('{value}')" in _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path)
+    assert _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path).startswith(
+        f"The CT 'ct.nhdr' names a data file outside its folder ('{value}')")
+    value = "../" + "e" * 111 + "/ct.raw"  # 121 characters: shortened
+    (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ndata file: {value}\n\n")
+    assert f"('{value[:117]}...')" in _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path)
 
 
 def test_read_image_within_a_folder_refuses_a_header_pointing_out(tmp_path):
@@ -561,11 +576,11 @@ def test_sub_images_and_pasting_keep_the_geometry():
     assert sub.GetSize() == (2, 3, 3) and sub.GetPixelID() == sitk.sitkUInt8
     assert sub.GetOrigin() == (1.5, 4.0, 9.0) and sub.GetSpacing() == (0.5, 1.0, 2.0)
     assert sub.GetDirection() == ref.GetDirection()
-    full = np.zeros((6, 5, 4), np.int16)
-    paste_region(full, np.ones((3, 3, 2), np.int16), (1, 2, 3))
-    expected = np.zeros((6, 5, 4), np.int16)
-    expected[3:6, 2:5, 1:3] = 1
+    full = np.zeros((6, 5, 6), np.int16)
+    paste_region(full, np.ones((2, 3, 2), np.int16), (1, 2, 3))
+    expected = np.zeros((6, 5, 6), np.int16)
+    expected[3:5, 2:5, 1:3] = 1
     assert np.array_equal(full, expected)
-    img = array_to_image(full, ref)
+    img = array_to_image(full[:, :, :4], ref)
     assert img.GetOrigin() == ref.GetOrigin() and img.GetSpacing() == ref.GetSpacing()
-    assert np.array_equal(sitk.GetArrayFromImage(img), full)
+    assert np.array_equal(sitk.GetArrayFromImage(img), full[:, :, :4])
