@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -521,3 +522,46 @@ def test_a_batch_never_deletes_an_input_inside_its_case_folder(small_ct, placeho
     assert row["status"] == "failed" and row["error"].startswith("The case's ct 'c/ct.nrrd' lies in its output "
                                                                  "folder")
     assert ct.read_bytes() == small_ct.read_bytes()
+
+
+def test_a_row_with_a_mask_box_ecog_and_ring_width_is_scored_with_them(placeholder_bundle, tmp_path):
+    from TMBRBLib.errors import TMBRBCancelled
+    from TMBRBLib.pipeline import Scorer
+
+    ct, mask = make_ct(size=(48, 48, 14), spacing=(1.0, 1.0, 3.5), tumour_lps=TUMOUR, radius_mm=6, noise=10)
+    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"), True)
+    sitk.WriteImage(mask, str(tmp_path / "mask.nrrd"), True)
+    row = {"case_id": "c", "ct": "ct.nrrd", "mask": "mask.nrrd", "seed_lps": "10,-20,30",
+           "box_lps": "2,-28,22,18,-12,38", "ecog": "2"}
+    plan = plan_cases([row], tmp_path)[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    scorer = Scorer(placeholder_bundle, "cpu")
+    with pytest.raises(TMBRBCancelled):  # cancelled: raised, not a failed row, and nothing written
+        batch.run_case(plan, out, scorer, placeholder_bundle, 0, 6.0, False, cancel=lambda: True)
+    assert list(out.iterdir()) == []
+    got = batch.run_case(plan, out, scorer, placeholder_bundle, 0, 6.0, False)
+    res = json.loads((out / "c" / "result.json").read_text())
+    assert got["status"] == "ok" and got["ecog"] == 2 and res["risk"]["ecog"] == 2
+    assert res["attention"]["ring_width_mm"] == 6.0 and res["inputs"]["keyed_inputs"]["ring_width_mm"] == 6.0
+    assert res["box"]["proposed"] is False
+    assert (res["box"]["lps_min"], res["box"]["lps_max"]) == ([2.0, -28.0, 22.0], [18.0, -12.0, 38.0])
+    assert res["inputs"]["segmentation_given"] is True and res["model"]["sha256"] == placeholder_bundle.sha256
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "c" / "tumour.nrrd"))),
+                          sitk.GetArrayFromImage(mask))
+    thick = [w for w in res["warnings"] if w.startswith("3.5 mm slices")]
+    assert len(thick) == 1  # said when reading and when scoring: once
+    assert res["warnings"][0] == placeholder_bundle.notice
+
+
+def test_rank_files_count_only_the_other_processes_and_show_paths_relative(tmp_path):
+    files = RankFiles(tmp_path, 3, "tmbrb:now")
+    files.publish(0, [{"row": 1}], 1, finished=False)
+    files.publish(1, [{"row": 2}, {"row": 5}], 2, finished=False)
+    assert files.others_done() == 2  # process 0's own rows and the silent process 2 are not counted
+    assert [r["row"] for r in files.rows(1)] == ["2", "5"]
+    files.publish(2, [], 1, finished=True,
+                  error=f"TMBRBInputError: The CT '{tmp_path / 'cts' / 'x.nrrd'}' does not exist.")
+    merged = files.merge([], [(None, "c1", ""), (None, "c2", ""), (None, "c3", "")], 1.0,
+                         {1: None, 2: files.state(2)})
+    assert merged[2]["error"] == "not scored: process 2 stopped: TMBRBInputError: The CT 'cts/x.nrrd' does not exist."
