@@ -12,9 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from TMBRBLib.crop import crop_for_model, shift_offsets
+from TMBRBLib.crop import crop_for_model, fraction_outside_scan, shift_offsets
 from TMBRBLib.errors import TMBRBCancelled, TMBRBInputError
 from TMBRBLib.geometry import Box
+from TMBRBLib.io import same_grid
 from TMBRBLib.pipeline import (TTA_BATCH, Scorer, _is_oom, _paste_clipped, _report, check_seed, ct_summary,
                                field_of_view_warnings, mask_box_warnings, model_inputs, regions_and_cam,
                                resolve_box, score_case, score_to_folder)
@@ -139,12 +140,13 @@ def test_field_of_view_outside_the_scan_is_said_in_percent(case, placeholder_bun
     pre = placeholder_bundle.tmbrb["preprocessing"]
     _, _, inside = crop_for_model(ct, Box.from_center_size(TUMOUR, (10.0, 10.0, 10.0)), pre)
     assert field_of_view_warnings(ct, inside) == []
-    # a crop centred on the CT's x = min face: half of it lies outside
-    x0 = ct.TransformIndexToPhysicalPoint((0, 0, 0))[0] - 0.5
-    _, _, half = crop_for_model(ct, Box.from_center_size((x0, -20.0, 30.0), (10.0, 10.0, 10.0)), pre)
-    (w,) = field_of_view_warnings(ct, half)
-    assert w.endswith("% of the model's field of view lies outside the scan and is padded with air.")
-    assert int(w.split("%")[0]) == pytest.approx(50, abs=6)
+    # a crop centred 7 mm inside the CT's x = min face: part of it lies outside
+    x0 = ct.TransformIndexToPhysicalPoint((0, 0, 0))[0] + 7.0
+    _, _, part = crop_for_model(ct, Box.from_center_size((x0, -20.0, 30.0), (10.0, 10.0, 10.0)), pre)
+    f = fraction_outside_scan(ct, part)
+    assert round(100 * f) != round(101 * f), "a fraction that reads the same in other units: the test shows nothing"
+    assert field_of_view_warnings(ct, part) == [
+        f"{round(100 * f)}% of the model's field of view lies outside the scan and is padded with air."]
 
 
 # ------------------------------------------------------------------------------------------------ CAM and regions
@@ -157,11 +159,14 @@ def _grid_and_cam(ct, meta, value):
 
 def test_regions_and_cam_on_the_ct_grid_with_a_given_mask(case, placeholder_bundle):
     ct, mask = case
-    box, grid, cam = _grid_and_cam(ct, placeholder_bundle.tmbrb, 0.25)
+    box, grid, cam = _grid_and_cam(ct, placeholder_bundle.tmbrb, 0.0)
+    zz, yy, xx = np.indices(cam.shape)
+    cam[:] = np.exp(-((zz - 30.3) ** 2 + (yy - 33.6) ** 2 + (xx - 29.2) ** 2) / 50.0)  # a peak between voxels
     warnings = []
     cam_r, tumour_r, ring_r, shares = regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 4.0, None, warnings)
     assert warnings == []
-    assert cam_r.data.dtype == np.float32 and cam_r.data.max() == 1.0  # scaled to a maximum of 1
+    assert cam_r.data.dtype == np.float32 and cam_r.data.max() == pytest.approx(1.0, abs=1e-6)  # scaled to max 1
+    assert same_grid(cam_r.full_image(), ct, tol=1e-9)
     assert tumour_r.data.dtype == np.uint8 and ring_r.data.dtype == np.uint8
     full_mask = sitk.GetArrayFromImage(tumour_r.full_image())
     assert np.array_equal(full_mask, sitk.GetArrayFromImage(mask))  # the given mask, whole, on the CT grid
@@ -175,6 +180,28 @@ def test_regions_and_cam_on_the_ct_grid_with_a_given_mask(case, placeholder_bund
     c = cam_r.data.astype(np.float64)
     assert shares["tumour"] == pytest.approx(c[t].sum() / c.sum(), rel=1e-5)
     assert shares["ring"] == pytest.approx(c[r].sum() / c.sum(), rel=1e-5)
+    regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 0.5, None, [])  # a thin ring is a ring
+    # a ring wider than the crop's margin: the region reaches the box plus the ring's width
+    cam_r, _, ring_r, _ = regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 30.0, None, [])
+    lo_pt = np.asarray(ct.TransformIndexToPhysicalPoint([int(v) for v in cam_r.lo]))
+    hi_pt = np.asarray(ct.TransformIndexToPhysicalPoint([int(v) + n - 1 for v, n in
+                                                         zip(cam_r.lo, cam_r.data.shape[::-1])]))
+    assert np.all(lo_pt <= np.asarray(box.min) - 30.0 + 2.0) and np.all(hi_pt >= np.asarray(box.max) + 30.0 - 2.0)
+
+
+def test_regions_with_the_tumour_segmented_at_the_seed(case, placeholder_bundle):
+    ct, _ = case
+    box, proposed, seg = resolve_box(ct, TUMOUR, None, None, [])
+    _, _, grid = crop_for_model(ct, box, placeholder_bundle.tmbrb["preprocessing"])
+    cam = np.ones(tuple(grid.size_xyz[::-1]), np.float32)
+    _, tumour_r, ring_r, shares = regions_and_cam(ct, TUMOUR, box, grid, cam, None, 4.0, None, [], seg)
+    full = sitk.GetArrayFromImage(tumour_r.full_image())
+    expected = np.zeros_like(full)
+    z, y, x = (int(v) for v in np.asarray(seg.lo)[::-1])
+    m = sitk.GetArrayFromImage(seg.mask)
+    expected[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]] = m
+    assert full.sum() > 50 and np.array_equal(full > 0, expected > 0)
+    assert shares["tumour"] > 0 and not np.any((ring_r.data > 0) & (tumour_r.data > 0))
 
 
 def test_a_zero_cam_and_a_far_mask_are_said_and_a_ring_width_must_be_positive(case, placeholder_bundle):
@@ -198,18 +225,21 @@ def test_a_zero_cam_and_a_far_mask_are_said_and_a_ring_width_must_be_positive(ca
 
 
 def test_paste_clipped_drops_what_falls_outside():
-    dst = np.zeros((4, 5, 6), np.uint8)
-    src = np.arange(1, 1 + 3 * 3 * 3, dtype=np.uint8).reshape(3, 3, 3)
-    _paste_clipped(dst, src, (-1, 3, 2))  # x from -1, y from 3, z from 2 (offsets are x, y, z)
+    src = np.arange(1, 1 + 2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)  # z, y, x
+    dst = np.zeros((7, 5, 6), np.uint8)
+    _paste_clipped(dst, src, (2, -1, 1))  # offsets x, y, z: y's first row and x's last two columns fall outside
     expected = np.zeros_like(dst)
-    expected[2:4, 3:5, 0:2] = src[0:2, 0:2, 1:3]
+    expected[1:3, 0:2, 2:6] = src[0:2, 1:3, 0:4]
+    assert np.array_equal(dst, expected)
+    dst = np.zeros((7, 5, 6), np.uint8)
+    _paste_clipped(dst, src, np.array([-3.0, -1.0, 1.0]))  # whole numbers as floats, as index arithmetic gives
+    expected = np.zeros_like(dst)
+    expected[1:3, 0:2, 0:1] = src[0:2, 1:3, 3:4]
     assert np.array_equal(dst, expected)
     before = dst.copy()
     _paste_clipped(dst, src, (6, 0, 0))   # wholly outside: nothing
     _paste_clipped(dst, src, (0, -3, 0))
     assert np.array_equal(dst, before)
-    _paste_clipped(dst, src, (0, 0, 0))
-    assert np.array_equal(dst[:3, :3, :3], src)
 
 
 # ------------------------------------------------------------------------------------------------ progress, cancel
