@@ -22,6 +22,7 @@ from TMBRBLib.batch import (INPUTS_KEY_VERSION, SUMMARY_FIELDS, RankFiles, case_
 from TMBRBLib.errors import TMBRBInputError
 
 from .synthetic import make_ct
+from .test_batch_resume import _manifest
 
 BASE = Path("/data/study")
 TUMOUR = (10.0, -20.0, 30.0)
@@ -455,14 +456,6 @@ def small_ct(tmp_path_factory):
     ct, _ = make_ct(size=(48, 48, 24), spacing=(1.0, 1.0, 2.0), tumour_lps=TUMOUR, radius_mm=6, noise=10)
     sitk.WriteImage(ct, str(d / "ct.nrrd"), True)
     return d / "ct.nrrd"
-
-
-def _manifest(path: Path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["case_id", "ct", "seed_lps", "ecog"])
-        w.writerows(rows)
-    return path
 
 
 def _read_summary(out):
