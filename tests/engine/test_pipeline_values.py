@@ -82,6 +82,9 @@ def test_a_box_made_from_a_given_mask_is_its_extent_plus_the_margin(case):
     np.testing.assert_allclose(box.min, lo - 3.0) and np.testing.assert_allclose(box.max, hi + 3.0)
     box, _, _ = resolve_box(ct, seed, None, {"margin_mm": 5}, warnings, tumour_mask=m)
     np.testing.assert_allclose(box.min, lo - 5.0) and np.testing.assert_allclose(box.max, hi + 5.0)
+    warnings = ["earlier"]
+    resolve_box(ct, TUMOUR, None, None, warnings, tumour_mask=m)  # the seed is not in this mask's box
+    assert warnings[0] == "earlier" and warnings[1].startswith("The seed lies outside the box made from the tumour")
     # an empty mask: the box comes from the tumour segmented at the seed
     empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(ct)
@@ -96,6 +99,8 @@ def test_a_box_proposed_from_the_seed_holds_the_tumour(case):
     assert proposed is True and warnings == seg.warnings
     assert np.all(np.asarray(box.min) < np.asarray(TUMOUR) - 5) and np.all(np.asarray(box.max) > np.asarray(TUMOUR) + 5)
     assert np.all(np.asarray(box.size) < 30)
+    wider, _, _ = resolve_box(ct, TUMOUR, None, {"margin_mm": 8.0}, [])  # the proposal's settings are used
+    np.testing.assert_allclose(np.asarray(wider.size), np.asarray(box.size) + 10.0, atol=1e-6)
 
 
 def test_mask_box_warnings_name_a_far_seed_and_the_parts():
@@ -111,6 +116,8 @@ def test_mask_box_warnings_name_a_far_seed_and_the_parts():
     m[4, 11, 11] = 1  # touches the first voxel at a corner: one part (fully connected)
     assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == []
     m[15, 10, 10] = 2
+    assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == [
+        "The tumour mask has 2 separate parts; the box holds all of them. Give a mask of the one lesion to score."]
     m[9, 10, 10] = 1
     assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == [
         "The tumour mask has 3 separate parts; the box holds all of them. Give a mask of the one lesion to score."]
@@ -133,6 +140,13 @@ def test_model_inputs_are_the_box_crop_and_each_shifted_box_crop(case, placehold
         assert np.array_equal(s, crop_for_model(ct, box.shifted(o), meta["preprocessing"])[0])
     assert len(model_inputs(ct, box, meta, None)[3]) == meta["tta"]["n_shifts"]
     assert model_inputs(ct, box, meta, 0)[3:] == ([], [])
+    # the bundle's own test-time settings are used; a bundle without them gets the defaults
+    other = {**meta, "tta": {"n_shifts": 2, "shift_fraction": 0.3, "max_shift_mm": 4.0, "seed": 7}}
+    offsets = model_inputs(ct, box, other, None)[3]
+    expected = shift_offsets(box, other["tta"], 2)
+    assert len(offsets) == 2 and all(np.array_equal(a, b) for a, b in zip(offsets, expected))
+    bare = {k: v for k, v in meta.items() if k != "tta"}
+    assert all(np.array_equal(a, b) for a, b in zip(model_inputs(ct, box, bare, 2)[3], shift_offsets(box, {}, 2)))
 
 
 def test_field_of_view_outside_the_scan_is_said_in_percent(case, placeholder_bundle):
@@ -166,7 +180,7 @@ def test_regions_and_cam_on_the_ct_grid_with_a_given_mask(case, placeholder_bund
     cam_r, tumour_r, ring_r, shares = regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 4.0, None, warnings)
     assert warnings == []
     assert cam_r.data.dtype == np.float32 and cam_r.data.max() == pytest.approx(1.0, abs=1e-6)  # scaled to max 1
-    assert same_grid(cam_r.full_image(), ct, tol=1e-9)
+    assert same_grid(cam_r.full_image(), ct, tol=1e-9) and same_grid(ring_r.full_image(), ct, tol=1e-9)
     assert tumour_r.data.dtype == np.uint8 and ring_r.data.dtype == np.uint8
     full_mask = sitk.GetArrayFromImage(tumour_r.full_image())
     assert np.array_equal(full_mask, sitk.GetArrayFromImage(mask))  # the given mask, whole, on the CT grid
