@@ -540,6 +540,8 @@ def test_a_row_with_a_mask_box_ecog_and_ring_width_is_scored_with_them(placehold
     assert res["box"]["proposed"] is False
     assert (res["box"]["lps_min"], res["box"]["lps_max"]) == ([2.0, -28.0, 22.0], [18.0, -12.0, 38.0])
     assert res["inputs"]["segmentation_given"] is True and res["model"]["sha256"] == placeholder_bundle.sha256
+    assert res["inputs"]["mask_path"] == {  # two folders up: recorded by name and path sha256
+        "name": "mask.nrrd", "path_sha256": hashlib.sha256(str((tmp_path / "mask.nrrd").resolve()).encode()).hexdigest()}
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "c" / "tumour.nrrd"))),
                           sitk.GetArrayFromImage(mask))
     thick = [w for w in res["warnings"] if w.startswith("3.5 mm slices")]
