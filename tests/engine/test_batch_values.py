@@ -118,7 +118,7 @@ def test_reserved_case_ids_are_the_batch_files_and_over_long_names():
     assert summary_names(2) == ["summary.csv", "summary.csv.part", "summary.rank0.csv", "summary.rank0.json",
                                 "summary.rank0.csv.part", "summary.rank0.json.part", "summary.rank1.csv",
                                 "summary.rank1.json", "summary.rank1.csv.part", "summary.rank1.json.part"]
-    assert summary_names(0) == summary_names(1) == summary_names(2)[:6]
+    assert summary_names(0) == summary_names(1) == summary_names() == summary_names(2)[:6]
     for name in summary_names(3) + ["Summary.CSV", "a.error.log", "summary-old.json"]:
         assert "is the name of a file the batch writes" in reserved_case_id(name)
     for name in ("summary", "summary.txt", "mysummary.csv.bak", "error.logs", "x" * 120):
@@ -536,6 +536,7 @@ def test_a_row_with_a_mask_box_ecog_and_ring_width_is_scored_with_them(placehold
     got = batch.run_case(plan, out, scorer, placeholder_bundle, 0, 6.0, False)
     res = json.loads((out / "c" / "result.json").read_text())
     assert got["status"] == "ok" and got["ecog"] == 2 and res["risk"]["ecog"] == 2
+    assert got["note"] == ""  # no DICOM export unless asked
     assert res["attention"]["ring_width_mm"] == 6.0 and res["inputs"]["keyed_inputs"]["ring_width_mm"] == 6.0
     assert res["box"]["proposed"] is False
     assert (res["box"]["lps_min"], res["box"]["lps_max"]) == ([2.0, -28.0, 22.0], [18.0, -12.0, 38.0])
@@ -560,3 +561,12 @@ def test_rank_files_count_only_the_other_processes_and_show_paths_relative(tmp_p
     merged = files.merge([], [(None, "c1", ""), (None, "c2", ""), (None, "c3", "")], 1.0,
                          {1: None, 2: files.state(2)})
     assert merged[2]["error"] == "not scored: process 2 stopped: TMBRBInputError: The CT 'cts/x.nrrd' does not exist."
+    assert merged[2]["seconds"] == 0.0 and merged[2]["status"] == "failed" and merged[2]["case_id"] == "c3"
+
+
+def test_a_row_that_could_not_be_planned_is_a_failed_row_without_scoring(tmp_path):
+    error = f"The row has no seed. (in '{tmp_path / 'm.csv'}')"
+    row = batch.run_case((None, "c7", error), tmp_path, None, None, None, None, False)
+    assert row == {**{k: "" for k in SUMMARY_FIELDS}, "case_id": "c7", "status": "failed",
+                   "error": "The row has no seed. (in 'm.csv')", "seconds": 0.0}
+    assert list(tmp_path.iterdir()) == []
