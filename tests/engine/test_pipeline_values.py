@@ -253,6 +253,7 @@ def test_paste_clipped_drops_what_falls_outside():
     before = dst.copy()
     _paste_clipped(dst, src, (6, 0, 0))   # wholly outside: nothing
     _paste_clipped(dst, src, (0, -3, 0))
+    _paste_clipped(dst, np.ones((2, 3, 9), np.uint8), (10, 0, 0))  # far beyond x: a wide source is not wrapped
     assert np.array_equal(dst, before)
 
 
