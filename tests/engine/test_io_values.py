@@ -1,0 +1,586 @@
+"""Reading CTs and masks: the values and messages a user relies on (issue 16). Exact messages for each kind of bad
+input, the limits at their boundary (Hounsfield range, spacing, field of view, label count, slice spacing tolerance),
+DICOM folders (damaged files, other objects, the series read), NIfTI headers cut short, detached headers, and the
+grid helpers (a mask put on the CT's grid, sub-images)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from TMBRBLib import io as tio
+from TMBRBLib.errors import TMBRBInputError
+from TMBRBLib.io import (array_to_image, check_data_files_within, check_field_of_view, check_label_map,
+                         check_nifti_data_size, detached_data_files, dicom_series_files, dicom_storage_class,
+                         itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image, read_mask, same_grid,
+                         sub_image_info, validate_ct, write_image)
+
+from .synthetic import make_ct
+from .test_bad_input import _non_image_dicom, _write_dicom_series
+
+
+def _message(fn, *args, **kw) -> str:
+    with pytest.raises(TMBRBInputError) as e:
+        fn(*args, **kw)
+    return str(e.value)
+
+
+def _image(arr, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    return img
+
+
+def _air_ct(size_zyx=(20, 20, 20), value=-1000.0, spacing=(1.0, 1.0, 1.0), dtype=np.int16):
+    return _image(np.full(size_zyx, value, dtype), spacing)
+
+
+@pytest.fixture(scope="module")
+def dicom_ct():
+    # identity directions; slice k lies at z = 30 - 2 * 5.5 + 2 k = 19 + 2 k mm
+    ct, _ = make_ct(size=(40, 36, 12), spacing=(0.8, 0.8, 2.0), tumour_lps=(10, -20, 30), radius_mm=6)
+    return ct
+
+
+def _move_slice(path: Path, dz: float = None, tags=None, erase=()):
+    img = sitk.ReadImage(str(path))
+    if dz is not None:
+        pos = [float(v) for v in img.GetMetaData("0020|0032").split("\\")]
+        img.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in (pos[0], pos[1], pos[2] + dz)))
+    for k, v in (tags or {}).items():
+        img.SetMetaData(k, v)
+    for k in erase:
+        img.EraseMetaData(k)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    w.SetFileName(str(path))
+    w.Execute(img)
+
+
+# ------------------------------------------------------------------------------------------------ DICOM folders
+def test_dicom_series_files_are_the_larger_series_in_slice_order(tmp_path, dicom_ct):
+    small, _ = make_ct(size=(40, 36, 4), spacing=(0.8, 0.8, 2.0))
+    _write_dicom_series(dicom_ct, tmp_path / "d", "1.2.826.0.1.3680043.2.1125.20")
+    _write_dicom_series(small, tmp_path / "d", "1.2.826.0.1.3680043.2.1125.21", start=100)
+    files = dicom_series_files(tmp_path / "d")
+    assert [Path(f).name for f in files] == [f"slice{k:04d}.dcm" for k in range(12)]
+    assert dicom_series_files(str(tmp_path / "d")) == files
+    assert dicom_series_files(tmp_path / "d" / "slice0000.dcm") == []  # a file, not a folder
+    assert dicom_series_files(tmp_path / "nowhere") == []
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    assert dicom_series_files(tmp_path / "empty") == []
+    ct, warnings = read_ct(tmp_path / "d")
+    assert warnings == ["The DICOM folder holds 2 series; used the largest (1.2.826.0.1.3680043.2.1125.20, 12 "
+                        "files). Give a folder with one series to choose."]
+    assert ct.GetSize() == (40, 36, 12)
+
+
+def test_damaged_slice_files_are_named_the_first_three_and_a_count(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in (0, 1, 9, 10, 11):  # ends of the series: what is left has no gap
+        f = folder / f"slice{k:04d}.dcm"
+        f.write_bytes(f.read_bytes()[:600])
+    msg = _message(read_ct, folder)
+    assert msg.startswith(f"The DICOM folder '{folder}' holds 5 file(s) that cannot be read as a slice (slice0000.dcm, "
+                          "slice0001.dcm, slice0009.dcm and 2 more): truncated or damaged.")
+    assert "Export the series again from the scanner or PACS, or remove files that do not belong to it." in msg
+
+
+def test_a_damaged_file_named_dcm_is_refused_and_other_files_are_ignored(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    (folder / "notes.txt").write_text("not DICOM")
+    (folder / "image.bin").write_bytes(b"\0" * 300)
+    ct, warnings = read_ct(folder)
+    assert warnings == [] and ct.GetSize() == (40, 36, 12)
+    (folder / "JUNK.DCM").write_bytes(b"\0" * 300)  # a .dcm name counts, in any case, even without the preamble
+    assert "cannot be read as a slice (JUNK.DCM)" in _message(read_ct, folder)
+
+
+def test_other_dicom_objects_are_skipped_with_a_count(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for name in ("sr1", "sr2.dcm", "sr3", "sr4"):  # no .dcm name: found by the 'DICM' preamble
+        _non_image_dicom(folder / name, "1.2.840.10008.5.1.4.1.1.88.22")
+    ct, warnings = read_ct(folder)
+    assert warnings == ["Skipped 4 DICOM file(s) that are not CT images (sr1, sr2.dcm, sr3 and 1 more): reports, "
+                        "structures or other objects in the series folder."]
+
+
+def _file_meta(path: Path, elements, preamble=b"DICM"):
+    out = b""
+    for group, elem, vr, value in elements:
+        if vr in (b"OB", b"UN"):
+            out += struct.pack("<HH", group, elem) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+        else:
+            out += struct.pack("<HH", group, elem) + vr + struct.pack("<H", len(value)) + value
+    path.write_bytes(b"\0" * 128 + preamble + out)
+    return path
+
+
+def test_dicom_storage_class_is_read_from_the_file_meta(tmp_path):
+    ct_class = b"1.2.840.10008.5.1.4.1.1.2\0"
+    meta = [(0x0002, 0x0000, b"UL", struct.pack("<I", 100)), (0x0002, 0x0001, b"OB", b"\0\1"),
+            (0x0002, 0x0002, b"UI", ct_class), (0x0002, 0x0003, b"UI", b"1.2.3\0")]
+    assert dicom_storage_class(_file_meta(tmp_path / "a", meta)) == "1.2.840.10008.5.1.4.1.1.2"
+    assert dicom_storage_class(str(tmp_path / "a")) == "1.2.840.10008.5.1.4.1.1.2"
+    assert dicom_storage_class(_file_meta(tmp_path / "b", [(0x0002, 0x0002, b"UI", b" 1.2.840 ")])) == "1.2.840"
+    assert dicom_storage_class(_file_meta(tmp_path / "c", meta, preamble=b"DICN")) == ""
+    assert dicom_storage_class(_file_meta(tmp_path / "d", meta[:2])) == ""        # no class element
+    assert dicom_storage_class(_file_meta(tmp_path / "e", [(0x0008, 0x0002, b"UI", ct_class)])) == ""  # not group 2
+    assert dicom_storage_class(tmp_path / "missing") == ""
+    (tmp_path / "f").write_bytes((tmp_path / "a").read_bytes()[:132 + 12 + 8 + 4])  # cut inside the OB element
+    assert dicom_storage_class(tmp_path / "f") == ""
+    (tmp_path / "g").write_bytes((tmp_path / "a").read_bytes()[:132 + 12 + 4])  # cut inside a long VR's header
+    assert dicom_storage_class(tmp_path / "g") == ""
+    far = [(0x0002, 0x0001, b"OB", b"\0" * 4000), (0x0002, 0x0002, b"UI", ct_class)]  # past the first 4096 bytes
+    assert dicom_storage_class(_file_meta(tmp_path / "h", far)) == ""
+
+
+def test_a_missing_slice_is_named_with_its_neighbours_positions(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    (folder / "slice0005.dcm").unlink()
+    assert _message(read_ct, folder) == (
+        "The DICOM series has uneven slice spacing: 4 mm between slice0004.dcm (at 27.00 mm) and slice0006.dcm (at "
+        "31.00 mm) where the other slices are 2 mm apart (1 such step(s)): a slice is missing. Stacked as they are, "
+        "the slices would lie at the wrong positions. "
+        "Export the complete series again from the scanner or PACS (all slices, one reconstruction).")
+
+
+def test_uneven_slices_are_refused_beyond_one_percent_of_the_step(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    _move_slice(folder / "slice0008.dcm", 0.015)  # steps 2.015 and 1.985: within 1% of 2 mm
+    ct, warnings = read_ct(folder)
+    assert warnings == [] and ct.GetSize()[2] == 12
+    _move_slice(folder / "slice0008.dcm", 0.5 - 0.015)  # steps 2.5 and 1.5
+    msg = _message(read_ct, folder)
+    assert msg.startswith("The DICOM series has uneven slice spacing: 2.5 mm between slice0007.dcm (at 33.00 mm) and "
+                          "slice0008.dcm (at 35.50 mm) where the other slices are 2 mm apart (2 such step(s)): the "
+                          "slices are unevenly spaced.")
+    _move_slice(folder / "slice0008.dcm", -0.5 + 0.03)  # steps 2.03 and 1.97: over 1% of 2 mm
+    assert "2.03 mm between slice0007.dcm" in _message(read_ct, folder)
+
+
+def test_slices_at_one_position_are_refused(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in range(12):  # every slice at one position (one volume stacked on itself)
+        _move_slice(folder / f"slice{k:04d}.dcm", tags={"0020|0032": "-5.600000\\-34.000000\\19.000000"})
+    msg = _message(read_ct, folder)
+    assert msg.startswith("The DICOM series has slices at the same position (slice")
+    assert msg.endswith(", ...): it holds several volumes or repeated slices. "
+                        "Give a folder with one CT series, one file per slice.")
+
+
+def test_the_series_size_limit_is_on_the_sum_of_the_slices(tmp_path, dicom_ct, monkeypatch):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    monkeypatch.setattr(tio, "MAX_VOXELS", 40 * 36 * 12)  # exactly the series: read
+    assert read_ct(folder)[0].GetSize() == (40, 36, 12)
+    monkeypatch.setattr(tio, "MAX_VOXELS", 40 * 36 * 12 - 1)
+    assert _message(read_ct, folder) == (
+        "The DICOM series in 'd' declares 0.0 billion values over 12 slice file(s) (sizes 40 x 36 x 1); the limit is "
+        "0.00 billion. Check the series; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
+# ------------------------------------------------------------------------------------------------ ITK's messages
+@pytest.mark.parametrize("text, reason", [
+    ('Exception thrown in ReadImage: /src/a.cxx:99:\nsitk::ERROR: Unable to determine ImageIO reader for "/tmp/x/up.txt"',
+     'Unable to determine ImageIO reader for "up.txt"'),
+    ("/src/b.hxx:10:\nITK ERROR: NrrdImageIO(0x55d0c): ReadImageInformation: Error reading /tmp/x/up.txt:\n"
+     "[nrrd] nrrdLoad: trouble reading \"/tmp/x/up.txt\"\n[nrrd] _nrrdFormatNRRD_read: field \"sizes\" missing",
+     'ReadImageInformation: Error reading up.txt: field "sizes" missing'),
+    ("Exception thrown in SimpleITK\n  something odd happened  \n\n", "something odd happened"),
+    ("Exception thrown in SimpleITK", "Exception thrown in SimpleITK"),
+    ("something first\nException thrown in SimpleITK", "something first"),
+    ("ITK ERROR: ImageIO(0x1f): Unable: the inner ERROR: detail", "Unable: the inner ERROR: detail"),
+    ("ITK ERROR: Bad MAX:\nthe last line", "Bad MAX: the last line"),
+    ("", "unknown reason"),
+])
+def test_itk_reason_keeps_the_reason_and_the_file_name_only(text, reason):
+    assert itk_reason(RuntimeError(text), "/tmp/x/up.txt") == reason
+
+
+def test_an_unreadable_file_says_what_it_was_and_why(tmp_path):
+    p = tmp_path / "up.txt"
+    p.write_text("hello")
+    msg = _message(read_image, p, "segmentation")
+    assert msg.startswith(f"Could not read the segmentation '{p}' (") and "up.txt" in msg
+    assert "/src/" not in msg and ".cxx" not in msg and ".hxx" not in msg
+    assert msg.endswith("Give a NRRD, NIfTI (.nii/.nii.gz), MHA file or a DICOM series folder that is not "
+                        "damaged.")
+    assert _message(read_image, tmp_path / "no.nrrd", "segmentation") == (
+        f"The segmentation '{tmp_path / 'no.nrrd'}' does not exist. Check the path.")
+
+
+def test_a_detached_header_whose_voxels_are_a_folder_is_refused(tmp_path):
+    (tmp_path / "ct.raw").mkdir()
+    (tmp_path / "ct.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n"
+                                      "data file: ct.raw\n\n")
+    assert _message(read_image, tmp_path / "ct.nhdr", "mask") == (
+        "The mask 'ct.nhdr' keeps its voxels in 'ct.raw', which is not a regular file (a pipe, socket or device). "
+        "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
+
+
+def test_a_header_declaring_too_many_voxels_names_its_size(tmp_path):
+    (tmp_path / "big.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 2048 2048 1024\nencoding: raw\n"
+                                       "endian: little\n"
+                                       "data file: big.raw\n\n")
+    (tmp_path / "big.raw").write_bytes(b"")
+    assert _message(read_image, tmp_path / "big.nhdr", "segmentation") == (
+        "The segmentation 'big.nhdr' declares 2048 x 2048 x 1024 voxels (4.3 billion values); the limit is 1.07 "
+        "billion. Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
+def test_the_voxel_limit_is_inclusive_and_counts_components(tmp_path, monkeypatch):
+    img = sitk.Image([4, 4, 4], sitk.sitkVectorInt16, 2)
+    write_image(img, tmp_path / "v.nrrd")
+    monkeypatch.setattr(tio, "MAX_VOXELS", 128)
+    assert read_image(tmp_path / "v.nrrd")[0].GetSize() == (4, 4, 4)
+    monkeypatch.setattr(tio, "MAX_VOXELS", 127)
+    assert "declares 4 x 4 x 4 voxels (0.0 billion values)" in _message(read_image, tmp_path / "v.nrrd")
+
+
+# ------------------------------------------------------------------------------------------------ NIfTI cut short
+def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, data=b""):
+    h = bytearray(348)
+    struct.pack_into(endian + "i", h, 0, 348)
+    dim = list(dims) + [1] * (8 - len(dims))
+    struct.pack_into(endian + "8h", h, 40, *dim)
+    struct.pack_into(endian + "h", h, 70, 4)  # datatype int16
+    struct.pack_into(endian + "h", h, 72, bitpix)
+    struct.pack_into(endian + "8f", h, 76, 0, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into(endian + "f", h, 108, offset)
+    h[344:348] = b"n+1\0"
+    path.write_bytes(bytes(h) + b"\0" * 4 + data)
+    return path
+
+
+def _nifti2(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=544, data=b""):
+    h = bytearray(540)
+    struct.pack_into(endian + "i", h, 0, 540)
+    h[4:12] = b"n+2\0\r\n\x1a\n"
+    struct.pack_into(endian + "h", h, 12, 4)
+    struct.pack_into(endian + "h", h, 14, bitpix)
+    dim = list(dims) + [1] * (8 - len(dims))
+    struct.pack_into(endian + "8q", h, 16, *dim)
+    struct.pack_into(endian + "q", h, 168, offset)
+    path.write_bytes(bytes(h) + b"\0" * 4 + data)
+    return path
+
+
+@pytest.mark.parametrize("make", [_nifti1, _nifti2], ids=["NIfTI-1", "NIfTI-2"])
+@pytest.mark.parametrize("endian", ["<", ">"], ids=["little endian", "big endian"])
+def test_a_nifti_holding_half_its_voxels_is_refused_with_the_counts(tmp_path, make, endian):
+    p = make(tmp_path / "ct.nii", endian, data=b"\0" * 64)  # 4 x 4 x 4 int16 = 128 bytes declared
+    assert _message(check_nifti_data_size, p, "segmentation") == (
+        "The segmentation 'ct.nii' is cut short: its header declares 128 bytes of voxels, the file holds 64 (50%); "
+        "the missing slices would be read as zeros. Copy or export the file again; a complete file is needed.")
+    check_nifti_data_size(make(tmp_path / "ok.nii", endian, data=b"\0" * 128))  # complete: nothing to say
+
+
+def test_nifti_sizes_follow_the_header_dimensions_and_bits(tmp_path):
+    # dim[0] = 2: only 4 x 4 count (32 bytes of int16); the unused dims hold 9s and are ignored
+    check_nifti_data_size(_nifti1(tmp_path / "a.nii", dims=(2, 4, 4, 9, 9, 9, 9, 9), data=b"\0" * 32))
+    assert "declares 32 bytes of voxels, the file holds 31 (97%)" in _message(
+        check_nifti_data_size, _nifti1(tmp_path / "b.nii", dims=(2, 4, 4, 9, 9, 9, 9, 9), data=b"\0" * 31))
+    # dim[0] = 9 is read as 7 dimensions; a zero size counts as 1
+    assert "declares 512 bytes" in _message(
+        check_nifti_data_size, _nifti1(tmp_path / "c.nii", dims=(9, 4, 4, 4, 0, 2, 1, 2), data=b""))
+    assert "declares 512 bytes" in _message(
+        check_nifti_data_size, _nifti2(tmp_path / "c2.nii", dims=(9, 4, 4, 4, 0, 2, 1, 2), data=b""))
+    # 32-bit voxels; an offset inside the header counts from the header's end
+    assert "declares 256 bytes of voxels, the file holds 4 (2%)" in _message(
+        check_nifti_data_size, _nifti1(tmp_path / "d.nii", bitpix=32, offset=0.0, data=b""))
+    assert "declares 256 bytes of voxels, the file holds 4 (2%)" in _message(
+        check_nifti_data_size, _nifti2(tmp_path / "d2.nii", bitpix=32, offset=0, data=b""))
+    assert "the file holds 0 (0%)" in _message(
+        check_nifti_data_size, _nifti1(tmp_path / "e.nii", offset=400.0, data=b"\0" * 20))
+    assert "the file holds 0 (0%)" in _message(
+        check_nifti_data_size, _nifti2(tmp_path / "e2.nii", offset=600, data=b"\0" * 20))
+    # dim[0] = 0: no dimension counts, one voxel of 2 bytes
+    check_nifti_data_size(_nifti1(tmp_path / "f.nii", dims=(0, 4, 4, 4), data=b"\0\0"))
+    # a header cut right after its 348 bytes: nothing of the voxels
+    (tmp_path / "g.nii").write_bytes(_nifti1(tmp_path / "g.nii").read_bytes()[:348])
+    assert "declares 128 bytes of voxels, the file holds 0 (0%)" in _message(check_nifti_data_size, tmp_path / "g.nii")
+    # 7 dimensions of 32767 voxels: counted in floats, without overflowing to a small or negative count
+    msg = _message(check_nifti_data_size, _nifti1(tmp_path / "h.nii", dims=(7,) + (32767,) * 7, data=b""))
+    assert f"declares {int(np.float64(32767) ** 7) * 2} bytes of voxels" in msg
+
+
+def test_a_gzipped_nifti_cut_short_is_refused(tmp_path):
+    raw = _nifti1(tmp_path / "x.nii", data=b"\1" * 64).read_bytes()
+    (tmp_path / "half.nii.gz").write_bytes(gzip.compress(raw))
+    assert "'half.nii.gz' is cut short: its header declares 128 bytes of voxels, the file holds 64 (50%)" in \
+        _message(check_nifti_data_size, tmp_path / "half.nii.gz")
+    whole = gzip.compress(_nifti1(tmp_path / "y.nii", data=b"\1" * 128).read_bytes())
+    (tmp_path / "ok.NII.GZ").write_bytes(whole)
+    check_nifti_data_size(tmp_path / "ok.NII.GZ")
+    (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) - 12])
+    assert _message(check_nifti_data_size, tmp_path / "cut.nii.gz", "mask").startswith(
+        "The mask 'cut.nii.gz' is cut short or damaged (its gzip stream: ")
+
+
+def test_files_that_are_not_nifti_are_left_to_itk(tmp_path):
+    (tmp_path / "a.nii").write_bytes(b"\0" * 600)  # no NIfTI header: ITK's reader says why
+    check_nifti_data_size(tmp_path / "a.nii")
+    (tmp_path / "b.nrrd").write_bytes(b"NRRD")
+    check_nifti_data_size(tmp_path / "b.nrrd")
+    small = bytearray(_nifti2(tmp_path / "c.nii").read_bytes()[:400])  # a NIfTI-2 size, 400 bytes only
+    (tmp_path / "c.nii").write_bytes(bytes(small))
+    check_nifti_data_size(tmp_path / "c.nii")
+
+
+# ------------------------------------------------------------------------------------------------ detached headers
+@pytest.mark.parametrize("name, header, files", [
+    ("a.nhdr", "NRRD0004\ntype: short\ndata file: ct.raw\n\n", ["ct.raw"]),
+    ("a.nhdr", "NRRD0004\nData File: sub/ct raw.raw\n\n", ["sub/ct raw.raw"]),
+    ("a.nhdr", "NRRD0004\ndatafile: LIST\ns1.raw\ns2.raw\n\ns3.raw\n", ["s1.raw", "s2.raw", "s3.raw"]),
+    ("a.nhdr", "NRRD0004\ndata file: LIST 2\ns1.raw\n", ["s1.raw"]),
+    ("a.nhdr", "NRRD0004\ndata file: LOCAL\n\n", []),
+    ("a.nhdr", "NRRD0004\ndata file:\n\n", []),
+    ("a.nhdr", "NRRD0004\ndata file: slice%03d.raw 1 3 1\n\n", []),
+    ("a.nhdr", "NRRD0004\ntype: short\n\ndata file: after-the-header.raw\n", []),
+    ("a.nhdr", "NRRD0004\n# data file: ct.raw\nline without a colon\n\n", []),
+    ("a.mhd", "ObjectType = Image\nElementDataFile = ct.raw\n", ["ct.raw"]),
+    ("a.MHA", "NDims = 3\n\nElementDataFile = LOCAL\n", []),
+    ("a.mhd", "NDims = 3\nElementDataFile: ct.raw\n", []),
+    ("a.txt", "ElementDataFile = ct.raw\n", []),
+])
+def test_the_data_files_a_detached_header_names(tmp_path, name, header, files):
+    (tmp_path / name).write_text(header)
+    assert detached_data_files(tmp_path / name) == [tmp_path / f for f in files]
+
+
+def test_detached_data_files_of_a_missing_file_are_none(tmp_path):
+    assert detached_data_files(tmp_path / "missing.nhdr") == []
+    check_data_files_within(tmp_path / "missing.nhdr", tmp_path)
+
+
+@pytest.mark.parametrize("value, inside", [
+    ("ct.raw", True), ("sub/ct.raw", True), ("../other/ct.raw", False), ("/etc/hostname", False),
+    ("sub/slice%03d.raw 1 3 1", True), ("slice%03d.raw 1 3 1", True), ("../slice%03d.raw 1 3 1", False),
+    ("LIST\nct1.raw\n../ct2.raw", False), ("LIST\nct1.raw\nsub/ct2.raw", True),
+])
+def test_a_confined_read_refuses_only_data_files_outside_the_folder(tmp_path, value, inside):
+    (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ntype: short\ndata file: {value}\n\n")
+    if inside:
+        check_data_files_within(tmp_path / "ct.nhdr", str(tmp_path))
+    else:
+        shown = value.split("\n")[-1] if value.startswith("LIST") else value.split(" ")[0]
+        assert _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path, "mask") == (
+            f"The mask 'ct.nhdr' names a data file outside its folder ('{shown}'). Keep a detached header's data "
+            "file next to it, or give a .nrrd/.nii.gz/.mha file that holds its voxels.")
+
+
+def test_a_long_outside_name_is_shortened_in_the_message(tmp_path):
+    value = "../" + "d" * 200 + "/ct.raw"
+    (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ndata file: {value}\n\n")
+    assert f"('{value[:117]}...')" in _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path)
+    value = "../" + "e" * 110 + "/ct.raw"  # 120 characters: shown whole
+    (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ndata file: {value}\n\n")
+    assert _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path).startswith(
+        f"The CT 'ct.nhdr' names a data file outside its folder ('{value}')")
+    value = "../" + "e" * 111 + "/ct.raw"  # 121 characters: shortened
+    (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ndata file: {value}\n\n")
+    assert f"('{value[:117]}...')" in _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path)
+
+
+def test_read_image_within_a_folder_refuses_a_header_pointing_out(tmp_path):
+    (tmp_path / "ct.nhdr").write_text("NRRD0004\ntype: short\ndata file: ../ct.raw\n\n")
+    assert "names a data file outside its folder" in _message(read_image, tmp_path / "ct.nhdr", within=tmp_path)
+    assert "names a data file outside its folder" in _message(read_ct, tmp_path / "ct.nhdr", within=tmp_path)
+    assert "names a data file outside" not in _message(read_ct, tmp_path / "ct.nhdr")
+
+
+# ------------------------------------------------------------------------------------------------ validate_ct
+def test_validate_ct_refuses_what_is_not_a_3d_ct_with_its_message():
+    assert _message(validate_ct, sitk.Image([8, 8], sitk.sitkInt16), "scan") == (
+        "The scan is 2D; TMBRB needs a 3D CT volume. Load the whole CT series (all slices), not a single image.")
+    assert _message(validate_ct, sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)).startswith(
+        "The CT has 3 components per voxel (colour or vector image); a CT has one.")
+    assert _message(validate_ct, _air_ct((1, 30, 30))) == (
+        "The CT has only 1 slice along one axis (size (30, 30, 1)): it is a 2D image. Load the whole CT series "
+        "(all slices), not a single image.")
+    validate_ct(_air_ct((2, 30, 30), spacing=(1.0, 1.0, 5.0)))  # two slices are a volume
+
+
+def test_nan_and_infinite_voxels_are_counted():
+    arr = np.full((20, 20, 20), -1000.0, np.float32)
+    arr[0, 0, :3] = np.nan
+    arr[1, 1, 1] = np.inf
+    arr[2, 2, 2] = -np.inf
+    assert _message(validate_ct, _image(arr)).startswith("The CT has 5 voxels that are NaN or infinite.")
+    validate_ct(_image(np.full((20, 20, 20), -1000.0, np.float64)))
+
+
+@pytest.mark.parametrize("low, high, ok", [
+    (-500.0, -500.0, True), (-499.0, -499.0, False), (-3100.0, 0.0, True), (-3101.0, 0.0, False),
+    (-1000.0, 5000.0, True), (-1000.0, 5001.0, False),
+])
+def test_hounsfield_limits_at_their_boundary(low, high, ok):
+    arr = np.full((20, 20, 20), low, np.float32)
+    arr[:2] = high  # 10% of the voxels: the 99.5th percentile
+    arr[2, 0, 0] = (low + high) / 2
+    img = _image(arr)
+    if ok:
+        assert validate_ct(img) == []
+    else:
+        assert _message(validate_ct, img) == (
+            f"The CT's intensities do not look like CT Hounsfield units (0.5th percentile {low:.0f}, 99.5th "
+            f"{high:.0f}; a chest CT has air near -1000 HU). Use a CT in HU: an MR image cannot be scored, and raw "
+            "CT values need the DICOM rescale slope/intercept applied.")
+
+
+def test_hounsfield_check_sees_a_large_scan_through_a_subsample():
+    arr = np.full((160, 160, 160), -1000, np.int16)  # 4.1 million voxels: every second one is looked at
+    arr[::2, ::2, ::2][:, :, 79] = 3000
+    arr[1::2] = 4000  # outside the subsample
+    assert validate_ct(_image(arr)) == []
+
+
+@pytest.mark.parametrize("spacing, message", [
+    ((0.1, 0.1, 0.1), None), ((0.099, 0.5, 0.5), "too fine"), ((1.0, 1.0, 3.0), None),
+    ((1.0, 1.0, 3.5), "warn"), ((1.0, 1.0, 10.0), "warn"), ((1.0, 1.0, 10.5), "too coarse"),
+])
+def test_spacing_limits_at_their_boundary(spacing, message):
+    img = _air_ct((2 + int(20 / spacing[2]), 2 + int(10 / spacing[1]), 2 + int(10 / spacing[0])), spacing=spacing)
+    if message is None:
+        assert validate_ct(img) == []
+    elif message == "warn":
+        assert validate_ct(img) == [f"{spacing[2]:g} mm slices: outside the training range of most models (0.6-3 mm); "
+                                    "the score is less reliable."]
+    elif message == "too fine":
+        assert _message(validate_ct, img, "scan") == (
+            "The scan's voxel spacing (0.099, 0.5, 0.5) mm is too fine for a CT (under 0.1 mm): the header is probably "
+            "in centimetres or metres. Fix the spacing in the file's header (a chest CT has 0.5-1 mm pixels and "
+            "0.6-5 mm slices).")
+    else:
+        assert _message(validate_ct, img) == ("The CT's voxel spacing (1, 1, 10.5) mm is too coarse for a 3D model. "
+                                              "Use a reconstruction with slices of 5 mm or thinner.")
+
+
+@pytest.mark.parametrize("size, spacing, ok", [
+    ((10, 100, 100), (1.0, 1.0, 1.0), True), ((99, 100, 100), (0.1, 1.0, 1.0), False),
+    ((400, 10, 10), (5.0, 1.0, 1.0), True), ((401, 10, 10), (5.0, 1.0, 1.0), False),
+])
+def test_field_of_view_limits_at_their_boundary(size, spacing, ok):
+    if ok:
+        check_field_of_view(size, spacing)
+        return
+    msg = _message(check_field_of_view, size, spacing, "scan")
+    extent = "(9.9, 100, 100)" if size[0] == 99 else "(2005, 10, 10)"
+    limit = "under 10 mm" if size[0] == 99 else "over 2 m"
+    assert msg == (f"The scan covers {extent} mm: {limit} along an axis is not a chest CT (size {tuple(size)} voxels "
+                   f"of {'(0.1, 1, 1)' if size[0] == 99 else '(5, 1, 1)'} mm). Check the voxel spacing in the "
+                   "file's header (mm), and that the whole series was loaded.")
+
+
+# ------------------------------------------------------------------------------------------------ masks
+def test_same_grid_within_its_tolerances():
+    a = _air_ct((4, 4, 4))
+    assert same_grid(a, _air_ct((4, 4, 4)))
+    assert not same_grid(a, _air_ct((4, 4, 5)))
+    for attr, near, far in (("Spacing", 0.0009, 0.0011), ("Origin", 0.0099, 0.0101), ("Direction", 0.0009, 0.0011)):
+        for delta, same in ((near, True), (far, False)):
+            b = _air_ct((4, 4, 4))
+            values = list(getattr(b, "Get" + attr)())
+            values[-1] += delta
+            getattr(b, "Set" + attr)(values)
+            assert same_grid(a, b) is same, (attr, delta)
+    b = _air_ct((4, 4, 4))
+    b.SetSpacing((1.0015, 1.0, 1.0))
+    assert same_grid(a, b, tol=0.002) and not same_grid(a, b)
+
+
+def test_a_mask_on_another_grid_is_put_on_the_ct_grid_by_nearest_neighbour(tmp_path):
+    ct = _air_ct((10, 10, 10))
+    coarse = np.zeros((5, 5, 5), np.int16)
+    coarse[1, 2, 3] = 7  # voxel (3, 2, 1) of a 2 mm grid covers CT voxels x 6-7, y 4-5, z 2-3 (centres at -0.5)
+    m = _image(coarse, spacing=(2.0, 2.0, 2.0), origin=(0.5, 0.5, 0.5))
+    write_image(m, tmp_path / "m.nrrd")
+    out = read_mask(tmp_path / "m.nrrd", ct)
+    arr = sitk.GetArrayFromImage(out)
+    expected = np.zeros((10, 10, 10), np.uint8)
+    expected[2:4, 4:6, 6:8] = 1
+    assert out.GetPixelID() == sitk.sitkUInt8 and np.array_equal(arr, expected)
+    assert out.GetSize() == ct.GetSize() and out.GetOrigin() == ct.GetOrigin()
+    same = np.zeros((10, 10, 10), np.float32)
+    same[5, 5, 5] = 2.0  # a label other than 1, in float: tumour = 1
+    got = sitk.GetArrayFromImage(mask_on_ct_grid(_image(same), ct))
+    assert got.dtype == np.uint8 and got.sum() == 1 and got[5, 5, 5] == 1
+
+
+def test_masks_that_cannot_be_used_are_refused_with_their_message():
+    ct = _air_ct((10, 10, 10))
+    assert _message(mask_on_ct_grid, sitk.Image([10, 10], sitk.sitkUInt8), ct, "label") == (
+        "The label is 2D; it must be a 3D label volume. Give the tumour label map saved from the same CT.")
+    assert _message(mask_on_ct_grid, sitk.Image([10, 10, 10], sitk.sitkVectorUInt8, 2), ct) == (
+        "The segmentation has several components per voxel. Give a single-label map (0 = background).")
+    far = np.ones((4, 4, 4), np.uint8)
+    assert _message(mask_on_ct_grid, _image(far, origin=(100.0, 0.0, 0.0)), ct) == (
+        "The segmentation is empty where it overlaps the CT (no non-zero voxel). Check that the label belongs to "
+        "this CT (same patient and frame of reference).")
+
+
+@pytest.mark.parametrize("values, why", [
+    ([0, 1, -1], "negative values (from -1 to 1)"),
+    ([0.0, 1.5], "values that are not whole numbers (from 0 to 1.5)"),
+    (list(range(257)), "more than 255 distinct values (from 0 to 256)"),
+])
+def test_an_image_that_is_not_a_label_map_is_refused_saying_why(values, why):
+    arr = np.zeros((16, 16, 16), np.float32 if isinstance(values[1], float) else np.int16)
+    sub = np.zeros(arr[::2, ::2, ::2].shape, arr.dtype)
+    sub.flat[:len(values)] = values
+    arr[::2, ::2, ::2] = sub  # voxels a subsample sees
+    assert _message(check_label_map, _image(arr), "mask") == (
+        f"The mask is not a label map: it holds {why}, as an image such as a CT does. Give the tumour label map "
+        "(0 = background, 1 or another whole number = tumour), not the CT itself.")
+
+
+def test_label_maps_are_accepted_up_to_255_distinct_values():
+    arr = np.zeros((8, 8, 8), np.int16)
+    arr.flat[:256] = np.arange(256)
+    check_label_map(_image(arr))
+    arr = np.zeros((8, 8, 8), np.float32)
+    arr[::2, ::2, ::2] = 3.0  # whole numbers in a float image
+    check_label_map(_image(arr))
+    wide = np.zeros((8, 8, 8), np.int32)
+    wide[0, 0, 0] = 1000  # a wide range of few values
+    check_label_map(_image(wide))
+
+
+# ------------------------------------------------------------------------------------------------ grid helpers
+def test_write_image_makes_its_folder_and_compresses(tmp_path):
+    img = _air_ct((20, 20, 20))
+    p = write_image(img, tmp_path / "a" / "b" / "ct.nrrd")
+    assert p == tmp_path / "a" / "b" / "ct.nrrd" and p.is_file()
+    raw = write_image(img, str(tmp_path / "raw.nrrd"), compress=False)
+    assert raw.stat().st_size > 8000 > p.stat().st_size
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(p))), sitk.GetArrayFromImage(img))
+
+
+def test_sub_images_and_pasting_keep_the_geometry():
+    ref = _image(np.zeros((6, 5, 4), np.int16), spacing=(0.5, 1.0, 2.0), origin=(1.0, 2.0, 3.0))
+    sub = sub_image_info(ref, (1, 2, 3), (3, 5, 6))
+    assert sub.GetSize() == (2, 3, 3) and sub.GetPixelID() == sitk.sitkUInt8
+    assert sub.GetOrigin() == (1.5, 4.0, 9.0) and sub.GetSpacing() == (0.5, 1.0, 2.0)
+    assert sub.GetDirection() == ref.GetDirection()
+    full = np.zeros((6, 5, 6), np.int16)
+    paste_region(full, np.ones((2, 3, 2), np.int16), (1, 2, 3))
+    expected = np.zeros((6, 5, 6), np.int16)
+    expected[3:5, 2:5, 1:3] = 1
+    assert np.array_equal(full, expected)
+    img = array_to_image(full[:, :, :4], ref)
+    assert img.GetOrigin() == ref.GetOrigin() and img.GetSpacing() == ref.GetSpacing()
+    assert np.array_equal(sitk.GetArrayFromImage(img), full[:, :, :4])

@@ -1,0 +1,379 @@
+"""One case end to end: the values a user relies on (issue 16). The box used (given, from a mask, from the seed) and
+its warnings, the crops the model sees, the test-time scores and their mean and spread, the CAM and regions on the CT
+grid, what result.json records, progress and cancel, and the folder a case is written to. The model is the
+placeholder bundle on small CTs (a second or two a case)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from TMBRBLib.crop import crop_for_model, fraction_outside_scan, shift_offsets
+from TMBRBLib.errors import TMBRBCancelled, TMBRBInputError
+from TMBRBLib.geometry import Box
+from TMBRBLib.io import same_grid
+from TMBRBLib.pipeline import (TTA_BATCH, Scorer, _is_oom, _paste_clipped, _report, check_seed, ct_summary,
+                               field_of_view_warnings, mask_box_warnings, model_inputs, regions_and_cam,
+                               resolve_box, score_case, score_to_folder)
+from TMBRBLib.risk import risk_groups
+
+from .synthetic import make_ct
+
+TUMOUR = (10.0, -20.0, 30.0)
+
+
+@pytest.fixture(scope="module")
+def case():
+    """An 80 x 80 x 40 CT of 1 x 1 x 2 mm around a 6 mm tumour at its centre, and the tumour's mask."""
+    return make_ct(size=(80, 80, 40), spacing=(1.0, 1.0, 2.0), tumour_lps=TUMOUR, radius_mm=6, noise=10)
+
+
+def _message(fn, *args, **kw) -> str:
+    with pytest.raises(TMBRBInputError) as e:
+        fn(*args, **kw)
+    return str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ seed and box
+def test_check_seed_gives_three_floats_or_says_what_is_wrong(case):
+    ct, _ = case
+    assert check_seed(ct, np.array([10, -20, 30])) == (10.0, -20.0, 30.0)
+    assert all(type(v) is float for v in check_seed(ct, ["10", -20, 30.5]))
+    assert _message(check_seed, ct, (1.0, 2.0)) == ("The seed (1.0, 2.0) is not three finite coordinates. "
+                                                    "Give x,y,z in mm.")
+    assert _message(check_seed, ct, [1.0, float("nan"), 2.0]).startswith("The seed [1.0, nan, 2.0] is not three")
+    assert _message(check_seed, ct, (1.0, float("inf"), 2.0)).startswith("The seed (1.0, inf, 2.0) is not three")
+    assert "outside" in _message(check_seed, ct, (900.0, 0.0, 0.0))
+
+
+def test_a_given_box_is_used_as_given_and_a_seed_outside_it_is_said(case):
+    ct, _ = case
+    box = Box((0.0, -30.0, 20.0), (20.0, -10.0, 40.0))
+    warnings = []
+    assert resolve_box(ct, TUMOUR, box, None, warnings) == (box, False, None) and warnings == []
+    got, proposed, seg = resolve_box(ct, TUMOUR, ((20.0, -10.0, 40.0), (0.0, -30.0, 20.0)), None, warnings)
+    assert (got.min, got.max, proposed, seg) == (box.min, box.max, False, None) and warnings == []
+    for seed in ((0.0, -30.0, 20.0), (20.0, -10.0, 40.0)):  # on the box's faces: inside
+        resolve_box(ct, seed, box, None, warnings)
+    assert warnings == []
+    for seed in ((-0.1, -20.0, 30.0), (10.0, -9.9, 30.0), (10.0, -20.0, 19.9), (20.1, -20.0, 30.0)):
+        w = []
+        resolve_box(ct, seed, box, None, w)
+        assert w == ["The seed lies outside the box; the crop is centred on the box."], seed
+
+
+def test_a_box_made_from_a_given_mask_is_its_extent_plus_the_margin(case):
+    ct, mask = case
+    arr = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    arr[10:13, 20:25, 22:27] = 1  # x 22-26, y 20-24, z 10-12 (voxel centres)
+    m = sitk.GetImageFromArray(arr)
+    m.CopyInformation(ct)
+    o = np.asarray(ct.GetOrigin())
+    lo = o + np.array([22, 20, 10]) * (1.0, 1.0, 2.0) - (0.5, 0.5, 1.0)
+    hi = o + np.array([26, 24, 12]) * (1.0, 1.0, 2.0) + (0.5, 0.5, 1.0)
+    seed = tuple(o + np.array([24, 22, 11]) * (1.0, 1.0, 2.0))
+    warnings = []
+    box, proposed, seg = resolve_box(ct, seed, None, None, warnings, tumour_mask=m)
+    assert proposed is True and seg is None and warnings == []
+    np.testing.assert_allclose(box.min, lo - 3.0) and np.testing.assert_allclose(box.max, hi + 3.0)
+    box, _, _ = resolve_box(ct, seed, None, {"margin_mm": 5}, warnings, tumour_mask=m)
+    np.testing.assert_allclose(box.min, lo - 5.0) and np.testing.assert_allclose(box.max, hi + 5.0)
+    warnings = ["earlier"]
+    resolve_box(ct, TUMOUR, None, None, warnings, tumour_mask=m)  # the seed is not in this mask's box
+    assert warnings[0] == "earlier" and warnings[1].startswith("The seed lies outside the box made from the tumour")
+    # an empty mask: the box comes from the tumour segmented at the seed
+    empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(ct)
+    box, proposed, seg = resolve_box(ct, TUMOUR, None, None, warnings, tumour_mask=empty)
+    assert proposed is True and seg is not None and (box.min, box.max) == (seg.box.min, seg.box.max)
+
+
+def test_a_box_proposed_from_the_seed_holds_the_tumour(case):
+    ct, _ = case
+    warnings = []
+    box, proposed, seg = resolve_box(ct, TUMOUR, None, None, warnings)
+    assert proposed is True and warnings == seg.warnings
+    assert np.all(np.asarray(box.min) < np.asarray(TUMOUR) - 5) and np.all(np.asarray(box.max) > np.asarray(TUMOUR) + 5)
+    assert np.all(np.asarray(box.size) < 30)
+    wider, _, _ = resolve_box(ct, TUMOUR, None, {"margin_mm": 8.0}, [])  # the proposal's settings are used
+    np.testing.assert_allclose(np.asarray(wider.size), np.asarray(box.size) + 10.0, atol=1e-6)
+
+
+def test_mask_box_warnings_name_a_far_seed_and_the_parts():
+    m = sitk.Image(20, 20, 20, sitk.sitkUInt8)
+    box = Box((2.0, 9.0, 9.0), (16.0, 11.0, 11.0))
+    m[3, 10, 10] = 1
+    assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == []
+    assert mask_box_warnings(m, (16.0, 11.0, 9.0), box) == []  # on the box's faces
+    far = mask_box_warnings(m, (17.0, 10.0, 10.0), box)
+    assert far == ["The seed lies outside the box made from the tumour mask: the mask may be of another lesion. "
+                   "Check the seed and the mask; the crop is centred on the mask."]
+    assert mask_box_warnings(m, (10.0, 8.9, 10.0), box) == far
+    m[4, 11, 11] = 1  # touches the first voxel at a corner: one part (fully connected)
+    assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == []
+    m[15, 10, 10] = 2
+    assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == [
+        "The tumour mask has 2 separate parts; the box holds all of them. Give a mask of the one lesion to score."]
+    m[9, 10, 10] = 1
+    assert mask_box_warnings(m, (10.0, 10.0, 10.0), box) == [
+        "The tumour mask has 3 separate parts; the box holds all of them. Give a mask of the one lesion to score."]
+    assert len(mask_box_warnings(m, (0.0, 10.0, 10.0), box)) == 2
+    assert mask_box_warnings(sitk.Image(20, 20, 20, sitk.sitkUInt8), (10.0, 10.0, 10.0), box) == []
+
+
+# ------------------------------------------------------------------------------------------------ model inputs
+def test_model_inputs_are_the_box_crop_and_each_shifted_box_crop(case, placeholder_bundle):
+    ct, _ = case
+    meta = placeholder_bundle.tmbrb
+    box = Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0))
+    base, crop_img, grid, offsets, shifted = model_inputs(ct, box, meta, 3)
+    ref_base, ref_img, ref_grid = crop_for_model(ct, box, meta["preprocessing"])
+    assert np.array_equal(base, ref_base) and grid == ref_grid
+    assert np.array_equal(sitk.GetArrayFromImage(crop_img), sitk.GetArrayFromImage(ref_img))
+    expected = shift_offsets(box, meta["tta"], 3)
+    assert len(offsets) == 3 and all(np.array_equal(a, b) for a, b in zip(offsets, expected))
+    for o, s in zip(offsets, shifted):
+        assert np.array_equal(s, crop_for_model(ct, box.shifted(o), meta["preprocessing"])[0])
+    assert len(model_inputs(ct, box, meta, None)[3]) == meta["tta"]["n_shifts"]
+    assert model_inputs(ct, box, meta, 0)[3:] == ([], [])
+    # the bundle's own test-time settings are used; a bundle without them gets the defaults
+    other = {**meta, "tta": {"n_shifts": 2, "shift_fraction": 0.3, "max_shift_mm": 4.0, "seed": 7}}
+    offsets = model_inputs(ct, box, other, None)[3]
+    expected = shift_offsets(box, other["tta"], 2)
+    assert len(offsets) == 2 and all(np.array_equal(a, b) for a, b in zip(offsets, expected))
+    bare = {k: v for k, v in meta.items() if k != "tta"}
+    assert all(np.array_equal(a, b) for a, b in zip(model_inputs(ct, box, bare, 2)[3], shift_offsets(box, {}, 2)))
+
+
+def test_field_of_view_outside_the_scan_is_said_in_percent(case, placeholder_bundle):
+    ct, _ = case
+    pre = placeholder_bundle.tmbrb["preprocessing"]
+    _, _, inside = crop_for_model(ct, Box.from_center_size(TUMOUR, (10.0, 10.0, 10.0)), pre)
+    assert field_of_view_warnings(ct, inside) == []
+    # a crop centred 7 mm inside the CT's x = min face: part of it lies outside
+    x0 = ct.TransformIndexToPhysicalPoint((0, 0, 0))[0] + 7.0
+    _, _, part = crop_for_model(ct, Box.from_center_size((x0, -20.0, 30.0), (10.0, 10.0, 10.0)), pre)
+    f = fraction_outside_scan(ct, part)
+    assert round(100 * f) != round(101 * f), "a fraction that reads the same in other units: the test shows nothing"
+    assert field_of_view_warnings(ct, part) == [
+        f"{round(100 * f)}% of the model's field of view lies outside the scan and is padded with air."]
+
+
+# ------------------------------------------------------------------------------------------------ CAM and regions
+def _grid_and_cam(ct, meta, value):
+    box = Box.from_center_size(TUMOUR, (14.0, 14.0, 14.0))
+    _, _, grid = crop_for_model(ct, box, meta["preprocessing"])
+    cam = np.full(tuple(grid.size_xyz[::-1]), value, np.float32)
+    return box, grid, cam
+
+
+def test_regions_and_cam_on_the_ct_grid_with_a_given_mask(case, placeholder_bundle):
+    ct, mask = case
+    box, grid, cam = _grid_and_cam(ct, placeholder_bundle.tmbrb, 0.0)
+    zz, yy, xx = np.indices(cam.shape)
+    cam[:] = np.exp(-((zz - 30.3) ** 2 + (yy - 33.6) ** 2 + (xx - 29.2) ** 2) / 50.0)  # a peak between voxels
+    warnings = []
+    cam_r, tumour_r, ring_r, shares = regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 4.0, None, warnings)
+    assert warnings == []
+    assert cam_r.data.dtype == np.float32 and cam_r.data.max() == pytest.approx(1.0, abs=1e-6)  # scaled to max 1
+    assert same_grid(cam_r.full_image(), ct, tol=1e-9) and same_grid(ring_r.full_image(), ct, tol=1e-9)
+    assert tumour_r.data.dtype == np.uint8 and ring_r.data.dtype == np.uint8
+    full_mask = sitk.GetArrayFromImage(tumour_r.full_image())
+    assert np.array_equal(full_mask, sitk.GetArrayFromImage(mask))  # the given mask, whole, on the CT grid
+    assert cam_r.lo == tumour_r.lo == ring_r.lo and cam_r.data.shape == ring_r.data.shape
+    # the region holds the crop and the ring around the box
+    lo_pt = ct.TransformIndexToPhysicalPoint([int(v) for v in cam_r.lo])
+    assert np.all(np.asarray(lo_pt) <= np.minimum(grid.box.min, np.asarray(box.min) - 4.0) + 1e-6)
+    assert shares["ring_width_mm"] == 4.0
+    assert shares["tumour"] + shares["ring"] + shares["elsewhere"] == pytest.approx(1.0)
+    t, r = tumour_r.data > 0, ring_r.data > 0
+    c = cam_r.data.astype(np.float64)
+    assert shares["tumour"] == pytest.approx(c[t].sum() / c.sum(), rel=1e-5)
+    assert shares["ring"] == pytest.approx(c[r].sum() / c.sum(), rel=1e-5)
+    regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 0.5, None, [])  # a thin ring is a ring
+    # a ring wider than the crop's margin: the region reaches the box plus the ring's width
+    cam_r, _, ring_r, _ = regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 30.0, None, [])
+    lo_pt = np.asarray(ct.TransformIndexToPhysicalPoint([int(v) for v in cam_r.lo]))
+    hi_pt = np.asarray(ct.TransformIndexToPhysicalPoint([int(v) + n - 1 for v, n in
+                                                         zip(cam_r.lo, cam_r.data.shape[::-1])]))
+    assert np.all(lo_pt <= np.asarray(box.min) - 30.0 + 2.0) and np.all(hi_pt >= np.asarray(box.max) + 30.0 - 2.0)
+
+
+def test_regions_with_the_tumour_segmented_at_the_seed(case, placeholder_bundle):
+    ct, _ = case
+    box, proposed, seg = resolve_box(ct, TUMOUR, None, None, [])
+    _, _, grid = crop_for_model(ct, box, placeholder_bundle.tmbrb["preprocessing"])
+    cam = np.ones(tuple(grid.size_xyz[::-1]), np.float32)
+    _, tumour_r, ring_r, shares = regions_and_cam(ct, TUMOUR, box, grid, cam, None, 4.0, None, [], seg)
+    full = sitk.GetArrayFromImage(tumour_r.full_image())
+    expected = np.zeros_like(full)
+    z, y, x = (int(v) for v in np.asarray(seg.lo)[::-1])
+    m = sitk.GetArrayFromImage(seg.mask)
+    expected[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]] = m
+    assert full.sum() > 50 and np.array_equal(full > 0, expected > 0)
+    assert shares["tumour"] > 0 and not np.any((ring_r.data > 0) & (tumour_r.data > 0))
+
+
+def test_a_zero_cam_and_a_far_mask_are_said_and_a_ring_width_must_be_positive(case, placeholder_bundle):
+    ct, mask = case
+    box, grid, cam = _grid_and_cam(ct, placeholder_bundle.tmbrb, 0.0)
+    warnings = []
+    cam_r, _, _, shares = regions_and_cam(ct, TUMOUR, box, grid, cam, mask, 4.0, None, warnings)
+    assert warnings == ["The class activation map is zero everywhere (the model's evidence for High-TMB is nil at the "
+                        "chosen layer); attention shares are not defined."]
+    assert cam_r.data.max() == 0.0 and shares["total_mass"] == 0.0
+    far = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    far[0:2, 0:2, 0:2] = 1
+    m = sitk.GetImageFromArray(far)
+    m.CopyInformation(ct)
+    warnings = []
+    regions_and_cam(ct, TUMOUR, box, grid, cam + 1, m, 4.0, None, warnings)
+    assert warnings == ["The given segmentation has no voxel near the box; check that it is the tumour's."]
+    for width in (0.0, -1.0):
+        assert _message(regions_and_cam, ct, TUMOUR, box, grid, cam, mask, width, None, []) == (
+            f"The ring width {width} mm must be positive. Give e.g. 10.")
+
+
+def test_paste_clipped_drops_what_falls_outside():
+    src = np.arange(1, 1 + 2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)  # z, y, x
+    dst = np.zeros((7, 5, 6), np.uint8)
+    _paste_clipped(dst, src, (2, -1, 1))  # offsets x, y, z: y's first row and x's last two columns fall outside
+    expected = np.zeros_like(dst)
+    expected[1:3, 0:2, 2:6] = src[0:2, 1:3, 0:4]
+    assert np.array_equal(dst, expected)
+    dst = np.zeros((7, 5, 6), np.uint8)
+    _paste_clipped(dst, src, np.array([-3.0, -1.0, 1.0]))  # whole numbers as floats, as index arithmetic gives
+    expected = np.zeros_like(dst)
+    expected[1:3, 0:2, 0:1] = src[0:2, 1:3, 3:4]
+    assert np.array_equal(dst, expected)
+    before = dst.copy()
+    _paste_clipped(dst, src, (6, 0, 0))   # wholly outside: nothing
+    _paste_clipped(dst, src, (0, -3, 0))
+    _paste_clipped(dst, np.ones((2, 3, 9), np.uint8), (10, 0, 0))  # far beyond x: a wide source is not wrapped
+    assert np.array_equal(dst, before)
+
+
+# ------------------------------------------------------------------------------------------------ progress, cancel
+def test_report_polls_cancel_then_reports_progress():
+    seen = []
+    _report(lambda f, m: seen.append((f, m)), None, 1, "x")
+    _report(None, lambda: False, 0.5, "y")
+    assert seen == [(1.0, "x")] and type(seen[0][0]) is float
+    with pytest.raises(TMBRBCancelled, match="^Cancelled by the user.$"):
+        _report(lambda f, m: seen.append((f, m)), lambda: True, 0.5, "z")
+    assert len(seen) == 1
+
+
+def test_out_of_memory_is_recognised_by_type_or_text():
+    assert _is_oom(torch.cuda.OutOfMemoryError("x"))
+    assert _is_oom(RuntimeError("CUDA OUT OF MEMORY: tried to allocate"))
+    assert not _is_oom(RuntimeError("shape mismatch")) and not _is_oom(ValueError("memory"))
+
+
+def test_ct_summary_records_the_grid(case):
+    ct, _ = case
+    img = sitk.Image(4, 5, 6, sitk.sitkInt16)
+    img.SetSpacing((0.12345678, 1.0, 2.5))
+    img.SetOrigin((1.0, -2.0, 3.5))
+    assert ct_summary(img) == {"size_xyz": [4, 5, 6], "spacing_mm": [0.123457, 1.0, 2.5],
+                               "origin_lps": [1.0, -2.0, 3.5], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def _plain_scores(bundle, crops):
+    """The model's High-TMB probability for each crop, one plain forward pass (eval mode: samples do not mix)."""
+    cls = bundle.tmbrb["cam"].get("class_index", 1)
+    with torch.no_grad():
+        logits = bundle.model("cpu")(torch.from_numpy(np.stack(crops))[:, None])
+    return torch.softmax(logits.float(), 1)[:, cls].tolist()
+
+
+def test_scorer_scores_the_box_and_each_shifted_crop_in_order(placeholder_bundle):
+    """The box and the first shifted crop go through the map's pass, the others in batches of TTA_BATCH."""
+    scorer = Scorer(placeholder_bundle, "cpu")
+    rng = np.random.default_rng(1)
+    crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(3)]
+    score, tta, cam, timings = scorer.run(crops[0], crops[1:], scorer.device)
+    expected = _plain_scores(placeholder_bundle, crops)
+    np.testing.assert_allclose([score] + tta, expected, rtol=0, atol=1e-5)
+    assert len(set(np.round(expected, 6))) == 3, "the crops scored alike: the test shows nothing"
+    assert cam.shape == (64, 64, 64) and set(timings) == {"forward_cam", "tta_forward"}
+    assert TTA_BATCH == 4
+
+
+def test_score_case_records_what_it_computed(case, placeholder_bundle):
+    ct, mask = case
+    scorer = Scorer(placeholder_bundle, "cpu")
+    steps = []
+    box = Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0))
+    r = score_case(ct, TUMOUR, box, mask, "1", scorer=scorer, n_shifts=1, ring_width_mm=5,
+                   progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited")
+    assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
+                     (0.75, "regions and CAM on the CT grid"), (0.95, "done")]
+    base, _, grid, offsets, shifted = model_inputs(ct, box, placeholder_bundle.tmbrb, 1)
+    expected = _plain_scores(placeholder_bundle, [base] + shifted)
+    assert r.score == pytest.approx(expected[0], abs=1e-5) and r.tta_scores == pytest.approx(expected, abs=1e-5)
+    assert r.tta_mean == pytest.approx(np.mean(r.tta_scores), abs=1e-9)
+    assert r.tta_std == pytest.approx(np.std(r.tta_scores), abs=1e-9)
+    assert r.risk == risk_groups(r.score, 1, placeholder_bundle.tmbrb["risk"]) and r.risk["ecog"] == 1
+    assert r.attention["ring_width_mm"] == 5.0 and r.box == box and r.box_proposed is False
+    assert r.tumour_mask_info == {"source": "proposed_edited", "uncertain": False, "reasons": []}
+    assert r.inputs == {"segmentation_given": True, "n_shifts": 1,
+                        "tta_offsets_mm": [list(map(float, o)) for o in offsets]}
+    assert r.device_used == "cpu" and r.ct_info == ct_summary(ct) and r.crop_grid == grid
+    assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
+    assert r.model == placeholder_bundle.info()
+    d = r.to_dict()
+    assert d["tta"] == {"mean": r.tta_mean, "std": r.tta_std, "n": 2, "scores": r.tta_scores}
+    assert d["seed"] == {"lps": [10.0, -20.0, 30.0], "ras": [-10.0, 20.0, 30.0]}
+    assert d["box"] == {**box.to_dict(), "proposed": False} and d["score"] == r.score
+    assert d["tumour_mask"]["source"] == "proposed_edited" and d["warnings"] == r.warnings
+    assert d["ct"] == r.ct_info and d["device"] == "cpu" and d["inputs"] == r.inputs
+    assert d["crop_grid"] == grid.to_dict() and d["risk"] == r.risk and d["attention"] == r.attention
+    # without a mask: segmented at the seed
+    r2 = score_case(ct, TUMOUR, box, None, None, scorer=scorer, n_shifts=0)
+    assert r2.inputs["segmentation_given"] is False and r2.tumour_mask_info["source"] == "proposed"
+    assert r2.attention["ring_width_mm"] == placeholder_bundle.tmbrb["regions"]["ring_width_mm"]
+    assert r2.tta_scores == [r2.score] and r2.tta_std == 0.0 and r2.risk["ecog"] is None
+
+
+def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
+    ct, _ = case
+    calls = []
+
+    def cancel_at_third():
+        calls.append(1)
+        return len(calls) == 3
+
+    with pytest.raises(TMBRBCancelled):
+        score_case(ct, TUMOUR, None, None, scorer=Scorer(placeholder_bundle, "cpu"), n_shifts=0,
+                   cancel=cancel_at_third)
+    assert len(calls) == 3
+
+
+def test_score_to_folder_writes_the_result_with_the_ct_path_and_warnings_first(case, placeholder_bundle, tmp_path):
+    ct, mask = case
+    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
+    sitk.WriteImage(mask, str(tmp_path / "mask.nrrd"))
+    steps = []
+    r, written = score_to_folder(ct, TUMOUR, tmp_path / "out", mask_path=tmp_path / "mask.nrrd", ecog=0,
+                                 ct_path=tmp_path / "ct.nrrd", ct_warnings=["from reading", placeholder_bundle.notice],
+                                 pictures=False, progress=lambda f, m: steps.append((f, m)),
+                                 bundle=placeholder_bundle, device="cpu", n_shifts=0)
+    assert steps[-2:] == [(0.96, "writing outputs"), (1.0, "finished")]
+    assert r.warnings[:2] == ["from reading", placeholder_bundle.notice]
+    assert r.warnings.count(placeholder_bundle.notice) == 1  # said by scoring too: once
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert res["inputs"]["ct_path"] == "../ct.nrrd" and res["inputs"]["segmentation_given"] is True
+    assert res["score"] == r.score and res["warnings"][0] == "from reading"
+    assert res["tumour_mask"]["source"] == "given"  # a given mask, by default
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "tumour.nrrd"))),
+                          sitk.GetArrayFromImage(mask))
+    calls = []
+    score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=placeholder_bundle, device="cpu",
+                    n_shifts=0, writer=lambda result, out, ct=None, pictures=True: calls.append((out, pictures)))
+    assert calls == [(tmp_path / "out2", False)] and not (tmp_path / "out2").exists()
