@@ -310,14 +310,14 @@ def score_into_folder(case: Dict, case_out: Path, *, scorer, keyed: Dict, key: s
     """
     from .io import read_ct, read_mask
     from .outputs import write_outputs
-    from .pipeline import score_case
+    from .pipeline import add_reading_warnings, score_case
 
     _clear_leftovers(case_out.parent, case_out.name)
     ct, warn = read_ct(case["ct"])
     mask = read_mask(case["mask"], ct) if case["mask"] else None
     r = score_case(ct, case["seed_lps"], case["box"], mask, case["ecog"], n_shifts=n_shifts, scorer=scorer,
                    ring_width_mm=ring_width_mm, cancel=cancel, ct_checked=True)  # read_ct checked it
-    r.warnings[:0] = [w for w in warn if w not in r.warnings]
+    add_reading_warnings(r, warn)
     r.inputs.update({"ct_path": str(Path(case["ct"]).resolve()), "case_id": case["case_id"],
                      "mask_path": str(Path(case["mask"]).resolve()) if case["mask"] else None,
                      "inputs_key": key, "keyed_inputs": keyed})

@@ -376,7 +376,7 @@ def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[st
     check_out_dir(out_dir, [ct_path, mask_path])  # before computing: never replace an input
     mask = read_mask(mask_path, ct) if mask_path else None
     result = score_case(ct, seed_lps, box_lps, mask, ecog, progress=progress, cancel=cancel, **score_options)
-    result.warnings[:0] = [w for w in ct_warnings if w not in result.warnings]
+    add_reading_warnings(result, ct_warnings)
     if ct_path is not None:
         result.inputs["ct_path"] = str(Path(ct_path).resolve())
     _report(progress, cancel, 0.96, "writing outputs")
@@ -384,6 +384,14 @@ def score_to_folder(ct: sitk.Image, seed_lps: Sequence[float], out_dir: Union[st
     if progress is not None:
         progress(1.0, "finished")
     return result, written
+
+
+def add_reading_warnings(result: CaseResult, ct_warnings: Sequence[str]) -> None:
+    """Put the warnings from reading the CT (``io.read_ct``) first among the result's, after the model's demo or
+    placeholder notice when there is one (that stays the first line a reader sees); none twice."""
+    new = [w for w in ct_warnings if w not in result.warnings]
+    at = 1 if result.warnings and result.warnings[0] == (result.model or {}).get("notice") else 0
+    result.warnings[at:at] = new
 
 
 def check_seed(ct: sitk.Image, seed_lps: Sequence[float]) -> Point:

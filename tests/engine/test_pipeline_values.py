@@ -355,7 +355,7 @@ def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
     assert len(calls) == 3
 
 
-def test_score_to_folder_writes_the_result_with_the_ct_path_and_warnings_first(case, placeholder_bundle, tmp_path):
+def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings_after_the_notice(case, placeholder_bundle, tmp_path):
     ct, mask = case
     sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(mask, str(tmp_path / "mask.nrrd"))
@@ -365,11 +365,11 @@ def test_score_to_folder_writes_the_result_with_the_ct_path_and_warnings_first(c
                                  pictures=False, progress=lambda f, m: steps.append((f, m)),
                                  bundle=placeholder_bundle, device="cpu", n_shifts=0)
     assert steps[-2:] == [(0.96, "writing outputs"), (1.0, "finished")]
-    assert r.warnings[:2] == ["from reading", placeholder_bundle.notice]
+    assert r.warnings[:2] == [placeholder_bundle.notice, "from reading"]  # the model's notice stays the first line
     assert r.warnings.count(placeholder_bundle.notice) == 1  # said by scoring too: once
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     assert res["inputs"]["ct_path"] == "../ct.nrrd" and res["inputs"]["segmentation_given"] is True
-    assert res["score"] == r.score and res["warnings"][0] == "from reading"
+    assert res["score"] == r.score and res["warnings"][:2] == [placeholder_bundle.notice, "from reading"]
     assert res["tumour_mask"]["source"] == "given"  # a given mask, by default
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "tumour.nrrd"))),
                           sitk.GetArrayFromImage(mask))
