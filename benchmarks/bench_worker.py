@@ -187,7 +187,7 @@ def main() -> int:
     ap.add_argument("--shifts", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None, help="bundle (default $TMBRB_MODEL or the bundled one)")
-    ap.add_argument("--poll", type=float, default=0.05, help="JobWatcher step interval in s (panel: 0.2)")
+    ap.add_argument("--poll", type=float, default=0.05, help="JobWatcher step interval in s (the panel and the viewer: 0.05)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default all)")
     ap.add_argument("--warm-only", action="store_true", help="skip the cold Apply and the cold command line")
