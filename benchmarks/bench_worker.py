@@ -85,8 +85,9 @@ def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
         job = logic.startBackground(volume, seed, None, None, "1", numberOfShifts=args.shifts, device=args.device,
                                     useWorker=useWorker)
         steps["hand-over"] = time.perf_counter() - t
+        # with the parameter node, as the panel and the viewer do: a new result reuses the last one's nodes
         watcher = JobWatcher(logic, job, showResult=False, onResult=lambda r: got.update(result=r),
-                             onError=lambda e: got.update(error=e))
+                             onError=lambda e: got.update(error=e), parameterNode=logic.getParameterNode())
         while watcher.step():
             time.sleep(args.poll)
         wall = time.perf_counter() - t
