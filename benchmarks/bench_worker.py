@@ -1,12 +1,16 @@
 """Apply -> result with and without the warm engine worker (not a test; prints medians).
 
 For each case (lung1 from ../shared/data/real_ct with the seed of Testing/real_ct_cases.json, and the demo phantom)
-the Logic scores the case on a slicer-core MRML scene as the Slicer panel and the viewer do: ``startBackground`` and
-a ``JobWatcher`` stepped every ``--poll`` s until the result's nodes are in the scene. Measured:
+the Logic scores the case on a slicer-core MRML scene as the Slicer panel and the viewer do. Placing the seed
+proposes the box (``proposeBoxWithWarnings``, in the front end's process: timed as ``seed -> box``); Apply then scores
+with that box: ``startBackground`` and a ``JobWatcher`` stepped every ``--poll`` s until the result's nodes are in the
+scene (``--seed-only``: Apply with the seed alone, the engine proposing the box). Measured:
 
 - cold: a new engine process per Apply (``useWorker=False``: python start, torch/MONAI import, model load, CT read);
 - warm: the next Apply on the worker (model loaded, the CT file written and read once for the volume);
-- in process: ``score_case`` alone with a loaded model (the work itself, no files, no scene).
+- in process: ``score_case`` alone with a loaded model (the work itself, no files, no scene), on the same inputs;
+  with a given box also one after the other (``pipeline.OVERLAP_SEGMENTATION`` off: the seed segmentation after the
+  model instead of beside it).
 
 Each warm Apply is broken down (medians): ``hand-over`` (startBackground: the inputs checked, the CT converted and
 written once per volume state, the request sent), the worker's ``read CT`` / engine stages (seed segmentation and box,
@@ -15,7 +19,7 @@ the rest of score_case) / ``write`` (outputs), ``wait`` (what is left between th
 poll: protocol, polling interval, process switches) and ``import`` (result read back and placed in the scene).
 
     python benchmarks/bench_worker.py [--runs 5] [--shifts 8] [--device cpu] [--model BUNDLE] [--poll 0.05]
-        [--cases lung1,512x512x300] [--warm-only]
+        [--cases lung1,512x512x300] [--warm-only] [--seed-only]
 
 The model is $TMBRB_MODEL or the bundled one (timings do not depend on the weights).
 """
@@ -60,11 +64,12 @@ def cases():
 
 STEPS = ("hand-over", "read CT", "box+seed seg", "crop", "forward+CAM+feat", "8-shift forward", "regions+CAM",
          "other engine", "write", "wait", "import")
+EXTRA = ("seg beside model",)  # printed, not summed: it runs while the model does
 ENGINE_STAGES = {"box+seed seg": "box", "crop": "crop", "forward+CAM+feat": "forward_cam",
                  "8-shift forward": "tta_forward", "regions+CAM": "regions_cam_to_ct"}
 
 
-def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
+def apply_once(logic, volume, seed, roi, args, useWorker: bool) -> dict:
     """One Apply driven to the result as the panel does; returns its wall time, the engine's own total and the
     breakdown of :data:`STEPS` (worker steps only on the worker)."""
     from TMBRBLib.slicer.logic import JobWatcher
@@ -82,7 +87,7 @@ def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
     logic.importBackgroundResult = timedImport
     try:
         t = time.perf_counter()
-        job = logic.startBackground(volume, seed, None, None, "1", numberOfShifts=args.shifts, device=args.device,
+        job = logic.startBackground(volume, seed, roi, None, "1", numberOfShifts=args.shifts, device=args.device,
                                     useWorker=useWorker)
         steps["hand-over"] = time.perf_counter() - t
         # with the parameter node, as the panel and the viewer do: a new result reuses the last one's nodes
@@ -102,6 +107,7 @@ def apply_once(logic, volume, seed, args, useWorker: bool) -> dict:
         steps.update({name: engine[key] for name, key in ENGINE_STAGES.items()})
         steps["other engine"] = worker["score"] - sum(engine[key] for key in ENGINE_STAGES.values())
         steps["wait"] = wall - sum(steps.values())
+        steps["seg beside model"] = engine.get("seed_segmentation", 0.0)  # not in the sum: overlapped
     return {"wall": wall, "engine_total": engine["total"], "score": got["result"].score, "steps": steps}
 
 
@@ -132,6 +138,7 @@ def median(values):
 
 
 def bench_case(name, ct, seed_lps, args, bundle) -> dict:
+    from TMBRBLib import pipeline
     from TMBRBLib.geometry import lps_to_ras
     from TMBRBLib.pipeline import Scorer, score_case
     from TMBRBLib.slicer import mrml
@@ -143,30 +150,42 @@ def bench_case(name, ct, seed_lps, args, bundle) -> dict:
     volume = mrml.add_volume_node_from_sitk(scene, ct, name)
     seed = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seed")
     seed.AddControlPoint(lps_to_ras(seed_lps))
+    roi, box, propose = None, None, []
+    if not args.seed_only:  # the seed is placed: the front end proposes the box, as the panel and the viewer do
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            roi, _ = logic.proposeBoxWithWarnings(volume, seed, roi)
+            propose.append(time.perf_counter() - t)
+        box = logic.validateInputs(volume, seed, roi)["box"]
     try:
-        cold = [] if args.warm_only else [apply_once(logic, volume, seed, args, useWorker=False)
+        cold = [] if args.warm_only else [apply_once(logic, volume, seed, roi, args, useWorker=False)
                                           for _ in range(args.runs)]
-        first = apply_once(logic, volume, seed, args, useWorker=True)  # starts the worker, loads the model
-        warm = [apply_once(logic, volume, seed, args, useWorker=True) for _ in range(args.runs)]
+        first = apply_once(logic, volume, seed, roi, args, useWorker=True)  # starts the worker, loads the model
+        warm = [apply_once(logic, volume, seed, roi, args, useWorker=True) for _ in range(args.runs)]
         pid = logic.engineWorker().pid
     finally:
         logic.shutdown()
         mrml.release_scene(scene)
     cli = [] if args.warm_only else cold_cli_times(ct, seed_lps, args, bundle)
     scorer = Scorer(bundle, args.device)
-    score_case(ct, seed_lps, None, None, 1, n_shifts=args.shifts, scorer=scorer)  # model built, caches warm
-    inproc = []
+    score_case(ct, seed_lps, box, None, 1, n_shifts=args.shifts, scorer=scorer)  # model built, caches warm
+    inproc, serial = [], []
     for _ in range(args.runs):
-        t = time.perf_counter()
-        score_case(ct, seed_lps, None, None, 1, n_shifts=args.shifts, scorer=scorer)
-        inproc.append(time.perf_counter() - t)
+        for overlap, times in ((True, inproc), (False, serial)) if box is not None else ((True, inproc),):
+            pipeline.OVERLAP_SEGMENTATION = overlap
+            t = time.perf_counter()
+            score_case(ct, seed_lps, box, None, 1, n_shifts=args.shifts, scorer=scorer)
+            times.append(time.perf_counter() - t)
+    pipeline.OVERLAP_SEGMENTATION = True
     assert len({r["score"] for r in cold + warm + [first]}) == 1, "cold and warm runs must give the same score"
-    return {"case": name, "ct_size": list(ct.GetSize()), "cold_s": median([r["wall"] for r in cold]),
+    return {"case": name, "ct_size": list(ct.GetSize()), "box": "seed only" if box is None else "proposed at the seed",
+            "seed_to_box_s": median(propose), "cold_s": median([r["wall"] for r in cold]),
             "first_worker_apply_s": round(first["wall"], 3), "warm_s": median([r["wall"] for r in warm]),
             "warm_engine_total_s": median([r["engine_total"] for r in warm]),
-            "in_process_s": median(inproc), "cold_cli_s": median(cli), "warm_runs_s": [round(r["wall"], 3) for r in warm],
+            "in_process_s": median(inproc), "in_process_one_after_the_other_s": median(serial),
+            "cold_cli_s": median(cli), "warm_runs_s": [round(r["wall"], 3) for r in warm],
             "cold_runs_s": [round(r["wall"], 3) for r in cold], "worker_pid": pid, "score": first["score"],
-            "warm_steps_s": {k: median([r["steps"][k] for r in warm]) for k in STEPS if k in warm[0]["steps"]}}
+            "warm_steps_s": {k: median([r["steps"][k] for r in warm]) for k in STEPS + EXTRA if k in warm[0]["steps"]}}
 
 
 def print_breakdown(rows) -> None:
@@ -176,10 +195,12 @@ def print_breakdown(rows) -> None:
         return
     print("warm Apply, step by step (median s):")
     print(f"{'step':<18}" + "".join(f"{r['case']:>14}" for r in rows))
-    for step in STEPS:
+    for step in STEPS + EXTRA:
         print(f"{step:<18}" + "".join(f"{r['warm_steps_s'].get(step, float('nan')):>14.3f}" for r in rows))
     print(f"{'warm Apply':<18}" + "".join(f"{r['warm_s']:>14.3f}" for r in rows))
     print(f"{'in process':<18}" + "".join(f"{r['in_process_s']:>14.3f}" for r in rows))
+    print(f"{'  serial seg':<18}" + "".join(f"{r['in_process_one_after_the_other_s']:>14.3f}" for r in rows))
+    print(f"{'seed -> box':<18}" + "".join(f"{r['seed_to_box_s']:>14.3f}" for r in rows))
 
 
 def main() -> int:
@@ -192,6 +213,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default all)")
     ap.add_argument("--warm-only", action="store_true", help="skip the cold Apply and the cold command line")
+    ap.add_argument("--seed-only", action="store_true",
+                    help="Apply with the seed alone (the engine proposes the box) instead of the box proposed at the seed")
     args = ap.parse_args()
     from TMBRBLib.bundle import load_bundle
 

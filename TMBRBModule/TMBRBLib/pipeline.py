@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -104,6 +105,32 @@ def _report(progress: Progress, cancel, fraction: float, message: str):
 def _is_oom(e: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
     return isinstance(e, oom) or "out of memory" in str(e).lower()
+
+
+# With a given box the tumour is segmented from the seed in a thread while the model runs (the segmentation does not
+# depend on the model): SimpleITK, numpy and torch's kernels release the GIL, and the model leaves part of a 2-core CPU
+# idle. False: one after the other, as before (for benchmarks/bench_worker.py's comparison).
+OVERLAP_SEGMENTATION = True
+_SEGMENTER: Optional[ThreadPoolExecutor] = None
+
+
+def _start_segmentation(ct: sitk.Image, seed: Point, box: Box, meta: Dict) -> Future:
+    """Segment the tumour inside a given box (``segment_from_seed``), in a background thread when
+    :data:`OVERLAP_SEGMENTATION`; the Future's result is ``(segmentation, seconds)``."""
+    global _SEGMENTER
+
+    def run():
+        t = time.perf_counter()
+        seg = segment_from_seed(ct, seed, box, meta.get("proposal"), meta.get("regions"))
+        return seg, time.perf_counter() - t
+
+    if not OVERLAP_SEGMENTATION:
+        done: Future = Future()
+        done.set_result(run())
+        return done
+    if _SEGMENTER is None:
+        _SEGMENTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmbrb-seed-segmentation")
+    return _SEGMENTER.submit(run)
 
 
 # Shifted crops per forward pass: on a 2-core CPU batches of 4 ran about 8% faster per crop than one batch of 8
@@ -295,6 +322,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     timings["crop"] = time.perf_counter() - t
     warnings += field_of_view_warnings(ct, grid)
 
+    # a given box: the tumour is segmented inside it while the model runs
+    pending = _start_segmentation(ct, seed, box, meta) if tumour_mask is None and seg is None else None
     _report(progress, cancel, 0.3, f"model ({scorer.device.type})")
     scorer.last_features = None
     score, tta, cam_crop, mt, dev_used = scorer.run_with_fallback(base, shifted, warnings, grid.spacing[::-1])
@@ -311,8 +340,8 @@ def score_case(ct: sitk.Image, seed_lps: Sequence[float], box_lps=None, tumour_m
     _report(progress, cancel, 0.75, "regions and CAM on the CT grid")
     t = time.perf_counter()
     width = float(meta.get("regions", {}).get("ring_width_mm", 10.0) if ring_width_mm is None else ring_width_mm)
-    if tumour_mask is None and seg is None:  # a given box: the tumour is segmented inside it
-        seg = segment_from_seed(ct, seed, box, meta.get("proposal"), meta.get("regions"))
+    if pending is not None:
+        seg, timings["seed_segmentation"] = pending.result()
         warnings += seg.warnings
     cam_region, tumour_region, ring_region, shares = regions_and_cam(ct, seed, box, grid, cam_crop, tumour_mask,
                                                                      width, meta.get("regions"), warnings, seg)

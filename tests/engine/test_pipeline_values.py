@@ -341,6 +341,42 @@ def test_score_case_records_what_it_computed(case, placeholder_bundle):
     assert r2.tta_scores == [r2.score] and r2.tta_std == 0.0 and r2.risk["ecog"] is None
 
 
+def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_other_gives(case, placeholder_bundle,
+                                                                                               monkeypatch):
+    # the seed segmentation of a given box runs in a thread beside the model: the same mask, shares, warnings and
+    # scores as when it runs after the model, and its own time is recorded
+    import TMBRBLib.pipeline as pipeline
+
+    ct, _ = case
+    scorer = Scorer(placeholder_bundle, "cpu")
+    box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
+    results = {}
+    for overlap in (True, False):
+        monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", overlap)
+        results[overlap] = score_case(ct, TUMOUR, box, None, 1, scorer=scorer, n_shifts=1)
+    a, b = results[True], results[False]
+    assert a.tumour_region.data.sum() > 100, "no tumour segmented: the test shows nothing"
+    np.testing.assert_array_equal(a.tumour_region.data, b.tumour_region.data)
+    np.testing.assert_array_equal(a.ring_region.data, b.ring_region.data)
+    assert a.attention == b.attention and a.warnings == b.warnings and a.tta_scores == b.tta_scores
+    assert a.tumour_mask_info == b.tumour_mask_info and a.tumour_mask_info["source"] == "proposed"
+    assert a.timings["seed_segmentation"] > 0 and b.timings["seed_segmentation"] > 0
+
+
+def test_a_segmentation_that_fails_beside_the_model_fails_the_case_with_its_own_error(case, placeholder_bundle,
+                                                                                     monkeypatch):
+    import TMBRBLib.pipeline as pipeline
+
+    def broken(*a, **k):
+        raise TMBRBInputError("The seed is in the air.", "Place it on the tumour.")
+
+    monkeypatch.setattr(pipeline, "segment_from_seed", broken)
+    ct, _ = case
+    with pytest.raises(TMBRBInputError, match="The seed is in the air"):
+        score_case(ct, TUMOUR, Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0)), None, 1,
+                   scorer=Scorer(placeholder_bundle, "cpu"), n_shifts=0)
+
+
 def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
     ct, _ = case
     calls = []
