@@ -60,6 +60,10 @@ def heat_legend_css(n: int = 11) -> str:
     return "linear-gradient(to right, " + ", ".join(stops) + ")"
 
 
+# JPEG quality of the views' images, interactive and still alike (trame-rca's still quality is 90)
+VIEW_IMAGE_QUALITY = 90
+
+
 def format_result(result: Dict) -> Dict:
     """The side panel's state from a result dict (result.json): the lines of TMBRBLib.present."""
     from TMBRBLib.present import MASK_UNCERTAIN, by_key, result_lines, select
@@ -183,7 +187,10 @@ class TMBRBViewer:
         self.slicer_app = SlicerApp()
         self.scene = self.slicer_app.scene
         self._use_app_volume_rendering()
-        register_rca_factories(self.slicer_app.view_manager, self.server,
+        # every frame at the still quality: trame-rca renders a view twice per change when the interactive quality
+        # differs (a fast frame, then the same scene again for the still one); on software GL (llvmpipe) the 3D
+        # view's volume rendering is the largest part of the server's work on a result (benchmarks/bench_viewer.py)
+        register_rca_factories(self.slicer_app.view_manager, self.server, interactive_quality=VIEW_IMAGE_QUALITY,
                                slice_view_ui_f=self._slice_view_ui, three_d_view_ui_f=self._threed_view_ui)
         self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
         views = {"Red": ViewLayoutDefinition.axial_view(), "Green": ViewLayoutDefinition.coronal_view(),
@@ -870,7 +877,7 @@ class TMBRBViewer:
                                              else None, None, ecog, self.shifts, self.device, workDir=work)
             self.watcher = JobWatcher(self.logic, job, onProgress=self._on_job_progress, onResult=self._on_job_result,
                                       onError=self._on_job_error, onCancelled=self._on_job_cancelled,
-                                      camOpacity=float(self.state.cam_opacity),
+                                      onScores=self._on_job_scores, camOpacity=float(self.state.cam_opacity),
                                       parameterNode=self.logic.getParameterNode())
             return True
 
@@ -912,6 +919,14 @@ class TMBRBViewer:
         with self.state:
             self.state.running = False
 
+    def _on_job_scores(self, result: Dict) -> None:
+        """The run is done: its score and risk groups go to the page now; the map is placed in the scene at the next
+        poll, and its views render after that (llvmpipe takes a second or more for the 3D view)."""
+        with self.state:
+            self.state.update(format_result(result))
+            self.state.update({"progress": 100, "progress_msg": "showing the map", "has_result": True,
+                               "stale": False})
+
     def _on_job_result(self, result) -> None:
         job = self.watcher.job
         self._job_ended()
@@ -923,6 +938,8 @@ class TMBRBViewer:
 
     def _on_job_error(self, error: Exception) -> None:
         self._job_ended()
+        with self.state:
+            self.state.has_result = False  # scores shown before the map could not be placed are taken back
         if isinstance(error, TMBRBInputError):
             self._say(str(error), "error")
         else:
@@ -930,6 +947,8 @@ class TMBRBViewer:
 
     def _on_job_cancelled(self) -> None:
         self._job_ended()
+        with self.state:
+            self.state.has_result = False
         self._say("Cancelled; nothing was added to the scene.", "info")
 
     def cancel(self) -> None:
@@ -1076,6 +1095,7 @@ class TMBRBViewer:
         folder's dicom/, referencing the CT's series: only for a series opened from its folder on the server (an
         upload's files are not kept)."""
         def save():
+            self._require_no_job()
             if self.last_result is None:
                 raise TMBRBInputError("There is no result to save yet.", "Press Apply first.")
             if self.dicom_source is None or not self.dicom_source.is_dir():
@@ -1094,8 +1114,14 @@ class TMBRBViewer:
             return folder / DICOM_DIR
         return self._guarded(save, "Could not save DICOM.")
 
+    def _require_no_job(self) -> None:
+        if self.watcher is not None:
+            raise TMBRBInputError("A result is still being computed or placed in the views.",
+                                  "Save once the map shows.")
+
     def save_results(self) -> Optional[Path]:
         def save():
+            self._require_no_job()
             folder = self._write_results()
             self.snapshot(folder / "snapshot.png")
             with self.state:

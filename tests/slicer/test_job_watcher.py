@@ -65,6 +65,42 @@ def test_a_run_reports_progress_then_its_result_once(scene, logic, tmp_path):
         result.cam
 
 
+def test_with_on_scores_the_score_comes_one_step_before_the_map_is_placed(scene, logic, tmp_path):
+    # the browser viewer shows the score and risk groups while its views still render the map: onScores gets
+    # result.json's content at the step that sees the run done, and the nodes come into the scene at the next step
+    ct, seed = case(scene)
+    rec, seen = Recorder(), []
+
+    def on_scores(result):
+        seen.append((result, len(rec.results), node_ids(scene)))
+
+    before = node_ids(scene)
+    job = logic.startBackground(ct, seed, None, None, "1", numberOfShifts=0, device="cpu")
+    watcher = JobWatcher(logic, job, showResult=False, onScores=on_scores, **rec.callbacks())
+    drive(watcher)
+    assert len(seen) == 1 and len(rec.results) == 1 and rec.errors == []
+    scores, results_then, nodes_then = seen[0]
+    assert results_then == 0 and nodes_then == before, "the map was placed before the score was shown"
+    assert scores["score"] == pytest.approx(rec.results[0].score, abs=1e-9)
+    assert scores["risk"] == rec.results[0].result["risk"] and scores["warnings"] == rec.results[0].result["warnings"]
+    assert node_ids(scene) != before
+
+
+def test_on_scores_is_not_called_for_a_failed_run(scene, logic, tmp_path):
+    ct, seed = case(scene)
+    rec, seen = Recorder(), []
+    job = logic.startBackground(ct, seed, None, None, "1", numberOfShifts=0, device="cpu")
+    watcher = JobWatcher(logic, job, showResult=False, onScores=seen.append, **rec.callbacks())
+    deadline = time.time() + 240
+    while job.poll() == "running":
+        assert time.time() < deadline, "the background run did not finish"
+        time.sleep(0.05)
+    assert job.poll() == "done"
+    job.resultPath.write_text("{not json", encoding="utf-8")  # outputs that cannot be read: an error, no score
+    drive(watcher)
+    assert seen == [] and rec.results == [] and len(rec.errors) == 1
+
+
 def test_a_run_in_a_given_folder_keeps_its_outputs(scene, logic, tmp_path):
     ct, seed = case(scene)
     rec = Recorder()

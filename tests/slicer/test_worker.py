@@ -289,3 +289,19 @@ def test_saving_a_temporary_run_asks_the_worker_for_the_full_outputs(scene, wlog
     with pytest.raises(TMBRBInputError, match="Press Apply again"):
         wlogic.saveWorkerResult(cold, tmp_path / "cold-saved")
     assert not (tmp_path / "again").exists() and not (tmp_path / "cold-saved").exists()
+
+
+def test_the_engine_runs_with_sleeping_openmp_threads_unless_the_user_chose(scene, wlogic, worker, monkeypatch):
+    # spinning OpenMP threads (the default) made the model 3-5x slower on a busy machine: the worker and the process
+    # per case get OMP_WAIT_POLICY=PASSIVE, and a policy set by the user is kept
+    import psutil
+
+    from TMBRBLib.slicer.runner import engine_environment
+
+    ct, seed = case(scene)
+    rec, _ = apply(wlogic, ct, seed, numberOfShifts=0)
+    assert rec.errors == [] and psutil.Process(worker.pid).environ().get("OMP_WAIT_POLICY") == "PASSIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert engine_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert engine_environment()["OMP_WAIT_POLICY"] == "ACTIVE"

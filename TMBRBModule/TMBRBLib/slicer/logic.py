@@ -1191,7 +1191,9 @@ class JobWatcher:
     what the engine printed and reports progress, and once the run has ended it finishes the job exactly once:
 
     - done: the outputs are read into the scene (``logic.importBackgroundResult``) and ``onResult(sceneResult)``
-      is called;
+      is called. With ``onScores``, the step that sees the run done only calls ``onScores(result)`` with result.json's
+      content, and the next step reads the outputs into the scene: a front end can show the score and risk groups
+      before the map's views are rendered (the browser viewer does);
     - the GPU ran out of memory: the case is started again on the CPU (``onProgress`` says so) and watching goes on;
     - cancelled: ``onCancelled()``;
     - refused input or failure, or reading the outputs failed: ``onError(exception)``.
@@ -1202,11 +1204,14 @@ class JobWatcher:
     def __init__(self, logic: SceneLogic, job: EngineJob, onProgress: Optional[Callable[[float, str], None]] = None,
                  onResult: Optional[Callable[[SceneResult], None]] = None,
                  onError: Optional[Callable[[Exception], None]] = None,
-                 onCancelled: Optional[Callable[[], None]] = None, **importOptions):
+                 onCancelled: Optional[Callable[[], None]] = None,
+                 onScores: Optional[Callable[[Dict], None]] = None, **importOptions):
         self.logic, self.job = logic, job
         self.onProgress, self.onResult, self.onError, self.onCancelled = onProgress, onResult, onError, onCancelled
+        self.onScores = onScores
         self.importOptions = importOptions  # showResult, camOpacity, parameterNode
         self.finished = False
+        self._scoresShown = False
 
     def step(self) -> bool:
         if self.finished:
@@ -1219,8 +1224,22 @@ class JobWatcher:
         if state == "failed" and self._outOfMemoryOnGpu():
             self._restartOnCpu()
             return not self.finished
+        if state == "done" and self.onScores is not None and not self._scoresShown:
+            self._scoresShown = True
+            if self._showScores():
+                return True  # the outputs are read into the scene at the next step
         self._finish(state)
         return False
+
+    def _showScores(self) -> bool:
+        """``onScores(result.json's content)``; False when it cannot be read (``_finish`` then reports why)."""
+        try:
+            result = json.loads(self.job.resultPath.read_text(encoding="utf-8"))
+            result["warnings"][:0] = [w for w in self.job.inputs.warnings if w not in result["warnings"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        self.onScores(result)
+        return True
 
     def cancel(self) -> None:
         """Stop the run; ``onCancelled`` is called at once (nothing is added to the scene)."""
