@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,6 +113,17 @@ def _is_oom(e: BaseException) -> bool:
 # idle. False: one after the other, as before (for benchmarks/bench_worker.py's comparison).
 OVERLAP_SEGMENTATION = True
 _SEGMENTER: Optional[ThreadPoolExecutor] = None
+
+
+def _forget_segmenter() -> None:
+    """A forked child has none of its parent's threads: it makes its own segmentation thread when it needs one (the
+    parent's executor would take the work and never run it)."""
+    global _SEGMENTER
+    _SEGMENTER = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_segmenter)
 
 
 def _start_segmentation(ct: sitk.Image, seed: Point, box: Box, meta: Dict) -> Future:

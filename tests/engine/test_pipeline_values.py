@@ -6,6 +6,7 @@ placeholder bundle on small CTs (a second or two a case)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -361,6 +362,30 @@ def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_
     assert a.attention == b.attention and a.warnings == b.warnings and a.tta_scores == b.tta_scores
     assert a.tumour_mask_info == b.tumour_mask_info and a.tumour_mask_info["source"] == "proposed"
     assert a.timings["seed_segmentation"] > 0 and b.timings["seed_segmentation"] > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_scores_a_given_box_too(case, placeholder_bundle):
+    # a researcher's multiprocessing pool (fork) after a case scored in the parent: the child has none of the
+    # parent's threads, and a segmentation handed to the parent's thread pool would never run (the case hung)
+    import multiprocessing
+
+    ct, _ = case
+    box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
+    scorer = Scorer(placeholder_bundle, "cpu")
+    parent = score_case(ct, TUMOUR, box, None, 1, scorer=scorer, n_shifts=0)
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=lambda: send.send(score_case(ct, TUMOUR, box, None, 1, scorer=scorer,
+                                                            n_shifts=0).attention))
+    child.start()  # fork: the target is not pickled
+    try:
+        assert receive.poll(120), "the case scored in a forked child did not finish"
+        assert receive.recv() == parent.attention
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
 
 
 def test_a_segmentation_that_fails_beside_the_model_fails_the_case_with_its_own_error(case, placeholder_bundle,
