@@ -42,6 +42,10 @@ DEFAULTS = {
     "runaway_max_mm": 8.0,         # that removes and runs on farther than ``runaway_reach`` x the inscribed radius
     "runaway_reach": 2.5,          # from the rest is cut (a lobe stays near the lesion; a vessel runs away): flagged
                                    # (measured: a real lobe reaches 2.1 x, the phantoms' vessels 3.5-8.5 x)
+    "along_fraction": 0.5,         # a thick vessel along the lesion: the mask opened with a ball of this x its
+    "along_reach": 1.8,            # inscribed radius; a piece that removes reaching farther than this x the radius
+                                   # from the rest: uncertain (measured: right masks up to 1.60 (phantom), 1.19
+                                   # (LIDC-0072); a vessel along the lesion 1.91-2.26)
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
     "thin_ratio": 1.0,             # the largest ball inside the mask narrower than this x the slice thickness:
                                    # uncertain (its shape is not resolved across slices; measured: the real CTs 1.14
@@ -81,6 +85,7 @@ class Grown:
     ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
     ground_glass_outside_box: bool = False  # ground glass around it that runs past the user's box (left out)
     runaway_ml: float = 0.0              # volume of thick attachments running away from the lesion, cut
+    along_mm: float = 0.0                # reach of the farthest piece a medium opening removes (a vessel along it)
     solid_ratio: float = float("nan")    # part-solid without a box: the solid part's share of the mask's diameter
 
 
@@ -256,15 +261,9 @@ def _cut_runaways(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Di
     r = _radius_vox(comp.GetSpacing(), mm)
     if min(r) < 1 and max(r) < 2:
         return comp, 0.0
-    eroded = _ball_erosion(comp, r)
-    if not sitk.GetArrayViewFromImage(eroded).any():  # nothing left of the opening
-        return comp, 0.0
     reach = float(p["runaway_reach"]) * inscribed
-    # the part kept holds the eroded core: when no voxel lies farther than the reach from that core, no piece can
-    # reach farther from the part kept, and the opening would change nothing (the usual case: skip its cost)
-    from_core = sitk.SignedMaurerDistanceMap(eroded, insideIsPositive=False, squaredDistance=False,
-                                             useImageSpacing=True)
-    if float(sitk.GetArrayViewFromImage(from_core)[sitk.GetArrayViewFromImage(comp) > 0].max()) <= reach:
+    eroded = _core_if_reached(comp, r, reach)
+    if eroded is None:
         return comp, 0.0
     kept = sitk.And(_ball_dilation(_ball_dilation(eroded, r), r), comp)
     pieces = sitk.ConnectedComponent(sitk.And(comp, sitk.Not(kept)))
@@ -280,6 +279,38 @@ def _cut_runaways(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Di
     out = comp if at_seed is None else at_seed
     cut = _count(comp) - _count(out)
     return out, cut * float(np.prod(comp.GetSpacing())) / 1000.0
+
+
+def _core_if_reached(comp: sitk.Image, r: Sequence[int], reach: float) -> Optional[sitk.Image]:
+    """The mask eroded by a ball of ``r`` voxels; None when nothing is left, or when no voxel of the mask lies farther
+    than ``reach`` (mm) from it: the opening's part kept holds that core, so no piece the opening removes can reach
+    farther from the part kept (the usual case: the opening's cost is skipped)."""
+    eroded = _ball_erosion(comp, r)
+    if not sitk.GetArrayViewFromImage(eroded).any():
+        return None
+    from_core = sitk.SignedMaurerDistanceMap(eroded, insideIsPositive=False, squaredDistance=False,
+                                             useImageSpacing=True)
+    if float(sitk.GetArrayViewFromImage(from_core)[sitk.GetArrayViewFromImage(comp) > 0].max()) <= reach:
+        return None
+    return eroded
+
+
+def _piece_reach(comp: sitk.Image, inscribed: float, p: Dict) -> float:
+    """How far (mm) the farthest piece that an opening by ``along_fraction`` x the inscribed radius removes reaches
+    from the rest of the mask: a thick vessel lying along the lesion is such a piece, longer than a lobe stands out.
+    0 when nothing can reach farther than ``along_reach`` x the radius (its cost is then one erosion)."""
+    r = _radius_vox(comp.GetSpacing(), min(float(p["along_fraction"]) * inscribed, float(p["runaway_max_mm"])))
+    if min(r) < 1 and max(r) < 2:
+        return 0.0
+    eroded = _core_if_reached(comp, r, float(p["along_reach"]) * inscribed)
+    if eroded is None:
+        return 0.0
+    kept = sitk.And(_ball_dilation(eroded, r), comp)
+    pieces = sitk.And(comp, sitk.Not(kept))
+    if not sitk.GetArrayViewFromImage(pieces).any():
+        return 0.0
+    from_kept = -_distance(kept)
+    return float(sitk.GetArrayViewFromImage(from_kept)[sitk.GetArrayViewFromImage(pieces) > 0].max())
 
 
 def _ball_scaled(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
@@ -456,7 +487,7 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     first, last = _bounds(sitk.GetArrayViewFromImage(comp))
     faces = _touches(first + origin, last + origin, lo, hi, np.array(ct.GetSize()))
     g = Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, part_solid=part_solid,
-              runaway_ml=runaway_ml,
+              runaway_ml=runaway_ml, along_mm=_piece_reach(comp, inscribed, p),
               **_measure(comp, sub, lo_hu, inscribed, ggo_hu))
     if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
         return _with_ground_glass(ct, seed_lps, lo, hi, p, g)
@@ -611,6 +642,9 @@ def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
         reasons.append(f"the mask includes ground glass around a solid part of {100 * g.solid_ratio:.0f}% of its "
                        "diameter: it may be haze around a solid tumour rather than the tumour's own (a box around the "
                        "tumour as you see it decides)")
+    if g.along_mm > float(p["along_reach"]) * g.inscribed_mm > 0:
+        reasons.append(f"a thick strand of the mask reaches {g.along_mm:.0f} mm from the rest of it: a vessel or "
+                       "airway wall lying along the lesion may be in the mask")
     if g.runaway_ml > 0:
         reasons.append(f"{g.runaway_ml:.1f} mL of thick vessel or tissue running away from the lesion was cut off: "
                        "the rest of the mask may still hold some of it")
