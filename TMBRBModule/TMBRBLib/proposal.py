@@ -10,7 +10,7 @@ the lesion reaches its faces (those faces move out), up to ``max_search_half_mm`
 instead.
 
 The result says when the mask is uncertain (it reaches the search limit, is much larger than the lesion visible at the
-seed, is hardly in contact with lung, holds a thick strand lying along the lesion, or the seed lies in bone or air), so
+seed, is hardly in contact with lung, held a thick strand lying along the lesion, or the seed lies in bone or air), so
 a reader reviews it before trusting the tumour/ring attention shares. Measured on the shared real CTs by ``benchmarks/bench_seed_segmentation.py``.
 """
 
@@ -42,10 +42,10 @@ DEFAULTS = {
     "runaway_max_mm": 8.0,         # that removes and runs on farther than ``runaway_reach`` x the inscribed radius
     "runaway_reach": 2.5,          # from the rest is cut (a lobe stays near the lesion; a vessel runs away): flagged
                                    # (measured: a real lobe reaches 2.1 x, the phantoms' vessels 3.5-8.5 x)
-    "along_fraction": 0.5,         # a thick vessel along the lesion: the mask opened with a ball of this x its
-    "along_reach": 1.8,            # inscribed radius; a piece that removes reaching farther than this x the radius
-                                   # from the rest: uncertain (measured: right masks up to 1.60 (phantom), 1.19
-                                   # (LIDC-0072); a vessel along the lesion 1.91-2.26)
+    "along_fraction": 0.5,         # a thick vessel along the lesion: the finished mask opened with a ball of this x
+    "along_reach": 1.8,            # its inscribed radius; a piece that removes reaching farther than this x the
+                                   # radius from the rest is cut: uncertain (measured: right masks up to 1.60
+                                   # (phantom), 1.19 (LIDC-0072); a vessel along the lesion 1.91-2.26)
     "leak_ratio": 3.0,             # mask's equivalent radius / its inscribed radius above this: uncertain
     "thin_ratio": 1.0,             # the largest ball inside the mask narrower than this x the slice thickness:
                                    # uncertain (its shape is not resolved across slices; measured: the real CTs 1.14
@@ -85,7 +85,7 @@ class Grown:
     ground_glass_unclear: bool = False   # ground glass around it that could not be delimited (left out)
     ground_glass_outside_box: bool = False  # ground glass around it that runs past the user's box (left out)
     runaway_ml: float = 0.0              # volume of thick attachments running away from the lesion, cut
-    along_mm: float = 0.0                # reach of the farthest piece a medium opening removes (a vessel along it)
+    along_ml: float = 0.0                # volume of thick strands along the lesion (reaching far from it), cut
     solid_ratio: float = float("nan")    # part-solid without a box: the solid part's share of the mask's diameter
 
 
@@ -249,23 +249,29 @@ def _cut_attachments(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p:
     return comp
 
 
-def _cut_runaways(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict) -> Tuple[sitk.Image, float]:
+def _cut_runaways(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict,
+                  keys: Tuple[str, str] = ("runaway_fraction", "runaway_reach"), grow_back: bool = True
+                  ) -> Tuple[sitk.Image, float]:
     """Cut thick attachments (vessels of up to about ``runaway_max_mm`` radius) that run away from the lesion.
 
     The lesion is opened with a ball of ``runaway_fraction`` x its inscribed radius and the part at the seed grown
     back by that radius (inside the mask); each piece the opening removed is cut when it reaches farther than
     ``runaway_reach`` x the inscribed radius from that part (a vessel runs on), kept otherwise (a lobe or a spicule's
     base stays near the lesion). Returns the mask and the volume cut (mL).
+
+    ``keys``: the settings of the ball's fraction and of the reach (``along_fraction`` / ``along_reach``: a thick
+    strand along the lesion, with ``grow_back`` False: the part kept is the opening itself).
     """
-    mm = min(float(p["runaway_fraction"]) * inscribed, float(p["runaway_max_mm"]))
+    mm = min(float(p[keys[0]]) * inscribed, float(p["runaway_max_mm"]))
     r = _radius_vox(comp.GetSpacing(), mm)
     if min(r) < 1 and max(r) < 2:
         return comp, 0.0
-    reach = float(p["runaway_reach"]) * inscribed
+    reach = float(p[keys[1]]) * inscribed
     eroded = _core_if_reached(comp, r, reach)
     if eroded is None:
         return comp, 0.0
-    kept = sitk.And(_ball_dilation(_ball_dilation(eroded, r), r), comp)
+    kept = _ball_dilation(eroded, r)
+    kept = sitk.And(_ball_dilation(kept, r) if grow_back else kept, comp)
     pieces = sitk.ConnectedComponent(sitk.And(comp, sitk.Not(kept)))
     stats = sitk.LabelStatisticsImageFilter()
     stats.Execute(-_distance(kept), pieces)
@@ -293,26 +299,6 @@ def _core_if_reached(comp: sitk.Image, r: Sequence[int], reach: float) -> Option
     if float(sitk.GetArrayViewFromImage(from_core)[sitk.GetArrayViewFromImage(comp) > 0].max()) <= reach:
         return None
     return eroded
-
-
-def _piece_reach(comp: sitk.Image, inscribed: float, p: Dict) -> float:
-    """How far (mm) the farthest piece that an opening by ``along_fraction`` x the inscribed radius removes reaches
-    from the rest of the mask: a thick vessel lying along the lesion is such a piece, longer than a lobe stands out.
-    0 when nothing can reach farther than ``along_reach`` x the radius (its cost is then one erosion)."""
-    r = _radius_vox(comp.GetSpacing(), min(float(p["along_fraction"]) * inscribed, float(p["runaway_max_mm"])))
-    if min(r) < 1 and max(r) < 2:
-        return 0.0
-    # on the mask's own box plus one voxel (the same opening, distances between its voxels unchanged; fewer voxels)
-    (comp,), _ = _crop_around([comp], *_bounds(sitk.GetArrayViewFromImage(comp)), 0.0)
-    eroded = _core_if_reached(comp, r, float(p["along_reach"]) * inscribed)
-    if eroded is None:
-        return 0.0
-    kept = sitk.And(_ball_dilation(eroded, r), comp)
-    pieces = sitk.And(comp, sitk.Not(kept))
-    if not sitk.GetArrayViewFromImage(pieces).any():
-        return 0.0
-    from_kept = -_distance(kept)
-    return float(sitk.GetArrayViewFromImage(from_kept)[sitk.GetArrayViewFromImage(pieces) > 0].max())
 
 
 def _ball_scaled(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
@@ -350,16 +336,22 @@ def _ball_opening(binary: sitk.Image, r: Sequence[int]) -> sitk.Image:
     return _ball_dilation(eroded, r) if sitk.GetArrayViewFromImage(eroded).any() else eroded
 
 
-def _cut_on_own_box(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict) -> Tuple[sitk.Image, float]:
-    """:func:`_cut_attachments` then :func:`_cut_runaways`, on the mask's bounding box plus one voxel (half the
+def _cut_on_own_box(comp: sitk.Image, at: Tuple[int, ...], inscribed: float, p: Dict, along: bool = False
+                    ) -> Tuple[sitk.Image, float]:
+    """:func:`_cut_attachments` then :func:`_cut_runaways` (``along``: the cut of a thick strand along the lesion
+    instead), on the mask's bounding box plus one voxel (half the
     voxels of the lesion's crop, the same result: an opening takes nothing from outside the mask, and a ball that
     reaches past that box meets the unset voxel around it first). Returns the mask on ``comp``'s grid and the volume
     cut (mL)."""
     arr = sitk.GetArrayFromImage(comp)
     first, last = _bounds(arr)
     (tight,), off = _crop_around([comp], first, last, 0.0)
-    tight = _cut_attachments(tight, tuple(int(v) for v in np.asarray(at) - off), inscribed, p)
-    tight, runaway_ml = _cut_runaways(tight, tuple(int(v) for v in np.asarray(at) - off), inscribed, p)
+    at_tight = tuple(int(v) for v in np.asarray(at) - off)
+    if along:  # the finished mask: only the cut of a thick strand along the lesion
+        tight, runaway_ml = _cut_runaways(tight, at_tight, inscribed, p, ("along_fraction", "along_reach"), False)
+    else:
+        tight = _cut_attachments(tight, at_tight, inscribed, p)
+        tight, runaway_ml = _cut_runaways(tight, at_tight, inscribed, p)
     b = off + np.array(tight.GetSize())
     arr[:] = 0
     arr[off[2]:b[2], off[1]:b[1], off[0]:b[0]] = sitk.GetArrayViewFromImage(tight)
@@ -486,10 +478,11 @@ def _grow_in(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray, hi: np.n
     origin = np.asarray(lo) + off
     if part_solid:
         comp = _own_ground_glass(comp, sub, tuple(int(v) for v in np.asarray(at) - off2), origin, p)
+    comp, along_ml = _cut_on_own_box(comp, tuple(int(v) for v in np.asarray(at) - off2), inscribed, p, along=True)
     first, last = _bounds(sitk.GetArrayViewFromImage(comp))
     faces = _touches(first + origin, last + origin, lo, hi, np.array(ct.GetSize()))
     g = Grown(comp, origin, True, bool(faces.any()), seed_hu, faces=faces, part_solid=part_solid,
-              runaway_ml=runaway_ml, along_mm=_piece_reach(comp, inscribed, p),
+              runaway_ml=runaway_ml, along_ml=along_ml,
               **_measure(comp, sub, lo_hu, inscribed, ggo_hu))
     if not part_solid and g.ground_glass > float(p["ground_glass_share"]):
         return _with_ground_glass(ct, seed_lps, lo, hi, p, g)
@@ -644,9 +637,9 @@ def _reasons(g: Grown, p: Dict, limit_words: str) -> List[str]:
         reasons.append(f"the mask includes ground glass around a solid part of {100 * g.solid_ratio:.0f}% of its "
                        "diameter: it may be haze around a solid tumour rather than the tumour's own (a box around the "
                        "tumour as you see it decides)")
-    if g.along_mm > float(p["along_reach"]) * g.inscribed_mm > 0:
-        reasons.append(f"a thick strand of the mask reaches {g.along_mm:.0f} mm from the rest of it: a vessel or "
-                       "airway wall lying along the lesion may be in the mask")
+    if g.along_ml > 0:
+        reasons.append(f"{g.along_ml:.1f} mL of a thick strand lying along the lesion (a vessel or airway wall, "
+                       "reaching far from the rest) was cut off: the rest of the mask may still hold some of it")
     if g.runaway_ml > 0:
         reasons.append(f"{g.runaway_ml:.1f} mL of thick vessel or tissue running away from the lesion was cut off: "
                        "the rest of the mask may still hold some of it")

@@ -212,21 +212,18 @@ def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest
 # Phantoms and positions not used to set the thresholds: Dice >= 0.85 is the goal. The kinds that miss it are
 # marked xfail (strict: a fix makes them pass and fail the run until the mark is removed), with the reason measured.
 
-MISS_CONTACT = ("against the mediastinum: the mask takes a hilar vessel lying along the tumour (Dice 0.77, flagged: "
-                "a thick strand reaches far from the rest)")
 MISS_VESSEL = ("a thick vessel it touches or that runs through it: the runaway cut takes the vessel's far length off "
                "(Dice 0.42 -> 0.66 alongside, 0.65 -> 0.69 through) and flags the mask, but the vessel's part along "
                "the tumour stays")
 MISS_THICK = ("part-solid on 5 mm slices: its ground glass blurs into the lung and along vessels (0.50, flagged: the "
               "lesion is thinner than a slice)")
 MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.5x the "
-                 "true tumour (Dice 0.72-0.81, flagged: a runaway strand was cut)")
+                 "true tumour (Dice 0.72-0.77, flagged: a runaway strand was cut)")
 
 FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
                (0.0, -7.0, 0.0), 12.0), ("mass 92 mm", "centre", (0.0, 0.0, 0.0), 46.0), ("mass 86 mm", "centre", (0.0, 5.0, 0.0), 43.0),
                ("chest wall anterior", "anterior", (0.0, 6.0, 0.0), 10.0),
-               pytest.param("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0,
-                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               ("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0),  # 0.77 before the thick strand along it was cut
                pytest.param("vessel through it", "vessel", (4.0, 0.0, 0.0), 12.0,
                             marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL)),
                pytest.param("vessel alongside", "vessel", (0.0, 0.0, 11.0), 10.0,
@@ -283,15 +280,17 @@ def test_a_tumour_on_a_thick_vessel_has_the_vessels_run_cut_off_and_is_flagged(f
     assert any("running away from the lesion was cut off" in r for r in seg.uncertain), seg.uncertain
 
 
-@pytest.mark.parametrize("name", ["mediastinum", "vessel through it"])
-def test_a_thick_vessel_lying_along_the_tumour_is_flagged(fresh_chest, name):
-    # the mask takes a hilar vessel along a tumour against the mediastinum (Dice 0.77): before, nothing said so. The
-    # vessel is a piece that an opening by half the inscribed radius removes, reaching 2.3x that radius from the rest
-    # (a lobe of a right mask: up to 1.6x)
-    _, where, shift, radius = next(p.values for p in FRESH_CHEST if getattr(p, "values", [None])[0] == name)
-    ct, _, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
+@pytest.mark.parametrize("name, floor", [("mediastinum", 0.87), ("vessel through it", 0.70)])
+def test_a_thick_vessel_lying_along_the_tumour_is_cut_off_and_flagged(fresh_chest, name, floor):
+    # the mask took a hilar vessel along a tumour against the mediastinum (Dice 0.77) and nothing said so. The vessel
+    # is a piece that an opening by half the inscribed radius removes, reaching 2.3x that radius from the rest (a lobe
+    # of a right mask: up to 1.6x): it is cut (measured 0.893; the vessel through the other tumour 0.69 -> 0.72)
+    _, where, shift, radius = next(p.values if hasattr(p, "values") else p for p in FRESH_CHEST
+                                   if (p.values if hasattr(p, "values") else p)[0] == name)
+    ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
     seg = segment_from_seed(ct, seed)
-    assert any("a thick strand of the mask reaches" in r for r in seg.uncertain), seg.uncertain
+    assert dice(full_mask(seg, truth.shape), truth) >= floor
+    assert any("of a thick strand lying along the lesion" in r for r in seg.uncertain), seg.uncertain
     assert any(w.startswith(UNCERTAIN) and "lying along the lesion" in w for w in seg.warnings)
 
 
@@ -307,7 +306,7 @@ FRESH_PHANTOMS = [
     # the blur of vessels touching the ground glass was taken with it: 0.85 (5 mm slices) / 0.75 / 0.79 before
     (303, {"kind": "part-solid", "spiculated": False}), (102, {"kind": "part-solid"}), (108, {"kind": "part-solid"}),
     pytest.param(104, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
-    pytest.param(102, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    (102, {"kind": "solid"}),  # 0.81 before the thick strand along it was cut
     pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
     pytest.param(314, {"kind": "solid", "diameter_mm": 12}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
 ]
@@ -322,8 +321,8 @@ def test_fresh_phantom_tumours_solid_and_part_solid(seed, kw):
     assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
 
 
-@pytest.mark.parametrize("seed, kw", [(102, {"kind": "solid"}), (104, {"kind": "solid"}),
-                                      (314, {"kind": "solid", "diameter_mm": 12}), (104, {"kind": "part-solid"})])
+@pytest.mark.parametrize("seed, kw", [(104, {"kind": "solid"}), (314, {"kind": "solid", "diameter_mm": 12}),
+                                      (104, {"kind": "part-solid"})])
 def test_fresh_phantom_misses_are_flagged(seed, kw):
     # the misses above that the result flags (before, none of 102 / 104 / 314 was): a reader is told to review them
     case = make_phantom(seed, signal="none", **kw)
