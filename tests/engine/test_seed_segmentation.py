@@ -114,11 +114,39 @@ def test_ground_glass_that_fits_in_the_given_box_is_the_lesions_own():
     assert dice(full_mask(seg, truth.shape), truth) >= 0.95  # measured 0.972; the solid part alone is far below
 
 
-def test_a_small_part_solid_lesion_on_thick_slices_is_flagged_when_its_ground_glass_cannot_be_delimited():
+def test_a_small_part_solid_lesion_on_thick_slices_is_flagged_and_keeps_its_ground_glass():
     case = make_phantom(4, signal="none", kind="part-solid")  # 16 mm, 5 mm slices: ground glass blurs into lung
+    truth = sitk.GetArrayFromImage(case.tumour) > 0
     seg = segment_from_seed(case.ct, case.seed_lps)
-    assert any("ground glass" in r for r in seg.uncertain)
-    assert any(w.startswith(UNCERTAIN) for w in seg.warnings)
+    assert seg.uncertain and any(w.startswith(UNCERTAIN) for w in seg.warnings)
+    # before, its ground glass ran on along the vessels' blur and was left out (Dice 0.20, the solid part alone);
+    # without that blur it is the lesion's own (measured 0.74, flagged: a thick attachment was cut)
+    assert seg.info["part_solid"] is True
+    assert dice(full_mask(seg, truth.shape), truth) >= 0.7
+
+
+def test_the_blur_of_vessels_touching_a_part_solid_lesion_is_not_its_ground_glass():
+    # a 24 mm ground-glass ball with a 10 mm solid core; a 4 mm vessel runs past it touching its ground glass and a
+    # 3 mm vessel crosses its ground glass. Before, the ground glass (from -700 HU) ran on along the first vessel's
+    # blur and was left out (Dice 0.17, the solid core alone)
+    n = 96
+    zz, yy, xx = np.indices((n, n, n)).astype(float)
+    r = np.sqrt((xx - 48) ** 2 + (yy - 48) ** 2 + (zz - 48) ** 2)
+    arr = np.full((n, n, n), -870.0)
+    lesion = r <= 12.0
+    arr[lesion] = -550.0
+    arr[r <= 5.0] = 30.0
+    past = np.sqrt((yy - 61.5) ** 2 + (zz - 48) ** 2) <= 2.0
+    across = np.sqrt((xx - 56.5) ** 2 + (zz - 48) ** 2) <= 1.5
+    arr[past | across] = 40.0
+    img = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(arr.astype(np.float32)), 0.7)
+    noise = sitk.GetImageFromArray(np.random.default_rng(1).normal(0.0, 10.0, arr.shape).astype(np.float32))
+    seg = segment_from_seed(sitk.Cast(img + noise, sitk.sitkInt16), (48.0, 48.0, 48.0))
+    mask = full_mask(seg, arr.shape)
+    assert seg.info["part_solid"] is True and not seg.uncertain, seg.uncertain
+    assert dice(mask, lesion) >= 0.93  # measured 0.969
+    assert (mask & past & (r > 13.5)).sum() < 0.05 * past.sum()  # the vessel running past stays out (24 voxels)
+    assert (mask & across & (r < 11.0)).sum() == (across & (r < 11.0)).sum()  # the crossing one is not hollowed out
 
 
 @pytest.fixture(scope="module")
@@ -184,23 +212,18 @@ def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest
 # Phantoms and positions not used to set the thresholds: Dice >= 0.85 is the issue's goal. The kinds that miss it are
 # marked xfail (strict: a fix makes them pass and fail the run until the mark is removed), with the reason measured.
 
-MISS_CONTACT = ("against the mediastinum: the mask takes a hilar vessel lying along the tumour (Dice 0.77, not "
-                "flagged: a known miss)")
 MISS_VESSEL = ("a thick vessel it touches or that runs through it: the runaway cut takes the vessel's far length off "
                "(Dice 0.42 -> 0.66 alongside, 0.65 -> 0.69 through) and flags the mask, but the vessel's part along "
                "the tumour stays")
-MISS_THICK = ("part-solid on 5 mm slices: its ground glass blurs into the lung (0.85 with a solid part of 64% of the "
-              "diameter, flagged as possible haze; 0.50 along vessels, flagged: the lesion is thinner than a slice)")
+MISS_THICK = ("part-solid on 5 mm slices: its ground glass blurs into the lung and along vessels (0.50, flagged: the "
+              "lesion is thinner than a slice)")
 MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.5x the "
-                 "true tumour (Dice 0.72-0.81, flagged: a runaway strand was cut)")
-MISS_GGO_LEAK = "its ground glass runs into the partial volume of vessels near it (Dice 0.75, flagged)"
-MISS_PS_SPICULES = "part-solid and spiculated: the lung between the spicules is taken (Dice 0.79, not flagged)"
+                 "true tumour (Dice 0.72-0.77, flagged: a runaway strand was cut)")
 
 FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
                (0.0, -7.0, 0.0), 12.0), ("mass 92 mm", "centre", (0.0, 0.0, 0.0), 46.0), ("mass 86 mm", "centre", (0.0, 5.0, 0.0), 43.0),
                ("chest wall anterior", "anterior", (0.0, 6.0, 0.0), 10.0),
-               pytest.param("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0,
-                            marks=pytest.mark.xfail(strict=True, reason=MISS_CONTACT)),
+               ("mediastinum", "medial", (-8.0, 0.0, 0.0), 15.0),  # 0.77 before the thick strand along it was cut
                pytest.param("vessel through it", "vessel", (4.0, 0.0, 0.0), 12.0,
                             marks=pytest.mark.xfail(strict=True, reason=MISS_VESSEL)),
                pytest.param("vessel alongside", "vessel", (0.0, 0.0, 11.0), 10.0,
@@ -257,6 +280,20 @@ def test_a_tumour_on_a_thick_vessel_has_the_vessels_run_cut_off_and_is_flagged(f
     assert any("running away from the lesion was cut off" in r for r in seg.uncertain), seg.uncertain
 
 
+@pytest.mark.parametrize("name, floor", [("mediastinum", 0.87), ("vessel through it", 0.70)])
+def test_a_thick_vessel_lying_along_the_tumour_is_cut_off_and_flagged(fresh_chest, name, floor):
+    # the mask took a hilar vessel along a tumour against the mediastinum (Dice 0.77) and nothing said so. The vessel
+    # is a piece that an opening by half the inscribed radius removes, reaching 2.3x that radius from the rest (a lobe
+    # of a right mask: up to 1.6x): it is cut (measured 0.893; the vessel through the other tumour 0.69 -> 0.72)
+    _, where, shift, radius = next(p.values if hasattr(p, "values") else p for p in FRESH_CHEST
+                                   if (p.values if hasattr(p, "values") else p)[0] == name)
+    ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
+    seg = segment_from_seed(ct, seed)
+    assert dice(full_mask(seg, truth.shape), truth) >= floor
+    assert any("of a thick strand lying along the lesion" in r for r in seg.uncertain), seg.uncertain
+    assert any(w.startswith(UNCERTAIN) and "lying along the lesion" in w for w in seg.warnings)
+
+
 FRESH_PHANTOMS = [
     (301, {"kind": "part-solid"}), (302, {"kind": "part-solid"}), (304, {"kind": "part-solid", "diameter_mm": 40}),
     (306, {"kind": "part-solid"}), (100, {"kind": "part-solid"}), (101, {"kind": "part-solid"}),
@@ -266,14 +303,12 @@ FRESH_PHANTOMS = [
     (316, {"kind": "solid"}), (100, {"kind": "solid"}), (101, {"kind": "solid"}), (105, {"kind": "solid"}),
     (106, {"kind": "solid"}), (107, {"kind": "solid"}), (108, {"kind": "solid"}), (109, {"kind": "solid"}),
     (305, {"kind": "part-solid"}), (105, {"kind": "part-solid"}),  # 5 mm slices: 0.40 / 0.14 before the runaway cut
-    pytest.param(303, {"kind": "part-solid", "spiculated": False}, marks=pytest.mark.xfail(strict=True,
-                                                                                          reason=MISS_THICK)),
+    # the blur of vessels touching the ground glass was taken with it: 0.85 (5 mm slices) / 0.75 / 0.79 before
+    (303, {"kind": "part-solid", "spiculated": False}), (102, {"kind": "part-solid"}), (108, {"kind": "part-solid"}),
     pytest.param(104, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
-    pytest.param(102, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_GGO_LEAK)),
-    pytest.param(102, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
+    (102, {"kind": "solid"}),  # 0.81 before the thick strand along it was cut
     pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
     pytest.param(314, {"kind": "solid", "diameter_mm": 12}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
-    pytest.param(108, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_PS_SPICULES)),
 ]
 
 
@@ -286,9 +321,7 @@ def test_fresh_phantom_tumours_solid_and_part_solid(seed, kw):
     assert inside_box(points_of(truth, case.ct), seg.box) >= 0.99
 
 
-@pytest.mark.parametrize("seed, kw", [(102, {"kind": "part-solid"}), (102, {"kind": "solid"}), (104, {"kind": "solid"}),
-                                      (314, {"kind": "solid", "diameter_mm": 12}),
-                                      (303, {"kind": "part-solid", "spiculated": False}),
+@pytest.mark.parametrize("seed, kw", [(104, {"kind": "solid"}), (314, {"kind": "solid", "diameter_mm": 12}),
                                       (104, {"kind": "part-solid"})])
 def test_fresh_phantom_misses_are_flagged(seed, kw):
     # the misses above that the result flags (before, none of 102 / 104 / 314 was): a reader is told to review them
