@@ -284,6 +284,24 @@ def test_ct_summary_records_the_grid(case):
 
 
 # ------------------------------------------------------------------------------------------------ the model
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """The paper's metadata (a demo placeholder: its notice is shown) with a four-layer network: what the pipeline
+    records does not depend on the network's size, and a case scores in about a second instead of four
+    (tests/engine/test_pipeline.py scores with the full-size placeholder)."""
+    from TMBRBLib.bundle import default_metadata, save_bundle
+    from TMBRBLib.model import build_model
+
+    meta = default_metadata()
+    arch = dict(meta["tmbrb"]["architecture"], init_features=4, growth_rate=4, block_config=[1, 1, 1, 1],
+                hidden_features=8)
+    del arch["n_features"]
+    arch["n_features"] = build_model(arch).n_features
+    meta["tmbrb"]["architecture"] = arch
+    torch.manual_seed(0)
+    return save_bundle(build_model(arch), tmp_path_factory.mktemp("tiny") / "tiny", meta)
+
+
 def _plain_scores(bundle, crops):
     """The model's High-TMB probability for each crop, one plain forward pass (eval mode: samples do not mix)."""
     cls = bundle.tmbrb["cam"].get("class_index", 1)
@@ -292,41 +310,41 @@ def _plain_scores(bundle, crops):
     return torch.softmax(logits.float(), 1)[:, cls].tolist()
 
 
-def test_scorer_scores_the_box_and_each_shifted_crop_in_order(placeholder_bundle):
+def test_scorer_scores_the_box_and_each_shifted_crop_in_order(tiny_bundle):
     """The box and the first shifted crop go through the map's pass, the others in batches of TTA_BATCH."""
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     rng = np.random.default_rng(1)
     crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(3)]
     score, tta, cam, timings = scorer.run(crops[0], crops[1:], scorer.device)
-    expected = _plain_scores(placeholder_bundle, crops)
+    expected = _plain_scores(tiny_bundle, crops)
     np.testing.assert_allclose([score] + tta, expected, rtol=0, atol=1e-5)
     assert len(set(np.round(expected, 6))) == 3, "the crops scored alike: the test shows nothing"
     assert cam.shape == (64, 64, 64) and set(timings) == {"forward_cam", "tta_forward"}
     assert TTA_BATCH == 4
 
 
-def test_score_case_records_what_it_computed(case, placeholder_bundle):
+def test_score_case_records_what_it_computed(case, tiny_bundle):
     ct, mask = case
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     steps = []
     box = Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0))
     r = score_case(ct, TUMOUR, box, mask, "1", scorer=scorer, n_shifts=1, ring_width_mm=5,
                    progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited")
     assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
                      (0.75, "regions and CAM on the CT grid"), (0.95, "done")]
-    base, _, grid, offsets, shifted = model_inputs(ct, box, placeholder_bundle.tmbrb, 1)
-    expected = _plain_scores(placeholder_bundle, [base] + shifted)
+    base, _, grid, offsets, shifted = model_inputs(ct, box, tiny_bundle.tmbrb, 1)
+    expected = _plain_scores(tiny_bundle, [base] + shifted)
     assert r.score == pytest.approx(expected[0], abs=1e-5) and r.tta_scores == pytest.approx(expected, abs=1e-5)
     assert r.tta_mean == pytest.approx(np.mean(r.tta_scores), abs=1e-9)
     assert r.tta_std == pytest.approx(np.std(r.tta_scores), abs=1e-9)
-    assert r.risk == risk_groups(r.score, 1, placeholder_bundle.tmbrb["risk"]) and r.risk["ecog"] == 1
+    assert r.risk == risk_groups(r.score, 1, tiny_bundle.tmbrb["risk"]) and r.risk["ecog"] == 1
     assert r.attention["ring_width_mm"] == 5.0 and r.box == box and r.box_proposed is False
     assert r.tumour_mask_info == {"source": "proposed_edited", "uncertain": False, "reasons": []}
     assert r.inputs == {"segmentation_given": True, "n_shifts": 1,
                         "tta_offsets_mm": [list(map(float, o)) for o in offsets]}
     assert r.device_used == "cpu" and r.ct_info == ct_summary(ct) and r.crop_grid == grid
     assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
-    assert r.model == placeholder_bundle.info()
+    assert r.model == tiny_bundle.info()
     d = r.to_dict()
     assert d["tta"] == {"mean": r.tta_mean, "std": r.tta_std, "n": 2, "scores": r.tta_scores}
     assert d["seed"] == {"lps": [10.0, -20.0, 30.0], "ras": [-10.0, 20.0, 30.0]}
@@ -337,11 +355,11 @@ def test_score_case_records_what_it_computed(case, placeholder_bundle):
     # without a mask: segmented at the seed
     r2 = score_case(ct, TUMOUR, box, None, None, scorer=scorer, n_shifts=0)
     assert r2.inputs["segmentation_given"] is False and r2.tumour_mask_info["source"] == "proposed"
-    assert r2.attention["ring_width_mm"] == placeholder_bundle.tmbrb["regions"]["ring_width_mm"]
+    assert r2.attention["ring_width_mm"] == tiny_bundle.tmbrb["regions"]["ring_width_mm"]
     assert r2.tta_scores == [r2.score] and r2.tta_std == 0.0 and r2.risk["ecog"] is None
 
 
-def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
+def test_score_case_cancelled_at_a_step_stops(case, tiny_bundle):
     ct, _ = case
     calls = []
 
@@ -350,30 +368,30 @@ def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
         return len(calls) == 3
 
     with pytest.raises(TMBRBCancelled):
-        score_case(ct, TUMOUR, None, None, scorer=Scorer(placeholder_bundle, "cpu"), n_shifts=0,
+        score_case(ct, TUMOUR, None, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0,
                    cancel=cancel_at_third)
     assert len(calls) == 3
 
 
-def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings_after_the_notice(case, placeholder_bundle, tmp_path):
+def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings_after_the_notice(case, tiny_bundle, tmp_path):
     ct, mask = case
     sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(mask, str(tmp_path / "mask.nrrd"))
     steps = []
     r, written = score_to_folder(ct, TUMOUR, tmp_path / "out", mask_path=tmp_path / "mask.nrrd", ecog=0,
-                                 ct_path=tmp_path / "ct.nrrd", ct_warnings=["from reading", placeholder_bundle.notice],
+                                 ct_path=tmp_path / "ct.nrrd", ct_warnings=["from reading", tiny_bundle.notice],
                                  pictures=False, progress=lambda f, m: steps.append((f, m)),
-                                 bundle=placeholder_bundle, device="cpu", n_shifts=0)
+                                 bundle=tiny_bundle, device="cpu", n_shifts=0)
     assert steps[-2:] == [(0.96, "writing outputs"), (1.0, "finished")]
-    assert r.warnings[:2] == [placeholder_bundle.notice, "from reading"]  # the model's notice stays the first line
-    assert r.warnings.count(placeholder_bundle.notice) == 1  # said by scoring too: once
+    assert r.warnings[:2] == [tiny_bundle.notice, "from reading"]  # the model's notice stays the first line
+    assert r.warnings.count(tiny_bundle.notice) == 1  # said by scoring too: once
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     assert res["inputs"]["ct_path"] == "../ct.nrrd" and res["inputs"]["segmentation_given"] is True
-    assert res["score"] == r.score and res["warnings"][:2] == [placeholder_bundle.notice, "from reading"]
+    assert res["score"] == r.score and res["warnings"][:2] == [tiny_bundle.notice, "from reading"]
     assert res["tumour_mask"]["source"] == "given"  # a given mask, by default
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "tumour.nrrd"))),
                           sitk.GetArrayFromImage(mask))
     calls = []
-    score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=placeholder_bundle, device="cpu",
+    score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=tiny_bundle, device="cpu",
                     n_shifts=0, writer=lambda result, out, ct=None, pictures=True: calls.append((out, pictures)))
     assert calls == [(tmp_path / "out2", False)] and not (tmp_path / "out2").exists()
