@@ -699,3 +699,13 @@ def test_a_case_done_before_is_summarised_from_its_result_without_scoring(placeh
     assert row["error"].startswith("Could not read the CT '../cts/c1.nrrd'")
     assert row["inputs_key"] == inputs_key(case_inputs(case, placeholder_bundle, 1, None))
     assert (out / "c1" / "result.json").read_bytes() == before
+
+
+def test_a_process_rows_are_merged_as_written_even_with_line_breaks_in_a_cell(tmp_path):
+    """The csv module's rule (newline=""): a quoted cell keeps its \\r\\n; read without it, it would become \\n."""
+    files = RankFiles(tmp_path, 2, "tmbrb:now")
+    error = "Could not read the CT 'a.nrrd' (line 1\r\nline 2; é)"
+    files.publish(1, [{**failed_row("c2", error, 1.5), "row": 2}], 1, finished=True)
+    assert files.rows(1)[0]["error"] == error
+    merged = files.merge([], [(None, "c1", ""), (None, "c2", "")], 1.0, {1: files.state(1)})
+    assert merged[1]["error"] == error and merged[1]["seconds"] == "1.5"

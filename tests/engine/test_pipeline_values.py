@@ -6,6 +6,7 @@ placeholder bundle on small CTs (a second or two a case)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from TMBRBLib.crop import crop_for_model, fraction_outside_scan, shift_offsets
-from TMBRBLib.errors import TMBRBCancelled, TMBRBInputError
+from TMBRBLib.errors import TMBRBBundleError, TMBRBCancelled, TMBRBInputError
 from TMBRBLib.geometry import Box
 from TMBRBLib.io import same_grid
 from TMBRBLib.pipeline import (TTA_BATCH, Scorer, _is_oom, _paste_clipped, _report, check_seed, ct_summary,
@@ -284,11 +285,7 @@ def test_ct_summary_records_the_grid(case):
 
 
 # ------------------------------------------------------------------------------------------------ the model
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    """The paper's metadata (a demo placeholder: its notice is shown) with a four-layer network: what the pipeline
-    records does not depend on the network's size, and a case scores in about a second instead of four
-    (tests/engine/test_pipeline.py scores with the full-size placeholder)."""
+def _tiny(path, nan_bias=False):
     from TMBRBLib.bundle import default_metadata, save_bundle
     from TMBRBLib.model import build_model
 
@@ -299,7 +296,19 @@ def tiny_bundle(tmp_path_factory):
     arch["n_features"] = build_model(arch).n_features
     meta["tmbrb"]["architecture"] = arch
     torch.manual_seed(0)
-    return save_bundle(build_model(arch), tmp_path_factory.mktemp("tiny") / "tiny", meta)
+    net = build_model(arch)
+    if nan_bias:  # weights that give a NaN score (saved with their checksum, so the bundle loads)
+        with torch.no_grad():
+            next(p for n, p in net.named_parameters() if n.endswith("class_layers.out.3.bias")).fill_(float("nan"))
+    return save_bundle(net, path, meta)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """The paper's metadata (a demo placeholder: its notice is shown) with a four-layer network: what the pipeline
+    records does not depend on the network's size, and a case scores in about a second instead of four
+    (tests/engine/test_pipeline.py scores with the full-size placeholder)."""
+    return _tiny(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 def _plain_scores(bundle, crops):
@@ -395,3 +404,86 @@ def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings
     score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=tiny_bundle, device="cpu",
                     n_shifts=0, writer=lambda result, out, ct=None, pictures=True: calls.append((out, pictures)))
     assert calls == [(tmp_path / "out2", False)] and not (tmp_path / "out2").exists()
+
+
+def test_scorer_batches_many_shifted_crops_in_order_and_times_its_passes(tiny_bundle):
+    """Six shifted crops: the first goes with the box through the map's pass, the other five in batches of
+    TTA_BATCH (4 + 1); every score is that crop's own, in order."""
+    scorer = Scorer(tiny_bundle, "cpu")
+    rng = np.random.default_rng(2)
+    crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(7)]
+    t0 = time.perf_counter()
+    score, tta, cam, timings = scorer.run(crops[0], crops[1:], scorer.device)
+    wall = time.perf_counter() - t0
+    np.testing.assert_allclose([score] + tta, _plain_scores(tiny_bundle, crops), rtol=0, atol=1e-5)
+    assert len(tta) == 6 and 0 < timings["forward_cam"] < wall and 0 < timings["tta_forward"] < wall
+    assert timings["forward_cam"] + timings["tta_forward"] <= wall
+
+
+def test_a_gpu_out_of_memory_is_computed_on_the_cpu_with_a_warning(tiny_bundle, monkeypatch):
+    scorer = Scorer(tiny_bundle, "cpu")
+    x = np.random.default_rng(3).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    spacing = (2.0, 1.0, 0.5)
+    own = scorer.run(x, [x[::-1].copy()], torch.device("cpu"), spacing)
+    real_run, calls = Scorer.run, []
+
+    def run(self, base, shifted, device, spacing_zyx=1.0):  # a GPU that runs out of memory
+        calls.append(str(device))
+        if device.type == "cuda":
+            raise error
+        return real_run(self, base, shifted, device, spacing_zyx)
+
+    monkeypatch.setattr(Scorer, "run", run)
+    scorer.device = torch.device("cuda:0")
+    error, warnings = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), []
+    score, tta, cam, _, device = scorer.run_with_fallback(x, [x[::-1].copy()], warnings, spacing)
+    assert calls == ["cuda:0", "cpu"] and device == "cpu"
+    assert warnings == ["The GPU (cuda:0) ran out of memory; this case was computed on the CPU instead."]
+    assert (score, tta) == own[:2] and np.array_equal(cam, own[2])  # the same spacing for the CAM
+    error, warnings = RuntimeError("CUDA error: an illegal memory access was encountered"), []
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # other errors are not retried
+        scorer.run_with_fallback(x, [], warnings)
+    assert warnings == [] and calls[2:] == ["cuda:0"]
+    scorer.device = torch.device("cpu")
+    assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and warnings == []
+
+
+def test_a_nan_score_stops_the_case_before_any_risk_group(case, tmp_path):
+    ct, mask = case
+    bundle = _tiny(tmp_path / "nan", nan_bias=True)
+    with pytest.raises(TMBRBBundleError) as e:
+        score_case(ct, TUMOUR, None, mask, 1, scorer=Scorer(bundle, "cpu"), n_shifts=0)
+    assert str(e.value) == (
+        "The model gave a score that is not a number (nan) for this crop: the bundle's weights or preprocessing "
+        "values are broken. Check it with `tmbrb bundle verify`, or use the bundle that came with TMBRB.")
+
+
+def test_score_case_checks_the_ct_unless_told_it_was_checked_and_loads_a_bundle_by_path(tiny_bundle):
+    ct, mask = make_ct(size=(48, 48, 12), spacing=(1.0, 1.0, 3.5), tumour_lps=TUMOUR, radius_mm=6, noise=10)
+    r = score_case(ct, TUMOUR, None, mask, None, bundle=str(tiny_bundle.path), device="cpu", n_shifts=0)
+    thick = "3.5 mm slices: outside the training range of most models (0.6-3 mm); the score is less reliable."
+    assert r.warnings[:2] == [tiny_bundle.notice, thick] and r.model == tiny_bundle.info()
+    again = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0, ct_checked=True)
+    assert thick not in again.warnings and again.score == r.score
+    assert all(v == round(v, 4) and v >= 0 for v in r.timings.values())
+    assert r.timings["total"] >= r.timings["forward_cam"] + r.timings["crop"]
+
+
+def test_result_json_holds_every_field_of_the_result(case, tiny_bundle):
+    from TMBRBLib import RESEARCH_USE_NOTICE, __version__
+
+    ct, mask = case
+    r = score_case(ct, TUMOUR, None, mask, 0, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    d = r.to_dict()
+    assert list(d) == ["tmbrb_version", "notice", "model", "score", "score_definition", "tta", *r.trust, "risk",
+                       "attention", "tumour_mask", "seed", "box", "crop_grid", "coordinates_note", "ct", "inputs",
+                       "device", "timings_s", "warnings"]
+    assert r.trust and all(d[k] == v for k, v in r.trust.items())
+    assert d["tmbrb_version"] == __version__ and d["notice"] == RESEARCH_USE_NOTICE and d["model"] == r.model
+    assert d["score_definition"] == ("TMBRB = model probability of High-TMB (>= 10 mut/Mb) for the box as "
+                                     "given/proposed")
+    assert d["coordinates_note"] == ("LPS = ITK/DICOM patient frame; RAS = (-x, -y, z), the frame 3D Slicer shows. "
+                                     "mm.")
+    assert d["timings_s"] == r.timings and d["tumour_mask"] == {"source": "given", "uncertain": False, "reasons": []}
+    assert d["box"]["proposed"] is True and d["tta"] == {"mean": r.score, "std": 0.0, "n": 1, "scores": [r.score]}
+    assert json.loads(json.dumps(d)) == d  # JSON as it is
