@@ -328,8 +328,9 @@ def test_a_gzipped_nifti_cut_short_is_refused(tmp_path):
     (tmp_path / "ok.NII.GZ").write_bytes(whole)
     check_nifti_data_size(tmp_path / "ok.NII.GZ")
     (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) - 12])
-    assert _message(check_nifti_data_size, tmp_path / "cut.nii.gz", "mask").startswith(
-        "The mask 'cut.nii.gz' is cut short or damaged (its gzip stream: ")
+    msg = _message(check_nifti_data_size, tmp_path / "cut.nii.gz", "mask")
+    assert msg.startswith("The mask 'cut.nii.gz' is cut short or damaged (its gzip stream: ")
+    assert msg.endswith("). Copy or export the file again; a complete file is needed.")
 
 
 def test_files_that_are_not_nifti_are_left_to_itk(tmp_path):

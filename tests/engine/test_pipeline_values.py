@@ -487,3 +487,19 @@ def test_result_json_holds_every_field_of_the_result(case, tiny_bundle):
     assert d["timings_s"] == r.timings and d["tumour_mask"] == {"source": "given", "uncertain": False, "reasons": []}
     assert d["box"]["proposed"] is True and d["tta"] == {"mean": r.score, "std": 0.0, "n": 1, "scores": [r.score]}
     assert json.loads(json.dumps(d)) == d  # JSON as it is
+
+
+@pytest.mark.parametrize("given, name", [("mask_path", "tumour.nrrd"), ("ct_path", "crop.nrrd")])
+def test_score_to_folder_never_replaces_its_ct_or_mask(case, tiny_bundle, tmp_path, given, name):
+    ct, mask = case
+    out = tmp_path / "out"
+    out.mkdir()
+    sitk.WriteImage(mask if given == "mask_path" else ct, str(out / name))
+    before = (out / name).read_bytes()
+    steps = []
+    with pytest.raises(TMBRBInputError) as e:
+        score_to_folder(ct, TUMOUR, out, pictures=False, bundle=tiny_bundle, device="cpu", n_shifts=0,
+                        progress=lambda f, m: steps.append(m), **{given: out / name})
+    assert str(e.value) == (f"--out '{out}' would replace the input '{out / name}' with the output {name}. Give --out "
+                            "another folder (outputs never overwrite a run's inputs).")
+    assert steps == [] and (out / name).read_bytes() == before and sorted(p.name for p in out.iterdir()) == [name]
