@@ -15,10 +15,10 @@ import SimpleITK as sitk
 
 from TMBRBLib import io as tio
 from TMBRBLib.errors import TMBRBInputError
-from TMBRBLib.io import (array_to_image, check_data_files_within, check_field_of_view, check_label_map,
-                         check_nifti_data_size, detached_data_files, dicom_series_files, dicom_storage_class,
-                         itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image, read_mask, same_grid,
-                         sub_image_info, validate_ct, write_image)
+from TMBRBLib.io import (array_to_image, check_data_files_within, check_declared_size, check_field_of_view,
+                         check_label_map, check_nifti_data_size, detached_data_files, dicom_series_files,
+                         dicom_storage_class, itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image,
+                         read_mask, same_grid, sub_image_info, validate_ct, write_image)
 
 from .synthetic import make_ct
 from .test_bad_input import _non_image_dicom, _write_dicom_series
@@ -242,6 +242,19 @@ def test_a_header_declaring_too_many_voxels_names_its_size(tmp_path):
         "billion. Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
 
 
+@pytest.mark.parametrize("sizes, billions", [
+    ("1350 1000 1000", "1.4"),                  # 1.35 rounds up (1.3 if divided by a hair more than 1e9)
+    ("3037000500 3037000500 1", "9223372037.0"),  # past 2**63: counted in floats, not wrapped to a negative count
+])
+def test_the_declared_size_is_counted_and_shown_in_billions(tmp_path, sizes, billions):
+    (tmp_path / "big.nhdr").write_text(f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nencoding: raw\n"
+                                       "endian: little\ndata file: big.raw\n\n")
+    (tmp_path / "big.raw").write_bytes(b"")  # never read
+    assert _message(check_declared_size, tmp_path / "big.nhdr") == (  # "the CT" unless named otherwise
+        f"The CT 'big.nhdr' declares {sizes.replace(' ', ' x ')} voxels ({billions} billion values); the limit is "
+        "1.07 billion. Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
 def test_the_voxel_limit_is_inclusive_and_counts_components(tmp_path, monkeypatch):
     img = sitk.Image([4, 4, 4], sitk.sitkVectorInt16, 2)
     write_image(img, tmp_path / "v.nrrd")
@@ -356,6 +369,7 @@ def test_files_that_are_not_nifti_are_left_to_itk(tmp_path):
     ("a.nhdr", "NRRD0004\n# data file: ct.raw\nline without a colon\n\n", []),
     ("a.mhd", "ObjectType = Image\nElementDataFile = ct.raw\n", ["ct.raw"]),
     ("a.MHA", "NDims = 3\n\nElementDataFile = LOCAL\n", []),
+    ("a.mha", "NDims = 3\nElementDataFile = ct.raw\n", ["ct.raw"]),
     ("a.mhd", "NDims = 3\nElementDataFile: ct.raw\n", []),
     ("a.txt", "ElementDataFile = ct.raw\n", []),
 ])
@@ -383,6 +397,26 @@ def test_a_confined_read_refuses_only_data_files_outside_the_folder(tmp_path, va
         assert _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path, "mask") == (
             f"The mask 'ct.nhdr' names a data file outside its folder ('{shown}'). Keep a detached header's data "
             "file next to it, or give a .nrrd/.nii.gz/.mha file that holds its voxels.")
+
+
+@pytest.mark.parametrize("name, header", [
+    ("ct.nhdr", "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nspacings: 1 1 1\nendian: little\n"
+                "encoding: raw\n" + "# a comment\n" * 7000 + "data file: ../outside/ct.raw\n\n"),
+    ("ct.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+               + "Comment = padding\n" * 5000 + "ElementDataFile = ../outside/ct.raw\n"),
+])
+def test_a_header_padded_past_64_kib_cannot_hide_a_data_file_outside(tmp_path, name, header):
+    """ITK reads a header of any length: a data-file line after 64 KiB of comments was not seen, and a confined
+    read (the viewer's uploads) read the file outside."""
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside").mkdir()
+    np.full((4, 4, 4), -1000, np.int16).tofile(tmp_path / "outside" / "ct.raw")
+    (tmp_path / "inside" / name).write_text(header)
+    assert len(header) > 1 << 16
+    assert detached_data_files(tmp_path / "inside" / name) == [tmp_path / "inside" / "../outside/ct.raw"]
+    assert _message(read_image, tmp_path / "inside" / name, within=tmp_path / "inside").startswith(
+        f"The CT '{name}' names a data file outside its folder ('../outside/ct.raw').")
+    assert read_image(tmp_path / "inside" / name)[0].GetSize() == (4, 4, 4)  # unconfined: read
 
 
 def test_a_long_outside_name_is_shortened_in_the_message(tmp_path):
