@@ -285,19 +285,21 @@ def test_ct_summary_records_the_grid(case):
 
 
 # ------------------------------------------------------------------------------------------------ the model
+TINY = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1, 1, 1], "hidden_features": 8}
+
+
 def _tiny(path, nan_bias=False):
+    """The paper's metadata with a TINY network (seed 0); with `nan_bias`, weights that give a NaN score (saved
+    with their checksum, so the bundle loads)."""
     from TMBRBLib.bundle import default_metadata, save_bundle
     from TMBRBLib.model import build_model
 
     meta = default_metadata()
-    arch = dict(meta["tmbrb"]["architecture"], init_features=4, growth_rate=4, block_config=[1, 1, 1, 1],
-                hidden_features=8)
-    del arch["n_features"]
-    arch["n_features"] = build_model(arch).n_features
-    meta["tmbrb"]["architecture"] = arch
+    arch = {**{k: v for k, v in meta["tmbrb"]["architecture"].items() if k != "n_features"}, **TINY}
     torch.manual_seed(0)
     net = build_model(arch)
-    if nan_bias:  # weights that give a NaN score (saved with their checksum, so the bundle loads)
+    meta["tmbrb"]["architecture"] = {**arch, "n_features": net.n_features}
+    if nan_bias:
         with torch.no_grad():
             next(p for n, p in net.named_parameters() if n.endswith("class_layers.out.3.bias")).fill_(float("nan"))
     return save_bundle(net, path, meta)
