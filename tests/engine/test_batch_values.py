@@ -649,17 +649,21 @@ def test_several_processes_without_a_run_id_are_refused_before_writing(placehold
     _process(monkeypatch, 1, run=None)
     with pytest.raises(TMBRBInputError) as e:
         run_batch(man, out, bundle=placeholder_bundle, device="cpu", progress_bar=False)
-    assert str(e.value).startswith("This is process 1 of 2 (WORLD_SIZE), but nothing identifies the run.")
-    assert "TMBRB_RUN_ID" in str(e.value) and not out.exists()
+    assert str(e.value) == (
+        "This is process 1 of 2 (WORLD_SIZE), but nothing identifies the run. Start the processes with torchrun "
+        "--standalone, srun, or set TMBRB_RUN_ID to the same new value for every process.")
+    assert not out.exists()
 
 
 def test_a_single_process_writes_the_summary_after_each_case(placeholder_bundle, tmp_path):
-    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    man, out = _unscored_manifest(tmp_path), tmp_path / "new" / "out"  # folders made as needed
     sizes = []
-    run_batch(man, out, bundle=placeholder_bundle, device="cpu", progress_bar=False,
+    run_batch(man, out, bundle=placeholder_bundle, progress_bar=False,  # device "auto": the CPU here
               on_case=lambda i, n, row: sizes.append(len(_read_summary(out))))
     assert sizes == [1, 2, 3]
-    assert [(r["row"], r["error"]) for r in _read_summary(out)] == [("1", NO_SEED), ("2", NO_CT), ("3", NO_SEED)]
+    far = hashlib.sha256(str(tmp_path / "cts" / "c2.nrrd").encode()).hexdigest()[:12]  # two folders up: by name
+    assert [(r["row"], r["error"]) for r in _read_summary(out)] == [
+        ("1", NO_SEED), ("2", f"The CT 'c2.nrrd [path sha256 {far}]' does not exist. Check the path."), ("3", NO_SEED)]
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
 
 
@@ -709,3 +713,13 @@ def test_a_process_rows_are_merged_as_written_even_with_line_breaks_in_a_cell(tm
     assert files.rows(1)[0]["error"] == error
     merged = files.merge([], [(None, "c1", ""), (None, "c2", "")], 1.0, {1: files.state(1)})
     assert merged[1]["error"] == error and merged[1]["seconds"] == "1.5"
+
+
+def test_a_batch_writes_the_pictures_unless_told_not_to(small_ct, tmp_path):
+    from .test_pipeline_values import _tiny
+
+    man = _manifest(tmp_path / "m.csv", [["a", str(small_ct), ",".join(map(str, TUMOUR)), ""]])
+    bundle = _tiny(tmp_path / "tiny")
+    run_batch(man, tmp_path / "out", bundle=bundle, device="cpu", n_shifts=0, progress_bar=False)
+    assert _read_summary(tmp_path / "out")[0]["status"] == "ok"
+    assert {p.suffix for p in (tmp_path / "out" / "a").iterdir()} == {".json", ".nrrd", ".png"}
