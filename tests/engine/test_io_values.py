@@ -443,8 +443,9 @@ def test_read_image_within_a_folder_refuses_a_header_pointing_out(tmp_path):
 def test_validate_ct_refuses_what_is_not_a_3d_ct_with_its_message():
     assert _message(validate_ct, sitk.Image([8, 8], sitk.sitkInt16), "scan") == (
         "The scan is 2D; TMBRB needs a 3D CT volume. Load the whole CT series (all slices), not a single image.")
-    assert _message(validate_ct, sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)).startswith(
-        "The CT has 3 components per voxel (colour or vector image); a CT has one.")
+    assert _message(validate_ct, sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)) == (
+        "The CT has 3 components per voxel (colour or vector image); a CT has one. Load the CT itself, not a "
+        "screenshot or RGB export.")
     assert _message(validate_ct, _air_ct((1, 30, 30))) == (
         "The CT has only 1 slice along one axis (size (30, 30, 1)): it is a 2D image. Load the whole CT series "
         "(all slices), not a single image.")
@@ -504,6 +505,22 @@ def test_spacing_limits_at_their_boundary(spacing, message):
     else:
         assert _message(validate_ct, img) == ("The CT's voxel spacing (1, 1, 10.5) mm is too coarse for a 3D model. "
                                               "Use a reconstruction with slices of 5 mm or thinner.")
+
+
+@pytest.mark.parametrize("spacing, shown", [((float("nan"), 1.0, 1.0), "(nan, 1, 1)"),
+                                           ((1.0, float("inf"), 1.0), "(1, inf, 1)")])
+def test_a_spacing_that_is_not_a_number_is_refused(spacing, shown):
+    """SimpleITK refuses a zero or negative spacing but keeps NaN and infinity (a damaged header)."""
+    img = _air_ct((20, 30, 30))
+    img.SetSpacing(spacing)
+    assert _message(validate_ct, img) == f"The CT has an invalid voxel spacing {shown}. Fix the file's header."
+
+
+def test_the_field_of_view_message_shows_extent_and_spacing_to_their_digits():
+    assert _message(check_field_of_view, (512, 512, 3), (0.71234, 0.71234, 3.0)) == (
+        "The CT covers (364.7, 364.7, 9) mm: under 10 mm along an axis is not a chest CT (size (512, 512, 3) voxels "
+        "of (0.712, 0.712, 3) mm). Check the voxel spacing in the file's header (mm), and that the whole series was "
+        "loaded.")
 
 
 @pytest.mark.parametrize("size, spacing, ok", [
