@@ -457,7 +457,9 @@ def test_nan_and_infinite_voxels_are_counted():
     arr[0, 0, :3] = np.nan
     arr[1, 1, 1] = np.inf
     arr[2, 2, 2] = -np.inf
-    assert _message(validate_ct, _image(arr)).startswith("The CT has 5 voxels that are NaN or infinite.")
+    assert _message(validate_ct, _image(arr)) == (
+        "The CT has 5 voxels that are NaN or infinite. Re-export the CT from the scanner/PACS, or replace them (e.g. "
+        "by -1000 HU) first.")
     validate_ct(_image(np.full((20, 20, 20), -1000.0, np.float64)))
 
 
@@ -480,10 +482,15 @@ def test_hounsfield_limits_at_their_boundary(low, high, ok):
 
 
 def test_hounsfield_check_sees_a_large_scan_through_a_subsample():
-    arr = np.full((160, 160, 160), -1000, np.int16)  # 4.1 million voxels: every second one is looked at
-    arr[::2, ::2, ::2][:, :, 79] = 3000
-    arr[1::2] = 4000  # outside the subsample
+    """256^3 voxels: every second one along each axis (the cube root of size / 2 million, rounded); a small scan is
+    looked at whole."""
+    arr = np.full((256, 256, 256), -1000, np.int16)
+    arr[::2, ::2, ::2][:, :, 100] = 3000
+    arr[1::2] = 6000  # outside the subsample: seen, the 99.5th percentile would be over 5000 HU
     assert validate_ct(_image(arr)) == []
+    small = np.zeros((20, 20, 20), np.int16)
+    small[1::2, 1::2, 1::2] = -1000  # air only where a step of 2 would not look
+    assert validate_ct(_image(small)) == []
 
 
 @pytest.mark.parametrize("spacing, message", [
