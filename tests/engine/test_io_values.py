@@ -387,6 +387,7 @@ def test_detached_data_files_of_a_missing_file_are_none(tmp_path):
     ("ct.raw", True), ("sub/ct.raw", True), ("../other/ct.raw", False), ("/etc/hostname", False),
     ("sub/slice%03d.raw 1 3 1", True), ("slice%03d.raw 1 3 1", True), ("../slice%03d.raw 1 3 1", False),
     ("LIST\nct1.raw\n../ct2.raw", False), ("LIST\nct1.raw\nsub/ct2.raw", True),
+    ("../a:b/ct.raw", False), ("a:b/ct.raw", True),  # a colon in the name: the key ends at the first one
 ])
 def test_a_confined_read_refuses_only_data_files_outside_the_folder(tmp_path, value, inside):
     (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ntype: short\ndata file: {value}\n\n")
@@ -488,6 +489,10 @@ def test_hounsfield_check_sees_a_large_scan_through_a_subsample():
     arr[::2, ::2, ::2][:, :, 100] = 3000
     arr[1::2] = 6000  # outside the subsample: seen, the 99.5th percentile would be over 5000 HU
     assert validate_ct(_image(arr)) == []
+    arr[1::2] = -1000
+    arr[2::4, ::2, ::2] = 6000  # a quarter of the slices, inside the subsample (not in one of every 4th voxel)
+    assert "do not look like CT Hounsfield units (0.5th percentile -1000, 99.5th 6000;" in _message(
+        validate_ct, _image(arr))
     small = np.zeros((20, 20, 20), np.int16)
     small[1::2, 1::2, 1::2] = -1000  # air only where a step of 2 would not look
     assert validate_ct(_image(small)) == []
