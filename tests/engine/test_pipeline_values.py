@@ -505,3 +505,33 @@ def test_score_to_folder_never_replaces_its_ct_or_mask(case, tiny_bundle, tmp_pa
     assert str(e.value) == (f"--out '{out}' would replace the input '{out / name}' with the output {name}. Give --out "
                             "another folder (outputs never overwrite a run's inputs).")
     assert steps == [] and (out / name).read_bytes() == before and sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_reading_warnings_go_first_after_the_models_notice_and_never_twice(case, tiny_bundle):
+    import dataclasses
+
+    from TMBRBLib.pipeline import add_reading_warnings
+
+    ct, mask = case
+    r = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    notice = tiny_bundle.notice
+    for warnings, model, read, expected in [
+        ([notice, "scored"], r.model, ["read", "scored"], [notice, "read", "scored"]),
+        (["scored"], r.model, ["read 1", "read 2", "scored"], ["read 1", "read 2", "scored"]),
+        ([], r.model, ["read"], ["read"]),
+        ([notice], None, ["read"], ["read", notice]),  # no model record: nothing is known to be its notice
+    ]:
+        got = dataclasses.replace(r, warnings=list(warnings), model=model)
+        add_reading_warnings(got, read)
+        assert got.warnings == expected
+
+
+def test_score_to_folder_scores_the_given_box_and_writes_pictures_by_default(case, tiny_bundle, tmp_path):
+    ct, mask = case
+    box = Box.from_center_size(TUMOUR, (20.0, 18.0, 16.0))
+    r, written = score_to_folder(ct, TUMOUR, tmp_path / "out", box_lps=box, bundle=tiny_bundle, device="cpu",
+                                 n_shifts=0)
+    assert r.box == box and r.box_proposed is False
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert (res["box"]["lps_min"], res["box"]["proposed"]) == (list(box.min), False)
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir() if p.suffix == ".png")  # the overlays
