@@ -393,13 +393,16 @@ def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings
                                  ct_path=tmp_path / "ct.nrrd", ct_warnings=["from reading", tiny_bundle.notice],
                                  pictures=False, progress=lambda f, m: steps.append((f, m)),
                                  bundle=tiny_bundle, device="cpu", n_shifts=0)
-    assert steps[-2:] == [(0.96, "writing outputs"), (1.0, "finished")]
+    assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
+                     (0.75, "regions and CAM on the CT grid"), (0.95, "done"), (0.96, "writing outputs"),
+                     (1.0, "finished")]
     assert r.warnings[:2] == [tiny_bundle.notice, "from reading"]  # the model's notice stays the first line
     assert r.warnings.count(tiny_bundle.notice) == 1  # said by scoring too: once
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     assert res["inputs"]["ct_path"] == "../ct.nrrd" and res["inputs"]["segmentation_given"] is True
     assert res["score"] == r.score and res["warnings"][:2] == [tiny_bundle.notice, "from reading"]
     assert res["tumour_mask"]["source"] == "given"  # a given mask, by default
+    assert res["risk"]["ecog"] == 0 and "ecog_combined" in res["risk"]
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "tumour.nrrd"))),
                           sitk.GetArrayFromImage(mask))
     calls = []
@@ -535,3 +538,9 @@ def test_score_to_folder_scores_the_given_box_and_writes_pictures_by_default(cas
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     assert (res["box"]["lps_min"], res["box"]["proposed"]) == (list(box.min), False)
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir() if p.suffix == ".png")  # the overlays
+
+    polls = []
+    with pytest.raises(TMBRBCancelled):  # polled inside scoring too: stopped at the second step, nothing written
+        score_to_folder(ct, TUMOUR, tmp_path / "cancelled", bundle=tiny_bundle, device="cpu", n_shifts=0,
+                        cancel=lambda: polls.append(1) or len(polls) == 2)
+    assert len(polls) == 2 and not (tmp_path / "cancelled").exists()
