@@ -519,6 +519,21 @@ def test_spacing_limits_at_their_boundary(spacing, message):
                                               "Use a reconstruction with slices of 5 mm or thinner.")
 
 
+def test_spacing_and_field_of_view_messages_name_the_scan_and_show_three_digits(tmp_path):
+    assert _message(validate_ct, _air_ct((20, 30, 300), spacing=(0.09876, 1.0, 1.0)), "scan").startswith(
+        "The scan's voxel spacing (0.0988, 1, 1) mm is too fine for a CT (under 0.1 mm)")
+    assert _message(validate_ct, _air_ct((4, 30, 30), spacing=(1.0, 1.0, 10.5678))).startswith(
+        "The CT's voxel spacing (1, 1, 10.6) mm is too coarse for a 3D model.")
+    assert _message(validate_ct, _air_ct((20, 30, 5)), "scan").startswith("The scan covers (5, 30, 20) mm: under 10 mm")
+    assert _message(read_image, tmp_path / "none.nrrd") == f"The CT '{tmp_path / 'none.nrrd'}' does not exist. Check the path."
+
+
+def test_the_low_percentile_is_the_half_percent():
+    arr = np.zeros((20, 20, 20), np.int16)
+    arr.flat[:80] = -1000  # 1 % air: the 0.5th percentile is air, the 1.5th is not
+    assert validate_ct(_image(arr)) == []
+
+
 @pytest.mark.parametrize("spacing, shown", [((float("nan"), 1.0, 1.0), "(nan, 1, 1)"),
                                            ((1.0, float("inf"), 1.0), "(1, inf, 1)")])
 def test_a_spacing_that_is_not_a_number_is_refused(spacing, shown):

@@ -544,3 +544,8 @@ def test_score_to_folder_scores_the_given_box_and_writes_pictures_by_default(cas
         score_to_folder(ct, TUMOUR, tmp_path / "cancelled", bundle=tiny_bundle, device="cpu", n_shifts=0,
                         cancel=lambda: polls.append(1) or len(polls) == 2)
     assert len(polls) == 2 and not (tmp_path / "cancelled").exists()
+    polls.clear()
+    with pytest.raises(TMBRBCancelled):  # and once more before the files are written
+        score_to_folder(ct, TUMOUR, tmp_path / "cancelled", bundle=tiny_bundle, device="cpu", n_shifts=0,
+                        cancel=lambda: polls.append(1) or len(polls) == 7)
+    assert len(polls) == 7 and not (tmp_path / "cancelled").exists()
