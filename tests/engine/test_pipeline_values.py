@@ -549,3 +549,13 @@ def test_score_to_folder_scores_the_given_box_and_writes_pictures_by_default(cas
         score_to_folder(ct, TUMOUR, tmp_path / "cancelled", bundle=tiny_bundle, device="cpu", n_shifts=0,
                         cancel=lambda: polls.append(1) or len(polls) == 7)
     assert len(polls) == 7 and not (tmp_path / "cancelled").exists()
+
+
+def test_score_case_runs_on_the_cpu_by_default_here_and_a_cancel_stops_it_at_the_first_step(case, tiny_bundle):
+    ct, mask = case
+    calls = []
+    with pytest.raises(TMBRBCancelled):
+        score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, cancel=lambda: calls.append(1) or True)
+    assert calls == [1]
+    if not torch.cuda.is_available():  # device "auto": the CPU on a machine without CUDA
+        assert score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, n_shifts=0).device_used == "cpu"
