@@ -6,6 +6,7 @@ grid helpers (a mask put on the CT's grid, sub-images)."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -664,3 +665,17 @@ def test_sub_images_and_pasting_keep_the_geometry():
     img = array_to_image(full[:, :, :4], ref)
     assert img.GetOrigin() == ref.GetOrigin() and img.GetSpacing() == ref.GetSpacing()
     assert np.array_equal(sitk.GetArrayFromImage(img), full[:, :, :4])
+
+
+def test_read_image_names_the_file_as_told_in_every_check(tmp_path):
+    fifo = tmp_path / "ct.nrrd"
+    os.mkfifo(fifo)
+    assert _message(read_image, fifo, "mask") == (
+        f"The mask '{fifo}' is not a regular file or folder (a pipe, socket or device). Give a NRRD, NIfTI or MHA "
+        "file, or a DICOM series folder.")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "m.nhdr").write_text("NRRD0004\ntype: short\ndata file: ../x.raw\n\n")
+    assert _message(read_image, tmp_path / "in" / "m.nhdr", "mask", within=tmp_path / "in").startswith(
+        "The mask 'm.nhdr' names a data file outside its folder")
+    assert _message(read_image, _nifti1(tmp_path / "m.nii", data=b"\0" * 64), "mask").startswith(
+        "The mask 'm.nii' is cut short")
