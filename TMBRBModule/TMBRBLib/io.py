@@ -419,29 +419,36 @@ def detached_data_files(path: PathLike) -> List[Path]:
 
 
 def _data_file_values(p: Path) -> Tuple[List[str], bool]:
-    """The data-file names a NRRD/MetaImage header gives, as written, and whether the one name is a "%d" pattern."""
+    """The data-file names a NRRD/MetaImage header gives, as written, and whether the one name is a "%d" pattern.
+
+    The header is read line by line to its end (NRRD: the first empty line; MetaImage: the ElementDataFile line,
+    its last), whatever its length: ITK reads a header of any length, so a data-file line past a fixed number of
+    bytes would escape ``check_data_files_within``."""
     try:
-        with open(p, "rb") as f:
-            head = f.read(1 << 16)
+        f = open(p, "rb")
     except OSError:
         return [], False
-    nrrd = head.startswith(b"NRRD")
-    if not (nrrd or p.suffix.lower() in (".mhd", ".mha")):
-        return [], False
-    lines = [line.strip().decode("utf-8", "replace") for line in head.split(b"\n")]
-    for i, line in enumerate(lines):
-        if nrrd and not line:  # the end of a NRRD header
-            break
-        key, sep, value = line.partition(":" if nrrd else "=")
-        if not sep or key.strip().lower().replace(" ", "") not in ("datafile", "elementdatafile"):
-            continue
-        value = value.strip()
-        first = value.split()[0] if value else ""
-        if first.upper() == "LIST":
-            return [name for name in lines[i + 1:] if name], False
-        if not value or first.upper() == "LOCAL":
+    with f:
+        raw = f.readline()
+        nrrd = raw.startswith(b"NRRD")
+        if not (nrrd or p.suffix.lower() in (".mhd", ".mha")):
             return [], False
-        return ([first], True) if "%" in value else ([value], False)
+        while raw:
+            line = raw.strip().decode("utf-8", "replace")
+            if nrrd and not line:  # the end of a NRRD header
+                break
+            raw = f.readline()
+            key, sep, value = line.partition(":" if nrrd else "=")
+            if not sep or key.strip().lower().replace(" ", "") not in ("datafile", "elementdatafile"):
+                continue
+            value = value.strip()
+            first = value.split()[0] if value else ""
+            if first.upper() == "LIST":  # one name a line, to the end of the file
+                rest = [raw] + f.readlines()
+                return [name for name in (r.strip().decode("utf-8", "replace") for r in rest) if name], False
+            if not value or first.upper() == "LOCAL":
+                return [], False
+            return ([first], True) if "%" in value else ([value], False)
     return [], False
 
 

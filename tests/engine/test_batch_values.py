@@ -570,3 +570,156 @@ def test_a_row_that_could_not_be_planned_is_a_failed_row_without_scoring(tmp_pat
     assert row == {**{k: "" for k in SUMMARY_FIELDS}, "case_id": "c7", "status": "failed",
                    "error": "The row has no seed. (in 'm.csv')", "seconds": 0.0}
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- a batch that scores nothing
+def _unscored_manifest(tmp_path):
+    """Rows that run_batch settles without the model: no seed (not planned), a CT that does not exist (fails when
+    read), no seed again."""
+    return _manifest(tmp_path / "m.csv", [["c1", "cts/c1.nrrd", "", ""], ["c2", "cts/c2.nrrd", "1,2,3", "1"],
+                                          ["c3", "cts/c3.nrrd", "", "0"]])
+
+
+def _process(monkeypatch, rank, world=2, run="t1"):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    if run:
+        monkeypatch.setenv("TMBRB_RUN_ID", run)
+
+
+NO_SEED = "The row has no seed. Fill 'seed_ras' or 'seed_lps' with x,y,z in mm."
+NO_CT = "The CT '../cts/c2.nrrd' does not exist. Check the path."
+
+
+def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_order(placeholder_bundle, tmp_path,
+                                                                                 monkeypatch, capsys):
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    seen = []
+    _process(monkeypatch, 1)
+    path = run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False,
+                     on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
+    assert path == out / "summary.rank1.csv" and not (out / "summary.csv").exists()
+    assert seen == [(2, 3, "c2", "failed")]
+    assert capsys.readouterr().err == ""  # only process 0 shows a bar
+    assert json.loads((out / "summary.rank1.json").read_text()) == {
+        "run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 1, "finished": True, "error": None}
+    files = RankFiles(out, 2, "tmbrb:t1")
+    (c2,) = files.rows(1)
+    assert (c2["row"], c2["case_id"], c2["status"], c2["error"]) == ("2", "c2", "failed", NO_CT)
+    assert len(c2["inputs_key"]) == 64 and c2["score"] == ""
+
+    _process(monkeypatch, 0)
+    seen.clear()
+    path = run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False,
+                     on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
+    assert path == out / "summary.csv"
+    assert seen == [(1, 3, "c1", "failed"), (3, 3, "c3", "failed")]
+    rows = _read_summary(out)
+    assert [(r["row"], r["case_id"], r["status"], r["error"]) for r in rows] == [
+        ("1", "c1", "failed", NO_SEED), ("2", "c2", "failed", NO_CT), ("3", "c3", "failed", NO_SEED)]
+    assert rows[1] == c2  # process 1's row as it wrote it
+    assert json.loads((out / "summary.rank0.json").read_text()) == {
+        "run": "tmbrb:t1", "rank": 0, "world": 2, "share": 2, "done": 2, "finished": True, "error": None}
+    bar = capsys.readouterr().err
+    assert "TMBRB batch" in bar and "3/3" in bar and "c3: failed" in bar  # process 1's case counted in the bar
+
+
+def test_a_process_that_stops_says_why_and_process_0_names_it_in_the_summary(placeholder_bundle, tmp_path,
+                                                                             monkeypatch):
+    from TMBRBLib.errors import TMBRBBundleError
+
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    _process(monkeypatch, 1)
+    with pytest.raises(TMBRBBundleError) as e:
+        run_batch(man, out, bundle=tmp_path / "no-bundle", device="cpu", progress_bar=False)
+    state = json.loads((out / "summary.rank1.json").read_text())
+    assert state == {"run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 0, "finished": True,
+                     "error": f"TMBRBBundleError: {e.value}"}
+    _process(monkeypatch, 0)
+    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, progress_bar=False, wait_timeout_s=5)
+    rows = _read_summary(out)
+    assert [r["status"] for r in rows] == ["failed"] * 3 and rows[0]["error"] == NO_SEED
+    assert rows[1]["error"].startswith("not scored: process 1 stopped: TMBRBBundleError: ")
+    assert rows[1]["row"] == "2" and rows[1]["case_id"] == "c2"
+
+
+def test_several_processes_without_a_run_id_are_refused_before_writing(placeholder_bundle, tmp_path, monkeypatch):
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    _process(monkeypatch, 1, run=None)
+    with pytest.raises(TMBRBInputError) as e:
+        run_batch(man, out, bundle=placeholder_bundle, device="cpu", progress_bar=False)
+    assert str(e.value) == (
+        "This is process 1 of 2 (WORLD_SIZE), but nothing identifies the run. Start the processes with torchrun "
+        "--standalone, srun, or set TMBRB_RUN_ID to the same new value for every process.")
+    assert not out.exists()
+
+
+def test_a_single_process_writes_the_summary_after_each_case(placeholder_bundle, tmp_path):
+    man, out = _unscored_manifest(tmp_path), tmp_path / "new" / "out"  # folders made as needed
+    sizes = []
+    run_batch(man, out, bundle=placeholder_bundle, progress_bar=False,  # device "auto": the CPU here
+              on_case=lambda i, n, row: sizes.append(len(_read_summary(out))))
+    assert sizes == [1, 2, 3]
+    far = hashlib.sha256(str(tmp_path / "cts" / "c2.nrrd").encode()).hexdigest()[:12]  # two folders up: by name
+    assert [(r["row"], r["error"]) for r in _read_summary(out)] == [
+        ("1", NO_SEED), ("2", f"The CT 'c2.nrrd [path sha256 {far}]' does not exist. Check the path."), ("3", NO_SEED)]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
+
+
+def _earlier_result(case_out: Path, keyed: dict, **extra):
+    """A result.json as an earlier run wrote it for these inputs (the fields the summary reads)."""
+    case_out.mkdir(parents=True)
+    res = {"score": 0.625, "tta": {"mean": 0.6, "std": 0.05}, "warnings": ["w1", "w2"],
+           "risk": {"os": {"group": "high"}, "pfs": {"group": "low"}, "ecog": 1,
+                    "ecog_combined": {"os": {"relative_hazard": 2.5}, "pfs": {"relative_hazard": 1.5}}},
+           "attention": {"tumour": 0.5, "ring": 0.25},
+           "inputs": {"inputs_key": inputs_key(keyed), "keyed_inputs": keyed}, **extra}
+    (case_out / "result.json").write_text(json.dumps(res), encoding="utf-8")
+    return (case_out / "result.json").read_bytes()
+
+
+def test_a_case_done_before_is_summarised_from_its_result_without_scoring(placeholder_bundle, tmp_path):
+    (tmp_path / "cts").mkdir()
+    (tmp_path / "cts" / "c1.nrrd").write_bytes(b"not read: the case is done")
+    man = _manifest(tmp_path / "m.csv", [["c1", "cts/c1.nrrd", "1,2,3", "1"]])
+    out = tmp_path / "out"
+    case = plan_cases(read_manifest(man), tmp_path)[0][0]
+    before = _earlier_result(out / "c1", case_inputs(case, placeholder_bundle, 0, None),
+                             model={"path": "old/b", "modified": True})
+    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, progress_bar=False)
+    (row,) = _read_summary(out)
+    assert row == {"row": "1", "case_id": "c1", "status": "done-before", "score": "0.625", "tta_mean": "0.6",
+                   "tta_std": "0.05", "os_group": "high", "pfs_group": "low", "ecog": "1",
+                   "os_relative_hazard": "2.5", "pfs_relative_hazard": "1.5", "attention_tumour": "0.5",
+                   "attention_ring": "0.25", "n_warnings": "2", "seconds": "0.0", "error": "",
+                   "note": "model bundle old/b MODIFIED after export",
+                   "inputs_key": inputs_key(case_inputs(case, placeholder_bundle, 0, None)), "output_dir": "c1"}
+    assert (out / "c1" / "result.json").read_bytes() == before
+    # another shift count: scored again (the file is no CT: a failed row that says what changed), the old kept
+    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=1, progress_bar=False)
+    (row,) = _read_summary(out)
+    assert row["status"] == "failed" and row["note"] == "re-scored: shift count changed"
+    assert row["error"].startswith("Could not read the CT '../cts/c1.nrrd'")
+    assert row["inputs_key"] == inputs_key(case_inputs(case, placeholder_bundle, 1, None))
+    assert (out / "c1" / "result.json").read_bytes() == before
+
+
+def test_a_process_rows_are_merged_as_written_even_with_line_breaks_in_a_cell(tmp_path):
+    """The csv module's rule (newline=""): a quoted cell keeps its \\r\\n; read without it, it would become \\n."""
+    files = RankFiles(tmp_path, 2, "tmbrb:now")
+    error = "Could not read the CT 'a.nrrd' (line 1\r\nline 2; é)"
+    files.publish(1, [{**failed_row("c2", error, 1.5), "row": 2}], 1, finished=True)
+    assert files.rows(1)[0]["error"] == error
+    merged = files.merge([], [(None, "c1", ""), (None, "c2", "")], 1.0, {1: files.state(1)})
+    assert merged[1]["error"] == error and merged[1]["seconds"] == "1.5"
+
+
+def test_a_batch_writes_the_pictures_unless_told_not_to(small_ct, tmp_path):
+    from .test_pipeline_values import _tiny
+
+    man = _manifest(tmp_path / "m.csv", [["a", str(small_ct), ",".join(map(str, TUMOUR)), ""]])
+    bundle = _tiny(tmp_path / "tiny")
+    run_batch(man, tmp_path / "out", bundle=bundle, device="cpu", n_shifts=0, progress_bar=False)
+    assert _read_summary(tmp_path / "out")[0]["status"] == "ok"
+    assert {p.suffix for p in (tmp_path / "out" / "a").iterdir()} == {".json", ".nrrd", ".png"}

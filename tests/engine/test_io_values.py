@@ -6,6 +6,7 @@ grid helpers (a mask put on the CT's grid, sub-images)."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import SimpleITK as sitk
 
 from TMBRBLib import io as tio
 from TMBRBLib.errors import TMBRBInputError
-from TMBRBLib.io import (array_to_image, check_data_files_within, check_field_of_view, check_label_map,
-                         check_nifti_data_size, detached_data_files, dicom_series_files, dicom_storage_class,
-                         itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image, read_mask, same_grid,
-                         sub_image_info, validate_ct, write_image)
+from TMBRBLib.io import (array_to_image, check_data_files_within, check_declared_size, check_field_of_view,
+                         check_label_map, check_nifti_data_size, detached_data_files, dicom_series_files,
+                         dicom_storage_class, itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image,
+                         read_mask, same_grid, sub_image_info, validate_ct, write_image)
 
 from .synthetic import make_ct
 from .test_bad_input import _non_image_dicom, _write_dicom_series
@@ -242,6 +243,19 @@ def test_a_header_declaring_too_many_voxels_names_its_size(tmp_path):
         "billion. Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
 
 
+@pytest.mark.parametrize("sizes, billions", [
+    ("1350 1000 1000", "1.4"),                  # 1.35 rounds up (1.3 if divided by a hair more than 1e9)
+    ("3037000500 3037000500 1", "9223372037.0"),  # past 2**63: counted in floats, not wrapped to a negative count
+])
+def test_the_declared_size_is_counted_and_shown_in_billions(tmp_path, sizes, billions):
+    (tmp_path / "big.nhdr").write_text(f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nencoding: raw\n"
+                                       "endian: little\ndata file: big.raw\n\n")
+    (tmp_path / "big.raw").write_bytes(b"")  # never read
+    assert _message(check_declared_size, tmp_path / "big.nhdr") == (  # "the CT" unless named otherwise
+        f"The CT 'big.nhdr' declares {sizes.replace(' ', ' x ')} voxels ({billions} billion values); the limit is "
+        "1.07 billion. Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
+
+
 def test_the_voxel_limit_is_inclusive_and_counts_components(tmp_path, monkeypatch):
     img = sitk.Image([4, 4, 4], sitk.sitkVectorInt16, 2)
     write_image(img, tmp_path / "v.nrrd")
@@ -312,7 +326,8 @@ def test_nifti_sizes_follow_the_header_dimensions_and_bits(tmp_path):
     check_nifti_data_size(_nifti1(tmp_path / "f.nii", dims=(0, 4, 4, 4), data=b"\0\0"))
     # a header cut right after its 348 bytes: nothing of the voxels
     (tmp_path / "g.nii").write_bytes(_nifti1(tmp_path / "g.nii").read_bytes()[:348])
-    assert "declares 128 bytes of voxels, the file holds 0 (0%)" in _message(check_nifti_data_size, tmp_path / "g.nii")
+    assert _message(check_nifti_data_size, tmp_path / "g.nii").startswith(  # "the CT" unless named otherwise
+        "The CT 'g.nii' is cut short: its header declares 128 bytes of voxels, the file holds 0 (0%)")
     # 7 dimensions of 32767 voxels: counted in floats, without overflowing to a small or negative count
     msg = _message(check_nifti_data_size, _nifti1(tmp_path / "h.nii", dims=(7,) + (32767,) * 7, data=b""))
     assert f"declares {int(np.float64(32767) ** 7) * 2} bytes of voxels" in msg
@@ -327,8 +342,9 @@ def test_a_gzipped_nifti_cut_short_is_refused(tmp_path):
     (tmp_path / "ok.NII.GZ").write_bytes(whole)
     check_nifti_data_size(tmp_path / "ok.NII.GZ")
     (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) - 12])
-    assert _message(check_nifti_data_size, tmp_path / "cut.nii.gz", "mask").startswith(
-        "The mask 'cut.nii.gz' is cut short or damaged (its gzip stream: ")
+    msg = _message(check_nifti_data_size, tmp_path / "cut.nii.gz", "mask")
+    assert msg.startswith("The mask 'cut.nii.gz' is cut short or damaged (its gzip stream: ")
+    assert msg.endswith("). Copy or export the file again; a complete file is needed.")
 
 
 def test_files_that_are_not_nifti_are_left_to_itk(tmp_path):
@@ -354,6 +370,7 @@ def test_files_that_are_not_nifti_are_left_to_itk(tmp_path):
     ("a.nhdr", "NRRD0004\n# data file: ct.raw\nline without a colon\n\n", []),
     ("a.mhd", "ObjectType = Image\nElementDataFile = ct.raw\n", ["ct.raw"]),
     ("a.MHA", "NDims = 3\n\nElementDataFile = LOCAL\n", []),
+    ("a.mha", "NDims = 3\nElementDataFile = ct.raw\n", ["ct.raw"]),
     ("a.mhd", "NDims = 3\nElementDataFile: ct.raw\n", []),
     ("a.txt", "ElementDataFile = ct.raw\n", []),
 ])
@@ -371,6 +388,7 @@ def test_detached_data_files_of_a_missing_file_are_none(tmp_path):
     ("ct.raw", True), ("sub/ct.raw", True), ("../other/ct.raw", False), ("/etc/hostname", False),
     ("sub/slice%03d.raw 1 3 1", True), ("slice%03d.raw 1 3 1", True), ("../slice%03d.raw 1 3 1", False),
     ("LIST\nct1.raw\n../ct2.raw", False), ("LIST\nct1.raw\nsub/ct2.raw", True),
+    ("../a:b/ct.raw", False), ("a:b/ct.raw", True),  # a colon in the name: the key ends at the first one
 ])
 def test_a_confined_read_refuses_only_data_files_outside_the_folder(tmp_path, value, inside):
     (tmp_path / "ct.nhdr").write_text(f"NRRD0004\ntype: short\ndata file: {value}\n\n")
@@ -381,6 +399,26 @@ def test_a_confined_read_refuses_only_data_files_outside_the_folder(tmp_path, va
         assert _message(check_data_files_within, tmp_path / "ct.nhdr", tmp_path, "mask") == (
             f"The mask 'ct.nhdr' names a data file outside its folder ('{shown}'). Keep a detached header's data "
             "file next to it, or give a .nrrd/.nii.gz/.mha file that holds its voxels.")
+
+
+@pytest.mark.parametrize("name, header", [
+    ("ct.nhdr", "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nspacings: 1 1 1\nendian: little\n"
+                "encoding: raw\n" + "# a comment\n" * 7000 + "data file: ../outside/ct.raw\n\n"),
+    ("ct.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+               + "Comment = padding\n" * 5000 + "ElementDataFile = ../outside/ct.raw\n"),
+])
+def test_a_header_padded_past_64_kib_cannot_hide_a_data_file_outside(tmp_path, name, header):
+    """ITK reads a header of any length: a data-file line after 64 KiB of comments was not seen, and a confined
+    read (the viewer's uploads) read the file outside."""
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside").mkdir()
+    np.full((4, 4, 4), -1000, np.int16).tofile(tmp_path / "outside" / "ct.raw")
+    (tmp_path / "inside" / name).write_text(header)
+    assert len(header) > 1 << 16
+    assert detached_data_files(tmp_path / "inside" / name) == [tmp_path / "inside" / "../outside/ct.raw"]
+    assert _message(read_image, tmp_path / "inside" / name, within=tmp_path / "inside").startswith(
+        f"The CT '{name}' names a data file outside its folder ('../outside/ct.raw').")
+    assert read_image(tmp_path / "inside" / name)[0].GetSize() == (4, 4, 4)  # unconfined: read
 
 
 def test_a_long_outside_name_is_shortened_in_the_message(tmp_path):
@@ -407,8 +445,9 @@ def test_read_image_within_a_folder_refuses_a_header_pointing_out(tmp_path):
 def test_validate_ct_refuses_what_is_not_a_3d_ct_with_its_message():
     assert _message(validate_ct, sitk.Image([8, 8], sitk.sitkInt16), "scan") == (
         "The scan is 2D; TMBRB needs a 3D CT volume. Load the whole CT series (all slices), not a single image.")
-    assert _message(validate_ct, sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)).startswith(
-        "The CT has 3 components per voxel (colour or vector image); a CT has one.")
+    assert _message(validate_ct, sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)) == (
+        "The CT has 3 components per voxel (colour or vector image); a CT has one. Load the CT itself, not a "
+        "screenshot or RGB export.")
     assert _message(validate_ct, _air_ct((1, 30, 30))) == (
         "The CT has only 1 slice along one axis (size (30, 30, 1)): it is a 2D image. Load the whole CT series "
         "(all slices), not a single image.")
@@ -420,7 +459,9 @@ def test_nan_and_infinite_voxels_are_counted():
     arr[0, 0, :3] = np.nan
     arr[1, 1, 1] = np.inf
     arr[2, 2, 2] = -np.inf
-    assert _message(validate_ct, _image(arr)).startswith("The CT has 5 voxels that are NaN or infinite.")
+    assert _message(validate_ct, _image(arr)) == (
+        "The CT has 5 voxels that are NaN or infinite. Re-export the CT from the scanner/PACS, or replace them (e.g. "
+        "by -1000 HU) first.")
     validate_ct(_image(np.full((20, 20, 20), -1000.0, np.float64)))
 
 
@@ -443,10 +484,19 @@ def test_hounsfield_limits_at_their_boundary(low, high, ok):
 
 
 def test_hounsfield_check_sees_a_large_scan_through_a_subsample():
-    arr = np.full((160, 160, 160), -1000, np.int16)  # 4.1 million voxels: every second one is looked at
-    arr[::2, ::2, ::2][:, :, 79] = 3000
-    arr[1::2] = 4000  # outside the subsample
+    """256^3 voxels: every second one along each axis (the cube root of size / 2 million, rounded); a small scan is
+    looked at whole."""
+    arr = np.full((256, 256, 256), -1000, np.int16)
+    arr[::2, ::2, ::2][:, :, 100] = 3000
+    arr[1::2] = 6000  # outside the subsample: seen, the 99.5th percentile would be over 5000 HU
     assert validate_ct(_image(arr)) == []
+    arr[1::2] = -1000
+    arr[2::4, ::2, ::2] = 6000  # a quarter of the slices, inside the subsample (not in one of every 4th voxel)
+    assert "do not look like CT Hounsfield units (0.5th percentile -1000, 99.5th 6000;" in _message(
+        validate_ct, _image(arr))
+    small = np.zeros((20, 20, 20), np.int16)
+    small[1::2, 1::2, 1::2] = -1000  # air only where a step of 2 would not look
+    assert validate_ct(_image(small)) == []
 
 
 @pytest.mark.parametrize("spacing, message", [
@@ -468,6 +518,37 @@ def test_spacing_limits_at_their_boundary(spacing, message):
     else:
         assert _message(validate_ct, img) == ("The CT's voxel spacing (1, 1, 10.5) mm is too coarse for a 3D model. "
                                               "Use a reconstruction with slices of 5 mm or thinner.")
+
+
+def test_spacing_and_field_of_view_messages_name_the_scan_and_show_three_digits(tmp_path):
+    assert _message(validate_ct, _air_ct((20, 30, 300), spacing=(0.09876, 1.0, 1.0)), "scan").startswith(
+        "The scan's voxel spacing (0.0988, 1, 1) mm is too fine for a CT (under 0.1 mm)")
+    assert _message(validate_ct, _air_ct((4, 30, 30), spacing=(1.0, 1.0, 10.5678))).startswith(
+        "The CT's voxel spacing (1, 1, 10.6) mm is too coarse for a 3D model.")
+    assert _message(validate_ct, _air_ct((20, 30, 5)), "scan").startswith("The scan covers (5, 30, 20) mm: under 10 mm")
+    assert _message(read_image, tmp_path / "none.nrrd") == f"The CT '{tmp_path / 'none.nrrd'}' does not exist. Check the path."
+
+
+def test_the_low_percentile_is_the_half_percent():
+    arr = np.zeros((20, 20, 20), np.int16)
+    arr.flat[:80] = -1000  # 1 % air: the 0.5th percentile is air, the 1.5th is not
+    assert validate_ct(_image(arr)) == []
+
+
+@pytest.mark.parametrize("spacing, shown", [((float("nan"), 1.0, 1.0), "(nan, 1, 1)"),
+                                           ((1.0, float("inf"), 1.0), "(1, inf, 1)")])
+def test_a_spacing_that_is_not_a_number_is_refused(spacing, shown):
+    """SimpleITK refuses a zero or negative spacing but keeps NaN and infinity (a damaged header)."""
+    img = _air_ct((20, 30, 30))
+    img.SetSpacing(spacing)
+    assert _message(validate_ct, img) == f"The CT has an invalid voxel spacing {shown}. Fix the file's header."
+
+
+def test_the_field_of_view_message_shows_extent_and_spacing_to_their_digits():
+    assert _message(check_field_of_view, (512, 512, 3), (0.71234, 0.71234, 3.0)) == (
+        "The CT covers (364.7, 364.7, 9) mm: under 10 mm along an axis is not a chest CT (size (512, 512, 3) voxels "
+        "of (0.712, 0.712, 3) mm). Check the voxel spacing in the file's header (mm), and that the whole series was "
+        "loaded.")
 
 
 @pytest.mark.parametrize("size, spacing, ok", [
@@ -584,3 +665,17 @@ def test_sub_images_and_pasting_keep_the_geometry():
     img = array_to_image(full[:, :, :4], ref)
     assert img.GetOrigin() == ref.GetOrigin() and img.GetSpacing() == ref.GetSpacing()
     assert np.array_equal(sitk.GetArrayFromImage(img), full[:, :, :4])
+
+
+def test_read_image_names_the_file_as_told_in_every_check(tmp_path):
+    fifo = tmp_path / "ct.nrrd"
+    os.mkfifo(fifo)
+    assert _message(read_image, fifo, "mask") == (
+        f"The mask '{fifo}' is not a regular file or folder (a pipe, socket or device). Give a NRRD, NIfTI or MHA "
+        "file, or a DICOM series folder.")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "m.nhdr").write_text("NRRD0004\ntype: short\ndata file: ../x.raw\n\n")
+    assert _message(read_image, tmp_path / "in" / "m.nhdr", "mask", within=tmp_path / "in").startswith(
+        "The mask 'm.nhdr' names a data file outside its folder")
+    assert _message(read_image, _nifti1(tmp_path / "m.nii", data=b"\0" * 64), "mask").startswith(
+        "The mask 'm.nii' is cut short")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from TMBRBLib.crop import crop_for_model, fraction_outside_scan, shift_offsets
-from TMBRBLib.errors import TMBRBCancelled, TMBRBInputError
+from TMBRBLib.errors import TMBRBBundleError, TMBRBCancelled, TMBRBInputError
 from TMBRBLib.geometry import Box
 from TMBRBLib.io import same_grid
 from TMBRBLib.pipeline import (TTA_BATCH, Scorer, _is_oom, _paste_clipped, _report, check_seed, ct_summary,
@@ -285,6 +286,34 @@ def test_ct_summary_records_the_grid(case):
 
 
 # ------------------------------------------------------------------------------------------------ the model
+TINY = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1, 1, 1], "hidden_features": 8}
+
+
+def _tiny(path, nan_bias=False):
+    """The paper's metadata with a TINY network (seed 0); with `nan_bias`, weights that give a NaN score (saved
+    with their checksum, so the bundle loads)."""
+    from TMBRBLib.bundle import default_metadata, save_bundle
+    from TMBRBLib.model import build_model
+
+    meta = default_metadata()
+    arch = {**{k: v for k, v in meta["tmbrb"]["architecture"].items() if k != "n_features"}, **TINY}
+    torch.manual_seed(0)
+    net = build_model(arch)
+    meta["tmbrb"]["architecture"] = {**arch, "n_features": net.n_features}
+    if nan_bias:
+        with torch.no_grad():
+            next(p for n, p in net.named_parameters() if n.endswith("class_layers.out.3.bias")).fill_(float("nan"))
+    return save_bundle(net, path, meta)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """The paper's metadata (a demo placeholder: its notice is shown) with a four-layer network: what the pipeline
+    records does not depend on the network's size, and a case scores in about a second instead of four
+    (tests/engine/test_pipeline.py scores with the full-size placeholder)."""
+    return _tiny(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
 def _plain_scores(bundle, crops):
     """The model's High-TMB probability for each crop, one plain forward pass (eval mode: samples do not mix)."""
     cls = bundle.tmbrb["cam"].get("class_index", 1)
@@ -293,41 +322,41 @@ def _plain_scores(bundle, crops):
     return torch.softmax(logits.float(), 1)[:, cls].tolist()
 
 
-def test_scorer_scores_the_box_and_each_shifted_crop_in_order(placeholder_bundle):
+def test_scorer_scores_the_box_and_each_shifted_crop_in_order(tiny_bundle):
     """The box and the first shifted crop go through the map's pass, the others in batches of TTA_BATCH."""
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     rng = np.random.default_rng(1)
     crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(3)]
     score, tta, cam, timings = scorer.run(crops[0], crops[1:], scorer.device)
-    expected = _plain_scores(placeholder_bundle, crops)
+    expected = _plain_scores(tiny_bundle, crops)
     np.testing.assert_allclose([score] + tta, expected, rtol=0, atol=1e-5)
     assert len(set(np.round(expected, 6))) == 3, "the crops scored alike: the test shows nothing"
     assert cam.shape == (64, 64, 64) and set(timings) == {"forward_cam", "tta_forward"}
     assert TTA_BATCH == 4
 
 
-def test_score_case_records_what_it_computed(case, placeholder_bundle):
+def test_score_case_records_what_it_computed(case, tiny_bundle):
     ct, mask = case
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     steps = []
     box = Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0))
     r = score_case(ct, TUMOUR, box, mask, "1", scorer=scorer, n_shifts=1, ring_width_mm=5,
                    progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited")
     assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
                      (0.75, "regions and CAM on the CT grid"), (0.95, "done")]
-    base, _, grid, offsets, shifted = model_inputs(ct, box, placeholder_bundle.tmbrb, 1)
-    expected = _plain_scores(placeholder_bundle, [base] + shifted)
+    base, _, grid, offsets, shifted = model_inputs(ct, box, tiny_bundle.tmbrb, 1)
+    expected = _plain_scores(tiny_bundle, [base] + shifted)
     assert r.score == pytest.approx(expected[0], abs=1e-5) and r.tta_scores == pytest.approx(expected, abs=1e-5)
     assert r.tta_mean == pytest.approx(np.mean(r.tta_scores), abs=1e-9)
     assert r.tta_std == pytest.approx(np.std(r.tta_scores), abs=1e-9)
-    assert r.risk == risk_groups(r.score, 1, placeholder_bundle.tmbrb["risk"]) and r.risk["ecog"] == 1
+    assert r.risk == risk_groups(r.score, 1, tiny_bundle.tmbrb["risk"]) and r.risk["ecog"] == 1
     assert r.attention["ring_width_mm"] == 5.0 and r.box == box and r.box_proposed is False
     assert r.tumour_mask_info == {"source": "proposed_edited", "uncertain": False, "reasons": []}
     assert r.inputs == {"segmentation_given": True, "n_shifts": 1,
                         "tta_offsets_mm": [list(map(float, o)) for o in offsets]}
     assert r.device_used == "cpu" and r.ct_info == ct_summary(ct) and r.crop_grid == grid
     assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
-    assert r.model == placeholder_bundle.info()
+    assert r.model == tiny_bundle.info()
     d = r.to_dict()
     assert d["tta"] == {"mean": r.tta_mean, "std": r.tta_std, "n": 2, "scores": r.tta_scores}
     assert d["seed"] == {"lps": [10.0, -20.0, 30.0], "ras": [-10.0, 20.0, 30.0]}
@@ -338,18 +367,18 @@ def test_score_case_records_what_it_computed(case, placeholder_bundle):
     # without a mask: segmented at the seed
     r2 = score_case(ct, TUMOUR, box, None, None, scorer=scorer, n_shifts=0)
     assert r2.inputs["segmentation_given"] is False and r2.tumour_mask_info["source"] == "proposed"
-    assert r2.attention["ring_width_mm"] == placeholder_bundle.tmbrb["regions"]["ring_width_mm"]
+    assert r2.attention["ring_width_mm"] == tiny_bundle.tmbrb["regions"]["ring_width_mm"]
     assert r2.tta_scores == [r2.score] and r2.tta_std == 0.0 and r2.risk["ecog"] is None
 
 
-def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_other_gives(case, placeholder_bundle,
+def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_other_gives(case, tiny_bundle,
                                                                                                monkeypatch):
     # the seed segmentation of a given box runs in a thread beside the model: the same mask, shares, warnings and
     # scores as when it runs after the model, and its own time is recorded
     import TMBRBLib.pipeline as pipeline
 
     ct, _ = case
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
     results = {}
     for overlap in (True, False):
@@ -365,14 +394,14 @@ def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
-def test_a_forked_child_scores_a_given_box_too(case, placeholder_bundle):
+def test_a_forked_child_scores_a_given_box_too(case, tiny_bundle):
     # a researcher's multiprocessing pool (fork) after a case scored in the parent: the child has none of the
     # parent's threads, and a segmentation handed to the parent's thread pool would never run (the case hung)
     import multiprocessing
 
     ct, _ = case
     box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     parent = score_case(ct, TUMOUR, box, None, 1, scorer=scorer, n_shifts=0)
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
@@ -388,7 +417,7 @@ def test_a_forked_child_scores_a_given_box_too(case, placeholder_bundle):
             child.kill()
 
 
-def test_a_segmentation_that_fails_beside_the_model_fails_the_case_with_its_own_error(case, placeholder_bundle,
+def test_a_segmentation_that_fails_beside_the_model_fails_the_case_with_its_own_error(case, tiny_bundle,
                                                                                      monkeypatch):
     import TMBRBLib.pipeline as pipeline
 
@@ -399,10 +428,10 @@ def test_a_segmentation_that_fails_beside_the_model_fails_the_case_with_its_own_
     ct, _ = case
     with pytest.raises(TMBRBInputError, match="The seed is in the air"):
         score_case(ct, TUMOUR, Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0)), None, 1,
-                   scorer=Scorer(placeholder_bundle, "cpu"), n_shifts=0)
+                   scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
 
 
-def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
+def test_score_case_cancelled_at_a_step_stops(case, tiny_bundle):
     ct, _ = case
     calls = []
 
@@ -411,30 +440,183 @@ def test_score_case_cancelled_at_a_step_stops(case, placeholder_bundle):
         return len(calls) == 3
 
     with pytest.raises(TMBRBCancelled):
-        score_case(ct, TUMOUR, None, None, scorer=Scorer(placeholder_bundle, "cpu"), n_shifts=0,
+        score_case(ct, TUMOUR, None, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0,
                    cancel=cancel_at_third)
     assert len(calls) == 3
 
 
-def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings_after_the_notice(case, placeholder_bundle, tmp_path):
+def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings_after_the_notice(case, tiny_bundle, tmp_path):
     ct, mask = case
     sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(mask, str(tmp_path / "mask.nrrd"))
     steps = []
     r, written = score_to_folder(ct, TUMOUR, tmp_path / "out", mask_path=tmp_path / "mask.nrrd", ecog=0,
-                                 ct_path=tmp_path / "ct.nrrd", ct_warnings=["from reading", placeholder_bundle.notice],
+                                 ct_path=tmp_path / "ct.nrrd", ct_warnings=["from reading", tiny_bundle.notice],
                                  pictures=False, progress=lambda f, m: steps.append((f, m)),
-                                 bundle=placeholder_bundle, device="cpu", n_shifts=0)
-    assert steps[-2:] == [(0.96, "writing outputs"), (1.0, "finished")]
-    assert r.warnings[:2] == [placeholder_bundle.notice, "from reading"]  # the model's notice stays the first line
-    assert r.warnings.count(placeholder_bundle.notice) == 1  # said by scoring too: once
+                                 bundle=tiny_bundle, device="cpu", n_shifts=0)
+    assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
+                     (0.75, "regions and CAM on the CT grid"), (0.95, "done"), (0.96, "writing outputs"),
+                     (1.0, "finished")]
+    assert r.warnings[:2] == [tiny_bundle.notice, "from reading"]  # the model's notice stays the first line
+    assert r.warnings.count(tiny_bundle.notice) == 1  # said by scoring too: once
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     assert res["inputs"]["ct_path"] == "../ct.nrrd" and res["inputs"]["segmentation_given"] is True
-    assert res["score"] == r.score and res["warnings"][:2] == [placeholder_bundle.notice, "from reading"]
+    assert res["score"] == r.score and res["warnings"][:2] == [tiny_bundle.notice, "from reading"]
     assert res["tumour_mask"]["source"] == "given"  # a given mask, by default
+    assert res["risk"]["ecog"] == 0 and "ecog_combined" in res["risk"]
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "tumour.nrrd"))),
                           sitk.GetArrayFromImage(mask))
     calls = []
-    score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=placeholder_bundle, device="cpu",
+    score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=tiny_bundle, device="cpu",
                     n_shifts=0, writer=lambda result, out, ct=None, pictures=True: calls.append((out, pictures)))
     assert calls == [(tmp_path / "out2", False)] and not (tmp_path / "out2").exists()
+
+
+def test_scorer_batches_many_shifted_crops_in_order_and_times_its_passes(tiny_bundle):
+    """Six shifted crops: the first goes with the box through the map's pass, the other five in batches of
+    TTA_BATCH (4 + 1); every score is that crop's own, in order."""
+    scorer = Scorer(tiny_bundle, "cpu")
+    rng = np.random.default_rng(2)
+    crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(7)]
+    t0 = time.perf_counter()
+    score, tta, cam, timings = scorer.run(crops[0], crops[1:], scorer.device)
+    wall = time.perf_counter() - t0
+    np.testing.assert_allclose([score] + tta, _plain_scores(tiny_bundle, crops), rtol=0, atol=1e-5)
+    assert len(tta) == 6 and 0 < timings["forward_cam"] < wall and 0 < timings["tta_forward"] < wall
+    assert timings["forward_cam"] + timings["tta_forward"] <= wall
+
+
+def test_a_gpu_out_of_memory_is_computed_on_the_cpu_with_a_warning(tiny_bundle, monkeypatch):
+    scorer = Scorer(tiny_bundle, "cpu")
+    x = np.random.default_rng(3).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    spacing = (2.0, 1.0, 0.5)
+    own = scorer.run(x, [x[::-1].copy()], torch.device("cpu"), spacing)
+    real_run, calls = Scorer.run, []
+
+    def run(self, base, shifted, device, spacing_zyx=1.0):  # a GPU that runs out of memory
+        calls.append(str(device))
+        if device.type == "cuda":
+            raise error
+        return real_run(self, base, shifted, device, spacing_zyx)
+
+    monkeypatch.setattr(Scorer, "run", run)
+    scorer.device = torch.device("cuda:0")
+    error, warnings = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), []
+    score, tta, cam, _, device = scorer.run_with_fallback(x, [x[::-1].copy()], warnings, spacing)
+    assert calls == ["cuda:0", "cpu"] and device == "cpu"
+    assert warnings == ["The GPU (cuda:0) ran out of memory; this case was computed on the CPU instead."]
+    assert (score, tta) == own[:2] and np.array_equal(cam, own[2])  # the same spacing for the CAM
+    error, warnings = RuntimeError("CUDA error: an illegal memory access was encountered"), []
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # other errors are not retried
+        scorer.run_with_fallback(x, [], warnings)
+    assert warnings == [] and calls[2:] == ["cuda:0"]
+    scorer.device = torch.device("cpu")
+    assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and warnings == []
+
+
+def test_a_nan_score_stops_the_case_before_any_risk_group(case, tmp_path):
+    ct, mask = case
+    bundle = _tiny(tmp_path / "nan", nan_bias=True)
+    with pytest.raises(TMBRBBundleError) as e:
+        score_case(ct, TUMOUR, None, mask, 1, scorer=Scorer(bundle, "cpu"), n_shifts=0)
+    assert str(e.value) == (
+        "The model gave a score that is not a number (nan) for this crop: the bundle's weights or preprocessing "
+        "values are broken. Check it with `tmbrb bundle verify`, or use the bundle that came with TMBRB.")
+
+
+def test_score_case_checks_the_ct_unless_told_it_was_checked_and_loads_a_bundle_by_path(tiny_bundle):
+    ct, mask = make_ct(size=(48, 48, 12), spacing=(1.0, 1.0, 3.5), tumour_lps=TUMOUR, radius_mm=6, noise=10)
+    r = score_case(ct, TUMOUR, None, mask, None, bundle=str(tiny_bundle.path), device="cpu", n_shifts=0)
+    thick = "3.5 mm slices: outside the training range of most models (0.6-3 mm); the score is less reliable."
+    assert r.warnings[:2] == [tiny_bundle.notice, thick] and r.model == tiny_bundle.info()
+    again = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0, ct_checked=True)
+    assert thick not in again.warnings and again.score == r.score
+    assert all(v == round(v, 4) and v >= 0 for v in r.timings.values())
+    assert r.timings["total"] >= r.timings["forward_cam"] + r.timings["crop"]
+
+
+def test_result_json_holds_every_field_of_the_result(case, tiny_bundle):
+    from TMBRBLib import RESEARCH_USE_NOTICE, __version__
+
+    ct, mask = case
+    r = score_case(ct, TUMOUR, None, mask, 0, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    d = r.to_dict()
+    assert list(d) == ["tmbrb_version", "notice", "model", "score", "score_definition", "tta", *r.trust, "risk",
+                       "attention", "tumour_mask", "seed", "box", "crop_grid", "coordinates_note", "ct", "inputs",
+                       "device", "timings_s", "warnings"]
+    assert r.trust and all(d[k] == v for k, v in r.trust.items())
+    assert d["tmbrb_version"] == __version__ and d["notice"] == RESEARCH_USE_NOTICE and d["model"] == r.model
+    assert d["score_definition"] == ("TMBRB = model probability of High-TMB (>= 10 mut/Mb) for the box as "
+                                     "given/proposed")
+    assert d["coordinates_note"] == ("LPS = ITK/DICOM patient frame; RAS = (-x, -y, z), the frame 3D Slicer shows. "
+                                     "mm.")
+    assert d["timings_s"] == r.timings and d["tumour_mask"] == {"source": "given", "uncertain": False, "reasons": []}
+    assert d["box"]["proposed"] is True and d["tta"] == {"mean": r.score, "std": 0.0, "n": 1, "scores": [r.score]}
+    assert json.loads(json.dumps(d)) == d  # JSON as it is
+
+
+@pytest.mark.parametrize("given, name", [("mask_path", "tumour.nrrd"), ("ct_path", "crop.nrrd")])
+def test_score_to_folder_never_replaces_its_ct_or_mask(case, tiny_bundle, tmp_path, given, name):
+    ct, mask = case
+    out = tmp_path / "out"
+    out.mkdir()
+    sitk.WriteImage(mask if given == "mask_path" else ct, str(out / name))
+    before = (out / name).read_bytes()
+    steps = []
+    with pytest.raises(TMBRBInputError) as e:
+        score_to_folder(ct, TUMOUR, out, pictures=False, bundle=tiny_bundle, device="cpu", n_shifts=0,
+                        progress=lambda f, m: steps.append(m), **{given: out / name})
+    assert str(e.value) == (f"--out '{out}' would replace the input '{out / name}' with the output {name}. Give --out "
+                            "another folder (outputs never overwrite a run's inputs).")
+    assert steps == [] and (out / name).read_bytes() == before and sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_reading_warnings_go_first_after_the_models_notice_and_never_twice(case, tiny_bundle):
+    import dataclasses
+
+    from TMBRBLib.pipeline import add_reading_warnings
+
+    ct, mask = case
+    r = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    notice = tiny_bundle.notice
+    for warnings, model, read, expected in [
+        ([notice, "scored"], r.model, ["read", "scored"], [notice, "read", "scored"]),
+        (["scored"], r.model, ["read 1", "read 2", "scored"], ["read 1", "read 2", "scored"]),
+        ([], r.model, ["read"], ["read"]),
+        ([notice], None, ["read"], ["read", notice]),  # no model record: nothing is known to be its notice
+    ]:
+        got = dataclasses.replace(r, warnings=list(warnings), model=model)
+        add_reading_warnings(got, read)
+        assert got.warnings == expected
+
+
+def test_score_to_folder_scores_the_given_box_and_writes_pictures_by_default(case, tiny_bundle, tmp_path):
+    ct, mask = case
+    box = Box.from_center_size(TUMOUR, (20.0, 18.0, 16.0))
+    r, written = score_to_folder(ct, TUMOUR, tmp_path / "out", box_lps=box, bundle=tiny_bundle, device="cpu",
+                                 n_shifts=0)
+    assert r.box == box and r.box_proposed is False
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert (res["box"]["lps_min"], res["box"]["proposed"]) == (list(box.min), False)
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir() if p.suffix == ".png")  # the overlays
+
+    polls = []
+    with pytest.raises(TMBRBCancelled):  # polled inside scoring too: stopped at the second step, nothing written
+        score_to_folder(ct, TUMOUR, tmp_path / "cancelled", bundle=tiny_bundle, device="cpu", n_shifts=0,
+                        cancel=lambda: polls.append(1) or len(polls) == 2)
+    assert len(polls) == 2 and not (tmp_path / "cancelled").exists()
+    polls.clear()
+    with pytest.raises(TMBRBCancelled):  # and once more before the files are written
+        score_to_folder(ct, TUMOUR, tmp_path / "cancelled", bundle=tiny_bundle, device="cpu", n_shifts=0,
+                        cancel=lambda: polls.append(1) or len(polls) == 7)
+    assert len(polls) == 7 and not (tmp_path / "cancelled").exists()
+
+
+def test_score_case_runs_on_the_cpu_by_default_here_and_a_cancel_stops_it_at_the_first_step(case, tiny_bundle):
+    ct, mask = case
+    calls = []
+    with pytest.raises(TMBRBCancelled):
+        score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, cancel=lambda: calls.append(1) or True)
+    assert calls == [1]
+    if not torch.cuda.is_available():  # device "auto": the CPU on a machine without CUDA
+        assert score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, n_shifts=0).device_used == "cpu"
