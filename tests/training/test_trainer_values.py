@@ -356,6 +356,51 @@ def test_the_disk_cache_goes_to_out_or_where_it_is_told(manifest, tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
+def test_the_tmb_threshold_given_sets_the_training_labels(manifest, tmp_path):
+    """A case with TMB 12 is High-TMB at the default threshold 10 and Low-TMB at 13: the run's threshold is used."""
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    for r in rows:
+        r.update({k: str(Path(manifest).parent / r[k]) for k in ("ct", "tumour", "signal")})
+    rows[0]["tmb"] = "12.0"  # c0, a training case (Low-TMB at 4.0 before)
+    edited = tmp_path / "manifest.csv"
+    with open(edited, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    default = T._prepare_data(_cfg(edited, tmp_path, cache="none"), tmp_path, 0, 1)
+    assert default.train_ds.labels().tolist() == [1, 1, 0, 0]
+    higher = T._prepare_data(_cfg(edited, tmp_path, cache="none", tmb_threshold=13.0), tmp_path, 0, 1)
+    assert higher.train_ds.labels().tolist() == [0, 1, 0, 0] and higher.val_ds.labels().tolist() == [1, 0]
+
+
+def test_without_a_cache_the_margin_option_bounds_the_shifts(manifest, tmp_path):
+    """--cache none: the shifts stay within --margin-vox; with margin 0 the training boxes are not shifted at all,
+    where margin 1 (or the default 8) lets the same run shift them by a voxel."""
+    def shifts(**kw):
+        data = T._prepare_data(_cfg(manifest, tmp_path, cache="none", **kw), tmp_path, 0, 1)
+        out = []
+        for epoch in range(1, 6):
+            data.train_ds.set_epoch(epoch)
+            out += [np.abs(data.train_ds.augmentation(i)[0]).max() for i in range(4)]
+        return out
+    assert max(shifts(margin_vox=0)) == 0
+    assert max(shifts(margin_vox=1)) == 1
+
+
+def test_cached_epochs_read_no_ct(manifest, tmp_path, monkeypatch):
+    """After the cache is warmed, training and validation batches come from it: no CT is read again."""
+    import training.data as D
+    data = T._prepare_data(_cfg(manifest, tmp_path), tmp_path, 0, 1)
+    reads = []
+    real = D.read_ct
+    monkeypatch.setattr(D, "read_ct", lambda *a, **k: (reads.append(a), real(*a, **k))[1])
+    x, y = data.train_ds.batch(range(4))
+    xv, yv = data.val_ds.batch(range(2))
+    assert reads == [] and data.cache.ct_reads == 6
+    assert tuple(x.shape) == (4, 1, 16, 16, 16) and tuple(xv.shape) == (2, 1, 16, 16, 16)
+    assert y.tolist() == [0, 1, 0, 0] and yv.tolist() == [1, 0]
+
+
 # ---------------------------------------------------------------------------------------------- the plot
 def test_history_plot_shows_the_losses_and_auc(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
