@@ -358,7 +358,8 @@ def test_the_disk_cache_goes_to_out_or_where_it_is_told(manifest, tmp_path, caps
 
 def test_the_tmb_threshold_given_sets_the_training_labels(manifest, tmp_path):
     """A case with TMB 12 is High-TMB at the default threshold 10 and Low-TMB at 13: the run's threshold is used."""
-    rows = list(csv.DictReader(open(manifest, newline="")))
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
     for r in rows:
         r.update({k: str(Path(manifest).parent / r[k]) for k in ("ct", "tumour", "signal")})
     rows[0]["tmb"] = "12.0"  # c0, a training case (Low-TMB at 4.0 before)
@@ -510,17 +511,27 @@ def test_a_resumed_run_is_the_uninterrupted_run(manifest, tmp_path, scripted_auc
     assert _ck(tmp_path / "part", "best.pt")["epoch"] == 2
 
 
-def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys):
-    scripted_auc[:] = [0.5]
+def test_setup_torch_sets_the_threads_asked_for_and_deterministic_algorithms():
+    """The run's torch settings: the threads asked for (none: the process's count stays), deterministic algorithms
+    with warnings only where there are none. No network runs here: training with two threads in a process forked
+    from one that has used torch (mutmut's workers) can hang."""
+    before = torch.get_num_threads()
     torch.use_deterministic_algorithms(False)
     try:
-        s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True, threads=2))
-        # the run's settings: the threads asked for, deterministic algorithms (warnings only where there are none)
-        assert s["threads"] == 2 == torch.get_num_threads()
+        assert T._setup_torch(TrainConfig(manifest="m", out="o", device="cpu", threads=2)) == (0, 1, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.set_num_threads(3)
+        T._setup_torch(TrainConfig(manifest="m", out="o"))
+        assert torch.get_num_threads() == 3
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(before)
+
+
+def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys):
+    scripted_auc[:] = [0.5]
+    s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True))
     assert (s["epochs_run"], s["best_epoch"]) == (1, 1)
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
