@@ -86,6 +86,13 @@ def no_plot(monkeypatch):
     ("margin_vox", -1, "margin must be >= 0 voxels (got -1)"),
     ("balance", "oversample", "balance must be weighted_loss or none, not 'oversample'"),
     ("cache", "ram", "cache must be disk, memory or none, not 'ram'"),
+    # a negative --stop-after ended the run before its first epoch, a negative --max-steps-per-epoch dropped the
+    # last batches of every epoch, 0 meant "no limit" for both and a negative --threads was torch's traceback
+    ("stop_after", 0, "stop-after must be >= 1 epoch (got 0)"),
+    ("stop_after", -1, "stop-after must be >= 1 epoch (got -1)"),
+    ("max_steps_per_epoch", 0, "max steps per epoch must be >= 1 (got 0)"),
+    ("max_steps_per_epoch", -1, "max steps per epoch must be >= 1 (got -1)"),
+    ("threads", 0, "threads must be >= 1 (got 0)"),
 ])
 def test_each_bad_option_is_refused_with_its_message(option, value, message):
     with pytest.raises(TMBRBInputError) as e:
@@ -97,7 +104,7 @@ def test_options_on_their_bounds_are_accepted():
     for balance in ("weighted_loss", "none"):
         for cache in ("disk", "memory", "none"):
             TrainConfig(manifest="m.csv", out="o", epochs=1, batch_size=1, lr=1e-9, patience=1, margin_vox=0,
-                        balance=balance, cache=cache).validate()
+                        balance=balance, cache=cache, stop_after=1, max_steps_per_epoch=1, threads=1).validate()
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -444,10 +451,24 @@ EPOCH_LINE = re.compile(r"^epoch (\d+): train loss \d\.\d{4}  val loss \d\.\d{4}
                         r"  \[\d+\.\d+ s\]$")
 
 
-def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_auc, no_plot, capsys):
+class _Clock:
+    """The trainer's clock for one test: each reading is STEP seconds after the one before (under a third of a
+    second, so that three epochs' training takes under a second)."""
+    STEP = 0.123457
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += self.STEP
+        return self.now
+
+
+def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_auc, no_plot, capsys, monkeypatch):
     """AUC 0.5, 0.7, 0.7: epoch 2 is the best (a tie does not replace it); with patience 1, epoch 3 runs (one epoch
     without improvement is allowed) and epoch 4 does not."""
     scripted_auc[:] = [0.5, 0.7, 0.7]
+    monkeypatch.setattr(T, "time", _Clock())
     run = tmp_path / "full"
     cfg = _cfg(manifest, run)
     s = T.train(cfg)
@@ -461,7 +482,11 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     lr = [0.5e-3 * (1 + math.cos(math.pi * e / 5)) for e in (0, 1, 2, 3)]
     assert [float(r["lr"]) for r in rows] == pytest.approx(lr[:3], rel=1e-9)
     assert all(0 < float(r["train_loss"]) < 5 and 0 < float(r["val_loss"]) < 5 for r in rows)
-    assert all(float(r["train_samples_per_s"]) > 0 and float(r["epoch_s"]) >= 0 for r in rows)
+    # timings, on a clock that ticks STEP s a reading: an epoch's training is one tick (its 4 samples), the epoch
+    # (training and validation) two
+    step = _Clock.STEP
+    assert all((r["epoch_s"], r["train_samples_per_s"]) == (str(round(2 * step, 2)), str(round(4 / step, 3)))
+               for r in rows)
     best, last = _ck(run, "best.pt"), _ck(run, "last.pt")
     assert (best["epoch"], best["val_auc"]) == (2, 0.7)
     assert (last["epoch"], last["best_epoch"], last["best_auc"], last["seed"], last["epochs"]) == (3, 2, 0.7, 0, 5)
@@ -484,7 +509,10 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     assert s["rank_param_checksums"] == [T.param_checksum(net)]
     assert s["manifest"] == str(Path(manifest).resolve()) and s["manifest_sha256"] == sha256_file(manifest)
     assert s["config"] == asdict(cfg) and s["ct_reads_rank0"] == 6 and s["torch_version"] == torch.__version__
-    assert s["cache_s"] >= 0 and s["wall_s"] > 0 and s["train_samples_per_s"] > 0
+    # warming the cache took one tick; the run 12 (13 readings: its start, the cache's start and end, three an
+    # epoch, its end); 12 samples in 3 ticks of training
+    assert (s["cache_s"], s["wall_s"], s["train_samples_per_s"]) == (round(step, 2), round(12 * step, 1),
+                                                                     round(12 / (3 * step), 3))
     assert s["metadata"]["network_data_format"]["inputs"]["image"]["spatial_shape"] == [16, 16, 16]
 
 
@@ -531,14 +559,15 @@ def test_setup_torch_sets_the_threads_asked_for_and_deterministic_algorithms():
 
 def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys):
     scripted_auc[:] = [0.5]
-    s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True))
+    s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True, cache="none"))
+    assert s["ct_reads_rank0"] is None and not (tmp_path / "run" / "cache").exists()  # no cache
     assert (s["epochs_run"], s["best_epoch"]) == (1, 1)
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
-    assert "epoch 1/1" in err and "caching crops" in err  # the progress bars
+    assert "epoch 1/1" in err and "caching crops" not in err  # the epoch's progress bar; no cache to fill
     # the class weights are used: a weighted run's loss differs from this unweighted one
     scripted_auc[:] = [0.5]
-    T.train(_cfg(manifest, tmp_path / "weighted", epochs=1))
+    T.train(_cfg(manifest, tmp_path / "weighted", epochs=1, cache="none"))
     assert _rows(tmp_path / "run")[0]["train_loss"] != _rows(tmp_path / "weighted")[0]["train_loss"]
 
 
