@@ -470,7 +470,7 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     scripted_auc[:] = [0.5, 0.7, 0.7]
     monkeypatch.setattr(T, "time", _Clock())
     run = tmp_path / "full"
-    cfg = _cfg(manifest, run)
+    cfg = _cfg(manifest, run, lr=2e-3)
     s = T.train(cfg)
     assert not scripted_auc
     assert (s["best_val_auc"], s["best_epoch"], s["epochs_run"], s["stopped_early"], s["last_epoch"]) == (
@@ -478,8 +478,8 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     rows = _rows(run)
     assert [(r["epoch"], r["val_auc"], r["best"]) for r in rows] == [("1", "0.5", "1"), ("2", "0.7", "1"),
                                                                       ("3", "0.7", "0")]
-    # the rate each epoch trained with: cosine from 1e-3 over 5 epochs (the old log gave the next epoch's)
-    lr = [0.5e-3 * (1 + math.cos(math.pi * e / 5)) for e in (0, 1, 2, 3)]
+    # the rate each epoch trained with: cosine from 2e-3 over 5 epochs (the old log gave the next epoch's)
+    lr = [1e-3 * (1 + math.cos(math.pi * e / 5)) for e in (0, 1, 2, 3)]
     assert [float(r["lr"]) for r in rows] == pytest.approx(lr[:3], rel=1e-9)
     assert all(0 < float(r["train_loss"]) < 5 and 0 < float(r["val_loss"]) < 5 for r in rows)
     # timings, on a clock that ticks STEP s a reading: an epoch's training is one tick (its 4 samples), the epoch
@@ -496,8 +496,10 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert not torch.equal(best["model"]["class_layers.out.3.bias"], last["model"]["class_layers.out.3.bias"])
     # the log on stderr: one line per epoch, "(best)" where the AUC improved
-    lines = [m.groups() for m in map(EPOCH_LINE.match, capsys.readouterr().err.splitlines()) if m]
+    err = capsys.readouterr().err
+    lines = [m.groups() for m in map(EPOCH_LINE.match, err.splitlines()) if m]
     assert lines == [("1", "0.5000", "  (best)"), ("2", "0.7000", "  (best)"), ("3", "0.7000", None)]
+    assert "checkpoint" not in err and "resum" not in err  # a run without --resume does not look for last.pt
     # the summary: returned and written
     text = (run / "train_summary.json").read_text()
     assert json.loads(text) == json.loads(json.dumps(s, default=str))
@@ -522,14 +524,16 @@ def test_a_resumed_run_is_the_uninterrupted_run(manifest, tmp_path, scripted_auc
     scripted_auc[:] = [0.5, 0.7, 0.7]
     T.train(_cfg(manifest, tmp_path / "full"))
     scripted_auc[:] = [0.5, 0.7]
-    part = T.train(_cfg(manifest, tmp_path / "part", stop_after=2))
+    part = T.train(_cfg(manifest, tmp_path / "part", stop_after=2, cache="disk"))
     assert (part["epochs_run"], part["last_epoch"], part["stopped_early"], part["best_epoch"]) == (2, 2, False, 2)
     assert len(_rows(tmp_path / "part")) == 2
+    assert part["ct_reads_rank0"] == 6 and len(list((tmp_path / "part" / "cache").iterdir())) == 6  # <out>/cache
     capsys.readouterr()
     scripted_auc[:] = [0.7]
-    s = T.train(_cfg(manifest, tmp_path / "part", resume=True))
+    s = T.train(_cfg(manifest, tmp_path / "part", resume=True, cache="disk"))
     assert (s["epochs_run"], s["last_epoch"], s["stopped_early"], s["best_epoch"], s["best_val_auc"]) == (
         3, 3, True, 2, 0.7)
+    assert s["ct_reads_rank0"] == 0  # the crops come back from the disk cache
     assert "resuming after epoch 2 (best validation AUC 0.7000 at epoch 2)" in capsys.readouterr().err
     assert _rows(tmp_path / "part") == [{**r, "epoch_s": r2["epoch_s"], "train_samples_per_s":
                                          r2["train_samples_per_s"]}
@@ -557,7 +561,14 @@ def test_setup_torch_sets_the_threads_asked_for_and_deterministic_algorithms():
         torch.set_num_threads(before)
 
 
-def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys):
+def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys, monkeypatch):
+    weights = []
+    real_loss = T.F.cross_entropy
+
+    def loss(*a, weight=None, **k):
+        weights.append(None if weight is None else weight.tolist())
+        return real_loss(*a, weight=weight, **k)
+    monkeypatch.setattr(T.F, "cross_entropy", loss)
     scripted_auc[:] = [0.5]
     s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True, cache="none"))
     assert s["ct_reads_rank0"] is None and not (tmp_path / "run" / "cache").exists()  # no cache
@@ -565,9 +576,12 @@ def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
     assert "epoch 1/1" in err and "caching crops" not in err  # the epoch's progress bar; no cache to fill
-    # the class weights are used: a weighted run's loss differs from this unweighted one
+    # the loss of each step (2 of 4 training cases): unweighted with balance none, else weighted by the training
+    # split's classes (1 High-TMB of 4: 4 / (2 * 3) and 4 / (2 * 1))
+    assert weights == [None, None]
     scripted_auc[:] = [0.5]
     T.train(_cfg(manifest, tmp_path / "weighted", epochs=1, cache="none"))
+    assert weights[2:] == [pytest.approx([4 / 6, 2.0])] * 2
     assert _rows(tmp_path / "run")[0]["train_loss"] != _rows(tmp_path / "weighted")[0]["train_loss"]
 
 
