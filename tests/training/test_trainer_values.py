@@ -500,6 +500,7 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     lines = [m.groups() for m in map(EPOCH_LINE.match, err.splitlines()) if m]
     assert lines == [("1", "0.5000", "  (best)"), ("2", "0.7000", "  (best)"), ("3", "0.7000", None)]
     assert "checkpoint" not in err and "resum" not in err  # a run without --resume does not look for last.pt
+    assert "epoch 1/5" not in err  # progress=False: no progress bar
     # the summary: returned and written
     text = (run / "train_summary.json").read_text()
     assert json.loads(text) == json.loads(json.dumps(s, default=str))
@@ -575,7 +576,8 @@ def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_
     assert (s["epochs_run"], s["best_epoch"]) == (1, 1)
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
-    assert "epoch 1/1" in err and "caching crops" not in err  # the epoch's progress bar; no cache to fill
+    # the epoch's progress bar, to its end (2 steps) with the loss; no cache to fill
+    assert "epoch 1/1" in err and "2/2" in err and "loss=" in err and "caching crops" not in err
     # the loss of each step (2 of 4 training cases): unweighted with balance none, else weighted by the training
     # split's classes (1 High-TMB of 4: 4 / (2 * 3) and 4 / (2 * 1))
     assert weights == [None, None]
