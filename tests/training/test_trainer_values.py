@@ -652,3 +652,17 @@ def test_checkpoints_hold_the_best_weights_and_what_resume_needs(tmp_path, capsy
     assert capsys.readouterr().err == f"no checkpoint in {tmp_path / 'none'}; starting from scratch\n"
     T._resume(longer, tmp_path / "none", sha, *_parts(4), 1)
     assert capsys.readouterr().err == ""
+
+
+def test_processes_that_end_with_different_weights_stop_the_run_with_a_message(manifest, tmp_path, scripted_auc,
+                                                                              no_plot, monkeypatch):
+    """Under torchrun each process sends its parameter checksum; when they differ the run ends with an error that
+    says so (simulated here in one process: the gathered checksums are its own and another)."""
+    scripted_auc[:] = [0.5]
+    monkeypatch.setattr(T, "all_gather_objects", lambda obj, world: [obj, "f" * 64] if isinstance(obj, str) else [obj])
+    with pytest.raises(RuntimeError) as e:
+        T.train(_cfg(manifest, tmp_path / "run", epochs=1))
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["ranks_in_sync"] is False and summary["rank_param_checksums"][1] == "f" * 64
+    assert str(e.value) == (f"The 1 processes ended with different weights ({summary['rank_param_checksums']}); "
+                            "distributed training went out of sync.")
