@@ -425,6 +425,8 @@ def test_history_plot_shows_the_losses_and_auc(tmp_path, monkeypatch):
     assert Image.open(tmp_path / "history.png").size == (810, 306)  # 9 x 3.4 inches at 90 dpi
     (fig,) = figs
     loss, auc_ax = fig.axes
+    # side by side, the losses on the left, at the same height
+    assert loss.get_position().x1 < auc_ax.get_position().x0 and loss.get_position().y0 == auc_ax.get_position().y0
     assert [(list(ln.get_xdata()), list(ln.get_ydata()), ln.get_marker(), ln.get_linestyle())
             for ln in loss.lines] == [([1, 2], [0.7, 0.6], "o", "-"), ([1, 2], [0.69, 0.65], "s", "-")]
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "validation"]
