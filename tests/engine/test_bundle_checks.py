@@ -114,6 +114,12 @@ def test_the_tiny_bundle_loads_verified_with_its_values(tiny):
     assert b.model().n_features == 8
 
 
+def test_without_a_path_the_bundle_named_by_tmbrb_model_is_loaded(tiny, monkeypatch):
+    monkeypatch.setenv("TMBRB_MODEL", str(tiny))
+    b = load_bundle()
+    assert b.path == tiny and b.integrity["status"] == "verified"
+
+
 def test_info_records_what_a_result_needs(tiny):
     b = load_bundle(tiny)
     meta = json.loads((tiny / METADATA_PATH).read_text())

@@ -432,7 +432,8 @@ def test_history_plot_shows_the_losses_and_auc(tmp_path, monkeypatch):
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "validation"]
     assert (loss.get_xlabel(), loss.get_ylabel()) == ("epoch", "cross-entropy")
     curve, chance = auc_ax.lines
-    assert (list(curve.get_ydata()), curve.get_marker(), curve.get_color()) == ([0.5, 0.75], "o", "C2")
+    assert (list(curve.get_xdata()), list(curve.get_ydata()), curve.get_marker(), curve.get_color()) == (
+        [1, 2], [0.5, 0.75], "o", "C2")
     assert (list(chance.get_ydata()), chance.get_color(), chance.get_linewidth(), chance.get_linestyle()) == (
         [0.5, 0.5], "grey", 0.8, ":")
     assert (auc_ax.get_xlabel(), auc_ax.get_ylabel(), auc_ax.get_ylim()) == ("epoch", "validation AUC", (0, 1.02))
