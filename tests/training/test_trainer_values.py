@@ -580,7 +580,7 @@ def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
     # the epoch's progress bar, to its end (2 steps) with the loss; no cache to fill
-    assert "epoch 1/1" in err and "2/2" in err and "loss=" in err and "caching crops" not in err
+    assert "epoch 1/1" in err and "1/2" in err and "2/2" in err and "loss=" in err and "caching crops" not in err
     # the loss of each step (2 of 4 training cases): unweighted with balance none, else weighted by the training
     # split's classes (1 High-TMB of 4: 4 / (2 * 3) and 4 / (2 * 1))
     assert weights == [None, None]
