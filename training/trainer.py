@@ -75,7 +75,12 @@ class TrainConfig:
                   (self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
                   (self.margin_vox >= 0, f"margin must be >= 0 voxels (got {self.margin_vox})"),
                   (self.balance in ("weighted_loss", "none"), f"balance must be weighted_loss or none, not {self.balance!r}"),
-                  (self.cache in ("disk", "memory", "none"), f"cache must be disk, memory or none, not {self.cache!r}")]
+                  (self.cache in ("disk", "memory", "none"), f"cache must be disk, memory or none, not {self.cache!r}"),
+                  (self.stop_after is None or self.stop_after >= 1,
+                   f"stop-after must be >= 1 epoch (got {self.stop_after})"),
+                  (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+                   f"max steps per epoch must be >= 1 (got {self.max_steps_per_epoch})"),
+                  (self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")]
         for ok, msg in checks:
             if not ok:
                 raise TMBRBInputError(f"Training option: {msg}.", "Fix the option (see `python -m training train -h`).")

@@ -448,35 +448,35 @@ def _check_sections(p: Path, t: Dict[str, Any]) -> None:
                                "Fix configs/metadata.json or re-export the bundle.") from None
 
 
-# The bounds `bundle verify` (and every load) holds each value the engine reads to: (section, key, kind, low, high,
-# required). Kinds: "num" a finite number, "int" a whole number, "choice" one of the listed strings. Sizes are bounded
-# so that building the network cannot exhaust memory (the paper's network: 32, 32, [6, 12, 24, 16], 2, 128).
+# The bounds `bundle verify` (and every load) holds each value the engine reads to, when it is given: (section, key,
+# kind, low, high). Kinds: "num" a finite number, "int" a whole number, "choice" one of the listed strings. Sizes are
+# bounded so that building the network cannot exhaust memory (the paper's network: 32, 32, [6, 12, 24, 16], 2, 128).
 _VALUE_RULES = (
-    ("preprocessing", "mode", "choice", ("box_margin", "fixed_fov"), None, False),
-    ("preprocessing", "margin_mm", "num", 0.0, 200.0, False),
-    ("preprocessing", "min_fov_mm", "num", 1.0, 1000.0, False),
-    ("preprocessing", "max_fov_mm", "num", 1.0, 1000.0, False),
-    ("preprocessing", "fov_mm", "num", 1.0, 1000.0, False),
-    ("preprocessing", "pad_hu", "num", -3100.0, 5000.0, False),
-    ("preprocessing", "interpolation", "choice", ("linear", "nearest", "bspline"), None, False),
-    ("preprocessing", "training_slice_mm_max", "num", 0.1, 20.0, False),
-    ("architecture", "init_features", "int", 1, 256, False),
-    ("architecture", "growth_rate", "int", 1, 256, False),
-    ("architecture", "bn_size", "int", 1, 16, False),
-    ("architecture", "hidden_features", "int", 1, 8192, False),
-    ("architecture", "num_classes", "int", 2, 64, False),
-    ("architecture", "n_features", "int", 1, 100000, False),
-    ("architecture", "in_channels", "int", 1, 1, False),
-    ("architecture", "spatial_dims", "int", 3, 3, False),
-    ("architecture", "dropout_prob", "num", 0.0, 0.99, False),
-    ("architecture", "classifier_dropout", "num", 0.0, 0.99, False),
-    ("tta", "n_shifts", "int", 0, MAX_SHIFTS, False),
-    ("tta", "shift_fraction", "num", 0.0, 1.0, False),
-    ("tta", "max_shift_mm", "num", 0.0, 100.0, False),
-    ("tta", "seed", "int", 0, 2**32 - 1, False),
-    ("regions", "ring_width_mm", "num", 0.1, 50.0, False),
-    ("proposal", "max_half_size_mm", "num", 1.0, 200.0, False),
-    ("proposal", "margin_mm", "num", 0.0, 100.0, False),
+    ("preprocessing", "mode", "choice", ("box_margin", "fixed_fov"), None),
+    ("preprocessing", "margin_mm", "num", 0.0, 200.0),
+    ("preprocessing", "min_fov_mm", "num", 1.0, 1000.0),
+    ("preprocessing", "max_fov_mm", "num", 1.0, 1000.0),
+    ("preprocessing", "fov_mm", "num", 1.0, 1000.0),
+    ("preprocessing", "pad_hu", "num", -3100.0, 5000.0),
+    ("preprocessing", "interpolation", "choice", ("linear", "nearest", "bspline"), None),
+    ("preprocessing", "training_slice_mm_max", "num", 0.1, 20.0),
+    ("architecture", "init_features", "int", 1, 256),
+    ("architecture", "growth_rate", "int", 1, 256),
+    ("architecture", "bn_size", "int", 1, 16),
+    ("architecture", "hidden_features", "int", 1, 8192),
+    ("architecture", "num_classes", "int", 2, 64),
+    ("architecture", "n_features", "int", 1, 100000),
+    ("architecture", "in_channels", "int", 1, 1),
+    ("architecture", "spatial_dims", "int", 3, 3),
+    ("architecture", "dropout_prob", "num", 0.0, 0.99),
+    ("architecture", "classifier_dropout", "num", 0.0, 0.99),
+    ("tta", "n_shifts", "int", 0, MAX_SHIFTS),
+    ("tta", "shift_fraction", "num", 0.0, 1.0),
+    ("tta", "max_shift_mm", "num", 0.0, 100.0),
+    ("tta", "seed", "int", 0, 2**32 - 1),
+    ("regions", "ring_width_mm", "num", 0.1, 50.0),
+    ("proposal", "max_half_size_mm", "num", 1.0, 200.0),
+    ("proposal", "margin_mm", "num", 0.0, 100.0),
 )
 _MAX_SHAPE = 256  # per axis of the model input; 64 in the paper
 _MAX_BLOCKS, _MAX_LAYERS_PER_BLOCK = 8, 128
@@ -518,13 +518,11 @@ def _check_values(p: Path, t: Dict[str, Any]) -> None:
     and building the network cannot exhaust memory)."""
     if not isinstance(t["weights"], dict):
         raise _bad_value(p, "weights", t["weights"], "a section (a JSON object) with the weights' sha256")
-    for section, key, kind, low, high, required in _VALUE_RULES:
+    for section, key, kind, low, high in _VALUE_RULES:
         sec = t.get(section, {})
         if not isinstance(sec, dict):
             raise _bad_value(p, section, sec, "a section (a JSON object)")
         if key not in sec:
-            if required:
-                raise _bad_value(p, f"{section}.{key}", None, "given")
             continue
         if kind == "choice":
             if sec[key] not in low:

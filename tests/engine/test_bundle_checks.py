@@ -114,6 +114,12 @@ def test_the_tiny_bundle_loads_verified_with_its_values(tiny):
     assert b.model().n_features == 8
 
 
+def test_without_a_path_the_bundle_named_by_tmbrb_model_is_loaded(tiny, monkeypatch):
+    monkeypatch.setenv("TMBRB_MODEL", str(tiny))
+    b = load_bundle()
+    assert b.path == tiny and b.integrity["status"] == "verified"
+
+
 def test_info_records_what_a_result_needs(tiny):
     b = load_bundle(tiny)
     meta = json.loads((tiny / METADATA_PATH).read_text())
@@ -316,6 +322,11 @@ def test_the_class_index_is_bounded_by_the_number_of_classes(tiny):
     assert load_bundle(tiny).tmbrb["cam"]["class_index"] == 2  # loads; the weights (2 classes) would not fit
     _edit(tiny, lambda t: t["cam"].update(class_index=3))
     assert _refusal(tiny) == _bad(tiny, "cam.class_index", "3", "a whole number from 0 to 2")
+    # without num_classes the network has the model's default 2 classes: class 1 is the last one
+    _edit(tiny, lambda t: (t["architecture"].pop("num_classes", None), t["cam"].update(class_index=1)))
+    assert load_bundle(tiny, verify=False).tmbrb["cam"]["class_index"] == 1
+    _edit(tiny, lambda t: t["cam"].update(class_index=2))
+    assert _refusal(tiny) == _bad(tiny, "cam.class_index", "2", "a whole number from 0 to 1")
 
 
 @pytest.mark.parametrize("where, ok, bad, shown", [

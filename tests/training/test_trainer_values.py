@@ -86,6 +86,13 @@ def no_plot(monkeypatch):
     ("margin_vox", -1, "margin must be >= 0 voxels (got -1)"),
     ("balance", "oversample", "balance must be weighted_loss or none, not 'oversample'"),
     ("cache", "ram", "cache must be disk, memory or none, not 'ram'"),
+    # a negative --stop-after ended the run before its first epoch, a negative --max-steps-per-epoch dropped the
+    # last batches of every epoch, 0 meant "no limit" for both and a negative --threads was torch's traceback
+    ("stop_after", 0, "stop-after must be >= 1 epoch (got 0)"),
+    ("stop_after", -1, "stop-after must be >= 1 epoch (got -1)"),
+    ("max_steps_per_epoch", 0, "max steps per epoch must be >= 1 (got 0)"),
+    ("max_steps_per_epoch", -1, "max steps per epoch must be >= 1 (got -1)"),
+    ("threads", 0, "threads must be >= 1 (got 0)"),
 ])
 def test_each_bad_option_is_refused_with_its_message(option, value, message):
     with pytest.raises(TMBRBInputError) as e:
@@ -97,7 +104,7 @@ def test_options_on_their_bounds_are_accepted():
     for balance in ("weighted_loss", "none"):
         for cache in ("disk", "memory", "none"):
             TrainConfig(manifest="m.csv", out="o", epochs=1, batch_size=1, lr=1e-9, patience=1, margin_vox=0,
-                        balance=balance, cache=cache).validate()
+                        balance=balance, cache=cache, stop_after=1, max_steps_per_epoch=1, threads=1).validate()
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -356,6 +363,52 @@ def test_the_disk_cache_goes_to_out_or_where_it_is_told(manifest, tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
+def test_the_tmb_threshold_given_sets_the_training_labels(manifest, tmp_path):
+    """A case with TMB 12 is High-TMB at the default threshold 10 and Low-TMB at 13: the run's threshold is used."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.update({k: str(Path(manifest).parent / r[k]) for k in ("ct", "tumour", "signal")})
+    rows[0]["tmb"] = "12.0"  # c0, a training case (Low-TMB at 4.0 before)
+    edited = tmp_path / "manifest.csv"
+    with open(edited, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    default = T._prepare_data(_cfg(edited, tmp_path, cache="none"), tmp_path, 0, 1)
+    assert default.train_ds.labels().tolist() == [1, 1, 0, 0]
+    higher = T._prepare_data(_cfg(edited, tmp_path, cache="none", tmb_threshold=13.0), tmp_path, 0, 1)
+    assert higher.train_ds.labels().tolist() == [0, 1, 0, 0] and higher.val_ds.labels().tolist() == [1, 0]
+
+
+def test_without_a_cache_the_margin_option_bounds_the_shifts(manifest, tmp_path):
+    """--cache none: the shifts stay within --margin-vox; with margin 0 the training boxes are not shifted at all,
+    where margin 1 (or the default 8) lets the same run shift them by a voxel."""
+    def shifts(**kw):
+        data = T._prepare_data(_cfg(manifest, tmp_path, cache="none", **kw), tmp_path, 0, 1)
+        out = []
+        for epoch in range(1, 6):
+            data.train_ds.set_epoch(epoch)
+            out += [np.abs(data.train_ds.augmentation(i)[0]).max() for i in range(4)]
+        return out
+    assert max(shifts(margin_vox=0)) == 0
+    assert max(shifts(margin_vox=1)) == 1
+
+
+def test_cached_epochs_read_no_ct(manifest, tmp_path, monkeypatch):
+    """After the cache is warmed, training and validation batches come from it: no CT is read again."""
+    import training.data as D
+    data = T._prepare_data(_cfg(manifest, tmp_path), tmp_path, 0, 1)
+    reads = []
+    real = D.read_ct
+    monkeypatch.setattr(D, "read_ct", lambda *a, **k: (reads.append(a), real(*a, **k))[1])
+    x, y = data.train_ds.batch(range(4))
+    xv, yv = data.val_ds.batch(range(2))
+    assert reads == [] and data.cache.ct_reads == 6
+    assert tuple(x.shape) == (4, 1, 16, 16, 16) and tuple(xv.shape) == (2, 1, 16, 16, 16)
+    assert y.tolist() == [0, 1, 0, 0] and yv.tolist() == [1, 0]
+
+
 # ---------------------------------------------------------------------------------------------- the plot
 def test_history_plot_shows_the_losses_and_auc(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
@@ -372,12 +425,15 @@ def test_history_plot_shows_the_losses_and_auc(tmp_path, monkeypatch):
     assert Image.open(tmp_path / "history.png").size == (810, 306)  # 9 x 3.4 inches at 90 dpi
     (fig,) = figs
     loss, auc_ax = fig.axes
+    # side by side, the losses on the left, at the same height
+    assert loss.get_position().x1 < auc_ax.get_position().x0 and loss.get_position().y0 == auc_ax.get_position().y0
     assert [(list(ln.get_xdata()), list(ln.get_ydata()), ln.get_marker(), ln.get_linestyle())
             for ln in loss.lines] == [([1, 2], [0.7, 0.6], "o", "-"), ([1, 2], [0.69, 0.65], "s", "-")]
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "validation"]
     assert (loss.get_xlabel(), loss.get_ylabel()) == ("epoch", "cross-entropy")
     curve, chance = auc_ax.lines
-    assert (list(curve.get_ydata()), curve.get_marker(), curve.get_color()) == ([0.5, 0.75], "o", "C2")
+    assert (list(curve.get_xdata()), list(curve.get_ydata()), curve.get_marker(), curve.get_color()) == (
+        [1, 2], [0.5, 0.75], "o", "C2")
     assert (list(chance.get_ydata()), chance.get_color(), chance.get_linewidth(), chance.get_linestyle()) == (
         [0.5, 0.5], "grey", 0.8, ":")
     assert (auc_ax.get_xlabel(), auc_ax.get_ylabel(), auc_ax.get_ylim()) == ("epoch", "validation AUC", (0, 1.02))
@@ -398,12 +454,26 @@ EPOCH_LINE = re.compile(r"^epoch (\d+): train loss \d\.\d{4}  val loss \d\.\d{4}
                         r"  \[\d+\.\d+ s\]$")
 
 
-def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_auc, no_plot, capsys):
+class _Clock:
+    """The trainer's clock for one test: each reading is STEP seconds after the one before (under a third of a
+    second, so that three epochs' training takes under a second)."""
+    STEP = 0.123457
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += self.STEP
+        return self.now
+
+
+def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_auc, no_plot, capsys, monkeypatch):
     """AUC 0.5, 0.7, 0.7: epoch 2 is the best (a tie does not replace it); with patience 1, epoch 3 runs (one epoch
     without improvement is allowed) and epoch 4 does not."""
     scripted_auc[:] = [0.5, 0.7, 0.7]
+    monkeypatch.setattr(T, "time", _Clock())
     run = tmp_path / "full"
-    cfg = _cfg(manifest, run)
+    cfg = _cfg(manifest, run, lr=2e-3)
     s = T.train(cfg)
     assert not scripted_auc
     assert (s["best_val_auc"], s["best_epoch"], s["epochs_run"], s["stopped_early"], s["last_epoch"]) == (
@@ -411,11 +481,15 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     rows = _rows(run)
     assert [(r["epoch"], r["val_auc"], r["best"]) for r in rows] == [("1", "0.5", "1"), ("2", "0.7", "1"),
                                                                       ("3", "0.7", "0")]
-    # the rate each epoch trained with: cosine from 1e-3 over 5 epochs (the old log gave the next epoch's)
-    lr = [0.5e-3 * (1 + math.cos(math.pi * e / 5)) for e in (0, 1, 2, 3)]
+    # the rate each epoch trained with: cosine from 2e-3 over 5 epochs (the old log gave the next epoch's)
+    lr = [1e-3 * (1 + math.cos(math.pi * e / 5)) for e in (0, 1, 2, 3)]
     assert [float(r["lr"]) for r in rows] == pytest.approx(lr[:3], rel=1e-9)
     assert all(0 < float(r["train_loss"]) < 5 and 0 < float(r["val_loss"]) < 5 for r in rows)
-    assert all(float(r["train_samples_per_s"]) > 0 and float(r["epoch_s"]) >= 0 for r in rows)
+    # timings, on a clock that ticks STEP s a reading: an epoch's training is one tick (its 4 samples), the epoch
+    # (training and validation) two
+    step = _Clock.STEP
+    assert all((r["epoch_s"], r["train_samples_per_s"]) == (str(round(2 * step, 2)), str(round(4 / step, 3)))
+               for r in rows)
     best, last = _ck(run, "best.pt"), _ck(run, "last.pt")
     assert (best["epoch"], best["val_auc"]) == (2, 0.7)
     assert (last["epoch"], last["best_epoch"], last["best_auc"], last["seed"], last["epochs"]) == (3, 2, 0.7, 0, 5)
@@ -425,8 +499,11 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert not torch.equal(best["model"]["class_layers.out.3.bias"], last["model"]["class_layers.out.3.bias"])
     # the log on stderr: one line per epoch, "(best)" where the AUC improved
-    lines = [m.groups() for m in map(EPOCH_LINE.match, capsys.readouterr().err.splitlines()) if m]
+    err = capsys.readouterr().err
+    lines = [m.groups() for m in map(EPOCH_LINE.match, err.splitlines()) if m]
     assert lines == [("1", "0.5000", "  (best)"), ("2", "0.7000", "  (best)"), ("3", "0.7000", None)]
+    assert "checkpoint" not in err and "resum" not in err  # a run without --resume does not look for last.pt
+    assert "epoch 1/5" not in err  # progress=False: no progress bar
     # the summary: returned and written
     text = (run / "train_summary.json").read_text()
     assert json.loads(text) == json.loads(json.dumps(s, default=str))
@@ -438,7 +515,10 @@ def test_early_stopping_keeps_the_first_best_epoch(manifest, tmp_path, scripted_
     assert s["rank_param_checksums"] == [T.param_checksum(net)]
     assert s["manifest"] == str(Path(manifest).resolve()) and s["manifest_sha256"] == sha256_file(manifest)
     assert s["config"] == asdict(cfg) and s["ct_reads_rank0"] == 6 and s["torch_version"] == torch.__version__
-    assert s["cache_s"] >= 0 and s["wall_s"] > 0 and s["train_samples_per_s"] > 0
+    # warming the cache took one tick; the run 12 (13 readings: its start, the cache's start and end, three an
+    # epoch, its end); 12 samples in 3 ticks of training
+    assert (s["cache_s"], s["wall_s"], s["train_samples_per_s"]) == (round(step, 2), round(12 * step, 1),
+                                                                     round(12 / (3 * step), 3))
     assert s["metadata"]["network_data_format"]["inputs"]["image"]["spatial_shape"] == [16, 16, 16]
 
 
@@ -448,14 +528,16 @@ def test_a_resumed_run_is_the_uninterrupted_run(manifest, tmp_path, scripted_auc
     scripted_auc[:] = [0.5, 0.7, 0.7]
     T.train(_cfg(manifest, tmp_path / "full"))
     scripted_auc[:] = [0.5, 0.7]
-    part = T.train(_cfg(manifest, tmp_path / "part", stop_after=2))
+    part = T.train(_cfg(manifest, tmp_path / "part", stop_after=2, cache="disk"))
     assert (part["epochs_run"], part["last_epoch"], part["stopped_early"], part["best_epoch"]) == (2, 2, False, 2)
     assert len(_rows(tmp_path / "part")) == 2
+    assert part["ct_reads_rank0"] == 6 and len(list((tmp_path / "part" / "cache").iterdir())) == 6  # <out>/cache
     capsys.readouterr()
     scripted_auc[:] = [0.7]
-    s = T.train(_cfg(manifest, tmp_path / "part", resume=True))
+    s = T.train(_cfg(manifest, tmp_path / "part", resume=True, cache="disk"))
     assert (s["epochs_run"], s["last_epoch"], s["stopped_early"], s["best_epoch"], s["best_val_auc"]) == (
         3, 3, True, 2, 0.7)
+    assert s["ct_reads_rank0"] == 0  # the crops come back from the disk cache
     assert "resuming after epoch 2 (best validation AUC 0.7000 at epoch 2)" in capsys.readouterr().err
     assert _rows(tmp_path / "part") == [{**r, "epoch_s": r2["epoch_s"], "train_samples_per_s":
                                          r2["train_samples_per_s"]}
@@ -465,24 +547,46 @@ def test_a_resumed_run_is_the_uninterrupted_run(manifest, tmp_path, scripted_auc
     assert _ck(tmp_path / "part", "best.pt")["epoch"] == 2
 
 
-def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys):
-    scripted_auc[:] = [0.5]
+def test_setup_torch_sets_the_threads_asked_for_and_deterministic_algorithms():
+    """The run's torch settings: the threads asked for (none: the process's count stays), deterministic algorithms
+    with warnings only where there are none. No network runs here: training with two threads in a process forked
+    from one that has used torch (mutmut's workers) can hang."""
+    before = torch.get_num_threads()
     torch.use_deterministic_algorithms(False)
     try:
-        s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True, threads=2))
-        # the run's settings: the threads asked for, deterministic algorithms (warnings only where there are none)
-        assert s["threads"] == 2 == torch.get_num_threads()
+        assert T._setup_torch(TrainConfig(manifest="m", out="o", device="cpu", threads=2)) == (0, 1, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.set_num_threads(3)
+        T._setup_torch(TrainConfig(manifest="m", out="o"))
+        assert torch.get_num_threads() == 3
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(before)
+
+
+def test_resume_without_a_checkpoint_starts_afresh(manifest, tmp_path, scripted_auc, no_plot, capsys, monkeypatch):
+    weights = []
+    real_loss = T.F.cross_entropy
+
+    def loss(*a, weight=None, **k):
+        weights.append(None if weight is None else weight.tolist())
+        return real_loss(*a, weight=weight, **k)
+    monkeypatch.setattr(T.F, "cross_entropy", loss)
+    scripted_auc[:] = [0.5]
+    s = T.train(_cfg(manifest, tmp_path / "run", resume=True, epochs=1, balance="none", progress=True, cache="none"))
+    assert s["ct_reads_rank0"] is None and not (tmp_path / "run" / "cache").exists()  # no cache
     assert (s["epochs_run"], s["best_epoch"]) == (1, 1)
     err = capsys.readouterr().err
     assert f"no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from scratch" in err
-    assert "epoch 1/1" in err and "caching crops" in err  # the progress bars
-    # the class weights are used: a weighted run's loss differs from this unweighted one
+    # the epoch's progress bar, to its end (2 steps) with the loss; no cache to fill
+    assert "epoch 1/1" in err and "1/2" in err and "2/2" in err and "loss=" in err and "caching crops" not in err
+    # the loss of each step (2 of 4 training cases): unweighted with balance none, else weighted by the training
+    # split's classes (1 High-TMB of 4: 4 / (2 * 3) and 4 / (2 * 1))
+    assert weights == [None, None]
     scripted_auc[:] = [0.5]
-    T.train(_cfg(manifest, tmp_path / "weighted", epochs=1))
+    T.train(_cfg(manifest, tmp_path / "weighted", epochs=1, cache="none"))
+    assert weights[2:] == [pytest.approx([4 / 6, 2.0])] * 2
     assert _rows(tmp_path / "run")[0]["train_loss"] != _rows(tmp_path / "weighted")[0]["train_loss"]
 
 
@@ -551,3 +655,17 @@ def test_checkpoints_hold_the_best_weights_and_what_resume_needs(tmp_path, capsy
     assert capsys.readouterr().err == f"no checkpoint in {tmp_path / 'none'}; starting from scratch\n"
     T._resume(longer, tmp_path / "none", sha, *_parts(4), 1)
     assert capsys.readouterr().err == ""
+
+
+def test_processes_that_end_with_different_weights_stop_the_run_with_a_message(manifest, tmp_path, scripted_auc,
+                                                                              no_plot, monkeypatch):
+    """Under torchrun each process sends its parameter checksum; when they differ the run ends with an error that
+    says so (simulated here in one process: the gathered checksums are its own and another)."""
+    scripted_auc[:] = [0.5]
+    monkeypatch.setattr(T, "all_gather_objects", lambda obj, world: [obj, "f" * 64] if isinstance(obj, str) else [obj])
+    with pytest.raises(RuntimeError) as e:
+        T.train(_cfg(manifest, tmp_path / "run", epochs=1))
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["ranks_in_sync"] is False and summary["rank_param_checksums"][1] == "f" * 64
+    assert str(e.value) == (f"The 1 processes ended with different weights ({summary['rank_param_checksums']}); "
+                            "distributed training went out of sync.")
