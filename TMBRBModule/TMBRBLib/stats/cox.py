@@ -190,8 +190,8 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     TMBRBStatsInputError
         If ``covariates`` is empty; a column is missing; a value is non-numeric in a numeric
         column, or a text covariate has more than 12 levels; no row is complete; a time is
-        negative; ``event`` is not 0/1; there are no events; a covariate is constant in the
-        complete rows; the fit does not converge (separation, collinearity); ``ties`` is
+        negative; ``event`` is not 0/1; there are no events; a covariate is infinite or constant
+        in the complete rows; the fit does not converge (separation, collinearity); ``ties`` is
         not 'efron' or 'breslow'; or a ``reference`` names a column that is not a text
         covariate or a level it does not have.
 
@@ -261,6 +261,10 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     t = check_time(full["_t"].to_numpy(), time)
     e = check_event(full["_e"].to_numpy(), event)
     require_events(e, "Cox model")
+    infinite = {c: int(n) for c, n in np.isinf(full[list(X.columns)]).sum().items() if n}
+    if infinite:
+        raise TMBRBStatsInputError(f"Cox model: covariate(s) with infinite values (rows per column: {infinite}); "
+                                   "fix these entries or leave the rows out.")
     const = [c for c in X.columns if full[c].nunique() < 2]
     if const:
         raise TMBRBStatsInputError(f"Cox model: covariate(s) {const} take a single value in the complete rows; "
@@ -436,7 +440,8 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
     Raises
     ------
     TMBRBStatsInputError
-        If a column is missing, or any of the models fails as described in :func:`cox_ph`.
+        If ``covariates`` is empty; a column is missing; or any of the models fails as described in
+        :func:`cox_ph`.
 
     Warns
     -----
@@ -469,6 +474,9 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
     high + ecog: HR(high) 0.49, HR(ecog) 4.57, model p 0.0027
     high + age: HR(high) 0.72, HR(age) 1.16, model p 0.0194
     """
+    if not covariates:
+        raise TMBRBStatsInputError("Cox scan needs at least one covariate to fit with the marker; name them with "
+                                   "--covariates.")
     require_columns(df, [time, event, marker, *covariates], "Cox scan")
     unknown = [k for k in (reference or {}) if k not in (marker, *covariates)]
     if unknown:

@@ -1,0 +1,172 @@
+"""Cox model values a researcher reads: the printout, intervals at other levels, the scan's CIs, bad input.
+
+Reference values are R 4.2 survival 3.x on the 15-patient cohort below (the 14 of cox_ph's docstring and one with
+ECOG missing):
+
+    d <- data.frame(time = c(5, 8, 3, 12, 15, 9, 20, 22, 18, 30, 7, 11, 14, 25, 16),
+                    event = c(1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1),
+                    ecog = c(2, 1, 2, 1, 0, 1, 0, 1, 0, 0, 1, 2, 1, 0, NA),
+                    high = c(0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 0, 0),
+                    age = c(70, 64, 58, 71, 49, 66, 55, 62, 60, 52, 68, 59, 63, 57, 61))
+    f <- coxph(Surv(time, event) ~ ecog, data = d); s <- summary(f, conf.int = 0.9)
+    f2 <- coxph(Surv(time, event) ~ high + ecog, data = d); s2 <- summary(f2)
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from TMBRBLib.stats import TMBRBStatsInputError, TMBRBStatsWarning, cox_ph, cox_scan
+
+from _stats_testdata import arr, fixture_csv, reference
+
+COX = dict(rtol=1e-5, atol=1e-12)
+
+# s$coefficients, s$conf.int (0.90), s$logtest, s$sctest, f$loglik, s$concordance
+R_ECOG = dict(coef=1.60409479093674, hr=4.97335563793407, se=0.534272956290365, z=3.00238814645327,
+              p=0.00267870392410827, lower90=2.06533818091167, upper90=11.9758916626683,
+              lr=10.2595316891692, lr_p=0.00135980194022015, score=11.1495219954862, score_p=8.40533287524809e-04,
+              loglik=(-23.3994617135106, -18.2696958689260), concordance=0.8023255813953488)
+# s2: high + ecog, 95% intervals
+R_HIGH_ECOG = dict(coef=[-0.704047814840355, 1.519192902778013], hr=[0.494579281172308, 4.568536453675594],
+                   se=[0.72072734248375, 0.54437492306793], p=[0.32863977011874013, 0.00525924628719342],
+                   lower=[0.120434716002033, 1.571825463410530], upper=[2.03104780319977, 13.27852602875891],
+                   score_p=0.00269963985503503, lr_p=0.00366632524077412, concordance=0.8313953488372092)
+
+
+@pytest.fixture()
+def d15() -> pd.DataFrame:
+    return pd.DataFrame({"time": [5, 8, 3, 12, 15, 9, 20, 22, 18, 30, 7, 11, 14, 25, 16],
+                         "event": [1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1],
+                         "ecog": [2, 1, 2, 1, 0, 1, 0, 1, 0, 0, 1, 2, 1, 0, np.nan],
+                         "high": [0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 0, 0],
+                         "age": [70, 64, 58, 71, 49, 66, 55, 62, 60, 52, 68, 59, 63, 57, 61]})
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def test_ninety_percent_intervals_and_tests_match_coxph(d15):
+    r = cox_ph(d15, "time", "event", ["ecog"], conf_level=0.9)
+    row = r.table.iloc[0]
+    np.testing.assert_allclose([row["coef"], row["hr"], row["se"], row["z"], row["p"], row["hr_lower"], row["hr_upper"]],
+                               [R_ECOG[k] for k in ("coef", "hr", "se", "z", "p", "lower90", "upper90")], **COX)
+    assert (r.n, r.n_events, r.n_dropped, r.lr_df) == (14, 12, 1, 1)
+    np.testing.assert_allclose([r.lr_stat, r.lr_p, r.score_stat, r.score_p, r.concordance],
+                               [R_ECOG[k] for k in ("lr", "lr_p", "score", "score_p", "concordance")], **COX)
+    np.testing.assert_allclose([r.loglik_null, r.loglik], R_ECOG["loglik"], **COX)
+    # one term: the Wald test is z squared and its p the term's p (R prints the statistic rounded)
+    np.testing.assert_allclose([r.wald_stat, r.wald_p], [R_ECOG["z"] ** 2, R_ECOG["p"]], **COX)
+
+
+def test_printout_has_counts_four_digit_table_tests_and_every_warning(d15):
+    with pytest.warns(TMBRBStatsWarning, match=r"only 12 events \(< 20\)"):
+        r = cox_ph(d15, "time", "event", ["ecog"], conf_level=0.9, min_events=20)
+    lines = str(r).splitlines()
+    assert lines[0] == "Cox PH (Efron ties): n = 14, events = 12, 1 row(s) with missing values dropped"
+    assert lines[1].split() == ["term", "coef", "hr", "hr_lower", "hr_upper", "se", "z", "p"]  # no index column
+    assert lines[2].split() == ["ecog"] + [_fmt(R_ECOG[k]) for k in ("coef", "hr", "lower90", "upper90", "se", "z", "p")]
+    assert lines[3] == f"Concordance = {R_ECOG['concordance']:.4f}"
+    assert lines[4] == f"Likelihood ratio test = {R_ECOG['lr']:.3f} on 1 df, p = {R_ECOG['lr_p']:.4g}"
+    assert lines[5] == f"Wald test = {R_ECOG['z'] ** 2:.3f}, p = {R_ECOG['p']:.4g}"
+    assert lines[6] == f"Score (logrank) test = {R_ECOG['score']:.3f}, p = {R_ECOG['score_p']:.4g}"
+    assert lines[7].startswith("WARNING: only 12 events (< 20) for the Cox model") and len(lines) == 8
+    # two warnings: each on its own line after the tests
+    r.warnings.append("second note")
+    assert str(r).splitlines()[7:] == [f"WARNING: {r.warnings[0]}", "WARNING: second note"]
+
+
+def test_printout_of_complete_rows_says_nothing_about_dropped_rows(d15):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TMBRBStatsWarning)
+        r = cox_ph(d15.dropna(), "time", "event", ["ecog"], ties="breslow", min_events=12)
+    assert str(r).splitlines()[0] == "Cox PH (Breslow ties): n = 14, events = 12"
+    assert "WARNING" not in str(r) and r.warnings == []
+
+
+def test_scan_intervals_match_two_variable_coxph():
+    ref = reference()["cox_scan"]
+    r = cox_scan(fixture_csv("lung.csv"), "time", "status", "sex", list(ref))
+    t = r.table.set_index("covariate")
+    for cv, m in ref.items():
+        np.testing.assert_allclose(t.loc[cv, ["marker_hr_lower", "covariate_hr_lower"]].to_numpy(float),
+                                   arr(m["hr_lower"]), **COX, err_msg=cv)
+        np.testing.assert_allclose(t.loc[cv, ["marker_hr_upper", "covariate_hr_upper"]].to_numpy(float),
+                                   arr(m["hr_upper"]), **COX, err_msg=cv)
+        np.testing.assert_allclose(t.loc[cv, "model_lr_p"], m["lr_test"][2], **COX)
+        np.testing.assert_allclose(t.loc[cv, "concordance"], m["concordance"], **COX)
+        assert t.loc[cv, "events"] == m["nevent"]
+
+
+def test_scan_printout_and_dict(d15):
+    scan = cox_scan(d15, "time", "event", "high", ["ecog"], min_events=5)
+    lines = str(scan).splitlines()
+    assert lines[0] == "Two-variable Cox models of 'high' with each covariate (Efron ties)"
+    assert lines[1].split()[:3] == ["covariate", "n", "events"]  # no index column
+    row = scan.table.iloc[0]
+    assert lines[2].split()[:6] == ["ecog", "14", "12"] + [_fmt(v) for v in R_HIGH_ECOG["hr"][:1] + R_HIGH_ECOG["lower"][:1]
+                                                          + R_HIGH_ECOG["upper"][:1]]
+    np.testing.assert_allclose([row["covariate_hr"], row["covariate_hr_lower"], row["covariate_hr_upper"],
+                                row["covariate_p"], row["marker_p"], row["model_logrank_p"], row["model_lr_p"],
+                                row["concordance"]],
+                               [R_HIGH_ECOG["hr"][1], R_HIGH_ECOG["lower"][1], R_HIGH_ECOG["upper"][1],
+                                R_HIGH_ECOG["p"][1], R_HIGH_ECOG["p"][0], R_HIGH_ECOG["score_p"], R_HIGH_ECOG["lr_p"],
+                                R_HIGH_ECOG["concordance"]], **COX)
+    d = scan.to_dict()
+    assert d["marker"] == "high" and d["table"][0]["covariate"] == "ecog"
+    assert d["table"][0]["marker_hr"] == pytest.approx(R_HIGH_ECOG["hr"][0], rel=1e-5)
+    assert d["models"]["ecog"]["table"][1]["term"] == "ecog" and d["models"]["ecog"]["n"] == 14  # complete rows of the pair
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(covariates=["ecog", "stage"]), r"^Cox scan: missing column\(s\) \['stage'\]"),
+    (dict(covariates=["ecog"], reference={"histology": "adeno"}),
+     r"^reference level given for \['histology'\], which are not among the covariates \['high', 'ecog'\]; "
+     r"name a covariate of the scan\.$"),
+    (dict(covariates=[]), r"^Cox scan needs at least one covariate"),
+])
+def test_scan_bad_input_is_a_clear_error(d15, kwargs, message):
+    with pytest.raises(TMBRBStatsInputError, match=message):
+        cox_scan(d15, "time", "event", "high", **kwargs)
+
+
+def test_scan_passes_level_and_min_events_to_both_models(d15):
+    # summary(f2, conf.int = 0.9)$conf.int
+    with pytest.warns(TMBRBStatsWarning, match=r"only 12 events \(< 13\)") as caught:
+        scan = cox_scan(d15, "time", "event", "high", ["ecog"], conf_level=0.9, min_events=13)
+    # the two-variable model and the covariate alone each warn once, passed on to the caller
+    assert sum("only 12 events" in str(w.message) for w in caught) == 2
+    row = scan.table.iloc[0]
+    np.testing.assert_allclose([row["marker_hr_lower"], row["marker_hr_upper"], row["covariate_hr_lower"],
+                                row["covariate_hr_upper"]],
+                               [0.151141499500889, 1.61840835358047, 1.865960317549343, 11.18540685579764], **COX)
+
+
+def test_scan_breslow_reaches_the_univariable_model():
+    # coxph(Surv(time, status) ~ trt + karno, veteran, ties = "breslow") and ~ karno alone, both Breslow
+    scan = cox_scan(fixture_csv("veteran.csv"), "time", "status", "trt", ["karno"], ties="breslow")
+    row = scan.table.iloc[0]
+    np.testing.assert_allclose([row["marker_p"], row["covariate_p"], row["covariate_univariable_p"]],
+                               [3.43056746140721e-01, 3.08928605478585e-11, 5.65587554074403e-11], **COX)
+    assert str(scan).splitlines()[0].endswith("(Breslow ties)")
+
+
+def test_collinear_covariates_are_a_clear_error(d15):
+    d15["ecog_twice"] = 2 * d15["ecog"] + 1
+    with pytest.raises(TMBRBStatsInputError, match=r"^Cox model did not converge \(the information matrix is singular\): "
+                       r"two covariates are collinear or one takes a single value among the rows at risk; drop or "
+                       r"merge it\.$"):
+        cox_ph(d15, "time", "event", ["ecog", "ecog_twice"])
+
+
+def test_an_infinite_covariate_is_named(d15):
+    # it used to be reported as a diverging fit ("coefficients became infinite ... separates events")
+    d15["age"] = d15["age"].astype(float)
+    d15.loc[[0, 3], "age"] = [np.inf, -np.inf]
+    with pytest.raises(TMBRBStatsInputError, match=r"^Cox model: covariate\(s\) with infinite values \(rows per column: "
+                       r"\{'age': 2\}\); fix these entries or leave the rows out\.$"):
+        cox_ph(d15, "time", "event", ["ecog", "age"])
