@@ -170,3 +170,96 @@ def test_an_infinite_covariate_is_named(d15):
     with pytest.raises(TMBRBStatsInputError, match=r"^Cox model: covariate\(s\) with infinite values \(rows per column: "
                        r"\{'age': 2\}\); fix these entries or leave the rows out\.$"):
         cox_ph(d15, "time", "event", ["ecog", "age"])
+
+
+@pytest.mark.parametrize("name", ["T", "E", "_t", "_e"])
+def test_a_covariate_may_be_called_t_or_e(d15, name):
+    # T stage is a usual clinical column; it used to clash with the internal time/event columns (ValueError)
+    r = cox_ph(d15.rename(columns={"ecog": name}), "time", "event", [name], conf_level=0.9)
+    assert r.table["term"].tolist() == [name] and (r.n, r.n_dropped) == (14, 1)
+    np.testing.assert_allclose(r.table[["coef", "se", "hr_lower"]].to_numpy()[0],
+                               [R_ECOG["coef"], R_ECOG["se"], R_ECOG["lower90"]], **COX)
+    np.testing.assert_allclose(r.concordance, R_ECOG["concordance"], **COX)
+
+
+def _bad(d15, name, values):
+    d = d15.copy()
+    d[name] = values
+    return d
+
+
+@pytest.mark.parametrize("change,covariates,message", [
+    (None, [], "Cox model needs at least one covariate; name them with --covariates."),
+    (None, ["ecog", "stage"], "Cox model: missing column(s) ['stage']; the table has columns ['time', 'event', 'ecog', "
+                              "'high', 'age']. Name the right columns with the command-line flags (e.g. --score, "
+                              "--label, --time, --event)."),
+    (("time", ["x"] + [1] * 14), ["ecog"], "column 'time' must be numeric but has non-numeric value(s) ['x'] (1 row(s)). "
+                                           "Fix or remove these entries (empty cells are treated as missing)."),
+    (("event", ["yes"] + [1] * 14), ["ecog"], "column 'event' must be numeric but has non-numeric value(s) ['yes'] "
+                                              "(1 row(s)). Fix or remove these entries (empty cells are treated as "
+                                              "missing)."),
+    (("time", [-1] + [1] * 14), ["ecog"], "column 'time' has negative survival times; times must be >= 0."),
+    (("event", [2] + [1] * 14), ["ecog"], "column 'event' must be 0 (censored) or 1 (event) but has value(s) [2.0]. "
+                                          "Recode it (e.g. R's lung status 1/2 -> 0/1)."),
+    (("event", [0] * 15), ["ecog"], "Cox model: all 14 observations are censored (no events), so survival cannot be "
+                                    "estimated or compared. Check the event column coding (1 = event) or use a cohort "
+                                    "with events."),
+    (("time", [np.nan] * 15), ["ecog"], "Cox model: no complete rows after dropping rows with missing values."),
+    (("high", [1] * 15), ["ecog", "high"], "Cox model: covariate(s) ['high'] take a single value in the complete rows; "
+                                           "a constant cannot be estimated. Leave it out."),
+])
+def test_cox_bad_input_messages(d15, change, covariates, message):
+    d = _bad(d15, *change) if change else d15
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        cox_ph(d, "time", "event", covariates)
+    assert str(exc.value) == message
+
+
+def test_few_events_warning_at_the_boundary_points_at_the_caller(d15):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TMBRBStatsWarning)
+        assert cox_ph(d15, "time", "event", ["ecog"], min_events=12).warnings == []  # 12 events: enough
+    with pytest.warns(TMBRBStatsWarning) as caught:
+        r = cox_ph(d15, "time", "event", ["ecog"], min_events=13)
+    msg = ("only 12 events (< 13) for the Cox model; hazard ratios and p values are unreliable. Report them with "
+           "caution or use a larger cohort.")
+    assert [str(w.message) for w in caught] == [msg] and r.warnings == [msg]
+    assert caught[0].filename == __file__  # stacklevel: the user's line, not the library's
+
+
+def _quasi_separated(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    grp = np.r_[np.zeros(n // 2), np.ones(n // 2)]
+    event = np.r_[np.zeros(n // 2), (rng.random(n // 2) < 0.7).astype(int)]  # no event at all with grp = 0
+    return pd.DataFrame({"time": rng.exponential(10, n), "status": event, "grp": grp, "age": rng.normal(60, 10, n)})
+
+
+@pytest.mark.parametrize("flip,direction", [(False, "infinity"), (True, "zero")])
+def test_quasi_separation_message_names_the_level_its_rows_and_the_direction(flip, direction):
+    d = _quasi_separated()
+    level = 0
+    if flip:  # the level without events is now grp = 1: the hazard ratio runs off towards zero
+        d["grp"] = 1 - d["grp"]
+        level = 1
+    with pytest.warns(TMBRBStatsWarning):
+        r = cox_ph(d, "time", "status", ["grp", "age"])
+    assert r.warnings == [f"Cox model: no event among the 30 rows with grp = {level} (quasi-separation): the hazard "
+                          f"ratio of grp runs off towards {direction} and its CI and p value mean nothing. Merge "
+                          "levels, leave the covariate out or use Firth's penalised Cox regression."]
+    assert (r.table["coef"].iloc[0] > 5) == (direction == "infinity")
+
+
+def test_diverging_continuous_coefficient_message_gives_the_hazard_ratio_per_sd():
+    x = np.linspace(0, 1, 40)
+    d = pd.DataFrame({"time": 100 - 90 * x, "status": 1, "x": x})  # events in the order of the marker
+    with pytest.warns(TMBRBStatsWarning):
+        r = cox_ph(d, "time", "status", ["x"])
+    b = r.table["coef"].iloc[0]
+    assert abs(b) * np.std(x) > 10
+    assert r.warnings == [f"Cox model: the coefficient of x diverged ({b:.3g}, a hazard ratio of e^{abs(b) * np.std(x):.0f} "
+                          "per standard deviation): the covariate (quasi-)separates events from censored rows, so its "
+                          "hazard ratio, CI and p value mean nothing. Leave it out or use a penalised Cox regression."]
+    # a strong but finite effect (under e^10 per SD) gives no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TMBRBStatsWarning)
+        cox_ph(fixture_csv("lung.csv"), "time", "status", ["ph_karno"])
