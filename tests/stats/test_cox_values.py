@@ -224,7 +224,9 @@ def test_few_events_warning_at_the_boundary_points_at_the_caller(d15):
     msg = ("only 12 events (< 13) for the Cox model; hazard ratios and p values are unreliable. Report them with "
            "caution or use a larger cohort.")
     assert [str(w.message) for w in caught] == [msg] and r.warnings == [msg]
-    assert caught[0].filename == __file__  # stacklevel: the user's line, not the library's
+    # stacklevel: the warning points at the caller's line, not at the library (under mutmut the caller is its
+    # trampoline, so only "not cox.py" is asserted)
+    assert not caught[0].filename.endswith("cox.py")
 
 
 def _quasi_separated(seed=0, n=60):
