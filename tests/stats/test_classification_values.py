@@ -206,3 +206,25 @@ def test_spearman_printout_plot_and_dropped_rows():
 def test_spearman_bad_input(x, y, message):
     with pytest.raises(TMBRBStatsInputError, match=message):
         spearman(x, y)
+
+
+def test_logistic_predict_on_the_fitted_rows_gives_the_fitted_probabilities(asah):
+    # two text predictors: each adds only its own dummies (R: predict(g, type = "response") == fitted(g))
+    d = asah.assign(grade=np.where(asah["wfns"] >= 3, "high", "low"))
+    r = logistic_combination(d, "outcome", ["s100b", "gender", "grade"])
+    np.testing.assert_allclose(r.predict(d), r.fitted, rtol=1e-12)
+    # a numeric predictor given as text: numbers are read, anything else gives NaN
+    p = r.predict(d.head(2).assign(s100b=["0.13", "n/a"]))
+    np.testing.assert_allclose(p[0], r.fitted[0], rtol=1e-12)
+    assert np.isnan(p[1])
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: spearman(["1", "x", "3"], [1, 2, 3], x_name="score"), r"^column 'score' must be numeric"),
+    (lambda: spearman([1, 2, 3], ["1", "2", "y"], y_name="TMB"), r"^column 'TMB' must be numeric"),
+    (lambda: auc_by_cutoff(["0.1", "a", "0.3"], [1, 2, 3], [2]), r"^column 'score' must be numeric"),
+    (lambda: auc_by_cutoff([0.1, 0.2, 0.3], [1, "b", 3], [2]), r"^column 'target' must be numeric"),
+])
+def test_non_numeric_columns_are_named(call, message):
+    with pytest.raises(TMBRBStatsInputError, match=message):
+        call()
