@@ -177,12 +177,14 @@ def test_decision_curve_positive_level_and_text_labels():
     (dict(models={"m": [0.2, -0.1, 0.5]}), r"^model 'm' has values outside \[0, 1\]; decision curves need predicted "
                                           r"probabilities\."),
     (dict(models={"m": [np.nan, np.nan, np.nan]}), r"^no complete rows for the decision curve\.$"),
+    (dict(models={"risk": [0.2, "high", 0.5]}), r"^column 'risk' must be numeric but has non-numeric value\(s\) \['high'\]"),
+    (dict(y=[1, 1, 1]), r"^column 'label' has a single class \(1\.0 for all 3 rows\)"),
 ])
 def test_decision_curve_bad_input(kwargs, message):
-    args = dict(models={"m": [0.2, 0.4, 0.5]})
+    args = dict(y=[0, 1, 1], models={"m": [0.2, 0.4, 0.5]})
     args.update(kwargs)
     with pytest.raises(TMBRBStatsInputError, match=message):
-        decision_curve([0, 1, 1], **args)
+        decision_curve(args.pop("y"), **args)
 
 
 # ------------------------------------------------------------------------------------------ Spearman
