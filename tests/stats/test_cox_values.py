@@ -265,3 +265,24 @@ def test_diverging_continuous_coefficient_message_gives_the_hazard_ratio_per_sd(
     with warnings.catch_warnings():
         warnings.simplefilter("error", TMBRBStatsWarning)
         cox_ph(fixture_csv("lung.csv"), "time", "status", ["ph_karno"])
+
+
+def test_text_covariate_with_twelve_levels_is_fitted_and_thirteen_refused():
+    rng = np.random.default_rng(3)
+    n = 130
+    d = pd.DataFrame({"time": rng.exponential(10, n), "event": (rng.random(n) < 0.8).astype(int),
+                      "site": [f"s{i % 12:02d}" for i in range(n)]})
+    r = cox_ph(d, "time", "event", ["site"])
+    assert r.table["term"].tolist() == [f"site[s{i:02d}]" for i in range(1, 12)]  # s00 is the reference
+    d["site"] = [f"s{i % 13:02d}" for i in range(n)]
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        cox_ph(d, "time", "event", ["site"])
+    assert str(exc.value) == ("covariate 'site' is not numeric and has 13 distinct values; it looks like a typo'd numeric "
+                              "column (check for text such as 'n/a') or an identifier. Fix the values or leave it out.")
+
+
+def test_unknown_reference_level_lists_the_levels(d15):
+    d15["stage"] = np.where(d15["ecog"] > 0, "II", "I")
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        cox_ph(d15, "time", "event", ["stage"], reference={"stage": "III"})
+    assert str(exc.value) == "reference level 'III' of covariate 'stage' is not one of its values ['I', 'II']; pick one of these."
