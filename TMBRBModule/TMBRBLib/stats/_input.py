@@ -21,7 +21,8 @@ def read_csv(path: Union[str, Path]) -> pd.DataFrame:
     try:
         df = pd.read_csv(p)
     except Exception as exc:  # pandas raises several types for malformed files
-        raise TMBRBStatsInputError(f"Could not read {p} as CSV ({exc}). Save it as comma-separated text with a header row.") from exc
+        raise TMBRBStatsInputError(f"Could not read {p} as CSV ({str(exc).strip()}). Save it as comma-separated text "
+                                   "with a header row.") from exc
     if df.shape[0] == 0:
         raise TMBRBStatsInputError(f"{p} has a header but no data rows. Add the cohort rows and try again.")
     return df

@@ -190,8 +190,8 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     TMBRBStatsInputError
         If ``covariates`` is empty; a column is missing; a value is non-numeric in a numeric
         column, or a text covariate has more than 12 levels; no row is complete; a time is
-        negative; ``event`` is not 0/1; there are no events; a covariate is constant in the
-        complete rows; the fit does not converge (separation, collinearity); ``ties`` is
+        negative; ``event`` is not 0/1; there are no events; a covariate is infinite or constant
+        in the complete rows; the fit does not converge (separation, collinearity); ``ties`` is
         not 'efron' or 'breslow'; or a ``reference`` names a column that is not a text
         covariate or a level it does not have.
 
@@ -248,20 +248,24 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
     if not covariates:
         raise TMBRBStatsInputError("Cox model needs at least one covariate; name them with --covariates.")
     require_columns(df, [time, event, *covariates], "Cox model")
-    d = pd.DataFrame({"_t": to_numeric(df[time], time), "_e": to_numeric(df[event], event)})
+    tt, ee = to_numeric(df[time], time), to_numeric(df[event], event)
     X = _design(df, covariates, reference)
     for c in X.columns:
         X[c] = to_numeric(X[c], c)
-    full = pd.concat([d, X.reset_index(drop=True).set_axis(d.index)], axis=1)
-    n0 = len(full)
-    full = full.dropna()
-    dropped = n0 - len(full)
-    if len(full) == 0:
+    # the covariates stay in their own table: a column may be called anything (T, E, _t...) without a clash
+    keep = ~(np.isnan(tt) | np.isnan(ee) | X.isna().any(axis=1).to_numpy())
+    dropped = int((~keep).sum())
+    if not keep.any():
         raise TMBRBStatsInputError("Cox model: no complete rows after dropping rows with missing values.")
-    t = check_time(full["_t"].to_numpy(), time)
-    e = check_event(full["_e"].to_numpy(), event)
+    t = check_time(tt[keep], time)
+    e = check_event(ee[keep], event)
     require_events(e, "Cox model")
-    const = [c for c in X.columns if full[c].nunique() < 2]
+    X = X[keep]
+    infinite = {c: int(n) for c, n in np.isinf(X).sum().items() if n}
+    if infinite:
+        raise TMBRBStatsInputError(f"Cox model: covariate(s) with infinite values (rows per column: {infinite}); "
+                                   "fix these entries or leave the rows out.")
+    const = [c for c in X.columns if X[c].nunique() < 2]
     if const:
         raise TMBRBStatsInputError(f"Cox model: covariate(s) {const} take a single value in the complete rows; "
                                    "a constant cannot be estimated. Leave it out.")
@@ -271,14 +275,12 @@ def cox_ph(df: pd.DataFrame, time: str, event: str, covariates: Sequence[str], *
                "unreliable. Report them with caution or use a larger cohort.")
         warnings.warn(msg, TMBRBStatsWarning, stacklevel=2)
         warn.append(msg)
-    cols = list(X.columns)
-    fit_df = full.rename(columns={"_t": "T", "_e": "E"})
-    fit_df["E"] = e
-    fit = _fit(fit_df[cols].to_numpy(float), t, e, ties)
-    for msg in separation_warnings(fit_df, cols, fit.beta, fit.messages):
+    Xm = X.to_numpy(float)
+    fit = _fit(Xm, t, e, ties)
+    for msg in separation_warnings(X, e, fit.beta, fit.messages):
         warnings.warn(msg, TMBRBStatsWarning, stacklevel=2)
         warn.append(msg)
-    return _cox_result(fit, cols, t, e, fit_df[cols].to_numpy(float), dropped, conf_level, ties, warn)
+    return _cox_result(fit, list(X.columns), t, e, Xm, dropped, conf_level, ties, warn)
 
 
 def _fit(Xm: np.ndarray, t: np.ndarray, e: np.ndarray, ties: str):
@@ -323,18 +325,18 @@ def _cox_result(fit, cols, t, e, Xm, dropped, conf_level, ties, warn) -> "CoxRes
 MAX_LOG_HR_PER_SD = 10.0  # a hazard ratio over e^10 per standard deviation of a covariate: the fit diverged
 
 
-def separation_warnings(fit_df: pd.DataFrame, cols: Sequence[str], beta: np.ndarray, fit_warnings=()) -> List[str]:
+def separation_warnings(X: pd.DataFrame, event: np.ndarray, beta: np.ndarray, fit_warnings=()) -> List[str]:
     """Warnings for (quasi-)separation in a fitted Cox model: the partial likelihood has no maximum, so the hazard
     ratio runs off towards 0 or infinity and its CI and p value mean nothing.
 
     Parameters
     ----------
-    fit_df : DataFrame
-        The rows fitted: the covariate columns ``cols`` and the event indicator ``E``.
-    cols : sequence of str
-        The model's terms.
+    X : DataFrame
+        The covariates of the rows fitted, one column per term.
+    event : ndarray
+        The 0/1 events of those rows.
     beta : ndarray
-        The fitted coefficients, in the order of ``cols``.
+        The fitted coefficients, in the order of the columns of ``X``.
     fit_warnings : iterable of str or warnings.WarningMessage
         The fit's convergence notes (strings), or warnings caught during a fit (lifelines'
         ConvergenceWarning is passed on).
@@ -346,9 +348,9 @@ def separation_warnings(fit_df: pd.DataFrame, cols: Sequence[str], beta: np.ndar
         or whose coefficient exceeds MAX_LOG_HR_PER_SD per standard deviation; else the fit's convergence notes.
     """
     out: List[str] = []
-    e = fit_df["E"].to_numpy()
-    for c, b in zip(cols, beta):
-        x = fit_df[c].to_numpy(float)
+    e = np.asarray(event)
+    for c, b in zip(X.columns, beta):
+        x = X[c].to_numpy(float)
         levels = np.unique(x)
         empty = [v for v in levels if not np.any(e[x == v] > 0)] if len(levels) == 2 else []
         if empty:
@@ -436,7 +438,8 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
     Raises
     ------
     TMBRBStatsInputError
-        If a column is missing, or any of the models fails as described in :func:`cox_ph`.
+        If ``covariates`` is empty; a column is missing; or any of the models fails as described in
+        :func:`cox_ph`.
 
     Warns
     -----
@@ -469,6 +472,9 @@ def cox_scan(df: pd.DataFrame, time: str, event: str, marker: str, covariates: S
     high + ecog: HR(high) 0.49, HR(ecog) 4.57, model p 0.0027
     high + age: HR(high) 0.72, HR(age) 1.16, model p 0.0194
     """
+    if not covariates:
+        raise TMBRBStatsInputError("Cox scan needs at least one covariate to fit with the marker; name them with "
+                                   "--covariates.")
     require_columns(df, [time, event, marker, *covariates], "Cox scan")
     unknown = [k for k in (reference or {}) if k not in (marker, *covariates)]
     if unknown:
