@@ -291,17 +291,22 @@ def test_saving_a_temporary_run_asks_the_worker_for_the_full_outputs(scene, wlog
     assert not (tmp_path / "again").exists() and not (tmp_path / "cold-saved").exists()
 
 
-def test_the_engine_runs_with_sleeping_openmp_threads_unless_the_user_chose(scene, wlogic, worker, monkeypatch):
-    # spinning OpenMP threads (the default) made the model 3-5x slower on a busy machine: the worker and the process
-    # per case get OMP_WAIT_POLICY=PASSIVE, and a policy set by the user is kept
+def test_the_engine_limits_openmp_spinning_unless_the_user_chose(scene, wlogic, worker, monkeypatch):
+    # libgomp's default spinning made the model 6x slower beside busy programs: the worker and the process per case
+    # get GOMP_SPINCOUNT (runner.OPENMP_SPIN_COUNT), and a spin count or wait policy set by the user is kept
     import psutil
 
-    from TMBRBLib.slicer.runner import engine_environment
+    from TMBRBLib.slicer.runner import OPENMP_SPIN_COUNT, engine_environment
 
     ct, seed = case(scene)
     rec, _ = apply(wlogic, ct, seed, numberOfShifts=0)
-    assert rec.errors == [] and psutil.Process(worker.pid).environ().get("OMP_WAIT_POLICY") == "PASSIVE"
+    worker_env = psutil.Process(worker.pid).environ()
+    assert rec.errors == [] and worker_env.get("GOMP_SPINCOUNT") == str(OPENMP_SPIN_COUNT) == "100000"
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert engine_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert engine_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert engine_environment()["GOMP_SPINCOUNT"] == "100000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    assert engine_environment()["GOMP_SPINCOUNT"] == "5"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "GOMP_SPINCOUNT" not in engine_environment()

@@ -70,15 +70,23 @@ def score_command(ct_path, seed_lps: Sequence[float], out_dir, box_lps=None, seg
     return cmd
 
 
+# libgomp's default spins 300,000 times at each wait: when other programs keep the cores busy the waiting threads
+# burn the time slices the working ones need (the model ran 6x slower beside four busy programs)
+OPENMP_SPIN_COUNT = 100_000
+
+
 def engine_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """This process's environment with TMBRBModule/ first on PYTHONPATH (so `-m TMBRBLib.cli` resolves).
 
-    OpenMP's threads sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE``) unless the environment says
-    otherwise: spinning, the default, made the model 3-5x slower whenever other programs kept the cores busy (a
-    forward pass of 4 crops at load 10 on 2 cores: 5-16 s spinning, 1.5-2.5 s passive).
+    OpenMP's threads spin at most :data:`OPENMP_SPIN_COUNT` times before they sleep (``GOMP_SPINCOUNT``, read by
+    the libgomp of Linux's torch builds), unless the environment sets ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``.
+    The model's two passes on 2 cores (benchmarks/bench_openmp_wait.py, a fresh process per setting): idle 1.18 s with
+    libgomp's default, 1.17 s with 100,000 spins, 1.37 s with ``OMP_WAIT_POLICY=PASSIVE``; beside four busy
+    programs 7.5 s, 1.09 s and 3.4 s.
     """
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
+        env["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
     parts = [str(MODULE_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
     env["PYTHONUNBUFFERED"] = "1"
