@@ -108,10 +108,11 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, oom) or "out of memory" in str(e).lower()
 
 
-# With a given box the tumour is segmented from the seed in a thread while the model runs (the segmentation does not
-# depend on the model): SimpleITK, numpy and torch's kernels release the GIL, and the model leaves part of a 2-core CPU
-# idle. False: one after the other, as before (for benchmarks/bench_worker.py's comparison).
-OVERLAP_SEGMENTATION = True
+# True: with a given box the tumour is segmented from the seed in a thread while the model runs (the segmentation
+# needs the box, not the model). Off by default: on 2 cores it gained 0.06 s a case with OpenMP's threads sleeping
+# but lost 0-0.09 s with them spinning (libgomp's default, and the engine worker's GOMP_SPINCOUNT), as the two compete
+# for the cores (benchmarks/bench_worker.py prints both in process; docs/slicer.md, stop 14).
+OVERLAP_SEGMENTATION = False
 _SEGMENTER: Optional[ThreadPoolExecutor] = None
 
 

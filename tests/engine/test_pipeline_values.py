@@ -394,11 +394,14 @@ def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
-def test_a_forked_child_scores_a_given_box_too(case, tiny_bundle):
+def test_a_forked_child_scores_a_given_box_too(case, tiny_bundle, monkeypatch):
     # a researcher's multiprocessing pool (fork) after a case scored in the parent: the child has none of the
     # parent's threads, and a segmentation handed to the parent's thread pool would never run (the case hung)
     import multiprocessing
 
+    import TMBRBLib.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", True)  # the segmentation in a thread beside the model
     ct, _ = case
     box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
     scorer = Scorer(tiny_bundle, "cpu")
@@ -425,6 +428,7 @@ def test_a_segmentation_that_fails_beside_the_model_fails_the_case_with_its_own_
         raise TMBRBInputError("The seed is in the air.", "Place it on the tumour.")
 
     monkeypatch.setattr(pipeline, "segment_from_seed", broken)
+    monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", True)
     ct, _ = case
     with pytest.raises(TMBRBInputError, match="The seed is in the air"):
         score_case(ct, TUMOUR, Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0)), None, 1,
