@@ -10,8 +10,11 @@ the lesion reaches its faces (those faces move out), up to ``max_search_half_mm`
 instead.
 
 The result says when the mask is uncertain (it reaches the search limit, is much larger than the lesion visible at the
-seed, is hardly in contact with lung, held a thick strand lying along the lesion, or the seed lies in bone or air), so
-a reader reviews it before trusting the tumour/ring attention shares. Measured on the shared real CTs by ``benchmarks/bench_seed_segmentation.py``.
+seed, is hardly in contact with lung, held a thick strand lying along the lesion, is a small solid part with ground
+glass around it, or the seed lies in bone or air), so a reader reviews it before trusting the tumour/ring attention
+shares.
+Measured on the shared real CTs by ``benchmarks/bench_seed_segmentation.py`` and on phantoms with known masks by
+``benchmarks/bench_seed_phantoms.py``.
 """
 
 from __future__ import annotations
@@ -510,9 +513,10 @@ def _with_ground_glass(ct: sitk.Image, seed_lps: Sequence[float], lo: np.ndarray
     That is kept unless it runs far beyond the solid part (into partial-volume lung: it is over
     ``ground_glass_max_ratio`` times its volume, or it reaches faces of the search region that the solid part did not
     and the search cannot widen further); then the solid part stays, flagged. While the search can widen
-    (``_widen_ground_glass`` in ``p``) such a mask is returned reaching those faces, and the search moves them out. With a user's box (``_box`` in ``p``: its CT index region), the box delimits the lesion: ground
-    glass that fits in it is the lesion's; ground glass that runs past it while the solid part lies inside it is
-    left out as the user drew it (the haze around a solid tumour), not flagged.
+    (``_widen_ground_glass`` in ``p``) such a mask is returned reaching those faces, and the search moves them out. With
+    a user's box (``_box`` in ``p``: its CT index region), the box delimits the lesion: ground glass that fits in it is
+    the lesion's; ground glass that runs past it while the solid part lies inside it is left out as the user drew it
+    (the haze around a solid tumour), not flagged.
     """
     gg = _grow_in(ct, seed_lps, lo, hi, {**p, "hu_range": [float(p["ground_glass_hu"]), float(p["hu_range"][1])],
                                         "_stop_at_faces": False, "_solid": (g.mask, np.asarray(g.lo)),

@@ -43,11 +43,12 @@ class ChestSpec:
 class Painted:
     """A soft-tissue ball painted into ``chest`` where it overlaps the lung.
 
-    ``where``: a point of the ``side`` lung ("right" / "left"; "any" for a vessel: either lung): its lateral, medial, anterior or posterior border
-    (the lung's outermost voxel along that axis, on the row or column ``along`` mm from the lung's median and
-    ``height`` mm above its median height), its centre (its points' mean x, median y, ``height`` above its median height), or a thick vessel
-    (``vessel``: the fraction along the list (sorted by z, y, x) of vessel points of >= 1.5 mm radius at least 18 mm inside the
-    lung). The ball's centre is that point plus ``shift`` (mm, LPS) and its radius ``radius`` (mm)."""
+    ``where``: a point of the ``side`` lung ("right" / "left"; "any" for a vessel: either lung): its lateral, medial,
+    anterior or posterior border (the lung's outermost voxel along that axis, on the row or column ``along`` mm from
+    the lung's median and ``height`` mm above its median height), its centre (its points' mean x, median y, ``height``
+    above its median height), or a thick vessel (``vessel``: the fraction along the list, sorted by z, y, x, of vessel
+    points of >= 1.5 mm radius at least 18 mm inside the lung). The ball's centre is that point plus ``shift`` (mm,
+    LPS) and its radius ``radius`` (mm)."""
 
     name: str
     chest: ChestSpec
@@ -193,7 +194,8 @@ OLD_PHANTOMS = [  # (seed, make_phantom's arguments)
     (306, {"kind": "part-solid"}), (100, {"kind": "part-solid"}), (101, {"kind": "part-solid"}),
     (103, {"kind": "part-solid"}), (106, {"kind": "part-solid"}), (107, {"kind": "part-solid"}),
     (109, {"kind": "part-solid"}), (311, {"kind": "solid"}), (312, {"kind": "solid", "spiculated": True}),
-    (313, {"kind": "solid", "diameter_mm": 10, "spacing": (0.8, 0.8, 3.0)}), (315, {"kind": "solid", "diameter_mm": 55}),
+    (313, {"kind": "solid", "diameter_mm": 10, "spacing": (0.8, 0.8, 3.0)}),
+    (315, {"kind": "solid", "diameter_mm": 55}),
     (316, {"kind": "solid"}), (100, {"kind": "solid"}), (101, {"kind": "solid"}), (105, {"kind": "solid"}),
     (106, {"kind": "solid"}), (107, {"kind": "solid"}), (108, {"kind": "solid"}), (109, {"kind": "solid"}),
     (305, {"kind": "part-solid"}), (105, {"kind": "part-solid"}),  # 5 mm slices: 0.40 / 0.14 before the runaway cut
@@ -264,9 +266,10 @@ def _chest_specs(rng: np.random.Generator, chest: ChestSpec, tag: str) -> List[P
 def draw_new_set(generator_seed: int = NEW_SET_GENERATOR_SEED) -> List:
     """Draw the new set's specs (chest anatomy and phantom seeds, kinds, places, sizes) from ``generator_seed``.
 
-    Two chest phantoms (5 mm and 1.25 mm slices) with nine painted tumours each, and 28 tumour-field phantoms: part-solid,
-    solid, spiculated, on 5 mm and 0.625 mm slices, 50-60 mm and 8-12 mm. Seeds already used by the old set or the
-    other tests (below 1000) are never drawn. :data:`NEW_SET` is this list, written out."""
+    Two chest phantoms (5 mm and 1.25 mm slices) with nine painted tumours each, and 28 tumour-field phantoms:
+    part-solid, solid, spiculated, on 5 mm and 0.625 mm slices, 50-60 mm and 8-12 mm. Seeds already used by the old
+    set or the other tests (below 1000) are never drawn. Only the specs are drawn (nothing is rendered): :data:`NEW_SET`
+    is this list."""
     rng = np.random.default_rng(generator_seed)
     seeds = iter(int(s) for s in rng.choice(np.arange(1000, 100000), size=40, replace=False))
     thick = ChestSpec(next(seeds), (224, 224, 40), (1.5, 1.5, 5.0))
@@ -275,7 +278,8 @@ def draw_new_set(generator_seed: int = NEW_SET_GENERATOR_SEED) -> List:
     kinds = ([("part-solid", {})] * 6 + [("solid", {})] * 5 + [("solid", {"spiculated": True})] * 4
              + [("solid", {"spacing": (0.7, 0.7, 5.0)}), ("part-solid", {"spacing": (0.7, 0.7, 5.0)})] * 2
              + [("solid", {"spacing": (0.65, 0.65, 0.625)}), ("part-solid", {"spacing": (0.65, 0.65, 0.625)})] * 2
-             + [("solid", {"diameter_mm": 50.0}), ("part-solid", {"diameter_mm": 50.0}), ("solid", {"diameter_mm": 50.0})]
+             + [("solid", {"diameter_mm": 50.0}), ("part-solid", {"diameter_mm": 50.0}),
+                ("solid", {"diameter_mm": 50.0})]
              + [("solid", {"diameter_mm": 8.0})] * 2)
     for kind, kw in kinds:
         kw = dict(kw, kind=kind)
