@@ -19,6 +19,8 @@ from TMBRBLib.pipeline import score_case
 from TMBRBLib.present import by_key, result_lines
 from TMBRBLib.proposal import UNCERTAIN, segment_from_seed
 
+from .seed_cases import NEW_SET, OLD_CHEST, OLD_PHANTOMS, Painted, anchor, build, chest_case, lung_and_vessels
+
 # case: (Dice floor, label-inside-box floor); reached: 0.801, 0.811, 0.813, 0.818 and 100, 100, 99.7, 99.9 %
 FLOORS = {"pyradiomics/lung1_image.nrrd": (0.79, 0.99), "pyradiomics/lung2_image.nrrd": (0.80, 0.99),
           "lidc_voi/LIDC-IDRI-0072_R_1_image.nii.gz": (0.80, 0.99),
@@ -235,28 +237,12 @@ FRESH_FLOORS = {"chest wall anterior": 0.93}
 
 @pytest.fixture(scope="module")
 def fresh_chest():
-    """Another chest phantom (seed 23) and points on it (LPS mm): the right lung's lateral, posterior, anterior and
-    medial borders at mid-height, its centre, and a vessel (>= 1.5 mm radius) at least 18 mm inside the lung."""
-    case = make_phantom(23, fov="chest", shape_xyz=(224, 224, 64), spacing=(1.5, 1.5, 3.0), signal="none")
-    c = np.asarray(case.params["anatomy"]["centre_lps"])
-    lung = sitk.GetArrayFromImage(case.lung) > 0
-    pts = points_of(lung, case.ct)
-    right = pts[pts[:, 0] < c[0]]
-    xc, yc, zc = np.median(right, axis=0)
-    row = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 1] - yc) < 1)]
-    col = right[(np.abs(right[:, 2] - zc) < 2) & (np.abs(right[:, 0] - xc) < 1)]
-    hu = sitk.GetArrayFromImage(case.ct)
-    vessel = sitk.GetImageFromArray((lung & (hu > -300)).astype(np.uint8))
-    vessel.CopyInformation(case.ct)
-    thick = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(vessel, insideIsPositive=True, useImageSpacing=True,
-                                                                squaredDistance=False)) >= 1.5
-    inner = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(case.lung, insideIsPositive=True,
-                                                                useImageSpacing=True, squaredDistance=False)) > 18.0
-    cand = points_of(thick & inner, case.ct)
-    cand = cand[cand[:, 0] < c[0]]
-    return {"case": case, "lung": lung, "lateral": row[np.argmin(row[:, 0])], "medial": row[np.argmax(row[:, 0])],
-            "posterior": col[np.argmax(col[:, 1])], "anterior": col[np.argmin(col[:, 1])],
-            "centre": np.array([right[:, 0].mean(), yc, zc]), "vessel": cand[len(cand) // 2]}
+    """The old set's chest phantom (seed 23, tests/engine/seed_cases.py) and points on it (LPS mm): the right lung's
+    lateral, posterior, anterior and medial borders at mid-height, its centre, and a vessel (>= 1.5 mm radius) at least
+    18 mm inside the lung."""
+    points = {w: anchor(Painted(w, OLD_CHEST, "right", w, (0.0, 0.0, 0.0), 1.0))
+              for w in ("lateral", "medial", "posterior", "anterior", "centre", "vessel")}
+    return {"case": chest_case(OLD_CHEST), "lung": lung_and_vessels(OLD_CHEST)[0], **points}
 
 
 @pytest.mark.parametrize("name, where, shift, radius", FRESH_CHEST)
@@ -294,22 +280,10 @@ def test_a_thick_vessel_lying_along_the_tumour_is_cut_off_and_flagged(fresh_ches
     assert any(w.startswith(UNCERTAIN) and "lying along the lesion" in w for w in seg.warnings)
 
 
-FRESH_PHANTOMS = [
-    (301, {"kind": "part-solid"}), (302, {"kind": "part-solid"}), (304, {"kind": "part-solid", "diameter_mm": 40}),
-    (306, {"kind": "part-solid"}), (100, {"kind": "part-solid"}), (101, {"kind": "part-solid"}),
-    (103, {"kind": "part-solid"}), (106, {"kind": "part-solid"}), (107, {"kind": "part-solid"}),
-    (109, {"kind": "part-solid"}), (311, {"kind": "solid"}), (312, {"kind": "solid", "spiculated": True}),
-    (313, {"kind": "solid", "diameter_mm": 10, "spacing": (0.8, 0.8, 3.0)}), (315, {"kind": "solid", "diameter_mm": 55}),
-    (316, {"kind": "solid"}), (100, {"kind": "solid"}), (101, {"kind": "solid"}), (105, {"kind": "solid"}),
-    (106, {"kind": "solid"}), (107, {"kind": "solid"}), (108, {"kind": "solid"}), (109, {"kind": "solid"}),
-    (305, {"kind": "part-solid"}), (105, {"kind": "part-solid"}),  # 5 mm slices: 0.40 / 0.14 before the runaway cut
-    # the blur of vessels touching the ground glass was taken with it: 0.85 (5 mm slices) / 0.75 / 0.79 before
-    (303, {"kind": "part-solid", "spiculated": False}), (102, {"kind": "part-solid"}), (108, {"kind": "part-solid"}),
-    pytest.param(104, {"kind": "part-solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_THICK)),
-    (102, {"kind": "solid"}),  # 0.81 before the thick strand along it was cut
-    pytest.param(104, {"kind": "solid"}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
-    pytest.param(314, {"kind": "solid", "diameter_mm": 12}, marks=pytest.mark.xfail(strict=True, reason=MISS_SPICULES)),
-]
+# the old set's tumour-field phantoms (tests/engine/seed_cases.py, OLD_PHANTOMS, with what each reached before)
+FRESH_MISSES = {(104, "part-solid"): MISS_THICK, (104, "solid"): MISS_SPICULES, (314, "solid"): MISS_SPICULES}
+FRESH_PHANTOMS = [pytest.param(seed, kw, marks=pytest.mark.xfail(strict=True, reason=FRESH_MISSES[seed, kw["kind"]]))
+                  if (seed, kw["kind"]) in FRESH_MISSES else (seed, kw) for seed, kw in OLD_PHANTOMS]
 
 
 @pytest.mark.parametrize("seed, kw", FRESH_PHANTOMS)
@@ -401,3 +375,116 @@ def test_the_ball_morphology_by_distance_maps_is_simpleitks_voxel_for_voxel(radi
         a = sitk.GetArrayFromImage(ours(mask, radius))
         b = sitk.GetArrayFromImage(theirs(mask, radius, sitk.sitkBall))
         assert b.any() and np.array_equal(a > 0, b > 0), (ours.__name__, int((a != b).sum()))
+
+
+# ------------------------------------------------------------------------------------------------ the new set
+# Drawn once (tests/engine/seed_cases.py, NEW_SET: two chest phantoms on 5 mm and 1.25 mm slices with tumours against
+# the chest wall, the mediastinum and thick vessels and masses over 80 mm; 28 tumour-field phantoms) and measured before
+# any change to the code (benchmarks/bench_seed_phantoms.py): mean Dice 0.788, 31 of 46 reach 0.85, 15 misses, 14
+# flagged. Since: the unflagged one (6559, a small solid part in its ground glass) is flagged, and two part-solid
+# misses are right (83520: its ground glass widens the search; 51858: up to 40x the solid part's volume): mean 0.818,
+# 33 reach 0.85, the 13 misses all flagged. Each case keeps a floor just under what it reaches (none under 0.75: a miss
+# below that is only asserted flagged); every miss (below 0.85) must be flagged.
+NEW_REACHED = {  # Dice and % of the true mask inside the box now (before any change, where it differed)
+    "5 mm chest lateral left 1": (0.960, 100.0),
+    "5 mm chest anterior left 2": (0.119, 100.0),
+    "5 mm chest posterior right 3": (0.951, 100.0),
+    "5 mm chest lateral left 4": (0.943, 100.0),
+    "5 mm chest medial right 5": (0.007, 100.0),
+    "5 mm chest medial left 6": (0.971, 100.0),
+    "5 mm chest vessel through it": (0.557, 100.0),
+    "5 mm chest vessel alongside": (0.571, 100.0),
+    "5 mm chest mass": (0.994, 100.0),
+    "1.25 mm chest lateral left 1": (0.907, 100.0),
+    "1.25 mm chest anterior left 2": (0.906, 100.0),
+    "1.25 mm chest posterior right 3": (0.961, 100.0),
+    "1.25 mm chest lateral left 4": (0.938, 100.0),
+    "1.25 mm chest medial right 5": (0.604, 100.0),  # before: 0.584
+    "1.25 mm chest medial left 6": (0.418, 100.0),  # before: 0.431
+    "1.25 mm chest vessel through it": (0.806, 100.0),
+    "1.25 mm chest vessel alongside": (0.824, 100.0),
+    "1.25 mm chest mass": (0.975, 100.0),
+    "6559 part-solid": (0.441, 97.5),
+    "54293 part-solid": (0.973, 100.0),
+    "83520 part-solid": (0.968, 100.0),  # before: 0.483, 90.4 %
+    "88168 part-solid": (0.974, 100.0),
+    "66972 part-solid": (0.964, 100.0),
+    "38347 part-solid": (0.953, 100.0),
+    "31926 solid": (0.922, 100.0),
+    "23832 solid": (0.892, 100.0),
+    "43284 solid": (0.964, 100.0),
+    "62666 solid": (0.948, 100.0),
+    "52430 solid": (0.880, 100.0),
+    "10345 solid spiculated": (0.527, 100.0),
+    "88794 solid spiculated": (0.934, 100.0),
+    "9040 solid spiculated": (0.877, 99.9),
+    "66922 solid spiculated": (0.896, 100.0),
+    "34016 solid 5.0 mm slices": (0.890, 100.0),
+    "76134 part-solid 5.0 mm slices": (0.377, 100.0),
+    "50080 solid 5.0 mm slices": (0.883, 100.0),
+    "39453 part-solid 5.0 mm slices": (0.953, 100.0),
+    "83885 solid 0.625 mm slices": (0.941, 100.0),
+    "68089 part-solid 0.625 mm slices": (0.589, 99.9),
+    "43402 solid 0.625 mm slices": (0.916, 100.0),
+    "7333 part-solid 0.625 mm slices": (0.976, 100.0),
+    "19603 solid 51.9 mm": (0.950, 100.0),
+    "51858 part-solid 57.2 mm": (0.980, 100.0),  # before: 0.081, 28.4 %
+    "54503 solid 59.0 mm": (0.951, 100.0),
+    "25012 solid 9.2 mm": (0.894, 100.0),
+    "62347 solid 10.5 mm": (0.803, 100.0),
+}
+SLOW_NEW = {"1.25 mm chest anterior left 2", "1.25 mm chest medial right 5", "1.25 mm chest medial left 6"}  # 6-9 s
+
+
+def new_floor(name: str):
+    """(Dice floor or None, whether the box must hold >= 99 % of the true mask) for a case of the new set."""
+    reached, in_box = NEW_REACHED[name]
+    floor = np.floor(100 * reached - 1) / 100
+    return (floor if floor >= 0.75 else None), in_box >= 99.0
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.name in SLOW_NEW else [])
+                                  for s in NEW_SET])
+def test_new_set_keeps_its_floors_and_every_miss_is_flagged(spec):
+    case = build(spec)
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    d = dice(full_mask(seg, case.truth.shape), case.truth)
+    floor, box_holds = new_floor(spec.name)
+    if floor is not None:
+        assert d >= floor, (spec.name, d)
+    if box_holds:
+        assert inside_box(points_of(case.truth, case.ct), seg.box) >= 0.99
+    if d < 0.85:  # a wrong mask must say so
+        assert seg.uncertain and any(w.startswith(UNCERTAIN) for w in seg.warnings), (spec.name, d)
+
+
+def test_the_new_sets_misses_and_floors_are_what_was_measured():
+    # the set and its table go together: every case has its measured figures, and 13 of the 46 miss 0.85
+    assert [s.name for s in NEW_SET] == list(NEW_REACHED)
+    assert sum(d < 0.85 for d, _ in NEW_REACHED.values()) == 13
+    assert len({s.name for s in NEW_SET}) == len(NEW_SET)
+
+
+def test_a_small_solid_part_in_ground_glass_is_flagged():
+    # new-set phantom 6559: a 10.6 mm part-solid spiculated lesion whose solid part is 2.2 mm across (its largest inner
+    # ball); only 17 % of the lung 1.5-4 mm around it is ground glass (under the 35 % that segments it as part-solid),
+    # so the mask is the solid part alone (Dice 0.44, 97.5 % of it in the box) and nothing said so before
+    case = build(next(s for s in NEW_SET if s.name == "6559 part-solid"))
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.info["part_solid"] is False and 2 * seg.info["inscribed_radius_mm"] < 4.0
+    assert any(r.startswith("the lesion at the seed is small") and "ground glass" in r for r in seg.uncertain), \
+        seg.uncertain
+    assert any(w.startswith(UNCERTAIN) and "solid part of a part-solid lesion" in w for w in seg.warnings)
+
+
+@pytest.mark.parametrize("name, floor", [("83520 part-solid", 0.95), ("51858 part-solid 57.2 mm", 0.97)])
+def test_a_part_solid_lesions_ground_glass_is_kept_past_the_first_cube_and_at_37x_its_solid_part(name, floor):
+    # 83520 (43 mm): its ground glass reached the first 80 mm search cube's face, which the solid part did not, and was
+    # left out (Dice 0.48); now the search widens for it as for a solid lesion. 51858 (57 mm, a solid part of about a
+    # third of the diameter): its ground glass is 24x the solid part's volume, over the old limit of 20x (Dice 0.08)
+    case = build(next(s for s in NEW_SET if s.name == name))
+    seg = segment_from_seed(case.ct, case.seed_lps)
+    assert seg.info["part_solid"] is True, seg.uncertain
+    assert not any("could not be delimited" in r for r in seg.uncertain)
+    assert dice(full_mask(seg, case.truth.shape), case.truth) >= floor
+    assert inside_box(points_of(case.truth, case.ct), seg.box) >= 0.99
