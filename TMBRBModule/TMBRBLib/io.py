@@ -228,8 +228,9 @@ def _slice_geometry(path: str, r: Optional[sitk.ImageFileReader] = None) -> Tupl
             r.ReadImageInformation()
         pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
         iop = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
-    except (RuntimeError, ValueError) as e:
-        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation ({e}).",
+    except (RuntimeError, ValueError) as e:  # ITK's "Key '0020|0032' does not exist", or a value that is no number
+        why = itk_reason(e, path) if isinstance(e, RuntimeError) else str(e)
+        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation ({why}).",
                               "Export the series again from the scanner or PACS.") from None
     if pos.size != 3 or iop.size != 6:
         raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has a malformed position or orientation.",
@@ -336,6 +337,8 @@ def check_declared_size(path: PathLike, what: str = "CT") -> None:
 
 def _nifti_header(head: bytes) -> Tuple[int, int]:
     """(vox_offset, data bytes declared) from the first 540 bytes of a NIfTI-1 or NIfTI-2 file; (0, 0) if neither."""
+    if len(head) < 4:  # not even the header's size: not a NIfTI (an empty file)
+        return 0, 0
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
         if sizeof_hdr == 348 and len(head) >= 348:
@@ -423,7 +426,8 @@ def _data_file_values(p: Path) -> Tuple[List[str], bool]:
 
     The header is read line by line to its end (NRRD: the first empty line; MetaImage: the ElementDataFile line,
     its last), whatever its length: ITK reads a header of any length, so a data-file line past a fixed number of
-    bytes would escape ``check_data_files_within``."""
+    bytes would escape ``check_data_files_within``. Names are decoded as the file system decodes them
+    (``os.fsdecode``), so that a name holding bytes that are not UTF-8 is the file ITK opens, not another one."""
     try:
         f = open(p, "rb")
     except OSError:
@@ -434,7 +438,7 @@ def _data_file_values(p: Path) -> Tuple[List[str], bool]:
         if not (nrrd or p.suffix.lower() in (".mhd", ".mha")):
             return [], False
         while raw:
-            line = raw.strip().decode("utf-8", "replace")
+            line = os.fsdecode(raw.strip())  # as the file system names it: bytes that are not UTF-8 kept, not replaced
             if nrrd and not line:  # the end of a NRRD header
                 break
             raw = f.readline()
@@ -445,11 +449,16 @@ def _data_file_values(p: Path) -> Tuple[List[str], bool]:
             first = value.split()[0] if value else ""
             if first.upper() == "LIST":  # one name a line, to the end of the file
                 rest = [raw] + f.readlines()
-                return [name for name in (r.strip().decode("utf-8", "replace") for r in rest) if name], False
+                return [name for name in (os.fsdecode(r.strip()) for r in rest) if name], False
             if not value or first.upper() == "LOCAL":
                 return [], False
             return ([first], True) if "%" in value else ([value], False)
     return [], False
+
+
+def _printable(name: str) -> str:
+    """A file name for a message: bytes that are not UTF-8 (kept by ``os.fsdecode``) shown as U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def check_data_files_within(path: PathLike, root: PathLike, what: str = "CT") -> None:
@@ -484,7 +493,8 @@ def check_data_files_within(path: PathLike, root: PathLike, what: str = "CT") ->
         try:
             target.relative_to(top)
         except ValueError:
-            shown = value if len(value) <= 120 else value[:117] + "..."
+            shown = _printable(value)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
             raise TMBRBInputError(f"The {what} '{p.name}' names a data file outside its folder ('{shown}').",
                                   "Keep a detached header's data file next to it, or give a .nrrd/.nii.gz/.mha "
                                   "file that holds its voxels.") from None
@@ -508,7 +518,7 @@ def read_image(path: PathLike, what: str = "CT", within: Optional[PathLike] = No
             check_data_files_within(p, within, what)
         for data in detached_data_files(p):  # a header whose voxels are in a pipe or device would block too
             if data.exists() and not data.is_file():
-                raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{data.name}', which is not a "
+                raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{_printable(data.name)}', which is not a "
                                       "regular file (a pipe, socket or device).",
                                       "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
         check_declared_size(p, what)

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from TMBRBLib import io as tio
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.io import (array_to_image, check_data_files_within, check_declared_size, check_field_of_view,
-                         check_label_map, check_nifti_data_size, detached_data_files, dicom_series_files,
+                         check_label_map, check_nifti_data_size, check_slice_positions, detached_data_files, dicom_series_files,
                          dicom_storage_class, itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image,
                          read_mask, same_grid, sub_image_info, validate_ct, write_image)
 
@@ -679,3 +679,69 @@ def test_read_image_names_the_file_as_told_in_every_check(tmp_path):
         "The mask 'm.nhdr' names a data file outside its folder")
     assert _message(read_image, _nifti1(tmp_path / "m.nii", data=b"\0" * 64), "mask").startswith(
         "The mask 'm.nii' is cut short")
+
+
+# ------------------------------------------------------------------------------------------------ mutation survivors
+# (issue 16, mio3: the survivors of a whole-module mutmut run of io.py, each answered by what a user sees)
+def _set_element(path: Path, group: int, element: int, value: bytes, renamed_to: int = None) -> None:
+    """Rewrite a DS element of a slice file written by SimpleITK (either little-endian syntax), or rename its tag
+    (the element is then missing under its own tag)."""
+    data = path.read_bytes()
+    at = data.index(struct.pack("<HH", group, element))
+    explicit = data[at + 4:at + 6] == b"DS"
+    length = struct.unpack_from("<H" if explicit else "<I", data, at + 6 if explicit else at + 4)[0]
+    value = value + b" " * (len(value) % 2)
+    head = b"DS" + struct.pack("<H", len(value)) if explicit else struct.pack("<I", len(value))
+    tag = struct.pack("<HH", group, element if renamed_to is None else renamed_to)
+    path.write_bytes(data[:at] + tag + head + value + data[at + 8 + length:])
+
+
+@pytest.mark.parametrize("element, value, renamed_to, why", [
+    (0x0032, b"1\\2", None, "has a malformed position or orientation."),
+    (0x0037, b"1\\0\\0\\0\\1", None, "has a malformed position or orientation."),
+    (0x0037, b"a\\b\\c\\d\\e\\f", None, "has no readable position or orientation (could not convert string to "
+                                        "float: 'a')."),
+    (0x0032, b"1\\2\\3", 0x0033, "has no readable position or orientation (Key '0020|0032' does not exist)."),
+], ids=["two coordinates", "five cosines", "not numbers", "no position"])
+def test_a_slice_without_a_usable_position_or_orientation_is_named(tmp_path, dicom_ct, element, value, renamed_to,
+                                                                   why):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    _set_element(folder / "slice0005.dcm", 0x0020, element, value, renamed_to)
+    expected = f"The DICOM slice 'slice0005.dcm' {why} Export the series again from the scanner or PACS."
+    assert _message(read_ct, folder) == expected  # ITK's source location and line breaks are not shown
+    # the public check reads the headers itself when none are given, with the same verdict
+    files = dicom_series_files(folder)
+    assert _message(check_slice_positions, files) == expected
+
+
+def test_a_nifti_of_one_bit_voxels_and_an_empty_nifti(tmp_path):
+    # 1 bit a voxel (DT_BINARY): 64 voxels are 8 bytes
+    check_nifti_data_size(_nifti1(tmp_path / "a.nii", bitpix=1, data=b"\0" * 8))
+    assert "declares 8 bytes of voxels, the file holds 4 (50%)" in _message(
+        check_nifti_data_size, _nifti1(tmp_path / "b.nii", bitpix=1, data=b"\0" * 4))
+    (tmp_path / "empty.nii").write_bytes(b"")  # no header at all: left to ITK, which says why
+    check_nifti_data_size(tmp_path / "empty.nii")
+    assert _message(read_image, tmp_path / "empty.nii").startswith(f"Could not read the CT '{tmp_path / 'empty.nii'}'")
+
+
+def test_a_header_naming_its_data_file_in_bytes_that_are_not_utf8_is_confined(tmp_path):
+    """ITK opens a data file by the header's bytes. Read as UTF-8 with replacement, 'd\\xfc.raw' became another name,
+    which did not exist: a link of that byte name inside the folder, pointing outside, was read (confinement
+    bypassed). The names are now decoded as the file system does."""
+    inside = tmp_path / "in"
+    inside.mkdir()
+    (tmp_path / "secret.raw").write_bytes(np.arange(64, dtype=np.int16).tobytes())
+    os.symlink(b"../secret.raw", os.fsencode(inside) + b"/d\xfc.raw")
+    head = b"NRRD0004\n# scanned by M\xfcller\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\nendian: little\n"
+    (inside / "ct.nhdr").write_bytes(head + b"data file: d\xfc.raw\n\n")
+    outside = ("The CT 'ct.nhdr' names a data file outside its folder ('d\ufffd.raw'). Keep a detached header's data "
+               "file next to it, or give a .nrrd/.nii.gz/.mha file that holds its voxels.")
+    assert _message(read_image, inside / "ct.nhdr", within=inside) == outside
+    (inside / "list.nhdr").write_bytes(head + b"data file: LIST\nd\xfc.raw\n")
+    assert _message(check_data_files_within, inside / "list.nhdr", inside) == outside.replace("ct.nhdr", "list.nhdr")
+    assert [p.name for p in detached_data_files(inside / "list.nhdr")] == [os.fsdecode(b"d\xfc.raw")]
+    (inside / "mine.raw").write_bytes(np.zeros(64, np.int16).tobytes())  # a header in Latin-1 naming its own file
+    (inside / "ok.nhdr").write_bytes(head + b"data file: mine.raw\n\n")
+    assert sitk.GetArrayFromImage(read_image(inside / "ok.nhdr", within=inside)[0]).sum() == 0
+
