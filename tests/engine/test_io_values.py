@@ -696,6 +696,45 @@ def _set_element(path: Path, group: int, element: int, value: bytes, renamed_to:
     path.write_bytes(data[:at] + tag + head + value + data[at + 8 + length:])
 
 
+def test_a_dicom_folder_holding_a_socket_or_a_link_to_one_is_refused_before_it_is_scanned(tmp_path, dicom_ct,
+                                                                                           monkeypatch):
+    import socket
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    monkeypatch.chdir(folder)  # a socket's path is limited to about 100 characters: bind a short relative one
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("viewer.sock")
+    os.symlink("viewer.sock", "link")
+    monkeypatch.chdir(tmp_path)
+    expected = (f"The DICOM folder '{folder}' holds 2 entry(ies) that are not regular files (link, viewer.sock: a "
+                "pipe, socket or device); reading the folder would block. Copy the slice files of the series into a "
+                "folder of their own.")
+    assert _message(read_ct, folder) == expected
+    assert _message(dicom_series_files, folder) == expected
+
+
+def test_a_folder_without_a_dicom_series_says_what_to_give(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not DICOM")
+    assert _message(read_ct, folder) == (
+        f"The folder '{folder}' holds no DICOM series. Give a NRRD/NIfTI/MHA file or a folder with the DICOM files of "
+        "one CT series.")
+
+
+def test_three_damaged_files_are_all_named_without_a_count(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in (0, 1, 11):
+        f = folder / f"slice{k:04d}.dcm"
+        f.write_bytes(f.read_bytes()[:600])
+    assert _message(read_ct, folder) == (
+        f"The DICOM folder '{folder}' holds 3 file(s) that cannot be read as a slice (slice0000.dcm, slice0001.dcm, "
+        "slice0011.dcm): truncated or damaged. Export the series again from the scanner or PACS, or remove files "
+        "that do not belong to it.")
+
+
 @pytest.mark.parametrize("element, value, renamed_to, why", [
     (0x0032, b"1\\2", None, "has a malformed position or orientation."),
     (0x0037, b"1\\0\\0\\0\\1", None, "has a malformed position or orientation."),
@@ -713,6 +752,82 @@ def test_a_slice_without_a_usable_position_or_orientation_is_named(tmp_path, dic
     # the public check reads the headers itself when none are given, with the same verdict
     files = dicom_series_files(folder)
     assert _message(check_slice_positions, files) == expected
+
+
+def test_slice_positions_are_checked_from_three_slices_on(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    _move_slice(folder / "slice0002.dcm", 1.0)  # z = 19, 21, 24: steps 2 and 3
+    files = [str(folder / f"slice{k:04d}.dcm") for k in range(3)]
+    check_slice_positions(files[1:])  # two slices: no step to compare
+    assert _message(check_slice_positions, files) == (
+        "The DICOM series has uneven slice spacing: 2 mm between slice0000.dcm (at 19.00 mm) and slice0001.dcm (at "
+        "21.00 mm) where the other slices are 2.5 mm apart (2 such step(s)): the slices are unevenly spaced. Stacked "
+        "as they are, the slices would lie at the wrong positions. Export the complete series again from the scanner "
+        "or PACS (all slices, one reconstruction).")
+    check_slice_positions([str(folder / f"slice{k:04d}.dcm") for k in range(3, 12)])  # evenly spaced: nothing
+
+
+def test_a_step_of_one_and_a_half_is_uneven_spacing_more_is_a_missing_slice(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in range(6, 12):
+        _move_slice(folder / f"slice{k:04d}.dcm", 1.0)  # one step of 3 mm = 1.5 x 2 mm
+    assert "3 mm between slice0005.dcm (at 29.00 mm) and slice0006.dcm (at 32.00 mm) where the other slices are 2 mm " \
+           "apart (1 such step(s)): the slices are unevenly spaced." in _message(read_ct, folder)
+
+
+def test_slices_at_one_position_name_the_first_two_files_of_the_series(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in range(12):
+        _move_slice(folder / f"slice{k:04d}.dcm", tags={"0020|0032": "-5.600000\\-34.000000\\19.000000"})
+    first, second = (Path(f).name for f in dicom_series_files(folder)[:2])
+    assert _message(read_ct, folder).startswith(
+        f"The DICOM series has slices at the same position ({first}, {second}, ...): it holds several volumes")
+
+
+def test_dicom_storage_class_survives_damaged_lengths_and_bytes(tmp_path):
+    def write(name, body):
+        (tmp_path / name).write_bytes(b"\0" * 128 + b"DICM" + body)
+        return tmp_path / name
+
+    ct_class = struct.pack("<HH", 2, 2) + b"UI" + struct.pack("<H", 26) + b"1.2.840.10008.5.1.4.1.1.2\0"
+    # an OB element declaring nearly 4 GiB (more than 2**31: no negative length, no endless loop): nothing after it
+    huge = struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0) + b"\0\1"
+    assert dicom_storage_class(write("a", huge + ct_class)) == ""
+    # a short element declaring 65520 bytes jumps past the end: no class
+    long_short = struct.pack("<HH", 2, 0) + b"UL" + struct.pack("<H", 0xFFF0) + b"\0" * 4
+    assert dicom_storage_class(write("b", long_short + ct_class)) == ""
+    # the file cut two bytes into a long VR's 4-byte length: '' (not None, not an error)
+    assert dicom_storage_class(write("c", struct.pack("<HH", 2, 1) + b"OB\0\0" + b"\0\0")) == ""
+    # a class with a byte that is not ASCII is read, the byte replaced (not a CT class: not taken for a slice)
+    bad = struct.pack("<HH", 2, 2) + b"UI" + struct.pack("<H", 26) + b"1.2.840.10008.5.1.4.1.1.\xe9\0"
+    assert dicom_storage_class(write("d", bad)) == "1.2.840.10008.5.1.4.1.1.\ufffd"
+
+
+def test_the_series_size_message_rounds_billions_and_names_three_sizes(tmp_path, dicom_ct, monkeypatch):
+    from .test_bad_input import _declare_rows_columns
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", lambda self: pytest.fail("the pixels were read"))
+    files = sorted(folder.iterdir())
+    for f in files:  # 12 x 11250 x 10000 = 1.35e9 values: "1.4" (1.35 rounds up)
+        _declare_rows_columns(f, 10000, 11250)
+    assert "declares 1.4 billion values over 12 slice file(s) (sizes 11250 x 10000 x 1)" in _message(read_ct, folder)
+    for k, f in enumerate(files[:4]):  # four other sizes: the first three in sorted order, then "..." is not added
+        _declare_rows_columns(f, 10000, 11251 + k)
+    assert "(sizes 11250 x 10000 x 1, 11251 x 10000 x 1, 11252 x 10000 x 1); the limit is" in _message(read_ct, folder)
+
+
+def test_masks_are_named_segmentation_unless_named_otherwise(tmp_path):
+    assert _message(read_mask, tmp_path / "none.nrrd", _air_ct()) == (
+        f"The segmentation '{tmp_path / 'none.nrrd'}' does not exist. Check the path.")
+    ct_as_mask = _image(np.arange(8000, dtype=np.int16).reshape(20, 20, 20) - 1000)
+    assert _message(check_label_map, ct_as_mask).startswith("The segmentation is not a label map: it holds negative")
+    assert _message(mask_on_ct_grid, ct_as_mask, _air_ct(), "tumour mask").startswith(
+        "The tumour mask is not a label map: it holds negative values (from -1000 to 6999)")
 
 
 def test_a_nifti_of_one_bit_voxels_and_an_empty_nifti(tmp_path):
@@ -744,4 +859,3 @@ def test_a_header_naming_its_data_file_in_bytes_that_are_not_utf8_is_confined(tm
     (inside / "mine.raw").write_bytes(np.zeros(64, np.int16).tobytes())  # a header in Latin-1 naming its own file
     (inside / "ok.nhdr").write_bytes(head + b"data file: mine.raw\n\n")
     assert sitk.GetArrayFromImage(read_image(inside / "ok.nhdr", within=inside)[0]).sum() == 0
-
