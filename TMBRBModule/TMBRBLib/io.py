@@ -640,11 +640,12 @@ def mask_on_ct_grid(mask: sitk.Image, ct: sitk.Image, name: str = "segmentation"
     return out
 
 
-MAX_LABELS = 255  # a label map with more distinct values than this is an image, not labels
+MAX_LABELS = 255  # a label map with more distinct values than this besides 0 (background) is an image, not labels
 
 
 def check_label_map(mask: sitk.Image, name: str = "segmentation") -> None:
-    """Refuse an image that is not a label map: its values must be whole numbers from 0 up, at most MAX_LABELS of them.
+    """Refuse an image that is not a label map: its values must be whole numbers from 0 up, at most MAX_LABELS of them
+    besides 0 (the background).
 
     A CT passed as the segmentation would otherwise count every voxel that is not exactly 0 HU as tumour.
 
@@ -658,15 +659,16 @@ def check_label_map(mask: sitk.Image, name: str = "segmentation") -> None:
     Raises
     ------
     TMBRBInputError
-        On negative or fractional values, or more than MAX_LABELS distinct values (counted on a subsample).
+        On negative or fractional values, or more than MAX_LABELS distinct values besides 0 (counted on a subsample):
+        0-255 is accepted, and so are 255 labels spread over a wider range; 1-256 is refused.
     """
     arr = sitk.GetArrayViewFromImage(mask)
     lo, hi = float(arr.min()), float(arr.max())
     fractional = np.issubdtype(arr.dtype, np.floating) and bool(np.any(np.mod(arr[::2, ::2, ::2], 1) != 0))
     many = False
-    if hi - lo > MAX_LABELS:
+    if hi - lo >= MAX_LABELS:  # else at most MAX_LABELS whole values besides 0 fit between lo and hi
         step = max(1, int(round((arr.size / 4_000_000) ** (1 / 3))))
-        many = np.unique(arr[::step, ::step, ::step]).size > MAX_LABELS
+        many = np.count_nonzero(np.unique(arr[::step, ::step, ::step])) > MAX_LABELS
     if lo < 0 or fractional or many:
         why = ("negative values" if lo < 0 else "values that are not whole numbers" if fractional
                else f"more than {MAX_LABELS} distinct values")

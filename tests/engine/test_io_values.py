@@ -859,3 +859,51 @@ def test_a_header_naming_its_data_file_in_bytes_that_are_not_utf8_is_confined(tm
     (inside / "mine.raw").write_bytes(np.zeros(64, np.int16).tobytes())  # a header in Latin-1 naming its own file
     (inside / "ok.nhdr").write_bytes(head + b"data file: mine.raw\n\n")
     assert sitk.GetArrayFromImage(read_image(inside / "ok.nhdr", within=inside)[0]).sum() == 0
+
+
+def test_a_label_map_may_hold_255_labels_besides_0_whatever_their_range():
+    """0-255 was accepted (256 values) while 0-254 and 1000 (also 255 labels and the background) was refused, and
+    1-256 (256 labels) accepted: the count is now of the labels besides 0, at most 255."""
+    wide = np.zeros((8, 8, 8), np.int16)
+    wide.flat[:256] = list(range(255)) + [1000]  # 0, 254 labels 1-254 and 1000: 255 labels
+    check_label_map(_image(wide))
+    no_background = np.ones((8, 8, 8), np.int16)
+    no_background.flat[:256] = np.arange(1, 257)  # 256 labels
+    assert "more than 255 distinct values (from 1 to 256)" in _message(check_label_map, _image(no_background))
+    wide.flat[256] = 999  # 256 labels
+    assert "more than 255 distinct values (from 0 to 1000)" in _message(check_label_map, _image(wide))
+
+
+def test_a_slice_removed_after_the_folder_was_scanned_is_named(tmp_path, dicom_ct, monkeypatch):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    scan = tio._files_by_series
+
+    def scan_then_remove(path):  # a folder still being copied or cleaned while it is read
+        found = scan(path)
+        (folder / "slice0005.dcm").unlink()
+        return found
+
+    monkeypatch.setattr(tio, "_files_by_series", scan_then_remove)
+    assert _message(read_ct, folder) == (
+        "The DICOM slice 'slice0005.dcm' has an unreadable header (The file \"slice0005.dcm\" does not exist.). "
+        "Export the series again from the scanner or PACS.")
+
+
+def test_the_series_size_counts_each_voxel_components(tmp_path):
+    from .test_bad_input import _declare_rows_columns
+
+    for name, pixel, components in (("grey.dcm", sitk.sitkInt16, 1), ("rgb.dcm", sitk.sitkVectorUInt8, 3)):
+        img = sitk.Image([8, 6, 1], pixel, components) if components > 1 else sitk.Image([8, 6, 1], pixel)
+        sitk.WriteImage(img, str(tmp_path / name))
+        _declare_rows_columns(tmp_path / name, 20000, 20000)  # 4e8 voxels: under the limit, 1.2e9 values in colour
+    def header(name):  # what check_series_size is given: each file's header, no pixels read
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(tmp_path / name))
+        r.ReadImageInformation()
+        return [r]
+
+    tio.check_series_size(tmp_path, ["grey.dcm"], header("grey.dcm"))
+    assert _message(tio.check_series_size, tmp_path, ["rgb.dcm"], header("rgb.dcm")).startswith(
+        f"The DICOM series in '{tmp_path.name}' declares 1.2 billion values over 1 slice file(s) (sizes 20000 x "
+        "20000 x 1); the limit is 1.07 billion.")
