@@ -907,3 +907,19 @@ def test_the_series_size_counts_each_voxel_components(tmp_path):
     assert _message(tio.check_series_size, tmp_path, ["rgb.dcm"], header("rgb.dcm")).startswith(
         f"The DICOM series in '{tmp_path.name}' declares 1.2 billion values over 1 slice file(s) (sizes 20000 x "
         "20000 x 1); the limit is 1.07 billion.")
+
+
+def test_a_step_off_by_exactly_one_percent_is_accepted(tmp_path):
+    # 50 mm slices: 1 % is 0.5 mm, exact in binary, so the boundary itself is tested (at 2 mm, 0.02 is not exact)
+    img = sitk.Image([8, 8, 5], sitk.sitkInt16)
+    img.SetSpacing((1.0, 1.0, 50.0))
+    folder = tmp_path / "d"
+    _write_dicom_series(img, folder)
+    files = [str(folder / f"slice{k:04d}.dcm") for k in range(5)]
+    for f in files[3:]:
+        _move_slice(Path(f), 0.5)  # steps 50, 50, 50.5, 50
+    check_slice_positions(files)
+    for f in files[3:]:
+        _move_slice(Path(f), 0.01)  # 50.51
+    assert "50.5 mm between slice0002.dcm (at 100.00 mm) and slice0003.dcm (at 150.51 mm)" in _message(
+        check_slice_positions, files)
