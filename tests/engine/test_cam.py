@@ -174,5 +174,9 @@ def test_a_crop_cam_is_put_on_the_reference_grid_at_its_place_and_zero_outside()
     assert out[6, 8, 10] == pytest.approx(1.0) and out[8, 6, 4] == pytest.approx(0.5)
     assert out[6, 8, 9] == pytest.approx(0.5)  # linear between voxels
     assert not out[:3].any() and not out[:, :, :3].any()  # outside the crop: zero
-    over = cam_image(np.full((4, 4, 4), 3.0, np.float32), grid)  # values are clipped to [0, 1]
-    assert cam_to_reference(over, ref).max() == 1.0
+    over = cam_image(np.full((4, 4, 4), 3.0), grid)  # values are clipped to [0, 1]; float64 is stored as float32
+    assert over.GetPixelID() == sitk.sitkFloat32 and cam_to_reference(over, ref).max() == 1.0
+    under = sitk.GetImageFromArray(np.full((4, 4, 4), -2.0))  # a float64 image of negative values
+    under.CopyInformation(img)
+    got = cam_to_reference(under, ref)
+    assert got.dtype == np.float32 and got.min() == 0.0 and got.max() == 0.0
