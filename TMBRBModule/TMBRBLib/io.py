@@ -229,8 +229,8 @@ def _slice_geometry(path: str, r: Optional[sitk.ImageFileReader] = None) -> Tupl
         pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
         iop = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
     except (RuntimeError, ValueError) as e:  # ITK's "Key '0020|0032' does not exist", or a value that is no number
-        why = itk_reason(e, path) if isinstance(e, RuntimeError) else str(e)
-        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation ({why}).",
+        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation "
+                              f"({itk_reason(e, path)}).",
                               "Export the series again from the scanner or PACS.") from None
     if pos.size != 3 or iop.size != 6:
         raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has a malformed position or orientation.",

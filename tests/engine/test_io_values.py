@@ -923,3 +923,34 @@ def test_a_step_off_by_exactly_one_percent_is_accepted(tmp_path):
         _move_slice(Path(f), 0.01)  # 50.51
     assert "50.5 mm between slice0002.dcm (at 100.00 mm) and slice0003.dcm (at 150.51 mm)" in _message(
         check_slice_positions, files)
+
+
+def test_a_link_loop_in_a_dicom_folder_is_named_before_the_scan(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    os.symlink("loop", folder / "loop")  # its stat fails (too many levels of links)
+    assert _message(dicom_series_files, folder).startswith(
+        f"The DICOM folder '{folder}' holds 1 entry(ies) that are not regular files (loop: a pipe, socket or device)")
+
+
+def test_a_slice_removed_after_its_header_was_read_is_reported_as_a_damaged_series(tmp_path, dicom_ct, monkeypatch):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    read_headers = tio._slice_headers
+
+    def headers_then_remove(files):  # the pixels are read last: a file gone by then fails the series read
+        headers = read_headers(files)
+        (folder / "slice0005.dcm").unlink()
+        return headers
+
+    monkeypatch.setattr(tio, "_slice_headers", headers_then_remove)
+    assert _message(read_ct, folder) == (
+        f"Could not read the DICOM series in '{folder}' (Could not open file: d/slice0005.dcm for reading.: Reason: "
+        "No such file or directory). A slice file is damaged: export the series again from the scanner or PACS.")
+
+
+def test_slices_0_01_mm_apart_are_not_at_one_position(tmp_path):
+    img = sitk.Image([8, 8, 4], sitk.sitkInt16)
+    img.SetSpacing((1.0, 1.0, 0.01))  # positions 0, 0.01, 0.02, 0.03: a median step of exactly 0.01 mm
+    _write_dicom_series(img, tmp_path / "d")
+    check_slice_positions([str(tmp_path / "d" / f"slice{k:04d}.dcm") for k in range(4)])
