@@ -953,4 +953,8 @@ def test_slices_0_01_mm_apart_are_not_at_one_position(tmp_path):
     img = sitk.Image([8, 8, 4], sitk.sitkInt16)
     img.SetSpacing((1.0, 1.0, 0.01))  # positions 0, 0.01, 0.02, 0.03: a median step of exactly 0.01 mm
     _write_dicom_series(img, tmp_path / "d")
-    check_slice_positions([str(tmp_path / "d" / f"slice{k:04d}.dcm") for k in range(4)])
+    files = [str(tmp_path / "d" / f"slice{k:04d}.dcm") for k in range(4)]
+    check_slice_positions(files)
+    _move_slice(Path(files[3]), 0.02)  # steps 0.01, 0.01, 0.03: still a step of 0.01 mm, and one uneven step
+    assert "0.03 mm between slice0002.dcm (at 0.02 mm) and slice0003.dcm (at 0.05 mm) where the other slices are " \
+           "0.01 mm apart (1 such step(s)): a slice is missing." in _message(check_slice_positions, files)
