@@ -958,3 +958,9 @@ def test_slices_0_01_mm_apart_are_not_at_one_position(tmp_path):
     _move_slice(Path(files[3]), 0.02)  # steps 0.01, 0.01, 0.03: still a step of 0.01 mm, and one uneven step
     assert "0.03 mm between slice0002.dcm (at 0.02 mm) and slice0003.dcm (at 0.05 mm) where the other slices are " \
            "0.01 mm apart (1 such step(s)): a slice is missing." in _message(check_slice_positions, files)
+
+
+def test_a_nifti_with_a_negative_dimension_is_sized_as_itk_reads_it(tmp_path):
+    negative_dim = _nifti1(tmp_path / "a.nii", dims=(3, 4, 4, -4), data=b"\0" * 32)
+    check_nifti_data_size(negative_dim)  # ITK reads dim -4 as one slice: 4 x 4 x 1 int16, complete, not "cut short"
+    assert read_image(negative_dim)[0].GetSize() == (4, 4, 1)
