@@ -335,24 +335,32 @@ def check_declared_size(path: PathLike, what: str = "CT") -> None:
             "Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
 
 
+# bits per voxel of each NIfTI datatype code: ITK (niftilib) sizes voxels by the datatype, not by bitpix
+_NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64,
+               1536: 128, 1792: 128, 2048: 256, 2304: 32}
+
+
 def _nifti_header(head: bytes) -> Tuple[int, int]:
-    """(vox_offset, data bytes declared) from the first 540 bytes of a NIfTI-1 or NIfTI-2 file; (0, 0) if neither."""
+    """(vox_offset, data bytes declared) from the first 540 bytes of a NIfTI-1 or NIfTI-2 file; (0, 0) if neither.
+
+    The bytes a voxel takes come from the datatype code, as ITK reads them (bitpix only for a code it does not know):
+    a header whose bitpix disagrees with its datatype is read by the datatype."""
     if len(head) < 4:  # not even the header's size: not a NIfTI (an empty file)
         return 0, 0
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
         if sizeof_hdr == 348 and len(head) >= 348:
             dim = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
             offset = int(struct.unpack(endian + "f", head[108:112])[0])
         elif sizeof_hdr == 540 and len(head) >= 540:
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dim = struct.unpack(endian + "8q", head[16:80])
             offset = int(struct.unpack(endian + "q", head[168:176])[0])
         else:
             continue
         n = int(np.prod([max(1, int(d)) for d in dim[1:1 + max(0, min(int(dim[0]), 7))]], dtype=np.float64))
-        return max(offset, sizeof_hdr), n * max(1, int(bitpix)) // 8
+        return max(offset, sizeof_hdr), n * _NIFTI_BITS.get(int(datatype), max(1, int(bitpix))) // 8
     return 0, 0
 
 

@@ -266,12 +266,12 @@ def test_the_voxel_limit_is_inclusive_and_counts_components(tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------------------------------------ NIfTI cut short
-def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, data=b""):
+def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, data=b"", datatype=4):
     h = bytearray(348)
     struct.pack_into(endian + "i", h, 0, 348)
     dim = list(dims) + [1] * (8 - len(dims))
     struct.pack_into(endian + "8h", h, 40, *dim)
-    struct.pack_into(endian + "h", h, 70, 4)  # datatype int16
+    struct.pack_into(endian + "h", h, 70, datatype)  # 4: int16
     struct.pack_into(endian + "h", h, 72, bitpix)
     struct.pack_into(endian + "8f", h, 76, 0, 1, 1, 1, 1, 1, 1, 1)
     struct.pack_into(endian + "f", h, 108, offset)
@@ -280,11 +280,11 @@ def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, 
     return path
 
 
-def _nifti2(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=544, data=b""):
+def _nifti2(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=544, data=b"", datatype=4):
     h = bytearray(540)
     struct.pack_into(endian + "i", h, 0, 540)
     h[4:12] = b"n+2\0\r\n\x1a\n"
-    struct.pack_into(endian + "h", h, 12, 4)
+    struct.pack_into(endian + "h", h, 12, datatype)  # 4: int16
     struct.pack_into(endian + "h", h, 14, bitpix)
     dim = list(dims) + [1] * (8 - len(dims))
     struct.pack_into(endian + "8q", h, 16, *dim)
@@ -313,11 +313,11 @@ def test_nifti_sizes_follow_the_header_dimensions_and_bits(tmp_path):
         check_nifti_data_size, _nifti1(tmp_path / "c.nii", dims=(9, 4, 4, 4, 0, 2, 1, 2), data=b""))
     assert "declares 512 bytes" in _message(
         check_nifti_data_size, _nifti2(tmp_path / "c2.nii", dims=(9, 4, 4, 4, 0, 2, 1, 2), data=b""))
-    # 32-bit voxels; an offset inside the header counts from the header's end
+    # 32-bit voxels (float32); an offset inside the header counts from the header's end
     assert "declares 256 bytes of voxels, the file holds 4 (2%)" in _message(
-        check_nifti_data_size, _nifti1(tmp_path / "d.nii", bitpix=32, offset=0.0, data=b""))
+        check_nifti_data_size, _nifti1(tmp_path / "d.nii", bitpix=32, datatype=16, offset=0.0, data=b""))
     assert "declares 256 bytes of voxels, the file holds 4 (2%)" in _message(
-        check_nifti_data_size, _nifti2(tmp_path / "d2.nii", bitpix=32, offset=0, data=b""))
+        check_nifti_data_size, _nifti2(tmp_path / "d2.nii", bitpix=32, datatype=16, offset=0, data=b""))
     assert "the file holds 0 (0%)" in _message(
         check_nifti_data_size, _nifti1(tmp_path / "e.nii", offset=400.0, data=b"\0" * 20))
     assert "the file holds 0 (0%)" in _message(
@@ -831,10 +831,10 @@ def test_masks_are_named_segmentation_unless_named_otherwise(tmp_path):
 
 
 def test_a_nifti_of_one_bit_voxels_and_an_empty_nifti(tmp_path):
-    # 1 bit a voxel (DT_BINARY): 64 voxels are 8 bytes
-    check_nifti_data_size(_nifti1(tmp_path / "a.nii", bitpix=1, data=b"\0" * 8))
+    # 1 bit a voxel (DT_BINARY, a code without a byte size): bitpix counts, 64 voxels are 8 bytes
+    check_nifti_data_size(_nifti1(tmp_path / "a.nii", bitpix=1, datatype=1, data=b"\0" * 8))
     assert "declares 8 bytes of voxels, the file holds 4 (50%)" in _message(
-        check_nifti_data_size, _nifti1(tmp_path / "b.nii", bitpix=1, data=b"\0" * 4))
+        check_nifti_data_size, _nifti1(tmp_path / "b.nii", bitpix=1, datatype=1, data=b"\0" * 4))
     (tmp_path / "empty.nii").write_bytes(b"")  # no header at all: left to ITK, which says why
     check_nifti_data_size(tmp_path / "empty.nii")
     assert _message(read_image, tmp_path / "empty.nii").startswith(f"Could not read the CT '{tmp_path / 'empty.nii'}'")
@@ -964,3 +964,17 @@ def test_a_nifti_with_a_negative_dimension_is_sized_as_itk_reads_it(tmp_path):
     negative_dim = _nifti1(tmp_path / "a.nii", dims=(3, 4, 4, -4), data=b"\0" * 32)
     check_nifti_data_size(negative_dim)  # ITK reads dim -4 as one slice: 4 x 4 x 1 int16, complete, not "cut short"
     assert read_image(negative_dim)[0].GetSize() == (4, 4, 1)
+
+
+@pytest.mark.parametrize("bitpix", [-16, 0, 8, 32])
+@pytest.mark.parametrize("make", [_nifti1, _nifti2], ids=["NIfTI-1", "NIfTI-2"])
+def test_voxels_are_sized_by_the_datatype_as_itk_reads_them_not_by_bitpix(tmp_path, make, bitpix):
+    """ITK reads an int16 NIfTI as 2 bytes a voxel whatever its bitpix says. Sized by bitpix, a file cut short with a
+    bitpix of 8 or less passed (and was read with zeros for the missing slices), and a complete file with a bitpix
+    of 32 was refused as cut short."""
+    assert "declares 128 bytes of voxels, the file holds 8 (6%)" in _message(
+        check_nifti_data_size, make(tmp_path / "short.nii", bitpix=bitpix, data=b"\1\0" * 4))
+    whole = make(tmp_path / "whole.nii", bitpix=bitpix, data=b"\1\0" * 64)
+    check_nifti_data_size(whole)
+    if make is _nifti1:  # ITK reads it whole (the tests' minimal NIfTI-2 header is not one ITK reads)
+        assert sitk.GetArrayFromImage(read_image(whole)[0]).sum() == 64
