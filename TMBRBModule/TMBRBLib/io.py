@@ -228,8 +228,9 @@ def _slice_geometry(path: str, r: Optional[sitk.ImageFileReader] = None) -> Tupl
             r.ReadImageInformation()
         pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
         iop = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
-    except (RuntimeError, ValueError) as e:
-        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation ({e}).",
+    except (RuntimeError, ValueError) as e:  # ITK's "Key '0020|0032' does not exist", or a value that is no number
+        raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has no readable position or orientation "
+                              f"({itk_reason(e, path)}).",
                               "Export the series again from the scanner or PACS.") from None
     if pos.size != 3 or iop.size != 6:
         raise TMBRBInputError(f"The DICOM slice '{Path(path).name}' has a malformed position or orientation.",
@@ -334,22 +335,32 @@ def check_declared_size(path: PathLike, what: str = "CT") -> None:
             "Check the file's header; a chest CT is about 512 x 512 x 100-1000 voxels.")
 
 
+# bits per voxel of each NIfTI datatype code: ITK (niftilib) sizes voxels by the datatype, not by bitpix
+_NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64,
+               1536: 128, 1792: 128, 2048: 256, 2304: 32}
+
+
 def _nifti_header(head: bytes) -> Tuple[int, int]:
-    """(vox_offset, data bytes declared) from the first 540 bytes of a NIfTI-1 or NIfTI-2 file; (0, 0) if neither."""
+    """(vox_offset, data bytes declared) from the first 540 bytes of a NIfTI-1 or NIfTI-2 file; (0, 0) if neither.
+
+    The bytes a voxel takes come from the datatype code, as ITK reads them (bitpix only for a code it does not know):
+    a header whose bitpix disagrees with its datatype is read by the datatype."""
+    if len(head) < 4:  # not even the header's size: not a NIfTI (an empty file)
+        return 0, 0
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
         if sizeof_hdr == 348 and len(head) >= 348:
             dim = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
             offset = int(struct.unpack(endian + "f", head[108:112])[0])
         elif sizeof_hdr == 540 and len(head) >= 540:
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dim = struct.unpack(endian + "8q", head[16:80])
             offset = int(struct.unpack(endian + "q", head[168:176])[0])
         else:
             continue
         n = int(np.prod([max(1, int(d)) for d in dim[1:1 + max(0, min(int(dim[0]), 7))]], dtype=np.float64))
-        return max(offset, sizeof_hdr), n * max(1, int(bitpix)) // 8
+        return max(offset, sizeof_hdr), n * _NIFTI_BITS.get(int(datatype), max(1, int(bitpix))) // 8
     return 0, 0
 
 
@@ -423,7 +434,8 @@ def _data_file_values(p: Path) -> Tuple[List[str], bool]:
 
     The header is read line by line to its end (NRRD: the first empty line; MetaImage: the ElementDataFile line,
     its last), whatever its length: ITK reads a header of any length, so a data-file line past a fixed number of
-    bytes would escape ``check_data_files_within``."""
+    bytes would escape ``check_data_files_within``. Names are decoded as the file system decodes them
+    (``os.fsdecode``), so that a name holding bytes that are not UTF-8 is the file ITK opens, not another one."""
     try:
         f = open(p, "rb")
     except OSError:
@@ -434,7 +446,7 @@ def _data_file_values(p: Path) -> Tuple[List[str], bool]:
         if not (nrrd or p.suffix.lower() in (".mhd", ".mha")):
             return [], False
         while raw:
-            line = raw.strip().decode("utf-8", "replace")
+            line = os.fsdecode(raw.strip())  # as the file system names it: bytes that are not UTF-8 kept, not replaced
             if nrrd and not line:  # the end of a NRRD header
                 break
             raw = f.readline()
@@ -445,11 +457,16 @@ def _data_file_values(p: Path) -> Tuple[List[str], bool]:
             first = value.split()[0] if value else ""
             if first.upper() == "LIST":  # one name a line, to the end of the file
                 rest = [raw] + f.readlines()
-                return [name for name in (r.strip().decode("utf-8", "replace") for r in rest) if name], False
+                return [name for name in (os.fsdecode(r.strip()) for r in rest) if name], False
             if not value or first.upper() == "LOCAL":
                 return [], False
             return ([first], True) if "%" in value else ([value], False)
     return [], False
+
+
+def _printable(name: str) -> str:
+    """A file name for a message: bytes that are not UTF-8 (kept by ``os.fsdecode``) shown as U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def check_data_files_within(path: PathLike, root: PathLike, what: str = "CT") -> None:
@@ -484,7 +501,8 @@ def check_data_files_within(path: PathLike, root: PathLike, what: str = "CT") ->
         try:
             target.relative_to(top)
         except ValueError:
-            shown = value if len(value) <= 120 else value[:117] + "..."
+            shown = _printable(value)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
             raise TMBRBInputError(f"The {what} '{p.name}' names a data file outside its folder ('{shown}').",
                                   "Keep a detached header's data file next to it, or give a .nrrd/.nii.gz/.mha "
                                   "file that holds its voxels.") from None
@@ -508,7 +526,7 @@ def read_image(path: PathLike, what: str = "CT", within: Optional[PathLike] = No
             check_data_files_within(p, within, what)
         for data in detached_data_files(p):  # a header whose voxels are in a pipe or device would block too
             if data.exists() and not data.is_file():
-                raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{data.name}', which is not a "
+                raise TMBRBInputError(f"The {what} '{p.name}' keeps its voxels in '{_printable(data.name)}', which is not a "
                                       "regular file (a pipe, socket or device).",
                                       "Give a NRRD, NIfTI or MHA file, or a DICOM series folder.")
         check_declared_size(p, what)
@@ -630,11 +648,12 @@ def mask_on_ct_grid(mask: sitk.Image, ct: sitk.Image, name: str = "segmentation"
     return out
 
 
-MAX_LABELS = 255  # a label map with more distinct values than this is an image, not labels
+MAX_LABELS = 255  # a label map with more distinct values than this besides 0 (background) is an image, not labels
 
 
 def check_label_map(mask: sitk.Image, name: str = "segmentation") -> None:
-    """Refuse an image that is not a label map: its values must be whole numbers from 0 up, at most MAX_LABELS of them.
+    """Refuse an image that is not a label map: its values must be whole numbers from 0 up, at most MAX_LABELS of them
+    besides 0 (the background).
 
     A CT passed as the segmentation would otherwise count every voxel that is not exactly 0 HU as tumour.
 
@@ -648,15 +667,16 @@ def check_label_map(mask: sitk.Image, name: str = "segmentation") -> None:
     Raises
     ------
     TMBRBInputError
-        On negative or fractional values, or more than MAX_LABELS distinct values (counted on a subsample).
+        On negative or fractional values, or more than MAX_LABELS distinct values besides 0 (counted on a subsample):
+        0-255 is accepted, and so are 255 labels spread over a wider range; 1-256 is refused.
     """
     arr = sitk.GetArrayViewFromImage(mask)
     lo, hi = float(arr.min()), float(arr.max())
     fractional = np.issubdtype(arr.dtype, np.floating) and bool(np.any(np.mod(arr[::2, ::2, ::2], 1) != 0))
     many = False
-    if hi - lo > MAX_LABELS:
+    if hi - lo >= MAX_LABELS:  # else at most MAX_LABELS whole values besides 0 fit between lo and hi
         step = max(1, int(round((arr.size / 4_000_000) ** (1 / 3))))
-        many = np.unique(arr[::step, ::step, ::step]).size > MAX_LABELS
+        many = np.count_nonzero(np.unique(arr[::step, ::step, ::step])) > MAX_LABELS
     if lo < 0 or fractional or many:
         why = ("negative values" if lo < 0 else "values that are not whole numbers" if fractional
                else f"more than {MAX_LABELS} distinct values")

@@ -115,3 +115,68 @@ def test_make_cam_builds_the_class_the_bundle_names_with_the_legacy_default():
     assert torch.equal(cam.logits_and_map(x, 1, 1.0)[1], same)
     with pytest.raises(ValueError, match="not a layer of the model"):
         make_cam(net, {"target_layer": "features.9"})
+
+
+# ---- mutation survivors (issue 16, mio3): what the pipeline and a bundle's settings rely on, by value
+def test_normalise_cam_gives_float32_in_zero_to_one_of_the_same_shape():
+    for cam in (np.zeros((4, 4, 4)), np.full((2, 3), np.nan), np.zeros((0,))):  # nothing to show: zeros
+        out = normalise_cam(cam)
+        assert out.dtype == np.float32 and out.shape == cam.shape and not out.any()
+    out = normalise_cam(np.array([-1.0, 0.0, 1.0, 4.0]))  # negative values (interpolation undershoot) clip to 0
+    assert out.dtype == np.float32 and out.tolist() == [0.0, 0.0, 0.25, 1.0]
+
+
+def test_smoothing_is_accepted_up_to_its_limit_and_refused_with_the_value():
+    from TMBRBLib.cam import MAX_SMOOTH_MM, check_cam_settings, check_smooth_mm
+    assert check_smooth_mm(MAX_SMOOTH_MM) == 20.0 and check_smooth_mm(0) == 0.0
+    with pytest.raises(ValueError) as e:
+        check_smooth_mm("wide")
+    assert str(e.value) == "cam.smooth_mm must be a number of millimetres >= 0, got 'wide'"
+    with pytest.raises(ValueError) as e:
+        check_cam_settings("ScoreCAM")
+    assert str(e.value) == "CAM method 'ScoreCAM' is not known; use one of GradCAM, GradCAM-IxG"
+
+
+def test_gradcam_ixg_smooths_in_millimetres_of_the_spacing_given():
+    """smooth_mm 2 on 2 mm voxels is a sigma of 1 voxel: the map of smooth_mm 1 on 1 mm voxels (the default)."""
+    net = BlobDetector().eval()
+    x = torch.zeros(1, 1, 16, 16, 16)
+    x[0, 0, 2:5, 2:5, 2:5] = 1.0
+    def shape(cam, *spacing):  # the map scaled to its maximum (its values are small)
+        m = cam.logits_and_map(x, 1, *spacing)[1]
+        return m / m.max()
+
+    one_voxel = shape(GradCAMIxG(net, "features.1", smooth_mm=1.0))  # spacing not given: 1 mm
+    assert torch.allclose(shape(GradCAMIxG(net, "features.1", smooth_mm=1.0), 1.0), one_voxel)
+    two_mm = GradCAMIxG(net, "features.1", smooth_mm=2.0)
+    assert torch.allclose(shape(two_mm, 2.0), one_voxel, atol=1e-5)
+    assert torch.allclose(shape(two_mm, (2.0, 2.0, 2.0)), one_voxel, atol=1e-5)
+    assert (shape(two_mm, 1.0) - one_voxel).abs().max() > 0.05  # 2 voxels: wider
+
+
+def test_a_crop_cam_is_put_on_the_reference_grid_at_its_place_and_zero_outside():
+    import SimpleITK as sitk
+    from TMBRBLib.cam import cam_image, cam_to_reference
+    from TMBRBLib.crop import CropGrid
+
+    cam = np.zeros((4, 4, 4), np.float32)  # z, y, x
+    cam[1, 2, 3] = 1.0
+    cam[2, 1, 0] = 0.5
+    grid = CropGrid(origin=(10.0, 20.0, 30.0), spacing=(2.0, 2.0, 2.0), size_xyz=(4, 4, 4))
+    img = cam_image(cam, grid)
+    assert img.GetOrigin() == (10.0, 20.0, 30.0) and img.GetSpacing() == (2.0, 2.0, 2.0)
+    assert img.GetPixelID() == sitk.sitkFloat32 and np.array_equal(sitk.GetArrayFromImage(img), cam)
+    ref = sitk.Image([12, 12, 12], sitk.sitkUInt8)  # a region of the CT's grid: 1 mm voxels from (6, 16, 26)
+    ref.SetOrigin((6.0, 16.0, 26.0))
+    out = cam_to_reference(img, ref)
+    assert out.dtype == np.float32 and out.shape == (12, 12, 12)
+    # crop voxel (x, y, z) lies at 10 + 2x, 20 + 2y, 30 + 2z mm: reference index 4 + 2x, 4 + 2y, 4 + 2z
+    assert out[6, 8, 10] == pytest.approx(1.0) and out[8, 6, 4] == pytest.approx(0.5)
+    assert out[6, 8, 9] == pytest.approx(0.5)  # linear between voxels
+    assert not out[:3].any() and not out[:, :, :3].any()  # outside the crop: zero
+    over = cam_image(np.full((4, 4, 4), 3.0), grid)  # values are clipped to [0, 1]; float64 is stored as float32
+    assert over.GetPixelID() == sitk.sitkFloat32 and cam_to_reference(over, ref).max() == 1.0
+    under = sitk.GetImageFromArray(np.full((4, 4, 4), -2.0))  # a float64 image of negative values
+    under.CopyInformation(img)
+    got = cam_to_reference(under, ref)
+    assert got.dtype == np.float32 and got.min() == 0.0 and got.max() == 0.0

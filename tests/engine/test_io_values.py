@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from TMBRBLib import io as tio
 from TMBRBLib.errors import TMBRBInputError
 from TMBRBLib.io import (array_to_image, check_data_files_within, check_declared_size, check_field_of_view,
-                         check_label_map, check_nifti_data_size, detached_data_files, dicom_series_files,
+                         check_label_map, check_nifti_data_size, check_slice_positions, detached_data_files, dicom_series_files,
                          dicom_storage_class, itk_reason, mask_on_ct_grid, paste_region, read_ct, read_image,
                          read_mask, same_grid, sub_image_info, validate_ct, write_image)
 
@@ -266,12 +266,12 @@ def test_the_voxel_limit_is_inclusive_and_counts_components(tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------------------------------------ NIfTI cut short
-def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, data=b""):
+def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, data=b"", datatype=4):
     h = bytearray(348)
     struct.pack_into(endian + "i", h, 0, 348)
     dim = list(dims) + [1] * (8 - len(dims))
     struct.pack_into(endian + "8h", h, 40, *dim)
-    struct.pack_into(endian + "h", h, 70, 4)  # datatype int16
+    struct.pack_into(endian + "h", h, 70, datatype)  # 4: int16
     struct.pack_into(endian + "h", h, 72, bitpix)
     struct.pack_into(endian + "8f", h, 76, 0, 1, 1, 1, 1, 1, 1, 1)
     struct.pack_into(endian + "f", h, 108, offset)
@@ -280,11 +280,11 @@ def _nifti1(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=352.0, 
     return path
 
 
-def _nifti2(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=544, data=b""):
+def _nifti2(path: Path, endian="<", dims=(3, 4, 4, 4), bitpix=16, offset=544, data=b"", datatype=4):
     h = bytearray(540)
     struct.pack_into(endian + "i", h, 0, 540)
     h[4:12] = b"n+2\0\r\n\x1a\n"
-    struct.pack_into(endian + "h", h, 12, 4)
+    struct.pack_into(endian + "h", h, 12, datatype)  # 4: int16
     struct.pack_into(endian + "h", h, 14, bitpix)
     dim = list(dims) + [1] * (8 - len(dims))
     struct.pack_into(endian + "8q", h, 16, *dim)
@@ -313,11 +313,11 @@ def test_nifti_sizes_follow_the_header_dimensions_and_bits(tmp_path):
         check_nifti_data_size, _nifti1(tmp_path / "c.nii", dims=(9, 4, 4, 4, 0, 2, 1, 2), data=b""))
     assert "declares 512 bytes" in _message(
         check_nifti_data_size, _nifti2(tmp_path / "c2.nii", dims=(9, 4, 4, 4, 0, 2, 1, 2), data=b""))
-    # 32-bit voxels; an offset inside the header counts from the header's end
+    # 32-bit voxels (float32); an offset inside the header counts from the header's end
     assert "declares 256 bytes of voxels, the file holds 4 (2%)" in _message(
-        check_nifti_data_size, _nifti1(tmp_path / "d.nii", bitpix=32, offset=0.0, data=b""))
+        check_nifti_data_size, _nifti1(tmp_path / "d.nii", bitpix=32, datatype=16, offset=0.0, data=b""))
     assert "declares 256 bytes of voxels, the file holds 4 (2%)" in _message(
-        check_nifti_data_size, _nifti2(tmp_path / "d2.nii", bitpix=32, offset=0, data=b""))
+        check_nifti_data_size, _nifti2(tmp_path / "d2.nii", bitpix=32, datatype=16, offset=0, data=b""))
     assert "the file holds 0 (0%)" in _message(
         check_nifti_data_size, _nifti1(tmp_path / "e.nii", offset=400.0, data=b"\0" * 20))
     assert "the file holds 0 (0%)" in _message(
@@ -679,3 +679,302 @@ def test_read_image_names_the_file_as_told_in_every_check(tmp_path):
         "The mask 'm.nhdr' names a data file outside its folder")
     assert _message(read_image, _nifti1(tmp_path / "m.nii", data=b"\0" * 64), "mask").startswith(
         "The mask 'm.nii' is cut short")
+
+
+# ------------------------------------------------------------------------------------------------ mutation survivors
+# (issue 16, mio3: the survivors of a whole-module mutmut run of io.py, each answered by what a user sees)
+def _set_element(path: Path, group: int, element: int, value: bytes, renamed_to: int = None) -> None:
+    """Rewrite a DS element of a slice file written by SimpleITK (either little-endian syntax), or rename its tag
+    (the element is then missing under its own tag)."""
+    data = path.read_bytes()
+    at = data.index(struct.pack("<HH", group, element))
+    explicit = data[at + 4:at + 6] == b"DS"
+    length = struct.unpack_from("<H" if explicit else "<I", data, at + 6 if explicit else at + 4)[0]
+    value = value + b" " * (len(value) % 2)
+    head = b"DS" + struct.pack("<H", len(value)) if explicit else struct.pack("<I", len(value))
+    tag = struct.pack("<HH", group, element if renamed_to is None else renamed_to)
+    path.write_bytes(data[:at] + tag + head + value + data[at + 8 + length:])
+
+
+def test_a_dicom_folder_holding_a_socket_or_a_link_to_one_is_refused_before_it_is_scanned(tmp_path, dicom_ct,
+                                                                                           monkeypatch):
+    import socket
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    monkeypatch.chdir(folder)  # a socket's path is limited to about 100 characters: bind a short relative one
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("viewer.sock")
+    os.symlink("viewer.sock", "link")
+    monkeypatch.chdir(tmp_path)
+    expected = (f"The DICOM folder '{folder}' holds 2 entry(ies) that are not regular files (link, viewer.sock: a "
+                "pipe, socket or device); reading the folder would block. Copy the slice files of the series into a "
+                "folder of their own.")
+    assert _message(read_ct, folder) == expected
+    assert _message(dicom_series_files, folder) == expected
+
+
+def test_a_folder_without_a_dicom_series_says_what_to_give(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not DICOM")
+    assert _message(read_ct, folder) == (
+        f"The folder '{folder}' holds no DICOM series. Give a NRRD/NIfTI/MHA file or a folder with the DICOM files of "
+        "one CT series.")
+
+
+def test_three_damaged_files_are_all_named_without_a_count(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in (0, 1, 11):
+        f = folder / f"slice{k:04d}.dcm"
+        f.write_bytes(f.read_bytes()[:600])
+    assert _message(read_ct, folder) == (
+        f"The DICOM folder '{folder}' holds 3 file(s) that cannot be read as a slice (slice0000.dcm, slice0001.dcm, "
+        "slice0011.dcm): truncated or damaged. Export the series again from the scanner or PACS, or remove files "
+        "that do not belong to it.")
+
+
+@pytest.mark.parametrize("element, value, renamed_to, why", [
+    (0x0032, b"1\\2", None, "has a malformed position or orientation."),
+    (0x0037, b"1\\0\\0\\0\\1", None, "has a malformed position or orientation."),
+    (0x0037, b"a\\b\\c\\d\\e\\f", None, "has no readable position or orientation (could not convert string to "
+                                        "float: 'a')."),
+    (0x0032, b"1\\2\\3", 0x0033, "has no readable position or orientation (Key '0020|0032' does not exist)."),
+], ids=["two coordinates", "five cosines", "not numbers", "no position"])
+def test_a_slice_without_a_usable_position_or_orientation_is_named(tmp_path, dicom_ct, element, value, renamed_to,
+                                                                   why):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    _set_element(folder / "slice0005.dcm", 0x0020, element, value, renamed_to)
+    expected = f"The DICOM slice 'slice0005.dcm' {why} Export the series again from the scanner or PACS."
+    assert _message(read_ct, folder) == expected  # ITK's source location and line breaks are not shown
+    # the public check reads the headers itself when none are given, with the same verdict
+    files = dicom_series_files(folder)
+    assert _message(check_slice_positions, files) == expected
+
+
+def test_slice_positions_are_checked_from_three_slices_on(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    _move_slice(folder / "slice0002.dcm", 1.0)  # z = 19, 21, 24: steps 2 and 3
+    files = [str(folder / f"slice{k:04d}.dcm") for k in range(3)]
+    check_slice_positions(files[1:])  # two slices: no step to compare
+    assert _message(check_slice_positions, files) == (
+        "The DICOM series has uneven slice spacing: 2 mm between slice0000.dcm (at 19.00 mm) and slice0001.dcm (at "
+        "21.00 mm) where the other slices are 2.5 mm apart (2 such step(s)): the slices are unevenly spaced. Stacked "
+        "as they are, the slices would lie at the wrong positions. Export the complete series again from the scanner "
+        "or PACS (all slices, one reconstruction).")
+    check_slice_positions([str(folder / f"slice{k:04d}.dcm") for k in range(3, 12)])  # evenly spaced: nothing
+
+
+def test_a_step_of_one_and_a_half_is_uneven_spacing_more_is_a_missing_slice(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in range(6, 12):
+        _move_slice(folder / f"slice{k:04d}.dcm", 1.0)  # one step of 3 mm = 1.5 x 2 mm
+    assert "3 mm between slice0005.dcm (at 29.00 mm) and slice0006.dcm (at 32.00 mm) where the other slices are 2 mm " \
+           "apart (1 such step(s)): the slices are unevenly spaced." in _message(read_ct, folder)
+
+
+def test_slices_at_one_position_name_the_first_two_files_of_the_series(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    for k in range(12):
+        _move_slice(folder / f"slice{k:04d}.dcm", tags={"0020|0032": "-5.600000\\-34.000000\\19.000000"})
+    first, second = (Path(f).name for f in dicom_series_files(folder)[:2])
+    assert _message(read_ct, folder).startswith(
+        f"The DICOM series has slices at the same position ({first}, {second}, ...): it holds several volumes")
+
+
+def test_dicom_storage_class_survives_damaged_lengths_and_bytes(tmp_path):
+    def write(name, body):
+        (tmp_path / name).write_bytes(b"\0" * 128 + b"DICM" + body)
+        return tmp_path / name
+
+    ct_class = struct.pack("<HH", 2, 2) + b"UI" + struct.pack("<H", 26) + b"1.2.840.10008.5.1.4.1.1.2\0"
+    # an OB element declaring nearly 4 GiB (more than 2**31: no negative length, no endless loop): nothing after it
+    huge = struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0) + b"\0\1"
+    assert dicom_storage_class(write("a", huge + ct_class)) == ""
+    # a short element declaring 65520 bytes jumps past the end: no class
+    long_short = struct.pack("<HH", 2, 0) + b"UL" + struct.pack("<H", 0xFFF0) + b"\0" * 4
+    assert dicom_storage_class(write("b", long_short + ct_class)) == ""
+    # the file cut two bytes into a long VR's 4-byte length: '' (not None, not an error)
+    assert dicom_storage_class(write("c", struct.pack("<HH", 2, 1) + b"OB\0\0" + b"\0\0")) == ""
+    # a class with a byte that is not ASCII is read, the byte replaced (not a CT class: not taken for a slice)
+    bad = struct.pack("<HH", 2, 2) + b"UI" + struct.pack("<H", 26) + b"1.2.840.10008.5.1.4.1.1.\xe9\0"
+    assert dicom_storage_class(write("d", bad)) == "1.2.840.10008.5.1.4.1.1.\ufffd"
+
+
+def test_the_series_size_message_rounds_billions_and_names_three_sizes(tmp_path, dicom_ct, monkeypatch):
+    from .test_bad_input import _declare_rows_columns
+
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", lambda self: pytest.fail("the pixels were read"))
+    files = sorted(folder.iterdir())
+    for f in files:  # 12 x 11250 x 10000 = 1.35e9 values: "1.4" (1.35 rounds up)
+        _declare_rows_columns(f, 10000, 11250)
+    assert "declares 1.4 billion values over 12 slice file(s) (sizes 11250 x 10000 x 1)" in _message(read_ct, folder)
+    for k, f in enumerate(files[:4]):  # four other sizes: the first three in sorted order, then "..." is not added
+        _declare_rows_columns(f, 10000, 11251 + k)
+    assert "(sizes 11250 x 10000 x 1, 11251 x 10000 x 1, 11252 x 10000 x 1); the limit is" in _message(read_ct, folder)
+
+
+def test_masks_are_named_segmentation_unless_named_otherwise(tmp_path):
+    assert _message(read_mask, tmp_path / "none.nrrd", _air_ct()) == (
+        f"The segmentation '{tmp_path / 'none.nrrd'}' does not exist. Check the path.")
+    ct_as_mask = _image(np.arange(8000, dtype=np.int16).reshape(20, 20, 20) - 1000)
+    assert _message(check_label_map, ct_as_mask).startswith("The segmentation is not a label map: it holds negative")
+    assert _message(mask_on_ct_grid, ct_as_mask, _air_ct(), "tumour mask").startswith(
+        "The tumour mask is not a label map: it holds negative values (from -1000 to 6999)")
+
+
+def test_a_nifti_of_one_bit_voxels_and_an_empty_nifti(tmp_path):
+    # 1 bit a voxel (DT_BINARY, a code without a byte size): bitpix counts, 64 voxels are 8 bytes
+    check_nifti_data_size(_nifti1(tmp_path / "a.nii", bitpix=1, datatype=1, data=b"\0" * 8))
+    assert "declares 8 bytes of voxels, the file holds 4 (50%)" in _message(
+        check_nifti_data_size, _nifti1(tmp_path / "b.nii", bitpix=1, datatype=1, data=b"\0" * 4))
+    (tmp_path / "empty.nii").write_bytes(b"")  # no header at all: left to ITK, which says why
+    check_nifti_data_size(tmp_path / "empty.nii")
+    assert _message(read_image, tmp_path / "empty.nii").startswith(f"Could not read the CT '{tmp_path / 'empty.nii'}'")
+
+
+def test_a_header_naming_its_data_file_in_bytes_that_are_not_utf8_is_confined(tmp_path):
+    """ITK opens a data file by the header's bytes. Read as UTF-8 with replacement, 'd\\xfc.raw' became another name,
+    which did not exist: a link of that byte name inside the folder, pointing outside, was read (confinement
+    bypassed). The names are now decoded as the file system does."""
+    inside = tmp_path / "in"
+    inside.mkdir()
+    (tmp_path / "secret.raw").write_bytes(np.arange(64, dtype=np.int16).tobytes())
+    os.symlink(b"../secret.raw", os.fsencode(inside) + b"/d\xfc.raw")
+    head = b"NRRD0004\n# scanned by M\xfcller\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\nendian: little\n"
+    (inside / "ct.nhdr").write_bytes(head + b"data file: d\xfc.raw\n\n")
+    outside = ("The CT 'ct.nhdr' names a data file outside its folder ('d\ufffd.raw'). Keep a detached header's data "
+               "file next to it, or give a .nrrd/.nii.gz/.mha file that holds its voxels.")
+    assert _message(read_image, inside / "ct.nhdr", within=inside) == outside
+    (inside / "list.nhdr").write_bytes(head + b"data file: LIST\nd\xfc.raw\n")
+    assert _message(check_data_files_within, inside / "list.nhdr", inside) == outside.replace("ct.nhdr", "list.nhdr")
+    assert [p.name for p in detached_data_files(inside / "list.nhdr")] == [os.fsdecode(b"d\xfc.raw")]
+    (inside / "mine.raw").write_bytes(np.zeros(64, np.int16).tobytes())  # a header in Latin-1 naming its own file
+    (inside / "ok.nhdr").write_bytes(head + b"data file: mine.raw\n\n")
+    assert sitk.GetArrayFromImage(read_image(inside / "ok.nhdr", within=inside)[0]).sum() == 0
+
+
+def test_a_label_map_may_hold_255_labels_besides_0_whatever_their_range():
+    """0-255 was accepted (256 values) while 0-254 and 1000 (also 255 labels and the background) was refused, and
+    1-256 (256 labels) accepted: the count is now of the labels besides 0, at most 255."""
+    wide = np.zeros((8, 8, 8), np.int16)
+    wide.flat[:256] = list(range(255)) + [1000]  # 0, 254 labels 1-254 and 1000: 255 labels
+    check_label_map(_image(wide))
+    no_background = np.ones((8, 8, 8), np.int16)
+    no_background.flat[:256] = np.arange(1, 257)  # 256 labels
+    assert "more than 255 distinct values (from 1 to 256)" in _message(check_label_map, _image(no_background))
+    wide.flat[256] = 999  # 256 labels
+    assert "more than 255 distinct values (from 0 to 1000)" in _message(check_label_map, _image(wide))
+
+
+def test_a_slice_removed_after_the_folder_was_scanned_is_named(tmp_path, dicom_ct, monkeypatch):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    scan = tio._files_by_series
+
+    def scan_then_remove(path):  # a folder still being copied or cleaned while it is read
+        found = scan(path)
+        (folder / "slice0005.dcm").unlink()
+        return found
+
+    monkeypatch.setattr(tio, "_files_by_series", scan_then_remove)
+    assert _message(read_ct, folder) == (
+        "The DICOM slice 'slice0005.dcm' has an unreadable header (The file \"slice0005.dcm\" does not exist.). "
+        "Export the series again from the scanner or PACS.")
+
+
+def test_the_series_size_counts_each_voxel_components(tmp_path):
+    from .test_bad_input import _declare_rows_columns
+
+    for name, pixel, components in (("grey.dcm", sitk.sitkInt16, 1), ("rgb.dcm", sitk.sitkVectorUInt8, 3)):
+        img = sitk.Image([8, 6, 1], pixel, components) if components > 1 else sitk.Image([8, 6, 1], pixel)
+        sitk.WriteImage(img, str(tmp_path / name))
+        _declare_rows_columns(tmp_path / name, 20000, 20000)  # 4e8 voxels: under the limit, 1.2e9 values in colour
+    def header(name):  # what check_series_size is given: each file's header, no pixels read
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(tmp_path / name))
+        r.ReadImageInformation()
+        return [r]
+
+    tio.check_series_size(tmp_path, ["grey.dcm"], header("grey.dcm"))
+    assert _message(tio.check_series_size, tmp_path, ["rgb.dcm"], header("rgb.dcm")).startswith(
+        f"The DICOM series in '{tmp_path.name}' declares 1.2 billion values over 1 slice file(s) (sizes 20000 x "
+        "20000 x 1); the limit is 1.07 billion.")
+
+
+def test_a_step_off_by_exactly_one_percent_is_accepted(tmp_path):
+    # 50 mm slices: 1 % is 0.5 mm, exact in binary, so the boundary itself is tested (at 2 mm, 0.02 is not exact)
+    img = sitk.Image([8, 8, 5], sitk.sitkInt16)
+    img.SetSpacing((1.0, 1.0, 50.0))
+    folder = tmp_path / "d"
+    _write_dicom_series(img, folder)
+    files = [str(folder / f"slice{k:04d}.dcm") for k in range(5)]
+    for f in files[3:]:
+        _move_slice(Path(f), 0.5)  # steps 50, 50, 50.5, 50
+    check_slice_positions(files)
+    for f in files[3:]:
+        _move_slice(Path(f), 0.01)  # 50.51
+    assert "50.5 mm between slice0002.dcm (at 100.00 mm) and slice0003.dcm (at 150.51 mm)" in _message(
+        check_slice_positions, files)
+
+
+def test_a_link_loop_in_a_dicom_folder_is_named_before_the_scan(tmp_path, dicom_ct):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    os.symlink("loop", folder / "loop")  # its stat fails (too many levels of links)
+    assert _message(dicom_series_files, folder).startswith(
+        f"The DICOM folder '{folder}' holds 1 entry(ies) that are not regular files (loop: a pipe, socket or device)")
+
+
+def test_a_slice_removed_after_its_header_was_read_is_reported_as_a_damaged_series(tmp_path, dicom_ct, monkeypatch):
+    folder = tmp_path / "d"
+    _write_dicom_series(dicom_ct, folder)
+    read_headers = tio._slice_headers
+
+    def headers_then_remove(files):  # the pixels are read last: a file gone by then fails the series read
+        headers = read_headers(files)
+        (folder / "slice0005.dcm").unlink()
+        return headers
+
+    monkeypatch.setattr(tio, "_slice_headers", headers_then_remove)
+    assert _message(read_ct, folder) == (
+        f"Could not read the DICOM series in '{folder}' (Could not open file: d/slice0005.dcm for reading.: Reason: "
+        "No such file or directory). A slice file is damaged: export the series again from the scanner or PACS.")
+
+
+def test_slices_0_01_mm_apart_are_not_at_one_position(tmp_path):
+    img = sitk.Image([8, 8, 4], sitk.sitkInt16)
+    img.SetSpacing((1.0, 1.0, 0.01))  # positions 0, 0.01, 0.02, 0.03: a median step of exactly 0.01 mm
+    _write_dicom_series(img, tmp_path / "d")
+    files = [str(tmp_path / "d" / f"slice{k:04d}.dcm") for k in range(4)]
+    check_slice_positions(files)
+    _move_slice(Path(files[3]), 0.02)  # steps 0.01, 0.01, 0.03: still a step of 0.01 mm, and one uneven step
+    assert "0.03 mm between slice0002.dcm (at 0.02 mm) and slice0003.dcm (at 0.05 mm) where the other slices are " \
+           "0.01 mm apart (1 such step(s)): a slice is missing." in _message(check_slice_positions, files)
+
+
+def test_a_nifti_with_a_negative_dimension_is_sized_as_itk_reads_it(tmp_path):
+    negative_dim = _nifti1(tmp_path / "a.nii", dims=(3, 4, 4, -4), data=b"\0" * 32)
+    check_nifti_data_size(negative_dim)  # ITK reads dim -4 as one slice: 4 x 4 x 1 int16, complete, not "cut short"
+    assert read_image(negative_dim)[0].GetSize() == (4, 4, 1)
+
+
+@pytest.mark.parametrize("bitpix", [-16, 0, 8, 32])
+@pytest.mark.parametrize("make", [_nifti1, _nifti2], ids=["NIfTI-1", "NIfTI-2"])
+def test_voxels_are_sized_by_the_datatype_as_itk_reads_them_not_by_bitpix(tmp_path, make, bitpix):
+    """ITK reads an int16 NIfTI as 2 bytes a voxel whatever its bitpix says. Sized by bitpix, a file cut short with a
+    bitpix of 8 or less passed (and was read with zeros for the missing slices), and a complete file with a bitpix
+    of 32 was refused as cut short."""
+    assert "declares 128 bytes of voxels, the file holds 8 (6%)" in _message(
+        check_nifti_data_size, make(tmp_path / "short.nii", bitpix=bitpix, data=b"\1\0" * 4))
+    whole = make(tmp_path / "whole.nii", bitpix=bitpix, data=b"\1\0" * 64)
+    check_nifti_data_size(whole)
+    if make is _nifti1:  # ITK reads it whole (the tests' minimal NIfTI-2 header is not one ITK reads)
+        assert sitk.GetArrayFromImage(read_image(whole)[0]).sum() == 64
