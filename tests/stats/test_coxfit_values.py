@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from TMBRBLib.stats import TMBRBStatsWarning, cox_ph
+from TMBRBLib.stats._coxfit import concordance, fit_cox, risk_sets
 from TMBRBLib.stats.cox import efron_loglik
 
 COX = dict(rtol=1e-6, atol=1e-12)
@@ -75,3 +76,44 @@ def test_a_fit_that_halves_its_step_matches_coxph(ties):
                                [ref["lr"], ref["lr_p"], ref["score"], ref["score_p"], ref["wald_p"],
                                 R_HALVING_CONCORDANCE], **COX)
     assert (r.n, r.n_events, r.warnings) == (12, 9, [])
+
+
+def test_a_fit_stopped_by_its_iteration_limit_says_so():
+    """fit_cox's convergence note, which cox_ph passes on as a warning when nothing else explains a bad fit."""
+    d = _hypermutated()
+    rs = risk_sets(d[["tmb"]].to_numpy(float), d["time"].to_numpy(float), d["event"].to_numpy(), "efron")
+    short = fit_cox(rs, max_iter=2)
+    assert (short.converged, short.iterations, short.messages) == (False, 2, ["Newton-Raphson did not converge in 2 "
+                                                                              "iterations"])
+    assert abs(short.beta[0] - R_HALVING["efron"]["coef"]) > 1e-4  # stopped short of R's coefficient
+    full = fit_cox(rs)
+    assert full.converged and full.messages == [] and 2 < full.iterations < 100
+    np.testing.assert_allclose(full.beta, [R_HALVING["efron"]["coef"]], **COX)
+    np.testing.assert_allclose(np.sqrt(full.var[0, 0]), R_HALVING["efron"]["se"], **COX)
+    np.testing.assert_allclose([full.loglik_null, full.loglik], R_HALVING["efron"]["loglik"], **COX)
+
+
+def test_an_unknown_ties_rule_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^ties must be one of \('efron', 'breslow'\), not 'exact'$"):
+        efron_loglik(np.ones((3, 1)), np.arange(3.0), np.ones(3), np.zeros(1), ties="exact")
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_the_partial_likelihood_of_a_cohort_without_events_is_one(ties):
+    # the empty product: log-likelihood 0, no score, no information (cox_ph refuses such a cohort before fitting)
+    X = np.array([[1.0, 0.5], [2.0, 0.1], [0.0, 0.7]])
+    ll, grad, info = efron_loglik(X, np.array([3.0, 1.0, 2.0]), np.zeros(3), np.array([0.3, -0.2]), ties)
+    assert ll == 0.0
+    np.testing.assert_array_equal(grad, [0.0, 0.0])
+    np.testing.assert_array_equal(info, np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("time,event,risk,expected", [
+    # R: concordance(Surv(time, event) ~ risk, reverse = TRUE)$concordance
+    ([1, 2], [1, 0], [2, 1], 1.0),          # one comparable pair, concordant
+    ([1, 2], [1, 0], [1, 2], 0.0),          # one comparable pair, discordant
+    ([1, 3, 3], [0, 1, 1], [1, 2, 3], np.nan),  # two tied deaths after the only censored time: no comparable pair
+])
+def test_harrells_c_with_one_or_no_comparable_pair_is_rs(time, event, risk, expected):
+    c = concordance(np.array(time, float), np.array(event), np.array(risk, float))
+    np.testing.assert_equal(c, expected)
