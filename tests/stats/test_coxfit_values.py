@@ -15,6 +15,7 @@ Newton-Raphson from there runs off to infinity.
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -117,3 +118,51 @@ def test_the_partial_likelihood_of_a_cohort_without_events_is_one(ties):
 def test_harrells_c_with_one_or_no_comparable_pair_is_rs(time, event, risk, expected):
     c = concordance(np.array(time, float), np.array(event), np.array(risk, float))
     np.testing.assert_equal(c, expected)
+
+
+# Two small cohorts whose coefficients run off to infinity (separation), as R's coxph warns "one or more coefficients
+# may be infinite". R 4.2 / survival 3.x, coxph's defaults:
+#   d1 <- data.frame(time = c(1, 3, 1, 1), event = c(1, 1, 0, 1), crp = c(0, 1, 200, 0))
+#   f1 <- coxph(Surv(time, event) ~ crp, data = d1, ties = "breslow")
+#   d2 <- data.frame(time = c(3, 4, 2, 3, 2, 3), event = c(0, 1, 1, 1, 1, 1), a = c(0, 0, 1, 2, 1, 0),
+#                    b = c(1, 2, 2, 200, 2, 0))
+#   f2 <- coxph(Surv(time, event) ~ a + b, data = d2)
+# summary(f)$sctest (the score test, at beta = 0, does not depend on where the fit stopped) and summary(f)$logtest
+# (R stops after 20 iterations, a little short of the supremum this fit reaches).
+def _runaway_one() -> pd.DataFrame:
+    return pd.DataFrame({"time": [1, 3, 1, 1], "event": [1, 1, 0, 1], "crp": [0, 1, 200, 0]})
+
+
+def _runaway_two() -> pd.DataFrame:
+    return pd.DataFrame({"time": [3, 4, 2, 3, 2, 3], "event": [0, 1, 1, 1, 1, 1], "a": [0, 0, 1, 2, 1, 0],
+                         "b": [1, 2, 2, 200, 2, 0]})
+
+
+def test_a_breslow_fit_that_runs_off_has_no_standard_errors():
+    d = _runaway_one()
+    with pytest.warns(TMBRBStatsWarning, match=r"^Cox model: the coefficient of crp diverged \(-27\.7, "):
+        r = cox_ph(d, "time", "event", ["crp"], ties="breslow", min_events=3)
+    row = r.table.iloc[0]
+    # the information is exactly 0 where the fit stops (every risk set's weight on one patient): no SE, CI or p
+    assert np.isnan([row["se"], row["hr_lower"], row["hr_upper"], row["z"], row["p"], r.wald_stat]).all()
+    np.testing.assert_allclose([r.score_stat, r.score_p], [0.675585060575404, 0.411111150909970], **COX)
+    np.testing.assert_allclose([r.loglik_null, r.lr_stat], [-2.77258872223978, 2.7725868412703525], rtol=1e-5)
+    fit = fit_cox(risk_sets(d[["crp"]].to_numpy(float), d["time"].to_numpy(float), d["event"].to_numpy(), "breslow"))
+    assert fit.messages == ["information matrix singular at the fit; standard errors undefined"]
+    assert fit.var.shape == (1, 1) and np.isnan(fit.var).all()
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_a_fit_whose_newton_step_overflows_stops_with_a_note(ties):
+    d = _runaway_two()
+    fit = fit_cox(risk_sets(d[["a", "b"]].to_numpy(float), d["time"].to_numpy(float), d["event"].to_numpy(), ties))
+    assert not fit.converged and len(fit.messages) == 1
+    assert re.fullmatch(r"non-finite Newton step at iteration \d+; convergence halted", fit.messages[0])
+    assert np.all(np.isfinite(fit.beta)) and fit.beta[0] > 100 > -fit.beta[1] > 1  # where it stopped, finite
+    if ties == "efron":
+        with pytest.warns(TMBRBStatsWarning) as caught:
+            r = cox_ph(d, "time", "event", ["a", "b"], min_events=5)
+        assert [str(w.message)[:35] for w in caught] == ["Cox model: the coefficient of a div",
+                                                         "Cox model: the coefficient of b div"]
+        np.testing.assert_allclose([r.score_stat, r.score_p], [6.2749790496162987, 0.0433915948011499], **COX)
+        np.testing.assert_allclose(r.lr_stat, 8.9995462247154805, rtol=1e-3)  # both stop short of the supremum
