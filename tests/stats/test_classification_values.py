@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 from TMBRBLib.stats import (TMBRBStatsInputError, auc_by_cutoff, decision_curve, logistic_combination,  # noqa: E402
                             spearman)
 
-from _stats_testdata import fixture_csv  # noqa: E402
+from _stats_testdata import fixture_csv, reference  # noqa: E402
 
 GLM = dict(rtol=1e-5, atol=1e-12)
 TIGHT = dict(rtol=1e-9, atol=1e-12)
@@ -230,3 +230,47 @@ def test_logistic_predict_on_the_fitted_rows_gives_the_fitted_probabilities(asah
 def test_non_numeric_columns_are_named(call, message):
     with pytest.raises(TMBRBStatsInputError, match=message):
         call()
+
+
+# ------------------------------------------------------------------------------------------ boundaries (mutation run)
+def test_logistic_default_level_is_ninety_five_percent_wald_and_positive_flips_the_signs(asah):
+    # R: g <- glm(outcome ~ s100b + wfns, binomial, aSAH); exp(confint.default(g)) (Wald, 95 %)
+    ref = reference()["logistic"]
+    r = logistic_combination(asah, "outcome", ["s100b", "wfns"])
+    z = 1.959963984540054
+    np.testing.assert_allclose(r.table["or_lower"], np.exp(np.array(ref["coef"]) - z * np.array(ref["se"])), **GLM)
+    np.testing.assert_allclose(r.table["or_upper"], np.exp(np.array(ref["coef"]) + z * np.array(ref["se"])), **GLM)
+    # 'Good' as the event: glm(outcome == "Good" ~ ...) has every coefficient's sign turned, 72 events
+    good = logistic_combination(asah, "outcome", ["s100b", "wfns"], positive="Good")
+    np.testing.assert_allclose(good.table["coef"], -np.array(ref["coef"]), **GLM)
+    assert good.n_events == 72
+
+
+@pytest.mark.parametrize("positive", [None, "Good"])
+def test_logistic_quasi_separation_on_either_side_is_refused(asah, positive):
+    # every patient with quasi = 1 had a poor outcome, the others both: the fitted probabilities of that group run
+    # to 1 (to 0 with 'Good' as the event) while the rest stay inside (0, 1)
+    d = asah.assign(quasi=np.where((asah["outcome"] == "Poor") & (asah["wfns"] >= 4), 1.0, 0.0))
+    with pytest.raises(TMBRBStatsInputError, match=r"^the predictors separate the outcome perfectly"):
+        logistic_combination(d, "outcome", ["quasi", "s100b"], positive=positive)
+
+
+def test_auc_by_cutoff_with_a_single_case_and_cohorts_in_the_order_given(asah):
+    # one patient at or above the cut-off: pROC still gives the AUC (the share of controls scored lower)
+    r = auc_by_cutoff([0.1, 0.4, 0.35, 0.3, 0.2], [1, 2, 3, 9, 2], [5])
+    assert (r.table["n_pos"].iloc[0], r.table["n_neg"].iloc[0]) == (1, 4)
+    assert r.table["auc"].iloc[0] == pytest.approx(0.5)
+    # cohort_order other than the order of appearance (the first row is Female): the given order is kept
+    r = auc_by_cutoff(asah["s100b"], asah["wfns"], [3], cohort=asah["gender"], cohort_order=["Male", "Female"])
+    assert r.table["cohort"].tolist() == ["Male", "Female"]
+    assert list(r.difference.columns) == ["cutoff", "auc_Male", "auc_Female", "difference"]
+
+
+def test_decision_curve_takes_probabilities_zero_and_one_and_refuses_above_one():
+    r = decision_curve([0, 1, 1, 0], {"m": [0.0, 1.0, 0.6, 0.2]}, thresholds=[0.25, 0.5])
+    # treat when p >= pt: at 0.25 the two cases, at 0.5 the same; no false positive
+    np.testing.assert_allclose(r.table["m"], [0.5, 0.5])
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        decision_curve([0, 1, 1, 0], {"m": [0.0, 1.5, 0.6, 0.2]})
+    assert str(exc.value) == ("model 'm' has values outside [0, 1]; decision curves need predicted probabilities. "
+                              "Convert the score first (e.g. `tmbrb analyze logistic` gives fitted probabilities).")
