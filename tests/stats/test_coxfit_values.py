@@ -92,6 +92,12 @@ def test_a_fit_stopped_by_its_iteration_limit_says_so():
     np.testing.assert_allclose(full.beta, [R_HALVING["efron"]["coef"]], **COX)
     np.testing.assert_allclose(np.sqrt(full.var[0, 0]), R_HALVING["efron"]["se"], **COX)
     np.testing.assert_allclose([full.loglik_null, full.loglik], R_HALVING["efron"]["loglik"], **COX)
+    # a limit of exactly the iterations the fit needs is enough; one fewer is not
+    enough = fit_cox(rs, max_iter=full.iterations)
+    assert enough.converged and enough.messages == [] and enough.iterations == full.iterations
+    np.testing.assert_array_equal(enough.beta, full.beta)
+    assert fit_cox(rs, max_iter=full.iterations - 1).messages == [
+        f"Newton-Raphson did not converge in {full.iterations - 1} iterations"]
 
 
 def test_an_unknown_ties_rule_is_refused_by_name():
