@@ -82,7 +82,7 @@ def test_a_fit_that_halves_its_step_matches_coxph(ties):
 def test_a_fit_stopped_by_its_iteration_limit_says_so():
     """fit_cox's convergence note, which cox_ph passes on as a warning when nothing else explains a bad fit."""
     d = _hypermutated()
-    rs = risk_sets(d[["tmb"]].to_numpy(float), d["time"].to_numpy(float), d["event"].to_numpy(), "efron")
+    rs = risk_sets(d[["tmb"]].to_numpy(float), d["time"].to_numpy(float), d["event"].to_numpy())  # Efron's, as R's
     short = fit_cox(rs, max_iter=2)
     assert (short.converged, short.iterations, short.messages) == (False, 2, ["Newton-Raphson did not converge in 2 "
                                                                               "iterations"])
