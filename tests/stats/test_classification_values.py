@@ -274,3 +274,36 @@ def test_decision_curve_takes_probabilities_zero_and_one_and_refuses_above_one()
         decision_curve([0, 1, 1, 0], {"m": [0.0, 1.5, 0.6, 0.2]})
     assert str(exc.value) == ("model 'm' has values outside [0, 1]; decision curves need predicted probabilities. "
                               "Convert the score first (e.g. `tmbrb analyze logistic` gives fitted probabilities).")
+
+
+def test_decision_curve_figure_shows_the_three_curves_labelled():
+    r = decision_curve([0, 0, 1, 1, 1], {"m": [0.1, 0.6, 0.4, 0.7, 0.9]}, thresholds=np.arange(1, 21) / 25)
+    ax = r.plot()
+    assert tuple(ax.figure.get_size_inches()) == (6, 4.5)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for name, column in (("Treat all", "treat_all"), ("Treat none", "treat_none"), ("m", "m")):
+        np.testing.assert_allclose(lines[name].get_xdata(), r.table["threshold"])
+        np.testing.assert_allclose(lines[name].get_ydata(), r.table[column])
+    # thin grey and black references, the model in the first colour of the cycle
+    assert [(lines[k].get_color(), lines[k].get_linewidth()) for k in ("Treat all", "Treat none")] == [("grey", 1),
+                                                                                                      ("k", 1)]
+    assert ax.get_ylim() == pytest.approx((-0.05 * 0.6, 0.6 * 1.1 + 0.01))  # net benefit never exceeds the prevalence
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("Threshold probability", "Net benefit",
+                                                                  "Decision curves")
+    assert [t.get_fontsize() for t in ax.get_legend().get_texts()] == [8, 8, 8]
+    # a low prevalence keeps a visible margin below 0
+    low = decision_curve([0] * 19 + [1], {"m": [0.1] * 19 + [0.9]}, thresholds=[0.5]).plot(title="DCA")
+    assert low.get_ylim()[0] == pytest.approx(-0.005) and low.get_title() == "DCA"
+    plt.close("all")
+    # the printout shows every row of a short grid and every n // 10-th of a longer one
+    assert len(str(decision_curve([0, 1], {"m": [0.2, 0.8]}, thresholds=[0.2, 0.4, 0.6])).splitlines()) == 2 + 3
+    assert len(str(r).splitlines()) == 2 + 10  # 20 thresholds: every second
+
+
+def test_spearman_figure_size_and_points():
+    r = spearman([1, 2, 3, 4], [2, 1, 4, 3])
+    ax = r.plot()
+    assert tuple(ax.figure.get_size_inches()) == (5, 4.5)
+    pts = ax.collections[0]
+    assert pts.get_sizes().tolist() == [12] and pts.get_alpha() == 0.7
+    plt.close("all")
