@@ -245,3 +245,32 @@ def test_the_default_output_folder_is_analysis(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["analyze", "spearman", "--csv", ASAH, "--x", "s100b", "--y", "ndka"]) == 0
     assert json.loads((tmp_path / "analysis" / "spearman.json").read_text())["x_name"] == "s100b"
+
+
+def test_table1_printout_and_csv_without_an_index_column(tmp_path, capsys):
+    rc, out, text, _ = _run(tmp_path, capsys, "table1", "--csv", LUNG, "--group", "sex", "--continuous", "age")
+    lines = text.splitlines()
+    assert rc == 0 and lines[0].split()[:3] == ["variable", "level", "All"]
+    assert lines[1].split()[:4] == ["age", "mean±SD", "62.4±9.1", "63.3±9.1"] and lines[1].endswith("Welch t-test")
+    csv_lines = (out / "table1.csv").read_text(encoding="utf-8").splitlines()
+    assert csv_lines[0] == "variable,level,All (n=228),1 (n=138),2 (n=90),p,p_text,test"
+    assert csv_lines[1].startswith("age,mean±SD,62.4±9.1,63.3±9.1,61.1±8.8,0.0639")
+
+
+@pytest.mark.parametrize("bounds,ok", [
+    (["--min-threshold", "0"], False),
+    (["--min-threshold", "0.3", "--max-threshold", "0.3"], True),   # one threshold
+    (["--max-threshold", "1"], False),
+    (["--max-threshold", "1.5"], False),
+    (["--step", "1"], False),
+    (["--step", "1.5"], False),
+])
+def test_decision_curve_threshold_bounds(tmp_path, capsys, bounds, ok):
+    d = fixture_csv("asah.csv").assign(p=lambda x: x["s100b"].clip(0, 1))
+    d.to_csv(tmp_path / "asah_p.csv", index=False)
+    rc, out, _, err = _run(tmp_path, capsys, "dca", "--csv", str(tmp_path / "asah_p.csv"), "--label", "outcome",
+                           "--models", "p", *bounds)
+    if ok:
+        assert rc == 0 and [r["threshold"] for r in _json(out, "dca.json")["table"]] == [0.3]
+    else:
+        assert rc == 2 and err.startswith("error: need 0 < --min-threshold <= --max-threshold < 1 and 0 < --step < 1; ")
