@@ -307,3 +307,36 @@ def test_spearman_figure_size_and_points():
     pts = ax.collections[0]
     assert pts.get_sizes().tolist() == [12] and pts.get_alpha() == 0.7
     plt.close("all")
+
+
+def test_auc_by_cutoff_figure_and_printout(asah):
+    # cohorts given Male first (the table's order, not the alphabet's)
+    r = auc_by_cutoff(asah["s100b"], asah["wfns"], [2, 3, 4], cohort=asah["gender"], cohort_order=["Male", "Female"])
+    axes = r.plot()
+    assert len(axes) == 2 and tuple(axes[0].figure.get_size_inches()) == (10, 4)
+    ax = axes[0]
+    assert ax.get_legend_handles_labels()[1] == ["Male", "Female"]
+    assert [t.get_fontsize() for t in ax.get_legend().get_texts()] == [8, 8]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("cut-off of target", "AUC (95% CI)",
+                                                                  "AUC across cut-offs")
+    # each cohort's points with its CI as the error bar (lower and upper arms)
+    for container, (c, g) in zip(ax.containers, r.table.groupby("cohort", sort=False)):
+        line, caps, (bars,) = container
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), g["auc"].to_numpy(float))
+        segs = np.array([s[:, 1] for s in bars.get_segments()], dtype=float)
+        np.testing.assert_allclose(segs, g[["ci_low", "ci_high"]].to_numpy(float), rtol=1e-12)
+        assert len(caps) == 2
+    chance = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert len(chance) == 1 and tuple(chance[0].get_ydata()) == (0.5, 0.5) and chance[0].get_color() == "grey"
+    bars = axes[1].patches
+    assert [round(b.get_width(), 6) for b in bars] == [0.6] * 3
+    assert (axes[1].get_xlabel(), axes[1].get_title()) == ("cut-off of target", "Difference between cohorts")
+    plt.close("all")
+    one = auc_by_cutoff(asah["s100b"], asah["wfns"], [3]).plot(title="one")
+    assert len(one) == 1 and tuple(one[0].figure.get_size_inches()) == (5.5, 4) and one[0].get_title() == "one"
+    plt.close("all")
+    lines = str(r).splitlines()
+    # the difference table follows, without an index column, to four decimals
+    assert lines[8].split() == ["cutoff", "auc_Male", "auc_Female", "difference"]
+    d = r.difference.iloc[0]
+    assert lines[9].split() == [f"{v:.4f}" for v in (d["cutoff"], d["auc_Male"], d["auc_Female"], d["difference"])]
