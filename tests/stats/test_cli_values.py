@@ -274,3 +274,29 @@ def test_decision_curve_threshold_bounds(tmp_path, capsys, bounds, ok):
         assert rc == 0 and [r["threshold"] for r in _json(out, "dca.json")["table"]] == [0.3]
     else:
         assert rc == 2 and err.startswith("error: need 0 < --min-threshold <= --max-threshold < 1 and 0 < --step < 1; ")
+
+
+def test_cutpoint_permutation_p_is_repeatable_with_its_seed(tmp_path, capsys):
+    args = ["cutpoint", "--csv", LUNG, "--time", "time", "--event", "status", "--marker", "age", "--permutations", "40"]
+    ps = []
+    for i, seed in enumerate(("7", "7", "8")):
+        rc, out, _, _ = _run(tmp_path / str(i), capsys, *args, "--seed", seed)
+        ps.append(_json(out, "cutpoint.json")["p_value_permutation"])
+    assert rc == 0 and ps[0] == ps[1] and ps[2] != ps[0]
+
+
+def test_cox_scan_marker_cutoff_keeps_missing_values_missing_and_takes_the_reference(tmp_path, capsys):
+    vet = fixture_csv("veteran.csv")
+    vet.loc[:4, "karno"] = np.nan  # five patients without a Karnofsky score
+    vet.to_csv(tmp_path / "vet.csv", index=False)
+    rc, out, _, _ = _run(tmp_path, capsys, "cox-scan", "--csv", str(tmp_path / "vet.csv"), "--time", "time", "--event",
+                         "status", "--marker", "karno", "--cutoff", "50", "--covariates", "celltype", "--reference",
+                         "celltype=large")
+    got = _json(out, "cox_scan.json")
+    assert rc == 0 and got["marker"] == "karno>50" and got["table"][0]["n"] == len(vet) - 5
+    terms = [t["term"] for t in got["models"]["celltype"]["table"]]
+    assert terms == ["karno>50", "celltype[adeno]", "celltype[smallcell]", "celltype[squamous]"]
+    vet.assign(karno=vet["karno"].astype(object).where(vet.index != 7, "high")).to_csv(tmp_path / "bad.csv", index=False)
+    rc, _, _, err = _run(tmp_path, capsys, "cox-scan", "--csv", str(tmp_path / "bad.csv"), "--time", "time",
+                         "--event", "status", "--marker", "karno", "--cutoff", "50", "--covariates", "celltype")
+    assert rc == 2 and err.startswith("error: column 'karno' must be numeric but has non-numeric value(s) ['high']")
