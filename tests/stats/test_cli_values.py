@@ -300,3 +300,27 @@ def test_cox_scan_marker_cutoff_keeps_missing_values_missing_and_takes_the_refer
     rc, _, _, err = _run(tmp_path, capsys, "cox-scan", "--csv", str(tmp_path / "bad.csv"), "--time", "time",
                          "--event", "status", "--marker", "karno", "--cutoff", "50", "--covariates", "celltype")
     assert rc == 2 and err.startswith("error: column 'karno' must be numeric but has non-numeric value(s) ['high']")
+
+
+def test_roc_fixed_direction_seed_json_layout_and_no_figure_left_open(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    args = ["roc", "--csv", ASAH, "--label", "outcome", "--score", "s100b", "--positive", "Good", "--direction", "<",
+            "--ci", "bootstrap", "--n-boot", "100"]
+    rc, out, _, _ = _run(tmp_path / "a", capsys, *args, "--seed", "5")
+    first = _json(out, "roc.json")["s100b"]
+    # 'Good' as case with the direction fixed at '<': the curve below the diagonal, 1 - R's AUC
+    assert rc == 0 and first["auc"] == pytest.approx(1 - reference()["roc"]["s100b"]["auc"], **R)
+    assert (out / "roc.json").read_text(encoding="utf-8").splitlines()[:2] == ["{", ' "s100b": {']
+    assert plt.get_fignums() == []  # the command closes its figure
+    rc, out, _, _ = _run(tmp_path / "b", capsys, *args, "--seed", "5")
+    again = _json(out, "roc.json")["s100b"]
+    assert (again["ci_low"], again["ci_high"]) == (first["ci_low"], first["ci_high"])
+
+
+def test_auc_by_cutoff_without_a_cohort_column(tmp_path, capsys):
+    rc, out, _, _ = _run(tmp_path, capsys, "auc-by-cutoff", "--csv", ASAH, "--score", "s100b", "--target", "wfns",
+                         "--cutoffs", "3")
+    got = _json(out, "auc_by_cutoff.json")
+    assert rc == 0 and [r["cohort"] for r in got["table"]] == ["all"] and got["difference"] == []
