@@ -324,3 +324,19 @@ def test_auc_by_cutoff_without_a_cohort_column(tmp_path, capsys):
                          "--cutoffs", "3")
     got = _json(out, "auc_by_cutoff.json")
     assert rc == 0 and [r["cohort"] for r in got["table"]] == ["all"] and got["difference"] == []
+
+
+@pytest.mark.parametrize("sub,extra", [("km", ["--time", "time", "--event", "status"]), ("table1", ["--continuous", "age"])])
+def test_a_marker_without_a_cutoff_is_refused(tmp_path, capsys, sub, extra):
+    # km used to draw one curve of the whole cohort, as if the marker had not been given
+    rc, out, _, err = _run(tmp_path, capsys, sub, "--csv", LUNG, "--marker", "age", *extra)
+    assert rc == 2 and err == "error: --marker age needs --cutoff VALUE (the marker is split at it), or give --group COLUMN.\n"
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("item", ["celltype=", "=large", "celltype", " = "])
+def test_a_malformed_reference_item_is_refused_whole(tmp_path, capsys, item):
+    rc, _, _, err = _run(tmp_path, capsys, "cox", "--csv", str(FIXTURES / "veteran.csv"), "--time", "time", "--event",
+                         "status", "--covariates", "celltype", "--reference", item)
+    assert rc == 2 and err == (f"error: --reference {item!r} is not COLUMN=LEVEL; write e.g. --reference "
+                               "histology=squamous (one item per text covariate).\n")
