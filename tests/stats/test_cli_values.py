@@ -122,6 +122,9 @@ def test_spearman_names_its_columns(tmp_path, capsys):
     assert [got["rho"], got["p_value"]] == pytest.approx([ref["rho"], ref["p"]], **R)
     assert text.splitlines()[0] == "Spearman correlation s100b vs ndka: rho = -0.0600, p = 0.5282 (n=113)"
     assert (out / "spearman.png").is_file()
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # the figure is closed once written
 
 
 def test_auc_by_cutoff_per_cohort_and_direction(tmp_path, capsys):
@@ -340,3 +343,15 @@ def test_a_malformed_reference_item_is_refused_whole(tmp_path, capsys, item):
                          "status", "--covariates", "celltype", "--reference", item)
     assert rc == 2 and err == (f"error: --reference {item!r} is not COLUMN=LEVEL; write e.g. --reference "
                                "histology=squamous (one item per text covariate).\n")
+
+
+def test_usage_names_the_program_and_its_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert text.startswith("usage: tmbrb [-h] COMMAND ...\n\nTMBRB statistics toolkit\n")
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.endswith("tmbrb: error: the following arguments are required: COMMAND\n")
