@@ -340,3 +340,10 @@ def test_auc_by_cutoff_figure_and_printout(asah):
     assert lines[8].split() == ["cutoff", "auc_Male", "auc_Female", "difference"]
     d = r.difference.iloc[0]
     assert lines[9].split() == [f"{v:.4f}" for v in (d["cutoff"], d["auc_Male"], d["auc_Female"], d["difference"])]
+
+
+def test_logistic_printout_counts_dropped_rows_and_its_roc_is_named_by_the_predictors(asah):
+    r = logistic_combination(asah.assign(s100b=asah["s100b"].where(asah.index != 0)), "outcome", ["s100b", "wfns"])
+    assert str(r).splitlines()[0] == ("Logistic regression (maximum likelihood, no penalty): n=112, events=41, "
+                                      "1 dropped")
+    assert (r.roc.name, r.roc.direction) == ("logistic(s100b+wfns)", "<")
