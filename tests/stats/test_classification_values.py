@@ -347,3 +347,11 @@ def test_logistic_printout_counts_dropped_rows_and_its_roc_is_named_by_the_predi
     assert str(r).splitlines()[0] == ("Logistic regression (maximum likelihood, no penalty): n=112, events=41, "
                                       "1 dropped")
     assert (r.roc.name, r.roc.direction) == ("logistic(s100b+wfns)", "<")
+
+
+def test_spearman_without_names_calls_the_variables_x_and_y():
+    r = spearman([1, 2, 3, 4], [2, 1, 4, 3])
+    assert str(r).startswith("Spearman correlation x vs y: rho = 0.6000, ")
+    ax = r.plot()
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "y")
+    plt.close("all")
