@@ -355,3 +355,19 @@ def test_usage_names_the_program_and_its_commands(capsys):
         main([])
     assert exc.value.code == 2
     assert capsys.readouterr().err.endswith("tmbrb: error: the following arguments are required: COMMAND\n")
+
+
+def test_km_marker_split_leaves_missing_values_out_and_names_a_text_marker(tmp_path, capsys):
+    lung = fixture_csv("lung.csv")
+    lung.loc[:9, "age"] = np.nan  # ten patients without an age: in neither group
+    lung.to_csv(tmp_path / "l.csv", index=False)
+    rc, out, _, _ = _run(tmp_path, capsys, "km", "--csv", str(tmp_path / "l.csv"), "--time", "time", "--event", "status",
+                         "--marker", "age", "--cutoff", "70")
+    got = _json(out, "km.json")
+    groups = {g["group"]: g["n"] for g in got["summary"]}
+    assert rc == 0 and groups == {"age <= 70": int((lung["age"] <= 70).sum()), "age > 70": int((lung["age"] > 70).sum())}
+    assert got["n_dropped"] == 10
+    lung.assign(age=lung["age"].astype(object).where(lung.index != 20, "old")).to_csv(tmp_path / "t.csv", index=False)
+    rc, _, _, err = _run(tmp_path, capsys, "km", "--csv", str(tmp_path / "t.csv"), "--time", "time", "--event",
+                         "status", "--marker", "age", "--cutoff", "70")
+    assert rc == 2 and err.startswith("error: column 'age' must be numeric but has non-numeric value(s) ['old']")
