@@ -108,6 +108,9 @@ def test_clinical_sections_give_the_cox_model_of_the_score_group_and_say_what_wa
     page = path.read_text(encoding="utf-8")
     assert "<p>60 patients with both a score and clinical data; 2 clinical rows without a prediction were left out.</p>" in page
     assert "<h2>Table 1 by OS group</h2>" in page
+    # the notes as one list, an item each
+    assert ("<h2>Notes</h2>\n<ul><li>label made from TMB &gt;= 10.0</li><li>covariates not in the clinical CSV, left "
+            "out: [&#x27;smoking&#x27;]</li><li>PFS: columns") in page
 
 
 def test_pdf_report_has_a_title_page_and_one_page_per_figure(tmp_path, cohort):
