@@ -7,6 +7,7 @@ numbers for the same rows (its cohorts, labels and score groups made as document
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -113,10 +114,34 @@ def test_clinical_sections_give_the_cox_model_of_the_score_group_and_say_what_wa
             "out: [&#x27;smoking&#x27;]</li><li>PFS: columns") in page
 
 
-def test_pdf_report_has_a_title_page_and_one_page_per_figure(tmp_path, cohort):
+def _pdf_lines(data: bytes):
+    """(font size, text) of each line matplotlib wrote into an uncompressed PDF (one TJ array per line)."""
+    out = []
+    for size, arr in re.findall(rb"/F\d+ ([\d.]+) Tf\s+[-\d. ]+Td\s+\[(.*?)\]\s*TJ", data, re.S):
+        parts = re.findall(rb"\(((?:\\.|[^\\)])*)\)", arr, re.S)
+        text = re.sub(rb"\\(.)", rb"\1", b"".join(parts)).decode("latin-1")
+        out.append((float(size), text))
+    return out
+
+
+def test_pdf_report_has_a_title_page_and_one_page_per_figure(tmp_path, cohort, monkeypatch):
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "pdf.compression", 0)  # to read the text back
     pred, _ = cohort
-    path, res = _report(tmp_path, pred, fmt="pdf")
+    path, res = _report(tmp_path, pred, fmt="pdf", title="Cohort PDF")
     assert path == tmp_path / "rep" / "report.pdf" and not (tmp_path / "rep" / "report.html").exists()
     data = path.read_bytes()
     assert data[:5] == b"%PDF-" and data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") == 1 + 4
     assert res["notes"] == ["label made from TMB >= 10.0"]
+    lines = _pdf_lines(data)
+    # the title page: A4, the title, the notes and where the numbers are, in 8 pt monospace
+    assert lines[:3] == [(8.0, "Cohort PDF"), (8.0, "label made from TMB >= 10.0"),
+                         (8.0, "Tables and numbers: report.json")]
+    assert re.search(rb"/MediaBox \[\s*0 0 595\.44 841\.68\s*\]", data) and b"DejaVuSansMono" in data
+    # each figure page carries its title in 9 pt, in the report's order (matplotlib writes the "fi"/"ff" glyphs of
+    # "figure" and "cut-off" as separate runs, so the titles are matched up to them)
+    titles = "|".join(t for size, t in lines if size == 9.0 and t.isprintable())
+    starts = [titles.find(t) for t in ("ROC curves by cohort (paper ", "Net bene",
+                                       "Spearman correlation (paper ", "AUC at each TMB cut-o")]
+    assert -1 not in starts and starts == sorted(starts)
