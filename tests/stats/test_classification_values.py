@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 from TMBRBLib.stats import (TMBRBStatsInputError, auc_by_cutoff, decision_curve, logistic_combination,  # noqa: E402
                             spearman)
 
-from _stats_testdata import fixture_csv  # noqa: E402
+from _stats_testdata import fixture_csv, reference  # noqa: E402
 
 GLM = dict(rtol=1e-5, atol=1e-12)
 TIGHT = dict(rtol=1e-9, atol=1e-12)
@@ -230,3 +230,128 @@ def test_logistic_predict_on_the_fitted_rows_gives_the_fitted_probabilities(asah
 def test_non_numeric_columns_are_named(call, message):
     with pytest.raises(TMBRBStatsInputError, match=message):
         call()
+
+
+# ------------------------------------------------------------------------------------------ boundaries (mutation run)
+def test_logistic_default_level_is_ninety_five_percent_wald_and_positive_flips_the_signs(asah):
+    # R: g <- glm(outcome ~ s100b + wfns, binomial, aSAH); exp(confint.default(g)) (Wald, 95 %)
+    ref = reference()["logistic"]
+    r = logistic_combination(asah, "outcome", ["s100b", "wfns"])
+    z = 1.959963984540054
+    np.testing.assert_allclose(r.table["or_lower"], np.exp(np.array(ref["coef"]) - z * np.array(ref["se"])), **GLM)
+    np.testing.assert_allclose(r.table["or_upper"], np.exp(np.array(ref["coef"]) + z * np.array(ref["se"])), **GLM)
+    # 'Good' as the event: glm(outcome == "Good" ~ ...) has every coefficient's sign turned, 72 events
+    good = logistic_combination(asah, "outcome", ["s100b", "wfns"], positive="Good")
+    np.testing.assert_allclose(good.table["coef"], -np.array(ref["coef"]), **GLM)
+    assert good.n_events == 72
+
+
+@pytest.mark.parametrize("positive", [None, "Good"])
+def test_logistic_quasi_separation_on_either_side_is_refused(asah, positive):
+    # every patient with quasi = 1 had a poor outcome, the others both: the fitted probabilities of that group run
+    # to 1 (to 0 with 'Good' as the event) while the rest stay inside (0, 1)
+    d = asah.assign(quasi=np.where((asah["outcome"] == "Poor") & (asah["wfns"] >= 4), 1.0, 0.0))
+    with pytest.raises(TMBRBStatsInputError, match=r"^the predictors separate the outcome perfectly"):
+        logistic_combination(d, "outcome", ["quasi", "s100b"], positive=positive)
+
+
+def test_auc_by_cutoff_with_a_single_case_and_cohorts_in_the_order_given(asah):
+    # one patient at or above the cut-off: pROC still gives the AUC (the share of controls scored lower)
+    r = auc_by_cutoff([0.1, 0.4, 0.35, 0.3, 0.2], [1, 2, 3, 9, 2], [5])
+    assert (r.table["n_pos"].iloc[0], r.table["n_neg"].iloc[0]) == (1, 4)
+    assert r.table["auc"].iloc[0] == pytest.approx(0.5)
+    # cohort_order other than the order of appearance (the first row is Female): the given order is kept
+    r = auc_by_cutoff(asah["s100b"], asah["wfns"], [3], cohort=asah["gender"], cohort_order=["Male", "Female"])
+    assert r.table["cohort"].tolist() == ["Male", "Female"]
+    assert list(r.difference.columns) == ["cutoff", "auc_Male", "auc_Female", "difference"]
+
+
+def test_decision_curve_takes_probabilities_zero_and_one_and_refuses_above_one():
+    r = decision_curve([0, 1, 1, 0], {"m": [0.0, 1.0, 0.6, 0.2]}, thresholds=[0.25, 0.5])
+    # treat when p >= pt: at 0.25 the two cases, at 0.5 the same; no false positive
+    np.testing.assert_allclose(r.table["m"], [0.5, 0.5])
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        decision_curve([0, 1, 1, 0], {"m": [0.0, 1.5, 0.6, 0.2]})
+    assert str(exc.value) == ("model 'm' has values outside [0, 1]; decision curves need predicted probabilities. "
+                              "Convert the score first (e.g. `tmbrb analyze logistic` gives fitted probabilities).")
+
+
+def test_decision_curve_figure_shows_the_three_curves_labelled():
+    r = decision_curve([0, 0, 1, 1, 1], {"m": [0.1, 0.6, 0.4, 0.7, 0.9]}, thresholds=np.arange(1, 21) / 25)
+    ax = r.plot()
+    assert tuple(ax.figure.get_size_inches()) == (6, 4.5)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for name, column in (("Treat all", "treat_all"), ("Treat none", "treat_none"), ("m", "m")):
+        np.testing.assert_allclose(lines[name].get_xdata(), r.table["threshold"])
+        np.testing.assert_allclose(lines[name].get_ydata(), r.table[column])
+    # thin grey and black references, the model in the first colour of the cycle
+    assert [(lines[k].get_color(), lines[k].get_linewidth()) for k in ("Treat all", "Treat none")] == [("grey", 1),
+                                                                                                      ("k", 1)]
+    assert ax.get_ylim() == pytest.approx((-0.05 * 0.6, 0.6 * 1.1 + 0.01))  # net benefit never exceeds the prevalence
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("Threshold probability", "Net benefit",
+                                                                  "Decision curves")
+    assert [t.get_fontsize() for t in ax.get_legend().get_texts()] == [8, 8, 8]
+    # a low prevalence keeps a visible margin below 0
+    low = decision_curve([0] * 19 + [1], {"m": [0.1] * 19 + [0.9]}, thresholds=[0.5]).plot(title="DCA")
+    assert low.get_ylim()[0] == pytest.approx(-0.005) and low.get_title() == "DCA"
+    plt.close("all")
+    # the printout shows every row of a short grid and every n // 10-th of a longer one
+    assert len(str(decision_curve([0, 1], {"m": [0.2, 0.8]}, thresholds=[0.2, 0.4, 0.6])).splitlines()) == 2 + 3
+    assert len(str(r).splitlines()) == 2 + 10  # 20 thresholds: every second
+
+
+def test_spearman_figure_size_and_points():
+    r = spearman([1, 2, 3, 4], [2, 1, 4, 3])
+    ax = r.plot()
+    assert tuple(ax.figure.get_size_inches()) == (5, 4.5)
+    pts = ax.collections[0]
+    assert pts.get_sizes().tolist() == [12] and pts.get_alpha() == 0.7
+    plt.close("all")
+
+
+def test_auc_by_cutoff_figure_and_printout(asah):
+    # cohorts given Male first (the table's order, not the alphabet's)
+    r = auc_by_cutoff(asah["s100b"], asah["wfns"], [2, 3, 4], cohort=asah["gender"], cohort_order=["Male", "Female"])
+    axes = r.plot()
+    assert len(axes) == 2 and tuple(axes[0].figure.get_size_inches()) == (10, 4)
+    ax = axes[0]
+    assert ax.get_legend_handles_labels()[1] == ["Male", "Female"]
+    assert [t.get_fontsize() for t in ax.get_legend().get_texts()] == [8, 8]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("cut-off of target", "AUC (95% CI)",
+                                                                  "AUC across cut-offs")
+    # each cohort's points with its CI as the error bar (lower and upper arms)
+    for container, (c, g) in zip(ax.containers, r.table.groupby("cohort", sort=False)):
+        line, caps, (bars,) = container
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), g["auc"].to_numpy(float))
+        segs = np.array([s[:, 1] for s in bars.get_segments()], dtype=float)
+        np.testing.assert_allclose(segs, g[["ci_low", "ci_high"]].to_numpy(float), rtol=1e-12)
+        assert len(caps) == 2
+    chance = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert len(chance) == 1 and tuple(chance[0].get_ydata()) == (0.5, 0.5) and chance[0].get_color() == "grey"
+    bars = axes[1].patches
+    assert [round(b.get_width(), 6) for b in bars] == [0.6] * 3
+    assert (axes[1].get_xlabel(), axes[1].get_title()) == ("cut-off of target", "Difference between cohorts")
+    plt.close("all")
+    one = auc_by_cutoff(asah["s100b"], asah["wfns"], [3]).plot(title="one")
+    assert len(one) == 1 and tuple(one[0].figure.get_size_inches()) == (5.5, 4) and one[0].get_title() == "one"
+    plt.close("all")
+    lines = str(r).splitlines()
+    # the difference table follows, without an index column, to four decimals
+    assert lines[8].split() == ["cutoff", "auc_Male", "auc_Female", "difference"]
+    d = r.difference.iloc[0]
+    assert lines[9].split() == [f"{v:.4f}" for v in (d["cutoff"], d["auc_Male"], d["auc_Female"], d["difference"])]
+
+
+def test_logistic_printout_counts_dropped_rows_and_its_roc_is_named_by_the_predictors(asah):
+    r = logistic_combination(asah.assign(s100b=asah["s100b"].where(asah.index != 0)), "outcome", ["s100b", "wfns"])
+    assert str(r).splitlines()[0] == ("Logistic regression (maximum likelihood, no penalty): n=112, events=41, "
+                                      "1 dropped")
+    assert (r.roc.name, r.roc.direction) == ("logistic(s100b+wfns)", "<")
+
+
+def test_spearman_without_names_calls_the_variables_x_and_y():
+    r = spearman([1, 2, 3, 4], [2, 1, 4, 3])
+    assert str(r).startswith("Spearman correlation x vs y: rho = 0.6000, ")
+    ax = r.plot()
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "y")
+    plt.close("all")

@@ -157,3 +157,37 @@ def test_bad_survival_input(time, event, message):
 def test_time_zero_and_float_events_are_accepted():
     r = kaplan_meier([0.0, 2.0, 3.0], [1.0, 0.0, 1.0])
     assert r.curves[0].table["surv"].tolist()[:1] == [pytest.approx(2 / 3)]
+
+
+# ------------------------------------------------------------------------------------------ limits of the lists shown
+def test_duplicated_ids_list_ends_with_dots_only_past_five():
+    five = pd.DataFrame({"case": [f"p{i}" for i in range(5)] * 2})
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        require_unique(five, "case")
+    assert "('p0' 2 times, 'p1' 2 times, 'p2' 2 times, 'p3' 2 times, 'p4' 2 times); " in str(exc.value)
+    six = pd.DataFrame({"case": [f"p{i}" for i in range(6)] * 2})
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        require_unique(six, "case")
+    assert str(exc.value).startswith("input: 6 case id(s) appear on several rows (") and "2 times, ...); " in str(exc.value)
+
+
+def test_whole_numbers_given_as_text_come_back_as_floats():
+    got = to_numeric(pd.Series(["1", "2", "30"], dtype=object), "ecog")
+    assert got.dtype == float and got.tolist() == [1.0, 2.0, 30.0]
+
+
+def test_seven_label_classes_show_the_first_six():
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        binarize_labels(list("abcdefg"), "stage")
+    assert str(exc.value) == ("column 'stage' must have exactly two classes but has 7 (['a', 'b', 'c', 'd', 'e', 'f']...). "
+                              "Binarise it first (e.g. TMB >= 10) or pick the label column.")
+
+
+@pytest.mark.parametrize("event,shown", [
+    ([0, 2, 1, 0], "[2.0]"),                                 # 0 and 1 are never listed
+    ([2, 3, 4, 5, 6, 7, 1], "[2.0, 3.0, 4.0, 5.0, 6.0]"),    # at most five
+])
+def test_bad_event_values_are_listed_without_the_good_ones(event, shown):
+    with pytest.raises(TMBRBStatsInputError) as exc:
+        kaplan_meier(list(range(1, len(event) + 1)), event)
+    assert str(exc.value).startswith(f"column 'event' must be 0 (censored) or 1 (event) but has value(s) {shown}. ")

@@ -52,7 +52,10 @@ def _groups(df, args):
     """Group column: --group as is, or --marker split at --cutoff (x > cutoff vs x <= cutoff)."""
     if getattr(args, "group", None):
         return df[args.group].to_numpy(dtype=object)
-    if getattr(args, "marker", None) and args.cutoff is not None:
+    if getattr(args, "marker", None) and args.cutoff is None:  # a marker alone would silently give one group
+        raise TMBRBStatsInputError(f"--marker {args.marker} needs --cutoff VALUE (the marker is split at it), or give "
+                                   "--group COLUMN.")
+    if getattr(args, "marker", None):
         from ._input import to_numeric
 
         x = to_numeric(df[args.marker], args.marker)
