@@ -390,7 +390,29 @@ def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_
     np.testing.assert_array_equal(a.ring_region.data, b.ring_region.data)
     assert a.attention == b.attention and a.warnings == b.warnings and a.tta_scores == b.tta_scores
     assert a.tumour_mask_info == b.tumour_mask_info and a.tumour_mask_info["source"] == "proposed"
-    assert a.timings["seed_segmentation"] > 0 and b.timings["seed_segmentation"] > 0
+    for r in (a, b):  # its own time, a part of the case's
+        assert 0 < r.timings["seed_segmentation"] < r.timings["total"]
+
+
+def test_the_seed_segmentation_runs_in_its_own_named_thread_only_when_overlapping(case, tiny_bundle, monkeypatch):
+    import threading
+
+    import TMBRBLib.pipeline as pipeline
+
+    real, threads = pipeline.segment_from_seed, []
+
+    def recorded(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "segment_from_seed", recorded)
+    ct, _ = case
+    box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
+    for overlap in (False, True):
+        monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", overlap)
+        score_case(ct, TUMOUR, box, None, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    assert threads[0] == threading.current_thread().name  # off: in the caller's thread, after the model
+    assert threads[1].startswith("tmbrb-seed-segmentation")  # on: beside the model, in a thread a profiler names
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
@@ -624,3 +646,37 @@ def test_score_case_runs_on_the_cpu_by_default_here_and_a_cancel_stops_it_at_the
     assert calls == [1]
     if not torch.cuda.is_available():  # device "auto": the CPU on a machine without CUDA
         assert score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, n_shifts=0).device_used == "cpu"
+
+
+def _pasted(ct, seg):
+    """A seed segmentation's mask pasted into an array of the CT's grid (z, y, x)."""
+    full = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    z, y, x = (int(v) for v in np.asarray(seg.lo)[::-1])
+    m = sitk.GetArrayFromImage(seg.mask)
+    full[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]] = m
+    return full
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_tumour_of_a_given_box_is_segmented_inside_that_box_with_the_bundles_settings(case, tiny_bundle,
+                                                                                          monkeypatch, overlap):
+    # a box that holds half the tumour: the mask stays inside it (not the whole tumour a proposed box would take),
+    # and the bundle's proposal settings are the ones used (a tissue range that makes the tumour part-solid)
+    import TMBRBLib.pipeline as pipeline
+    from TMBRBLib.proposal import segment_from_seed
+
+    monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", overlap)
+    ct, _ = case
+    box = Box((10.0, -30.0, 20.0), (22.0, -10.0, 40.0))
+    settings = {**tiny_bundle.tmbrb["proposal"], "hu_range": [100.0, 500.0]}
+    monkeypatch.setitem(tiny_bundle.tmbrb, "proposal", settings)
+    r = score_case(ct, TUMOUR, box, None, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    seg = segment_from_seed(ct, TUMOUR, box, settings)
+    expected = _pasted(ct, seg)
+    assert np.array_equal(sitk.GetArrayFromImage(r.tumour_region.full_image()), expected)
+    assert r.tumour_mask_info == seg.info and seg.info["part_solid"] is True
+    assert all(w in r.warnings for w in seg.warnings) and seg.warnings
+    # the test shows something: with the default settings, or with no box, the mask differs
+    assert not np.array_equal(_pasted(ct, segment_from_seed(ct, TUMOUR, box, None)), expected)
+    whole = _pasted(ct, segment_from_seed(ct, TUMOUR, None, settings))
+    assert whole.sum() > expected.sum() and np.any(whole[:, :, :39] > 0)
