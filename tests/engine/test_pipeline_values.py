@@ -498,6 +498,34 @@ def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings
     assert calls == [(tmp_path / "out2", False)] and not (tmp_path / "out2").exists()
 
 
+def _features(bundle, crop, layer=None):
+    """The deep features of one crop alone, one plain forward pass."""
+    from TMBRBLib.model import capture_deep_features
+
+    net = bundle.model("cpu")
+    with capture_deep_features(net, layer) as feats, torch.no_grad():
+        net(torch.from_numpy(crop)[None, None])
+    return feats[0][0].numpy()
+
+
+def test_scorer_keeps_the_unshifted_crops_deep_features_at_the_bundles_ood_layer(tiny_bundle, monkeypatch):
+    scorer = Scorer(tiny_bundle)  # device "auto": the CPU on a machine without CUDA
+    if not torch.cuda.is_available():
+        assert scorer.device == torch.device("cpu")
+    assert scorer.last_features is None  # nothing scored yet
+    rng = np.random.default_rng(4)
+    crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(2)]
+    scorer.run(crops[0], crops[1:], torch.device("cpu"))
+    pooled = _features(tiny_bundle, crops[0])
+    np.testing.assert_allclose(scorer.last_features, pooled, rtol=0, atol=1e-5)  # no OOD layer: the pooled ones
+    assert not np.allclose(_features(tiny_bundle, crops[1]), pooled, atol=1e-4), "the crops look alike to the net"
+    monkeypatch.setitem(tiny_bundle.tmbrb, "ood", {"layer": "features.transition1"})
+    scorer.run(crops[0], crops[1:], torch.device("cpu"))
+    at_layer = _features(tiny_bundle, crops[0], "features.transition1")
+    assert scorer.last_features.shape == at_layer.shape != pooled.shape
+    np.testing.assert_allclose(scorer.last_features, at_layer, rtol=0, atol=1e-5)
+
+
 def test_scorer_batches_many_shifted_crops_in_order_and_times_its_passes(tiny_bundle):
     """Six shifted crops: the first goes with the box through the map's pass, the other five in batches of
     TTA_BATCH (4 + 1); every score is that crop's own, in order."""
