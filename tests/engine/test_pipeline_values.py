@@ -708,3 +708,39 @@ def test_the_tumour_of_a_given_box_is_segmented_inside_that_box_with_the_bundles
     assert not np.array_equal(_pasted(ct, segment_from_seed(ct, TUMOUR, box, None)), expected)
     whole = _pasted(ct, segment_from_seed(ct, TUMOUR, None, settings))
     assert whole.sum() > expected.sum() and np.any(whole[:, :, :39] > 0)
+
+
+def test_the_trust_checks_are_of_this_case_and_flagged_ones_are_warnings(case, tiny_bundle, monkeypatch):
+    # a bundle with every trust section: the OOD distance is the unshifted crop's, the acquisition values are the
+    # CT's spacing, the crop's HU, the box's longest side and the field of view outside the scan, the spread is the
+    # box's and its shifted copies', the calibrated probability the score's; each flag gives its warning, once
+    from TMBRBLib.crop import crop_for_model as crop
+    from TMBRBLib.ood import (apply_temperature, crop_noise_hu, feature_distance, fit_feature_summary,
+                              trust_warnings)
+
+    ct, mask = case
+    n = tiny_bundle.tmbrb["architecture"]["n_features"]
+    rng = np.random.default_rng(5)
+    ood = fit_feature_summary(rng.normal(0, 1, (12, n)), [0, 1] * 6, rng.normal(0, 1, (4, n)), n_components=3)
+    ood["threshold"] = 0.0
+    monkeypatch.setitem(tiny_bundle.tmbrb, "ood", ood)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "acquisition", {"ranges": {"slice_mm": [0.5, 1.5], "box_mm": [1, 99]}})
+    monkeypatch.setitem(tiny_bundle.tmbrb, "calibration", {"temperature": 2.0})
+    monkeypatch.setitem(tiny_bundle.tmbrb, "tta", {**tiny_bundle.tmbrb["tta"], "spread_flag_level": 0.0})
+    box = Box.from_center_size(TUMOUR, (16.0, 18.0, 20.0))
+    r = score_case(ct, TUMOUR, box, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=2)
+    base, crop_img, grid = crop(ct, box, tiny_bundle.tmbrb["preprocessing"])
+    hu = sitk.GetArrayFromImage(crop_img).astype(np.float64)
+    assert r.trust["ood"]["available"] and r.trust["ood"]["flag"] is True
+    assert r.trust["ood"]["distance"] == pytest.approx(feature_distance(ood, _features(tiny_bundle, base))[0],
+                                                       rel=1e-4)
+    values = r.trust["acquisition"]["values"]
+    assert values == pytest.approx({"slice_mm": 2.0, "pixel_mm": 1.0, "box_mm": 20.0,
+                                    "fov_outside": fraction_outside_scan(ct, grid),
+                                    "crop_hu_p05": np.percentile(hu, 5), "crop_hu_p50": np.percentile(hu, 50),
+                                    "crop_noise_hu": crop_noise_hu(hu)})
+    assert [o["key"] for o in r.trust["acquisition"]["outside"]] == ["slice_mm"]
+    assert r.trust["box_placement"] == {"level": 0.0, "flag": True} and r.tta_std > 0
+    assert r.trust["calibration"]["probability"] == pytest.approx(apply_temperature(r.score, 2.0), abs=1e-12)
+    said = trust_warnings(r.trust)
+    assert len(said) == 3 and all(r.warnings.count(w) == 1 for w in said)
