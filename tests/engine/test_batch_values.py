@@ -735,3 +735,60 @@ def test_a_batch_writes_the_pictures_unless_told_not_to(small_ct, tiny_bundle, t
     run_batch(man, tmp_path / "out", bundle=tiny_bundle, device="cpu", n_shifts=0, progress_bar=False)
     assert _read_summary(tmp_path / "out")[0]["status"] == "ok"
     assert {p.suffix for p in (tmp_path / "out" / "a").iterdir()} == {".json", ".nrrd", ".png"}
+
+
+NOT_DICOM = ("no DICOM export: the CT 'ct.nrrd' is not a DICOM series folder (DICOM objects are made for DICOM inputs "
+             "only; the results are in the case folder)")
+
+
+def test_run_case_rows_say_their_time_why_a_case_was_scored_again_and_where_dicom_went(small_ct, tiny_bundle,
+                                                                                    tmp_path):
+    import time
+
+    from TMBRBLib.pipeline import Scorer
+
+    seed = ",".join(map(str, TUMOUR))
+    plan = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": seed}], tmp_path)[0]
+    out, scorer = tmp_path / "out", Scorer(tiny_bundle, "cpu")
+    out.mkdir()
+    t0 = time.perf_counter()
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 0, None, False)
+    wall = time.perf_counter() - t0
+    assert (row["status"], row["note"]) == ("ok", "") and 0 < row["seconds"] <= round(wall, 2) + 0.01
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 1, None, False)  # another shift count: scored again
+    assert (row["status"], row["note"]) == ("ok", "re-scored: shift count changed")
+    assert json.loads((out / "c" / "result.json").read_text())["inputs"]["n_shifts"] == 1
+    # asked for DICOM objects of a case done before: exported now (a CT that is no series: the note says so)
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 1, None, False, dicom_out=True)
+    assert (row["status"], row["note"]) == ("done-before", NOT_DICOM)
+    (out / "c" / "dicom").mkdir()
+    (out / "c" / "dicom" / "seg.dcm").write_bytes(b"exported by an earlier run")
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 1, None, False, dicom_out=True)
+    assert (row["status"], row["note"]) == ("done-before", "")  # already there: not again
+    # the row's own dicom_out column asks for them too; scored again, both notes in order
+    plan = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": seed, "dicom_out": "yes"}], tmp_path)[0]
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 0, None, False)
+    assert (row["status"], row["note"]) == ("ok", "re-scored: shift count changed; " + NOT_DICOM)
+
+
+def test_an_unexpected_error_in_a_case_is_a_failed_row_with_its_traceback_in_a_log(small_ct, tiny_bundle, tmp_path,
+                                                                                   monkeypatch):
+    seed = ",".join(map(str, TUMOUR))
+    (case, case_id, _), = plan = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": seed}], tmp_path)
+    out = tmp_path / "out"
+    _earlier_result(out / "c", case_inputs(case, tiny_bundle, 0, None))
+    before = (out / "c" / "result.json").read_bytes()
+
+    def broken(*a, **k):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(batch, "score_into_folder", broken)
+    row = batch.run_case(plan[0], out, None, tiny_bundle, 2, None, False)
+    assert row == {**{k: "" for k in SUMMARY_FIELDS}, "case_id": "c", "status": "failed",
+                   "error": "internal error: ValueError: boom", "seconds": row["seconds"],
+                   "note": "re-scored: shift count changed",
+                   "inputs_key": inputs_key(case_inputs(case, tiny_bundle, 2, None))}
+    assert 0 <= row["seconds"] < 60
+    log = (out / "c.error.log").read_text(encoding="utf-8")
+    assert log.startswith("Traceback (most recent call last):") and log.rstrip().endswith("ValueError: boom")
+    assert (out / "c" / "result.json").read_bytes() == before  # the earlier result stays
