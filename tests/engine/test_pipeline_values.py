@@ -744,3 +744,24 @@ def test_the_trust_checks_are_of_this_case_and_flagged_ones_are_warnings(case, t
     assert r.trust["calibration"]["probability"] == pytest.approx(apply_temperature(r.score, 2.0), abs=1e-12)
     said = trust_warnings(r.trust)
     assert len(said) == 3 and all(r.warnings.count(w) == 1 for w in said)
+
+
+def test_score_case_puts_the_model_on_the_device_asked_for(case, tiny_bundle, monkeypatch):
+    # (a machine without a GPU cannot run the model on "cuda:1": the device asked for is recorded where the model's
+    # device is chosen, and the case stops there)
+    import TMBRBLib.pipeline as pipeline
+
+    class Chosen(Exception):
+        pass
+
+    def select_device(device="auto"):
+        raise Chosen(device)
+
+    monkeypatch.setattr(pipeline, "select_device", select_device)
+    ct, mask = case
+    with pytest.raises(Chosen) as e:
+        score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, device="cuda:1")
+    assert e.value.args == ("cuda:1",)
+    with pytest.raises(Chosen) as e:
+        Scorer(tiny_bundle)
+    assert e.value.args == ("auto",)
