@@ -765,3 +765,37 @@ def test_score_case_puts_the_model_on_the_device_asked_for(case, tiny_bundle, mo
     with pytest.raises(Chosen) as e:
         Scorer(tiny_bundle)
     assert e.value.args == ("auto",)
+
+
+def test_the_fallback_keeps_the_spacing_and_retries_only_a_gpu_out_of_memory(tiny_bundle, monkeypatch):
+    scorer, cpu = Scorer(tiny_bundle, "cpu"), torch.device("cpu")
+    x = np.random.default_rng(1).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    spacing = (2.0, 1.0, 0.5)
+    own, plain = scorer.run(x, [], cpu, spacing), scorer.run(x, [], cpu)  # the CAM is smoothed in mm
+    assert own[2].max() > 0 and plain[2].max() > 0, "a map of zeros: the test shows nothing"
+    assert not np.allclose(own[2] / own[2].max(), plain[2] / plain[2].max(), atol=1e-3)
+    warnings = []
+    assert np.array_equal(scorer.run_with_fallback(x, [], warnings, spacing)[2], own[2])
+    assert np.array_equal(scorer.run_with_fallback(x, [], warnings)[2], plain[2]) and warnings == []  # 1 mm
+
+    calls, emptied = [], []
+
+    def run(self, base, shifted, device, spacing_zyx=1.0):  # every device but the CPU runs out of memory
+        calls.append(str(device))
+        if device.type != "cpu" or fail_cpu:
+            raise torch.OutOfMemoryError("out of memory")
+        return 0.5, [], np.zeros((2, 2, 2)), {}
+
+    monkeypatch.setattr(Scorer, "run", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    fail_cpu = True  # out of memory on the CPU: nothing else to try, raised as it is
+    with pytest.raises(torch.OutOfMemoryError):
+        scorer.run_with_fallback(x, [], warnings)
+    assert calls == ["cpu"] and warnings == [] and emptied == []
+    fail_cpu = False
+    scorer.device = torch.device("cuda:0")  # the GPU's cached memory is given back before the CPU computes it
+    assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and emptied == [1]
+    scorer.device = torch.device("mps")  # another GPU: CUDA's cache is not touched
+    assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and emptied == [1]
+    assert calls[1:] == ["cuda:0", "cpu", "mps", "cpu"]
+    assert warnings[-1] == "The GPU (mps) ran out of memory; this case was computed on the CPU instead."
