@@ -529,6 +529,7 @@ def test_a_batch_never_deletes_an_input_inside_its_case_folder(small_ct, tiny_bu
     row = _read_summary(out)[0]
     assert row["status"] == "failed" and row["error"].startswith("The case's ct 'c/ct.nrrd' lies in its output "
                                                                  "folder")
+    assert row["note"] == "" and len(row["inputs_key"]) == 64
     assert ct.read_bytes() == small_ct.read_bytes()
 
 
@@ -792,3 +793,40 @@ def test_an_unexpected_error_in_a_case_is_a_failed_row_with_its_traceback_in_a_l
     log = (out / "c.error.log").read_text(encoding="utf-8")
     assert log.startswith("Traceback (most recent call last):") and log.rstrip().endswith("ValueError: boom")
     assert (out / "c" / "result.json").read_bytes() == before  # the earlier result stays
+
+
+def test_a_dicom_series_case_gets_its_dicom_objects_in_its_folder(tiny_bundle, tmp_path):
+    try:
+        from TMBRBLib.dicom_out import DICOM_OUT_NAMES, write_ct_series
+    except ImportError:
+        from _prereq import require
+        require("dev-package", "DICOM export needs highdicom and pydicom (pip install 'tmbrb[dicom]')")
+    from TMBRBLib.pipeline import Scorer
+
+    ct, _ = make_ct(size=(48, 48, 16), spacing=(1.0, 1.0, 2.0), tumour_lps=TUMOUR, radius_mm=6, noise=10)
+    write_ct_series(ct, tmp_path / "series")
+    row = {"case_id": "c", "ct": "series", "seed_lps": ",".join(map(str, TUMOUR)), "dicom_out": "yes"}
+    out = tmp_path / "out"
+    out.mkdir()
+    got = batch.run_case(plan_cases([row], tmp_path)[0], out, Scorer(tiny_bundle, "cpu"), tiny_bundle, 0, None, False)
+    assert (got["status"], got["note"]) == ("ok", "DICOM objects in dicom/ (seg.dcm, cam_pm.dcm, report_sr.dcm)")
+    assert sorted(p.name for p in (out / "c" / "dicom").iterdir()) == sorted(DICOM_OUT_NAMES)
+    assert sorted(p.name for p in out.iterdir()) == ["c"]  # no temporary folder left
+
+
+def test_a_case_that_fails_while_written_leaves_no_folder(small_ct, tiny_bundle, tmp_path):
+    from TMBRBLib.pipeline import Scorer
+
+    (case, _, _), = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": ",".join(map(str, TUMOUR))}],
+                               tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def broken(folder, ct):
+        assert (folder / "result.json").is_file()  # called once the outputs are written
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        batch.score_into_folder(case, out / "c", scorer=Scorer(tiny_bundle, "cpu"), keyed={}, key="k", n_shifts=0,
+                                ring_width_mm=None, pictures=False, after_write=broken)
+    assert list(out.iterdir()) == []  # neither the case folder nor its temporary one
