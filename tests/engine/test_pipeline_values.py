@@ -799,3 +799,36 @@ def test_the_fallback_keeps_the_spacing_and_retries_only_a_gpu_out_of_memory(tin
     assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and emptied == [1]
     assert calls[1:] == ["cuda:0", "cpu", "mps", "cpu"]
     assert warnings[-1] == "The GPU (mps) ran out of memory; this case was computed on the CPU instead."
+
+
+def test_the_map_is_computed_on_the_crops_own_spacing_with_the_bundles_ring_width(case, tiny_bundle, monkeypatch):
+    # the map is smoothed in mm on the crop's (z, y, x) spacing (its voxels are cubes: the field of view is one)
+    ct, mask = case
+    monkeypatch.setitem(tiny_bundle.tmbrb, "regions", {**tiny_bundle.tmbrb["regions"], "ring_width_mm": 7.0})
+    scorer = Scorer(tiny_bundle, "cpu")
+    box = Box.from_center_size(TUMOUR, (12.0, 24.0, 40.0))
+    r = score_case(ct, TUMOUR, box, mask, None, scorer=scorer, n_shifts=0)
+    assert r.attention["ring_width_mm"] == 7.0
+    base, _, grid, _, _ = model_inputs(ct, box, tiny_bundle.tmbrb, 0)
+    zyx = tuple(grid.spacing[::-1])
+    assert zyx != (1.0, 1.0, 1.0), "1 mm voxels: the test shows nothing"
+    expected = {s: regions_and_cam(ct, TUMOUR, box, grid, scorer.run(base, [], scorer.device, s)[2], mask, 7.0,
+                                   None, [])[0].data for s in (zyx, 1.0)}
+    assert np.array_equal(r.cam_region.data, expected[zyx])
+    assert not np.allclose(expected[zyx], expected[1.0], atol=1e-3)
+
+
+def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions_a_10_mm_ring(case, tiny_bundle,
+                                                                                              monkeypatch):
+    ct, mask = case
+    monkeypatch.setitem(tiny_bundle.tmbrb, "proposal", {**tiny_bundle.tmbrb["proposal"], "margin_mm": 8.0})
+    monkeypatch.delitem(tiny_bundle.tmbrb, "regions")
+    r = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    ext = resolve_box(ct, TUMOUR, None, {"margin_mm": 0.0}, [], tumour_mask=mask)[0]  # the mask's own extent
+    np.testing.assert_allclose(r.box.min, np.asarray(ext.min) - 8.0)
+    np.testing.assert_allclose(r.box.max, np.asarray(ext.max) + 8.0)
+    assert r.box_proposed is True and r.attention["ring_width_mm"] == 10.0
+    # the tumour is the mask given: nothing segmented; every step's time is a part of the whole
+    assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
+    assert all(0 <= v <= r.timings["total"] for v in r.timings.values())
+    assert sum(v for k, v in r.timings.items() if k != "total") <= r.timings["total"] + 0.001
