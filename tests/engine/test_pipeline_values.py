@@ -771,7 +771,8 @@ def test_the_fallback_keeps_the_spacing_and_retries_only_a_gpu_out_of_memory(tin
     scorer, cpu = Scorer(tiny_bundle, "cpu"), torch.device("cpu")
     x = np.random.default_rng(1).normal(0, 1, (64, 64, 64)).astype(np.float32)
     spacing = (2.0, 1.0, 0.5)
-    own, plain = scorer.run(x, [], cpu, spacing), scorer.run(x, [], cpu)  # the CAM is smoothed in mm
+    own, plain = scorer.run(x, [], cpu, spacing), scorer.run(x, [], cpu, 1.0)  # the CAM is smoothed in mm
+    assert np.array_equal(scorer.run(x, [], cpu)[2], plain[2])  # 1 mm voxels unless told
     assert own[2].max() > 0 and plain[2].max() > 0, "a map of zeros: the test shows nothing"
     assert not np.allclose(own[2] / own[2].max(), plain[2] / plain[2].max(), atol=1e-3)
     warnings = []
@@ -832,3 +833,16 @@ def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions
     assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
     assert all(0 <= v <= r.timings["total"] for v in r.timings.values())
     assert sum(v for k, v in r.timings.items() if k != "total") <= r.timings["total"] + 0.001
+
+
+def test_the_score_is_the_probability_of_the_bundles_class(tiny_bundle, monkeypatch):
+    x = np.random.default_rng(7).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    p1 = _plain_scores(tiny_bundle, [x])[0]  # class 1 (High-TMB), the bundle's class_index
+    cam = dict(tiny_bundle.tmbrb["cam"])
+    monkeypatch.setitem(tiny_bundle.tmbrb, "cam", {**cam, "class_index": 0})
+    score, tta, _, _ = Scorer(tiny_bundle, "cpu").run(x, [x], torch.device("cpu"))
+    assert [score] + tta == pytest.approx([1 - p1, 1 - p1], abs=1e-5)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "cam", {k: v for k, v in cam.items() if k != "class_index"})
+    score, tta, _, _ = Scorer(tiny_bundle, "cpu").run(x, [x], torch.device("cpu"))  # none said: class 1
+    assert [score] + tta == pytest.approx([p1, p1], abs=1e-5)
+    assert abs(p1 - 0.5) > 1e-3, "a score of one half: the test shows nothing"
