@@ -529,7 +529,7 @@ def test_a_batch_never_deletes_an_input_inside_its_case_folder(small_ct, tiny_bu
     row = _read_summary(out)[0]
     assert row["status"] == "failed" and row["error"].startswith("The case's ct 'c/ct.nrrd' lies in its output "
                                                                  "folder")
-    assert row["note"] == "" and len(row["inputs_key"]) == 64
+    assert row["note"] == "" and len(row["inputs_key"]) == 64 and 0 <= float(row["seconds"]) < 60
     assert ct.read_bytes() == small_ct.read_bytes()
 
 
@@ -781,17 +781,18 @@ def test_an_unexpected_error_in_a_case_is_a_failed_row_with_its_traceback_in_a_l
     before = (out / "c" / "result.json").read_bytes()
 
     def broken(*a, **k):
-        raise ValueError("boom")
+        raise ValueError(f"boom in '{out / 'c' / 'x.bin'}'")
 
     monkeypatch.setattr(batch, "score_into_folder", broken)
     row = batch.run_case(plan[0], out, None, tiny_bundle, 2, None, False)
-    assert row == {**{k: "" for k in SUMMARY_FIELDS}, "case_id": "c", "status": "failed",
-                   "error": "internal error: ValueError: boom", "seconds": row["seconds"],
+    assert row == {**{k: "" for k in SUMMARY_FIELDS}, "case_id": "c", "status": "failed",  # paths shown relative
+                   "error": "internal error: ValueError: boom in 'c/x.bin'", "seconds": row["seconds"],
                    "note": "re-scored: shift count changed",
                    "inputs_key": inputs_key(case_inputs(case, tiny_bundle, 2, None))}
     assert 0 <= row["seconds"] < 60
     log = (out / "c.error.log").read_text(encoding="utf-8")
-    assert log.startswith("Traceback (most recent call last):") and log.rstrip().endswith("ValueError: boom")
+    assert log.startswith("Traceback (most recent call last):")
+    assert log.rstrip().endswith(f"ValueError: boom in '{out / 'c' / 'x.bin'}'")
     assert (out / "c" / "result.json").read_bytes() == before  # the earlier result stays
 
 
@@ -812,6 +813,12 @@ def test_a_dicom_series_case_gets_its_dicom_objects_in_its_folder(tiny_bundle, t
     assert (got["status"], got["note"]) == ("ok", "DICOM objects in dicom/ (seg.dcm, cam_pm.dcm, report_sr.dcm)")
     assert sorted(p.name for p in (out / "c" / "dicom").iterdir()) == sorted(DICOM_OUT_NAMES)
     assert sorted(p.name for p in out.iterdir()) == ["c"]  # no temporary folder left
+    for p in (out / "c" / "dicom").iterdir():  # lost since: made again for the case done before
+        p.unlink()
+    got = batch.run_case(plan_cases([row], tmp_path)[0], out, None, tiny_bundle, 0, None, False)
+    assert (got["status"], got["note"]) == ("done-before", "DICOM objects in dicom/ (seg.dcm, cam_pm.dcm, "
+                                                           "report_sr.dcm)")
+    assert sorted(p.name for p in (out / "c" / "dicom").iterdir()) == sorted(DICOM_OUT_NAMES)
 
 
 def test_a_case_that_fails_while_written_leaves_no_folder(small_ct, tiny_bundle, tmp_path):
