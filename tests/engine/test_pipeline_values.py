@@ -338,12 +338,14 @@ def test_scorer_scores_the_box_and_each_shifted_crop_in_order(tiny_bundle):
 def test_score_case_records_what_it_computed(case, tiny_bundle):
     ct, mask = case
     scorer = Scorer(tiny_bundle, "cpu")
-    steps = []
+    steps, polls = [], []
     box = Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0))
     r = score_case(ct, TUMOUR, box, mask, "1", scorer=scorer, n_shifts=1, ring_width_mm=5,
-                   progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited")
+                   progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited",
+                   cancel=lambda: polls.append(len(steps)) or False)
     assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
                      (0.75, "regions and CAM on the CT grid"), (0.95, "done")]
+    assert polls == [0, 1, 2, 3, 4, 5]  # cancel is polled at every step, before it is reported
     base, _, grid, offsets, shifted = model_inputs(ct, box, tiny_bundle.tmbrb, 1)
     expected = _plain_scores(tiny_bundle, [base] + shifted)
     assert r.score == pytest.approx(expected[0], abs=1e-5) and r.tta_scores == pytest.approx(expected, abs=1e-5)
@@ -824,7 +826,9 @@ def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions
     ct, mask = case
     monkeypatch.setitem(tiny_bundle.tmbrb, "proposal", {**tiny_bundle.tmbrb["proposal"], "margin_mm": 8.0})
     monkeypatch.delitem(tiny_bundle.tmbrb, "regions")
+    t0 = time.perf_counter()
     r = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    wall = time.perf_counter() - t0
     ext = resolve_box(ct, TUMOUR, None, {"margin_mm": 0.0}, [], tumour_mask=mask)[0]  # the mask's own extent
     np.testing.assert_allclose(r.box.min, np.asarray(ext.min) - 8.0)
     np.testing.assert_allclose(r.box.max, np.asarray(ext.max) + 8.0)
@@ -833,6 +837,18 @@ def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions
     assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
     assert all(0 <= v <= r.timings["total"] for v in r.timings.values())
     assert sum(v for k, v in r.timings.items() if k != "total") <= r.timings["total"] + 0.001
+    assert 0 < r.timings["forward_cam"] and r.timings["total"] <= round(wall, 4) + 0.0001
+
+
+def test_a_given_mask_far_from_the_box_is_said(case, tiny_bundle):
+    ct, _ = case
+    far = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    far[0:2, 0:2, 0:2] = 1
+    m = sitk.GetImageFromArray(far)
+    m.CopyInformation(ct)
+    r = score_case(ct, TUMOUR, Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0)), m, None,
+                   scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    assert r.warnings.count("The given segmentation has no voxel near the box; check that it is the tumour's.") == 1
 
 
 def test_the_score_is_the_probability_of_the_bundles_class(tiny_bundle, monkeypatch):
