@@ -719,6 +719,11 @@ def test_a_case_done_before_is_summarised_from_its_result_without_scoring(tiny_b
     assert row["error"].startswith("Could not read the CT '../cts/c1.nrrd'")
     assert row["inputs_key"] == inputs_key(case_inputs(case, tiny_bundle, 1, None))
     assert (out / "c1" / "result.json").read_bytes() == before
+    # done before, with DICOM objects asked for: both notes, in order
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, progress_bar=False, dicom_out=True)
+    (row,) = _read_summary(out)
+    assert (row["status"], row["note"]) == ("done-before", "model bundle old/b MODIFIED after export; "
+                                            + NOT_DICOM.replace("'ct.nrrd'", "'c1.nrrd'"))
 
 
 def test_a_process_rows_are_merged_as_written_even_with_line_breaks_in_a_cell(tmp_path):
