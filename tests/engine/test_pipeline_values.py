@@ -526,6 +526,9 @@ def test_scorer_keeps_the_unshifted_crops_deep_features_at_the_bundles_ood_layer
     at_layer = _features(tiny_bundle, crops[0], "features.transition1")
     assert scorer.last_features.shape == at_layer.shape != pooled.shape
     np.testing.assert_allclose(scorer.last_features, at_layer, rtol=0, atol=1e-5)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "ood", {"layer": "features.no_such_layer"})  # a network without it
+    score, _, _, _ = scorer.run(crops[0], crops[1:], torch.device("cpu"))
+    assert scorer.last_features is None and 0 <= score <= 1
 
 
 def test_scorer_batches_many_shifted_crops_in_order_and_times_its_passes(tiny_bundle):
@@ -862,3 +865,21 @@ def test_the_score_is_the_probability_of_the_bundles_class(tiny_bundle, monkeypa
     score, tta, _, _ = Scorer(tiny_bundle, "cpu").run(x, [x], torch.device("cpu"))  # none said: class 1
     assert [score] + tta == pytest.approx([p1, p1], abs=1e-5)
     assert abs(p1 - 0.5) > 1e-3, "a score of one half: the test shows nothing"
+
+
+def test_a_case_whose_gpu_runs_out_of_memory_says_so_in_its_result(case, tiny_bundle, monkeypatch):
+    ct, mask = case
+    scorer = Scorer(tiny_bundle, "cpu")
+    real_run = Scorer.run
+
+    def run(self, base, shifted, device, spacing_zyx=1.0):
+        if device.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_run(self, base, shifted, device, spacing_zyx)
+
+    monkeypatch.setattr(Scorer, "run", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    scorer.device = torch.device("cuda:0")
+    r = score_case(ct, TUMOUR, None, mask, None, scorer=scorer, n_shifts=0)
+    assert r.device_used == "cpu"
+    assert r.warnings.count("The GPU (cuda:0) ran out of memory; this case was computed on the CPU instead.") == 1
