@@ -492,6 +492,7 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, tiny_
     assert [(r["row"], r["case_id"], r["status"]) for r in rows] == [("1", "a", "ok"), ("2", "far", "failed"),
                                                                      ("3", "b", "ok")]
     res = json.loads((out / "a" / "result.json").read_text())
+    assert res["model"]["sha256"] == tiny_bundle.sha256 and res["device"] == "cpu"  # the model given
     a = rows[0]
     assert float(a["score"]) == res["score"] and float(a["tta_mean"]) == res["tta"]["mean"]
     assert a["os_group"] == res["risk"]["os"]["group"] and a["ecog"] == "1" and rows[2]["ecog"] == ""
@@ -639,6 +640,9 @@ def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_orde
         "run": "tmbrb:t1", "rank": 0, "world": 2, "share": 2, "done": 2, "finished": True, "error": None}
     bar = capsys.readouterr().err
     assert "TMBRB batch" in bar and "3/3" in bar and "c3: failed" in bar  # process 1's case counted in the bar
+    assert bar.lstrip("\r").startswith("TMBRB batch: ") and ("case/s" in bar or "s/case" in bar)
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.rank0.csv", "summary.rank0.json",
+                                                      "summary.rank1.csv", "summary.rank1.json"]
 
 
 def test_a_process_that_stops_says_why_and_process_0_names_it_in_the_summary(tiny_bundle, tmp_path,
