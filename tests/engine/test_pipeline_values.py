@@ -709,6 +709,7 @@ def test_the_tumour_of_a_given_box_is_segmented_inside_that_box_with_the_bundles
     assert np.array_equal(sitk.GetArrayFromImage(r.tumour_region.full_image()), expected)
     assert r.tumour_mask_info == seg.info and seg.info["part_solid"] is True
     assert all(w in r.warnings for w in seg.warnings) and seg.warnings
+    assert r.warnings[0] == tiny_bundle.notice  # the segmentation's warnings come after the others, not instead
     # the test shows something: with the default settings, or with no box, the mask differs
     assert not np.array_equal(_pasted(ct, segment_from_seed(ct, TUMOUR, box, None)), expected)
     whole = _pasted(ct, segment_from_seed(ct, TUMOUR, None, settings))
