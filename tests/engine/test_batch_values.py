@@ -484,7 +484,7 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, tiny_
                                          ["b", str(small_ct), seed, ""]])
     out = tmp_path / "out"
     seen = []
-    path = run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False,
+    path = run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, ring_width_mm=6.0,
                      progress_bar=False, on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
     assert path == out / "summary.csv"
     assert seen == [(1, 3, "a", "ok"), (2, 3, "far", "failed"), (3, 3, "b", "ok")]
@@ -493,6 +493,7 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, tiny_
                                                                      ("3", "b", "ok")]
     res = json.loads((out / "a" / "result.json").read_text())
     assert res["model"]["sha256"] == tiny_bundle.sha256 and res["device"] == "cpu"  # the model given
+    assert res["attention"]["ring_width_mm"] == 6.0
     a = rows[0]
     assert float(a["score"]) == res["score"] and float(a["tta_mean"]) == res["tta"]["mean"]
     assert a["os_group"] == res["risk"]["os"]["group"] and a["ecog"] == "1" and rows[2]["ecog"] == ""
@@ -510,7 +511,8 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, tiny_
     (out / "b" / "stale.txt").write_text("from a killed run")
     (out / ".b.part-99999").mkdir()
     a_bytes = (out / "a" / "result.json").read_bytes()
-    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False,
+              ring_width_mm=6.0)
     rows = _read_summary(out)
     assert [(r["case_id"], r["status"]) for r in rows] == [("a", "done-before"), ("far", "failed"), ("b", "ok")]
     assert rows[0]["score"] == a["score"] and rows[0]["seconds"] == "0.0" and rows[0]["note"] == ""
@@ -614,10 +616,14 @@ def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_orde
     man, out = _unscored_manifest(tmp_path), tmp_path / "out"
     seen = []
     _process(monkeypatch, 1)
+    states = []
     path = run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False,
-                     on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
+                     on_case=lambda i, n, row: (seen.append((i, n, row["case_id"], row["status"])), states.append(
+                         json.loads((out / "summary.rank1.json").read_text()))))
     assert path == out / "summary.rank1.csv" and not (out / "summary.csv").exists()
     assert seen == [(2, 3, "c2", "failed")]
+    assert states == [{"run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 1, "finished": False,
+                       "error": None}]  # published after each case, before the end
     assert capsys.readouterr().err == ""  # only process 0 shows a bar
     assert json.loads((out / "summary.rank1.json").read_text()) == {
         "run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 1, "finished": True, "error": None}
