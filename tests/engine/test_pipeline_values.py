@@ -827,7 +827,11 @@ def test_the_map_is_computed_on_the_crops_own_spacing_with_the_bundles_ring_widt
 
 def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions_a_10_mm_ring(case, tiny_bundle,
                                                                                               monkeypatch):
-    ct, mask = case
+    ct, _ = case
+    part = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    part[18:21, 37:42, 37:42] = 1  # a block inside the tumour: its box is not the tumour's
+    mask = sitk.GetImageFromArray(part)
+    mask.CopyInformation(ct)
     monkeypatch.setitem(tiny_bundle.tmbrb, "proposal", {**tiny_bundle.tmbrb["proposal"], "margin_mm": 8.0})
     monkeypatch.delitem(tiny_bundle.tmbrb, "regions")
     t0 = time.perf_counter()
@@ -837,6 +841,8 @@ def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions
     np.testing.assert_allclose(r.box.min, np.asarray(ext.min) - 8.0)
     np.testing.assert_allclose(r.box.max, np.asarray(ext.max) + 8.0)
     assert r.box_proposed is True and r.attention["ring_width_mm"] == 10.0
+    segmented = resolve_box(ct, TUMOUR, None, {"margin_mm": 8.0}, [])[0]  # what the seed alone would give
+    assert np.max(np.abs(np.asarray(segmented.size) - np.asarray(r.box.size))) > 2.0
     # the tumour is the mask given: nothing segmented; every step's time is a part of the whole
     assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
     assert all(0 <= v <= r.timings["total"] for v in r.timings.values())
