@@ -1,6 +1,6 @@
 """Batch values a user relies on (issue 16): a manifest row as read (seed and box frames, paths, case ids), the
 resume key and the reason a case is scored again, summary.csv's cells, whole-folder replacement, and the merge of
-several processes' summaries. Most tests need no model; the last ones score a small CT with the placeholder bundle."""
+several processes' summaries. Most tests need no model; the last ones score a small CT with a tiny bundle."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TMBRB_RUN_ID", "TORCHELASTIC_RUN_ID"
 def single_process(monkeypatch):
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """The paper's metadata (a demo placeholder: its notice is shown) with a four-layer network: a case scores in
+    about a second, so the scoring tests are cheap enough for a mutation run (what the batch records does not depend
+    on the network's size; tests/engine/test_batch_resume.py scores with the full-size placeholder)."""
+    from .test_pipeline_values import _tiny
+
+    return _tiny(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 def _case(**row):
@@ -186,35 +196,40 @@ def test_file_identity_of_a_file_a_folder_and_a_missing_path(tmp_path):
 
 @pytest.fixture(scope="module")
 def bare_bundle(tmp_path_factory):
-    """A bundle without a regions section nor a tta shift count: the engine's defaults apply."""
+    """A bundle (a tiny network) without a regions section nor a tta shift count: the engine's defaults apply."""
     import torch
 
     from TMBRBLib.bundle import default_metadata, save_bundle
     from TMBRBLib.model import build_model
 
+    from .test_pipeline_values import TINY
+
     meta = default_metadata()
     meta["tmbrb"].pop("regions")
     meta["tmbrb"]["tta"].pop("n_shifts")
     meta["tmbrb"]["training"] = {"note": "untrained", "seed": 0}
+    arch = {**{k: v for k, v in meta["tmbrb"]["architecture"].items() if k != "n_features"}, **TINY}
     torch.manual_seed(0)
-    return save_bundle(build_model(meta["tmbrb"]["architecture"]), tmp_path_factory.mktemp("bare") / "b", meta)
+    net = build_model(arch)
+    meta["tmbrb"]["architecture"] = {**arch, "n_features": net.n_features}
+    return save_bundle(net, tmp_path_factory.mktemp("bare") / "b", meta)
 
 
-def test_case_inputs_are_the_canonical_values_the_key_hashes(tmp_path, placeholder_bundle, bare_bundle):
+def test_case_inputs_are_the_canonical_values_the_key_hashes(tmp_path, tiny_bundle, bare_bundle):
     from TMBRBLib.crop import DEFAULT_N_SHIFTS
 
     (tmp_path / "ct.nrrd").write_bytes(b"ct")
     (tmp_path / "m.nrrd").write_bytes(b"mask")
     case = row_to_case({"ct": "ct.nrrd", "seed_lps": "1.00000049,2,-3.1234567", "mask": "m.nrrd", "ecog": "1",
                         "box_lps": "0,0,0,1.23456789,2,3"}, tmp_path, 1)
-    got = case_inputs(case, placeholder_bundle)
-    info = placeholder_bundle.info()
+    got = case_inputs(case, tiny_bundle)
+    info = tiny_bundle.info()
     assert got == {"key_version": INPUTS_KEY_VERSION, "ct": file_identity(tmp_path / "ct.nrrd"),
                    "seed_lps": [1.0, 2.0, -3.123457], "box_lps": [0.0, 0.0, 0.0, 1.234568, 2.0, 3.0],
                    "mask": file_identity(tmp_path / "m.nrrd"), "ecog": 1,
                    "model": {"sha256": info["sha256"], "metadata_sha256": info["metadata_sha256"]},
-                   "n_shifts": placeholder_bundle.tmbrb["tta"]["n_shifts"],
-                   "ring_width_mm": placeholder_bundle.tmbrb["regions"]["ring_width_mm"]}
+                   "n_shifts": tiny_bundle.tmbrb["tta"]["n_shifts"],
+                   "ring_width_mm": tiny_bundle.tmbrb["regions"]["ring_width_mm"]}
     assert INPUTS_KEY_VERSION == 2
     bare = case_inputs({**case, "box": None, "mask": None, "ecog": "x"}, bare_bundle, None, None)
     assert (bare["box_lps"], bare["mask"], bare["ecog"], bare["n_shifts"], bare["ring_width_mm"]) == \
@@ -263,9 +278,9 @@ def test_resume_decision_says_why_a_case_is_scored_again(tmp_path):
         None, "re-scored: the inputs key's format, CT file, seed, ECOG, shift count, extra changed")
 
 
-def test_input_labels_name_every_keyed_input(placeholder_bundle, tmp_path):
+def test_input_labels_name_every_keyed_input(tiny_bundle, tmp_path):
     (tmp_path / "ct.nrrd").write_bytes(b"ct")
-    keyed = case_inputs(_case(ct=str(tmp_path / "ct.nrrd")), placeholder_bundle)
+    keyed = case_inputs(_case(ct=str(tmp_path / "ct.nrrd")), tiny_bundle)
     assert [batch.INPUT_LABELS[k] for k in keyed] == ["the inputs key's format", "CT file", "seed", "box",
                                                       "mask file", "ECOG", "model", "shift count", "ring width"]
 
@@ -463,13 +478,13 @@ def _read_summary(out):
         return list(csv.DictReader(f))
 
 
-def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, placeholder_bundle, tmp_path):
+def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, tiny_bundle, tmp_path):
     seed = ",".join(map(str, TUMOUR))
     man = _manifest(tmp_path / "m.csv", [["a", str(small_ct), seed, "1"], ["far", str(small_ct), "900,0,0", ""],
                                          ["b", str(small_ct), seed, ""]])
     out = tmp_path / "out"
     seen = []
-    path = run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False,
+    path = run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, ring_width_mm=6.0,
                      progress_bar=False, on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
     assert path == out / "summary.csv"
     assert seen == [(1, 3, "a", "ok"), (2, 3, "far", "failed"), (3, 3, "b", "ok")]
@@ -477,6 +492,8 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, place
     assert [(r["row"], r["case_id"], r["status"]) for r in rows] == [("1", "a", "ok"), ("2", "far", "failed"),
                                                                      ("3", "b", "ok")]
     res = json.loads((out / "a" / "result.json").read_text())
+    assert res["model"]["sha256"] == tiny_bundle.sha256 and res["device"] == "cpu"  # the model given
+    assert res["attention"]["ring_width_mm"] == 6.0
     a = rows[0]
     assert float(a["score"]) == res["score"] and float(a["tta_mean"]) == res["tta"]["mean"]
     assert a["os_group"] == res["risk"]["os"]["group"] and a["ecog"] == "1" and rows[2]["ecog"] == ""
@@ -494,7 +511,8 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, place
     (out / "b" / "stale.txt").write_text("from a killed run")
     (out / ".b.part-99999").mkdir()
     a_bytes = (out / "a" / "result.json").read_bytes()
-    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False,
+              ring_width_mm=6.0)
     rows = _read_summary(out)
     assert [(r["case_id"], r["status"]) for r in rows] == [("a", "done-before"), ("far", "failed"), ("b", "ok")]
     assert rows[0]["score"] == a["score"] and rows[0]["seconds"] == "0.0" and rows[0]["note"] == ""
@@ -504,20 +522,21 @@ def test_a_batch_scores_resumes_and_replaces_a_half_written_case(small_ct, place
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_a_batch_never_deletes_an_input_inside_its_case_folder(small_ct, placeholder_bundle, tmp_path):
+def test_a_batch_never_deletes_an_input_inside_its_case_folder(small_ct, tiny_bundle, tmp_path):
     out = tmp_path / "out"
     (out / "c").mkdir(parents=True)
     ct = out / "c" / "ct.nrrd"
     ct.write_bytes(small_ct.read_bytes())
     man = _manifest(tmp_path / "m.csv", [["c", str(ct), ",".join(map(str, TUMOUR)), ""]])
-    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
     row = _read_summary(out)[0]
     assert row["status"] == "failed" and row["error"].startswith("The case's ct 'c/ct.nrrd' lies in its output "
                                                                  "folder")
+    assert row["note"] == "" and len(row["inputs_key"]) == 64 and 0 <= float(row["seconds"]) < 60
     assert ct.read_bytes() == small_ct.read_bytes()
 
 
-def test_a_row_with_a_mask_box_ecog_and_ring_width_is_scored_with_them(placeholder_bundle, tmp_path):
+def test_a_row_with_a_mask_box_ecog_and_ring_width_is_scored_with_them(tiny_bundle, tmp_path):
     from TMBRBLib.errors import TMBRBCancelled
     from TMBRBLib.pipeline import Scorer
 
@@ -529,25 +548,25 @@ def test_a_row_with_a_mask_box_ecog_and_ring_width_is_scored_with_them(placehold
     plan = plan_cases([row], tmp_path)[0]
     out = tmp_path / "out"
     out.mkdir()
-    scorer = Scorer(placeholder_bundle, "cpu")
+    scorer = Scorer(tiny_bundle, "cpu")
     with pytest.raises(TMBRBCancelled):  # cancelled: raised, not a failed row, and nothing written
-        batch.run_case(plan, out, scorer, placeholder_bundle, 0, 6.0, False, cancel=lambda: True)
+        batch.run_case(plan, out, scorer, tiny_bundle, 0, 6.0, False, cancel=lambda: True)
     assert list(out.iterdir()) == []
-    got = batch.run_case(plan, out, scorer, placeholder_bundle, 0, 6.0, False)
+    got = batch.run_case(plan, out, scorer, tiny_bundle, 0, 6.0, False)
     res = json.loads((out / "c" / "result.json").read_text())
     assert got["status"] == "ok" and got["ecog"] == 2 and res["risk"]["ecog"] == 2
     assert got["note"] == ""  # no DICOM export unless asked
     assert res["attention"]["ring_width_mm"] == 6.0 and res["inputs"]["keyed_inputs"]["ring_width_mm"] == 6.0
     assert res["box"]["proposed"] is False
     assert (res["box"]["lps_min"], res["box"]["lps_max"]) == ([2.0, -28.0, 22.0], [18.0, -12.0, 38.0])
-    assert res["inputs"]["segmentation_given"] is True and res["model"]["sha256"] == placeholder_bundle.sha256
+    assert res["inputs"]["segmentation_given"] is True and res["model"]["sha256"] == tiny_bundle.sha256
     assert res["inputs"]["mask_path"] == {  # two folders up: recorded by name and path sha256
         "name": "mask.nrrd", "path_sha256": hashlib.sha256(str((tmp_path / "mask.nrrd").resolve()).encode()).hexdigest()}
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "c" / "tumour.nrrd"))),
                           sitk.GetArrayFromImage(mask))
     thick = [w for w in res["warnings"] if w.startswith("3.5 mm slices")]
     assert len(thick) == 1  # said when reading and when scoring: once
-    assert res["warnings"][0] == placeholder_bundle.notice
+    assert res["warnings"][0] == tiny_bundle.notice
 
 
 def test_rank_files_count_only_the_other_processes_and_show_paths_relative(tmp_path):
@@ -592,15 +611,19 @@ NO_SEED = "The row has no seed. Fill 'seed_ras' or 'seed_lps' with x,y,z in mm."
 NO_CT = "The CT '../cts/c2.nrrd' does not exist. Check the path."
 
 
-def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_order(placeholder_bundle, tmp_path,
+def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_order(tiny_bundle, tmp_path,
                                                                                  monkeypatch, capsys):
     man, out = _unscored_manifest(tmp_path), tmp_path / "out"
     seen = []
     _process(monkeypatch, 1)
-    path = run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False,
-                     on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
+    states = []
+    path = run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False,
+                     on_case=lambda i, n, row: (seen.append((i, n, row["case_id"], row["status"])), states.append(
+                         json.loads((out / "summary.rank1.json").read_text()))))
     assert path == out / "summary.rank1.csv" and not (out / "summary.csv").exists()
     assert seen == [(2, 3, "c2", "failed")]
+    assert states == [{"run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 1, "finished": False,
+                       "error": None}]  # published after each case, before the end
     assert capsys.readouterr().err == ""  # only process 0 shows a bar
     assert json.loads((out / "summary.rank1.json").read_text()) == {
         "run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 1, "finished": True, "error": None}
@@ -611,7 +634,7 @@ def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_orde
 
     _process(monkeypatch, 0)
     seen.clear()
-    path = run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, pictures=False,
+    path = run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False,
                      on_case=lambda i, n, row: seen.append((i, n, row["case_id"], row["status"])))
     assert path == out / "summary.csv"
     assert seen == [(1, 3, "c1", "failed"), (3, 3, "c3", "failed")]
@@ -623,9 +646,12 @@ def test_two_processes_share_the_rows_and_process_0_merges_them_in_manifest_orde
         "run": "tmbrb:t1", "rank": 0, "world": 2, "share": 2, "done": 2, "finished": True, "error": None}
     bar = capsys.readouterr().err
     assert "TMBRB batch" in bar and "3/3" in bar and "c3: failed" in bar  # process 1's case counted in the bar
+    assert bar.lstrip("\r").startswith("TMBRB batch: ") and ("case/s" in bar or "s/case" in bar)
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.rank0.csv", "summary.rank0.json",
+                                                      "summary.rank1.csv", "summary.rank1.json"]
 
 
-def test_a_process_that_stops_says_why_and_process_0_names_it_in_the_summary(placeholder_bundle, tmp_path,
+def test_a_process_that_stops_says_why_and_process_0_names_it_in_the_summary(tiny_bundle, tmp_path,
                                                                              monkeypatch):
     from TMBRBLib.errors import TMBRBBundleError
 
@@ -637,28 +663,28 @@ def test_a_process_that_stops_says_why_and_process_0_names_it_in_the_summary(pla
     assert state == {"run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 0, "finished": True,
                      "error": f"TMBRBBundleError: {e.value}"}
     _process(monkeypatch, 0)
-    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, progress_bar=False, wait_timeout_s=5)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, progress_bar=False, wait_timeout_s=5)
     rows = _read_summary(out)
     assert [r["status"] for r in rows] == ["failed"] * 3 and rows[0]["error"] == NO_SEED
     assert rows[1]["error"].startswith("not scored: process 1 stopped: TMBRBBundleError: ")
     assert rows[1]["row"] == "2" and rows[1]["case_id"] == "c2"
 
 
-def test_several_processes_without_a_run_id_are_refused_before_writing(placeholder_bundle, tmp_path, monkeypatch):
+def test_several_processes_without_a_run_id_are_refused_before_writing(tiny_bundle, tmp_path, monkeypatch):
     man, out = _unscored_manifest(tmp_path), tmp_path / "out"
     _process(monkeypatch, 1, run=None)
     with pytest.raises(TMBRBInputError) as e:
-        run_batch(man, out, bundle=placeholder_bundle, device="cpu", progress_bar=False)
+        run_batch(man, out, bundle=tiny_bundle, device="cpu", progress_bar=False)
     assert str(e.value) == (
         "This is process 1 of 2 (WORLD_SIZE), but nothing identifies the run. Start the processes with torchrun "
         "--standalone, srun, or set TMBRB_RUN_ID to the same new value for every process.")
     assert not out.exists()
 
 
-def test_a_single_process_writes_the_summary_after_each_case(placeholder_bundle, tmp_path):
+def test_a_single_process_writes_the_summary_after_each_case(tiny_bundle, tmp_path):
     man, out = _unscored_manifest(tmp_path), tmp_path / "new" / "out"  # folders made as needed
     sizes = []
-    run_batch(man, out, bundle=placeholder_bundle, progress_bar=False,  # device "auto": the CPU here
+    run_batch(man, out, bundle=tiny_bundle, progress_bar=False,  # device "auto": the CPU here
               on_case=lambda i, n, row: sizes.append(len(_read_summary(out))))
     assert sizes == [1, 2, 3]
     far = hashlib.sha256(str(tmp_path / "cts" / "c2.nrrd").encode()).hexdigest()[:12]  # two folders up: by name
@@ -679,30 +705,35 @@ def _earlier_result(case_out: Path, keyed: dict, **extra):
     return (case_out / "result.json").read_bytes()
 
 
-def test_a_case_done_before_is_summarised_from_its_result_without_scoring(placeholder_bundle, tmp_path):
+def test_a_case_done_before_is_summarised_from_its_result_without_scoring(tiny_bundle, tmp_path):
     (tmp_path / "cts").mkdir()
     (tmp_path / "cts" / "c1.nrrd").write_bytes(b"not read: the case is done")
     man = _manifest(tmp_path / "m.csv", [["c1", "cts/c1.nrrd", "1,2,3", "1"]])
     out = tmp_path / "out"
     case = plan_cases(read_manifest(man), tmp_path)[0][0]
-    before = _earlier_result(out / "c1", case_inputs(case, placeholder_bundle, 0, None),
+    before = _earlier_result(out / "c1", case_inputs(case, tiny_bundle, 0, None),
                              model={"path": "old/b", "modified": True})
-    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=0, progress_bar=False)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, progress_bar=False)
     (row,) = _read_summary(out)
     assert row == {"row": "1", "case_id": "c1", "status": "done-before", "score": "0.625", "tta_mean": "0.6",
                    "tta_std": "0.05", "os_group": "high", "pfs_group": "low", "ecog": "1",
                    "os_relative_hazard": "2.5", "pfs_relative_hazard": "1.5", "attention_tumour": "0.5",
                    "attention_ring": "0.25", "n_warnings": "2", "seconds": "0.0", "error": "",
                    "note": "model bundle old/b MODIFIED after export",
-                   "inputs_key": inputs_key(case_inputs(case, placeholder_bundle, 0, None)), "output_dir": "c1"}
+                   "inputs_key": inputs_key(case_inputs(case, tiny_bundle, 0, None)), "output_dir": "c1"}
     assert (out / "c1" / "result.json").read_bytes() == before
     # another shift count: scored again (the file is no CT: a failed row that says what changed), the old kept
-    run_batch(man, out, bundle=placeholder_bundle, device="cpu", n_shifts=1, progress_bar=False)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=1, progress_bar=False)
     (row,) = _read_summary(out)
     assert row["status"] == "failed" and row["note"] == "re-scored: shift count changed"
     assert row["error"].startswith("Could not read the CT '../cts/c1.nrrd'")
-    assert row["inputs_key"] == inputs_key(case_inputs(case, placeholder_bundle, 1, None))
+    assert row["inputs_key"] == inputs_key(case_inputs(case, tiny_bundle, 1, None))
     assert (out / "c1" / "result.json").read_bytes() == before
+    # done before, with DICOM objects asked for: both notes, in order
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, progress_bar=False, dicom_out=True)
+    (row,) = _read_summary(out)
+    assert (row["status"], row["note"]) == ("done-before", "model bundle old/b MODIFIED after export; "
+                                            + NOT_DICOM.replace("'ct.nrrd'", "'c1.nrrd'"))
 
 
 def test_a_process_rows_are_merged_as_written_even_with_line_breaks_in_a_cell(tmp_path):
@@ -715,11 +746,109 @@ def test_a_process_rows_are_merged_as_written_even_with_line_breaks_in_a_cell(tm
     assert merged[1]["error"] == error and merged[1]["seconds"] == "1.5"
 
 
-def test_a_batch_writes_the_pictures_unless_told_not_to(small_ct, tmp_path):
-    from .test_pipeline_values import _tiny
-
+def test_a_batch_writes_the_pictures_unless_told_not_to(small_ct, tiny_bundle, tmp_path):
     man = _manifest(tmp_path / "m.csv", [["a", str(small_ct), ",".join(map(str, TUMOUR)), ""]])
-    bundle = _tiny(tmp_path / "tiny")
-    run_batch(man, tmp_path / "out", bundle=bundle, device="cpu", n_shifts=0, progress_bar=False)
+    run_batch(man, tmp_path / "out", bundle=tiny_bundle, device="cpu", n_shifts=0, progress_bar=False)
     assert _read_summary(tmp_path / "out")[0]["status"] == "ok"
     assert {p.suffix for p in (tmp_path / "out" / "a").iterdir()} == {".json", ".nrrd", ".png"}
+
+
+NOT_DICOM = ("no DICOM export: the CT 'ct.nrrd' is not a DICOM series folder (DICOM objects are made for DICOM inputs "
+             "only; the results are in the case folder)")
+
+
+def test_run_case_rows_say_their_time_why_a_case_was_scored_again_and_where_dicom_went(small_ct, tiny_bundle,
+                                                                                    tmp_path):
+    import time
+
+    from TMBRBLib.pipeline import Scorer
+
+    seed = ",".join(map(str, TUMOUR))
+    plan = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": seed}], tmp_path)[0]
+    out, scorer = tmp_path / "out", Scorer(tiny_bundle, "cpu")
+    out.mkdir()
+    t0 = time.perf_counter()
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 0, None, False)
+    wall = time.perf_counter() - t0
+    assert (row["status"], row["note"]) == ("ok", "") and 0 < row["seconds"] <= round(wall, 2) + 0.01
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 1, None, False)  # another shift count: scored again
+    assert (row["status"], row["note"]) == ("ok", "re-scored: shift count changed")
+    assert json.loads((out / "c" / "result.json").read_text())["inputs"]["n_shifts"] == 1
+    # asked for DICOM objects of a case done before: exported now (a CT that is no series: the note says so)
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 1, None, False, dicom_out=True)
+    assert (row["status"], row["note"]) == ("done-before", NOT_DICOM)
+    (out / "c" / "dicom").mkdir()
+    (out / "c" / "dicom" / "seg.dcm").write_bytes(b"exported by an earlier run")
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 1, None, False, dicom_out=True)
+    assert (row["status"], row["note"]) == ("done-before", "")  # already there: not again
+    # the row's own dicom_out column asks for them too; scored again, both notes in order
+    plan = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": seed, "dicom_out": "yes"}], tmp_path)[0]
+    row = batch.run_case(plan, out, scorer, tiny_bundle, 0, None, False)
+    assert (row["status"], row["note"]) == ("ok", "re-scored: shift count changed; " + NOT_DICOM)
+
+
+def test_an_unexpected_error_in_a_case_is_a_failed_row_with_its_traceback_in_a_log(small_ct, tiny_bundle, tmp_path,
+                                                                                   monkeypatch):
+    seed = ",".join(map(str, TUMOUR))
+    (case, case_id, _), = plan = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": seed}], tmp_path)
+    out = tmp_path / "out"
+    _earlier_result(out / "c", case_inputs(case, tiny_bundle, 0, None))
+    before = (out / "c" / "result.json").read_bytes()
+
+    def broken(*a, **k):
+        raise ValueError(f"boom in '{out / 'c' / 'x.bin'}'")
+
+    monkeypatch.setattr(batch, "score_into_folder", broken)
+    row = batch.run_case(plan[0], out, None, tiny_bundle, 2, None, False)
+    assert row == {**{k: "" for k in SUMMARY_FIELDS}, "case_id": "c", "status": "failed",  # paths shown relative
+                   "error": "internal error: ValueError: boom in 'c/x.bin'", "seconds": row["seconds"],
+                   "note": "re-scored: shift count changed",
+                   "inputs_key": inputs_key(case_inputs(case, tiny_bundle, 2, None))}
+    assert 0 <= row["seconds"] < 60
+    log = (out / "c.error.log").read_text(encoding="utf-8")
+    assert log.startswith("Traceback (most recent call last):")
+    assert log.rstrip().endswith(f"ValueError: boom in '{out / 'c' / 'x.bin'}'")
+    assert (out / "c" / "result.json").read_bytes() == before  # the earlier result stays
+
+
+def test_a_dicom_series_case_gets_its_dicom_objects_in_its_folder(tiny_bundle, tmp_path):
+    try:
+        from TMBRBLib.dicom_out import DICOM_OUT_NAMES, write_ct_series
+    except ImportError:
+        from _prereq import require
+        require("dev-package", "DICOM export needs highdicom and pydicom (pip install 'tmbrb[dicom]')")
+    from TMBRBLib.pipeline import Scorer
+
+    ct, _ = make_ct(size=(48, 48, 16), spacing=(1.0, 1.0, 2.0), tumour_lps=TUMOUR, radius_mm=6, noise=10)
+    write_ct_series(ct, tmp_path / "series")
+    row = {"case_id": "c", "ct": "series", "seed_lps": ",".join(map(str, TUMOUR)), "dicom_out": "yes"}
+    out = tmp_path / "out"
+    out.mkdir()
+    got = batch.run_case(plan_cases([row], tmp_path)[0], out, Scorer(tiny_bundle, "cpu"), tiny_bundle, 0, None, False)
+    assert (got["status"], got["note"]) == ("ok", "DICOM objects in dicom/ (seg.dcm, cam_pm.dcm, report_sr.dcm)")
+    assert sorted(p.name for p in (out / "c" / "dicom").iterdir()) == sorted(DICOM_OUT_NAMES)
+    assert sorted(p.name for p in out.iterdir()) == ["c"]  # no temporary folder left
+    for p in (out / "c" / "dicom").iterdir():  # lost since: made again for the case done before
+        p.unlink()
+    got = batch.run_case(plan_cases([row], tmp_path)[0], out, None, tiny_bundle, 0, None, False)
+    assert (got["status"], got["note"]) == ("done-before", "DICOM objects in dicom/ (seg.dcm, cam_pm.dcm, "
+                                                           "report_sr.dcm)")
+    assert sorted(p.name for p in (out / "c" / "dicom").iterdir()) == sorted(DICOM_OUT_NAMES)
+
+
+def test_a_case_that_fails_while_written_leaves_no_folder(small_ct, tiny_bundle, tmp_path):
+    from TMBRBLib.pipeline import Scorer
+
+    (case, _, _), = plan_cases([{"case_id": "c", "ct": str(small_ct), "seed_lps": ",".join(map(str, TUMOUR))}],
+                               tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def broken(folder, ct):
+        assert (folder / "result.json").is_file()  # called once the outputs are written
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        batch.score_into_folder(case, out / "c", scorer=Scorer(tiny_bundle, "cpu"), keyed={}, key="k", n_shifts=0,
+                                ring_width_mm=None, pictures=False, after_write=broken)
+    assert list(out.iterdir()) == []  # neither the case folder nor its temporary one

@@ -338,12 +338,14 @@ def test_scorer_scores_the_box_and_each_shifted_crop_in_order(tiny_bundle):
 def test_score_case_records_what_it_computed(case, tiny_bundle):
     ct, mask = case
     scorer = Scorer(tiny_bundle, "cpu")
-    steps = []
+    steps, polls = [], []
     box = Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0))
     r = score_case(ct, TUMOUR, box, mask, "1", scorer=scorer, n_shifts=1, ring_width_mm=5,
-                   progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited")
+                   progress=lambda f, m: steps.append((f, m)), mask_source="proposed_edited",
+                   cancel=lambda: polls.append(len(steps)) or False)
     assert steps == [(0.02, "checking inputs"), (0.08, "box"), (0.15, "cropping"), (0.3, "model (cpu)"),
                      (0.75, "regions and CAM on the CT grid"), (0.95, "done")]
+    assert polls == [0, 1, 2, 3, 4, 5]  # cancel is polled at every step, before it is reported
     base, _, grid, offsets, shifted = model_inputs(ct, box, tiny_bundle.tmbrb, 1)
     expected = _plain_scores(tiny_bundle, [base] + shifted)
     assert r.score == pytest.approx(expected[0], abs=1e-5) and r.tta_scores == pytest.approx(expected, abs=1e-5)
@@ -390,7 +392,29 @@ def test_a_given_box_segments_while_the_model_runs_and_gives_what_one_after_the_
     np.testing.assert_array_equal(a.ring_region.data, b.ring_region.data)
     assert a.attention == b.attention and a.warnings == b.warnings and a.tta_scores == b.tta_scores
     assert a.tumour_mask_info == b.tumour_mask_info and a.tumour_mask_info["source"] == "proposed"
-    assert a.timings["seed_segmentation"] > 0 and b.timings["seed_segmentation"] > 0
+    for r in (a, b):  # its own time, a part of the case's
+        assert 0 < r.timings["seed_segmentation"] < r.timings["total"]
+
+
+def test_the_seed_segmentation_runs_in_its_own_named_thread_only_when_overlapping(case, tiny_bundle, monkeypatch):
+    import threading
+
+    import TMBRBLib.pipeline as pipeline
+
+    real, threads = pipeline.segment_from_seed, []
+
+    def recorded(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "segment_from_seed", recorded)
+    ct, _ = case
+    box = Box.from_center_size(TUMOUR, (20.0, 20.0, 20.0))
+    for overlap in (False, True):
+        monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", overlap)
+        score_case(ct, TUMOUR, box, None, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    assert threads[0] == threading.current_thread().name  # off: in the caller's thread, after the model
+    assert threads[1].startswith("tmbrb-seed-segmentation")  # on: beside the model, in a thread a profiler names
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
@@ -474,6 +498,37 @@ def test_score_to_folder_writes_the_result_with_the_ct_path_and_reading_warnings
     score_to_folder(ct, TUMOUR, tmp_path / "out2", pictures=False, bundle=tiny_bundle, device="cpu",
                     n_shifts=0, writer=lambda result, out, ct=None, pictures=True: calls.append((out, pictures)))
     assert calls == [(tmp_path / "out2", False)] and not (tmp_path / "out2").exists()
+
+
+def _features(bundle, crop, layer=None):
+    """The deep features of one crop alone, one plain forward pass."""
+    from TMBRBLib.model import capture_deep_features
+
+    net = bundle.model("cpu")
+    with capture_deep_features(net, layer) as feats, torch.no_grad():
+        net(torch.from_numpy(crop)[None, None])
+    return feats[0][0].numpy()
+
+
+def test_scorer_keeps_the_unshifted_crops_deep_features_at_the_bundles_ood_layer(tiny_bundle, monkeypatch):
+    scorer = Scorer(tiny_bundle)  # device "auto": the CPU on a machine without CUDA
+    if not torch.cuda.is_available():
+        assert scorer.device == torch.device("cpu")
+    assert scorer.last_features is None  # nothing scored yet
+    rng = np.random.default_rng(4)
+    crops = [rng.normal(0, 1, (64, 64, 64)).astype(np.float32) for _ in range(2)]
+    scorer.run(crops[0], crops[1:], torch.device("cpu"))
+    pooled = _features(tiny_bundle, crops[0])
+    np.testing.assert_allclose(scorer.last_features, pooled, rtol=0, atol=1e-5)  # no OOD layer: the pooled ones
+    assert not np.allclose(_features(tiny_bundle, crops[1]), pooled, atol=1e-4), "the crops look alike to the net"
+    monkeypatch.setitem(tiny_bundle.tmbrb, "ood", {"layer": "features.transition1"})
+    scorer.run(crops[0], crops[1:], torch.device("cpu"))
+    at_layer = _features(tiny_bundle, crops[0], "features.transition1")
+    assert scorer.last_features.shape == at_layer.shape != pooled.shape
+    np.testing.assert_allclose(scorer.last_features, at_layer, rtol=0, atol=1e-5)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "ood", {"layer": "features.no_such_layer"})  # a network without it
+    score, _, _, _ = scorer.run(crops[0], crops[1:], torch.device("cpu"))
+    assert scorer.last_features is None and 0 <= score <= 1
 
 
 def test_scorer_batches_many_shifted_crops_in_order_and_times_its_passes(tiny_bundle):
@@ -624,3 +679,214 @@ def test_score_case_runs_on_the_cpu_by_default_here_and_a_cancel_stops_it_at_the
     assert calls == [1]
     if not torch.cuda.is_available():  # device "auto": the CPU on a machine without CUDA
         assert score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, n_shifts=0).device_used == "cpu"
+
+
+def _pasted(ct, seg):
+    """A seed segmentation's mask pasted into an array of the CT's grid (z, y, x)."""
+    full = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    z, y, x = (int(v) for v in np.asarray(seg.lo)[::-1])
+    m = sitk.GetArrayFromImage(seg.mask)
+    full[z:z + m.shape[0], y:y + m.shape[1], x:x + m.shape[2]] = m
+    return full
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_tumour_of_a_given_box_is_segmented_inside_that_box_with_the_bundles_settings(case, tiny_bundle,
+                                                                                          monkeypatch, overlap):
+    # a box that holds half the tumour: the mask stays inside it (not the whole tumour a proposed box would take),
+    # and the bundle's proposal settings are the ones used (a tissue range that makes the tumour part-solid)
+    import TMBRBLib.pipeline as pipeline
+    from TMBRBLib.proposal import segment_from_seed
+
+    monkeypatch.setattr(pipeline, "OVERLAP_SEGMENTATION", overlap)
+    ct, _ = case
+    box = Box((10.0, -30.0, 20.0), (22.0, -10.0, 40.0))
+    settings = {**tiny_bundle.tmbrb["proposal"], "hu_range": [100.0, 500.0]}
+    monkeypatch.setitem(tiny_bundle.tmbrb, "proposal", settings)
+    r = score_case(ct, TUMOUR, box, None, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    seg = segment_from_seed(ct, TUMOUR, box, settings)
+    expected = _pasted(ct, seg)
+    assert np.array_equal(sitk.GetArrayFromImage(r.tumour_region.full_image()), expected)
+    assert r.tumour_mask_info == seg.info and seg.info["part_solid"] is True
+    assert all(w in r.warnings for w in seg.warnings) and seg.warnings
+    assert r.warnings[0] == tiny_bundle.notice  # the segmentation's warnings come after the others, not instead
+    # the test shows something: with the default settings, or with no box, the mask differs
+    assert not np.array_equal(_pasted(ct, segment_from_seed(ct, TUMOUR, box, None)), expected)
+    whole = _pasted(ct, segment_from_seed(ct, TUMOUR, None, settings))
+    assert whole.sum() > expected.sum() and np.any(whole[:, :, :39] > 0)
+
+
+def test_the_trust_checks_are_of_this_case_and_flagged_ones_are_warnings(case, tiny_bundle, monkeypatch):
+    # a bundle with every trust section: the OOD distance is the unshifted crop's, the acquisition values are the
+    # CT's spacing, the crop's HU, the box's longest side and the field of view outside the scan, the spread is the
+    # box's and its shifted copies', the calibrated probability the score's; each flag gives its warning, once
+    from TMBRBLib.crop import crop_for_model as crop
+    from TMBRBLib.ood import (apply_temperature, crop_noise_hu, feature_distance, fit_feature_summary,
+                              trust_warnings)
+
+    ct, mask = case
+    n = tiny_bundle.tmbrb["architecture"]["n_features"]
+    rng = np.random.default_rng(5)
+    ood = fit_feature_summary(rng.normal(0, 1, (12, n)), [0, 1] * 6, rng.normal(0, 1, (4, n)), n_components=3)
+    ood["threshold"] = 0.0
+    monkeypatch.setitem(tiny_bundle.tmbrb, "ood", ood)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "acquisition", {"ranges": {"slice_mm": [0.5, 1.5], "box_mm": [1, 99]}})
+    monkeypatch.setitem(tiny_bundle.tmbrb, "calibration", {"temperature": 2.0})
+    monkeypatch.setitem(tiny_bundle.tmbrb, "tta", {**tiny_bundle.tmbrb["tta"], "spread_flag_level": 0.0})
+    box = Box.from_center_size(TUMOUR, (16.0, 18.0, 20.0))
+    r = score_case(ct, TUMOUR, box, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=2)
+    base, crop_img, grid = crop(ct, box, tiny_bundle.tmbrb["preprocessing"])
+    hu = sitk.GetArrayFromImage(crop_img).astype(np.float64)
+    assert r.trust["ood"]["available"] and r.trust["ood"]["flag"] is True
+    assert r.trust["ood"]["distance"] == pytest.approx(feature_distance(ood, _features(tiny_bundle, base))[0],
+                                                       rel=1e-4)
+    values = r.trust["acquisition"]["values"]
+    assert values == pytest.approx({"slice_mm": 2.0, "pixel_mm": 1.0, "box_mm": 20.0,
+                                    "fov_outside": fraction_outside_scan(ct, grid),
+                                    "crop_hu_p05": np.percentile(hu, 5), "crop_hu_p50": np.percentile(hu, 50),
+                                    "crop_noise_hu": crop_noise_hu(hu)})
+    assert [o["key"] for o in r.trust["acquisition"]["outside"]] == ["slice_mm"]
+    assert r.trust["box_placement"] == {"level": 0.0, "flag": True} and r.tta_std > 0
+    assert r.trust["calibration"]["probability"] == pytest.approx(apply_temperature(r.score, 2.0), abs=1e-12)
+    said = trust_warnings(r.trust)
+    assert len(said) == 3 and all(r.warnings.count(w) == 1 for w in said)
+
+
+def test_score_case_puts_the_model_on_the_device_asked_for(case, tiny_bundle, monkeypatch):
+    # (a machine without a GPU cannot run the model on "cuda:1": the device asked for is recorded where the model's
+    # device is chosen, and the case stops there)
+    import TMBRBLib.pipeline as pipeline
+
+    class Chosen(Exception):
+        pass
+
+    def select_device(device="auto"):
+        raise Chosen(device)
+
+    monkeypatch.setattr(pipeline, "select_device", select_device)
+    ct, mask = case
+    with pytest.raises(Chosen) as e:
+        score_case(ct, TUMOUR, None, mask, bundle=tiny_bundle, device="cuda:1")
+    assert e.value.args == ("cuda:1",)
+    with pytest.raises(Chosen) as e:
+        Scorer(tiny_bundle)
+    assert e.value.args == ("auto",)
+
+
+def test_the_fallback_keeps_the_spacing_and_retries_only_a_gpu_out_of_memory(tiny_bundle, monkeypatch):
+    scorer, cpu = Scorer(tiny_bundle, "cpu"), torch.device("cpu")
+    x = np.random.default_rng(1).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    spacing = (2.0, 1.0, 0.5)
+    own, plain = scorer.run(x, [], cpu, spacing), scorer.run(x, [], cpu, 1.0)  # the CAM is smoothed in mm
+    assert np.array_equal(scorer.run(x, [], cpu)[2], plain[2])  # 1 mm voxels unless told
+    assert own[2].max() > 0 and plain[2].max() > 0, "a map of zeros: the test shows nothing"
+    assert not np.allclose(own[2] / own[2].max(), plain[2] / plain[2].max(), atol=1e-3)
+    warnings = []
+    assert np.array_equal(scorer.run_with_fallback(x, [], warnings, spacing)[2], own[2])
+    assert np.array_equal(scorer.run_with_fallback(x, [], warnings)[2], plain[2]) and warnings == []  # 1 mm
+
+    calls, emptied = [], []
+
+    def run(self, base, shifted, device, spacing_zyx=1.0):  # every device but the CPU runs out of memory
+        calls.append(str(device))
+        if device.type != "cpu" or fail_cpu:
+            raise torch.OutOfMemoryError("out of memory")
+        return 0.5, [], np.zeros((2, 2, 2)), {}
+
+    monkeypatch.setattr(Scorer, "run", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    fail_cpu = True  # out of memory on the CPU: nothing else to try, raised as it is
+    with pytest.raises(torch.OutOfMemoryError):
+        scorer.run_with_fallback(x, [], warnings)
+    assert calls == ["cpu"] and warnings == [] and emptied == []
+    fail_cpu = False
+    scorer.device = torch.device("cuda:0")  # the GPU's cached memory is given back before the CPU computes it
+    assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and emptied == [1]
+    scorer.device = torch.device("mps")  # another GPU: CUDA's cache is not touched
+    assert scorer.run_with_fallback(x, [], warnings)[-1] == "cpu" and emptied == [1]
+    assert calls[1:] == ["cuda:0", "cpu", "mps", "cpu"]
+    assert warnings[-1] == "The GPU (mps) ran out of memory; this case was computed on the CPU instead."
+
+
+def test_the_map_is_computed_on_the_crops_own_spacing_with_the_bundles_ring_width(case, tiny_bundle, monkeypatch):
+    # the map is smoothed in mm on the crop's (z, y, x) spacing (its voxels are cubes: the field of view is one)
+    ct, mask = case
+    monkeypatch.setitem(tiny_bundle.tmbrb, "regions", {**tiny_bundle.tmbrb["regions"], "ring_width_mm": 7.0})
+    scorer = Scorer(tiny_bundle, "cpu")
+    box = Box.from_center_size(TUMOUR, (12.0, 24.0, 40.0))
+    r = score_case(ct, TUMOUR, box, mask, None, scorer=scorer, n_shifts=0)
+    assert r.attention["ring_width_mm"] == 7.0
+    base, _, grid, _, _ = model_inputs(ct, box, tiny_bundle.tmbrb, 0)
+    zyx = tuple(grid.spacing[::-1])
+    assert zyx != (1.0, 1.0, 1.0), "1 mm voxels: the test shows nothing"
+    expected = {s: regions_and_cam(ct, TUMOUR, box, grid, scorer.run(base, [], scorer.device, s)[2], mask, 7.0,
+                                   None, [])[0].data for s in (zyx, 1.0)}
+    assert np.array_equal(r.cam_region.data, expected[zyx])
+    assert not np.allclose(expected[zyx], expected[1.0], atol=1e-3)
+
+
+def test_a_box_from_a_mask_takes_the_bundles_margin_and_a_bundle_without_regions_a_10_mm_ring(case, tiny_bundle,
+                                                                                              monkeypatch):
+    ct, _ = case
+    part = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    part[18:21, 37:42, 37:42] = 1  # a block inside the tumour: its box is not the tumour's
+    mask = sitk.GetImageFromArray(part)
+    mask.CopyInformation(ct)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "proposal", {**tiny_bundle.tmbrb["proposal"], "margin_mm": 8.0})
+    monkeypatch.delitem(tiny_bundle.tmbrb, "regions")
+    t0 = time.perf_counter()
+    r = score_case(ct, TUMOUR, None, mask, None, scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    wall = time.perf_counter() - t0
+    ext = resolve_box(ct, TUMOUR, None, {"margin_mm": 0.0}, [], tumour_mask=mask)[0]  # the mask's own extent
+    np.testing.assert_allclose(r.box.min, np.asarray(ext.min) - 8.0)
+    np.testing.assert_allclose(r.box.max, np.asarray(ext.max) + 8.0)
+    assert r.box_proposed is True and r.attention["ring_width_mm"] == 10.0
+    segmented = resolve_box(ct, TUMOUR, None, {"margin_mm": 8.0}, [])[0]  # what the seed alone would give
+    assert np.max(np.abs(np.asarray(segmented.size) - np.asarray(r.box.size))) > 2.0
+    # the tumour is the mask given: nothing segmented; every step's time is a part of the whole
+    assert set(r.timings) == {"box", "crop", "forward_cam", "tta_forward", "regions_cam_to_ct", "total"}
+    assert all(0 <= v <= r.timings["total"] for v in r.timings.values())
+    assert sum(v for k, v in r.timings.items() if k != "total") <= r.timings["total"] + 0.001
+    assert 0 < r.timings["forward_cam"] and r.timings["total"] <= round(wall, 4) + 0.0001
+
+
+def test_a_given_mask_far_from_the_box_is_said(case, tiny_bundle):
+    ct, _ = case
+    far = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    far[0:2, 0:2, 0:2] = 1
+    m = sitk.GetImageFromArray(far)
+    m.CopyInformation(ct)
+    r = score_case(ct, TUMOUR, Box.from_center_size(TUMOUR, (16.0, 16.0, 16.0)), m, None,
+                   scorer=Scorer(tiny_bundle, "cpu"), n_shifts=0)
+    assert r.warnings.count("The given segmentation has no voxel near the box; check that it is the tumour's.") == 1
+
+
+def test_the_score_is_the_probability_of_the_bundles_class(tiny_bundle, monkeypatch):
+    x = np.random.default_rng(7).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    p1 = _plain_scores(tiny_bundle, [x])[0]  # class 1 (High-TMB), the bundle's class_index
+    cam = dict(tiny_bundle.tmbrb["cam"])
+    monkeypatch.setitem(tiny_bundle.tmbrb, "cam", {**cam, "class_index": 0})
+    score, tta, _, _ = Scorer(tiny_bundle, "cpu").run(x, [x], torch.device("cpu"))
+    assert [score] + tta == pytest.approx([1 - p1, 1 - p1], abs=1e-5)
+    monkeypatch.setitem(tiny_bundle.tmbrb, "cam", {k: v for k, v in cam.items() if k != "class_index"})
+    score, tta, _, _ = Scorer(tiny_bundle, "cpu").run(x, [x], torch.device("cpu"))  # none said: class 1
+    assert [score] + tta == pytest.approx([p1, p1], abs=1e-5)
+    assert abs(p1 - 0.5) > 1e-3, "a score of one half: the test shows nothing"
+
+
+def test_a_case_whose_gpu_runs_out_of_memory_says_so_in_its_result(case, tiny_bundle, monkeypatch):
+    ct, mask = case
+    scorer = Scorer(tiny_bundle, "cpu")
+    real_run = Scorer.run
+
+    def run(self, base, shifted, device, spacing_zyx=1.0):
+        if device.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_run(self, base, shifted, device, spacing_zyx)
+
+    monkeypatch.setattr(Scorer, "run", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    scorer.device = torch.device("cuda:0")
+    r = score_case(ct, TUMOUR, None, mask, None, scorer=scorer, n_shifts=0)
+    assert r.device_used == "cpu"
+    assert r.warnings.count("The GPU (cuda:0) ran out of memory; this case was computed on the CPU instead.") == 1
