@@ -13,7 +13,7 @@ import pytest
 
 from TMBRBLib.stats.cli import main
 
-from _stats_testdata import FIXTURES, arr, fixture_csv, reference
+from _stats_testdata import FIXTURES, fixture_csv, reference
 
 ASAH = str(FIXTURES / "asah.csv")
 LUNG = str(FIXTURES / "lung.csv")
