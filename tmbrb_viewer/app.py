@@ -218,6 +218,8 @@ class TMBRBViewer:
         self._roi_watched = None
         self._runs = 0
         self.timings: Dict[str, float] = {}
+        self._apply_t0: Optional[float] = None  # when the last Apply was pressed
+        self._map_views_pending: set = set()  # views that have not drawn a frame since the result was placed
         self._init_state()
         self._init_2d()
         self._build_ui()
@@ -430,6 +432,7 @@ class TMBRBViewer:
         self._marker(tag)
         self._slice_overlay(tag)
         self._watch_slice_view(view)
+        self._watch_frames(view)
 
     def _threed_view_ui(self, server, view_id, view) -> None:
         from trame_slicer.app.ui import create_vertical_view_gutter_ui
@@ -437,6 +440,22 @@ class TMBRBViewer:
         create_vertical_view_gutter_ui(server, view_id, view)
         self._marker(view.get_singleton_tag())
         self._configure_threed_view(view)
+        self._watch_frames(view)
+
+    def _watch_frames(self, view) -> None:
+        """Apply -> the map drawn: the time to each view's first finished frame after a result is placed, the last of
+        them kept in timings["apply_to_map_drawn_s"] and logged (benchmarks/bench_viewer.py reads it)."""
+        tag = view.get_singleton_tag()
+        view.render_window().AddObserver("EndEvent", lambda *_: self._frame_done(tag))
+
+    def _frame_done(self, tag: str) -> None:
+        if tag not in self._map_views_pending:
+            return
+        self._map_views_pending.discard(tag)
+        if not self._map_views_pending and self._apply_t0 is not None:
+            elapsed = time.perf_counter() - self._apply_t0
+            self.timings["apply_to_map_drawn_s"] = elapsed
+            log.info("Apply -> the map drawn in every view: %.2f s", elapsed)
 
     # 3D -------------------------------------------------------------------------------------------------------------
     def _use_app_volume_rendering(self) -> None:
@@ -453,6 +472,27 @@ class TMBRBViewer:
         renderer = view.renderer()
         renderer.SetUseDepthPeeling(False)
         renderer.SetUseDepthPeelingForVolumes(False)
+        TMBRBViewer._thin_volume_rays_on_software_gl(view)
+
+    @staticmethod
+    def _thin_volume_rays_on_software_gl(view) -> None:
+        """On software OpenGL, the map's volume rendering casts one ray per 3x3 pixels (ma.set_volume_image_sample_
+        distance): set at the start of every 3D render, so that a map made after the view (each result's) gets it
+        before its first frame. The renderer is asked once, at the first render, whether it is software."""
+        from TMBRBLib.slicer import mrml as ma
+
+        renderer, known = view.renderer(), []
+
+        def before_render(*_):
+            if not known:
+                software = ma.software_gl(view.render_window())
+                if software is None:
+                    return  # no OpenGL context yet: ask again at the next render
+                known.append(software)
+            if known[0]:
+                ma.set_volume_image_sample_distance(renderer, ma.SOFTWARE_GL_IMAGE_SAMPLE_DISTANCE)
+
+        renderer.AddObserver("StartEvent", before_render)
 
     def _init_3d_state(self) -> None:
         from TMBRBLib.slicer import mrml as ma
@@ -866,6 +906,7 @@ class TMBRBViewer:
             self._say(NO_SEED_MESSAGE, "error")
             return
         ecog = self.state.ecog if ecog is None else str(ecog)
+        self._apply_t0 = time.perf_counter()
 
         def start():
             self._runs += 1
@@ -965,6 +1006,7 @@ class TMBRBViewer:
         self._box_outline_in_3d()
         self._apply_cam_display()
         self._centre_on_result()
+        self._map_views_pending = {view.get_singleton_tag() for view in self.slicer_app.view_manager.get_views()}
         with self.state:
             self.state.update(format_result(result.result))
             self.state.has_result = True

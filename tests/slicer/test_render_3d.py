@@ -202,3 +202,115 @@ def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_
         check_visible(view.renderer(), view.render_window(), ct, result, "application_scene")
     finally:
         logic.shutdown()
+
+
+def volume_mappers(renderer) -> list:
+    volumes = renderer.GetVolumes()
+    volumes.InitTraversal()
+    return [volumes.GetNextVolume().GetMapper() for _ in range(volumes.GetNumberOfItems())]
+
+
+def test_thinner_rays_keep_the_map_visible_and_the_setting_holds(mapping_bundle):
+    """set_volume_image_sample_distance casts one ray per 3x3 pixels in the map's volume rendering (the viewer's
+    setting on software GL): the mapper takes it, Slicer's displayable manager does not reset it when the map's
+    display changes, and the map is still drawn where it was (the same pixel checks as at one ray per pixel)."""
+    if importlib.util.find_spec("trame_slicer") is None:
+        require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
+    from trame_slicer.core import SlicerApp
+    from trame_slicer.views import ThreeDView
+
+    from TMBRBLib.slicer.logic import SceneLogic
+
+    app = SlicerApp()
+    view = ThreeDView(app.scene, app.app_logic, "ThreeD")
+    view.renderer().SetUseDepthPeeling(False)
+    view.renderer().SetUseDepthPeelingForVolumes(False)
+    view.render_window().SetSize(SIZE, SIZE)
+    view.render_window().SetMultiSamples(0)
+    view.get_view_node().SetBoxVisible(False)
+    view.get_view_node().SetAxisLabelsVisible(False)
+    logic = SceneLogic(app.scene)
+    ct, result = scored(app.scene, logic, mapping_bundle)
+    try:
+        ma.centre_views_on_result(app.scene, ma.seed_ras(app.scene.GetFirstNodeByName("seed")), result.nodes["roi"])
+        full = grab(view.render_window())
+        assert isinstance(ma.software_gl(view.render_window()), bool)
+        (mapper,) = volume_mappers(view.renderer())
+        assert mapper.GetImageSampleDistance() == 1.0
+        with pytest.raises(ValueError, match="at least 1 pixel"):
+            ma.set_volume_image_sample_distance(view.renderer(), 0.5)
+        assert ma.set_volume_image_sample_distance(view.renderer(), 3.0) == 1
+        assert ma.set_volume_image_sample_distance(view.renderer(), 3.0) == 0  # already so: nothing to change
+        assert (mapper.GetImageSampleDistance(), mapper.GetMinimumImageSampleDistance()) == (3.0, 3.0)
+        assert mapper.GetMaximumImageSampleDistance() >= 3.0
+        thin = grab(view.render_window())
+        heat_full, heat_thin = is_heat(full), is_heat(thin)
+        assert heat_full.sum() > 100
+        # the same picture but for the map's edges: nearly every heat pixel stays heat
+        assert (heat_full & heat_thin).sum() >= 0.9 * heat_full.sum()
+        assert (heat_full ^ heat_thin).sum() <= 0.15 * heat_full.sum()
+        threshold = ma.cam_threshold(result.nodes["cam"])
+        ma.set_cam_threshold(result.nodes["cam"], 0.4)  # the display node changes: the displayable manager updates
+        grab(view.render_window())
+        assert mapper.GetImageSampleDistance() == 3.0
+        ma.set_cam_threshold(result.nodes["cam"], threshold)
+        check_visible(view.renderer(), view.render_window(), ct, result, "application_scene_thin_rays")
+    finally:
+        logic.shutdown()
+
+
+def test_no_opengl_renderer_is_guessed_before_a_context_exists():
+    from vtkmodules.vtkRenderingCore import vtkRenderWindow
+
+    window = vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    assert ma.software_gl(window) is None
+    assert ma.software_gl(object()) is None  # not an OpenGL window at all
+
+
+def test_viewer_thins_the_rays_at_each_3d_render_on_software_gl_only(monkeypatch):
+    """The viewer's 3D view sets the thinner rays at the start of each render, on a map made after the view, when the
+    renderer is software (llvmpipe here) and never otherwise (the renderer asked once)."""
+    if importlib.util.find_spec("trame_slicer") is None:
+        require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
+    from trame_slicer.core import SlicerApp
+    from trame_slicer.views import ThreeDView
+
+    from tmbrb_viewer.app import TMBRBViewer
+
+    asked = []
+    real = ma.software_gl
+
+    def software_gl(window, answer=None):
+        asked.append(real(window))
+        return asked[-1] if answer is None else answer
+
+    for answer in (None, False):  # the machine's own answer, then a hardware renderer's
+        monkeypatch.setattr(ma, "software_gl", lambda w, a=answer: software_gl(w, a))
+        asked.clear()
+        app = SlicerApp()
+        view = ThreeDView(app.scene, app.app_logic, "ThreeD")
+        view.render_window().SetSize(SIZE, SIZE)
+        view.render_window().SetMultiSamples(0)
+        TMBRBViewer._configure_threed_view(view)
+        view.render_window().Render()  # the first render: the renderer is asked once
+        try:
+            cam = ma.add_volume_node_from_sitk(app.scene, sitk_map(), "map")
+            ma.volume_render_cam(cam)
+            (mapper,) = volume_mappers(view.renderer())
+            view.render_window().Render()
+            view.render_window().Render()
+            assert len(asked) == 1 and isinstance(asked[0], bool)
+            software = asked[0] if answer is None else answer
+            assert mapper.GetImageSampleDistance() == (ma.SOFTWARE_GL_IMAGE_SAMPLE_DISTANCE if software else 1.0)
+        finally:
+            ma.release_scene(app.scene)
+
+
+def sitk_map():
+    """A small smooth map (a Gaussian bump in [0, 1]) on a 1 mm grid."""
+    import SimpleITK as sitk
+
+    zz, yy, xx = np.indices((20, 20, 20))
+    bump = np.exp(-((xx - 10) ** 2 + (yy - 10) ** 2 + (zz - 10) ** 2) / 30.0).astype(np.float32)
+    return sitk.GetImageFromArray(bump)

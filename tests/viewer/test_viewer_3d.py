@@ -11,6 +11,7 @@ the tumour's silhouette, so no view of this case separates them in pixels."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -64,7 +65,11 @@ def save(img: np.ndarray, name: str) -> None:
     Image.fromarray(img.astype(np.uint8)).save(ARTIFACTS / name)
 
 
-def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
+def map_drawn_log(server) -> list:
+    return [float(v) for v in re.findall(r"Apply -> the map drawn in every view: ([0-9.]+) s", server.log_tail(10**7))]
+
+
+def test_cam_is_visible_in_3d_over_tumour_and_ring(page, viewer_server, phantom_files):
     _ct, _tumour, case = phantom_files
     old = frame_src(page, THREED)
     page.click("#tmbrb-slices-3d")  # the slice planes hidden in 3D
@@ -81,10 +86,19 @@ def test_cam_is_visible_in_3d_over_tumour_and_ring(page, phantom_files):
     assert not is_heat(control).any(), "heat colours in the 3D view before Apply"
 
     old = frame_src(page, THREED)
+    logged = len(map_drawn_log(viewer_server))
+    t_click = time.perf_counter()
     page.click("#tmbrb-apply")
     page.wait_for_selector("#tmbrb-score", state="visible", timeout=APPLY_TIMEOUT_MS)
     expect_message(page, "Done.")
     wait_new_frame(page, old, THREED)
+    # the server's figure for bench_viewer: one line per result, from the click's arrival to the views' frames
+    deadline = time.time() + 60
+    while len(map_drawn_log(viewer_server)) == logged and time.time() < deadline:
+        page.wait_for_timeout(200)
+    figures = map_drawn_log(viewer_server)[logged:]
+    assert len(figures) == 1, f"expected one 'map drawn' line for this Apply, got {figures}"
+    assert 0 < figures[0] < time.perf_counter() - t_click
     after = threed(page)
     save(after, "3d_after_apply.png")
 

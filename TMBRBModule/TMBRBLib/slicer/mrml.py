@@ -984,6 +984,47 @@ def show_cam_in_3d(cam_node, opacity: Optional[float] = None, threshold: Optiona
     return volume_render_cam(cam_node, region, opacity=opacity, threshold=threshold), region
 
 
+# Software OpenGL (Mesa's llvmpipe, the usual case on a server without a GPU) casts the volume's rays on the CPU: one ray
+# per pixel costs seconds per 3D frame, on the server's event loop. One ray per SOFTWARE_GL_IMAGE_SAMPLE_DISTANCE^2
+# pixels, interpolated between, is 3-6x cheaper (benchmarks/bench_volume_render.py) and looks the same for the map,
+# which is smooth over millimetres (a 16^3 map upsampled). Surfaces (tumour, ring, box) are drawn at full resolution.
+SOFTWARE_GL_IMAGE_SAMPLE_DISTANCE = 3.0
+_SOFTWARE_GL_NAMES = ("llvmpipe", "softpipe", "swrast", "swiftshader", "software rasterizer", "lavapipe")
+
+
+def software_gl(render_window) -> Optional[bool]:
+    """Whether ``render_window`` draws with a software OpenGL renderer (llvmpipe, softpipe, SwiftShader, ...); None
+    while the window has no OpenGL context yet (before its first render) or says nothing of its renderer."""
+    report = getattr(render_window, "ReportCapabilities", None)
+    text = report() if report is not None else ""
+    line = next((line for line in (text or "").splitlines() if "renderer string" in line.lower()), "")
+    if not line:
+        return None
+    return any(name in line.lower() for name in _SOFTWARE_GL_NAMES)
+
+
+def set_volume_image_sample_distance(renderer, distance: float) -> int:
+    """Cast one ray per ``distance`` x ``distance`` pixels in every GPU ray-cast volume of ``renderer`` (1: one per
+    pixel, VTK's default). Slicer's volume rendering displayable manager sets the sample distance along the ray,
+    never this one, so it holds until the volume's pipeline is made again. Returns the number of mappers changed."""
+    distance = float(distance)
+    if not distance >= 1.0:
+        raise ValueError(f"image sample distance must be at least 1 pixel, got {distance}")
+    changed = 0
+    volumes = renderer.GetVolumes()
+    volumes.InitTraversal()
+    for _ in range(volumes.GetNumberOfItems()):
+        mapper = volumes.GetNextVolume().GetMapper()
+        if mapper is None or not mapper.IsA("vtkGPUVolumeRayCastMapper"):
+            continue
+        if mapper.GetImageSampleDistance() != distance:
+            mapper.SetMaximumImageSampleDistance(max(distance, mapper.GetMaximumImageSampleDistance()))
+            mapper.SetMinimumImageSampleDistance(distance)
+            mapper.SetImageSampleDistance(distance)
+            changed += 1
+    return changed
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # views: centring on a result, the box's handles
 
