@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._input import require_columns, require_unique
+from ._input import require_columns, require_unique, to_numeric
 from ._result import jsonable
 from .classification import auc_by_cutoff, decision_curve, spearman
 from .cox import cox_ph, cox_scan
@@ -153,10 +153,20 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
 def _prepare_predictions(predictions: pd.DataFrame, cfg: ReportConfig, doc: ReportDoc):
     """Copy of the predictions with a cohort column ("all" if absent) and a label (TMB >= cut-off if absent)."""
     pred = predictions.copy()
+    if len(pred) == 0:
+        raise TMBRBStatsInputError("the predictions CSV has no rows; add the cases' scores and try again.")
     if cfg.cohort not in pred.columns:
         pred[cfg.cohort] = "all"
+    n_without = int(pred[cfg.cohort].isna().sum())
+    if n_without == len(pred):
+        raise TMBRBStatsInputError(f"column '{cfg.cohort}' of the predictions CSV has no value; fill it in, or remove "
+                                   "the column to analyse all rows as one cohort.")
+    if n_without:
+        doc.notes.append(f"{n_without} prediction row(s) without a {cfg.cohort} left out of the per-cohort sections "
+                         "(ROC, decision curves, AUC by cut-off)")
     if cfg.label not in pred.columns and cfg.tmb in pred.columns:
-        pred[cfg.label] = np.where(pred[cfg.tmb].isna(), np.nan, (pd.to_numeric(pred[cfg.tmb], errors="coerce") >= cfg.tmb_cutoff).astype(float))
+        tmb = to_numeric(pred[cfg.tmb], cfg.tmb)  # text is refused: it must not become a Low-TMB label
+        pred[cfg.label] = np.where(np.isnan(tmb), np.nan, (tmb >= cfg.tmb_cutoff).astype(float))
         doc.notes.append(f"label made from {cfg.tmb} >= {cfg.tmb_cutoff}")
     return pred, list(pd.unique(pred[cfg.cohort].dropna()))
 
