@@ -102,7 +102,8 @@ def _png_size(part):
     return struct.unpack(">II", data[16:24])
 
 
-def test_report_doc_fig_embeds_a_png_at_110_dpi_cropped_with_its_padding():
+def test_report_doc_fig_embeds_a_png_at_110_dpi_cropped_with_its_padding(monkeypatch):
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.format", "svg")  # a user's matplotlibrc: still a PNG
     fig = plt.figure(figsize=(2, 1))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.plot([0, 1], [0, 1])  # tick labels outside the figure: the tight box is larger than the figure
@@ -172,13 +173,24 @@ def test_a_tmb_that_is_not_a_number_is_refused_not_made_a_low_label():
         rep._prepare_predictions(pred, ReportConfig(), ReportDoc())
 
 
+def test_a_score_that_is_not_a_number_is_refused_and_a_numeric_text_score_read_as_numbers():
+    # bug: "high" was a missing score to the survival groups, which left the patient out of Kaplan-Meier and Cox unsaid
+    pred = pd.DataFrame({"case": ["a", "b", "c"], "score": ["0.1", "high", "0.3"], "TMB": [4, 5, 12]})
+    with pytest.raises(TMBRBStatsInputError, match=r"^column 'score' must be numeric but has non-numeric value\(s\) "
+                                                   r"\['high'\] \(1 row\(s\)\)"):
+        rep._prepare_predictions(pred, ReportConfig(), ReportDoc())
+    out, _ = rep._prepare_predictions(pred.assign(score=["0.1", "", "0.3"]), ReportConfig(), ReportDoc())
+    assert out["score"].dtype == float and out["score"].tolist()[::2] == [0.1, 0.3] and np.isnan(out["score"][1])
+
+
 def test_a_cohort_column_without_any_value_is_refused_with_what_to_do():
     # bug: an empty cohort column left no cohort, and the decision curves failed with matplotlib's ValueError
     pred = pd.DataFrame({"case": ["a", "b"], "score": [0.1, 0.2], "label": [0, 1], "cohort": [np.nan, np.nan]})
     with pytest.raises(TMBRBStatsInputError, match="column 'cohort' of the predictions CSV has no value; fill it in, "
                                                    "or remove the column to analyse all rows as one cohort"):
         rep._prepare_predictions(pred, ReportConfig(), ReportDoc())
-    with pytest.raises(TMBRBStatsInputError, match="the predictions CSV has no rows"):
+    with pytest.raises(TMBRBStatsInputError, match=r"^the predictions CSV has no rows; add the cases' scores and try "
+                                                   r"again\.$"):
         rep._prepare_predictions(pred.iloc[:0].drop(columns=["cohort"]), ReportConfig(), ReportDoc())
 
 
@@ -251,6 +263,22 @@ def test_decision_curve_section_gives_each_cohorts_net_benefit_side_by_side(pred
     assert list(doc.results["dca"]) == ["test"] and tuple(doc.figures[0][1].get_size_inches()) == (5.5, 4)
 
 
+def test_decision_curves_skip_a_cohort_with_one_class_and_keep_the_others(pred3, fast_fig):
+    # bug: one such cohort skipped every cohort's curve and left the section's figure open
+    p = pred3.assign(y=np.where(pred3["grp"] == "extra", 1, pred3["y"]))
+    plt.close("all")
+    doc = ReportDoc()
+    rep._decision_curve_section(doc, p, ["extra", "test"], CFG3)
+    assert list(doc.results["dca"]) == ["test"] and len(doc.notes) == 1
+    assert doc.notes[0].startswith("Decision curve in cohort extra skipped: column 'label' has a single class (1")
+    fig = doc.figures[0][1]
+    assert [ax.get_title() for ax in fig.axes] == ["Decision curve: test"] and plt.get_fignums() == [fig.number]
+    doc = ReportDoc()
+    rep._decision_curve_section(doc, p, ["extra"], CFG3)
+    assert "dca" not in doc.results and doc.figures == [] and plt.get_fignums() == [fig.number]
+    assert doc.parts[0] == "<h2>Decision curves</h2>" and len(doc.parts) == 2
+
+
 @pytest.mark.parametrize("bad", [-0.01, 1.01])
 def test_decision_curves_are_skipped_for_a_score_outside_zero_one(pred3, fast_fig, bad):
     doc = ReportDoc()
@@ -292,6 +320,8 @@ def test_auc_by_cutoff_section_compares_the_first_two_cohorts(pred3, fast_fig):
     fig = doc.figures[0][1]
     assert tuple(fig.get_size_inches()) == (10, 4) and len(fig.axes) == 2
     assert fig.axes[1].get_title() == "Difference between cohorts"
+    left, right = (ax.get_position() for ax in fig.axes)
+    assert right.x0 > left.x1 and (right.y0, right.y1) == (left.y0, left.y1)  # side by side
     # one cohort: its table only, one panel
     doc = ReportDoc()
     rep._auc_by_cutoff_section(doc, pred3, ["extra"], CFG3)
@@ -299,6 +329,11 @@ def test_auc_by_cutoff_section_compares_the_first_two_cohorts(pred3, fast_fig):
     assert [row["cohort"] for row in doc.results["auc_by_cutoff"]["table"]] == ["extra"] * 3
     assert doc.results["auc_by_cutoff"]["difference"] == [] and len(_tables(doc)) == 1
     assert len(doc.figures[0][1].axes) == 1
+    # no TMB at all: skipped with the reason
+    doc = ReportDoc()
+    rep._auc_by_cutoff_section(doc, pred3.assign(tmb=np.nan), ["train", "test"], CFG3)
+    assert doc.notes[0].startswith("AUC by cut-off skipped: ") and len(doc.notes) == 1
+    assert doc.parts == [f'<p class="skip">{html.escape(doc.notes[0])}</p>'] and doc.figures == []
 
 
 # ---------------------------------------------------------------- survival sections
@@ -418,9 +453,9 @@ def test_survival_sections_refuse_a_score_column_in_the_clinical_csv(cohort):
     with pytest.raises(TMBRBStatsInputError, match="the clinical CSV also has a 'score' column; the score comes from "
                                                    "the predictions CSV. Remove or rename that column"):
         rep._survival_sections(ReportDoc(), pred, clin.assign(score=1.0), ReportConfig())
-    with pytest.raises(TMBRBStatsInputError, match="clinical CSV"):
+    with pytest.raises(TMBRBStatsInputError, match="^clinical CSV: missing column"):
         rep._survival_sections(ReportDoc(), pred, clin.drop(columns=["case"]), ReportConfig())
-    with pytest.raises(TMBRBStatsInputError, match="clinical CSV"):
+    with pytest.raises(TMBRBStatsInputError, match="^clinical CSV: 1 case id"):
         rep._survival_sections(ReportDoc(), pred, pd.concat([clin, clin.head(1)]), ReportConfig())
 
 
@@ -501,9 +536,14 @@ def test_build_report_runs_the_sections_the_columns_allow_in_order(tmp_path, coh
 def test_build_report_with_clinical_data_adds_the_survival_sections(tmp_path, cohort, fast_fig, monkeypatch):
     pred, clin = cohort
     seen = []
-    monkeypatch.setattr(rep, "_survival_sections", lambda doc, p, c, cfg: seen.append((list(p.columns), c is clin)))
-    rep.build_report(pred, clin, tmp_path)
+
+    def survival(doc, p, c, cfg):
+        doc.p(f"survival of {cfg.title}")
+        seen.append((list(p.columns), c is clin))
+    monkeypatch.setattr(rep, "_survival_sections", survival)
+    page = rep.build_report(pred, clin, tmp_path / "new" / "folder", ReportConfig(title="X")).read_text(encoding="utf-8")
     assert seen == [(["case", "score", "TMB", "label", "cohort"], True)]
+    assert page.endswith("(paper figure 2E/F)</figure>\n<p>survival of X</p></body></html>")  # after the others
 
 
 def test_build_report_checks_both_csvs_before_writing_anything(tmp_path, cohort):
@@ -513,7 +553,7 @@ def test_build_report_checks_both_csvs_before_writing_anything(tmp_path, cohort)
              (pred, clin.drop(columns=["case"]), "clinical CSV"),
              (pred, pd.concat([clin, clin.head(1)]), "clinical CSV")]
     for i, (p, c, what) in enumerate(cases):
-        with pytest.raises(TMBRBStatsInputError, match=what):
+        with pytest.raises(TMBRBStatsInputError, match=f"^{what}: "):
             rep.build_report(p, c, tmp_path / str(i), ReportConfig())
         assert list((tmp_path / str(i)).iterdir()) == []
 
@@ -594,3 +634,8 @@ def test_write_pdf_has_an_a4_title_page_with_the_notes_then_a_titled_page_per_fi
     assert [t[3] for t in lines if t[0] == 9.0] == ["Alpha", "Beta"]
     assert b"DejaVuSansMono" in data
     assert [f._suptitle.get_text() for f in figs] == ["Alpha", "Beta"]
+    # each figure's page is cropped to what is drawn (with 0.1 in around it), not the whole figure
+    box = figs[0].get_tightbbox(figs[0].canvas.get_renderer())
+    page = [float(v) for v in boxes[1].split()]
+    assert page[:2] == [0, 0] and abs(page[2] - (box.width + 0.2) * 72) < 1.5 and abs(page[3] - (box.height + 0.2) * 72) < 1.5
+    assert page[2:] != [144, 108]

@@ -164,6 +164,8 @@ def _prepare_predictions(predictions: pd.DataFrame, cfg: ReportConfig, doc: Repo
     if n_without:
         doc.notes.append(f"{n_without} prediction row(s) without a {cfg.cohort} left out of the per-cohort sections "
                          "(ROC, decision curves, AUC by cut-off)")
+    # a score that is not a number is refused here: the survival groups would leave such a patient out unsaid
+    pred[cfg.score] = to_numeric(pred[cfg.score], cfg.score)
     if cfg.label not in pred.columns and cfg.tmb in pred.columns:
         tmb = to_numeric(pred[cfg.tmb], cfg.tmb)  # text is refused: it must not become a Low-TMB label
         pred[cfg.label] = np.where(np.isnan(tmb), np.nan, (tmb >= cfg.tmb_cutoff).astype(float))
@@ -206,14 +208,19 @@ def _decision_curve_section(doc: ReportDoc, pred: pd.DataFrame, cohorts: list, c
         s = pd.to_numeric(pred[cfg.score], errors="coerce")
         if (s.dropna() < 0).any() or (s.dropna() > 1).any():
             raise TMBRBStatsInputError("the score is not a probability in [0, 1], so net benefit is undefined")
-        fig, axes = plt.subplots(1, len(cohorts), figsize=(5.5 * len(cohorts), 4), squeeze=False)
-        out_d = {}
-        for ax, c in zip(axes[0], cohorts):
+        done = {}
+        for c in cohorts:  # a cohort that cannot have a curve is skipped, as in the ROC section
             sub = pred[pred[cfg.cohort] == c]
-            r = decision_curve(sub[cfg.label], {cfg.score: sub[cfg.score]})
+            try:
+                done[str(c)] = decision_curve(sub[cfg.label], {cfg.score: sub[cfg.score]})
+            except TMBRBStatsInputError as exc:
+                doc.skip(f"Decision curve in cohort {c}", exc)
+        if not done:
+            return
+        fig, axes = plt.subplots(1, len(done), figsize=(5.5 * len(done), 4), squeeze=False)
+        for ax, (c, r) in zip(axes[0], done.items()):
             r.plot(ax=ax, title=f"Decision curve: {c}")
-            out_d[str(c)] = r.to_dict()
-        doc.results["dca"] = out_d
+        doc.results["dca"] = {c: r.to_dict() for c, r in done.items()}
         doc.fig(fig, "Net benefit vs treat-all / treat-none (paper figure 2C/D)")
 
 
