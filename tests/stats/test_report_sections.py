@@ -137,6 +137,14 @@ def test_guarded_section_turns_stats_warnings_into_notes_and_bad_input_into_a_sk
             raise ValueError("not bad input")
 
 
+def test_the_default_configuration_is_the_papers():
+    # He et al. 2020: High-TMB is TMB >= 10 mut/Mb; AUC at TMB cut-offs 3 to 10 (figure 2E); score cut-offs 0.61 for
+    # OS and 0.46 for PFS (figure 3)
+    cfg = ReportConfig()
+    assert (cfg.tmb_cutoff, cfg.os_cutoff, cfg.pfs_cutoff) == (10.0, 0.61, 0.46)
+    assert set(range(3, 11)) <= set(cfg.cutoffs) and min(cfg.cutoffs) == 3
+
+
 def test_an_endpoint_names_its_group_and_high_columns():
     ep = rep._Endpoint("PFS", "t", "e", 0.4)
     assert (ep.group_col, ep.high_col) == ("PFS_group", "PFS_high")
