@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._input import require_columns, require_unique
+from ._input import require_columns, require_unique, to_numeric
 from ._result import jsonable
 from .classification import auc_by_cutoff, decision_curve, spearman
 from .cox import cox_ph, cox_scan
@@ -153,10 +153,22 @@ def build_report(predictions: pd.DataFrame, clinical: Optional[pd.DataFrame], ou
 def _prepare_predictions(predictions: pd.DataFrame, cfg: ReportConfig, doc: ReportDoc):
     """Copy of the predictions with a cohort column ("all" if absent) and a label (TMB >= cut-off if absent)."""
     pred = predictions.copy()
+    if len(pred) == 0:
+        raise TMBRBStatsInputError("the predictions CSV has no rows; add the cases' scores and try again.")
     if cfg.cohort not in pred.columns:
         pred[cfg.cohort] = "all"
+    n_without = int(pred[cfg.cohort].isna().sum())
+    if n_without == len(pred):
+        raise TMBRBStatsInputError(f"column '{cfg.cohort}' of the predictions CSV has no value; fill it in, or remove "
+                                   "the column to analyse all rows as one cohort.")
+    if n_without:
+        doc.notes.append(f"{n_without} prediction row(s) without a {cfg.cohort} left out of the per-cohort sections "
+                         "(ROC, decision curves, AUC by cut-off)")
+    # a score that is not a number is refused here: the survival groups would leave such a patient out unsaid
+    pred[cfg.score] = to_numeric(pred[cfg.score], cfg.score)
     if cfg.label not in pred.columns and cfg.tmb in pred.columns:
-        pred[cfg.label] = np.where(pred[cfg.tmb].isna(), np.nan, (pd.to_numeric(pred[cfg.tmb], errors="coerce") >= cfg.tmb_cutoff).astype(float))
+        tmb = to_numeric(pred[cfg.tmb], cfg.tmb)  # text is refused: it must not become a Low-TMB label
+        pred[cfg.label] = np.where(np.isnan(tmb), np.nan, (tmb >= cfg.tmb_cutoff).astype(float))
         doc.notes.append(f"label made from {cfg.tmb} >= {cfg.tmb_cutoff}")
     return pred, list(pd.unique(pred[cfg.cohort].dropna()))
 
@@ -196,14 +208,19 @@ def _decision_curve_section(doc: ReportDoc, pred: pd.DataFrame, cohorts: list, c
         s = pd.to_numeric(pred[cfg.score], errors="coerce")
         if (s.dropna() < 0).any() or (s.dropna() > 1).any():
             raise TMBRBStatsInputError("the score is not a probability in [0, 1], so net benefit is undefined")
-        fig, axes = plt.subplots(1, len(cohorts), figsize=(5.5 * len(cohorts), 4), squeeze=False)
-        out_d = {}
-        for ax, c in zip(axes[0], cohorts):
+        done = {}
+        for c in cohorts:  # a cohort that cannot have a curve is skipped, as in the ROC section
             sub = pred[pred[cfg.cohort] == c]
-            r = decision_curve(sub[cfg.label], {cfg.score: sub[cfg.score]})
+            try:
+                done[str(c)] = decision_curve(sub[cfg.label], {cfg.score: sub[cfg.score]})
+            except TMBRBStatsInputError as exc:
+                doc.skip(f"Decision curve in cohort {c}", exc)
+        if not done:
+            return
+        fig, axes = plt.subplots(1, len(done), figsize=(5.5 * len(done), 4), squeeze=False)
+        for ax, (c, r) in zip(axes[0], done.items()):
             r.plot(ax=ax, title=f"Decision curve: {c}")
-            out_d[str(c)] = r.to_dict()
-        doc.results["dca"] = out_d
+        doc.results["dca"] = {c: r.to_dict() for c, r in done.items()}
         doc.fig(fig, "Net benefit vs treat-all / treat-none (paper figure 2C/D)")
 
 
