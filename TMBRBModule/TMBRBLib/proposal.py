@@ -216,7 +216,7 @@ def _within_lung(comp: sitk.Image, smoothed: sitk.Image, at: Tuple[int, ...], p:
     labels = sitk.ConnectedComponent(air_img)
     lab = sitk.GetArrayViewFromImage(labels)
     # the lung air next to the lesion within depth + 4 mm of the seed (a window around it, not the whole crop)
-    (a, b), ball = _ball_window(comp, at, depth + 4.0)
+    (a, b), ball = _ball_window(comp, at, max(depth + 4.0, radius))
     window = tuple(slice(lo_, hi_) for lo_, hi_ in zip(a[::-1], b[::-1]))
     ids = np.unique(lab[window][near[window] & ball])
     ids = ids[ids > 0]
