@@ -43,6 +43,8 @@ DEFAULTS = {
     "envelope_skip_contact": 0.9,  # (not when this share of the lesion's surroundings is already lung)
     "envelope_factor": 2.0,        # the lung's envelope: its air closed with a ball of this x the lesion's depth at
     "envelope_min_mm": 6.0,        # the seed (at least this); tissue outside it is chest wall or mediastinum
+    "envelope_air_hu": -950.0,     # the envelope's lung is the parenchyma above this: an airway's lumen (and the air
+                                   # outside the body) is below it, not lung the tumour can dent
     "runaway_fraction": 0.8,       # thick vessels: the lesion opened with a ball of this x its inscribed radius; what
     "runaway_max_mm": 8.0,         # that removes and runs on farther than ``runaway_reach`` x the inscribed radius
     "runaway_reach": 2.5,          # from the rest is cut (a lobe stays near the lesion; a vessel runs away): flagged
@@ -213,7 +215,14 @@ def _within_lung(comp: sitk.Image, smoothed: sitk.Image, at: Tuple[int, ...], p:
     d = _distance(comp)
     depth = float(sitk.GetArrayViewFromImage(d)[z, y, x])
     radius = max(float(p["envelope_min_mm"]), float(p["envelope_factor"]) * depth)
-    labels = sitk.ConnectedComponent(air_img)
+    # the lung parenchyma: not an airway's lumen (nor the air outside the body) or the blur at its wall
+    lumen = sitk.BinaryThreshold(smoothed, -1e9, float(p["envelope_air_hu"]), 1, 0)
+    if sitk.GetArrayViewFromImage(lumen).any():
+        lumen = _ball_dilation(lumen, [max(1, v) for v in _radius_vox(comp.GetSpacing(), 2.0)])
+        parenchyma = sitk.And(air_img, sitk.Not(lumen))
+    else:
+        parenchyma = air_img
+    labels = sitk.ConnectedComponent(parenchyma)
     lab = sitk.GetArrayViewFromImage(labels)
     # the lung air next to the lesion within depth + 4 mm of the seed (a window around it, not the whole crop)
     (a, b), ball = _ball_window(comp, at, max(depth + 4.0, radius))
