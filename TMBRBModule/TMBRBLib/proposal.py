@@ -221,7 +221,7 @@ def _within_lung(comp: sitk.Image, smoothed: sitk.Image, at: Tuple[int, ...], p:
     # the lung parenchyma: not an airway's lumen (nor the air outside the body) or the blur at its wall
     lumen = sitk.BinaryThreshold(smoothed, -1e9, float(p["envelope_air_hu"]), 1, 0)
     if sitk.GetArrayViewFromImage(lumen).any():
-        lumen = _ball_dilation(lumen, [max(1, v) for v in _radius_vox(comp.GetSpacing(), 2.0)])
+        lumen = sitk.BinaryDilate(lumen, [max(1, v) for v in _radius_vox(comp.GetSpacing(), 2.0)], sitk.sitkBall)
         parenchyma = sitk.And(air_img, sitk.Not(lumen))
     else:
         parenchyma = air_img
