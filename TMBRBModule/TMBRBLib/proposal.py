@@ -219,10 +219,11 @@ def _within_lung(comp: sitk.Image, smoothed: sitk.Image, at: Tuple[int, ...], p:
     depth = float(sitk.GetArrayViewFromImage(d)[z, y, x])
     radius = max(float(p["envelope_min_mm"]), float(p["envelope_factor"]) * depth)
     # the lung parenchyma: not an airway's lumen (nor the air outside the body) or the blur at its wall
-    lumen = sitk.BinaryThreshold(smoothed, -1e9, float(p["envelope_air_hu"]), 1, 0)
-    if sitk.GetArrayViewFromImage(lumen).any():
-        lumen = sitk.BinaryDilate(lumen, [max(1, v) for v in _radius_vox(comp.GetSpacing(), 2.0)], sitk.sitkBall)
-        parenchyma = sitk.And(air_img, sitk.Not(lumen))
+    lumen = sitk.GetArrayViewFromImage(smoothed) <= float(p["envelope_air_hu"])
+    if lumen.any():
+        parenchyma = sitk.GetImageFromArray(
+            ((air > 0) & ~_dilate_array(lumen, [max(1, v) for v in _radius_vox(comp.GetSpacing(), 2.0)])).view(np.uint8))
+        parenchyma.CopyInformation(air_img)
     else:
         parenchyma = air_img
     labels = sitk.ConnectedComponent(parenchyma)
@@ -246,6 +247,23 @@ def _within_lung(comp: sitk.Image, smoothed: sitk.Image, at: Tuple[int, ...], p:
         return comp, d
     inside = _component_at(cut, at)
     return (comp, d) if inside is None else (inside, None)
+
+
+def _dilate_array(arr: np.ndarray, r: Sequence[int]) -> np.ndarray:
+    """A (z, y, x) boolean array dilated by ITK's ball of ``r`` (x, y, z) voxels (``sitk.BinaryDilate(.., r,
+    sitk.sitkBall)`` voxel for voxel: the offsets o with sum((o / (r + 0.5))^2) <= 1), one shifted OR per offset: for a
+    small ball, cheaper than a filter that scans the image for the set voxels' borders."""
+    out = arr.copy()
+    rx, ry, rz = (int(v) for v in r)
+    for dz in range(-rz, rz + 1):
+        for dy in range(-ry, ry + 1):
+            for dx in range(-rx, rx + 1):
+                if (dx / (rx + 0.5)) ** 2 + (dy / (ry + 0.5)) ** 2 + (dz / (rz + 0.5)) ** 2 > 1 or not (dx or dy or dz):
+                    continue
+                dst = tuple(slice(max(d, 0), n + min(d, 0)) for d, n in zip((dz, dy, dx), arr.shape))
+                src = tuple(slice(max(-d, 0), n + min(-d, 0)) for d, n in zip((dz, dy, dx), arr.shape))
+                out[dst] |= arr[src]
+    return out
 
 
 def _ball_window(ref: sitk.Image, at: Tuple[int, ...], radius_mm: float) -> Tuple[Tuple[np.ndarray, np.ndarray],
