@@ -379,6 +379,20 @@ def test_the_ball_morphology_by_distance_maps_is_simpleitks_voxel_for_voxel(radi
         assert b.any() and np.array_equal(a > 0, b > 0), (ours.__name__, int((a != b).sum()))
 
 
+@pytest.mark.parametrize("radius", [[1, 1, 0], [1, 1, 1], [3, 3, 1], [2, 1, 3]])
+def test_the_airway_lumens_dilation_by_shifted_arrays_is_simpleitks_voxel_for_voxel(radius):
+    # the lung's envelope dilates the airway lumen (a few scattered voxels or a trachea) by shifted ORs of the array
+    # instead of sitk.BinaryDilate; set voxels on the array's corners and faces, and clusters
+    from TMBRBLib.proposal import _dilate_array
+    arr = np.random.default_rng(sum(radius)).random((15, 30, 40)) > 0.99
+    arr[0, 0, 0] = arr[-1, -1, -1] = arr[7, 0, 20] = True
+    arr[5:8, 10:14, 20:25] = True
+    theirs = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(arr.astype(np.uint8)), radius,
+                                                      sitk.sitkBall)) > 0
+    ours = _dilate_array(arr, radius)
+    assert theirs.sum() > arr.sum() and np.array_equal(ours, theirs), int((ours != theirs).sum())
+
+
 # ------------------------------------------------------------------------------------------------ the new set
 # Drawn once (tests/engine/seed_cases.py, NEW_SET: two chest phantoms on 5 mm and 1.25 mm slices with tumours against
 # the chest wall, the mediastinum and thick vessels and masses over 80 mm; 28 tumour-field phantoms) and measured before
@@ -392,7 +406,7 @@ def test_the_ball_morphology_by_distance_maps_is_simpleitks_voxel_for_voxel(radi
 # below that is only asserted flagged); every miss (below 0.85) must be flagged.
 NEW_REACHED = {  # Dice and % of the true mask inside the box now (before any change, where it differed)
     "5 mm chest lateral left 1": (0.960, 100.0),
-    "5 mm chest anterior left 2": (0.087, 100.0),  # before: 0.119 (flagged either way)
+    "5 mm chest anterior left 2": (0.087, 97.9),  # before: 0.119, 100 % (flagged either way)
     "5 mm chest posterior right 3": (0.951, 100.0),
     "5 mm chest lateral left 4": (0.943, 100.0),
     "5 mm chest medial right 5": (0.948, 100.0),  # before: 0.007 (the envelope found no lung air)
