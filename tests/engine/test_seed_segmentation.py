@@ -215,12 +215,12 @@ def test_a_tumour_that_is_a_bump_on_the_heart_is_not_separated_but_flagged(chest
 # marked xfail (strict: a fix makes them pass and fail the run until the mark is removed), with the reason measured.
 
 MISS_VESSEL = ("a thick vessel it touches or that runs through it: the runaway cut takes the vessel's far length off "
-               "(Dice 0.42 -> 0.66 alongside, 0.65 -> 0.69 through) and flags the mask, but the vessel's part along "
-               "the tumour stays")
+               "(Dice 0.42 -> 0.66 alongside, 0.65 -> 0.69 through) and flags the mask; the mask is then opened with "
+               "the thick-strand ball (0.66 -> 0.74, 0.72 -> 0.83), but the vessel's part as thick as that ball stays")
 MISS_THICK = ("part-solid on 5 mm slices: its ground glass blurs into the lung and along vessels (0.50, flagged: the "
               "lesion is thinner than a slice)")
 MISS_SPICULES = ("spiculated: the spicules and the lung between them are not delimited; the mask is up to 1.5x the "
-                 "true tumour (Dice 0.72-0.77, flagged: a runaway strand was cut)")
+                 "true tumour (Dice 0.74-0.82, flagged: a runaway strand was cut)")
 
 FRESH_CHEST = [("chest wall lateral", "lateral", (8.0, 0.0, 0.0), 15.0), ("chest wall posterior", "posterior",
                (0.0, -7.0, 0.0), 12.0), ("mass 92 mm", "centre", (0.0, 0.0, 0.0), 46.0), ("mass 86 mm", "centre", (0.0, 5.0, 0.0), 43.0),
@@ -261,8 +261,10 @@ def test_a_tumour_on_a_thick_vessel_has_the_vessels_run_cut_off_and_is_flagged(f
     _, where, shift, radius = next(p.values for p in FRESH_CHEST if getattr(p, "values", [None])[0] == name)
     ct, truth, seed = with_tumour(fresh_chest, fresh_chest[where] + np.asarray(shift), radius)
     seg = segment_from_seed(ct, seed)
-    # before, the vessel's length stayed in the mask (Dice 0.65 / 0.42) and nothing said so
-    assert dice(full_mask(seg, truth.shape), truth) >= {"vessel through it": 0.68, "vessel alongside": 0.64}[name]
+    # before, the vessel's length stayed in the mask (Dice 0.65 / 0.42) and nothing said so; after the runaway cut its
+    # base along the tumour stayed (0.72 / 0.66) until the mask that had a vessel cut was opened with the thick-strand
+    # ball (measured 0.830 / 0.736)
+    assert dice(full_mask(seg, truth.shape), truth) >= {"vessel through it": 0.81, "vessel alongside": 0.72}[name]
     assert any("running away from the lesion was cut off" in r for r in seg.uncertain), seg.uncertain
 
 
@@ -377,54 +379,71 @@ def test_the_ball_morphology_by_distance_maps_is_simpleitks_voxel_for_voxel(radi
         assert b.any() and np.array_equal(a > 0, b > 0), (ours.__name__, int((a != b).sum()))
 
 
+@pytest.mark.parametrize("radius", [[1, 1, 0], [1, 1, 1], [3, 3, 1], [2, 1, 3]])
+def test_the_airway_lumens_dilation_by_shifted_arrays_is_simpleitks_voxel_for_voxel(radius):
+    # the lung's envelope dilates the airway lumen (a few scattered voxels or a trachea) by shifted ORs of the array
+    # instead of sitk.BinaryDilate; set voxels on the array's corners and faces, and clusters
+    from TMBRBLib.proposal import _dilate_array
+    arr = np.random.default_rng(sum(radius)).random((15, 30, 40)) > 0.99
+    arr[0, 0, 0] = arr[-1, -1, -1] = arr[7, 0, 20] = True
+    arr[5:8, 10:14, 20:25] = True
+    theirs = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(arr.astype(np.uint8)), radius,
+                                                      sitk.sitkBall)) > 0
+    ours = _dilate_array(arr, radius)
+    assert theirs.sum() > arr.sum() and np.array_equal(ours, theirs), int((ours != theirs).sum())
+
+
 # ------------------------------------------------------------------------------------------------ the new set
 # Drawn once (tests/engine/seed_cases.py, NEW_SET: two chest phantoms on 5 mm and 1.25 mm slices with tumours against
 # the chest wall, the mediastinum and thick vessels and masses over 80 mm; 28 tumour-field phantoms) and measured before
 # any change to the code (benchmarks/bench_seed_phantoms.py): mean Dice 0.788, 31 of 46 reach 0.85, 15 misses, 14
 # flagged. Since: the unflagged one (6559, a small solid part in its ground glass) is flagged, and two part-solid
 # misses are right (83520: its ground glass widens the search; 51858: up to 40x the solid part's volume): mean 0.818,
-# 33 reach 0.85, the 13 misses all flagged. Each case keeps a floor just under what it reaches (none under 0.75: a miss
+# 33 reach 0.85, the 13 misses all flagged. Stop 16: the lung's envelope finds the lung air within its own ball and
+# leaves airways' lumen out (three tumours against the mediastinum right), and a mask that had a thick vessel cut is
+# opened with the thick-strand ball (the vessel's base goes): mean 0.868, 38 reach 0.85, the 8 misses all flagged; the
+# real CTs' masks are the same voxel for voxel. Each case keeps a floor just under what it reaches (none under 0.75: a miss
 # below that is only asserted flagged); every miss (below 0.85) must be flagged.
 NEW_REACHED = {  # Dice and % of the true mask inside the box now (before any change, where it differed)
     "5 mm chest lateral left 1": (0.960, 100.0),
-    "5 mm chest anterior left 2": (0.119, 100.0),
+    "5 mm chest anterior left 2": (0.087, 97.9),  # before: 0.119, 100 % (flagged either way)
     "5 mm chest posterior right 3": (0.951, 100.0),
     "5 mm chest lateral left 4": (0.943, 100.0),
-    "5 mm chest medial right 5": (0.007, 100.0),
+    "5 mm chest medial right 5": (0.948, 100.0),  # before: 0.007 (the envelope found no lung air)
     "5 mm chest medial left 6": (0.971, 100.0),
-    "5 mm chest vessel through it": (0.557, 100.0),
-    "5 mm chest vessel alongside": (0.571, 100.0),
+    "5 mm chest vessel through it": (0.652, 100.0),  # before: 0.557
+    "5 mm chest vessel alongside": (0.616, 100.0),  # before: 0.571
     "5 mm chest mass": (0.994, 100.0),
     "1.25 mm chest lateral left 1": (0.907, 100.0),
     "1.25 mm chest anterior left 2": (0.906, 100.0),
     "1.25 mm chest posterior right 3": (0.961, 100.0),
     "1.25 mm chest lateral left 4": (0.938, 100.0),
-    "1.25 mm chest medial right 5": (0.604, 100.0),  # before: 0.584
-    "1.25 mm chest medial left 6": (0.418, 100.0),  # before: 0.431
-    "1.25 mm chest vessel through it": (0.806, 100.0),
-    "1.25 mm chest vessel alongside": (0.824, 100.0),
+    "1.25 mm chest medial right 5": (0.920, 100.0),  # before: 0.584, then 0.604 (the airway in the envelope)
+    "1.25 mm chest medial left 6": (0.966, 100.0),  # before: 0.431, then 0.418 (the airway in the envelope)
+    "1.25 mm chest vessel through it": (0.924, 100.0),  # before: 0.806 (the vessel's base stayed)
+    "1.25 mm chest vessel alongside": (0.928, 100.0),  # before: 0.824 (the vessel's base stayed)
     "1.25 mm chest mass": (0.975, 100.0),
     "6559 part-solid": (0.441, 97.5),
     "54293 part-solid": (0.973, 100.0),
     "83520 part-solid": (0.968, 100.0),  # before: 0.483, 90.4 %
     "88168 part-solid": (0.974, 100.0),
     "66972 part-solid": (0.964, 100.0),
-    "38347 part-solid": (0.953, 100.0),
+    "38347 part-solid": (0.954, 100.0),
     "31926 solid": (0.922, 100.0),
     "23832 solid": (0.892, 100.0),
     "43284 solid": (0.964, 100.0),
     "62666 solid": (0.948, 100.0),
     "52430 solid": (0.880, 100.0),
-    "10345 solid spiculated": (0.527, 100.0),
+    "10345 solid spiculated": (0.612, 100.0),  # before: 0.527
     "88794 solid spiculated": (0.934, 100.0),
     "9040 solid spiculated": (0.877, 99.9),
     "66922 solid spiculated": (0.896, 100.0),
-    "34016 solid 5.0 mm slices": (0.890, 100.0),
+    "34016 solid 5.0 mm slices": (0.937, 100.0),  # before: 0.890
     "76134 part-solid 5.0 mm slices": (0.377, 100.0),
-    "50080 solid 5.0 mm slices": (0.883, 100.0),
-    "39453 part-solid 5.0 mm slices": (0.953, 100.0),
+    "50080 solid 5.0 mm slices": (0.921, 100.0),  # before: 0.883
+    "39453 part-solid 5.0 mm slices": (0.950, 100.0),
     "83885 solid 0.625 mm slices": (0.941, 100.0),
-    "68089 part-solid 0.625 mm slices": (0.589, 99.9),
+    "68089 part-solid 0.625 mm slices": (0.590, 99.9),
     "43402 solid 0.625 mm slices": (0.916, 100.0),
     "7333 part-solid 0.625 mm slices": (0.976, 100.0),
     "19603 solid 51.9 mm": (0.950, 100.0),
@@ -459,9 +478,10 @@ def test_new_set_keeps_its_floors_and_every_miss_is_flagged(spec):
 
 
 def test_the_new_sets_misses_and_floors_are_what_was_measured():
-    # the set and its table go together: every case has its measured figures, and 13 of the 46 miss 0.85
+    # the set and its table go together: every case has its measured figures, and 8 of the 46 miss 0.85 (13 before
+    # stop 16's envelope and vessel-base changes)
     assert [s.name for s in NEW_SET] == list(NEW_REACHED)
-    assert sum(d < 0.85 for d, _ in NEW_REACHED.values()) == 13
+    assert sum(d < 0.85 for d, _ in NEW_REACHED.values()) == 8
     assert len({s.name for s in NEW_SET}) == len(NEW_SET)
 
 
