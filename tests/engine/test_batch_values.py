@@ -738,6 +738,17 @@ def test_process_0s_bar_counts_the_others_cases_while_it_scores_and_while_it_wai
     assert [r["case_id"] for r in _read_summary(out)] == ["c1", "c2", "c3", "c4"]
 
 
+def test_process_0_gives_up_on_a_process_that_never_starts_after_the_wait_given(tiny_bundle, tmp_path, monkeypatch):
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    _process(monkeypatch, 0)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False,
+              wait_timeout_s=0.3)
+    rows = _read_summary(out)
+    assert [(r["case_id"], r["status"]) for r in rows] == [("c1", "failed"), ("c2", "failed"), ("c3", "failed")]
+    assert rows[1]["error"] == "not scored: process 1 of 2 did not finish (no news from any process for 0.3 s)"
+    assert rows[0]["error"] == rows[2]["error"] == NO_SEED
+
+
 def test_several_processes_without_a_run_id_are_refused_before_writing(tiny_bundle, tmp_path, monkeypatch):
     man, out = _unscored_manifest(tmp_path), tmp_path / "out"
     _process(monkeypatch, 1, run=None)
