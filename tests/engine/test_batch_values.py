@@ -749,6 +749,25 @@ def test_process_0_gives_up_on_a_process_that_never_starts_after_the_wait_given(
     assert rows[0]["error"] == rows[2]["error"] == NO_SEED
 
 
+def test_a_process_says_it_has_started_before_it_loads_its_model(tiny_bundle, tmp_path, monkeypatch):
+    """Process 0 reads the others' states while it waits: a process loading its model (seconds for a real bundle)
+    is started, with its share of the rows, and not finished."""
+    from TMBRBLib import bundle as bundle_module
+
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    seen = []
+
+    def load(path=None):
+        seen.append(json.loads((out / "summary.rank1.json").read_text()))
+        return tiny_bundle
+
+    monkeypatch.setattr(bundle_module, "load_bundle", load)
+    _process(monkeypatch, 1)
+    run_batch(man, out, bundle=None, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
+    assert seen == [{"run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 0, "finished": False,
+                     "error": None}]
+
+
 def test_several_processes_without_a_run_id_are_refused_before_writing(tiny_bundle, tmp_path, monkeypatch):
     man, out = _unscored_manifest(tmp_path), tmp_path / "out"
     _process(monkeypatch, 1, run=None)
