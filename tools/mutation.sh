@@ -25,10 +25,11 @@ while [ "${1:-}" = "--tests" ] || [ "${1:-}" = "--only" ]; do
 done
 stage() {
   mkdir -p "$WORK/src"
-  rm -rf "$WORK/src/TMBRBLib" "$WORK/src/Resources" "$WORK/training" "$WORK/tests"
+  rm -rf "$WORK/src/TMBRBLib" "$WORK/src/Resources" "$WORK/training" "$WORK/tests" "$WORK/docs"
   # -p keeps the files' times: mutmut generates mutants again only for files that changed
   cp -rp "$REPO/TMBRBModule/TMBRBLib" "$REPO/TMBRBModule/Resources" "$WORK/src/"
-  cp -rp "$REPO/training" "$REPO/tests" "$WORK/"
+  # docs/ too: tests/stats/test_cli_options.py checks the parser against docs/statistics.md's option tables
+  cp -rp "$REPO/training" "$REPO/tests" "$REPO/docs" "$WORK/"
   cp -p "$REPO/pyproject.toml" "$WORK/"
   find "$WORK/src" "$WORK/training" "$WORK/tests" -name __pycache__ -prune -exec rm -rf {} +
   # the fastest-first plugin, importable from the staged copy and from mutants/ (mutmut's working folder in a run)

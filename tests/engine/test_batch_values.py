@@ -8,6 +8,10 @@ import csv
 import hashlib
 import json
 import os
+import re
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -668,6 +672,100 @@ def test_a_process_that_stops_says_why_and_process_0_names_it_in_the_summary(tin
     assert [r["status"] for r in rows] == ["failed"] * 3 and rows[0]["error"] == NO_SEED
     assert rows[1]["error"].startswith("not scored: process 1 stopped: TMBRBBundleError: ")
     assert rows[1]["row"] == "2" and rows[1]["case_id"] == "c2"
+
+
+def _bar_states(err, n):
+    """(cases counted, last case shown) at each refresh of a tqdm bar over n cases, in order."""
+    return re.findall(r"(\d+)/%d \[[^\]]*?(?:, (c\d): \w+)?\]" % n, err)
+
+
+def test_a_single_process_bar_counts_its_own_cases_and_is_closed(tiny_bundle, tmp_path, monkeypatch, capsys):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TMBRB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    assert run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False) == out / "summary.csv"
+    err = capsys.readouterr().err
+    shown = [s for s in _bar_states(err, 3) if s[1]]
+    assert shown[0] == ("1", "c1") and shown[-1] == ("3", "c3") and ("2", "c2") in shown  # one a case, none ahead
+    assert err.startswith("\rTMBRB batch: ") or err.startswith("TMBRB batch: ")
+    assert err.endswith("\n")  # closed: the line is ended for what the caller prints next
+
+
+def test_process_0s_bar_counts_the_others_cases_while_it_scores_and_while_it_waits(tiny_bundle, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """Process 1 has scored one of its two rows when process 0 starts, and finishes while process 0 waits."""
+    man = _manifest(tmp_path / "m.csv", [["c1", "cts/c1.nrrd", "", ""], ["c2", "cts/c2.nrrd", "1,2,3", "1"],
+                                         ["c3", "cts/c3.nrrd", "", "0"], ["c4", "cts/c4.nrrd", "", ""]])
+    out, half, whole = tmp_path / "out", tmp_path / "half", tmp_path / "whole"
+    names = ("summary.rank1.csv", "summary.rank1.json")
+
+    def keep(dst):
+        dst.mkdir()
+        for name in names:
+            shutil.copy(out / name, dst / name)
+
+    _process(monkeypatch, 1)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False,
+              on_case=lambda i, n, row: keep(half) if i == 2 else None)
+    keep(whole)
+    assert json.loads((half / names[1]).read_text())["done"] == 1
+    for name in names:  # process 1 as it was after its first row
+        shutil.copy(half / name, out / name)
+
+    def finish_later():
+        time.sleep(0.5)
+        for name in names:  # the rows, then the state that says finished
+            shutil.copy(whole / name, out / (name + ".new"))
+            os.replace(out / (name + ".new"), out / name)
+
+    waiting = []
+
+    def on_case(i, n, row):
+        if i == 3:  # process 0's last row: process 1 finishes while process 0 waits for it
+            waiting.append(threading.Thread(target=finish_later))
+            waiting[0].start()
+
+    _process(monkeypatch, 0)
+    capsys.readouterr()
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, on_case=on_case,
+              wait_timeout_s=60)
+    waiting[0].join()
+    err = capsys.readouterr().err
+    shown = _bar_states(err, 4)
+    # after c1: its own 1 + process 1's 1; after c3: 3; then process 1's second row, seen while waiting
+    assert [s for s in shown if s[1]][:2] == [("2", "c1"), ("3", "c3")]
+    assert shown[-1][0] == "4" and err.endswith("\n")
+    assert [r["case_id"] for r in _read_summary(out)] == ["c1", "c2", "c3", "c4"]
+
+
+def test_process_0_gives_up_on_a_process_that_never_starts_after_the_wait_given(tiny_bundle, tmp_path, monkeypatch):
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    _process(monkeypatch, 0)
+    run_batch(man, out, bundle=tiny_bundle, device="cpu", n_shifts=0, pictures=False, progress_bar=False,
+              wait_timeout_s=0.3)
+    rows = _read_summary(out)
+    assert [(r["case_id"], r["status"]) for r in rows] == [("c1", "failed"), ("c2", "failed"), ("c3", "failed")]
+    assert rows[1]["error"] == "not scored: process 1 of 2 did not finish (no news from any process for 0.3 s)"
+    assert rows[0]["error"] == rows[2]["error"] == NO_SEED
+
+
+def test_a_process_says_it_has_started_before_it_loads_its_model(tiny_bundle, tmp_path, monkeypatch):
+    """Process 0 reads the others' states while it waits: a process loading its model (seconds for a real bundle)
+    is started, with its share of the rows, and not finished."""
+    from TMBRBLib import bundle as bundle_module
+
+    man, out = _unscored_manifest(tmp_path), tmp_path / "out"
+    seen = []
+
+    def load(path=None):
+        seen.append(json.loads((out / "summary.rank1.json").read_text()))
+        return tiny_bundle
+
+    monkeypatch.setattr(bundle_module, "load_bundle", load)
+    _process(monkeypatch, 1)
+    run_batch(man, out, bundle=None, device="cpu", n_shifts=0, pictures=False, progress_bar=False)
+    assert seen == [{"run": "tmbrb:t1", "rank": 1, "world": 2, "share": 1, "done": 0, "finished": False,
+                     "error": None}]
 
 
 def test_several_processes_without_a_run_id_are_refused_before_writing(tiny_bundle, tmp_path, monkeypatch):

@@ -260,8 +260,8 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_time_event_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--time", default="os_time")
-    p.add_argument("--event", default="os_event")
+    p.add_argument("--time", default="os_time", help="survival time column (default: os_time)")
+    p.add_argument("--event", default="os_event", help="event column: 1 event, 0 censored (default: os_event)")
 
 
 def _add_classification_parsers(sub) -> None:
@@ -271,37 +271,40 @@ def _add_classification_parsers(sub) -> None:
     p.add_argument("--score", nargs="+", default=["score"], help="score column(s); several give one plot")
     p.add_argument("--direction", default="auto", choices=["auto", "<", ">"], help="pROC direction (default auto)")
     p.add_argument("--threshold", type=float, default=None, help="also report sensitivity/specificity here")
-    p.add_argument("--ci", default="delong", choices=["delong", "bootstrap"])
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ci", default="delong", choices=["delong", "bootstrap"],
+                   help="CI of the AUC: DeLong or stratified bootstrap (default: delong)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000, as pROC)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
 
     p = _subcommand(sub, "compare-roc", "paired DeLong test of two correlated ROC curves", _cmd_compare)
     _add_label_args(p)
-    p.add_argument("--score1", required=True)
-    p.add_argument("--score2", required=True)
+    p.add_argument("--score1", required=True, help="first score column")
+    p.add_argument("--score2", required=True, help="second score column")
 
     p = _subcommand(sub, "dca", "decision curve analysis (net benefit vs treat-all / treat-none)", _cmd_dca)
     _add_label_args(p)
     p.add_argument("--models", nargs="+", default=["score"], help="predicted-probability column(s)")
-    p.add_argument("--min-threshold", type=float, default=0.01)
-    p.add_argument("--max-threshold", type=float, default=0.99)
-    p.add_argument("--step", type=float, default=0.01)
+    p.add_argument("--min-threshold", type=float, default=0.01, help="first threshold probability (default: 0.01)")
+    p.add_argument("--max-threshold", type=float, default=0.99, help="last threshold probability (default: 0.99)")
+    p.add_argument("--step", type=float, default=0.01, help="threshold step (default: 0.01)")
 
     p = _subcommand(sub, "spearman", "Spearman correlation with a scatter plot", _cmd_spearman)
-    p.add_argument("--x", default="score")
-    p.add_argument("--y", default="TMB")
+    p.add_argument("--x", default="score", help="first column (default: score)")
+    p.add_argument("--y", default="TMB", help="second column (default: TMB)")
 
     p = _subcommand(sub, "auc-by-cutoff", "AUC of a score for target >= each cut-off, per cohort, with the difference",
                     _cmd_abc)
-    p.add_argument("--score", default="score")
-    p.add_argument("--target", default="TMB")
+    p.add_argument("--score", default="score", help="score column (default: score)")
+    p.add_argument("--target", default="TMB", help="target column; a case is target >= cut-off (default: TMB)")
     p.add_argument("--cohort", default=None, help="cohort/split column (two cohorts give their difference)")
-    p.add_argument("--cutoffs", type=float, nargs="+", default=[float(c) for c in range(3, 12)])
-    p.add_argument("--direction", default="<", choices=["<", ">"])
+    p.add_argument("--cutoffs", type=float, nargs="+", default=[float(c) for c in range(3, 12)],
+                   help="cut-offs of the target (default: 3 to 11)")
+    p.add_argument("--direction", default="<", choices=["<", ">"],
+                   help="pROC direction, the same at every cut-off (default: <, a higher score is a case)")
 
     p = _subcommand(sub, "logistic", "logistic regression combining scores/covariates, with AUC", _cmd_logistic)
     _add_label_args(p)
-    p.add_argument("--predictors", nargs="+", required=True)
+    p.add_argument("--predictors", nargs="+", required=True, help="score and covariate columns")
     _add_reference_option(p)
 
 
@@ -309,9 +312,9 @@ def _add_survival_parsers(sub) -> None:
     """cutpoint, km, cox, cox-scan."""
     p = _subcommand(sub, "cutpoint", "survival cut-point: maximally selected log-rank (maxstat, Lau92, Lau94 and permutation p)", _cmd_cutpoint)
     _add_time_event_args(p)
-    p.add_argument("--marker", default="score")
-    p.add_argument("--minprop", type=float, default=0.1)
-    p.add_argument("--maxprop", type=float, default=0.9)
+    p.add_argument("--marker", default="score", help="marker column (default: score)")
+    p.add_argument("--minprop", type=float, default=0.1, help="lowest quantile of the cut-points (default: 0.1)")
+    p.add_argument("--maxprop", type=float, default=0.9, help="highest quantile of the cut-points (default: 0.9)")
     p.add_argument("--permutations", type=int, default=0,
                    help="B permutations for a Monte-Carlo p of the search (maxstat's condMC; X-tile's Monte-Carlo p)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
@@ -320,7 +323,7 @@ def _add_survival_parsers(sub) -> None:
     _add_time_event_args(p)
     p.add_argument("--group", default=None, help="group column")
     p.add_argument("--marker", default=None, help="or: marker column split at --cutoff")
-    p.add_argument("--cutoff", type=float, default=None)
+    p.add_argument("--cutoff", type=float, default=None, help="groups marker > cutoff and marker <= cutoff")
     p.add_argument("--conf-type", default="log", choices=["log", "log-log", "plain"],
                    help="CI type for survival and the median (R's default: log)")
     p.add_argument("--risk-times", type=float, nargs="+", default=None, help="times for the numbers-at-risk table")
@@ -328,15 +331,15 @@ def _add_survival_parsers(sub) -> None:
     p = _subcommand(sub, "cox", "Cox proportional hazards (Efron or Breslow ties): HR, CI, Wald p, LR/score tests, "
                     "concordance", _cmd_cox)
     _add_time_event_args(p)
-    p.add_argument("--covariates", nargs="+", required=True)
+    p.add_argument("--covariates", nargs="+", required=True, help="covariate columns (text columns give dummies)")
     _add_cox_options(p)
 
     p = _subcommand(sub, "cox-scan", "paper figure 4: marker + each covariate in two-variable Cox models, forest plot",
                     _cmd_cox_scan)
     _add_time_event_args(p)
-    p.add_argument("--marker", default="score")
+    p.add_argument("--marker", default="score", help="marker column (default: score)")
     p.add_argument("--cutoff", type=float, default=None, help="use the marker as a group (marker > cutoff)")
-    p.add_argument("--covariates", nargs="+", required=True)
+    p.add_argument("--covariates", nargs="+", required=True, help="covariates, each in a model with the marker")
     _add_cox_options(p)
 
 
@@ -352,11 +355,11 @@ def _add_reference_option(p) -> None:
 
 def _add_table1_parser(sub) -> None:
     p = _subcommand(sub, "table1", "cohort characteristics by group with chi-square/Fisher and t-tests", _cmd_table1)
-    p.add_argument("--group", default=None)
-    p.add_argument("--marker", default=None)
-    p.add_argument("--cutoff", type=float, default=None)
-    p.add_argument("--continuous", nargs="*", default=[])
-    p.add_argument("--categorical", nargs="*", default=[])
+    p.add_argument("--group", default=None, help="group column")
+    p.add_argument("--marker", default=None, help="or: marker column split at --cutoff")
+    p.add_argument("--cutoff", type=float, default=None, help="groups marker > cutoff and marker <= cutoff")
+    p.add_argument("--continuous", nargs="*", default=[], help="columns summarised as mean±SD (t-test or ANOVA)")
+    p.add_argument("--categorical", nargs="*", default=[], help="columns summarised as counts (chi-square or Fisher)")
     p.add_argument("--equal-var", action="store_true", help="Student's t-test instead of Welch's")
 
 
@@ -365,16 +368,20 @@ def _add_report_parser(sub) -> None:
                     csv=False)
     p.add_argument("--predictions", required=True, help="CSV with case, score, TMB, label, cohort")
     p.add_argument("--clinical", default=None, help="CSV with case, OS/PFS time and event, covariates")
-    p.add_argument("--format", default="html", choices=["html", "pdf"])
+    p.add_argument("--format", default="html", choices=["html", "pdf"],
+                   help="report.html or report.pdf (default: html)")
     for flag, default in (("case", "case"), ("score", "score"), ("tmb", "TMB"), ("label", "label"), ("cohort", "cohort"),
                           ("os-time", "os_time"), ("os-event", "os_event"), ("pfs-time", "pfs_time"),
                           ("pfs-event", "pfs_event")):
         p.add_argument(f"--{flag}", default=default, help=f"column name (default: {default})")
     p.add_argument("--tmb-cutoff", type=float, default=10.0, help="High-TMB when TMB >= this (if no label column)")
-    p.add_argument("--cutoffs", type=float, nargs="+", default=[float(c) for c in range(3, 12)])
+    p.add_argument("--cutoffs", type=float, nargs="+", default=[float(c) for c in range(3, 12)],
+                   help="TMB cut-offs of the AUC-by-cut-off section (default: 3 to 11)")
     p.add_argument("--os-cutoff", type=float, default=0.61, help="score cut-off for OS groups (paper: 0.61)")
     p.add_argument("--pfs-cutoff", type=float, default=0.46, help="score cut-off for PFS groups (paper: 0.46)")
-    p.add_argument("--covariates", nargs="*", default=["ecog", "sex", "smoking", "histology", "stage", "egfr", "age"])
+    p.add_argument("--covariates", nargs="*", default=["ecog", "sex", "smoking", "histology", "stage", "egfr", "age"],
+                   help="clinical columns of the Cox scan and Table 1 (default: ecog sex smoking histology stage egfr "
+                        "age)")
     p.add_argument("--continuous", nargs="*", default=["age"], help="covariates summarised as mean±SD in Table 1")
 
 
