@@ -173,24 +173,44 @@ def test_cam_is_visible_in_a_3d_view_of_the_module_scene(scene, logic, mapping_b
     check_visible(view.renderer, view.window, ct, result, "module_scene")
 
 
-def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_bundle):
-    """trame-slicer registers its own volume rendering logic; the module's display code renders through it (the
-    factory's application logic is found without being told) and the map is visible in trame-slicer's 3D view."""
+def require_trame_slicer() -> None:
     if importlib.util.find_spec("trame_slicer") is None:
         require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
+
+
+def trame_slicer_view():
+    """trame-slicer's application and a 3D view of it as the viewer has them: depth peeling off, no box or labels."""
+    require_trame_slicer()
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import ThreeDView
-
-    from TMBRBLib.slicer.logic import SceneLogic
 
     app = SlicerApp()
     view = ThreeDView(app.scene, app.app_logic, "ThreeD")
     view.renderer().SetUseDepthPeeling(False)
     view.renderer().SetUseDepthPeelingForVolumes(False)
     view.render_window().SetSize(SIZE, SIZE)
-    view.render_window().SetMultiSamples(0)  # quicker on software GL; the picture is the same for this test
+    view.render_window().SetMultiSamples(0)  # quicker on software GL; the picture is the same for these tests
     view.get_view_node().SetBoxVisible(False)
     view.get_view_node().SetAxisLabelsVisible(False)
+    return app, view
+
+
+def volume_mappers(renderer) -> list:
+    volumes = renderer.GetVolumes()
+    volumes.InitTraversal()
+    return [volumes.GetNextVolume().GetMapper() for _ in range(volumes.GetNumberOfItems())]
+
+
+def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_bundle):
+    """trame-slicer registers its own volume rendering logic; the module's display code renders through it (the
+    factory's application logic is found without being told) and the map is visible in trame-slicer's 3D view.
+
+    Then with thinner rays (set_volume_image_sample_distance: one per 3x3 pixels, the viewer's setting on software
+    GL): the mapper takes it, Slicer's displayable manager does not reset it when the map's display changes, and the
+    map is still drawn where it was (the same pixel checks)."""
+    from TMBRBLib.slicer.logic import SceneLogic
+
+    app, view = trame_slicer_view()
     logic = SceneLogic(app.scene)
     ct, result = scored(app.scene, logic, mapping_bundle)
     try:
@@ -200,39 +220,7 @@ def test_cam_is_visible_through_the_applications_volume_rendering_logic(mapping_
         assert vr is not None and app.volume_rendering.get_vr_display_node(result.nodes["cam"]) is vr
         ma.centre_views_on_result(app.scene, ma.seed_ras(app.scene.GetFirstNodeByName("seed")), result.nodes["roi"])
         check_visible(view.renderer(), view.render_window(), ct, result, "application_scene")
-    finally:
-        logic.shutdown()
 
-
-def volume_mappers(renderer) -> list:
-    volumes = renderer.GetVolumes()
-    volumes.InitTraversal()
-    return [volumes.GetNextVolume().GetMapper() for _ in range(volumes.GetNumberOfItems())]
-
-
-def test_thinner_rays_keep_the_map_visible_and_the_setting_holds(mapping_bundle):
-    """set_volume_image_sample_distance casts one ray per 3x3 pixels in the map's volume rendering (the viewer's
-    setting on software GL): the mapper takes it, Slicer's displayable manager does not reset it when the map's
-    display changes, and the map is still drawn where it was (the same pixel checks as at one ray per pixel)."""
-    if importlib.util.find_spec("trame_slicer") is None:
-        require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
-    from trame_slicer.core import SlicerApp
-    from trame_slicer.views import ThreeDView
-
-    from TMBRBLib.slicer.logic import SceneLogic
-
-    app = SlicerApp()
-    view = ThreeDView(app.scene, app.app_logic, "ThreeD")
-    view.renderer().SetUseDepthPeeling(False)
-    view.renderer().SetUseDepthPeelingForVolumes(False)
-    view.render_window().SetSize(SIZE, SIZE)
-    view.render_window().SetMultiSamples(0)
-    view.get_view_node().SetBoxVisible(False)
-    view.get_view_node().SetAxisLabelsVisible(False)
-    logic = SceneLogic(app.scene)
-    ct, result = scored(app.scene, logic, mapping_bundle)
-    try:
-        ma.centre_views_on_result(app.scene, ma.seed_ras(app.scene.GetFirstNodeByName("seed")), result.nodes["roi"])
         full = grab(view.render_window())
         assert isinstance(ma.software_gl(view.render_window()), bool)
         (mapper,) = volume_mappers(view.renderer())
@@ -271,8 +259,7 @@ def test_no_opengl_renderer_is_guessed_before_a_context_exists():
 def test_viewer_thins_the_rays_at_each_3d_render_on_software_gl_only(monkeypatch):
     """The viewer's 3D view sets the thinner rays at the start of each render, on a map made after the view, when the
     renderer is software (llvmpipe here) and never otherwise (the renderer asked once)."""
-    if importlib.util.find_spec("trame_slicer") is None:
-        require("chromium", 'trame-slicer is not installed (pip install "trame-slicer[standalone]")')
+    require_trame_slicer()
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import ThreeDView
 
