@@ -596,7 +596,7 @@ class TMBRBViewer:
             v3.VBtn("Apply", click=(self.apply, "[ecog]"), color="primary", disabled=("running",), id="tmbrb-apply")
             v3.VBtn("Cancel", click=self.cancel, disabled=("!running",), id="tmbrb-cancel", density="compact")
         with html.Div(v_if=("running",), id="tmbrb-progress"):
-            v3.VProgressLinear(model_value=("progress",), color="primary", height=8, striped=True)
+            v3.VProgressLinear(model_value=("progress",), color="primary", height=8)
             html.Div("{{ progress_msg }}", classes="text-caption")
         v3.VAlert(v_if=("message",), text=("message",), type=("message_type",), density="compact",
                   closable=True, click_close="message = ''", id="tmbrb-message")
